@@ -342,6 +342,11 @@ def _preset_path(kind: str, name: str) -> Path:
     return candidate
 
 
+def _preset_name(name: str) -> str:
+    # "llama-3.2-1b" has dots: only strip a real .yaml suffix.
+    return Path(name).stem if name.endswith((".yaml", ".yml")) else name
+
+
 def list_presets(kind: str) -> list[str]:
     """kind: 'models' or 'recipes'."""
     return sorted(p.stem for p in (PRESETS_DIR / kind).glob("*.yaml"))
@@ -350,7 +355,7 @@ def list_presets(kind: str) -> list[str]:
 def load_model_preset(name: str) -> ModelConfig:
     raw = yaml.safe_load(_preset_path("models", name).read_text()) or {}
     raw.pop("description", None)
-    raw.setdefault("name", Path(name).stem)
+    raw.setdefault("name", _preset_name(name))
     return _build(ModelConfig, raw, "model")
 
 
@@ -358,7 +363,7 @@ def load_recipe(name: str, overrides: Optional[list[str]] = None) -> RunConfig:
     """A recipe preset (or a YAML path) with optional section.key=value overrides applied."""
     raw = yaml.safe_load(_preset_path("recipes", name).read_text()) or {}
     raw.pop("description", None)
-    raw.setdefault("preset", Path(name).stem)
+    raw.setdefault("preset", _preset_name(name))
     config = RunConfig.from_dict(raw)
     return config.with_overrides(overrides) if overrides else config
 

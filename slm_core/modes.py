@@ -1,0 +1,141 @@
+"""What differs between pretraining, distillation, LoRA and full fine-tuning: where the model and
+tokenizer come from, what trains, and the loss. The loop in train.py is the same for all four.
+
+`build_for_mode` also freezes the run's identity on disk (config.yaml with the vocabulary size
+filled in, tokenizer/, data.json) so the run directory alone reproduces the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from slm_core import runs
+from slm_core.config import RunConfig
+from slm_core.errors import SLMError
+
+
+@dataclass
+class Built:
+    config: RunConfig
+    data: Any
+    model: torch.nn.Module
+    tokenizer: Any
+    loss_fn: Optional[Callable] = None
+    parent: Optional[str] = None
+
+
+def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resume: bool = False,
+                   progress: bool = True) -> Built:
+    mode = config.train.mode
+    base = teacher = teacher_tokenizer = None
+    if mode in ("lora", "finetune") or (mode == "distill" and config.train.init_from):
+        base = _load_base(config.train.init_from)
+    if mode == "distill":
+        from slm_core.distill import load_teacher
+
+        teacher, teacher_tokenizer = load_teacher(config.distill.teacher, device)
+    tokenizer = _choose_tokenizer(config, run_dir, resume, base, teacher_tokenizer)
+    data = _prepare(config, tokenizer, progress)
+    tokenizer = data.tokenizer
+    config = _resolve_config(config, base, tokenizer, data)
+    model = _build_model(config, base, device)
+    loss_fn, parent = None, config.train.init_from
+    if mode == "distill":
+        loss_fn, parent = _distill_loss(config, teacher, teacher_tokenizer, tokenizer), config.distill.teacher
+    _freeze_run_identity(run_dir, config, tokenizer, data, resume)
+    return Built(config, data, model, tokenizer, loss_fn, parent)
+
+
+def _load_base(source: str):
+    from slm_core.checkpoint import load_model
+
+    base = load_model(source, tag="best")
+    if base.tokenizer is None:
+        raise SLMError(f"the base model {source} has no tokenizer (tokenizer.json); add one to the folder")
+    if base.kind == "quantized":
+        raise SLMError("a quantized model cannot be trained further; pick the run it was quantized from")
+    return base
+
+
+def _choose_tokenizer(config: RunConfig, run_dir: Path, resume: bool, base, teacher_tokenizer):
+    """Resume: the run's own. Fine-tune/LoRA: the base model's. Distill: the teacher's unless one is named."""
+    from slm_core.tokenizer import Tokenizer
+
+    if resume and (run_dir / "tokenizer").is_dir():
+        return Tokenizer.load(run_dir / "tokenizer")
+    if base is not None:
+        return base.tokenizer
+    if teacher_tokenizer is not None and not config.tokenizer.path:
+        return teacher_tokenizer
+    return None  # prepare_data builds it from config.tokenizer (training a BPE if asked)
+
+
+def _prepare(config: RunConfig, tokenizer, progress: bool):
+    from slm_core.data import prepare_data
+
+    return prepare_data(config, tokenizer=tokenizer, progress=progress)
+
+
+def _resolve_config(config: RunConfig, base, tokenizer, data) -> RunConfig:
+    model_cfg = base.config.model if base is not None else config.model
+    if model_cfg.vocab_size is None:
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.n_vocab)
+    if model_cfg.vocab_size < tokenizer.n_vocab:
+        raise SLMError(f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's {tokenizer.n_vocab} "
+                       f"tokens; set model.vocab_size={tokenizer.n_vocab} (or null to take it from the tokenizer)")
+    if base is not None:  # dropout and context are the new run's to choose, the shape is the base's
+        model_cfg = dataclasses.replace(model_cfg, dropout=config.model.dropout,
+                                        context_length=min(config.model.context_length, model_cfg.context_length))
+    data_cfg = dataclasses.replace(config.data, template=getattr(data, "template", None) or config.data.template)
+    return dataclasses.replace(config, model=model_cfg, data=data_cfg)
+
+
+def _build_model(config: RunConfig, base, device: torch.device) -> torch.nn.Module:
+    from slm_core.model import Transformer
+
+    if base is not None:
+        model = base.model
+        model.config = config.model  # the same shape; new dropout/context
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = config.model.dropout
+    else:
+        model = Transformer(config.model)
+    model.gradient_checkpointing = config.train.grad_checkpointing
+    model.to(device)
+    if config.train.mode == "lora":
+        from slm_core.lora import apply_lora
+
+        model = apply_lora(model, config.lora)
+    model.train()
+    return model
+
+
+def _distill_loss(config: RunConfig, teacher, teacher_tokenizer, tokenizer):
+    from slm_core.distill import DistillLoss, check_compatible
+
+    teacher_vocab = _vocab_of(teacher)
+    check_compatible(tokenizer, teacher_tokenizer, config.model.vocab_size, teacher_vocab)
+    return DistillLoss(teacher, alpha=config.distill.alpha, temperature=config.distill.temperature)
+
+
+def _vocab_of(module: torch.nn.Module) -> Optional[int]:
+    config = getattr(module, "config", None)
+    return getattr(config, "vocab_size", None)
+
+
+def _freeze_run_identity(run_dir: Path, config: RunConfig, tokenizer, data, resume: bool) -> None:
+    if resume and (run_dir / "config.yaml").exists() and (run_dir / "tokenizer").is_dir():
+        runs.atomic_write_text(run_dir / "config.yaml", config.to_yaml())  # overrides given at resume
+        return
+    runs.atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    tokenizer.save(run_dir / "tokenizer")
+    runs.atomic_write_json(run_dir / "data.json", {
+        "fingerprint": data.fingerprint, "train_tokens": data.train_tokens, "val_tokens": data.val_tokens,
+        "source": config.data.source, "n_chars": getattr(data, "n_chars", None),
+    })

@@ -1,0 +1,444 @@
+"""The one training loop. Pretraining, distillation, LoRA and full fine-tuning differ only in how
+the model is built (modes.py), which parameters train, and the loss.
+
+Rank-aware from the start: under torchrun each rank samples its own slice of the token file,
+gradients are averaged by DDP, and only rank 0 writes metrics and checkpoints. A single process
+is world size 1. Every optimizer step appends one line to metrics.jsonl; stop/pause/save
+requests arrive as files in the run's control/ folder or as SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from slm_core import runs
+from slm_core.checkpoint import copy_checkpoint, find_checkpoint, load_trainer_state, save_checkpoint
+from slm_core.config import RunConfig
+from slm_core.errors import SLMError
+from slm_core.modes import build_for_mode
+from slm_core.monitor import process_sample
+from slm_core.optim import build_optimizer, lr_at
+
+OOM_HINT = ("out of memory: try a smaller train.batch_size (raise train.grad_accum to keep the tokens per step), "
+            "train.grad_checkpointing=true, a shorter model.context_length, or train.precision=bf16")
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    tokens: int = 0
+    best_val_loss: float = math.inf
+    best_step: Optional[int] = None
+    evals_since_best: int = 0
+    elapsed_s: float = 0.0  # training time across resumes
+    stop_reason: Optional[str] = None
+    signals: list = field(default_factory=list)
+
+
+def init_distributed(device_pref: str) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() and device_pref != "cpu" else "gloo"
+    dist.init_process_group(backend)
+    return Dist(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(pref: str, dist_env: Dist) -> torch.device:
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist_env.local_rank)
+        return torch.device("cpu")
+    if pref.startswith("cuda") and not torch.cuda.is_available():
+        raise SLMError(f"train.device={pref!r} but no CUDA GPU is available; use train.device=cpu or auto")
+    return torch.device(pref)
+
+
+def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for fp32. 'auto': bf16 where the hardware runs it natively."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise SLMError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on this device")
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # On CPU only where bf16 matrix multiplies are native (AVX-512 BF16 / AMX); elsewhere it is slower.
+    return torch.bfloat16 if _cpu_has_native_bf16() else None
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cross_entropy_loss(model, x, y):
+    logits = model(x)
+    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-100)
+    return loss, {}
+
+
+class Trainer:
+    """Owns one run: builds everything from the config, runs steps, evaluates, checkpoints."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, callback: Optional[Callable[[dict], None]] = None,
+                 resume: bool = False, progress: bool = True):
+        self.run_dir, self.callback, self.progress = Path(run_dir), callback, progress
+        self.dist = init_distributed(config.train.device)
+        self.device = resolve_device(config.train.device, self.dist)
+        self.amp_dtype = resolve_precision(config.train.precision, self.device)
+        self.state = LoopState()
+        torch.manual_seed(config.train.seed + self.dist.rank)
+        built = build_for_mode(config, self.run_dir, self.device, resume=resume, progress=progress)
+        self.config, self.data, self.model, self.tokenizer = built.config, built.data, built.model, built.tokenizer
+        self.loss_fn = built.loss_fn or cross_entropy_loss
+        self.parent = built.parent
+        self.raw_model = self.model
+        if self.dist.world_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.config.train.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = build_optimizer(self.raw_model, self.config.train, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.sampler = torch.Generator().manual_seed(self.config.train.seed * 1000 + self.dist.rank)
+        if resume:
+            self._restore()
+
+    # ---- one optimizer step ----------------------------------------------------------------
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self) -> dict:
+        cfg = self.config.train
+        self.model.train()
+        lr = lr_at(self.state.step + 1, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total_loss, extras_sum = 0.0, {}
+        for micro in range(cfg.grad_accum):
+            x, y = self.data.get_batch("train", cfg.batch_size, self.config.model.context_length, self.sampler,
+                                       rank=self.dist.rank, world_size=self.dist.world_size)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            sync = micro == cfg.grad_accum - 1 or self.dist.world_size == 1
+            with (contextlib.nullcontext() if sync else self.model.no_sync()), self.autocast():
+                loss, extras = self.loss_fn(self.model, x, y)
+            scaled = loss / cfg.grad_accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total_loss += loss.item() / cfg.grad_accum
+            for key, value in extras.items():
+                extras_sum[key] = extras_sum.get(key, 0.0) + float(value) / cfg.grad_accum
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens = cfg.batch_size * cfg.grad_accum * self.config.model.context_length * self.dist.world_size
+        return {"loss": total_loss, "lr": lr, "grad_norm": float(grad_norm), "step_tokens": tokens, **extras_sum}
+
+    # ---- evaluation and samples ------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        cfg = self.config.train
+        self.raw_model.eval()
+        generator = torch.Generator().manual_seed(cfg.seed + 7)  # the same batches at every evaluation
+        losses = []
+        for _ in range(cfg.eval_batches):
+            x, y = self.data.get_batch("val", cfg.batch_size, self.config.model.context_length, generator)
+            with self.autocast():
+                logits = self.raw_model(x.to(self.device))
+            losses.append(F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.to(self.device).view(-1),
+                                          ignore_index=-100).item())
+        return sum(losses) / len(losses)
+
+    def write_samples(self) -> None:
+        from slm_core.checkpoint import LoadedModel
+        from slm_core.generate import complete
+
+        loaded = LoadedModel(self.raw_model, self.tokenizer, self.config, self.run_dir,
+                             template=self.config.data.template)
+        for prompt in self.config.train.sample_prompts:
+            with self.autocast():
+                text = complete(loaded, prompt, max_new_tokens=self.config.train.sample_tokens,
+                                temperature=0.8, top_k=50, seed=self.config.train.seed)
+            row = {"step": self.state.step, "prompt": prompt, "text": text}
+            runs.append_jsonl(self.run_dir / "samples.jsonl", row)
+            self._emit({"kind": "sample", **row})
+        self.raw_model.train()
+
+    # ---- checkpoints -----------------------------------------------------------------------
+
+    def save(self, tag: str = "latest") -> None:
+        if not self.dist.is_main:
+            return
+        s = self.state
+        trainer_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "torch_rng": torch.get_rng_state(),
+            "sampler_rng": self.sampler.get_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.empty(0),
+        }
+        meta = {"step": s.step, "tokens": s.tokens, "best_val_loss": _finite(s.best_val_loss),
+                "best_step": s.best_step, "evals_since_best": s.evals_since_best, "elapsed_s": s.elapsed_s}
+        save_checkpoint(self.run_dir / "checkpoints", tag, self.raw_model, self.config,
+                        self.run_dir / "tokenizer", meta, trainer_state)
+
+    def _restore(self) -> None:
+        ckpt = find_checkpoint(self.run_dir, "latest")
+        if ckpt is None or not (ckpt / "trainer_state.pt").exists():
+            raise SLMError(f"run '{self.run_dir.name}' has no checkpoint to resume from; start it again instead")
+        from slm_core.checkpoint import load_weights
+
+        if (ckpt / "adapter").is_dir():
+            from slm_core.lora import load_adapter_weights
+
+            load_adapter_weights(self.raw_model, ckpt / "adapter")
+        else:
+            load_weights(self.raw_model, ckpt / "model.safetensors")
+        saved = load_trainer_state(ckpt)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scaler and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.sampler.set_state(saved["sampler_rng"])
+        if self.device.type == "cuda" and saved["cuda_rng"].numel():
+            torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
+        meta = runs.read_json(ckpt / "state.json", default={})
+        self.state.step, self.state.tokens = meta["step"], meta["tokens"]
+        best = meta.get("best_val_loss")
+        self.state.best_val_loss = best if best is not None else math.inf
+        self.state.best_step = meta.get("best_step")
+        self.state.evals_since_best = meta.get("evals_since_best", 0)
+        self.state.elapsed_s = meta.get("elapsed_s", 0.0)
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def _emit(self, event: dict) -> None:
+        if self.callback:
+            self.callback(event)
+
+    def _log(self, row: dict) -> None:
+        if self.dist.is_main:
+            runs.append_jsonl(self.run_dir / "metrics.jsonl", row)
+            self._emit(row)
+
+    def _status(self, **fields) -> None:
+        if self.dist.is_main:
+            s = self.state
+            runs.write_status(self.run_dir, step=s.step, tokens=s.tokens, best_val_loss=_finite(s.best_val_loss),
+                              best_step=s.best_step, **fields)
+
+    def run(self) -> dict:
+        cfg = self.config.train
+        self._install_signal_handlers()
+        self._status(state="running", pid=os.getpid(), error=None, max_steps=cfg.max_steps,
+                     mode=cfg.mode, preset=self.config.preset, parent=self.parent, started_at=time.time())
+        bar = _progress_bar(self.progress and self.dist.is_main, cfg.max_steps, self.state.step)
+        step_times: list[float] = []
+        try:
+            while self.state.step < cfg.max_steps:
+                if self._handle_requests():
+                    break
+                started = time.perf_counter()
+                out = self.train_step()
+                if not math.isfinite(out["loss"]):
+                    raise SLMError(f"the loss became {out['loss']} at step {self.state.step + 1}; lower train.lr or "
+                                   f"use train.precision=fp32. The last good checkpoint is kept; resume from it")
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                step_s = time.perf_counter() - started
+                self._after_step(out, step_s, step_times)
+                bar.update(1)
+                bar.set_postfix(loss=f"{out['loss']:.3f}")
+                if self._periodic() == "early_stop":
+                    break
+            reason = self.state.stop_reason or "finished"
+            self.save("latest")
+            if reason == "finished" and self.state.best_step is None:
+                self._evaluate_and_track()
+            self._status(state="stopped" if reason in ("stop", "signal") else "finished", pid=None)
+        except Exception as error:  # noqa: BLE001 - every failure ends as a failed run with its message
+            self._fail(error)
+            raise
+        finally:
+            bar.close()
+        return {"step": self.state.step, "tokens": self.state.tokens, "best_val_loss": _finite(self.state.best_val_loss),
+                "state": runs.read_status(self.run_dir).get("state"), "run_dir": str(self.run_dir)}
+
+    def _after_step(self, out: dict, step_s: float, step_times: list[float]) -> None:
+        s, cfg = self.state, self.config.train
+        s.step += 1
+        s.tokens += out.pop("step_tokens")
+        s.elapsed_s += step_s
+        step_times.append(step_s)
+        recent = step_times[-20:]
+        avg = sum(recent) / len(recent)
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.config.model.context_length * self.dist.world_size
+        row = {"kind": "train", "step": s.step, "tokens": s.tokens, **out,
+               "tokens_per_sec": tokens_per_step / step_s if step_s > 0 else 0.0,
+               "elapsed_s": round(s.elapsed_s, 3), "eta_s": round(avg * (cfg.max_steps - s.step), 1),
+               **process_sample(self.device)}
+        self._log(row)
+        if s.step % 10 == 0 or s.step == 1:
+            self._status(state="running")
+
+    def _periodic(self) -> Optional[str]:
+        cfg, s = self.config.train, self.state
+        if s.step % cfg.eval_interval == 0 or s.step == cfg.max_steps:
+            if self._evaluate_and_track() and cfg.early_stop_patience and s.evals_since_best >= cfg.early_stop_patience:
+                s.stop_reason = "early_stop"
+                return "early_stop"
+        if s.step % cfg.ckpt_interval == 0 and s.step != cfg.max_steps:
+            self.save("latest")
+        return None
+
+    def _evaluate_and_track(self) -> bool:
+        """Evaluate, log, sample; keep the best checkpoint. Returns True if evaluation ran."""
+        s = self.state
+        val_loss = self.evaluate()
+        self._log({"kind": "eval", "step": s.step, "tokens": s.tokens, "val_loss": val_loss,
+                   "val_ppl": math.exp(min(val_loss, 50.0)), "elapsed_s": round(s.elapsed_s, 3)})
+        if self.dist.is_main and self.config.train.sample_prompts:
+            self.write_samples()
+        if val_loss < s.best_val_loss:
+            s.best_val_loss, s.best_step, s.evals_since_best = val_loss, s.step, 0
+            self.save("latest")
+            if self.dist.is_main:
+                copy_checkpoint(self.run_dir / "checkpoints", "latest", "best")
+        else:
+            s.evals_since_best += 1
+        self._status(state="running")
+        return True
+
+    def _handle_requests(self) -> bool:
+        """Poll control files (rank 0 decides, all ranks follow). Returns True to stop the loop."""
+        flags = torch.zeros(3)
+        if self.dist.is_main:
+            flags[0] = float(runs.take_request(self.run_dir, "stop") or bool(self.state.signals))
+            flags[1] = float(runs.take_request(self.run_dir, "save"))
+            flags[2] = float(runs.take_request(self.run_dir, "pause", consume=False))
+        if self.dist.world_size > 1:
+            import torch.distributed as dist
+
+            dist.broadcast(flags, src=0)
+        if flags[1]:
+            self.save("latest")
+            self._emit({"kind": "saved", "step": self.state.step})
+        if flags[2] and not flags[0]:
+            return self._pause()
+        if flags[0]:
+            self.state.stop_reason = "signal" if self.state.signals else "stop"
+            return True
+        return False
+
+    def _pause(self) -> bool:
+        """Hold the model and optimizer in memory until the pause file goes away (or a stop arrives)."""
+        self._status(state="paused")
+        paused_at = time.time()
+        while runs.take_request(self.run_dir, "pause", consume=False):
+            if runs.take_request(self.run_dir, "stop") or self.state.signals:
+                self.state.stop_reason = "stop"
+                return True
+            if runs.take_request(self.run_dir, "save"):
+                self.save("latest")
+            time.sleep(0.2)
+        self._status(state="running", paused_s=time.time() - paused_at)
+        return False
+
+    def _fail(self, error: Exception) -> None:
+        if isinstance(error, torch.OutOfMemoryError):
+            message = OOM_HINT
+        elif isinstance(error, SLMError):
+            message = str(error)
+        else:
+            message = f"{type(error).__name__}: {error}"
+            if self.dist.is_main:
+                traceback.print_exc()
+        self._status(state="failed", pid=None, error=message, failed_step=self.state.step + 1)
+
+    def _install_signal_handlers(self) -> None:
+        def on_signal(signum, _frame):
+            self.state.signals.append(signum)
+
+        with contextlib.suppress(ValueError):  # not the main thread: rely on the stop file
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+
+
+def _finite(value: float) -> Optional[float]:
+    return value if value is not None and math.isfinite(value) else None
+
+
+class _NoBar:
+    def update(self, *_):
+        pass
+
+    def set_postfix(self, **_):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+def train(config: RunConfig, run_dir: str | Path, callback: Optional[Callable[[dict], None]] = None,
+          resume: bool = False, progress: bool = True) -> dict:
+    """Train (or resume) the run in `run_dir`. Returns the final step, tokens, best val loss, state."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        trainer = Trainer(config, run_dir, callback=callback, resume=resume, progress=progress)
+    except Exception as error:
+        message = str(error) if isinstance(error, SLMError) else f"{type(error).__name__}: {error}"
+        runs.write_status(run_dir, state="failed", error=message, pid=None, step=0, mode=config.train.mode,
+                          preset=config.preset, started_at=time.time())
+        raise
+    return trainer.run()
