@@ -8,6 +8,7 @@ filled in, tokenizer/, data.json) so the run directory alone reproduces the run.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -75,10 +76,27 @@ def _choose_tokenizer(config: RunConfig, run_dir: Path, resume: bool, base, teac
     return None  # prepare_data builds it from config.tokenizer (training a BPE if asked)
 
 
+def _is_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def _prepare(config: RunConfig, tokenizer, progress: bool):
+    """Rank 0 tokenizes (and trains the BPE) first; the other ranks then read its cache."""
     from slm_core.data import prepare_data
 
-    return prepare_data(config, tokenizer=tokenizer, progress=progress)
+    if not _is_main_rank():
+        _barrier()
+    data = prepare_data(config, tokenizer=tokenizer, progress=progress and _is_main_rank())
+    if _is_main_rank():
+        _barrier()
+    return data
 
 
 def _resolve_config(config: RunConfig, base, tokenizer, data) -> RunConfig:
@@ -130,6 +148,8 @@ def _vocab_of(module: torch.nn.Module) -> Optional[int]:
 
 
 def _freeze_run_identity(run_dir: Path, config: RunConfig, tokenizer, data, resume: bool) -> None:
+    if not _is_main_rank():
+        return
     if resume and (run_dir / "config.yaml").exists() and (run_dir / "tokenizer").is_dir():
         runs.atomic_write_text(run_dir / "config.yaml", config.to_yaml())  # overrides given at resume
         return

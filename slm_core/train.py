@@ -300,6 +300,8 @@ class Trainer:
             self._status(state="stopped" if reason in ("stop", "signal") else "finished", pid=None)
         except Exception as error:  # noqa: BLE001 - every failure ends as a failed run with its message
             self._fail(error)
+            if isinstance(error, torch.OutOfMemoryError):
+                raise SLMError(f"step {self.state.step + 1}: {OOM_HINT}") from error
             raise
         finally:
             bar.close()
