@@ -117,7 +117,9 @@ def _build_model(config: RunConfig, base, device: torch.device) -> torch.nn.Modu
     from slm_core.model import Transformer
 
     if base is not None:
-        model = base.model
+        from slm_core.lora import merge_adapter
+
+        model = merge_adapter(base.model)  # a LoRA run as the base: fold its adapter in first
         model.config = config.model  # the same shape; new dropout/context
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
@@ -129,7 +131,12 @@ def _build_model(config: RunConfig, base, device: torch.device) -> torch.nn.Modu
     if config.train.mode == "lora":
         from slm_core.lora import apply_lora
 
+        from slm_core.lora import trainable_summary
+
         model = apply_lora(model, config.lora)
+        counts = trainable_summary(model)
+        print(f"LoRA: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
+              f"({counts['trainable_percent']:.2f}%)", flush=True)
     model.train()
     return model
 

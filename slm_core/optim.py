@@ -18,7 +18,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
             continue
         seen.add(id(param))
         is_embedding = "embed_tokens" in name or "embed_positions" in name or name.endswith("lm_head.weight")
-        (decay if param.dim() >= 2 and not is_embedding else no_decay).append(param)
+        # LoRA factors start at zero (B) and stay small: decaying them only fights the update.
+        is_adapter = "lora_" in name
+        (decay if param.dim() >= 2 and not (is_embedding or is_adapter) else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = device.type == "cuda"  # fused AdamW: one kernel for all parameters on CUDA
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)

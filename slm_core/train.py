@@ -273,10 +273,13 @@ class Trainer:
         cfg = self.config.train
         self._install_signal_handlers()
         self._status(state="running", pid=os.getpid(), error=None, max_steps=cfg.max_steps,
-                     mode=cfg.mode, preset=self.config.preset, parent=self.parent, started_at=time.time())
+                     mode=cfg.mode, preset=self.config.preset, parent=self.parent, started_at=time.time(),
+                     **_parameter_counts(self.raw_model))
         bar = _progress_bar(self.progress and self.dist.is_main, cfg.max_steps, self.state.step)
         step_times: list[float] = []
         try:
+            if self.state.step == 0:  # the untrained baseline: the first point of every curve and timeline
+                self._evaluate_and_track()
             while self.state.step < cfg.max_steps:
                 if self._handle_requests():
                     break
@@ -406,6 +409,12 @@ class Trainer:
         with contextlib.suppress(ValueError):  # not the main thread: rely on the stop file
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
+
+
+def _parameter_counts(model: torch.nn.Module) -> dict:
+    unique = {id(p): p for p in model.parameters()}.values()  # a tied embedding counts once
+    return {"total_params": sum(p.numel() for p in unique),
+            "trainable_params": sum(p.numel() for p in unique if p.requires_grad)}
 
 
 def _finite(value: float) -> Optional[float]:

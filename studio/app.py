@@ -1,0 +1,97 @@
+"""The Studio: a Gradio Blocks page assembled from tab modules.
+
+Each tab is one module under studio/tabs/ with a `TITLE` and a `build(ctx)` that lays out its
+components inside the tab and wires its events. Adding a tab is adding its module name to
+`TAB_MODULES`. Tabs talk to each other only through the `StudioContext`: the settings a run is
+made of are registered in `ctx.fields` under their config keys ("train.lr"), so the Train tab can
+start a run from what the Model and Data tabs show.
+
+Building the page imports no torch (a test checks it in a fresh process); tabs that need torch
+(the memory estimate, tokenizing, chat) import slm_core's torch modules inside their handlers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from slm_core import runs  # noqa: E402
+from studio.runner import Runner  # noqa: E402
+from studio.style import CSS  # noqa: E402
+
+TAB_MODULES: tuple[str, ...] = (
+    "studio.tabs.model",
+    "studio.tabs.data",
+    "studio.tabs.train",
+    "studio.tabs.runs",
+    "studio.tabs.chat",
+)
+
+
+
+@dataclass
+class StudioContext:
+    """What tabs share while the page is built (and, through the runner, while it runs)."""
+    runs_dir: Path
+    runner: Runner
+    fields: dict[str, Any] = field(default_factory=dict)  # "section.key" → component: the run's settings
+    shared: dict[str, Any] = field(default_factory=dict)  # other components one tab reads from another
+    on_load: list[dict] = field(default_factory=list)  # demo.load(**kwargs) when a page opens
+    finalizers: list[Callable[["StudioContext"], None]] = field(default_factory=list)  # after all tabs exist
+    tabs: dict[str, Any] = field(default_factory=dict)  # title → gr.Tab
+
+    def field_values(self, values: Sequence[Any]) -> dict[str, Any]:
+        """Event inputs `*ctx.fields.values()` back to {"section.key": value}."""
+        return dict(zip(self.fields.keys(), values))
+
+
+def theme() -> gr.themes.Base:
+    # System fonts only: the default theme would fetch Google Fonts, and the Studio works offline.
+    return gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", neutral_hue="slate",
+                          font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
+                          font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
+
+
+def _header(ctx: StudioContext) -> None:
+    from slm_core.monitor import gpu_info, system_memory
+
+    memory, gpus = system_memory(), gpu_info()
+    gpu_text = ", ".join(f"{g['name']} ({g['total_mb'] / 1024:.0f} GB)" for g in gpus) or "no GPU found (training uses the CPU)"
+    gr.HTML(f"""<div class="slm-header"><div class="slm-title">SLM Studio</div>
+<div class="slm-subtitle">Train, distill and fine-tune small language models on this machine, then chat with them.</div>
+<div class="slm-machine">{memory['cpu_count']} CPU cores · {memory['total_mb'] / 1024:.1f} GB RAM · {gpu_text}
+· runs in <code>{ctx.runs_dir}</code></div></div>""")
+
+
+def build_app(runs_dir: Optional[str | Path] = None, tabs: Sequence[str] = TAB_MODULES) -> gr.Blocks:
+    """The whole page. `runs_dir`: where runs live (default $SLM_RUNS_DIR or ./runs)."""
+    ctx = StudioContext(runs_dir=runs.runs_dir(runs_dir), runner=Runner(runs_dir))
+    with gr.Blocks(title="SLM Studio", analytics_enabled=False, fill_width=True) as demo:
+        _header(ctx)
+        with gr.Tabs(elem_id="slm-tabs"):
+            for module_name in tabs:
+                module = importlib.import_module(module_name)
+                with gr.Tab(module.TITLE, id=module.TITLE.lower(), elem_id=f"tab-{module.TITLE.lower()}") as tab:
+                    ctx.tabs[module.TITLE] = tab
+                    module.build(ctx)
+        for finalize in ctx.finalizers:
+            finalize(ctx)
+        for kwargs in ctx.on_load:
+            demo.load(**{"api_visibility": "private", "show_progress": "hidden", **kwargs})
+    demo.studio = ctx  # tests and benchmarks reach the runner through it
+    return demo
+
+
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           auth: Optional[tuple[str, str]] = None, **kwargs: Any) -> Any:
+    os.environ["SLM_RUNS_DIR"] = str(demo.studio.runs_dir)  # loaders resolving run names agree with the page
+    return demo.queue(default_concurrency_limit=4).launch(
+        server_name=host, server_port=port, share=share, auth=auth, theme=theme(), css=CSS,
+        show_error=True, footer_links=["api", "settings"], **kwargs)

@@ -1,0 +1,166 @@
+"""From the fields on the page to a RunConfig, to `--set` overrides, to the exact `slm` command.
+
+The Studio never builds a config the shell could not: the page's values become the differences
+from the chosen recipe (`--set section.key=value`), and the worker is launched with exactly the
+command shown under "copy as command" (only `slm` is spelled `python -m slm_core`). Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any, Iterable, Optional
+
+from slm_core.config import ModelConfig, RunConfig, load_model_preset, load_recipe
+from slm_core.runs import runs_dir as default_runs_dir
+from studio.views import flatten
+
+# Fields the family decides unless a preset set them (config.FAMILY_DEFAULTS); reset on a family switch.
+FAMILY_FIELDS = ("norm", "mlp", "position", "bias", "qkv_bias", "tie_embeddings")
+MODEL_FIELDS = ("family", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "context_length", "vocab_size",
+                "dropout")
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def model_from_fields(preset: Optional[str], fields: dict[str, Any]) -> ModelConfig:
+    """The Model tab's shape: a preset with the edited fields applied. Raises SLMError naming the field
+    (e.g. a width the head count does not divide)."""
+    base = load_model_preset(preset) if preset else ModelConfig()
+    raw = base.to_dict()
+    family = fields.get("family") or raw["family"]
+    if family != raw["family"]:
+        for key in FAMILY_FIELDS + ("d_ff",):
+            raw[key] = None
+    changed = False
+    for key in MODEL_FIELDS:
+        if key not in fields:
+            continue
+        value = None if _blank(fields[key]) else fields[key]
+        if key not in ("vocab_size", "d_ff", "n_kv_head") and value is None:
+            continue  # a cleared required field keeps the preset's value
+        if key not in ("family", "dropout") and value is not None:
+            value = int(value)
+        changed |= value != raw.get(key)
+        raw[key] = value
+    if changed and preset:
+        raw["name"] = f"{preset}-custom"
+    # Through RunConfig.from_dict: the same type coercion and checks as a recipe's YAML.
+    return RunConfig.from_dict({"model": raw}).model
+
+
+def ui_config(recipe: str, values: dict[str, Any], model: Optional[ModelConfig] = None) -> RunConfig:
+    """The recipe with the page's values ('section.key' → value) and model shape applied."""
+    raw = load_recipe(recipe).to_dict()
+    if model is not None:
+        raw["model"] = model.to_dict()
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        raw[section][name] = None if _blank(value) else value
+    return RunConfig.from_dict(raw)
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return repr(value)  # keep "1.0" a float for float fields
+    return str(value)
+
+
+def overrides_between(recipe: RunConfig, config: RunConfig) -> list[str]:
+    """`section.key=value` for every setting where `config` differs from `recipe`, in field order."""
+    a, b = flatten(recipe.to_dict()), flatten(config.to_dict())
+    out = []
+    for key, value in b.items():
+        if key == "preset" or a.get(key) == value:
+            continue
+        out.append(f"{key}={format_value(value)}")
+    return out
+
+
+def train_args(recipe: str, overrides: Iterable[str], name: Optional[str] = None,
+               runs_dir: Optional[str] = None) -> list[str]:
+    """Arguments after `slm` (or `python -m slm_core`) that start this run."""
+    args = ["train", "--preset", recipe]
+    if name:
+        args += ["--name", name]
+    if runs_dir:
+        args += ["--runs-dir", str(runs_dir)]
+    for item in overrides:
+        args += ["--set", item]
+    return args
+
+
+def resume_args(name: str, runs_dir: Optional[str] = None, overrides: Iterable[str] = ()) -> list[str]:
+    args = ["resume", name] + (["--runs-dir", str(runs_dir)] if runs_dir else [])
+    for item in overrides:
+        args += ["--set", item]
+    return args
+
+
+def shell_command(args: list[str]) -> str:
+    return "slm " + " ".join(shlex.quote(a) for a in args)
+
+
+def runs_dir_arg(root) -> Optional[str]:
+    """--runs-dir only where it differs from what the shell would pick by itself."""
+    return None if default_runs_dir() == default_runs_dir(root) else str(root)
+
+
+# ---- the page's fields → overrides ------------------------------------------------------------
+
+# Sections that only mean something in some modes: a LoRA rank typed in, then a switch to pretraining,
+# must not end up in the command.
+MODE_SECTIONS = {
+    "pretrain": ("model", "data", "tokenizer", "train"),
+    "distill": ("model", "data", "tokenizer", "train", "distill"),
+    "lora": ("model", "data", "tokenizer", "train", "lora"),
+    "finetune": ("model", "data", "tokenizer", "train"),
+}
+BASE_MODES = ("lora", "finetune", "distill")  # modes where train.init_from means something
+
+
+def page_config(recipe: str, preset: Optional[str], values: dict[str, Any]) -> RunConfig:
+    """The RunConfig the page describes: the recipe, the Model tab's shape, and every field's value."""
+    mode = values.get("train.mode") or load_recipe(recipe).train.mode
+    model = model_from_fields(preset, {k[len("model."):]: v for k, v in values.items() if k.startswith("model.")})
+    kept = {}
+    for key, value in values.items():
+        section = key.split(".", 1)[0]
+        if section == "model" or section not in MODE_SECTIONS.get(mode, ()):
+            continue
+        if key == "train.init_from" and mode not in BASE_MODES:
+            continue
+        kept[key] = value
+    return ui_config(recipe, kept, model)
+
+
+def page_overrides(recipe: str, preset: Optional[str], values: dict[str, Any]) -> list[str]:
+    return overrides_between(load_recipe(recipe), page_config(recipe, preset, values))
+
+
+def recipe_values(recipe: str, keys: Iterable[str]) -> tuple[Optional[str], list[Any]]:
+    """(model preset name, value per field key) that prefill the page from a recipe."""
+    from slm_core.config import list_presets
+
+    config = load_recipe(recipe).to_dict()
+    out = []
+    for key in keys:
+        section, _, name = key.partition(".")
+        value = config.get(section, {}).get(name)
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        out.append("" if value is None and key in BLANK_AS_EMPTY else value)
+    preset = config["model"].get("name")
+    return (preset if preset in list_presets("models") else None), out
+
+
+# Text and dropdown fields show None as "" (a Number shows None as blank by itself).
+BLANK_AS_EMPTY = {"data.text_column", "data.template", "tokenizer.path", "train.init_from", "distill.teacher"}

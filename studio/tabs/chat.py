@@ -1,0 +1,118 @@
+"""Chat tab: talk to a run's best or latest checkpoint (or any model folder), tokens streamed as they come.
+
+Works while a run trains: the model loads from the checkpoint on disk into the Studio process (via
+studio.chat_session, which imports torch lazily) and reloads when a newer checkpoint appears.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+import gradio as gr
+
+from slm_core.errors import SLMError
+from studio.chat_session import ChatSession
+from studio.tabs import PRIVATE, QUIET, message, run_names
+
+TITLE = "Chat"
+
+
+def build(ctx) -> None:
+    session = ChatSession(ctx.runs_dir)
+    stop_flag = threading.Event()
+    with gr.Row():
+        source = gr.Dropdown([], value=None, allow_custom_value=True, label="Model", scale=3, elem_id="chat-model",
+                             info="a run (with a checkpoint), or a checkpoint / quantized / Hugging Face folder")
+        tag = gr.Radio([("best", "best"), ("latest", "latest")], value="best", label="Checkpoint", scale=1)
+        load = gr.Button("Load", scale=0, min_width=100)
+    info = gr.Markdown("Pick a model; it loads on the first message.", elem_id="chat-info")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            chatbot = gr.Chatbot(label="Conversation", height=440, buttons=["copy"], elem_id="chat-bot",
+                                 placeholder="Base models continue your text; instruction-tuned models answer it.")
+            with gr.Row():
+                text = gr.Textbox(placeholder="Type a prompt and press Enter", show_label=False, scale=5,
+                                  elem_id="chat-input", lines=1)
+                send = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="chat-send")
+            with gr.Row():
+                stop = gr.Button("Stop", size="sm", elem_id="chat-stop")
+                clear = gr.Button("Clear", size="sm")
+            stats = gr.Markdown("", elem_id="chat-stats")
+        with gr.Column(scale=1, min_width=240):
+            settings = _sampling()
+    inputs = [text, chatbot, source, tag, *settings]
+
+    def respond(message_text, history, src, checkpoint, *values):
+        yield from reply(session, stop_flag, message_text, history, src, checkpoint, *values)
+
+    outputs = [chatbot, text, stats, info]
+    send.click(respond, inputs, outputs, api_name="chat", concurrency_limit=1, concurrency_id="chat",
+               show_progress="hidden")
+    text.submit(respond, inputs, outputs, concurrency_limit=1, concurrency_id="chat", **QUIET)
+    stop.click(lambda: stop_flag.set(), None, None, **PRIVATE)
+    clear.click(lambda: ([], ""), None, [chatbot, stats], **QUIET)
+    load.click(lambda s, t: load_model(session, s, t), [source, tag], info, **PRIVATE)
+
+    def choices():
+        names = run_names(ctx.runs_dir, with_checkpoint=True)
+        return gr.update(choices=names, value=names[0] if names else None)
+
+    ctx.tabs[TITLE].select(lambda current: gr.update(choices=run_names(ctx.runs_dir, with_checkpoint=True))
+                           if current else choices(), source, source, **QUIET)
+    ctx.on_load.append(dict(fn=choices, outputs=source))
+
+
+def _sampling() -> list[Any]:
+    return [
+        gr.Slider(0, 2, 0.8, step=0.05, label="Temperature", info="0 = greedy"),
+        gr.Slider(0, 200, 50, step=1, label="Top-k", info="0 = off"),
+        gr.Slider(0.05, 1, 1.0, step=0.05, label="Top-p"),
+        gr.Slider(1, 2, 1.1, step=0.05, label="Repetition penalty"),
+        gr.Slider(1, 1024, 200, step=1, label="Max new tokens"),
+        gr.Textbox("", label="Seed", placeholder="blank: random"),
+    ]
+
+
+def load_model(session: ChatSession, source: Optional[str], tag: str) -> str:
+    if not source:
+        return message("error", "Pick a run or type a model folder first.")
+    try:
+        with session.lock:
+            session.ensure(source, tag)
+    except SLMError as error:
+        return message("error", str(error))
+    return session.describe()
+
+
+def reply(session: ChatSession, stop_flag: threading.Event, text: str, history: list, source: Optional[str],
+          tag: str, temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed):
+    """Stream one reply into the chat: yields (history, textbox, stats, info)."""
+    history = list(history or [])
+    if not (text or "").strip():
+        yield history, text, gr.skip(), gr.skip()
+        return
+    if not source:
+        yield history, text, message("error", "Pick a model first."), gr.skip()
+        return
+    stop_flag.clear()
+    past = list(history)
+    history += [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
+    yield history, "", "_generating…_", gr.skip()
+    settings = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                    repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
+                    seed=int(seed) if str(seed or "").strip().lstrip("-").isdigit() else None)
+    stats: dict = {}
+    try:
+        for delta in session.stream(text, past, source, tag, settings, stats):
+            history[-1]["content"] += delta
+            yield history, "", gr.skip(), gr.skip()
+            if stop_flag.is_set():
+                break
+    except SLMError as error:
+        yield past, text, message("error", str(error)), gr.skip()
+        return
+    done = "stopped" if stop_flag.is_set() else "done"
+    line = f"{stats.get('tokens', 0)} tokens in {stats.get('seconds', 0):.1f} s · " \
+           f"**{stats.get('tokens_per_sec', 0):.1f} tokens/s** · {done}"
+    yield history, "", line, session.describe() if stats.get("reloaded") else gr.skip()

@@ -1,0 +1,170 @@
+"""Data tab: where the text comes from and how it becomes tokens.
+
+Sources: the built-in stories or instructions, a local file or folder (typed or uploaded), a
+JSONL/CSV/Parquet file with a column picker, or a Hub dataset name. Preview reads only the start
+of a source; Tokenize runs `slm_core.data.prepare_data` (the same cached token files a run uses,
+so the run that follows starts at once) with a progress bar. slm_core.data imports torch, so it is
+imported inside the handlers only.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import gradio as gr
+
+from slm_core.config import DataConfig, RunConfig, TokenizerConfig
+from slm_core.errors import SLMError
+from studio.tabs import PRIVATE, QUIET, message
+from studio.views import human_count
+
+TITLE = "Data"
+KINDS = ["Built-in stories", "Built-in instructions", "Local file or folder", "Upload", "Hugging Face Hub"]
+UPLOAD_TYPES = [".txt", ".md", ".jsonl", ".json", ".csv", ".tsv", ".parquet"]
+TOKENIZERS = [("GPT-2 BPE (50,257 tokens)", "gpt2"), ("Train a BPE on this data", "bpe"), ("Characters", "char")]
+TEMPLATES = [("auto (from the records)", ""), ("alpaca", "alpaca"), ("chatml", "chatml")]
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+GPT2_VOCAB = 50257
+
+
+def kind_of(source: str) -> str:
+    source = (source or "").strip()
+    if source in ("builtin", "builtin:stories", ""):
+        return KINDS[0]
+    if source == "builtin:instructions":
+        return KINDS[1]
+    if HUB_NAME.match(source) and not Path(source).expanduser().exists():
+        return KINDS[4]
+    return KINDS[2]
+
+
+def build(ctx) -> None:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            kind = gr.Radio(KINDS, value=KINDS[0], label="Source")
+            source = gr.Textbox("builtin", label="Source (what the run reads)",
+                                info="'builtin', 'builtin:instructions', a file or folder path, or a Hub name "
+                                     "like roneneldan/TinyStories")
+            upload = gr.File(label="Upload files", file_count="multiple", file_types=UPLOAD_TYPES, visible=False)
+            with gr.Row():
+                column = gr.Dropdown([("auto", "")], value="", label="Text column (JSONL/CSV/Parquet)",
+                                     allow_custom_value=True, info="blank: 'text', else the first string column")
+                template = gr.Dropdown(TEMPLATES, value="", label="Instruction template",
+                                       info="for instruction records (instruction/output or messages)")
+                max_chars = gr.Number(None, label="Use at most N characters", precision=0, minimum=1,
+                                      info="blank: all of it")
+            preview_btn = gr.Button("Preview", variant="secondary")
+        with gr.Column(scale=2):
+            tok_kind = gr.Radio(TOKENIZERS, value="bpe", label="Tokenizer")
+            tok_size = gr.Number(4096, label="BPE vocabulary size", precision=0, minimum=256, maximum=65536)
+            tok_path = gr.Textbox("", label="GPT-2 vocabulary folder (offline copy)", visible=False,
+                                  info="holds vocab.bpe + encoder.json; blank downloads them once")
+            tokenize_btn = gr.Button("Tokenize now (cached for every run)", variant="primary")
+            tokens = gr.Markdown("", elem_id="data-tokens")
+    summary = gr.Markdown("", elem_id="data-summary")
+    records = gr.HTML("", elem_id="data-preview")
+    ctx.fields.update({"data.source": source, "data.text_column": column, "data.template": template,
+                       "data.max_chars": max_chars, "tokenizer.kind": tok_kind, "tokenizer.vocab_size": tok_size,
+                       "tokenizer.path": tok_path})
+    _wire(ctx, kind, source, upload, column, template, max_chars, preview_btn, summary, records)
+    _wire_tokenizer(ctx, tok_kind, tok_size, tok_path, tokenize_btn, tokens)
+
+
+def _wire(ctx, kind, source, upload, column, template, max_chars, preview_btn, summary, records) -> None:
+    def on_kind(choice: str, current: str):
+        value = {KINDS[0]: "builtin", KINDS[1]: "builtin:instructions"}.get(choice)
+        if value is None and current.startswith("builtin"):
+            value = ""
+        return gr.update(value=value) if value is not None else gr.update(), gr.update(visible=choice == KINDS[3])
+
+    kind.input(on_kind, [kind, source], [source, upload], **QUIET)
+    source.change(lambda s: gr.update(value=kind_of(s)) if kind_of(s) != KINDS[2] else gr.update(),
+                  source, kind, **QUIET)
+    upload.upload(lambda files: save_uploads(files, ctx.runs_dir), upload, source, **PRIVATE)
+    preview_btn.click(preview, [source, column, template, max_chars], [summary, records, column],
+                      api_name="data_preview")
+
+
+def _wire_tokenizer(ctx, tok_kind, tok_size, tok_path, tokenize_btn, tokens) -> None:
+    vocab = ctx.fields.get("model.vocab_size")
+
+    def on_kind(kind: str, size: Optional[float]):
+        # The model's vocabulary follows the tokenizer (a GPT-2 BPE needs 50,257 embedding rows).
+        model_vocab = {"gpt2": GPT2_VOCAB, "bpe": int(size or 4096), "char": None}[kind]
+        return gr.update(visible=kind == "bpe"), gr.update(visible=kind == "gpt2"), model_vocab
+
+    if vocab is not None:
+        tok_kind.input(on_kind, [tok_kind, tok_size], [tok_size, tok_path, vocab], **QUIET)
+        tok_size.input(lambda k, s: int(s) if k == "bpe" and s else gr.update(), [tok_kind, tok_size], vocab, **QUIET)
+    tok_kind.change(lambda k: (gr.update(visible=k == "bpe"), gr.update(visible=k == "gpt2")), tok_kind,
+                    [tok_size, tok_path], **QUIET)
+    keys = list(ctx.fields)
+    tokenize_btn.click(lambda *values: tokenize(dict(zip(keys, values))), list(ctx.fields.values()), tokens,
+                       api_name="data_tokenize")
+
+
+def save_uploads(files: Optional[list], runs_dir: Path) -> Any:
+    """Copy uploaded files out of Gradio's temporary folder to <runs dir>/uploads/, so the path in the
+    run's config (and in the shell command) stays valid."""
+    if not files:
+        return gr.update()
+    paths = [Path(getattr(f, "name", f)) for f in files]
+    target = runs_dir / "uploads"
+    if len(paths) > 1:
+        target = target / time.strftime("upload-%Y%m%d-%H%M%S")
+    target.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        shutil.copy2(path, target / path.name)
+    return str(target if len(paths) > 1 else target / paths[0].name)
+
+
+def data_config(source: str, column: str = "", template: str = "", max_chars: Any = None) -> DataConfig:
+    return DataConfig(source=(source or "").strip(), text_column=column or None, template=template or None,
+                      max_chars=int(max_chars) if max_chars else None)
+
+
+def preview(source: str, column: str, template: str, max_chars: Any):
+    """Summary line, the first records, and the column choices for tabular sources."""
+    from slm_core.data import data_summary, preview as read_preview
+
+    try:
+        cfg = data_config(source, column, template, max_chars)
+        info = data_summary(cfg)
+        texts = read_preview(cfg, n=5)
+    except SLMError as error:
+        return message("error", str(error)), "", gr.update()
+    kind = "instruction records" + (f" ({info['template']} template)" if info.get("template") else "") \
+        if info.get("is_instruction") else "documents"
+    text = (f"**{info['n_documents']:,} {kind}**, {human_count(info['n_chars'])} characters "
+            f"(kind: {info['kind']}). Token counts appear after tokenizing.")
+    columns = info.get("columns") or []
+    choices = [("auto", "")] + [(c, c) for c in columns]
+    cards = "".join(f"<pre class='slm-record'>{html.escape(t)}</pre>" for t in texts)
+    return text, f"<div class='slm-records'>{cards}</div>", gr.update(choices=choices)
+
+
+def tokenize(values: dict[str, Any], progress=gr.Progress(track_tqdm=True)) -> str:
+    """prepare_data for the page's source and tokenizer: trains the BPE if asked, writes the token cache."""
+    from slm_core.data import prepare_data
+
+    try:
+        config = RunConfig(data=data_config(values.get("data.source"), values.get("data.text_column"),
+                                            values.get("data.template"), values.get("data.max_chars")),
+                           tokenizer=TokenizerConfig(kind=values.get("tokenizer.kind") or "bpe",
+                                                     vocab_size=int(values.get("tokenizer.vocab_size") or 4096),
+                                                     path=values.get("tokenizer.path") or None))
+        started = time.perf_counter()
+        progress(0, desc="reading the source")
+        data = prepare_data(config, progress=True, require_windows=False)
+    except SLMError as error:
+        return message("error", str(error))
+    seconds = time.perf_counter() - started
+    return message("ok", f"**{human_count(data.train_tokens)} train + {human_count(data.val_tokens)} validation "
+                         f"tokens** ({data.tokenizer.n_vocab:,}-token {data.tokenizer.kind} vocabulary, "
+                         f"{human_count(data.n_chars)} characters) in {seconds:.1f} s — cached in "
+                         f"`{data.cache_dir}`; runs on this data start without tokenizing again.")

@@ -1,0 +1,175 @@
+"""Model tab: pick a model preset or edit its shape; see parameters, memory, token budget and step time.
+
+The fields register under their config keys (model.n_layer, ...) so the Train tab starts a run of
+exactly this shape. The estimate comes from `slm_core.estimate.describe`, imported inside the
+handler (it builds the model on torch's meta device); an invalid combination shows its SLMError
+message under the field it names instead of an estimate.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import gradio as gr
+
+from slm_core.config import list_presets, load_model_preset, preset_description
+from slm_core.errors import SLMError
+from studio.command import MODEL_FIELDS, model_from_fields
+from studio.tabs import QUIET
+from studio.views import human_count, human_duration, human_mb
+
+TITLE = "Model"
+DEFAULT_PRESET = "tiny-llama"
+
+LABELS = {
+    "family": ("Family", "GPT-2 style (learned positions, LayerNorm, GELU) or Llama style (RoPE, RMSNorm, SwiGLU)"),
+    "n_layer": ("Layers", "Transformer blocks"),
+    "n_head": ("Attention heads", "must divide the width"),
+    "n_kv_head": ("KV heads", "fewer than heads = grouped-query attention; must divide the heads"),
+    "d_model": ("Width (d_model)", "size of each token's vector"),
+    "d_ff": ("FFN width", "blank = the family's default (4× or Llama's 8/3× width)"),
+    "context_length": ("Context (tokens)", "longest sequence the model sees"),
+    "vocab_size": ("Vocabulary", "blank = taken from the tokenizer when the run starts"),
+    "dropout": ("Dropout", "0 for short pretraining; 0.1–0.2 against overfitting on small data"),
+}
+FIELD_ERROR = re.compile(r"^model\.(\w+)=")
+
+
+def _field(key: str, value: Any) -> gr.components.Component:
+    label, info = LABELS[key]
+    if key == "family":
+        return gr.Dropdown(["gpt2", "llama"], value=value, label=label, info=info)
+    if key == "dropout":
+        return gr.Number(value=value, label=label, info=info, minimum=0, maximum=0.9, step=0.05)
+    return gr.Number(value=value, label=label, info=info, precision=0, minimum=1)
+
+
+def preset_values(name: str) -> list[Any]:
+    config = load_model_preset(name)
+    return [getattr(config, key) for key in MODEL_FIELDS]
+
+
+def build(ctx) -> None:
+    preset0 = DEFAULT_PRESET if DEFAULT_PRESET in list_presets("models") else list_presets("models")[0]
+    values0 = dict(zip(MODEL_FIELDS, preset_values(preset0)))
+    with gr.Row():
+        preset = gr.Dropdown(list_presets("models"), value=preset0, label="Model preset", scale=1,
+                             info="everything in presets/models/; edit any field below")
+        about = gr.Markdown(preset_description("models", preset0), elem_classes="slm-note")
+    errors: dict[str, gr.Markdown] = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            for row in (MODEL_FIELDS[:3], MODEL_FIELDS[3:6], MODEL_FIELDS[6:]):
+                with gr.Row():
+                    for key in row:
+                        with gr.Column(min_width=160):
+                            ctx.fields[f"model.{key}"] = _field(key, values0[key])
+                            errors[key] = gr.Markdown("", elem_classes="slm-field-error")
+        with gr.Column(scale=2):
+            estimate = gr.Markdown("", elem_classes="slm-estimate", elem_id="model-estimate")
+    ctx.shared["model.preset"] = preset
+    model_fields = [ctx.fields[f"model.{k}"] for k in MODEL_FIELDS]
+    preset.input(lambda name: [preset_description("models", name), *preset_values(name)], inputs=preset,
+                 outputs=[about, *model_fields], **QUIET)
+    ctx.shared["model.errors"] = errors
+    ctx.finalizers.append(lambda c: _wire_estimate(c, preset, model_fields, estimate, errors))
+
+
+def _wire_estimate(ctx, preset, model_fields, estimate, errors) -> None:
+    """After every tab exists: the estimate also follows the Train tab's batch, precision, checkpointing
+    and mode (LoRA trains only its adapters)."""
+    extra = [ctx.fields[k] for k in TRAIN_KEYS if k in ctx.fields]
+    keys = [k for k in TRAIN_KEYS if k in ctx.fields]
+    inputs = [preset, *model_fields, *extra]
+    outputs = [estimate, *errors.values()]
+
+    def update(name, *values):
+        fields = dict(zip(MODEL_FIELDS, values[: len(MODEL_FIELDS)]))
+        train = dict(zip(keys, values[len(MODEL_FIELDS):]))
+        text, bad = estimate_text(name, fields, train)
+        return [text, *[bad.get(key, "") for key in errors]]
+
+    gr.on([c.change for c in inputs], update, inputs=inputs, outputs=outputs, trigger_mode="always_last", **QUIET)
+    ctx.on_load.append(dict(fn=update, inputs=inputs, outputs=outputs))
+
+
+TRAIN_KEYS = ("train.batch_size", "train.grad_accum", "train.precision", "train.grad_checkpointing", "train.mode",
+              "lora.r", "lora.targets")
+
+
+def estimate_text(preset: Optional[str], fields: dict, train: dict) -> tuple[str, dict[str, str]]:
+    """(Markdown estimate, {field: error}) for the shape on the page."""
+    try:
+        config = model_from_fields(preset, fields)
+        info = _describe(config, train)
+    except SLMError as error:
+        match = FIELD_ERROR.match(str(error))
+        if match and match.group(1) in LABELS:
+            return "Fix the highlighted field to see the estimate.", {match.group(1): f"⚠️ {error}"}
+        return f"⚠️ {error}", {}
+    from slm_core.monitor import gpu_info, system_memory
+
+    return format_estimate(info, system_memory(), gpu_info()), {}
+
+
+def _describe(config, train: dict) -> dict:
+    from slm_core.config import LoRAConfig
+    from slm_core.estimate import describe  # builds on the meta device: imports torch, so only here
+
+    mode = train.get("train.mode") or "pretrain"
+    lora = LoRAConfig(r=int(train.get("lora.r") or 8), targets=train.get("lora.targets") or "attention") \
+        if mode == "lora" else None
+    return describe(config, batch_size=int(train.get("train.batch_size") or 16),
+                    precision=train.get("train.precision") or "auto",
+                    grad_checkpointing=bool(train.get("train.grad_checkpointing")),
+                    grad_accum=int(train.get("train.grad_accum") or 1), mode=mode, lora=lora, timing=True)
+
+
+def format_estimate(info: dict, memory: dict, gpus: list[dict]) -> str:
+    """describe()'s figures as a table, saying whether they fit the memory found on this machine."""
+    params, train, infer = info["params"], info["training"], info["inference"]
+    on_gpu = str(train.get("device", "cpu")).startswith("cuda") and gpus
+    if on_gpu:
+        where = f"the GPU ({gpus[0]['name']}, {human_mb(gpus[0]['free_mb'])} free)"
+    else:
+        where = f"RAM ({human_mb(memory['available_mb'])} free of {human_mb(memory['total_mb'])})"
+        where += "" if gpus else "; no GPU found, training runs on the CPU"
+
+    def fit(ok):
+        return "—" if ok is None else ("✅ fits" if ok else "❌ does not fit")
+
+    trainable = params.get("trainable", params["total"])
+    rows = [
+        ("Parameters", f"**{human_count(params['total'])}** ({human_count(params.get('non_embedding'))} "
+                       f"outside embeddings)" + (f"; {human_count(trainable)} trainable" if trainable != params["total"]
+                                                 else "")),
+        (f"Training memory (batch {train.get('batch_size')}, context {train.get('context')}, "
+         f"{'bf16/fp16 autocast' if train.get('autocast') else 'fp32'}"
+         f"{', checkpointing' if train.get('grad_checkpointing') else ''})",
+         f"**{human_mb(train['total_mb'])}** — {fit(info.get('fits_training'))} in {where}"),
+        ("Inference memory (batch 1, full context)",
+         f"{human_mb(infer['total_mb'])} fp32 · {human_mb(info.get('inference_bf16', infer)['total_mb'])} bf16 — "
+         f"{fit(info.get('fits_inference'))}"),
+    ]
+    rows += _budget_rows(info)
+    table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    notes = " ".join(info.get("notes") or [])
+    return table + (f"\n\n_{notes}_" if notes else "")
+
+
+def _budget_rows(info: dict) -> list[tuple[str, str]]:
+    train, step = info["training"], info.get("step") or {}
+    budget = info.get("compute_optimal_tokens")
+    tokens_per_step = (train.get("batch_size") or 1) * (train.get("context") or 1) * (info.get("grad_accum") or 1)
+    rows = []
+    if budget:
+        steps = max(1, round(budget / tokens_per_step))
+        rows.append(("Compute-optimal budget (≈20 tokens/param)",
+                     f"{human_count(budget)} tokens ≈ {steps:,} steps of {tokens_per_step:,} tokens"))
+    if step.get("step_s"):
+        total = step["step_s"] * budget / tokens_per_step if budget else 0
+        rows.append(("Estimated time per step on this machine",
+                     f"**{step['step_s']:.2f} s** ({step['tokens_per_s']:,.0f} tokens/s"
+                     + (f"; the whole budget ≈ {human_duration(total)})" if total else ")")))
+    return rows

@@ -1,0 +1,142 @@
+"""Runs tab: every run in the runs directory; open one (plots, samples, config), compare two configs,
+overlay loss curves of several, delete one after a confirmation. Reads run directories only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import gradio as gr
+
+from slm_core import runs
+from slm_core.errors import SLMError
+from studio import watch
+from studio.plots import loss_figure, overlay_figure
+from studio.tabs import PRIVATE, QUIET, message
+from studio.views import RUN_COLUMNS, config_diff, failure_note, runs_table, sample_timeline_html, status_markdown
+
+TITLE = "Runs"
+
+
+def build(ctx) -> None:
+    with gr.Row():
+        refresh = gr.Button("Refresh", scale=0, min_width=120)
+        gr.Markdown("Click a row to open the run.", elem_classes="slm-note")
+    table = gr.Dataframe(headers=RUN_COLUMNS, value=[], interactive=False, wrap=True, elem_id="runs-table",
+                         max_height=360)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300):
+            opened = gr.Dropdown([], value=None, label="Open run", elem_id="runs-open")
+            status = gr.Markdown("")
+            delete = gr.Button("Delete this run…", variant="stop", size="sm")
+            with gr.Group(visible=False) as confirm_box:
+                confirm_text = gr.Markdown("")
+                with gr.Row():
+                    confirm = gr.Button("Yes, delete it", variant="stop", size="sm", elem_id="runs-confirm-delete")
+                    cancel = gr.Button("Cancel", size="sm")
+            deleted = gr.Markdown("")
+        with gr.Column(scale=2):
+            plot = gr.Plot(loss_figure([]), label="Loss")
+    with gr.Accordion("Samples", open=False):
+        samples = gr.HTML("")
+    with gr.Accordion("Config (config.yaml)", open=False):
+        config = gr.Code("", language="yaml", interactive=False)
+    with gr.Accordion("Compare two runs' configs", open=False):
+        with gr.Row():
+            a, b = gr.Dropdown([], label="Run A"), gr.Dropdown([], label="Run B")
+        diff = gr.Dataframe(headers=["setting", "A", "B"], value=[], interactive=False, wrap=True)
+    with gr.Accordion("Overlay loss curves", open=True):
+        with gr.Row():
+            several = gr.Dropdown([], multiselect=True, label="Runs", scale=3)
+            metric = gr.Radio([("validation loss", "val_loss"), ("training loss", "loss")], value="val_loss",
+                              label="Curve", scale=1)
+        overlay = gr.Plot(overlay_figure({}), label="Overlay")
+    pickers = [opened, a, b, several]
+    _wire_list(ctx, refresh, table, pickers)
+    _wire_open(ctx, table, opened, status, plot, samples, config)
+    _wire_delete(ctx, opened, delete, confirm_box, confirm_text, confirm, cancel, deleted, table, pickers)
+    gr.on([a.change, b.change], lambda x, y: compare(ctx.runs_dir, x, y), [a, b], diff, **QUIET)
+    gr.on([several.change, metric.change], lambda names, m: overlay_runs(ctx.runs_dir, names, m),
+          [several, metric], overlay, **QUIET)
+
+
+def _wire_list(ctx, refresh, table, pickers) -> None:
+    def listing():
+        summaries = runs.list_runs(ctx.runs_dir)
+        names = [s["name"] for s in summaries]
+        return [runs_table(summaries), *[gr.update(choices=names) for _ in pickers]]
+
+    outputs = [table, *pickers]
+    refresh.click(listing, None, outputs, api_name="runs_list")
+    ctx.tabs[TITLE].select(listing, None, outputs, **QUIET)
+    ctx.on_load.append(dict(fn=listing, outputs=outputs))
+
+
+def _wire_open(ctx, table, opened, status, plot, samples, config) -> None:
+    def pick(evt: gr.SelectData, rows):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        try:
+            return rows.iloc[row, 0] if hasattr(rows, "iloc") else rows[row][0]
+        except (IndexError, KeyError):
+            return gr.update()
+
+    table.select(pick, table, opened, **QUIET)
+    opened.change(lambda name: open_run(ctx.runs_dir, name), opened, [status, plot, samples, config], **QUIET)
+
+
+def open_run(root: Path, name: Optional[str]) -> list[Any]:
+    if not name:
+        return ["", loss_figure([]), "", ""]
+    run_dir = root / name
+    status = runs.read_status(run_dir)
+    text = status_markdown(name, status)
+    note = failure_note(status)
+    try:
+        config = (run_dir / "config.yaml").read_text()
+    except FileNotFoundError:
+        config = "# no config.yaml yet"
+    return [text + (f"\n\n{note}" if note else ""), loss_figure(watch.metrics(run_dir), revision=name),
+            sample_timeline_html(watch.samples(run_dir)), config]
+
+
+def compare(root: Path, a: Optional[str], b: Optional[str]) -> list[list[str]]:
+    if not a or not b:
+        return []
+    rows = config_diff(_yaml(root / a / "config.yaml"), _yaml(root / b / "config.yaml"))
+    return rows or [["(no differences)", "", ""]]
+
+
+def _yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (FileNotFoundError, yaml.YAMLError):
+        return {}
+
+
+def overlay_runs(root: Path, names: Optional[list[str]], metric: str):
+    return overlay_figure({n: watch.metrics(root / n) for n in names or []}, metric=metric)
+
+
+def _wire_delete(ctx, opened, delete, confirm_box, confirm_text, confirm, cancel, deleted, table, pickers) -> None:
+    def ask(name):
+        if not name:
+            return gr.update(visible=False), "", message("error", "Open a run first.")
+        return (gr.update(visible=True),
+                f"Delete **{name}** with its checkpoints, metrics and samples? This cannot be undone.", "")
+
+    def do_delete(name):
+        try:
+            runs.delete_run(ctx.runs_dir / name)
+            watch.CACHE.forget(ctx.runs_dir / name)
+        except (SLMError, OSError) as error:
+            return gr.update(visible=False), message("error", str(error)), gr.update(), *[gr.update()] * 4
+        summaries = runs.list_runs(ctx.runs_dir)
+        names = [s["name"] for s in summaries]
+        return (gr.update(visible=False), message("ok", f"Deleted {name}."), runs_table(summaries),
+                gr.update(choices=names, value=None), *[gr.update(choices=names)] * 3)
+
+    delete.click(ask, opened, [confirm_box, confirm_text, deleted], **QUIET)
+    cancel.click(lambda: gr.update(visible=False), None, confirm_box, **QUIET)
+    confirm.click(do_delete, opened, [confirm_box, deleted, table, *pickers], **PRIVATE)

@@ -1,0 +1,281 @@
+"""Train tab: recipes, the training fields, Start/Pause/Continue/Save/Stop/Resume, and the live view.
+
+Start turns the page into `slm train --preset R --set ...` (shown under "copy as command") and hands
+it to the Runner, which runs it in a worker process. A timer reads the watched run's directory
+every 1.5 s and redraws only when a file changed; since everything lives in the run directory, a
+reloaded page finds the running job with its whole history.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import gradio as gr
+
+from slm_core import runs
+from slm_core.config import LORA_TARGETS, list_presets, preset_description
+from slm_core.errors import SLMError
+from studio import watch
+from studio.command import page_overrides, recipe_values, runs_dir_arg, shell_command, train_args
+from studio.plots import training_figure
+from studio.tabs import PRIVATE, QUIET, message, run_names
+from studio.views import failure_note, log_tail, overfitting_note, progress_html, sample_timeline_html, status_markdown
+
+TITLE = "Train"
+DEFAULT_RECIPE = "quickstart-cpu"
+REFRESH_S = 1.5
+MODES = [("Pretrain from scratch", "pretrain"), ("Distill from a teacher", "distill"),
+         ("LoRA fine-tune", "lora"), ("Full fine-tune", "finetune")]
+SCHEDULES = ["cosine", "linear", "constant"]
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+
+
+def build(ctx) -> None:
+    recipes = list_presets("recipes")
+    recipe0 = DEFAULT_RECIPE if DEFAULT_RECIPE in recipes else recipes[0]
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=380):
+            controls = _controls(ctx, recipes, recipe0)
+        with gr.Column(scale=3):
+            monitor = _monitor()
+    with gr.Accordion("Log", open=False):
+        monitor["log"] = gr.Code("", language="shell", lines=14, max_lines=14, label="log.txt (tail)",
+                                 interactive=False, elem_id="train-log")
+    _wire_recipe(ctx, controls)
+    _wire_monitor(ctx, controls, monitor)
+    # Start and the command box read every tab's fields: wired once all tabs exist.
+    ctx.finalizers.append(lambda ctx: _wire_actions(ctx, controls, monitor))
+    ctx.shared["train.watch"] = monitor["watch"]
+
+
+# ---- layout ----------------------------------------------------------------------------------
+
+def _number(value, label, info=None, integer=True, **kw):
+    return gr.Number(value, label=label, info=info, precision=0 if integer else None, min_width=110, **kw)
+
+
+def _controls(ctx, recipes: list[str], recipe0: str) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    c["recipe"] = gr.Dropdown(recipes, value=recipe0, label="Recipe", info="one click prefills every field")
+    c["about"] = gr.Markdown(preset_description("recipes", recipe0), elem_classes="slm-note")
+    f = ctx.fields
+    f["train.mode"] = gr.Radio(MODES, value="pretrain", label="Mode")
+    with gr.Group(visible=False) as c["base_group"]:
+        f["train.init_from"] = gr.Dropdown([], value="", allow_custom_value=True, label="Base model",
+                                           info="a run (its best checkpoint) or a local checkpoint / Hugging Face folder")
+    with gr.Group(visible=False) as c["distill_group"]:
+        f["distill.teacher"] = gr.Dropdown([], value="", allow_custom_value=True, label="Teacher",
+                                           info="a run or a local folder; its tokenizer must match the student's")
+        with gr.Row():
+            f["distill.alpha"] = gr.Slider(0, 1, 0.5, step=0.05, label="α (weight of the teacher's soft targets)")
+            f["distill.temperature"] = _number(2.0, "Temperature T", integer=False, minimum=0.1)
+    with gr.Group(visible=False) as c["lora_group"]:
+        with gr.Row():
+            f["lora.r"] = _number(8, "LoRA rank r", minimum=1)
+            f["lora.alpha"] = _number(16.0, "LoRA α", integer=False)
+            f["lora.dropout"] = _number(0.05, "LoRA dropout", integer=False, minimum=0, maximum=0.9)
+        f["lora.targets"] = gr.Dropdown(list(LORA_TARGETS), value="attention", allow_custom_value=True,
+                                        label="LoRA targets", info="attention, mlp, all, or e.g. q_proj,v_proj")
+    with gr.Accordion("Training settings", open=True):
+        with gr.Row():
+            f["train.max_steps"] = _number(600, "Steps", minimum=1)
+            f["train.batch_size"] = _number(16, "Batch size", minimum=1)
+            f["train.grad_accum"] = _number(1, "Grad accumulation", minimum=1)
+        with gr.Row():
+            f["train.lr"] = _number(0.002, "Learning rate", integer=False)
+            f["train.warmup_steps"] = _number(30, "Warmup steps", minimum=0)
+            f["train.schedule"] = gr.Dropdown(SCHEDULES, value="cosine", label="Schedule", min_width=110)
+        with gr.Row():
+            f["train.precision"] = gr.Dropdown(PRECISIONS, value="auto", label="Precision",
+                                               min_width=110)
+            f["train.compile"] = gr.Checkbox(False, label="torch.compile", min_width=110)
+            f["train.grad_checkpointing"] = gr.Checkbox(False, label="Gradient checkpointing", min_width=110)
+        with gr.Row():
+            f["train.eval_interval"] = _number(100, "Evaluate every", minimum=1)
+            f["train.ckpt_interval"] = _number(100, "Checkpoint every", minimum=1)
+            f["train.seed"] = _number(1337, "Seed")
+    c["name"] = gr.Textbox("", label="Run name", placeholder="blank: <recipe>-<date>-<time>")
+    with gr.Row(elem_classes="slm-buttons"):
+        c["start"] = gr.Button("Start", variant="primary", elem_id="train-start")
+        c["pause"] = gr.Button("Pause", elem_id="train-pause")
+        c["continue"] = gr.Button("Continue", elem_id="train-continue")
+    with gr.Row(elem_classes="slm-buttons"):
+        c["save"] = gr.Button("Save checkpoint now", elem_id="train-save")
+        c["stop"] = gr.Button("Stop", variant="stop", elem_id="train-stop")
+        c["resume"] = gr.Button("Resume", elem_id="train-resume")
+    c["message"] = gr.Markdown("", elem_id="train-message")
+    c["command"] = gr.Code("", language="shell", label="Copy as command", interactive=False, lines=2,
+                           wrap_lines=True, buttons=["copy"], elem_id="train-command")
+    return c
+
+
+def _monitor() -> dict[str, Any]:
+    m: dict[str, Any] = {}
+    with gr.Row():
+        m["watch"] = gr.Dropdown([], value=None, label="Run", allow_custom_value=True, scale=3,
+                                 elem_id="train-watch")
+        m["x_axis"] = gr.Radio(["step", "tokens"], value="step", label="x axis", scale=2)
+        m["log_y"] = gr.Checkbox(False, label="log-scale loss", scale=1)
+    m["progress"] = gr.HTML(progress_html({}, []), elem_id="train-progress")
+    m["status"] = gr.Markdown(status_markdown("", {}), elem_id="train-status")
+    m["notes"] = gr.Markdown("", elem_classes="slm-note", elem_id="train-notes")
+    m["plot"] = gr.Plot(training_figure([]), label="Training curves", elem_id="train-plot")
+    with gr.Accordion("Samples (the same prompts at every evaluation)", open=True):
+        m["samples"] = gr.HTML(sample_timeline_html([]), elem_id="train-samples")
+    m["sig"] = gr.State(None)
+    m["timer"] = gr.Timer(REFRESH_S)
+    return m
+
+
+# ---- recipe, mode and the command box ---------------------------------------------------------
+
+def _wire_recipe(ctx, c: dict) -> None:
+    keys, fields = list(ctx.fields), list(ctx.fields.values())
+    preset = ctx.shared.get("model.preset")
+
+    def prefill(recipe: str):
+        model_preset, values = recipe_values(recipe, keys)
+        return [preset_description("recipes", recipe), model_preset or gr.update(), *values]
+
+    outputs = [c["about"], preset if preset is not None else gr.State(), *fields]
+    c["recipe"].input(prefill, c["recipe"], outputs, **QUIET)
+    ctx.on_load.append(dict(fn=prefill, inputs=c["recipe"], outputs=outputs))
+    groups = [c["base_group"], c["distill_group"], c["lora_group"]]
+    ctx.fields["train.mode"].change(
+        lambda mode: [gr.update(visible=mode in ("lora", "finetune", "distill")),
+                      gr.update(visible=mode == "distill"), gr.update(visible=mode == "lora")],
+        ctx.fields["train.mode"], groups, **QUIET)
+    pickers = [ctx.fields["train.init_from"], ctx.fields["distill.teacher"]]
+
+    def refresh_pickers():
+        names = [str(ctx.runs_dir / n) for n in run_names(ctx.runs_dir, with_checkpoint=True)]
+        return [gr.update(choices=[("", "")] + [(p.rsplit("/", 1)[-1], p) for p in names])] * 2
+
+    ctx.fields["train.mode"].change(refresh_pickers, None, pickers, **QUIET)
+
+
+# ---- start, the control buttons and the command box -------------------------------------------
+
+def _page_inputs(ctx, c: dict) -> tuple[list, Any]:
+    """Inputs [recipe, name, model preset, *fields] and a function turning them into (recipe, name, overrides)."""
+    keys = list(ctx.fields)
+    preset = ctx.shared.get("model.preset") or gr.State(None)
+    inputs = [c["recipe"], c["name"], preset, *ctx.fields.values()]
+
+    def parse(recipe: str, name: str, model_preset: Optional[str], *values):
+        overrides = page_overrides(recipe, model_preset, dict(zip(keys, values)))
+        return recipe, (name or "").strip() or None, overrides
+
+    return inputs, parse
+
+
+def _wire_actions(ctx, c: dict, m: dict) -> None:
+    inputs, parse = _page_inputs(ctx, c)
+
+    def command(*args):
+        try:
+            recipe, name, overrides = parse(*args)
+        except SLMError as error:
+            return f"# fix this first: {error}"
+        return shell_command(train_args(recipe, overrides, name, runs_dir_arg(ctx.runs_dir)))
+
+    gr.on([x.change for x in inputs], command, inputs, c["command"], trigger_mode="always_last", **QUIET)
+    ctx.on_load.append(dict(fn=command, inputs=inputs, outputs=c["command"]))
+
+    def start(*args):
+        try:
+            recipe, name, overrides = parse(*args)
+            run = ctx.runner.start(recipe, overrides, name)
+        except SLMError as error:
+            return message("error", str(error)), gr.update(), gr.update()
+        return (message("ok", f"Started **{run}** in a background worker."),
+                gr.update(choices=run_names(ctx.runs_dir), value=run), None)
+
+    c["start"].click(start, inputs, [c["message"], m["watch"], m["sig"]], api_name="train_start",
+                     concurrency_limit=1, concurrency_id="train-control")
+    for what in ("pause", "continue", "save", "stop", "resume"):
+        c[what].click(lambda watched, what=what: control(ctx.runner, what, watched), m["watch"],
+                      [c["message"], m["sig"]], api_name=f"train_{what}", concurrency_limit=1,
+                      concurrency_id="train-control")
+
+
+def control(runner, what: str, name: Optional[str]) -> tuple[str, None]:
+    """One of the control buttons on the watched run; returns (message, reset refresh signature)."""
+    if not name:
+        return message("error", "No run selected."), None
+    try:
+        if what == "resume":
+            runner.resume(name)
+            return message("ok", f"Resuming **{name}** from its last checkpoint."), None
+        run_dir = runner.root / name
+        if what == "stop" and (run_dir / "control" / "stop").exists():
+            runner.terminate(name)  # a second Stop while the first is pending: signal the worker too
+        runner.request(name, "resume" if what == "continue" else what)
+    except SLMError as error:
+        return message("error", str(error)), None
+    done = {"pause": "Pausing: the worker holds the model and optimizer in memory until Continue.",
+            "continue": "Continuing.", "save": "Saving a checkpoint at the next step.",
+            "stop": "Stopping: the worker writes a checkpoint and exits (Resume continues from it)."}
+    return message("info", done[what]), None
+
+
+# ---- the live view ---------------------------------------------------------------------------
+
+BUTTON_STATES = {"pause": ("running",), "continue": ("paused",), "save": ("running", "paused"),
+                 "stop": ("running", "paused"), "resume": ("stopped", "failed")}
+
+
+def default_run(ctx) -> Optional[str]:
+    """The run a fresh page shows: the live one, else the one this Studio started, else the newest."""
+    live = ctx.runner.active()
+    if live:
+        return live
+    if ctx.runner.current:
+        return ctx.runner.current
+    names = run_names(ctx.runs_dir)
+    return names[0] if names else None
+
+
+def refresh(ctx, watched: Optional[str], x_axis: str, log_y: bool, last_sig: Any) -> list:
+    """Everything the live view shows, or gr.skip() for all of it when no file changed since last time."""
+    ctx.runner.poll()  # reaps a finished worker; records a silent death as a failed run
+    name = watched or default_run(ctx)
+    live = ctx.runner.live_name()
+    if live and live != name and (not name or runs.read_status(ctx.runs_dir / name).get("state")
+                                  not in ("running", "paused")):
+        name = live  # a run started from another tab: follow it
+    run_dir = ctx.runs_dir / name if name else None
+    status = watch.status(run_dir) if run_dir else {}
+    sig = (name, x_axis, bool(log_y), status.get("state"), watch.signature(run_dir))
+    if sig == last_sig:
+        return [gr.skip()] * (7 + len(BUTTON_STATES) + 1)
+    rows = watch.metrics(run_dir) if run_dir else []
+    notes = failure_note(status) or overfitting_note(rows, status)
+    buttons = [gr.update(interactive=status.get("state") in states) for states in BUTTON_STATES.values()]
+    return [
+        training_figure(rows, x=x_axis, log_y=bool(log_y), revision=name or ""),
+        progress_html(status, rows),
+        status_markdown(name or "", status),
+        notes,
+        sample_timeline_html(watch.samples(run_dir) if run_dir else []),
+        log_tail(watch.log_text(run_dir)) if run_dir else "",
+        gr.update(value=name) if name != watched else gr.skip(),
+        *buttons,
+        sig,
+    ]
+
+
+def _wire_monitor(ctx, c: dict, m: dict) -> None:
+    outputs = [m["plot"], m["progress"], m["status"], m["notes"], m["samples"], m["log"], m["watch"],
+               *[c[b] for b in BUTTON_STATES], m["sig"]]
+    inputs = [m["watch"], m["x_axis"], m["log_y"], m["sig"]]
+    m["timer"].tick(lambda *a: refresh(ctx, *a), inputs, outputs, api_name="train_refresh",
+                    show_progress="hidden", concurrency_limit=None)
+    redraw = [m["watch"], m["x_axis"], m["log_y"]]
+    gr.on([x.input for x in redraw], lambda w, x, l: refresh(ctx, w, x, l, None), redraw, outputs, **QUIET)
+
+    def on_load():
+        names = run_names(ctx.runs_dir)
+        return gr.update(choices=names, value=default_run(ctx)), None
+
+    ctx.on_load.append(dict(fn=on_load, outputs=[m["watch"], m["sig"]]))

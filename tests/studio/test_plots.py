@@ -1,0 +1,69 @@
+"""Run files → figures: what the Train and Runs tabs draw from metrics.jsonl rows."""
+
+from studio.plots import latest_attempt, overlay_figure, split_rows, thin, training_figure, loss_figure
+
+
+def train_row(step, loss, **extra):
+    return {"kind": "train", "step": step, "tokens": step * 100, "loss": loss, "lr": 1e-3, "tokens_per_sec": 500.0,
+            "ram_mb": 900.0, "cpu_percent": 180.0, **extra}
+
+
+def eval_row(step, val_loss):
+    return {"kind": "eval", "step": step, "tokens": step * 100, "val_loss": val_loss}
+
+
+def traces_named(fig):
+    return {t.name: t for t in fig.data}
+
+
+def test_a_resumed_run_shows_each_step_once_from_its_latest_attempt():
+    # Crashed at step 5 after a checkpoint at 3; the resume redid 4 and 5 with different losses.
+    rows = [train_row(s, 10 - s) for s in range(1, 6)] + [eval_row(3, 7.5)] + \
+           [train_row(4, 1.0), train_row(5, 0.5), eval_row(5, 0.7)]
+    train, evals = split_rows(rows)
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in train][-2:] == [1.0, 0.5]
+    assert [e["step"] for e in evals] == [3, 5]
+    assert latest_attempt([])== []
+
+
+def test_training_figure_shares_one_axis_for_loss_lr_throughput_and_memory():
+    rows = [train_row(s, 5 - 0.1 * s) for s in range(1, 21)] + [eval_row(10, 4.3), eval_row(20, 3.9)]
+    fig = training_figure(rows, x="step", log_y=True, revision="run-a")
+    named = traces_named(fig)
+    assert list(named["train loss"].x) == list(range(1, 21))
+    assert list(named["validation loss"].y) == [4.3, 3.9]
+    assert {"learning rate", "tokens/s", "process RAM", "CPU %"} <= set(named)
+    assert fig.layout.yaxis.type == "log"  # the loss panel
+    assert fig.layout.uirevision == "run-a"  # zoom survives refreshes
+    # Every panel's x axis is matched to the bottom one: memory lines up with loss step for step.
+    assert fig.layout.xaxis.matches == fig.layout.xaxis2.matches == fig.layout.xaxis3.matches == "x4"
+
+
+def test_tokens_axis_and_distillation_and_gpu_memory_curves_when_present():
+    rows = [train_row(s, 3.0, ce_loss=2.0, kd_loss=1.0, gpu_mem_allocated_mb=100.0, gpu_mem_reserved_mb=200.0,
+                      gpu_mem_total_mb=80000.0) for s in (1, 2)]
+    named = traces_named(training_figure(rows, x="tokens"))
+    assert list(named["train loss"].x) == [100, 200]
+    assert {"cross-entropy (labels)", "distillation (teacher)", "GPU allocated", "GPU reserved", "GPU total"} <= set(named)
+    plain = traces_named(training_figure([train_row(1, 3.0)]))
+    assert "distillation (teacher)" not in plain and "GPU allocated" not in plain
+
+
+def test_empty_run_draws_a_message_not_an_error():
+    fig = training_figure([])
+    assert not fig.data and "No metrics yet" in fig.layout.annotations[0].text
+    assert not loss_figure([]).data
+
+
+def test_thinning_keeps_long_runs_light_and_keeps_the_last_point():
+    rows = [train_row(s, 1.0) for s in range(1, 10_001)]
+    kept = thin(rows, 2000)
+    assert len(kept) <= 2001 and kept[-1]["step"] == 10_000 and kept[0]["step"] == 1
+
+
+def test_overlay_draws_one_curve_per_run():
+    fig = overlay_figure({"a": [eval_row(1, 3.0), eval_row(2, 2.0)], "b": [eval_row(1, 3.5)], "empty": []})
+    assert [t.name for t in fig.data] == ["a", "b"]
+    fig = overlay_figure({"a": [train_row(1, 3.0), train_row(2, 2.5)]}, metric="loss")
+    assert list(fig.data[0].y) == [3.0, 2.5]
