@@ -168,9 +168,6 @@ class TrainConfig:
                  "use 'cosine', 'linear' or 'constant'")
         _require(self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", self.precision,
                  "use 'auto', 'fp32', 'bf16' or 'fp16'")
-        if self.mode in ("lora", "finetune"):
-            _require(bool(self.init_from), "train.init_from", self.init_from,
-                     f"mode '{self.mode}' needs a base model: a run name, checkpoint folder or Hugging Face folder")
 
 
 @dataclass
@@ -222,7 +219,11 @@ class RunConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     preset: Optional[str] = None  # the recipe this came from, for the runs table
 
-    def __post_init__(self) -> None:
+    def check_ready(self) -> None:
+        """What a run needs beyond valid fields; recipes may leave these for the user to fill in."""
+        if self.train.mode in ("lora", "finetune"):
+            _require(bool(self.train.init_from), "train.init_from", self.train.init_from,
+                     f"mode '{self.train.mode}' needs a base model: a run name, checkpoint folder or Hugging Face folder")
         if self.train.mode == "distill":
             _require(bool(self.distill.teacher), "distill.teacher", self.distill.teacher,
                      "distillation needs a teacher: a run name, checkpoint folder or Hugging Face folder")
@@ -237,8 +238,11 @@ class RunConfig:
     def from_dict(cls, raw: dict) -> "RunConfig":
         raw = dict(raw or {})
         model_raw = raw.get("model") or {}
-        if isinstance(model_raw, str):  # a recipe may name a model preset
-            model_raw = load_model_preset(model_raw).__dict__
+        if isinstance(model_raw, str):  # a recipe may name a model preset...
+            model_raw = {"preset": model_raw}
+        if "preset" in model_raw:  # ...and change some of its fields
+            changes = {k: v for k, v in model_raw.items() if k != "preset"}
+            model_raw = {**_model_preset_fields(model_raw["preset"]), **changes}
         sections = {}
         for f in fields(cls):
             value = raw.pop(f.name, None)
@@ -352,11 +356,16 @@ def list_presets(kind: str) -> list[str]:
     return sorted(p.stem for p in (PRESETS_DIR / kind).glob("*.yaml"))
 
 
-def load_model_preset(name: str) -> ModelConfig:
+def _model_preset_fields(name: str) -> dict:
+    """The preset's own fields, before derived defaults (d_ff, n_kv_head) are filled in."""
     raw = yaml.safe_load(_preset_path("models", name).read_text()) or {}
     raw.pop("description", None)
     raw.setdefault("name", _preset_name(name))
-    return _build(ModelConfig, raw, "model")
+    return raw
+
+
+def load_model_preset(name: str) -> ModelConfig:
+    return _build(ModelConfig, _model_preset_fields(name), "model")
 
 
 def load_recipe(name: str, overrides: Optional[list[str]] = None) -> RunConfig:

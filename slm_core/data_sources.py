@@ -21,7 +21,7 @@ import os
 import re
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -46,7 +46,6 @@ class Documents:
     is_instruction: bool = False
     columns: Optional[list] = None
     n_chars: int = 0
-    files: list = field(default_factory=list)
 
 
 # ---- classifying a source ------------------------------------------------------------------
@@ -130,7 +129,7 @@ def read_documents(cfg: DataConfig, limit: Optional[int] = None, hf_cache: Optio
 
         docs = Documents(kind, cap.take(builtin_instructions(seed=0)), columns=["instruction", "input", "output"])
     elif kind == "text":
-        docs = Documents(kind, cap.take(read_text_file(detail, cap.remaining_chars())), files=[detail])
+        docs = Documents(kind, cap.take(read_text_file(detail, cap.remaining_chars())))
     elif kind == "folder":
         docs = _read_folder(detail, cfg, cap, hf_cache)
     elif kind == "hub":
@@ -140,7 +139,7 @@ def read_documents(cfg: DataConfig, limit: Optional[int] = None, hf_cache: Optio
             items, columns = records_from_dataset(_load_saved(detail, cfg), cfg.text_column, cap, str(detail))
         else:
             items, columns = _tabular_records(detail, cfg, cap, hf_cache)
-        docs = Documents(kind, items, columns=columns, files=[detail])
+        docs = Documents(kind, items, columns=columns)
     docs.is_instruction = _check_uniform(docs.items, cfg.source)
     docs.n_chars = cap.chars
     if not docs.items:
@@ -227,7 +226,7 @@ def _read_folder(folder: Path, cfg: DataConfig, cap: _Cap, hf_cache: Optional[Pa
             items.extend(records)
         else:
             items.extend(cap.take(read_text_file(path, cap.remaining_chars())))
-    return Documents("folder", items, columns=columns, files=files)
+    return Documents("folder", items, columns=columns)
 
 
 # ---- datasets-backed sources ------------------------------------------------------------------

@@ -28,7 +28,7 @@ def perplexity(loaded, source: Optional[str] = None, split: str = "val", stride:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=source,
                                                                       text_column=text_column))
     context = _context(loaded.model)
-    data = prepare_data(config, tokenizer=loaded.tokenizer, progress=False)
+    data = prepare_data(config, tokenizer=loaded.tokenizer, progress=False, require_windows=False)
     stride = stride or max(1, context // 2)
     total_nll, total_tokens, started = 0.0, 0, time.perf_counter()
     device = next(loaded.model.parameters()).device

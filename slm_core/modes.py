@@ -32,6 +32,7 @@ class Built:
 
 def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resume: bool = False,
                    progress: bool = True) -> Built:
+    config.check_ready()
     mode = config.train.mode
     base = teacher = teacher_tokenizer = None
     if mode in ("lora", "finetune") or (mode == "distill" and config.train.init_from):
@@ -109,7 +110,7 @@ def _resolve_config(config: RunConfig, base, tokenizer, data) -> RunConfig:
     if base is not None:  # dropout and context are the new run's to choose, the shape is the base's
         model_cfg = dataclasses.replace(model_cfg, dropout=config.model.dropout,
                                         context_length=min(config.model.context_length, model_cfg.context_length))
-    data_cfg = dataclasses.replace(config.data, template=getattr(data, "template", None) or config.data.template)
+    data_cfg = dataclasses.replace(config.data, template=data.template)  # the template actually trained with
     return dataclasses.replace(config, model=model_cfg, data=data_cfg)
 
 

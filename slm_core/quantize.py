@@ -118,6 +118,14 @@ def _cpu_kernels_for(x: torch.Tensor) -> bool:
     return USE_CPU_KERNELS and x.device.type == "cpu" and x.dtype.is_floating_point
 
 
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor whose data starts on a 64-byte boundary. The CPU kernels use aligned SIMD
+    loads and segfault otherwise; tensors read by safetensors.load_file or sliced views may be offset."""
+    if t.is_contiguous() and t.data_ptr() % 64 == 0:
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def _frozen(t: Optional[torch.Tensor]) -> Optional[nn.Parameter]:
     return None if t is None else nn.Parameter(t.detach().clone(), requires_grad=False)
 
@@ -128,15 +136,15 @@ class WeightOnlyInt8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor] = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.register_buffer("weight", weight.to(torch.int8).contiguous())
+        self.register_buffer("weight", _aligned(weight.to(torch.int8)))
         self.register_buffer("scales", scales.float().contiguous())
         self.bias = _frozen(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The int8 kernel crashes (segfault) when `in` is not a multiple of 16: never call it then.
         if _cpu_kernels_for(x) and self.in_features % 16 == 0:
-            x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # (B*T, in)
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scales.to(torch.bfloat16))
+            x2 = _aligned(x.reshape(-1, self.in_features).to(torch.bfloat16))  # (B*T, in)
+            y = torch.ops.aten._weight_int8pack_mm(x2, _aligned(self.weight), self.scales.to(torch.bfloat16))
             y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         else:
             y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
@@ -183,7 +191,7 @@ class WeightOnlyInt4Linear(nn.Module):
         if _cpu_kernels_for(x) and self.out_features % 16 == 0 and self.group_size in GROUP_SIZES:
             packed, scales_zeros = self._kernel_layout()
             x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-            x2 = F.pad(x2, (0, self.padded - self.in_features)).contiguous()  # zero columns meet zero pads
+            x2 = _aligned(F.pad(x2, (0, self.padded - self.in_features)))  # zero columns meet zero pads
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, self.group_size, scales_zeros)
             y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         else:

@@ -273,7 +273,8 @@ class Trainer:
         cfg = self.config.train
         self._install_signal_handlers()
         self._status(state="running", pid=os.getpid(), error=None, max_steps=cfg.max_steps,
-                     mode=cfg.mode, preset=self.config.preset, parent=self.parent, started_at=time.time(),
+                     mode=cfg.mode, preset=self.config.preset, parent=self.parent,
+                     started_at=runs.read_status(self.run_dir).get("started_at") or time.time(),
                      **_parameter_counts(self.raw_model))
         bar = _progress_bar(self.progress and self.dist.is_main, cfg.max_steps, self.state.step)
         step_times: list[float] = []

@@ -106,7 +106,10 @@ def estimate_text(preset: Optional[str], fields: dict, train: dict) -> tuple[str
     except SLMError as error:
         match = FIELD_ERROR.match(str(error))
         if match and match.group(1) in LABELS:
-            return "Fix the highlighted field to see the estimate.", {match.group(1): f"⚠️ {error}"}
+            bad = {match.group(1): f"⚠️ {error}"}
+            if "number of heads" in str(error):  # a divisibility problem belongs to both fields
+                bad.setdefault("n_head", bad[match.group(1)])
+            return "Fix the highlighted field to see the estimate.", bad
         return f"⚠️ {error}", {}
     from slm_core.monitor import gpu_info, system_memory
 
@@ -120,10 +123,12 @@ def _describe(config, train: dict) -> dict:
     mode = train.get("train.mode") or "pretrain"
     lora = LoRAConfig(r=int(train.get("lora.r") or 8), targets=train.get("lora.targets") or "attention") \
         if mode == "lora" else None
-    return describe(config, batch_size=int(train.get("train.batch_size") or 16),
+    grad_accum = int(train.get("train.grad_accum") or 1)
+    info = describe(config, batch_size=int(train.get("train.batch_size") or 16),
                     precision=train.get("train.precision") or "auto",
                     grad_checkpointing=bool(train.get("train.grad_checkpointing")),
-                    grad_accum=int(train.get("train.grad_accum") or 1), mode=mode, lora=lora, timing=True)
+                    grad_accum=grad_accum, mode=mode, lora=lora, timing=True)
+    return {**info, "grad_accum": grad_accum}
 
 
 def format_estimate(info: dict, memory: dict, gpus: list[dict]) -> str:
