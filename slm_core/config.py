@@ -299,6 +299,8 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is Any:
         return _parse_scalar(value) if isinstance(value, str) else value
     try:
+        if isinstance(value, bool) and hint in (int, float):
+            raise ValueError  # YAML's `true` is not a step count or a learning rate
         if hint is bool:
             if isinstance(value, bool):
                 return value
@@ -318,8 +320,12 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if hint is list or get_origin(hint) is list:
             if isinstance(value, list):
                 return value
-            parsed = _parse_scalar(value)
-            return parsed if isinstance(parsed, list) else [parsed]
+            text = str(value).strip()
+            if text.startswith("["):  # a JSON/YAML list; anything else is one item, taken literally
+                parsed = _parse_scalar(text)
+                if isinstance(parsed, list):
+                    return parsed
+            return [value]
     except (TypeError, ValueError):
         pass
     else:

@@ -39,20 +39,23 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
 
 
-def rope_inv_freq(config: ModelConfig, seq_len: int) -> torch.Tensor:
-    """Inverse frequencies (head_dim/2,); dynamic NTK scaling raises the base past the trained length."""
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies (head_dim/2,).
+
+    'dynamic' is NTK-aware scaling: a model trained at context_length/factor runs at context_length
+    with a raised base. The base is fixed by context_length rather than recomputed per sequence
+    length (as Hugging Face's dynamic variant does) so cached decoding equals the full forward pass.
+    """
     dim, base = config.head_dim, config.rope_theta
-    if config.rope_scaling == "dynamic":
-        original = config.context_length / config.rope_scaling_factor
-        if seq_len > original:
-            factor = config.rope_scaling_factor
-            base = base * ((factor * seq_len / original) - (factor - 1)) ** (dim / (dim - 2))
+    if config.rope_scaling == "dynamic" and config.rope_scaling_factor > 1:
+        factor = config.rope_scaling_factor
+        base = base * (2 * factor - 1) ** (dim / (dim - 2))  # HF's formula at seq_len = context_length
     return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
 
 
-def rope_cos_sin(config: ModelConfig, positions: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(config: ModelConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape (T, head_dim) for the given absolute positions (T,)."""
-    inv_freq = rope_inv_freq(config, seq_len).to(positions.device)
+    inv_freq = rope_inv_freq(config).to(positions.device)
     pos = positions.float()
     if config.rope_scaling == "linear":
         pos = pos / config.rope_scaling_factor
@@ -95,7 +98,9 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.kv_cache: Optional[KVCache] = None
 
-    def forward(self, x: torch.Tensor, rope: Optional[tuple], input_pos: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Optional[tuple], input_pos: Optional[torch.Tensor],
+                end: int = 0) -> torch.Tensor:
+        """With input_pos (T,), keys/values go into the cache and attention spans positions [0, end)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
@@ -105,11 +110,10 @@ class Attention(nn.Module):
 
         mask, is_causal = None, True
         if input_pos is not None and self.kv_cache is not None:
-            end = int(input_pos[-1]) + 1
             k, v = self.kv_cache.update(input_pos, k, v, end)
             if T == 1:
                 is_causal = False  # one new token sees every cached position
-            elif int(input_pos[0]) != 0:
+            elif end != T:  # a chunk after a prefix
                 # A chunk after a prefix: row i sees positions <= input_pos[i].
                 mask = torch.arange(end, device=x.device)[None, :] <= input_pos[:, None]
                 is_causal = False
@@ -147,8 +151,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope=None, input_pos=None):
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), rope, input_pos))
+    def forward(self, x, rope=None, input_pos=None, end=0):
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), rope, input_pos, end))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -201,23 +205,25 @@ class Transformer(nn.Module):
     def forward(self, input_ids: torch.Tensor, input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
         """input_ids (B, T) → logits (B, T, vocab). With input_pos (T,) the KV cache is used."""
         B, T = input_ids.shape
+        end = 0
         if input_pos is None:
             if T > self.config.context_length:
                 raise ValueError(f"sequence of {T} tokens exceeds the context length {self.config.context_length}")
             positions = torch.arange(T, device=input_ids.device)
         else:
             positions = input_pos
+            end = int(input_pos[-1]) + 1  # one host sync per forward, not one per layer
         x = self.embed_tokens(input_ids)
         rope = None
         if self.config.position == "learned":
             x = x + self.embed_positions(positions)
         else:
-            cos, sin = rope_cos_sin(self.config, positions, int(positions[-1]) + 1)
+            cos, sin = rope_cos_sin(self.config, positions)
             rope = (cos.to(x.dtype), sin.to(x.dtype))
         x = self.drop(x)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, rope, input_pos, use_reentrant=False)
+                x = checkpoint(layer, x, rope, input_pos, end, use_reentrant=False)
             else:
-                x = layer(x, rope, input_pos)
+                x = layer(x, rope, input_pos, end)
         return self.lm_head(self.norm(x))

@@ -295,7 +295,8 @@ def quantized_state(model: nn.Module) -> tuple[dict, dict]:
             tensors.update({prefix + "weight": module.weight, prefix + "scales": module.scales})
         elif _is_dynamic(module):
             qweight = module.weight()
-            tensors.update({prefix + "weight": qweight.int_repr(), prefix + "scales": qweight.q_per_channel_scales().float()})
+            tensors[prefix + "weight"] = qweight.int_repr()
+            tensors[prefix + "scales"] = qweight.q_per_channel_scales().float()
             if module.bias() is not None:
                 tensors[prefix + "bias"] = module.bias()
             skip.add(prefix)
@@ -345,9 +346,20 @@ def install_quantized(model: nn.Module, tensors: dict, modules: dict, method: st
 
 
 def _load_rest(model: nn.Module, state: dict) -> None:
-    result = model.load_state_dict(state, strict=False, assign=True)
-    if result.unexpected_keys:
-        raise SLMError(f"quantized weights do not match the model config (unexpected {result.unexpected_keys[:3]})")
+    """Put the float tensors (norms, biases, positions) in place by name. Not load_state_dict: torch.ao's
+    dynamic Linear insists on its own keys in any state dict passed through it."""
+    for key, tensor in state.items():
+        owner_name, _, attr = key.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_name)
+        except AttributeError:
+            owner = None
+        if owner is not None and attr in owner._parameters:
+            owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+        elif owner is not None and attr in owner._buffers:
+            owner._buffers[attr] = tensor
+        else:
+            raise SLMError(f"quantized weights do not match the model config (unexpected tensor {key})")
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
     if leftover:
         raise SLMError(f"quantized weights are missing tensors {leftover[:3]}; quantize the model again")
@@ -428,7 +440,7 @@ def save_quantized(model: nn.Module, config, tokenizer, out_dir: str | Path, met
                 "source": None if source is None else str(source), "weights_bytes": (tmp / WEIGHTS).stat().st_size,
                 "created_at": time.time(), "torch": torch.__version__}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))  # last: marks a complete artifact
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -441,7 +453,8 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _replace_dir(new: Path, target: Path) -> None:
+def replace_dir(new: Path, target: Path) -> None:
+    """Move a finished folder into place; an existing target is swapped out, then removed."""
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
@@ -503,3 +516,206 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu"):
         tokenizer = Tokenizer.load(path / "tokenizer")
     model.to(device).eval()
     return LoadedModel(model, tokenizer, config, path, template=config.data.template, kind="quantized")
+
+
+# ---- measuring: size, memory, perplexity, speed, side by side -------------------------------------
+
+def method_label(model: nn.Module) -> str:
+    info = getattr(model, "quantization", None)
+    if not info:
+        return str(next(model.parameters()).dtype).replace("torch.", "").replace("float", "fp")
+    return info["method"] + (f"-g{info['group_size']}" if info.get("group_size") else "")
+
+
+def model_memory_bytes(model: nn.Module) -> int:
+    """Bytes the model's tensors hold in memory: parameters and buffers (shared storage once), the int4
+    kernel's own layout where built, and torch.ao's packed int8 weights (counted at 1 byte/weight)."""
+    seen, total = set(), 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        storage = tensor.untyped_storage()
+        if tensor.device.type != "meta" and storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    for module in model.modules():
+        if isinstance(module, WeightOnlyInt4Linear) and module._kernel is not None:
+            total += sum(t.numel() * t.element_size() for t in module._kernel)
+        elif _is_dynamic(module):
+            qweight, bias = module.weight(), module.bias()
+            total += qweight.numel() + qweight.shape[0] * 16 + (0 if bias is None else bias.numel() * 4)
+    return total
+
+
+def weights_file_bytes(model: nn.Module) -> int:
+    """Size of the weights file this model saves to (model.safetensors), measured by writing it."""
+    from safetensors.torch import save_file
+
+    if is_quantized(model):
+        tensors = quantized_state(model)[0]
+    else:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        if model.config.tie_embeddings:
+            tensors.pop("lm_head.weight", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file(tensors, f"{tmp}/{WEIGHTS}")
+        return Path(f"{tmp}/{WEIGHTS}").stat().st_size
+
+
+def as_windows(eval_windows, batch: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) pairs from a LongTensor of windows (N, T+1) or an iterable of (x, y) (y = -100: not scored)."""
+    if isinstance(eval_windows, torch.Tensor):
+        w = eval_windows.long()
+        return [(w[i:i + batch, :-1], w[i:i + batch, 1:]) for i in range(0, len(w), batch)]
+    return [(x, y) for x, y in eval_windows]
+
+
+@torch.inference_mode()
+def windows_perplexity(model: nn.Module, windows: list) -> float:
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    for x, y in windows:
+        logits = model(x.to(device)).float()  # (B, T, V)
+        y = y.to(device)
+        nll += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum").item()
+        count += int((y != -100).sum())
+    if count == 0:
+        raise SLMError("no tokens to evaluate in the given windows; use a larger validation split")
+    return math.exp(min(nll / count, 50.0))
+
+
+def decode_tokens_per_sec(model: nn.Module, prompt_ids: list[int], new_tokens: int = 64) -> float:
+    """Batch-1 greedy generation speed over the KV cache (prefill of the prompt included)."""
+    from slm_core.generate import generate_tokens
+
+    start = time.perf_counter()
+    produced = sum(1 for _ in generate_tokens(model, prompt_ids, new_tokens, temperature=0.0, seed=0))
+    return produced / max(time.perf_counter() - start, 1e-9)
+
+
+def _peak_cuda_mb(model: nn.Module, prompt_ids: list[int], new_tokens: int) -> Optional[float]:
+    if next(model.parameters()).device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    decode_tokens_per_sec(model, prompt_ids, new_tokens)
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def quantization_report(original: nn.Module, quantized, eval_windows=None, *, prompt_ids: Optional[list] = None,
+                        new_tokens: int = 64, repeats: int = 3, paths: Optional[dict] = None,
+                        eval_fn: Optional[Callable[[nn.Module], float]] = None) -> list[dict]:
+    """Size, memory, perplexity and decode speed of the original and each quantized model, measured in
+    this process side by side (speed: the best of `repeats` interleaved rounds, which evens out noise
+    from other work on the machine). `quantized`: a model or {label: model}; `paths`: {label: artifact
+    folder or file} to read disk sizes from (else each model's weights are written to a temp file).
+    Perplexity comes from `eval_fn(model)` or from `eval_windows` (see `as_windows`); memory is the
+    tensors held (`model_memory_bytes`), plus peak allocation during generation on CUDA.
+    Returns rows (dicts) with ratios against the first row, the original."""
+    models = {method_label(original): original}
+    models.update(quantized if isinstance(quantized, dict) else {method_label(quantized): quantized})
+    windows = as_windows(eval_windows) if eval_windows is not None else None
+    if prompt_ids is None:
+        prompt_ids = windows[0][0][0, :16].tolist() if windows else [0] * 8
+    rows = {label: _static_row(label, model, paths) for label, model in models.items()}
+    for label, model in models.items():
+        ppl = eval_fn(model) if eval_fn else (windows_perplexity(model, windows) if windows else None)
+        rows[label]["ppl"] = ppl
+        decode_tokens_per_sec(model, prompt_ids, 4)  # warm-up: first-call allocations, kernel layouts
+        rows[label]["peak_mem_mb"] = _peak_cuda_mb(model, prompt_ids, new_tokens)
+        rows[label]["memory_mb"] = model_memory_bytes(model) / 2**20  # after warm-up: caches built
+    speeds = {label: 0.0 for label in models}
+    for _ in range(max(1, repeats)):
+        for label, model in models.items():
+            speeds[label] = max(speeds[label], decode_tokens_per_sec(model, prompt_ids, new_tokens))
+    base = rows[next(iter(rows))]
+    for label, row in rows.items():
+        row["tokens_per_sec"] = speeds[label]
+        row["speedup"] = speeds[label] / speeds[next(iter(rows))]
+        row["size_ratio"] = row["disk_mb"] / base["disk_mb"]
+        row["memory_ratio"] = row["memory_mb"] / base["memory_mb"]
+        row["ppl_delta"] = None if row["ppl"] is None else row["ppl"] - base["ppl"]
+    return list(rows.values())
+
+
+def _static_row(label: str, model: nn.Module, paths: Optional[dict]) -> dict:
+    info = getattr(model, "quantization", None) or {}
+    path = Path(paths[label]) if paths and label in paths else None
+    if path is not None and path.is_dir():
+        path = path / WEIGHTS
+    size = path.stat().st_size if path is not None else weights_file_bytes(model)
+    return {"model": label, "method": info.get("method", "none"), "group_size": info.get("group_size"),
+            "disk_mb": size / 2**20}
+
+
+def format_report(rows: list[dict]) -> str:
+    """A plain-text table of quantization_report rows, for the CLI."""
+    lines = [f"{'model':<14}{'disk MB':>9}{'size':>7}{'mem MB':>9}{'mem':>7}{'ppl':>10}{'Δppl':>9}"
+             f"{'tok/s':>9}{'speed':>7}"]
+    for r in rows:
+        ppl = f"{r['ppl']:>10.3f}" if r["ppl"] is not None else f"{'-':>10}"
+        delta = f"{r['ppl_delta']:>+9.3f}" if r["ppl_delta"] is not None else f"{'-':>9}"
+        lines.append(f"{r['model']:<14}{r['disk_mb']:>9.2f}{r['size_ratio']:>6.2f}x{r['memory_mb']:>9.2f}"
+                     f"{r['memory_ratio']:>6.2f}x{ppl}{delta}{r['tokens_per_sec']:>9.1f}{r['speedup']:>6.2f}x")
+    return "\n".join(lines)
+
+
+# ---- command line: `slm quantize` -----------------------------------------------------------------
+
+def artifact_dir(source_path: Path, kind: str, label: str) -> Path:
+    """Where a derived artifact goes by default: <run>/<kind>/<label> for a run's checkpoint, else
+    a sibling folder <source>-<label>. Nothing is written into the source itself."""
+    source_path = Path(source_path)
+    if source_path.parent.name == "checkpoints":
+        return source_path.parent.parent / kind / label
+    return source_path.with_name(f"{source_path.name}-{label}")
+
+
+def eval_windows_for(loaded, max_tokens: int = 20_000) -> list:
+    """Non-overlapping validation windows of the model's own data (its config's data source)."""
+    from slm_core.data import prepare_data
+
+    data = prepare_data(loaded.config, tokenizer=loaded.tokenizer, progress=False)
+    context = loaded.model.config.context_length
+    windows, total = [], 0
+    for x, y in data.iter_eval_windows("val", context, context):
+        windows.append((x, y))
+        total += x.numel()
+        if total >= max_tokens:
+            break
+    return windows
+
+
+def add_quantize_parser(sub) -> None:
+    parser = sub.add_parser("quantize", help="quantize a model (int8 / int4 / int8-dynamic), optionally with a report")
+    parser.add_argument("model", help="run name, checkpoint folder or Hugging Face folder")
+    parser.add_argument("--method", choices=METHODS, default="int8")
+    parser.add_argument("--group-size", type=int, default=64, choices=GROUP_SIZES, help="int4 group size")
+    parser.add_argument("--out", default=None, help="output folder (default: <run>/quantized/<method>)")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    parser.add_argument("--report", action="store_true",
+                        help="compare with the original: file size, memory, validation perplexity, tokens/s")
+    parser.add_argument("--eval-tokens", type=int, default=20_000, help="validation tokens for the report")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--runs-dir", default=None)
+
+
+def cmd_quantize(args) -> int:
+    import copy
+    import os
+
+    from slm_core.checkpoint import load_model
+
+    if args.runs_dir:
+        os.environ["SLM_RUNS_DIR"] = args.runs_dir
+    loaded = load_model(args.model, tag=args.checkpoint)
+    group_size = args.group_size if args.method == "int4" else None
+    label = args.method + (f"-g{group_size}" if group_size else "")
+    out = Path(args.out) if args.out else artifact_dir(loaded.path, "quantized", label)
+    original = loaded.model
+    quantized = quantize_model(copy.deepcopy(original) if args.report else original, args.method, group_size)
+    save_quantized(quantized, loaded.config, loaded.tokenizer, out, source=str(args.model), overwrite=args.overwrite)
+    print(f"wrote {out}")
+    if args.report:
+        windows = eval_windows_for(loaded, args.eval_tokens)
+        rows = quantization_report(original, {label: quantized}, windows, paths={label: out})
+        print(format_report(rows))
+    return 0

@@ -25,11 +25,12 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def model_from_fields(preset: Optional[str], fields: dict[str, Any]) -> ModelConfig:
-    """The Model tab's shape: a preset with the edited fields applied. Raises SLMError naming the field
-    (e.g. a width the head count does not divide)."""
-    base = load_model_preset(preset) if preset else ModelConfig()
-    raw = base.to_dict()
+def model_from_fields(base: ModelConfig | str | None, fields: dict[str, Any]) -> ModelConfig:
+    """The Model tab's shape: `base` (a ModelConfig, or a preset name) with the edited fields applied.
+    Raises SLMError naming the field (e.g. a width the head count does not divide)."""
+    if isinstance(base, str):
+        base = load_model_preset(base)
+    raw = (base or ModelConfig()).to_dict()
     family = fields.get("family") or raw["family"]
     if family != raw["family"]:
         for key in FAMILY_FIELDS + ("d_ff",):
@@ -40,15 +41,28 @@ def model_from_fields(preset: Optional[str], fields: dict[str, Any]) -> ModelCon
             continue
         value = None if _blank(fields[key]) else fields[key]
         if key not in ("vocab_size", "d_ff", "n_kv_head") and value is None:
-            continue  # a cleared required field keeps the preset's value
+            continue  # a cleared required field keeps the base's value
         if key not in ("family", "dropout") and value is not None:
             value = int(value)
+        if key == "dropout" and value is not None:
+            value = float(value)
         changed |= value != raw.get(key)
         raw[key] = value
-    if changed and preset:
-        raw["name"] = f"{preset}-custom"
+    if changed and base is not None and not raw["name"].endswith("-custom"):
+        raw["name"] = f"{raw['name']}-custom"
     # Through RunConfig.from_dict: the same type coercion and checks as a recipe's YAML.
     return RunConfig.from_dict({"model": raw}).model
+
+
+def recipe_model_preset(recipe: str) -> Optional[str]:
+    """The model preset a recipe builds on (`model: NAME` or `model: {preset: NAME, ...}`), if any."""
+    import yaml
+
+    from slm_core.config import PRESETS_DIR
+
+    path = PRESETS_DIR / "recipes" / f"{recipe}.yaml"
+    raw = (yaml.safe_load(path.read_text()) or {}).get("model") if path.exists() else None
+    return raw if isinstance(raw, str) else (raw or {}).get("preset") if isinstance(raw, dict) else None
 
 
 def ui_config(recipe: str, values: dict[str, Any], model: Optional[ModelConfig] = None) -> RunConfig:
@@ -129,8 +143,11 @@ BASE_MODES = ("lora", "finetune", "distill")  # modes where train.init_from mean
 
 def page_config(recipe: str, preset: Optional[str], values: dict[str, Any]) -> RunConfig:
     """The RunConfig the page describes: the recipe, the Model tab's shape, and every field's value."""
-    mode = values.get("train.mode") or load_recipe(recipe).train.mode
-    model = model_from_fields(preset, {k[len("model."):]: v for k, v in values.items() if k.startswith("model.")})
+    base = load_recipe(recipe)
+    mode = values.get("train.mode") or base.train.mode
+    # The recipe's own model (a preset with its changes) unless another preset was picked in the Model tab.
+    model_base = base.model if not preset or preset == recipe_model_preset(recipe) else preset
+    model = model_from_fields(model_base, {k[len("model."):]: v for k, v in values.items() if k.startswith("model.")})
     kept = {}
     for key, value in values.items():
         section = key.split(".", 1)[0]
@@ -148,8 +165,6 @@ def page_overrides(recipe: str, preset: Optional[str], values: dict[str, Any]) -
 
 def recipe_values(recipe: str, keys: Iterable[str]) -> tuple[Optional[str], list[Any]]:
     """(model preset name, value per field key) that prefill the page from a recipe."""
-    from slm_core.config import list_presets
-
     config = load_recipe(recipe).to_dict()
     out = []
     for key in keys:
@@ -158,8 +173,7 @@ def recipe_values(recipe: str, keys: Iterable[str]) -> tuple[Optional[str], list
         if isinstance(value, list):
             value = ",".join(str(v) for v in value)
         out.append("" if value is None and key in BLANK_AS_EMPTY else value)
-    preset = config["model"].get("name")
-    return (preset if preset in list_presets("models") else None), out
+    return recipe_model_preset(recipe), out
 
 
 # Text and dropdown fields show None as "" (a Number shows None as blank by itself).

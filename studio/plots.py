@@ -8,7 +8,6 @@ when distilling); kind=eval rows carry val_loss.
 
 from __future__ import annotations
 
-import html
 import math
 from typing import Iterable, Optional
 
@@ -148,7 +147,7 @@ def loss_figure(rows: list[dict], x: str = "step", log_y: bool = False, revision
     """Loss alone (the Runs tab's detail view)."""
     train, evals = split_rows(rows)
     if not train and not evals:
-        return _empty("This run has no metrics.")
+        return _empty("No metrics to show yet.")
     fig = go.Figure(loss_traces(thin(train), evals, x))
     fig.update_xaxes(title_text=x)
     fig.update_yaxes(title_text="loss", type="log" if log_y else "linear")

@@ -45,6 +45,7 @@ class Runner:
         """Launch `slm train --preset recipe --set ...` in the background; returns the run name."""
         overrides = list(overrides)
         config = load_recipe(recipe, overrides)  # a bad value fails here, on the page, not in a worker
+        config.check_ready()  # e.g. LoRA without a base model
         with self._lock:
             self._refuse_if_busy()
             self.root.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ shapes name the offending field, and a RunConfig survives a YAML round trip unch
 import pytest
 import yaml
 
-from slm_core.config import ModelConfig, RunConfig, list_presets, load_recipe, load_run_config
+from slm_core.config import ModelConfig, RunConfig, list_presets, load_model_preset, load_recipe, load_run_config
 from slm_core.errors import SLMError
 
 
@@ -47,7 +47,6 @@ def test_a_single_prompt_override_becomes_a_one_item_list(recipe):
         ["Once upon a time"]
 
 
-@pytest.mark.xfail(strict=True, reason="config.coerce YAML-parses list items: 'ROMEO:' becomes {'ROMEO': None}")
 def test_a_prompt_with_a_colon_stays_text(recipe):
     assert recipe.with_overrides(["train.sample_prompts=ROMEO:"]).train.sample_prompts == ["ROMEO:"]
 
@@ -74,7 +73,6 @@ def test_unknown_sections_and_fields_in_yaml_are_refused():
         RunConfig.from_dict({"model": "nope"})
 
 
-@pytest.mark.xfail(strict=True, reason="config.coerce accepts YAML booleans for int/float fields (bool is an int)")
 def test_a_yaml_boolean_is_not_a_number():
     with pytest.raises(SLMError, match="train.max_steps"):
         RunConfig.from_dict({"train": {"max_steps": True}})
@@ -105,11 +103,22 @@ def test_an_impossible_head_override_names_the_field(recipe):
         recipe.with_overrides(["model.n_head=5"])
 
 
-def test_modes_that_need_a_source_say_so(recipe):
+def test_modes_that_need_a_source_say_so_before_a_run_starts(recipe):
+    distill = recipe.with_overrides(["train.mode=distill"])  # a recipe may leave the teacher to the user...
     with pytest.raises(SLMError, match=r"distill\.teacher"):
-        recipe.with_overrides(["train.mode=distill"])
+        distill.check_ready()  # ...but a run cannot start without one
     with pytest.raises(SLMError, match=r"train\.init_from"):
-        recipe.with_overrides(["train.mode=lora"])
+        recipe.with_overrides(["train.mode=lora"]).check_ready()
+    recipe.with_overrides(["train.mode=lora", "train.init_from=my-run"]).check_ready()
+
+
+def test_a_recipe_can_change_fields_of_the_model_preset_it_names():
+    config = RunConfig.from_dict({"model": {"preset": "tiny-llama", "n_layer": 2, "name": "student"}})
+    preset = load_model_preset("tiny-llama")
+    assert config.model.n_layer == 2 and config.model.name == "student"
+    assert (config.model.d_model, config.model.n_kv_head, config.model.d_ff) == \
+        (preset.d_model, preset.n_kv_head, preset.d_ff)
+    assert RunConfig.from_dict({"model": "tiny-llama"}).model == preset
 
 
 def test_family_defaults_fill_unset_fields_only():

@@ -96,7 +96,7 @@ def reference_attention(attn: Attention, x: torch.Tensor, config: ModelConfig) -
     k = attn.k_proj(x).view(B, T, KV, D).transpose(1, 2)
     v = attn.v_proj(x).view(B, T, KV, D).transpose(1, 2)
     if config.position == "rope":
-        cos, sin = rope_cos_sin(config, torch.arange(T), T)
+        cos, sin = rope_cos_sin(config, torch.arange(T))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
     scores = q @ k.transpose(-1, -2) / D ** 0.5  # (B, H, T, T)
@@ -111,7 +111,7 @@ def test_attention_equals_hand_written_reference(n_kv_head):
     torch.manual_seed(0)
     attn = randomize(Attention(config))
     x = torch.randn(2, 16, config.d_model)
-    cos, sin = rope_cos_sin(config, torch.arange(16), 16)
+    cos, sin = rope_cos_sin(config, torch.arange(16))
     with torch.no_grad():
         ours = attn(x, (cos, sin), None)
         assert (ours - reference_attention(attn, x, config)).abs().max().item() < 1e-5
@@ -291,3 +291,20 @@ def test_logits_match_hugging_face_llama_with_linear_rope_scaling():
     ours.load_state_dict(llama_state_from_hf(hf.state_dict()))
     x = ids(2, 32)
     assert (ours(x) - hf_logits(hf, x)).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("scaling", ["linear", "dynamic"])
+def test_cached_decoding_equals_full_forward_with_rope_scaling(scaling):
+    torch.manual_seed(0)
+    config = ModelConfig(family="llama", n_layer=2, n_head=4, d_model=32, context_length=32, vocab_size=97,
+                         rope_scaling=scaling, rope_scaling_factor=2.0)
+    model = Transformer(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+        x = torch.randint(0, 97, (1, 32))
+        full = model(x)
+        model.setup_kv_cache(1, 32)
+        pieces = [model(x[:, :8], input_pos=torch.arange(8))]
+        pieces += [model(x[:, t:t + 1], input_pos=torch.tensor([t])) for t in range(8, 32)]
+    assert (torch.cat(pieces, 1) - full).abs().max() < 1e-4

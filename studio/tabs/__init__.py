@@ -28,3 +28,8 @@ def message(kind: str, text: str) -> str:
     """A one-line Markdown notice: kind is 'ok', 'info' or 'error'."""
     icon = {"ok": "✅", "info": "ℹ️", "error": "❌"}.get(kind, "")
     return f"{icon} {text}".strip()
+
+
+def set_initial(component: Any, value: Any) -> None:
+    """Change a component's value before the page is served (what a fresh page and API clients start from)."""
+    component.value = component.postprocess(value)

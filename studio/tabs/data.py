@@ -104,8 +104,11 @@ def _wire_tokenizer(ctx, tok_kind, tok_size, tok_path, tokenize_btn, tokens) -> 
     tok_kind.change(lambda k: (gr.update(visible=k == "bpe"), gr.update(visible=k == "gpt2")), tok_kind,
                     [tok_size, tok_path], **QUIET)
     keys = list(ctx.fields)
-    tokenize_btn.click(lambda *values: tokenize(dict(zip(keys, values))), list(ctx.fields.values()), tokens,
-                       api_name="data_tokenize")
+
+    def on_tokenize(*values, progress=gr.Progress(track_tqdm=True)):
+        return tokenize(dict(zip(keys, values)), progress)
+
+    tokenize_btn.click(on_tokenize, list(ctx.fields.values()), tokens, api_name="data_tokenize")
 
 
 def save_uploads(files: Optional[list], runs_dir: Path) -> Any:
@@ -148,7 +151,7 @@ def preview(source: str, column: str, template: str, max_chars: Any):
     return text, f"<div class='slm-records'>{cards}</div>", gr.update(choices=choices)
 
 
-def tokenize(values: dict[str, Any], progress=gr.Progress(track_tqdm=True)) -> str:
+def tokenize(values: dict[str, Any], progress: Any = None) -> str:
     """prepare_data for the page's source and tokenizer: trains the BPE if asked, writes the token cache."""
     from slm_core.data import prepare_data
 
@@ -159,7 +162,8 @@ def tokenize(values: dict[str, Any], progress=gr.Progress(track_tqdm=True)) -> s
                                                      vocab_size=int(values.get("tokenizer.vocab_size") or 4096),
                                                      path=values.get("tokenizer.path") or None))
         started = time.perf_counter()
-        progress(0, desc="reading the source")
+        if progress is not None:
+            progress(0, desc="reading the source")
         data = prepare_data(config, progress=True, require_windows=False)
     except SLMError as error:
         return message("error", str(error))

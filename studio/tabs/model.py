@@ -46,8 +46,9 @@ def _field(key: str, value: Any) -> gr.components.Component:
 
 
 def preset_values(name: str) -> list[Any]:
+    """The preset's shape; the vocabulary is left to the tokenizer (the Data tab decides it)."""
     config = load_model_preset(name)
-    return [getattr(config, key) for key in MODEL_FIELDS]
+    return [None if key == "vocab_size" else getattr(config, key) for key in MODEL_FIELDS]
 
 
 def build(ctx) -> None:
@@ -70,8 +71,8 @@ def build(ctx) -> None:
             estimate = gr.Markdown("", elem_classes="slm-estimate", elem_id="model-estimate")
     ctx.shared["model.preset"] = preset
     model_fields = [ctx.fields[f"model.{k}"] for k in MODEL_FIELDS]
-    preset.input(lambda name: [preset_description("models", name), *preset_values(name)], inputs=preset,
-                 outputs=[about, *model_fields], **QUIET)
+    preset.input(preset_values, inputs=preset, outputs=model_fields, **QUIET)
+    preset.change(lambda name: preset_description("models", name) if name else "", preset, about, **QUIET)
     ctx.shared["model.errors"] = errors
     ctx.finalizers.append(lambda c: _wire_estimate(c, preset, model_fields, estimate, errors))
 
@@ -158,7 +159,7 @@ def format_estimate(info: dict, memory: dict, gpus: list[dict]) -> str:
          f"{fit(info.get('fits_inference'))}"),
     ]
     rows += _budget_rows(info)
-    table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    table = "| On this machine | Estimate |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     notes = " ".join(info.get("notes") or [])
     return table + (f"\n\n_{notes}_" if notes else "")
 

@@ -36,7 +36,7 @@ def build(ctx) -> None:
                     cancel = gr.Button("Cancel", size="sm")
             deleted = gr.Markdown("")
         with gr.Column(scale=2):
-            plot = gr.Plot(loss_figure([]), label="Loss")
+            plot = gr.Plot(loss_figure([]), label="Loss", show_label=False)
     with gr.Accordion("Samples", open=False):
         samples = gr.HTML("")
     with gr.Accordion("Config (config.yaml)", open=False):
@@ -50,7 +50,7 @@ def build(ctx) -> None:
             several = gr.Dropdown([], multiselect=True, label="Runs", scale=3)
             metric = gr.Radio([("validation loss", "val_loss"), ("training loss", "loss")], value="val_loss",
                               label="Curve", scale=1)
-        overlay = gr.Plot(overlay_figure({}), label="Overlay")
+        overlay = gr.Plot(overlay_figure({}), label="Overlay", show_label=False)
     pickers = [opened, a, b, several]
     _wire_list(ctx, refresh, table, pickers)
     _wire_open(ctx, table, opened, status, plot, samples, config)
@@ -61,15 +61,18 @@ def build(ctx) -> None:
 
 
 def _wire_list(ctx, refresh, table, pickers) -> None:
-    def listing():
+    def listing(current: Optional[str] = None):
+        """The table and every picker; the newest run opens when none is open (or the open one is gone)."""
         summaries = runs.list_runs(ctx.runs_dir)
         names = [s["name"] for s in summaries]
-        return [runs_table(summaries), *[gr.update(choices=names) for _ in pickers]]
+        keep = current if current in names else (names[0] if names else None)
+        return [runs_table(summaries), gr.update(choices=names, value=keep),
+                *[gr.update(choices=names) for _ in pickers[1:]]]
 
     outputs = [table, *pickers]
-    refresh.click(listing, None, outputs, api_name="runs_list")
-    ctx.tabs[TITLE].select(listing, None, outputs, **QUIET)
-    ctx.on_load.append(dict(fn=listing, outputs=outputs))
+    refresh.click(listing, pickers[0], outputs, api_name="runs_list")
+    ctx.tabs[TITLE].select(listing, pickers[0], outputs, **QUIET)
+    ctx.on_load.append(dict(fn=listing, inputs=pickers[0], outputs=outputs))
 
 
 def _wire_open(ctx, table, opened, status, plot, samples, config) -> None:
@@ -86,7 +89,7 @@ def _wire_open(ctx, table, opened, status, plot, samples, config) -> None:
 
 def open_run(root: Path, name: Optional[str]) -> list[Any]:
     if not name:
-        return ["", loss_figure([]), "", ""]
+        return ["No runs yet: start one in the Train tab.", loss_figure([]), "", ""]
     run_dir = root / name
     status = runs.read_status(run_dir)
     text = status_markdown(name, status)

@@ -18,7 +18,7 @@ from slm_core.errors import SLMError
 from studio import watch
 from studio.command import page_overrides, recipe_values, runs_dir_arg, shell_command, train_args
 from studio.plots import training_figure
-from studio.tabs import PRIVATE, QUIET, message, run_names
+from studio.tabs import QUIET, message, run_names, set_initial
 from studio.views import failure_note, log_tail, overfitting_note, progress_html, sample_timeline_html, status_markdown
 
 TITLE = "Train"
@@ -119,7 +119,7 @@ def _monitor() -> dict[str, Any]:
     m["progress"] = gr.HTML(progress_html({}, []), elem_id="train-progress")
     m["status"] = gr.Markdown(status_markdown("", {}), elem_id="train-status")
     m["notes"] = gr.Markdown("", elem_classes="slm-note", elem_id="train-notes")
-    m["plot"] = gr.Plot(training_figure([]), label="Training curves", elem_id="train-plot")
+    m["plot"] = gr.Plot(training_figure([]), label="Training curves", show_label=False, elem_id="train-plot")
     with gr.Accordion("Samples (the same prompts at every evaluation)", open=True):
         m["samples"] = gr.HTML(sample_timeline_html([]), elem_id="train-samples")
     m["sig"] = gr.State(None)
@@ -139,7 +139,12 @@ def _wire_recipe(ctx, c: dict) -> None:
 
     outputs = [c["about"], preset if preset is not None else gr.State(), *fields]
     c["recipe"].input(prefill, c["recipe"], outputs, **QUIET)
-    ctx.on_load.append(dict(fn=prefill, inputs=c["recipe"], outputs=outputs))
+    # The page opens with the default recipe's values (also what API clients get as defaults).
+    model_preset, values = recipe_values(c["recipe"].value, keys)
+    for component, value in zip(fields, values):
+        set_initial(component, value)
+    if preset is not None and model_preset:
+        set_initial(preset, model_preset)
     groups = [c["base_group"], c["distill_group"], c["lora_group"]]
     ctx.fields["train.mode"].change(
         lambda mode: [gr.update(visible=mode in ("lora", "finetune", "distill")),

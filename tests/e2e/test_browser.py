@@ -5,7 +5,6 @@ Screenshots go to $SLM_SCREENSHOTS, else a pytest temporary folder (printed at t
 """
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -125,6 +124,8 @@ def test_train_a_tiny_run_watch_it_and_chat_with_it(studio, tmp_path):
         _set(page, "BPE vocabulary size", "512")
         page.get_by_role("button", name="Preview").click()
         expect(page.locator("#data-summary")).to_contain_text("characters", timeout=60_000)
+        page.get_by_role("button", name="Tokenize now (cached for every run)").click()
+        expect(page.locator("#data-tokens")).to_contain_text("validation tokens", timeout=120_000)
         _shoot(page, shots, "2-data")
         _tab(page, "Train")
         for label, value in (("Steps", "24"), ("Batch size", "4"), ("Evaluate every", "12"),

@@ -1,6 +1,5 @@
 """Building the page: torch-free, the tabs in order, one module per tab, internal events off the API."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
