@@ -21,8 +21,16 @@ MODEL_FIELDS = ("family", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "
                 "dropout")
 
 
+# Optional numbers show 0 for "not set" (a Gradio Number cannot hold an empty value).
+ZERO_AS_NONE = {"model.vocab_size", "model.d_ff", "data.max_chars"}
+
+
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _none_if_zero(key: str, value: Any) -> Any:
+    return None if key in ZERO_AS_NONE and not _blank(value) and float(value) == 0 else value
 
 
 def model_from_fields(base: ModelConfig | str | None, fields: dict[str, Any]) -> ModelConfig:
@@ -39,7 +47,7 @@ def model_from_fields(base: ModelConfig | str | None, fields: dict[str, Any]) ->
     for key in MODEL_FIELDS:
         if key not in fields:
             continue
-        value = None if _blank(fields[key]) else fields[key]
+        value = None if _blank(fields[key]) else _none_if_zero(f"model.{key}", fields[key])
         if key not in ("vocab_size", "d_ff", "n_kv_head") and value is None:
             continue  # a cleared required field keeps the base's value
         if key not in ("family", "dropout") and value is not None:
@@ -72,7 +80,7 @@ def ui_config(recipe: str, values: dict[str, Any], model: Optional[ModelConfig] 
         raw["model"] = model.to_dict()
     for key, value in values.items():
         section, _, name = key.partition(".")
-        raw[section][name] = None if _blank(value) else value
+        raw[section][name] = None if _blank(value) else _none_if_zero(key, value)
     return RunConfig.from_dict(raw)
 
 
@@ -172,7 +180,9 @@ def recipe_values(recipe: str, keys: Iterable[str]) -> tuple[Optional[str], list
         value = config.get(section, {}).get(name)
         if isinstance(value, list):
             value = ",".join(str(v) for v in value)
-        out.append("" if value is None and key in BLANK_AS_EMPTY else value)
+        if value is None and key in BLANK_AS_EMPTY:
+            value = ""
+        out.append(0 if value is None and key in ZERO_AS_NONE else value)
     return recipe_model_preset(recipe), out
 
 

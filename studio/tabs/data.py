@@ -29,7 +29,6 @@ UPLOAD_TYPES = [".txt", ".md", ".jsonl", ".json", ".csv", ".tsv", ".parquet"]
 TOKENIZERS = [("GPT-2 BPE (50,257 tokens)", "gpt2"), ("Train a BPE on this data", "bpe"), ("Characters", "char")]
 TEMPLATES = [("auto (from the records)", ""), ("alpaca", "alpaca"), ("chatml", "chatml")]
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-GPT2_VOCAB = 50257
 
 
 def kind_of(source: str) -> str:
@@ -56,8 +55,8 @@ def build(ctx) -> None:
                                      allow_custom_value=True, info="blank: 'text', else the first string column")
                 template = gr.Dropdown(TEMPLATES, value="", label="Instruction template",
                                        info="for instruction records (instruction/output or messages)")
-                max_chars = gr.Number(None, label="Use at most N characters", precision=0, minimum=1,
-                                      info="blank: all of it")
+                max_chars = gr.Number(0, label="Use at most N characters", precision=0, minimum=0,
+                                      info="0 = all of it")
             preview_btn = gr.Button("Preview", variant="secondary")
         with gr.Column(scale=2):
             tok_kind = gr.Radio(TOKENIZERS, value="bpe", label="Tokenizer")
@@ -91,16 +90,6 @@ def _wire(ctx, kind, source, upload, column, template, max_chars, preview_btn, s
 
 
 def _wire_tokenizer(ctx, tok_kind, tok_size, tok_path, tokenize_btn, tokens) -> None:
-    vocab = ctx.fields.get("model.vocab_size")
-
-    def on_kind(kind: str, size: Optional[float]):
-        # The model's vocabulary follows the tokenizer (a GPT-2 BPE needs 50,257 embedding rows).
-        model_vocab = {"gpt2": GPT2_VOCAB, "bpe": int(size or 4096), "char": None}[kind]
-        return gr.update(visible=kind == "bpe"), gr.update(visible=kind == "gpt2"), model_vocab
-
-    if vocab is not None:
-        tok_kind.input(on_kind, [tok_kind, tok_size], [tok_size, tok_path, vocab], **QUIET)
-        tok_size.input(lambda k, s: int(s) if k == "bpe" and s else gr.update(), [tok_kind, tok_size], vocab, **QUIET)
     tok_kind.change(lambda k: (gr.update(visible=k == "bpe"), gr.update(visible=k == "gpt2")), tok_kind,
                     [tok_size, tok_path], **QUIET)
     keys = list(ctx.fields)

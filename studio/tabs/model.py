@@ -28,9 +28,9 @@ LABELS = {
     "n_head": ("Attention heads", "must divide the width"),
     "n_kv_head": ("KV heads", "fewer than heads = grouped-query attention; must divide the heads"),
     "d_model": ("Width (d_model)", "size of each token's vector"),
-    "d_ff": ("FFN width", "blank = the family's default (4× or Llama's 8/3× width)"),
+    "d_ff": ("FFN width", "0 = the family's default (4× or Llama's 8/3× width)"),
     "context_length": ("Context (tokens)", "longest sequence the model sees"),
-    "vocab_size": ("Vocabulary", "blank = taken from the tokenizer when the run starts"),
+    "vocab_size": ("Vocabulary", "0 = taken from the tokenizer when the run starts"),
     "dropout": ("Dropout", "0 for short pretraining; 0.1–0.2 against overfitting on small data"),
 }
 FIELD_ERROR = re.compile(r"^model\.(\w+)=")
@@ -42,13 +42,13 @@ def _field(key: str, value: Any) -> gr.components.Component:
         return gr.Dropdown(["gpt2", "llama"], value=value, label=label, info=info)
     if key == "dropout":
         return gr.Number(value=value, label=label, info=info, minimum=0, maximum=0.9, step=0.05)
-    return gr.Number(value=value, label=label, info=info, precision=0, minimum=1)
+    return gr.Number(value=value, label=label, info=info, precision=0, minimum=0 if key in ("vocab_size", "d_ff") else 1)
 
 
 def preset_values(name: str) -> list[Any]:
     """The preset's shape; the vocabulary is left to the tokenizer (the Data tab decides it)."""
     config = load_model_preset(name)
-    return [None if key == "vocab_size" else getattr(config, key) for key in MODEL_FIELDS]
+    return [0 if key == "vocab_size" else getattr(config, key) for key in MODEL_FIELDS]
 
 
 def build(ctx) -> None:
