@@ -158,22 +158,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the median")
     parser.add_argument("--watcher", choices=["client", "browser"], default="browser")
+    parser.add_argument("--repeats", type=int, default=1, help="Studio/CLI pairs; the ratio is their median")
     args = parser.parse_args()
+    pairs, studios = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ENV.setdefault("SLM_CACHE_DIR", str(tmp / "cache"))
-        studio = run_studio(args.steps, tmp / "studio-runs", args.watcher)  # also fills the token cache
-        cli = run_cli(studio["run_dir"], tmp / "cli-runs")
-        cli_tps, studio_tps = tokens_per_sec(cli, args.skip), tokens_per_sec(studio["run_dir"], args.skip)
-        command = (studio["run_dir"] / "log.txt").read_text().splitlines()[0]
+        for i in range(args.repeats):
+            studio = run_studio(args.steps, tmp / f"studio-runs-{i}", args.watcher)  # the first fills the cache
+            cli = run_cli(studio["run_dir"], tmp / f"cli-runs-{i}")
+            pairs.append((tokens_per_sec(cli, args.skip), tokens_per_sec(studio["run_dir"], args.skip)))
+            studios.append(studio)
+        command = (studios[0]["run_dir"] / "log.txt").read_text().splitlines()[0]
     print(command)
-    print(f"{args.steps} steps, watcher: {args.watcher}")
+    print(f"{args.steps} steps, watcher: {args.watcher}, {args.repeats} pair(s)")
     print(f"{'':<28}{'slm train':>12}{'Studio':>12}{'ratio':>8}")
-    print(f"{'training tokens/s (median)':<28}{cli_tps:>12,.0f}{studio_tps:>12,.0f}{studio_tps / cli_tps:>8.2f}"
-          f"   (target >= 0.95)")
-    print(f"Studio server during the run: peak RSS {studio['rss_max_mb']:.0f} MB (target < 500), "
-          f"CPU {studio['cpu_percent']:.1f}% of one core"
-          + (f", refresh round trip {studio['latency_ms']:.0f} ms" if studio["latency_ms"] else ""))
+    for cli_tps, studio_tps in pairs:
+        print(f"{'training tokens/s (median)':<28}{cli_tps:>12,.0f}{studio_tps:>12,.0f}{studio_tps / cli_tps:>8.2f}")
+    ratio = statistics.median(s / c for c, s in pairs)
+    print(f"median ratio {ratio:.2f} (target >= 0.95)")
+    latency = [s["latency_ms"] for s in studios if s["latency_ms"]]
+    print(f"Studio server during the run: peak RSS {max(s['rss_max_mb'] for s in studios):.0f} MB (target < 500), "
+          f"CPU {statistics.median(s['cpu_percent'] for s in studios):.1f}% of one core"
+          + (f", refresh round trip {statistics.median(latency):.0f} ms" if latency else ""))
 
 
 if __name__ == "__main__":

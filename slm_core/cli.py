@@ -192,7 +192,7 @@ def _set_runs_dir(args) -> None:
 # ---- the table -------------------------------------------------------------------------------
 
 def _commands() -> dict[str, tuple[Callable, Callable]]:
-    from slm_core import evaluate
+    from slm_core import evaluate, export, quantize
 
     table = {
         "presets": (add_presets_parser, cmd_presets),
@@ -201,6 +201,8 @@ def _commands() -> dict[str, tuple[Callable, Callable]]:
         "generate": (add_generate_parser, cmd_generate),
         "eval": (evaluate.add_eval_parser, evaluate.cmd_eval),
         "runs": (add_runs_parser, cmd_runs),
+        "quantize": (quantize.add_quantize_parser, quantize.cmd_quantize),
+        "export": (export.add_export_parser, export.cmd_export),
     }
     return table
 

@@ -120,6 +120,8 @@ def _encode(array: np.ndarray, gguf_type: str):
 def _add_hparams(writer, config, arch: str) -> None:
     import gguf
 
+    from slm_core.hf_convert import export_rope
+
     writer.add_context_length(config.context_length)
     writer.add_embedding_length(config.d_model)
     writer.add_feed_forward_length(config.d_ff)
@@ -132,13 +134,11 @@ def _add_hparams(writer, config, arch: str) -> None:
     writer.add_head_count_kv(config.n_kv_head)
     writer.add_layer_norm_rms_eps(config.norm_eps)
     writer.add_rope_dimension_count(config.head_dim)
-    writer.add_rope_freq_base(float(config.rope_theta))
-    if config.rope_scaling == "linear":
+    theta, scaling = export_rope(config)  # our fixed-base dynamic NTK is plain RoPE with a raised base
+    writer.add_rope_freq_base(theta)
+    if scaling:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(config.rope_scaling_factor))
-    elif config.rope_scaling == "dynamic":
-        raise SLMError("llama.cpp has no dynamic-NTK RoPE: this model cannot be exported as GGUF exactly; "
-                       "export it as 'hf' (transformers implements dynamic RoPE)")
+        writer.add_rope_scaling_factor(scaling["factor"])
 
 
 def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name: Optional[str] = None) -> Path:

@@ -111,22 +111,26 @@ def _gpt2_state(ours: dict, c: ModelConfig) -> dict:
     return state
 
 
-def _rope_scaling(c: ModelConfig) -> Optional[dict]:
-    if not c.rope_scaling:
-        return None
-    return {"rope_type": c.rope_scaling, "factor": float(c.rope_scaling_factor)}
+def export_rope(c: ModelConfig) -> tuple[float, Optional[dict]]:
+    """(rope_theta, rope_scaling) that make a standard Llama compute our RoPE exactly.
+
+    Our 'dynamic' NTK scaling uses one raised base fixed by context_length (see
+    slm_core.model.rope_inv_freq) — which is plain RoPE with that base, so it is written as such;
+    'linear' maps to HF's linear scaling."""
+    if c.rope_scaling == "dynamic" and c.rope_scaling_factor > 1:
+        dim = c.head_dim
+        return float(c.rope_theta * (2 * c.rope_scaling_factor - 1) ** (dim / (dim - 2))), None
+    if c.rope_scaling == "linear":
+        return float(c.rope_theta), {"rope_type": "linear", "factor": float(c.rope_scaling_factor)}
+    return float(c.rope_theta), None
 
 
 def _llama_config(c: ModelConfig, arch: str) -> dict:
-    # Dynamic NTK rescales past the *original* length; ours is context_length / factor, HF's is
-    # max_position_embeddings, so that is what the HF config carries.
-    positions = c.context_length
-    if c.rope_scaling == "dynamic":
-        positions = int(round(c.context_length / c.rope_scaling_factor))
+    theta, scaling = export_rope(c)
     out = dict(vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff,
                num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
-               head_dim=c.head_dim, max_position_embeddings=positions, rms_norm_eps=c.norm_eps,
-               rope_theta=float(c.rope_theta), rope_scaling=_rope_scaling(c), hidden_act="silu",
+               head_dim=c.head_dim, max_position_embeddings=c.context_length, rms_norm_eps=c.norm_eps,
+               rope_theta=theta, rope_scaling=scaling, hidden_act="silu",
                attention_dropout=c.dropout, initializer_range=c.init_std,
                tie_word_embeddings=bool(c.tie_embeddings))
     if arch == "Qwen2ForCausalLM":
@@ -251,11 +255,15 @@ def _rope_from_hf(raw: dict, folder: Path) -> tuple[float, Optional[str], float]
     scaling = raw.get("rope_scaling") or params
     theta = float(raw.get("rope_theta") or params.get("rope_theta") or 10000.0)
     kind = (scaling or {}).get("rope_type") or (scaling or {}).get("type") or "default"
+    if kind == "dynamic":
+        # HF's dynamic NTK leaves RoPE untouched up to max_position_embeddings and raises the base
+        # only beyond; within that length (all the model was trained on) plain RoPE is exact.
+        return theta, None, 1.0
     if kind == "default":
         return theta, None, 1.0
-    if kind not in ("linear", "dynamic"):
-        raise SLMError(f"{folder}: RoPE scaling '{kind}' is not supported; this model implements the default, "
-                       "'linear' and 'dynamic' RoPE (Llama-3.1/3.2 checkpoints use 'llama3' scaling)")
+    if kind != "linear":
+        raise SLMError(f"{folder}: RoPE scaling '{kind}' is not supported; this model implements the default "
+                       "and 'linear' RoPE (Llama-3.1/3.2 checkpoints use 'llama3' scaling)")
     return theta, kind, float(scaling.get("factor", 1.0))
 
 
@@ -270,8 +278,6 @@ def _config_from_llama(raw: dict, arch: str, folder: Path) -> ModelConfig:
         raise SLMError(f"{folder}: sliding-window attention is not supported; set use_sliding_window=false")
     theta, scaling, factor = _rope_from_hf(raw, folder)
     positions = raw.get("max_position_embeddings", 2048)
-    if scaling == "dynamic":  # HF's max_position_embeddings is the pre-scaling length
-        positions = int(round(positions * factor))
     if arch == "Qwen2ForCausalLM":
         qkv_bias, bias = True, False
     else:  # missing biases are filled with zeros below, which computes the same

@@ -155,8 +155,12 @@ class WeightOnlyInt8Linear(nn.Module):
 
 
 class WeightOnlyInt4Linear(nn.Module):
-    """y = x @ dequant(int4 groups).T + bias. On CPU, PyTorch's int4 kernel runs from its own packed
-    layout (CPU-specific, so never saved), built on first use next to the portable buffers."""
+    """y = x @ dequant(int4 groups).T + bias.
+
+    On CPU, PyTorch's int4 kernel runs from its own packed layout, which depends on the CPU's
+    instruction set (so it is never saved). Once built, it replaces the portable nibble buffer in
+    memory (`weight` becomes empty), keeping int4 at half a byte per weight; the portable buffer is
+    recovered exactly from the kernel layout whenever needed (saving, moving, the fallback path)."""
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, in_features: int,
                  bias: Optional[torch.Tensor] = None):
@@ -170,13 +174,16 @@ class WeightOnlyInt4Linear(nn.Module):
         self.bias = _frozen(bias)
         self._kernel: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
-    def _apply(self, fn, recurse=True):  # .to(device/dtype) invalidates the kernel's copy
-        self._kernel = None
-        return super()._apply(fn, recurse)
+    # -- the portable nibbles (what the file holds) and the kernel's layout ---------------------
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def packed_weight(self) -> torch.Tensor:
+        """uint8 (out, in_padded/2), two nibbles per byte, whichever form is held now."""
+        return self.weight if self.weight.numel() else self._unpack_kernel()
+
+    def _restore_portable(self) -> None:
+        if not self.weight.numel():
+            self.weight = self._unpack_kernel()
         self._kernel = None
-        super()._load_from_state_dict(*args, **kwargs)
 
     def _kernel_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._kernel is None:
@@ -184,7 +191,36 @@ class WeightOnlyInt4Linear(nn.Module):
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(nibbles, 1)
             scales_zeros = torch.stack((self.scales, self.zeros), dim=-1).transpose(0, 1)  # (groups, out, 2)
             self._kernel = (packed, scales_zeros.contiguous().to(torch.bfloat16))
+            self.weight = torch.empty(0, dtype=torch.uint8, device=self.scales.device)
         return self._kernel
+
+    def _unpack_kernel(self) -> torch.Tensor:
+        """Exact inverse of the kernel's packing: multiply identity rows by the weight with scale 1 and
+        zero 8, so the kernel returns the raw nibbles (integers 0..15 are exact in bf16)."""
+        packed = self._kernel[0]
+        groups = self.padded // self.group_size
+        unit = torch.stack((torch.ones(groups, self.out_features), torch.full((groups, self.out_features), 8.0)),
+                           dim=-1).to(torch.bfloat16)
+        columns = []
+        for start in range(0, self.padded, 256):
+            rows = min(256, self.padded - start)
+            eye = torch.zeros(rows, self.padded, dtype=torch.bfloat16)
+            eye[torch.arange(rows), start + torch.arange(rows)] = 1
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, self.group_size, unit)  # (rows, out)
+            columns.append(out.float().round().to(torch.uint8).t())
+        return pack_nibbles(torch.cat(columns, dim=1))
+
+    def _apply(self, fn, recurse=True):  # .to(device/dtype): move the portable form
+        self._restore_portable()
+        return super()._apply(fn, recurse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = self.packed_weight()
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._restore_portable()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The kernel needs out % 16 == 0 and group sizes 32..256 (inputs are padded to whole groups).
@@ -195,6 +231,7 @@ class WeightOnlyInt4Linear(nn.Module):
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, self.group_size, scales_zeros)
             y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         else:
+            self._restore_portable()
             w = dequantize_int4(self.weight, self.scales, self.zeros, self.in_features)
             y = F.linear(x, w.to(x.dtype))
         return y if self.bias is None else y + self.bias
@@ -289,7 +326,7 @@ def quantized_state(model: nn.Module) -> tuple[dict, dict]:
     for name, module in model.named_modules():
         prefix = f"{name}."
         if isinstance(module, WeightOnlyInt4Linear):
-            tensors.update({prefix + "weight": module.weight, prefix + "scales": module.scales,
+            tensors.update({prefix + "weight": module.packed_weight(), prefix + "scales": module.scales,
                             prefix + "zeros": module.zeros})
         elif isinstance(module, WeightOnlyInt8Linear):
             tensors.update({prefix + "weight": module.weight, prefix + "scales": module.scales})
@@ -648,11 +685,11 @@ def _static_row(label: str, model: nn.Module, paths: Optional[dict]) -> dict:
 
 def format_report(rows: list[dict]) -> str:
     """A plain-text table of quantization_report rows, for the CLI."""
-    lines = [f"{'model':<14}{'disk MB':>9}{'size':>7}{'mem MB':>9}{'mem':>7}{'ppl':>10}{'Δppl':>9}"
+    lines = [f"{'model':<14}{'disk MB':>9}{'size':>7}{'mem MB':>9}{'mem':>7}{'val ppl':>10}{'Δppl':>9}"
              f"{'tok/s':>9}{'speed':>7}"]
     for r in rows:
-        ppl = f"{r['ppl']:>10.3f}" if r["ppl"] is not None else f"{'-':>10}"
-        delta = f"{r['ppl_delta']:>+9.3f}" if r["ppl_delta"] is not None else f"{'-':>9}"
+        ppl = f"{r['ppl']:>10.4f}" if r["ppl"] is not None else f"{'-':>10}"
+        delta = f"{r['ppl_delta']:>+9.4f}" if r["ppl_delta"] is not None else f"{'-':>9}"
         lines.append(f"{r['model']:<14}{r['disk_mb']:>9.2f}{r['size_ratio']:>6.2f}x{r['memory_mb']:>9.2f}"
                      f"{r['memory_ratio']:>6.2f}x{ppl}{delta}{r['tokens_per_sec']:>9.1f}{r['speedup']:>6.2f}x")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from slm_core import runs  # noqa: E402
+from studio.helper import Helper  # noqa: E402
 from studio.runner import Runner  # noqa: E402
 from studio.style import CSS  # noqa: E402
 
@@ -41,6 +42,7 @@ class StudioContext:
     """What tabs share while the page is built (and, through the runner, while it runs)."""
     runs_dir: Path
     runner: Runner
+    helper: Helper = field(default_factory=Helper)  # torch-using slm_core calls, out of the server process
     fields: dict[str, Any] = field(default_factory=dict)  # "section.key" → component: the run's settings
     shared: dict[str, Any] = field(default_factory=dict)  # other components one tab reads from another
     on_load: list[dict] = field(default_factory=list)  # demo.load(**kwargs) when a page opens

@@ -110,6 +110,7 @@ def load_ours(folder) -> Transformer:
     ("llama", {"tie_word_embeddings": False}),
     ("llama", {"tie_word_embeddings": True, "rope_theta": 5e5}),
     ("llama", {"attention_bias": True, "mlp_bias": False}),  # o_proj bias only: zero MLP biases fill in
+    ("llama", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}),  # plain RoPE within its length
     ("qwen2", {"tie_word_embeddings": True}),
 ])
 def test_transformers_checkpoints_run_in_our_model_with_same_logits(tmp_path, kind, extra):
@@ -119,6 +120,17 @@ def test_transformers_checkpoints_run_in_our_model_with_same_logits(tmp_path, ki
     with torch.no_grad():
         expected = hf(IDS).logits
     assert torch.allclose(ours(model), expected, atol=1e-4), (ours(model) - expected).abs().max()
+
+
+def test_fixed_base_ntk_rope_is_exported_as_plain_rope_with_the_raised_base():
+    from slm_core.hf_convert import export_rope
+    from slm_core.model import rope_inv_freq
+
+    scaled = ModelConfig(family="llama", d_model=64, n_head=4, rope_scaling="dynamic", rope_scaling_factor=4.0)
+    theta, scaling = export_rope(scaled)
+    plain = ModelConfig(family="llama", d_model=64, n_head=4, rope_theta=theta)
+    assert scaling is None and theta > scaled.rope_theta
+    assert torch.allclose(rope_inv_freq(scaled), rope_inv_freq(plain), rtol=1e-6)
 
 
 def test_sharded_checkpoints_are_read_through_their_index(tmp_path):

@@ -198,3 +198,20 @@ def test_report_compares_size_quality_and_speed_side_by_side():
     assert int8["ppl"] < base["ppl"] * 1.05 and int4["ppl"] < base["ppl"] * 1.3  # ...and quantization keeps it
     assert Q.method_label(int4_model := quantized["int4"]) == "int4-g32" and int4_model is not model
     assert "int8-dynamic" in Q.format_report(rows)
+
+
+def test_int4_kernel_layout_replaces_the_portable_copy_and_gives_it_back_exactly(tmp_path):
+    model = tiny(d_model=128, n_head=4)
+    expected, _ = Q.quantize_state(model, "int4", 32)
+    quantized = Q.quantize_model(copy.deepcopy(model), "int4", 32)
+    before = Q.model_memory_bytes(quantized)
+    nibble_bytes = sum(m.weight.numel() for m in quantized.modules() if isinstance(m, Q.WeightOnlyInt4Linear))
+    reference = logits(quantized, IDS)  # builds the CPU kernel layout, drops the nibble buffer
+    layer = quantized.layers[0].mlp.up_proj
+    # only the kernel's bf16 copy of scales/zeros is added, not a second copy of the weights
+    assert layer.weight.numel() == 0 and Q.model_memory_bytes(quantized) - before < nibble_bytes / 2
+    tensors, _ = Q.quantized_state(quantized)
+    assert all(torch.equal(tensors[k], v) for k, v in expected.items())
+    assert torch.equal(quantized.state_dict()["layers.0.mlp.up_proj.weight"], expected["layers.0.mlp.up_proj.weight"])
+    Q.save_quantized(quantized, model.config, None, tmp_path / "q")
+    assert torch.equal(logits(Q.load_quantized(tmp_path / "q").model, IDS), reference)

@@ -3,12 +3,13 @@
 Sources: the built-in stories or instructions, a local file or folder (typed or uploaded), a
 JSONL/CSV/Parquet file with a column picker, or a Hub dataset name. Preview reads only the start
 of a source; Tokenize runs `slm_core.data.prepare_data` (the same cached token files a run uses,
-so the run that follows starts at once) with a progress bar. slm_core.data imports torch, so it is
-imported inside the handlers only.
+so the run that follows starts at once) with a progress bar. Both run in the helper process
+(studio.helper), since slm_core.data imports torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 import shutil
@@ -85,8 +86,8 @@ def _wire(ctx, kind, source, upload, column, template, max_chars, preview_btn, s
     source.change(lambda s: gr.update(value=kind_of(s)) if kind_of(s) != KINDS[2] else gr.update(),
                   source, kind, **QUIET)
     upload.upload(lambda files: save_uploads(files, ctx.runs_dir), upload, source, **PRIVATE)
-    preview_btn.click(preview, [source, column, template, max_chars], [summary, records, column],
-                      api_name="data_preview")
+    preview_btn.click(lambda *a: preview(ctx.helper, *a), [source, column, template, max_chars],
+                      [summary, records, column], api_name="data_preview")
 
 
 def _wire_tokenizer(ctx, tok_kind, tok_size, tok_path, tokenize_btn, tokens) -> None:
@@ -95,7 +96,7 @@ def _wire_tokenizer(ctx, tok_kind, tok_size, tok_path, tokenize_btn, tokens) -> 
     keys = list(ctx.fields)
 
     def on_tokenize(*values, progress=gr.Progress(track_tqdm=True)):
-        return tokenize(dict(zip(keys, values)), progress)
+        return tokenize(ctx.helper, dict(zip(keys, values)), progress)
 
     tokenize_btn.click(on_tokenize, list(ctx.fields.values()), tokens, api_name="data_tokenize")
 
@@ -120,16 +121,14 @@ def data_config(source: str, column: str = "", template: str = "", max_chars: An
                       max_chars=int(max_chars) if max_chars else None)
 
 
-def preview(source: str, column: str, template: str, max_chars: Any):
+def preview(helper, source: str, column: str, template: str, max_chars: Any):
     """Summary line, the first records, and the column choices for tabular sources."""
-    from slm_core.data import data_summary, preview as read_preview
-
     try:
         cfg = data_config(source, column, template, max_chars)
-        info = data_summary(cfg)
-        texts = read_preview(cfg, n=5)
+        answer = helper.call("preview", {"data": dataclasses.asdict(cfg), "n": 5})
     except SLMError as error:
         return message("error", str(error)), "", gr.update()
+    info, texts = answer["summary"], answer["texts"]
     kind = "instruction records" + (f" ({info['template']} template)" if info.get("template") else "") \
         if info.get("is_instruction") else "documents"
     text = (f"**{info['n_documents']:,} {kind}**, {human_count(info['n_chars'])} characters "
@@ -140,9 +139,12 @@ def preview(source: str, column: str, template: str, max_chars: Any):
     return text, f"<div class='slm-records'>{cards}</div>", gr.update(choices=choices)
 
 
-def tokenize(values: dict[str, Any], progress: Any = None) -> str:
-    """prepare_data for the page's source and tokenizer: trains the BPE if asked, writes the token cache."""
-    from slm_core.data import prepare_data
+def tokenize(helper, values: dict[str, Any], progress: Any = None) -> str:
+    """prepare_data for the page's source and tokenizer (in the helper process): trains the BPE if asked,
+    writes the token cache the runs will find."""
+    def report(p: dict) -> None:
+        if progress is not None:
+            progress((p["n"], p["total"]) if p.get("total") else None, desc=p.get("desc") or "tokenizing")
 
     try:
         config = RunConfig(data=data_config(values.get("data.source"), values.get("data.text_column"),
@@ -150,14 +152,11 @@ def tokenize(values: dict[str, Any], progress: Any = None) -> str:
                            tokenizer=TokenizerConfig(kind=values.get("tokenizer.kind") or "bpe",
                                                      vocab_size=int(values.get("tokenizer.vocab_size") or 4096),
                                                      path=values.get("tokenizer.path") or None))
-        started = time.perf_counter()
-        if progress is not None:
-            progress(0, desc="reading the source")
-        data = prepare_data(config, progress=True, require_windows=False)
+        report({"n": 0, "total": None, "desc": "reading the source"})
+        data = helper.call("tokenize", {"config": config.to_dict()}, on_progress=report)
     except SLMError as error:
         return message("error", str(error))
-    seconds = time.perf_counter() - started
-    return message("ok", f"**{human_count(data.train_tokens)} train + {human_count(data.val_tokens)} validation "
-                         f"tokens** ({data.tokenizer.n_vocab:,}-token {data.tokenizer.kind} vocabulary, "
-                         f"{human_count(data.n_chars)} characters) in {seconds:.1f} s — cached in "
-                         f"`{data.cache_dir}`; runs on this data start without tokenizing again.")
+    return message("ok", f"**{human_count(data['train_tokens'])} train + {human_count(data['val_tokens'])} "
+                         f"validation tokens** ({data['n_vocab']:,}-token {data['kind']} vocabulary, "
+                         f"{human_count(data['n_chars'])} characters) in {data['seconds']:.1f} s — cached in "
+                         f"`{data['cache_dir']}`; runs on this data start without tokenizing again.")

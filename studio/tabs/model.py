@@ -88,7 +88,7 @@ def _wire_estimate(ctx, preset, model_fields, estimate, errors) -> None:
     def update(name, *values):
         fields = dict(zip(MODEL_FIELDS, values[: len(MODEL_FIELDS)]))
         train = dict(zip(keys, values[len(MODEL_FIELDS):]))
-        text, bad = estimate_text(name, fields, train)
+        text, bad = estimate_text(ctx.helper, name, fields, train)
         return [text, *[bad.get(key, "") for key in errors]]
 
     gr.on([c.change for c in inputs], update, inputs=inputs, outputs=outputs, trigger_mode="always_last", **QUIET)
@@ -99,11 +99,11 @@ TRAIN_KEYS = ("train.batch_size", "train.grad_accum", "train.precision", "train.
               "lora.r", "lora.targets")
 
 
-def estimate_text(preset: Optional[str], fields: dict, train: dict) -> tuple[str, dict[str, str]]:
+def estimate_text(helper, preset: Optional[str], fields: dict, train: dict) -> tuple[str, dict[str, str]]:
     """(Markdown estimate, {field: error}) for the shape on the page."""
     try:
         config = model_from_fields(preset, fields)
-        info = _describe(config, train)
+        info = _describe(helper, config, train)
     except SLMError as error:
         match = FIELD_ERROR.match(str(error))
         if match and match.group(1) in LABELS:
@@ -117,18 +117,17 @@ def estimate_text(preset: Optional[str], fields: dict, train: dict) -> tuple[str
     return format_estimate(info, system_memory(), gpu_info()), {}
 
 
-def _describe(config, train: dict) -> dict:
-    from slm_core.config import LoRAConfig
-    from slm_core.estimate import describe  # builds on the meta device: imports torch, so only here
-
+def _describe(helper, config, train: dict) -> dict:
+    """slm_core.estimate.describe in the helper process (it builds the model on torch's meta device)."""
     mode = train.get("train.mode") or "pretrain"
-    lora = LoRAConfig(r=int(train.get("lora.r") or 8), targets=train.get("lora.targets") or "attention") \
+    lora = {"r": int(train.get("lora.r") or 8), "targets": train.get("lora.targets") or "attention"} \
         if mode == "lora" else None
     grad_accum = int(train.get("train.grad_accum") or 1)
-    info = describe(config, batch_size=int(train.get("train.batch_size") or 16),
-                    precision=train.get("train.precision") or "auto",
-                    grad_checkpointing=bool(train.get("train.grad_checkpointing")),
-                    grad_accum=grad_accum, mode=mode, lora=lora, timing=True)
+    info = helper.call("describe", {
+        "model": config.to_dict(), "batch_size": int(train.get("train.batch_size") or 16),
+        "precision": train.get("train.precision") or "auto",
+        "grad_checkpointing": bool(train.get("train.grad_checkpointing")), "grad_accum": grad_accum,
+        "mode": mode, "lora": lora, "timing": True})
     return {**info, "grad_accum": grad_accum}
 
 
