@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from slm_core import runs  # noqa: E402
+from studio.helper import IDLE_S  # noqa: E402
 
 # Page fields the benchmark types in (by their labels), on top of the recipe's values.
 PAGE = {"Precision": "fp32", "Evaluate every": 1000, "Checkpoint every": 1000, "Use at most N characters": 2_000_000}
@@ -139,14 +140,18 @@ def run_studio(steps: int, root: Path, watcher_kind: str) -> dict:
         cpu0, rss, t0 = server.cpu_times(), [], time.time()
         print(client.predict(*values, api_name="/train_start")[0])
         run_dir = root / "studio"
+        helper_rss = [0.0]
         while runs.read_status(run_dir).get("state") not in runs.TERMINAL_STATES:
             rss.append(server.memory_info().rss / 2**20)
+            helper_rss.append(sum(p.memory_info().rss for p in server.children()
+                                  if "studio.helper" in " ".join(p.cmdline())) / 2**20)
             time.sleep(0.5)
         cpu1, wall = server.cpu_times(), time.time() - t0
         watcher.stop.set()
         watcher.thread.join(30)
         cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
-        return {"run_dir": run_dir, "rss_max_mb": max(rss), "cpu_percent": 100 * cpu / wall,
+        return {"run_dir": run_dir, "rss_max_mb": max(rss), "helper_rss_max_mb": max(helper_rss),
+                "helper_alive_at_end": helper_rss[-1] > 0, "cpu_percent": 100 * cpu / wall,
                 "latency_ms": 1000 * statistics.median(watcher.latencies) if watcher.latencies else None}
     finally:
         proc.terminate()
@@ -181,6 +186,9 @@ def main() -> None:
     print(f"Studio server during the run: peak RSS {max(s['rss_max_mb'] for s in studios):.0f} MB (target < 500), "
           f"CPU {statistics.median(s['cpu_percent'] for s in studios):.1f}% of one core"
           + (f", refresh round trip {statistics.median(latency):.0f} ms" if latency else ""))
+    print(f"helper process (Model-tab estimate, torch; exits after {IDLE_S:.0f} s idle): peak RSS "
+          f"{max(s['helper_rss_max_mb'] for s in studios):.0f} MB, "
+          f"{'still alive' if studios[-1]['helper_alive_at_end'] else 'gone'} when the last run ended")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ def generate_tokens(model: torch.nn.Module, prompt_ids: list[int], max_new_token
     generator.manual_seed(seed if seed is not None else int(time.time_ns() % 2**31))
     stop = set(stop_ids)
     tokens = list(prompt_ids)[-context:]
-    core.setup_kv_cache(1, context)
+    # Only as long as this reply can get: an imported model may allow 32k positions.
+    core.setup_kv_cache(1, min(context, len(tokens) + max_new_tokens))
     try:
         logits = _prefill(model, tokens, device)
         for _ in range(max_new_tokens):

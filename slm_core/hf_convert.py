@@ -158,7 +158,7 @@ def save_hf_folder(model: torch.nn.Module, tokenizer, out_dir: str | Path,
     written = [out_dir / "config.json", out_dir / "model.safetensors", out_dir / "generation_config.json"]
     written[0].write_text(json.dumps(hf_config, indent=2))
     save_file(state, str(written[1]), metadata={"format": "pt"})
-    generation = {"bos_token_id": eot, "eos_token_id": eot, "max_length": model.config.context_length}
+    generation = {"bos_token_id": eot, "eos_token_id": eot}
     if eot is not None:
         generation["pad_token_id"] = eot
     written[2].write_text(json.dumps(generation, indent=2))

@@ -193,7 +193,7 @@ class Transformer(nn.Module):
 
     def setup_kv_cache(self, batch_size: int, max_len: Optional[int] = None, dtype=None) -> None:
         max_len = min(max_len or self.config.context_length, self.config.context_length)
-        param = self.embed_tokens.weight
+        param = self.norm.weight  # not the embedding: a quantized model may keep that table in int8
         for layer in self.layers:
             layer.self_attn.kv_cache = KVCache(batch_size, self.config.n_kv_head, max_len, self.config.head_dim,
                                                dtype or param.dtype, param.device)

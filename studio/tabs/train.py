@@ -241,8 +241,9 @@ def default_run(ctx) -> Optional[str]:
     return names[0] if names else None
 
 
-def refresh(ctx, watched: Optional[str], x_axis: str, log_y: bool, last_sig: Any) -> list:
-    """Everything the live view shows, or gr.skip() for all of it when no file changed since last time."""
+def refresh(ctx, watched: Optional[str], x_axis: str, log_y: bool, last: Optional[dict]) -> list:
+    """The live view's outputs; each is gr.skip() unless a file it is drawn from changed since `last`
+    (the signature this page got last time), so a page watching an idle run costs a few stat() calls."""
     ctx.runner.poll()  # reaps a finished worker; records a silent death as a failed run
     name = watched or default_run(ctx)
     live = ctx.runner.live_name()
@@ -251,21 +252,28 @@ def refresh(ctx, watched: Optional[str], x_axis: str, log_y: bool, last_sig: Any
         name = live  # a run started from another tab: follow it
     run_dir = ctx.runs_dir / name if name else None
     status = watch.status(run_dir) if run_dir else {}
-    sig = (name, x_axis, bool(log_y), status.get("state"), watch.signature(run_dir))
-    if sig == last_sig:
+    sig = {"view": (name, x_axis, bool(log_y)), "state": status.get("state"),
+           **dict(zip(("status", "metrics", "samples", "log"), watch.signature(run_dir) or (None,) * 4))}
+    last = last or {}
+
+    def changed(*keys: str) -> bool:
+        return last.get("view") != sig["view"] or any(last.get(k) != sig[k] for k in keys)
+
+    if not changed("state", "status", "metrics", "samples", "log"):
         return [gr.skip()] * (7 + len(BUTTON_STATES) + 1)
-    rows = watch.metrics(run_dir) if run_dir else []
-    notes = failure_note(status) or overfitting_note(rows, status)
-    buttons = [gr.update(interactive=status.get("state") in states) for states in BUTTON_STATES.values()]
+    skip = gr.skip()
+    rows = watch.metrics(run_dir) if run_dir and changed("metrics", "status", "state") else []
+    state_changed = changed("metrics", "status", "state")
     return [
-        training_figure(rows, x=x_axis, log_y=bool(log_y), revision=name or ""),
-        progress_html(status, rows),
-        status_markdown(name or "", status),
-        notes,
-        sample_timeline_html(watch.samples(run_dir) if run_dir else []),
-        log_tail(watch.log_text(run_dir)) if run_dir else "",
-        gr.update(value=name) if name != watched else gr.skip(),
-        *buttons,
+        training_figure(rows, x=x_axis, log_y=bool(log_y), revision=name or "") if changed("metrics") else skip,
+        progress_html(status, rows) if state_changed else skip,
+        status_markdown(name or "", status) if changed("status", "state") else skip,
+        (failure_note(status) or overfitting_note(rows, status)) if state_changed else skip,
+        sample_timeline_html(watch.samples(run_dir) if run_dir else []) if changed("samples") else skip,
+        (log_tail(watch.log_text(run_dir)) if run_dir else "") if changed("log") else skip,
+        gr.update(value=name) if name != watched else skip,
+        *[gr.update(interactive=status.get("state") in states) if changed("state") else skip
+          for states in BUTTON_STATES.values()],
         sig,
     ]
 

@@ -1,0 +1,166 @@
+"""The Quantize, Evaluate and Export tabs' work: slm_core calls that load a model, run in a helper
+process (studio.helper's protocol), and answer with plain JSON (rows, paths, sizes).
+
+Why a process of their own and not the Studio's shared helper: a quantization report or an export
+can take minutes and holds the helper's lock all along; the Model tab's estimates must not wait for
+it. Each tab owns one `JobHelper`: torch and the model live there while it works and leave when it
+has been idle for a while (studio.helper.IDLE_S). Progress (stage names, models done) comes back as
+tqdm updates, which studio.helper forwards.
+
+    server: JobHelper().call("quantize", {...}, on_progress) -> dict
+    helper: python -m studio.jobs
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from studio.helper import REPO_ROOT, Helper
+from studio.models import artifact_target, folder_files
+
+
+class JobHelper(Helper):
+    """A studio.helper process whose functions are the jobs below."""
+
+    def _ensure(self) -> subprocess.Popen:
+        if self._proc is None or self._proc.poll() is not None:
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+            self._proc = subprocess.Popen([sys.executable, "-m", "studio.jobs"], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                                          cwd=os.getcwd())
+        return self._proc
+
+
+def progress_to(progress: Any) -> Callable[[dict], None]:
+    """The helper's progress messages → a Gradio progress bar (`gr.Progress()` of the event)."""
+    def report(p: dict) -> None:
+        total = p.get("total") or 0
+        progress((p.get("n", 0), total) if total else None, desc=p.get("desc") or "working")
+    return report
+
+
+class _Stages:
+    """One tqdm bar whose steps are named stages: the Studio shows '<stage> (i/n)'."""
+
+    def __init__(self, names: list[str]):
+        from tqdm import tqdm
+
+        self.names = names
+        self.bar = tqdm(total=len(names), desc=names[0], file=sys.stderr, leave=False)
+        self.bar.update(0)  # reports the first stage
+
+    def start(self, name: str) -> None:
+        self.bar.set_description_str(name, refresh=False)
+        self.bar.update(self.names.index(name) - self.bar.n)  # 0 for the first stage: still reported
+
+    def close(self) -> None:
+        self.bar.update(self.bar.total - self.bar.n)
+        self.bar.close()
+
+
+def _step_of(checkpoint: Path) -> Optional[int]:
+    import json
+
+    try:
+        return int(json.loads((checkpoint / "state.json").read_text())["step"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+# ---- quantize -----------------------------------------------------------------------------------
+
+def quantize(source: str, tag: str = "best", method: str = "int8", group_size: Optional[int] = 64,
+             report: bool = True, eval_tokens: int = 20_000) -> dict:
+    """Quantize `source` into <run>/quantized/<label>/ (replacing an earlier one of the same label) and,
+    with `report`, measure it against the original side by side (slm_core.quantize.quantization_report)."""
+    import copy
+
+    from slm_core.checkpoint import load_model
+    from slm_core.quantize import check_method, eval_windows_for, quantization_report, quantize_model, save_quantized
+
+    group_size = int(group_size) if method == "int4" else None
+    check_method(method, group_size)
+    stages = _Stages(["loading", "quantizing", "saving"] + (["measuring"] if report else []))
+    started = time.perf_counter()
+    loaded = load_model(source, tag=tag)
+    label = method + (f"-g{group_size}" if group_size else "")
+    out = artifact_target(loaded.path, "quantized", label)
+    stages.start("quantizing")
+    original = loaded.model
+    quantized = quantize_model(copy.deepcopy(original) if report else original, method, group_size)
+    stages.start("saving")
+    save_quantized(quantized, loaded.config, loaded.tokenizer, out, source=str(source), overwrite=True)
+    rows = None
+    if report:
+        stages.start("measuring")
+        windows = eval_windows_for(loaded, int(eval_tokens))
+        rows = quantization_report(original, {label: quantized}, windows, paths={label: out})
+    stages.close()
+    return {"path": str(out), "label": label, "step": _step_of(Path(loaded.path)), "rows": rows,
+            "files": folder_files(out), "seconds": time.perf_counter() - started}
+
+
+# ---- evaluate -----------------------------------------------------------------------------------
+
+def evaluate(sources: list[str], tag: str = "best", data: Optional[str] = None, split: str = "val",
+             stride: Optional[int] = None, max_tokens: Optional[int] = None,
+             text_column: Optional[str] = None) -> list[dict]:
+    """Perplexity of each model on `data` (None: each model's own validation data), one row per model.
+    A model that cannot be evaluated gets a row with its `error` instead of stopping the others."""
+    from tqdm import tqdm
+
+    from slm_core.checkpoint import load_model
+    from slm_core.errors import SLMError
+    from slm_core.evaluate import perplexity
+
+    rows = []
+    bar = tqdm(total=len(sources), desc="evaluating", file=sys.stderr, leave=False)
+    bar.update(0)
+    for source in sources:
+        try:
+            loaded = load_model(source, tag=tag)
+            row = perplexity(loaded, data or None, split, int(stride) if stride else None,
+                             int(max_tokens) if max_tokens else None, text_column or None)
+        except SLMError as error:
+            row = {"error": str(error)}
+        rows.append({**row, "source": source})
+        bar.update(1)
+    bar.close()
+    return rows
+
+
+# ---- export -------------------------------------------------------------------------------------
+
+def export(source: str, tag: str = "best", fmt: str = "hf", gguf_type: str = "f16") -> dict:
+    """Write `source` as `fmt` into <run>/export/<label>/ (replacing an earlier one of the same label)."""
+    from slm_core.checkpoint import load_model
+    from slm_core.export import export_model
+
+    stages = _Stages(["loading", "writing"])
+    started = time.perf_counter()
+    loaded = load_model(source, tag=tag)
+    label = fmt + (f"-{gguf_type}" if fmt == "gguf" else "")
+    out = artifact_target(loaded.path, "export", label)
+    stages.start("writing")
+    paths = export_model(loaded.model, loaded.tokenizer, loaded.config, out, fmt, gguf_type, source=str(source),
+                         overwrite=True)
+    stages.close()
+    return {"dir": str(out), "format": fmt, "gguf_type": gguf_type if fmt == "gguf" else None,
+            "files": [(str(p), p.stat().st_size) for p in paths], "template": loaded.template,
+            "seconds": time.perf_counter() - started}
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {"quantize": quantize, "evaluate": evaluate, "export": export}
+
+
+if __name__ == "__main__":
+    from studio import helper
+
+    helper.FUNCTIONS.update(FUNCTIONS)
+    helper.main()

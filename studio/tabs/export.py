@@ -1,0 +1,115 @@
+"""Export tab: write a run (or one of its quantized versions) for other runtimes: a Hugging Face folder
+(transformers), GGUF (llama.cpp, Ollama) or ONNX (onnxruntime); then list the files written and say
+how to use them.
+
+The export runs in the tab's own helper process (studio.jobs) and lands in <run>/export/<label>/
+(slm_core.export writes it aside and renames it into place, so a failed export leaves nothing behind).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import gradio as gr
+
+from slm_core.errors import SLMError
+from studio.jobs import JobHelper, progress_to
+from studio.models import human_bytes, model_sources, source_label
+from studio.tabs import QUIET, message
+
+TITLE = "Export"
+FORMATS = [("Hugging Face folder (transformers)", "hf"), ("GGUF (llama.cpp, Ollama)", "gguf"),
+           ("ONNX (onnxruntime)", "onnx")]
+GGUF_TYPES = [("f32 — exact", "f32"), ("f16 — half the size", "f16"), ("q8_0 — 8-bit, a quarter", "q8_0")]
+FILE_COLUMNS = ["file", "size", "path"]
+
+
+def build(ctx) -> None:
+    helper = JobHelper()
+    with gr.Row():
+        source = gr.Dropdown([], value=None, label="Model", scale=3, elem_id="export-model",
+                             info="a run, or a quantized version of one (exported with its rounded weights)")
+        tag = gr.Radio(["best", "latest"], value="best", label="Checkpoint (runs)", scale=1)
+    with gr.Row():
+        fmt = gr.Radio(FORMATS, value="hf", label="Format", scale=3, elem_id="export-format")
+        gguf_type = gr.Radio(GGUF_TYPES, value="f16", label="GGUF type", visible=False, scale=2)
+    go = gr.Button("Export", variant="primary", elem_id="export-go")
+    status = gr.Markdown("", elem_id="export-message")
+    files = gr.Dataframe(headers=FILE_COLUMNS, value=[], interactive=False, wrap=True, elem_id="export-files")
+    usage = gr.Markdown("", elem_id="export-usage")
+
+    def work(picked, checkpoint, kind, quant, progress=gr.Progress()):
+        return export_run(helper, ctx.runs_dir, picked, checkpoint, kind, quant, on_progress=progress_to(progress))
+
+    go.click(work, [source, tag, fmt, gguf_type], [status, files, usage], api_name="export",
+             concurrency_limit=1, concurrency_id="export")
+    fmt.change(lambda f: gr.update(visible=f == "gguf"), fmt, gguf_type, **QUIET)
+
+    def choices(current: Optional[str] = None):
+        sources = model_sources(ctx.runs_dir)
+        paths = [path for _, path in sources]
+        return gr.update(choices=sources, value=current if current in paths else (paths[0] if paths else None))
+
+    ctx.tabs[TITLE].select(choices, source, source, **QUIET)
+    ctx.on_load.append(dict(fn=choices, inputs=source, outputs=source))
+
+
+def export_run(helper: JobHelper, runs_dir: Path, source: Optional[str], tag: str, fmt: str, gguf_type: str,
+               on_progress: Optional[Callable[[dict], None]] = None) -> list[Any]:
+    """(message, files table, how to use them) after exporting `source` in the helper."""
+    if not source:
+        return [message("error", "Pick a model first (train a run in the Train tab)."), [], ""]
+    if fmt not in {value for _, value in FORMATS}:
+        return [message("error", "Pick a format: Hugging Face, GGUF or ONNX."), [], ""]
+    args = {"source": str(source), "tag": tag, "fmt": fmt, "gguf_type": gguf_type or "f16"}
+    try:
+        result = helper.call("export", args, on_progress=on_progress)
+    except (SLMError, RuntimeError) as error:
+        return [message("error", str(error)), [], ""]
+    out = Path(result["dir"])
+    rows = [[Path(path).relative_to(out).as_posix(), human_bytes(size), path] for path, size in result["files"]]
+    total = human_bytes(sum(size for _, size in result["files"]))
+    text = message("ok", f"Wrote {len(rows)} files ({total}) to `{out}` in {result['seconds']:.1f} s.")
+    return [text, rows, usage_markdown(runs_dir, source, tag, result)]
+
+
+def usage_markdown(runs_dir: Path, source: str, tag: str, result: dict) -> str:
+    """How to run what was written, with its real paths, and the same export from a shell."""
+    out, fmt = Path(result["dir"]), result["format"]
+    name = _ollama_name(runs_dir, source)
+    if fmt == "hf":
+        lines = ["**Use it** with transformers (or pick it in Chat, Compare and Evaluate):", "```python",
+                 "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                 f"model = AutoModelForCausalLM.from_pretrained({str(out)!r})",
+                 f"tokenizer = AutoTokenizer.from_pretrained({str(out)!r})", "```"]
+    elif fmt == "gguf":
+        gguf = next(Path(p) for p, _ in result["files"] if p.endswith(".gguf"))
+        lines = ["**Use it** with Ollama (the Modelfile beside it carries the prompt template and stop token):",
+                 "```bash", f"ollama create {name} -f {shlex.quote(str(out / 'Modelfile'))}", f"ollama run {name}",
+                 "```", "or with llama.cpp:", "```bash",
+                 f"llama-cli -m {shlex.quote(str(gguf))} -p 'Once upon a time' -n 64", "```"]
+    else:
+        lines = ["**Use it** with onnxruntime: input `input_ids` int64 (batch, sequence) → `logits` "
+                 "(batch, sequence, vocab); the tokenizer is `tokenizer.json` beside it.", "```python",
+                 "import numpy as np, onnxruntime", "from tokenizers import Tokenizer",
+                 f"session = onnxruntime.InferenceSession({str(out / 'model.onnx')!r})",
+                 f"tokenizer = Tokenizer.from_file({str(out / 'tokenizer.json')!r})",
+                 "ids = np.array([tokenizer.encode('Once upon a time').ids], dtype=np.int64)",
+                 "logits = session.run(['logits'], {'input_ids': ids})[0]", "```"]
+    command = ["slm", "export", source_label(runs_dir, source), "--format", fmt]
+    if fmt == "gguf":
+        command += ["--gguf-type", result["gguf_type"]]
+    if tag != "best":
+        command += ["--checkpoint", tag]
+    if not (Path(source) / "status.json").exists():  # `slm export` puts an artifact's export beside it
+        command += ["--out", str(out)]
+    lines.append("From a shell: `" + " ".join(shlex.quote(p) for p in command) + " --overwrite`")
+    return "\n".join(lines)
+
+
+def _ollama_name(runs_dir: Path, source: str) -> str:
+    """An Ollama model name from the source's label: lowercase letters, digits and dashes."""
+    label = source_label(runs_dir, source).lower()
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in label).strip("-") or "my-model"

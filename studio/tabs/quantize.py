@@ -1,0 +1,133 @@
+"""Quantize tab: turn a run's checkpoint into an int8 / int4 / int8-dynamic artifact and see what it
+costs and gains against the original: size on disk, memory, validation perplexity, batch-1 tokens/s,
+all measured in one process side by side (slm_core.quantize.quantization_report).
+
+The work runs in the tab's own helper process (studio.jobs), so the server never holds torch for it
+and a crash there leaves the page up. The artifact lands in <run>/quantized/<label>/, where Chat,
+Compare, Evaluate and Export find it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import gradio as gr
+
+from slm_core.errors import SLMError
+from studio.jobs import JobHelper, progress_to
+from studio.models import human_bytes, run_artifacts, source_label
+from studio.tabs import QUIET, message, run_names
+
+TITLE = "Quantize"
+
+# slm_core.quantize's METHODS and GROUP_SIZES: that module imports torch, the server does not (a test
+# checks these agree).
+METHODS = ("int8", "int4", "int8-dynamic")
+GROUP_SIZES = (32, 64, 128, 256)
+METHOD_CHOICES = [("int8 — weight-only, about a quarter of fp32, nearly lossless", "int8"),
+                  ("int4 — weight-only in groups, smaller still, some loss", "int4"),
+                  ("int8-dynamic — torch.ao dynamic int8 (CPU only)", "int8-dynamic")]
+REPORT_COLUMNS = ["model", "size on disk", "memory", "validation perplexity", "tokens/s (batch 1)"]
+
+
+def build(ctx) -> None:
+    helper = JobHelper()
+    with gr.Row():
+        run = gr.Dropdown([], value=None, label="Run", scale=3, elem_id="quantize-run",
+                          info="a run with a checkpoint")
+        tag = gr.Radio(["best", "latest"], value="best", label="Checkpoint", scale=1)
+    with gr.Row():
+        method = gr.Radio(METHOD_CHOICES, value="int8", label="Method", scale=3, elem_id="quantize-method")
+        group = gr.Dropdown(list(GROUP_SIZES), value=64, label="Group size (int4)", visible=False, scale=1,
+                            info="weights per scale: smaller = more accurate, larger file")
+    with gr.Row():
+        report = gr.Checkbox(True, label="Compare with the original (size, memory, perplexity, speed)", scale=3)
+        tokens = gr.Number(20_000, precision=0, minimum=256, label="Validation tokens for perplexity", scale=1)
+    go = gr.Button("Quantize", variant="primary", elem_id="quantize-go")
+    status = gr.Markdown("", elem_id="quantize-message")
+    table = gr.Dataframe(headers=REPORT_COLUMNS, value=[], interactive=False, wrap=True, elem_id="quantize-report")
+    command = gr.Markdown("", elem_classes="slm-note")
+    existing = gr.Markdown("", elem_id="quantize-existing")
+
+    def work(name, checkpoint, how, size, measure, eval_tokens, progress=gr.Progress()):
+        return quantize_run(helper, ctx.runs_dir, name, checkpoint, how, size, measure, eval_tokens,
+                            on_progress=progress_to(progress))
+
+    go.click(work, [run, tag, method, group, report, tokens], [status, table, command, existing],
+             api_name="quantize", concurrency_limit=1, concurrency_id="quantize")
+    method.change(lambda m: gr.update(visible=m == "int4"), method, group, **QUIET)
+    run.change(lambda name: artifacts_markdown(ctx.runs_dir, name), run, existing, **QUIET)
+
+    def choices(current: Optional[str] = None):
+        names = run_names(ctx.runs_dir, with_checkpoint=True)
+        return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
+
+    ctx.tabs[TITLE].select(choices, run, run, **QUIET)
+    ctx.on_load.append(dict(fn=choices, inputs=run, outputs=run))
+
+
+def quantize_run(helper: JobHelper, runs_dir: Path, name: Optional[str], tag: str, method: str,
+                 group_size: Any, report: bool, eval_tokens: Any,
+                 on_progress: Optional[Callable[[dict], None]] = None) -> list[Any]:
+    """Quantize one run in the helper: (message, report rows, equivalent command, the run's artifacts)."""
+    if not name:
+        return [message("error", "Pick a run with a checkpoint first (train one in the Train tab)."), [], "", ""]
+    if method not in METHODS:
+        return [message("error", f"Pick a method: {', '.join(METHODS)}."), [], "", ""]
+    size = int(group_size or 64)
+    args = {"source": str(Path(runs_dir) / name), "tag": tag, "method": method, "group_size": size,
+            "report": bool(report), "eval_tokens": int(eval_tokens or 20_000)}
+    try:
+        result = helper.call("quantize", args, on_progress=on_progress)
+    except (SLMError, RuntimeError) as error:
+        return [message("error", str(error)), [], "", gr.skip()]
+    where = source_label(runs_dir, result["path"])
+    step = f" (step {result['step']:,})" if result.get("step") is not None else ""
+    text = (f"Wrote **{result['label']}** of `{name}`{step} to `{result['path']}` in {result['seconds']:.1f} s. "
+            f"Chat, Compare, Evaluate and Export list it as `{where}`.")
+    return [message("ok", text), report_table(result["rows"] or []), command_line(name, tag, method, size, report),
+            artifacts_markdown(runs_dir, name)]
+
+
+def report_table(rows: list[dict]) -> list[list[str]]:
+    """quantization_report rows → table cells; quantized rows carry their ratio to the original."""
+    table = []
+    for i, r in enumerate(rows):
+        first = i == 0
+        ppl = "-" if r.get("ppl") is None else f"{r['ppl']:.3f}"
+        if not first and r.get("ppl_delta") is not None:
+            ppl += f" ({r['ppl_delta']:+.3f})"
+        table.append([
+            f"original ({r['model']})" if first else r["model"],
+            human_bytes(r["disk_mb"] * 2**20) + ("" if first else f" ({r['size_ratio']:.2f}×)"),
+            human_bytes(r["memory_mb"] * 2**20) + ("" if first else f" ({r['memory_ratio']:.2f}×)"),
+            ppl,
+            f"{r['tokens_per_sec']:.1f}" + ("" if first else f" ({r['speedup']:.2f}×)"),
+        ])
+    return table
+
+
+def command_line(name: str, tag: str, method: str, group_size: int, report: bool) -> str:
+    """The same work from a shell (every Studio action is reproducible with the CLI)."""
+    parts = ["slm", "quantize", name, "--method", method]
+    if method == "int4":
+        parts += ["--group-size", str(group_size)]
+    if tag != "best":
+        parts += ["--checkpoint", tag]
+    if report:
+        parts.append("--report")
+    return "From a shell: `" + " ".join(shlex.quote(p) for p in parts) + " --overwrite`"
+
+
+def artifacts_markdown(runs_dir: Path, name: Optional[str]) -> str:
+    """The run's quantized artifacts already on disk, with their weight-file sizes."""
+    if not name:
+        return ""
+    folders = [p for p in run_artifacts(Path(runs_dir) / name) if p.parent.name == "quantized"]
+    if not folders:
+        return f"`{name}` has no quantized models yet."
+    items = [f"`{p.name}` ({human_bytes((p / 'model.safetensors').stat().st_size)})" for p in folders
+             if (p / "model.safetensors").exists()]
+    return f"Quantized models of `{name}`: " + ", ".join(items)
