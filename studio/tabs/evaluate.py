@@ -25,8 +25,9 @@ COLUMNS = ["model", "data", "tokens", "loss", "perplexity", "seconds"]
 def build(ctx) -> None:
     helper = JobHelper()
     with gr.Row():
-        models = gr.Dropdown([], value=[], multiselect=True, label="Models", scale=4, elem_id="evaluate-models",
-                             info="runs and their quantized / exported versions")
+        models = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True, label="Models", scale=4,
+                             elem_id="evaluate-models",
+                             info="runs and their quantized / exported versions, or a model folder's path")
         tag = gr.Radio(["best", "latest"], value="best", label="Checkpoint (runs)", scale=1)
     with gr.Row():
         data = gr.Textbox("", label="Data", scale=3, elem_id="evaluate-data",
@@ -34,8 +35,9 @@ def build(ctx) -> None:
                           info="a file or folder (e.g. ../shared/data/tinyshakespeare.txt), or 'builtin'")
         split = gr.Radio([("validation", "val"), ("training", "train")], value="val", label="Split", scale=1)
     with gr.Row():
-        stride = gr.Number(None, precision=0, minimum=1, label="Stride (tokens)", info="blank: half a context")
-        max_tokens = gr.Number(50_000, precision=0, minimum=1, label="Max tokens per model", info="blank: all")
+        # No minimum: a cleared number field arrives as 0, which means "the default" here.
+        stride = gr.Number(None, precision=0, label="Stride (tokens)", info="blank or 0: half a context")
+        max_tokens = gr.Number(50_000, precision=0, label="Max tokens per model", info="blank or 0: all of them")
     go = gr.Button("Evaluate", variant="primary", elem_id="evaluate-go")
     status = gr.Markdown("", elem_id="evaluate-message")
     table = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, wrap=True, elem_id="evaluate-table")
@@ -66,7 +68,8 @@ def evaluate_models(helper: JobHelper, runs_dir: Path, sources: Optional[list], 
         return [message("error", "Pick one or more models first."), [], ""]
     data = (data or "").strip() or None
     args = {"sources": [str(s) for s in sources], "tag": tag, "data": data, "split": split,
-            "stride": int(stride) if stride else None, "max_tokens": int(max_tokens) if max_tokens else None}
+            "stride": int(stride) if stride and stride > 0 else None,
+            "max_tokens": int(max_tokens) if max_tokens and max_tokens > 0 else None}
     try:
         rows = helper.call("evaluate", args, on_progress=on_progress)
     except (SLMError, RuntimeError) as error:
@@ -82,7 +85,7 @@ def evaluate_models(helper: JobHelper, runs_dir: Path, sources: Optional[list], 
 
 def result_table(runs_dir: Path, rows: list[dict]) -> list[list[Any]]:
     return [[source_label(runs_dir, r["source"]), _data_label(r.get("data")), f"{r['tokens']:,}",
-             round(r["loss"], 4), round(r["ppl"], 3), round(r["seconds"], 1)] for r in rows]
+             f"{r['loss']:.4f}", f"{r['ppl']:.3f}", f"{r['seconds']:.1f}"] for r in rows]
 
 
 def _data_label(source: Optional[str]) -> str:

@@ -29,7 +29,7 @@ FILE_COLUMNS = ["file", "size", "path"]
 def build(ctx) -> None:
     helper = JobHelper()
     with gr.Row():
-        source = gr.Dropdown([], value=None, label="Model", scale=3, elem_id="export-model",
+        source = gr.Dropdown([], value=None, allow_custom_value=True, label="Model", scale=3, elem_id="export-model",
                              info="a run, or a quantized version of one (exported with its rounded weights)")
         tag = gr.Radio(["best", "latest"], value="best", label="Checkpoint (runs)", scale=1)
     with gr.Row():

@@ -35,8 +35,8 @@ REPORT_COLUMNS = ["model", "size on disk", "memory", "validation perplexity", "t
 def build(ctx) -> None:
     helper = JobHelper()
     with gr.Row():
-        run = gr.Dropdown([], value=None, label="Run", scale=3, elem_id="quantize-run",
-                          info="a run with a checkpoint")
+        run = gr.Dropdown([], value=None, allow_custom_value=True, label="Run", scale=3, elem_id="quantize-run",
+                          info="a run with a checkpoint (or its folder)")
         tag = gr.Radio(["best", "latest"], value="best", label="Checkpoint", scale=1)
     with gr.Row():
         method = gr.Radio(METHOD_CHOICES, value="int8", label="Method", scale=3, elem_id="quantize-method")
@@ -44,7 +44,8 @@ def build(ctx) -> None:
                             info="weights per scale: smaller = more accurate, larger file")
     with gr.Row():
         report = gr.Checkbox(True, label="Compare with the original (size, memory, perplexity, speed)", scale=3)
-        tokens = gr.Number(20_000, precision=0, minimum=256, label="Validation tokens for perplexity", scale=1)
+        tokens = gr.Number(20_000, precision=0, label="Validation tokens for perplexity", scale=1,
+                           info="blank or 0: 20,000")
     go = gr.Button("Quantize", variant="primary", elem_id="quantize-go")
     status = gr.Markdown("", elem_id="quantize-message")
     table = gr.Dataframe(headers=REPORT_COLUMNS, value=[], interactive=False, wrap=True, elem_id="quantize-report")
@@ -78,7 +79,7 @@ def quantize_run(helper: JobHelper, runs_dir: Path, name: Optional[str], tag: st
         return [message("error", f"Pick a method: {', '.join(METHODS)}."), [], "", ""]
     size = int(group_size or 64)
     args = {"source": str(Path(runs_dir) / name), "tag": tag, "method": method, "group_size": size,
-            "report": bool(report), "eval_tokens": int(eval_tokens or 20_000)}
+            "report": bool(report), "eval_tokens": max(256, int(eval_tokens or 20_000))}
     try:
         result = helper.call("quantize", args, on_progress=on_progress)
     except (SLMError, RuntimeError) as error:

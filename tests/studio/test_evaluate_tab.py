@@ -1,6 +1,7 @@
-"""The Evaluate tab with the real engine: originals beside their quantized versions on the same data, any
-data source, and a model that cannot be evaluated reported without losing the others' rows."""
+"""The Evaluate tab with the real engine: originals beside their quantized and exported versions on the same
+data, any data source, and a model that cannot be evaluated reported without losing the others' rows."""
 
+import math
 import shutil
 
 import pytest
@@ -13,11 +14,12 @@ from studio.tabs import evaluate as tab
 
 @pytest.fixture(scope="module")
 def run(tiny_run, tmp_path_factory):
-    """(runs_dir, name) of a copy of the session's tiny run with an int8 version beside it."""
+    """(runs_dir, name) of a copy of the session's tiny run with int8 and Hugging Face versions beside it."""
     root, name = tiny_run
     runs_dir = tmp_path_factory.mktemp("evaluate-runs")
     shutil.copytree(root / name, runs_dir / name)
     jobs.quantize(str(runs_dir / name), method="int8", report=False)  # in this process: no helper needed
+    jobs.export(str(runs_dir / name), fmt="hf")
     return runs_dir, name
 
 
@@ -28,19 +30,20 @@ def helper():
     helper.close()
 
 
-def test_an_original_and_its_int8_version_on_their_own_validation_data(run, helper):
+def test_an_original_beside_its_int8_and_hugging_face_versions_on_its_own_validation_data(run, helper):
     runs_dir, name = run
     sources = [path for _, path in model_sources(runs_dir)]
-    assert len(sources) == 2  # the run and its int8 version
+    assert len(sources) == 3  # the run, its int8 version, its Hugging Face export
     text, table, command = tab.evaluate_models(helper, runs_dir, sources, "best", "", "val", None, 3000)
-    assert text.startswith("✅") and "2 models" in text
-    (model_a, data_a, tokens_a, loss_a, ppl_a, _), (model_b, data_b, _, loss_b, ppl_b, _) = table
-    assert (model_a, model_b) == (name, f"{name}/quantized/int8")
-    assert data_a == data_b == "builtin"  # the run's own data (its config), for the artifact too
-    assert int(tokens_a.replace(",", "")) >= 3000
-    assert 1 < ppl_a < 600 and abs(ppl_b - ppl_a) < 0.05 * ppl_a  # int8 is close to the original
-    assert loss_a == pytest.approx(__import__("math").log(ppl_a), abs=1e-3)
-    assert command == f"From a shell: `slm eval {name} {name}/quantized/int8 --max-tokens 3000`"
+    assert text.startswith("✅") and "3 models" in text
+    assert [row[0] for row in table] == [name, f"{name}/quantized/int8", f"{name}/export/hf"]
+    assert {row[1] for row in table} == {"builtin"}  # the run's own data settings, for its artifacts too
+    assert int(table[0][2].replace(",", "")) >= 3000
+    (loss, ppl, _), (_, ppl_int8, _), (_, ppl_hf, _) = [map(float, row[3:]) for row in table]
+    assert 1 < ppl < 600 and loss == pytest.approx(math.log(ppl), abs=1e-3)
+    assert abs(ppl_int8 - ppl) < 0.05 * ppl  # int8 stays close to the original
+    assert ppl_hf == pytest.approx(ppl, rel=1e-4)  # the export is the same model on the very same text
+    assert command == f"From a shell: `slm eval {name} {name}/quantized/int8 {name}/export/hf --max-tokens 3000`"
 
 
 def test_any_data_source_and_a_model_that_fails_is_named_with_its_reason(run, helper, tmp_path):

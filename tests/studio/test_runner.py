@@ -12,6 +12,7 @@ from slm_core.errors import SLMError
 from studio import watch
 from studio.plots import training_figure
 from studio.runner import Runner
+from studio.tabs.train import control
 from studio.views import failure_note
 
 # Tiny and fast on 2 shared cores: one layer, 64-token context, a 512-token BPE on 400k characters.
@@ -81,16 +82,20 @@ def test_pause_continue_stop_and_resume_to_the_end(runner):
     name = runner.start("quickstart-cpu", steps(300, every=100), name="long")
     run_dir = runner.root / name
     wait_for(lambda: last_step(run_dir) >= 2, what="the first steps")
-    runner.request(name, "pause")
+    # The Train tab's buttons (studio.tabs.train.control) on the watched run.
+    assert "Pausing" in control(runner, "pause", name)[0]
     wait_for(lambda: runs.read_status(run_dir).get("state") == "paused", what="paused")
     held = last_step(run_dir)
     time.sleep(1.5)
     assert last_step(run_dir) == held  # the worker holds, its process alive
     assert runner.live_name() == name
-    runner.request(name, "resume")
+    assert "Continuing" in control(runner, "continue", name)[0]
     wait_for(lambda: last_step(run_dir) > held, what="training to continue")
-    runner.request(name, "stop")
+    assert "Saving" in control(runner, "save", name)[0]
+    wait_for(lambda: (run_dir / "checkpoints" / "latest" / "state.json").exists(), what="the checkpoint")
+    assert "Stopping" in control(runner, "stop", name)[0]
     assert runner.wait(120) == 0
+    assert "not running" in control(runner, "pause", name)[0]
     status = runs.read_status(run_dir)
     assert status["state"] == "stopped"
     stopped_at = status["step"]

@@ -1,0 +1,81 @@
+"""The Export tab with the real engine: each format's files listed with sizes and paths, and the usage
+shown beside them actually runs (the Python snippets are executed here)."""
+
+import re
+import shutil
+
+import pytest
+
+from studio import jobs
+from studio.jobs import JobHelper
+from studio.models import model_sources
+from studio.tabs import export as tab
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run, tmp_path_factory):
+    """(runs_dir, name) of a copy of the session's tiny run with an int8 version beside it."""
+    root, name = tiny_run
+    runs_dir = tmp_path_factory.mktemp("export-runs")
+    shutil.copytree(root / name, runs_dir / name)
+    jobs.quantize(str(runs_dir / name), method="int8", report=False)
+    return runs_dir, name
+
+
+@pytest.fixture(scope="module")
+def helper():
+    helper = JobHelper()
+    yield helper
+    helper.close()
+
+
+def python_snippet(usage: str) -> str:
+    return re.search(r"```python\n(.*?)```", usage, re.S).group(1)
+
+
+def test_a_hugging_face_folder_that_transformers_loads_and_the_studio_lists(run, helper):
+    pytest.importorskip("transformers")
+    runs_dir, name = run
+    text, rows, usage = tab.export_run(helper, runs_dir, str(runs_dir / name), "best", "hf", "f16")
+    out = runs_dir / name / "export" / "hf"
+    assert text.startswith("✅") and str(out) in text
+    files = {row[0]: row for row in rows}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "export.json"} <= set(files)
+    assert files["model.safetensors"][2] == str(out / "model.safetensors") and "MB" in files["model.safetensors"][1]
+    scope: dict = {}
+    exec(python_snippet(usage), scope)  # what the page tells the user to run
+    assert scope["model"].config.vocab_size >= 256 and scope["tokenizer"]("Once upon a time")["input_ids"]
+    assert f"`slm export {name} --format hf --overwrite`" in usage
+    assert (f"{name}/export/hf", str(out)) in model_sources(runs_dir)  # Chat, Compare and Evaluate offer it
+
+
+def test_gguf_of_a_quantized_model_joins_the_runs_exports_with_an_ollama_modelfile(run, helper):
+    runs_dir, name = run
+    source = runs_dir / name / "quantized" / "int8"
+    text, rows, usage = tab.export_run(helper, runs_dir, str(source), "best", "gguf", "q8_0")
+    out = runs_dir / name / "export" / "int8-gguf-q8_0"
+    assert text.startswith("✅") and [row[0] for row in rows][:2] == ["tiny-llama-q8_0.gguf", "Modelfile"]
+    assert (out / "Modelfile").read_text().startswith("FROM ./tiny-llama-q8_0.gguf")
+    assert f"ollama create {name}-quantized-int8 -f {out / 'Modelfile'}" in usage
+    assert f"llama-cli -m {out / 'tiny-llama-q8_0.gguf'}" in usage
+    assert f"--gguf-type q8_0 --out {out} --overwrite" in usage
+    assert str(out) not in {path for _, path in model_sources(runs_dir)}  # GGUF is for llama.cpp, not for load_model
+
+
+def test_onnx_runs_in_onnxruntime_as_the_page_says(run, helper):
+    for module in ("onnxscript", "onnxruntime"):  # the exporter and the runtime (test extras)
+        pytest.importorskip(module)
+    runs_dir, name = run
+    text, rows, usage = tab.export_run(helper, runs_dir, str(runs_dir / name), "latest", "onnx", "f16")
+    assert text.startswith("✅") and {"model.onnx", "tokenizer.json"} <= {row[0] for row in rows}
+    scope: dict = {}
+    exec(python_snippet(usage), scope)
+    assert scope["logits"].shape[:2] == scope["ids"].shape and scope["logits"].shape[2] >= 256
+
+
+def test_mistakes_are_messages(run, helper, tmp_path):
+    runs_dir, name = run
+    assert "Pick a model" in tab.export_run(helper, runs_dir, None, "best", "hf", "f16")[0]
+    assert "Pick a format" in tab.export_run(helper, runs_dir, str(runs_dir / name), "best", "tflite", "f16")[0]
+    text, rows, usage = tab.export_run(helper, runs_dir, str(tmp_path / "nothing"), "best", "hf", "f16")
+    assert text.startswith("❌") and "nothing" in text and rows == [] and usage == ""
