@@ -33,6 +33,10 @@ TAB_MODULES: tuple[str, ...] = (
     "studio.tabs.train",
     "studio.tabs.runs",
     "studio.tabs.chat",
+    "studio.tabs.compare",
+    "studio.tabs.quantize",
+    "studio.tabs.evaluate",
+    "studio.tabs.export",
 )
 
 

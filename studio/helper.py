@@ -139,6 +139,8 @@ def _report_tqdm(send: Callable[[dict], None]) -> None:
 
     def update(bar, n=1):
         result = original(bar, n)
+        if bar.disable:  # a bar its maker turned off (torch's ONNX exporter does) has no desc
+            return result
         now = time.monotonic()
         if now - last[0] > 0.25 or (bar.total and bar.n >= bar.total):
             last[0] = now

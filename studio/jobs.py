@@ -176,23 +176,8 @@ def export(source: str, tag: str = "best", fmt: str = "hf", gguf_type: str = "f1
 FUNCTIONS: dict[str, Callable[..., Any]] = {"quantize": quantize, "evaluate": evaluate, "export": export}
 
 
-def _skip_disabled_bars(report_tqdm: Callable) -> Callable:
-    """studio.helper forwards every tqdm bar's updates, but a bar made with disable=True (torch's ONNX
-    exporter makes them) has no `desc` and fails there: leave those bars alone. Harmless once
-    studio.helper skips them itself."""
-    def install(send: Callable[[dict], None]) -> None:
-        import tqdm.std
-
-        plain = tqdm.std.tqdm.update
-        report_tqdm(send)
-        forwarding = tqdm.std.tqdm.update
-        tqdm.std.tqdm.update = lambda bar, n=1: plain(bar, n) if bar.disable else forwarding(bar, n)
-    return install
-
-
 if __name__ == "__main__":
     from studio import helper
 
     helper.FUNCTIONS.update(FUNCTIONS)
-    helper._report_tqdm = _skip_disabled_bars(helper._report_tqdm)
     helper.main()

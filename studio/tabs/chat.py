@@ -13,7 +13,8 @@ import gradio as gr
 
 from slm_core.errors import SLMError
 from studio.chat_session import ChatSession
-from studio.tabs import PRIVATE, QUIET, message, run_names
+from studio.models import model_sources
+from studio.tabs import PRIVATE, QUIET, message
 
 TITLE = "Chat"
 
@@ -55,10 +56,10 @@ def build(ctx) -> None:
     load.click(lambda s, t: load_model(session, s, t), [source, tag], info, **PRIVATE)
 
     def choices():
-        names = run_names(ctx.runs_dir, with_checkpoint=True)
-        return gr.update(choices=names, value=names[0] if names else None)
+        sources = model_sources(ctx.runs_dir)  # each run, then its quantized and exported versions
+        return gr.update(choices=sources, value=sources[0][1] if sources else None)
 
-    ctx.tabs[TITLE].select(lambda current: gr.update(choices=run_names(ctx.runs_dir, with_checkpoint=True))
+    ctx.tabs[TITLE].select(lambda current: gr.update(choices=model_sources(ctx.runs_dir))
                            if current else choices(), source, source, **QUIET)
     ctx.on_load.append(dict(fn=choices, outputs=source))
 

@@ -88,8 +88,8 @@ def quantize_run(helper: JobHelper, runs_dir: Path, name: Optional[str], tag: st
     step = f" (step {result['step']:,})" if result.get("step") is not None else ""
     text = (f"Wrote **{result['label']}** of `{name}`{step} to `{result['path']}` in {result['seconds']:.1f} s. "
             f"Chat, Compare, Evaluate and Export list it as `{where}`.")
-    return [message("ok", text), report_table(result["rows"] or []), command_line(name, tag, method, size, report),
-            artifacts_markdown(runs_dir, name)]
+    return [message("ok", text), report_table(result["rows"] or []),
+            command_line(name, tag, method, size, report, args["eval_tokens"]), artifacts_markdown(runs_dir, name)]
 
 
 def report_table(rows: list[dict]) -> list[list[str]]:
@@ -110,7 +110,7 @@ def report_table(rows: list[dict]) -> list[list[str]]:
     return table
 
 
-def command_line(name: str, tag: str, method: str, group_size: int, report: bool) -> str:
+def command_line(name: str, tag: str, method: str, group_size: int, report: bool, eval_tokens: int = 20_000) -> str:
     """The same work from a shell (every Studio action is reproducible with the CLI)."""
     parts = ["slm", "quantize", name, "--method", method]
     if method == "int4":
@@ -118,7 +118,7 @@ def command_line(name: str, tag: str, method: str, group_size: int, report: bool
     if tag != "best":
         parts += ["--checkpoint", tag]
     if report:
-        parts.append("--report")
+        parts += ["--report"] + (["--eval-tokens", str(eval_tokens)] if eval_tokens != 20_000 else [])
     return "From a shell: `" + " ".join(shlex.quote(p) for p in parts) + " --overwrite`"
 
 

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_building_the_app_imports_no_torch():
     # A fresh interpreter: this test process may have imported torch already.
     code = ("import sys; import studio.app as a; a.build_app(sys.argv[1]); "
-            "import studio.chat_session; print('torch' in sys.modules)")
+            "import studio.chat_session, studio.compare_session, studio.jobs; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(REPO / "no-such-runs")], cwd=REPO, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -20,9 +20,9 @@ def test_building_the_app_imports_no_torch():
 
 
 def test_tabs_come_in_order_and_each_is_one_module_with_build(tmp_path):
-    assert [m.rsplit(".", 1)[-1] for m in app.TAB_MODULES] == ["model", "data", "train", "runs", "chat"]
+    assert [m.rsplit(".", 1)[-1] for m in app.TAB_MODULES] == ["model", "data", "train", "runs", "chat", "compare", "quantize", "evaluate", "export"]
     demo = app.build_app(tmp_path)
-    assert list(demo.studio.tabs) == ["Model", "Data", "Train", "Runs", "Chat"]
+    assert list(demo.studio.tabs) == ["Model", "Data", "Train", "Runs", "Chat", "Compare", "Quantize", "Evaluate", "Export"]
     # A new tab is one module: building with a subset (or a superset) of modules just works.
     assert list(app.build_app(tmp_path, tabs=["studio.tabs.runs"]).studio.tabs) == ["Runs"]
     # The run's settings from every tab are there for Start and the command box.
@@ -34,5 +34,5 @@ def test_tabs_come_in_order_and_each_is_one_module_with_build(tmp_path):
 def test_only_the_intended_endpoints_are_public(tmp_path):
     demo = app.build_app(tmp_path)
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
-    assert {"train_start", "train_stop", "train_refresh", "chat"} <= public
-    assert len(public) <= 14, sorted(public)
+    assert {"train_start", "train_stop", "train_refresh", "chat", "compare", "quantize", "evaluate", "export"} <= public
+    assert len(public) <= 18, sorted(public)

@@ -53,7 +53,7 @@ def test_int8_lands_beside_the_run_with_a_report_against_the_original(run, helpe
     assert float(original[4]) > 0 and "×)" in int8[4]  # tokens/s, side by side
     # Stages as they start (fast ones may be skipped: progress is sent at most ~4 times a second), then done.
     assert progress[0] == {"n": 0, "total": 4, "desc": "loading"} and progress[-1]["n"] == 4
-    assert command == f"From a shell: `slm quantize {name} --method int8 --report --overwrite`"
+    assert command == f"From a shell: `slm quantize {name} --method int8 --report --eval-tokens 2000 --overwrite`"
     assert "`int8`" in existing and "KB" in existing
     assert (f"{name}/quantized/int8", str(out)) in model_sources(runs_dir)  # Chat, Compare, Evaluate, Export
 
