@@ -32,12 +32,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def exposure_warning(args: argparse.Namespace):
+    """The warning to print when the page is reachable from other machines without a login, else None."""
+    if (args.share or args.host not in LOOPBACK) and not args.auth:
+        return ("WARNING: the Studio is reachable from other machines and has no login; anyone who reaches it can "
+                "start training and read local files. Add --auth USER:PASSWORD.")
+    return None
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    exposed = args.share or args.host not in LOOPBACK
-    if exposed and not args.auth:
-        print("WARNING: the Studio is reachable from other machines and has no login; anyone who reaches it can "
-              "start training and read local files. Add --auth USER:PASSWORD.", file=sys.stderr)
+    warning = exposure_warning(args)
+    if warning:
+        print(warning, file=sys.stderr)
     from studio.app import build_app, launch
 
     auth = tuple(args.auth.split(":", 1)) if args.auth else None

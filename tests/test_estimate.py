@@ -146,7 +146,9 @@ def test_training_memory_matches_the_measured_peak_of_real_steps(name, checkpoin
     threshold makes RSS follow the tensors, which is what the estimate models.
     """
     batch = 8
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # A clean environment: what earlier tests left in os.environ must not change the allocator's behaviour.
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "PYTHONPATH": str(ROOT),
+           "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", MEASURE, name, str(batch), "1" if checkpointing else "0"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from studio import app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,3 +38,17 @@ def test_only_the_intended_endpoints_are_public(tmp_path):
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert {"train_start", "train_stop", "train_refresh", "chat", "compare", "quantize", "evaluate", "export"} <= public
     assert len(public) <= 18, sorted(public)
+
+
+def test_launch_binds_to_loopback_and_warns_when_exposed_without_a_login():
+    sys.path.insert(0, str(REPO))
+    import launch
+
+    args = launch.parse_args([])
+    assert (args.host, args.port, args.share, args.auth) == ("127.0.0.1", 7860, False, None)
+    assert launch.exposure_warning(args) is None
+    assert "--auth" in launch.exposure_warning(launch.parse_args(["--host", "0.0.0.0"]))
+    assert "--auth" in launch.exposure_warning(launch.parse_args(["--share"]))
+    assert launch.exposure_warning(launch.parse_args(["--host", "0.0.0.0", "--auth", "me:secret"])) is None
+    with pytest.raises(SystemExit):
+        launch.parse_args(["--auth", "no-colon"])
