@@ -136,12 +136,9 @@ def uses_autocast(precision: str, device: str = "cpu") -> bool:
         return precision != "fp32"
     if str(device).startswith("cuda"):
         return True
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from slm_core.monitor import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
 
 
 def _layer_activation_bytes(config: ModelConfig, T: int, amp: bool, device: str) -> float:

@@ -96,3 +96,13 @@ def _cuda_sample(device: Any) -> dict:
     return {"gpu_mem_allocated_mb": torch.cuda.memory_allocated(index) / MB,
             "gpu_mem_reserved_mb": torch.cuda.memory_reserved(index) / MB,
             "gpu_mem_total_mb": total}
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: where bf16 matrix multiplies beat fp32 on the CPU (elsewhere they are slower)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

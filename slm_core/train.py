@@ -27,7 +27,7 @@ from slm_core.checkpoint import copy_checkpoint, find_checkpoint, load_trainer_s
 from slm_core.config import RunConfig
 from slm_core.errors import SLMError
 from slm_core.modes import build_for_mode
-from slm_core.monitor import process_sample
+from slm_core.monitor import cpu_has_native_bf16, process_sample
 from slm_core.optim import build_optimizer, lr_at
 
 OOM_HINT = ("out of memory: try a smaller train.batch_size (raise train.grad_accum to keep the tokens per step), "
@@ -91,16 +91,7 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     # On CPU only where bf16 matrix multiplies are native (AVX-512 BF16 / AMX); elsewhere it is slower.
-    return torch.bfloat16 if _cpu_has_native_bf16() else None
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
 def cross_entropy_loss(model, x, y):
