@@ -413,23 +413,10 @@ def _finite(value: float) -> Optional[float]:
     return value if value is not None and math.isfinite(value) else None
 
 
-class _NoBar:
-    def update(self, *_):
-        pass
-
-    def set_postfix(self, **_):
-        pass
-
-    def close(self):
-        pass
-
-
 def _progress_bar(enabled: bool, total: int, initial: int):
-    if not enabled:
-        return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, disable=not enabled)
 
 
 def train(config: RunConfig, run_dir: str | Path, callback: Optional[Callable[[dict], None]] = None,
