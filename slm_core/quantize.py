@@ -747,7 +747,9 @@ def cmd_quantize(args) -> int:
     group_size = args.group_size if args.method == "int4" else None
     label = args.method + (f"-g{group_size}" if group_size else "")
     out = Path(args.out) if args.out else artifact_dir(loaded.path, "quantized", label)
-    original = loaded.model
+    from slm_core.lora import merge_adapter
+
+    original = merge_adapter(loaded.model)  # a LoRA run: quantize (and measure) the merged model
     quantized = quantize_model(copy.deepcopy(original) if args.report else original, args.method, group_size)
     save_quantized(quantized, loaded.config, loaded.tokenizer, out, source=str(args.model), overwrite=args.overwrite)
     print(f"wrote {out}")
