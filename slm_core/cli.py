@@ -7,7 +7,6 @@ Errors a person can fix print one line and exit 2; no tracebacks. The Studio lau
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Callable
 
@@ -151,8 +150,9 @@ def add_generate_parser(sub) -> None:
 def cmd_generate(args) -> int:
     from slm_core.checkpoint import load_model
     from slm_core.generate import stream_text
+    from slm_core.runs import use_runs_dir
 
-    _set_runs_dir(args)
+    use_runs_dir(args.runs_dir)
     loaded = load_model(args.model, tag=args.checkpoint, device=args.device)
     stats: dict = {}
     sys.stdout.write(args.prompt if not loaded.template or args.raw else "")
@@ -182,11 +182,6 @@ def cmd_runs(args) -> int:
         print(f"{r['name']:<36}{r['state']:<10}{r.get('mode') or '-':<10}"
               f"{str(r['step']) + '/' + str(r.get('max_steps') or '?'):>12}{r['tokens']:>12,}{best:>10}")
     return 0
-
-
-def _set_runs_dir(args) -> None:
-    if getattr(args, "runs_dir", None):
-        os.environ["SLM_RUNS_DIR"] = args.runs_dir
 
 
 # ---- the table -------------------------------------------------------------------------------

@@ -48,8 +48,9 @@ def perplexity(loaded, source: Optional[str] = None, split: str = "val", stride:
 
 
 def _context(model: torch.nn.Module) -> int:
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return core.config.context_length
+    from slm_core.lora import base_transformer
+
+    return base_transformer(model).config.context_length
 
 
 def add_eval_parser(sub) -> None:
@@ -65,12 +66,10 @@ def add_eval_parser(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    import os
-
     from slm_core.checkpoint import load_model
+    from slm_core.runs import use_runs_dir
 
-    if args.runs_dir:
-        os.environ["SLM_RUNS_DIR"] = args.runs_dir
+    use_runs_dir(args.runs_dir)
     print(f"{'model':<48}{'tokens':>10}{'loss':>9}{'ppl':>10}{'sec':>8}")
     for source in args.models:
         loaded = load_model(source, tag=args.checkpoint)

@@ -13,6 +13,7 @@ from typing import Iterable, Iterator, Optional
 import torch
 
 from slm_core.errors import SLMError
+from slm_core.lora import base_transformer
 
 
 def sample_next(logits: torch.Tensor, history: torch.Tensor, temperature: float, top_k: int, top_p: float,
@@ -36,18 +37,13 @@ def sample_next(logits: torch.Tensor, history: torch.Tensor, temperature: float,
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def _transformer(model: torch.nn.Module) -> torch.nn.Module:
-    """The module owning the KV cache: the model itself, or the base under a peft wrapper."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 @torch.inference_mode()
 def generate_tokens(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int = 128,
                     temperature: float = 0.8, top_k: int = 50, top_p: float = 1.0,
                     repetition_penalty: float = 1.0, seed: Optional[int] = None,
                     stop_ids: Iterable[int] = ()) -> Iterator[int]:
     """Yield new token ids one at a time (batch 1). Stops at any of stop_ids (not yielded)."""
-    core = _transformer(model)
+    core = base_transformer(model)  # owns the KV cache, also under a peft wrapper
     context = core.config.context_length
     device = next(core.parameters()).device
     if not prompt_ids:

@@ -36,7 +36,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -276,10 +276,9 @@ def check_method(method: str, group_size: Optional[int]) -> None:
 
 def _plain_transformer(model: nn.Module) -> nn.Module:
     """A LoRA model is merged first (consuming the peft wrapper); anything else must be our Transformer."""
-    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
-        from slm_core.lora import merge_adapter
+    from slm_core.lora import merge_adapter
 
-        model = merge_adapter(model)
+    model = merge_adapter(model)  # a plain model comes back unchanged
     if not hasattr(model, "config") or not hasattr(model, "embed_tokens"):
         raise SLMError(f"cannot quantize a {type(model).__name__}: load a model with slm_core.checkpoint.load_model")
     return model
@@ -737,12 +736,11 @@ def add_quantize_parser(sub) -> None:
 
 def cmd_quantize(args) -> int:
     import copy
-    import os
 
     from slm_core.checkpoint import load_model
+    from slm_core.runs import use_runs_dir
 
-    if args.runs_dir:
-        os.environ["SLM_RUNS_DIR"] = args.runs_dir
+    use_runs_dir(args.runs_dir)
     loaded = load_model(args.model, tag=args.checkpoint)
     group_size = args.group_size if args.method == "int4" else None
     label = args.method + (f"-g{group_size}" if group_size else "")

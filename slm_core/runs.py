@@ -36,6 +36,12 @@ def runs_dir(path: Optional[str | Path] = None) -> Path:
     return Path(path or os.environ.get("SLM_RUNS_DIR") or "runs").expanduser().resolve()
 
 
+def use_runs_dir(path: Optional[str | Path]) -> None:
+    """A subcommand's --runs-dir: later run-name lookups (load_model, resolve_run) use it."""
+    if path:
+        os.environ["SLM_RUNS_DIR"] = str(path)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
     path = Path(path)
@@ -180,8 +186,7 @@ def take_request(run_dir: str | Path, what: str, consume: bool = True) -> bool:
 def run_summary(run_dir: Path) -> dict:
     status = read_status(run_dir)
     config = _read_yaml(run_dir / "config.yaml")
-    model = config.get("model", {}) if isinstance(config, dict) else {}
-    train = config.get("train", {}) if isinstance(config, dict) else {}
+    model, train = config.get("model") or {}, config.get("train") or {}
     started, updated = status.get("started_at"), status.get("updated_at")
     return {
         "name": run_dir.name,
@@ -189,7 +194,7 @@ def run_summary(run_dir: Path) -> dict:
         "state": status.get("state", "unknown"),
         "kind": status.get("kind", "train"),
         "mode": status.get("mode", train.get("mode")),
-        "preset": status.get("preset") or config.get("preset") if isinstance(config, dict) else None,
+        "preset": status.get("preset") or config.get("preset"),
         "model": model.get("name"),
         "step": status.get("step", 0),
         "max_steps": status.get("max_steps", train.get("max_steps")),
@@ -207,9 +212,10 @@ def _read_yaml(path: Path) -> dict:
     import yaml
 
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.safe_load(path.read_text())
     except (FileNotFoundError, yaml.YAMLError):
         return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def list_runs(root: Optional[str | Path] = None) -> list[dict]:

@@ -29,3 +29,33 @@ def tiny_run(tmp_path_factory):
         else:
             os.environ["SLM_CACHE_DIR"] = old
     return runner.root, name
+
+
+@pytest.fixture(scope="session")
+def copy_of_tiny_run(tiny_run):
+    """copy(directory, quantize=False, export_hf=False) -> (runs_dir, name): the session's tiny run copied
+    into `directory`, so a module's artifacts stay its own; optionally with int8 and HF versions beside it."""
+    import shutil
+
+    from studio import jobs
+
+    def copy(directory, quantize: bool = False, export_hf: bool = False):
+        root, name = tiny_run
+        shutil.copytree(root / name, directory / name)
+        if quantize:
+            jobs.quantize(str(directory / name), method="int8", report=False)  # in this process: no helper
+        if export_hf:
+            jobs.export(str(directory / name), fmt="hf")
+        return directory, name
+
+    return copy
+
+
+@pytest.fixture(scope="module")
+def helper():
+    """One job helper process per test module."""
+    from studio.jobs import JobHelper
+
+    helper = JobHelper()
+    yield helper
+    helper.close()

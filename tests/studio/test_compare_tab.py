@@ -8,7 +8,6 @@ import threading
 
 import pytest
 
-from studio import jobs
 from studio.compare_session import PairSession
 from studio.tabs.compare import compare_reply
 
@@ -17,13 +16,9 @@ SAMPLING = (0.8, 50, 1.0, 1.0, 10, "7")  # the tab's sliders: temperature, top-k
 
 
 @pytest.fixture(scope="module")
-def run(tiny_run, tmp_path_factory):
+def run(copy_of_tiny_run, tmp_path_factory):
     """(runs_dir, name) of a copy of the session's tiny run with an int8 version beside it."""
-    root, name = tiny_run
-    runs_dir = tmp_path_factory.mktemp("compare-runs")
-    shutil.copytree(root / name, runs_dir / name)
-    jobs.quantize(str(runs_dir / name), method="int8", report=False)
-    return runs_dir, name
+    return copy_of_tiny_run(tmp_path_factory.mktemp("compare-runs"), quantize=True)
 
 
 def test_the_same_model_on_both_sides_with_one_seed_gives_the_same_answer(run):

@@ -2,32 +2,17 @@
 data, any data source, and a model that cannot be evaluated reported without losing the others' rows."""
 
 import math
-import shutil
 
 import pytest
 
-from studio import jobs
-from studio.jobs import JobHelper
 from studio.models import model_sources
 from studio.tabs import evaluate as tab
 
 
 @pytest.fixture(scope="module")
-def run(tiny_run, tmp_path_factory):
+def run(copy_of_tiny_run, tmp_path_factory):
     """(runs_dir, name) of a copy of the session's tiny run with int8 and Hugging Face versions beside it."""
-    root, name = tiny_run
-    runs_dir = tmp_path_factory.mktemp("evaluate-runs")
-    shutil.copytree(root / name, runs_dir / name)
-    jobs.quantize(str(runs_dir / name), method="int8", report=False)  # in this process: no helper needed
-    jobs.export(str(runs_dir / name), fmt="hf")
-    return runs_dir, name
-
-
-@pytest.fixture(scope="module")
-def helper():
-    helper = JobHelper()
-    yield helper
-    helper.close()
+    return copy_of_tiny_run(tmp_path_factory.mktemp("evaluate-runs"), quantize=True, export_hf=True)
 
 
 def test_an_original_beside_its_int8_and_hugging_face_versions_on_its_own_validation_data(run, helper):

@@ -2,31 +2,17 @@
 shown beside them actually runs (the Python snippets are executed here)."""
 
 import re
-import shutil
 
 import pytest
 
-from studio import jobs
-from studio.jobs import JobHelper
 from studio.models import model_sources
 from studio.tabs import export as tab
 
 
 @pytest.fixture(scope="module")
-def run(tiny_run, tmp_path_factory):
+def run(copy_of_tiny_run, tmp_path_factory):
     """(runs_dir, name) of a copy of the session's tiny run with an int8 version beside it."""
-    root, name = tiny_run
-    runs_dir = tmp_path_factory.mktemp("export-runs")
-    shutil.copytree(root / name, runs_dir / name)
-    jobs.quantize(str(runs_dir / name), method="int8", report=False)
-    return runs_dir, name
-
-
-@pytest.fixture(scope="module")
-def helper():
-    helper = JobHelper()
-    yield helper
-    helper.close()
+    return copy_of_tiny_run(tmp_path_factory.mktemp("export-runs"), quantize=True)
 
 
 def python_snippet(usage: str) -> str:

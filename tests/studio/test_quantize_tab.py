@@ -2,29 +2,17 @@
 against the original, progress, and errors that leave the page (and the helper) up."""
 
 import json
-import shutil
 
 import pytest
 
-from studio.jobs import JobHelper
 from studio.models import model_sources
 from studio.tabs import quantize as tab
 
 
 @pytest.fixture(scope="module")
-def run(tiny_run, tmp_path_factory):
+def run(copy_of_tiny_run, tmp_path_factory):
     """(runs_dir, name): a copy of the session's tiny run, so artifacts written here stay here."""
-    root, name = tiny_run
-    runs_dir = tmp_path_factory.mktemp("quantize-runs")
-    shutil.copytree(root / name, runs_dir / name)
-    return runs_dir, name
-
-
-@pytest.fixture(scope="module")
-def helper():
-    helper = JobHelper()
-    yield helper
-    helper.close()
+    return copy_of_tiny_run(tmp_path_factory.mktemp("quantize-runs"))
 
 
 def test_the_tab_offers_what_the_engine_accepts():
