@@ -14,8 +14,6 @@ import sys
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Start the SLM Studio web app.")
@@ -26,31 +24,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--auth", metavar="USER:PASSWORD", help="require this login")
     parser.add_argument("--runs-dir", default=None, help="where runs live (default: $SLM_RUNS_DIR or ./runs)")
     parser.add_argument("--inbrowser", action="store_true", help="open a browser tab")
+    parser.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                        help="a folder the page may read data and models from, beyond the runs dir and the uploads "
+                             "(repeatable)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="another host name the page may be reached by, e.g. behind a reverse proxy (repeatable)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow --host beyond loopback or --share without --auth (anyone who reaches it can "
+                             "start training)")
     args = parser.parse_args(argv)
     if args.auth is not None and ":" not in args.auth:
         parser.error("--auth takes USER:PASSWORD")
+    for folder in args.allow_path:
+        if not os.path.isdir(os.path.expanduser(folder)):
+            parser.error(f"--allow-path {folder}: not a folder")
     return args
 
 
 def exposure_warning(args: argparse.Namespace):
     """The warning to print when the page is reachable from other machines without a login, else None."""
-    if (args.share or args.host not in LOOPBACK) and not args.auth:
-        return ("WARNING: the Studio is reachable from other machines and has no login; anyone who reaches it can "
-                "start training and read local files. Add --auth USER:PASSWORD.")
+    from studio.security import is_loopback
+
+    if (args.share or not is_loopback(args.host)) and not args.auth:
+        return ("WARNING: the Studio is reachable from other machines and has no login (--insecure); anyone who "
+                "reaches it can start training. Add --auth USER:PASSWORD.")
     return None
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from studio.security import launch_problem
+
+    problem = launch_problem(args.host, args.share, args.auth, args.insecure)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     warning = exposure_warning(args)
     if warning:
         print(warning, file=sys.stderr)
     from studio.app import build_app, launch
 
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    demo = build_app(args.runs_dir)
+    demo = build_app(args.runs_dir, allow_paths=args.allow_path)
     print(f"runs in {demo.studio.runs_dir}", flush=True)
-    launch(demo, host=args.host, port=args.port, share=args.share, auth=auth, inbrowser=args.inbrowser)
+    launch(demo, host=args.host, port=args.port, share=args.share, auth=auth, insecure=args.insecure,
+           allow_hosts=args.allow_host, inbrowser=args.inbrowser)
 
 
 if __name__ == "__main__":

@@ -77,17 +77,20 @@ def cmd_train(args) -> int:
     from slm_core import runs
     from slm_core.config import load_recipe, load_run_config
     from slm_core.train import train
+    from slm_core.validate import check_runs_dir, preflight_train
 
     overrides = list(args.overrides) + ([f"train.mode={args.mode}"] if args.mode else [])
     if args.config:
         config = load_run_config(args.config).with_overrides(overrides)
     else:
         config = load_recipe(args.preset, overrides)
-    root = runs.runs_dir(args.runs_dir)
+    runs.use_runs_dir(args.runs_dir)  # run names in train.init_from / distill.teacher are looked up here
+    root = check_runs_dir(args.runs_dir)
     name = runs.valid_run_name(args.name) if args.name else runs.new_run_name(config.preset or "run", root)
     run_dir = root / name
     if (run_dir / "status.json").exists():
         raise SLMError(f"a run named '{name}' already exists in {root}; pick another --name or `slm resume {name}`")
+    preflight_train(config, run_dir)
     print(f"run: {run_dir}", flush=True)
     result = train(config, run_dir, progress=not args.quiet, callback=_print_event)
     return _report(result)
@@ -105,8 +108,12 @@ def cmd_resume(args) -> int:
     from slm_core import runs
     from slm_core.config import load_run_config
     from slm_core.train import train
+    from slm_core.validate import check_runs_dir
 
-    run_dir = runs.resolve_run(args.run, args.runs_dir)
+    runs.use_runs_dir(args.runs_dir)
+    run_dir = runs.resolve_run(args.run, check_runs_dir(args.runs_dir))
+    if not (run_dir / "config.yaml").exists():
+        raise SLMError(f"{run_dir} is not a run (no config.yaml): give a run name from `slm runs` or a run folder")
     status = runs.read_status(run_dir)
     if status.get("state") in ("running", "paused"):
         raise SLMError(f"run '{run_dir.name}' is still running (pid {status.get('pid')}); stop it first")
@@ -151,8 +158,11 @@ def cmd_generate(args) -> int:
     from slm_core.checkpoint import load_model
     from slm_core.generate import stream_text
     from slm_core.runs import use_runs_dir
+    from slm_core.validate import check_device, check_runs_dir, validate_sampling
 
-    use_runs_dir(args.runs_dir)
+    validate_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    check_device(args.device)
+    use_runs_dir(check_runs_dir(args.runs_dir))
     loaded = load_model(args.model, tag=args.checkpoint, device=args.device)
     stats: dict = {}
     sys.stdout.write(args.prompt if not loaded.template or args.raw else "")
@@ -171,8 +181,9 @@ def add_runs_parser(sub) -> None:
 
 def cmd_runs(args) -> int:
     from slm_core.runs import list_runs
+    from slm_core.validate import check_runs_dir
 
-    rows = list_runs(args.runs_dir)
+    rows = list_runs(check_runs_dir(args.runs_dir))
     if not rows:
         print("no runs yet: `slm train` starts one")
         return 0
@@ -187,7 +198,7 @@ def cmd_runs(args) -> int:
 # ---- the table -------------------------------------------------------------------------------
 
 def _commands() -> dict[str, tuple[Callable, Callable]]:
-    from slm_core import evaluate, export, quantize
+    from slm_core import data_cmd, evaluate, export, quantize, runqueue, serve
 
     table = {
         "presets": (add_presets_parser, cmd_presets),
@@ -198,6 +209,9 @@ def _commands() -> dict[str, tuple[Callable, Callable]]:
         "runs": (add_runs_parser, cmd_runs),
         "quantize": (quantize.add_quantize_parser, quantize.cmd_quantize),
         "export": (export.add_export_parser, export.cmd_export),
+        "serve": (serve.add_serve_parser, serve.cmd_serve),
+        "data": (data_cmd.add_data_parser, data_cmd.cmd_data),
+        "queue": (runqueue.add_queue_parser, runqueue.cmd_queue),
     }
     return table
 

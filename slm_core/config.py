@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, get_args, get_origin, get_type_hints
@@ -52,8 +54,17 @@ class ModelConfig:
     tie_embeddings: Optional[bool] = None
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    rope_scaling: Optional[str] = None  # None | linear | dynamic
+    rope_scaling: Optional[str] = None  # None | linear | dynamic | llama3
     rope_scaling_factor: float = 1.0
+    # llama3 scaling (Llama 3.1/3.2): frequencies between these wavelength bounds are blended
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_context: Optional[int] = None  # llama3: the context the model was pretrained at
+    head_size: Optional[int] = None  # None: d_model // n_head (Qwen3, Mistral-Nemo set their own)
+    qk_norm: bool = False  # Qwen3: per-head RMSNorm on queries and keys before RoPE
+    # config.json of the Hugging Face checkpoint this model came from, kept so an export writes
+    # the same fields back (rope scaling, bos/eos ids, ...) and other tools see the same model
+    hf_config: Optional[dict] = None
     dropout: float = 0.0
     init_std: float = 0.02
 
@@ -73,26 +84,36 @@ class ModelConfig:
                 self.d_ff = 4 * self.d_model
         for name in ("n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "context_length"):
             _require(getattr(self, name) >= 1, f"model.{name}", getattr(self, name), "must be at least 1")
-        _require(self.d_model % self.n_head == 0, "model.d_model", self.d_model,
-                 f"the width must be divisible by the number of heads ({self.n_head})")
+        if self.head_size is None:
+            _require(self.d_model % self.n_head == 0, "model.d_model", self.d_model,
+                     f"the width must be divisible by the number of heads ({self.n_head})")
+        else:
+            _require(self.head_size >= 1, "model.head_size", self.head_size, "must be at least 1")
         _require(self.n_head % self.n_kv_head == 0, "model.n_kv_head", self.n_kv_head,
                  f"the number of heads ({self.n_head}) must be divisible by the number of KV heads")
         _require(self.norm in ("layernorm", "rmsnorm"), "model.norm", self.norm, "use 'layernorm' or 'rmsnorm'")
         _require(self.mlp in ("gelu", "swiglu"), "model.mlp", self.mlp, "use 'gelu' or 'swiglu'")
         _require(self.position in ("learned", "rope"), "model.position", self.position, "use 'learned' or 'rope'")
-        _require(self.rope_scaling in (None, "linear", "dynamic"), "model.rope_scaling", self.rope_scaling,
-                 "use null, 'linear' or 'dynamic'")
+        _require(self.rope_scaling in (None, "linear", "dynamic", "llama3"), "model.rope_scaling",
+                 self.rope_scaling, "use null, 'linear', 'dynamic' or 'llama3'")
+        if self.rope_scaling == "llama3":
+            _require(bool(self.rope_original_context), "model.rope_original_context", self.rope_original_context,
+                     "llama3 RoPE scaling needs the original pretraining context")
+            _require(self.rope_high_freq_factor > self.rope_low_freq_factor, "model.rope_high_freq_factor",
+                     self.rope_high_freq_factor, "must exceed rope_low_freq_factor")
         _require(self.rope_scaling_factor >= 1.0, "model.rope_scaling_factor", self.rope_scaling_factor,
                  "must be at least 1.0")
         if self.position == "rope":
             _require(self.head_dim % 2 == 0, "model.d_model", self.d_model, "RoPE needs an even head size")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "must be in [0, 1)")
+        for name in ("norm_eps", "rope_theta", "init_std"):
+            _require(getattr(self, name) > 0, f"model.{name}", getattr(self, name), "must be positive")
         if self.vocab_size is not None:
             _require(self.vocab_size >= 2, "model.vocab_size", self.vocab_size, "must be at least 2")
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.head_size or self.d_model // self.n_head
 
     def to_dict(self) -> dict:
         # peft reads a model's `config` through to_dict(); also handy for metadata.
@@ -104,9 +125,13 @@ class TokenizerConfig:
     kind: str = "bpe"  # gpt2 | bpe (trained on the corpus) | char
     vocab_size: int = 4096  # for kind=bpe
     path: Optional[str] = None  # gpt2: folder holding vocab.bpe + encoder.json (offline); any: a saved tokenizer
+    # bpe/char: characters streamed from the start of the corpus to train on (~a minute of BPE training on
+    # a laptop; the statistics of a 4k-50k vocabulary settle long before); bounds time and memory
+    train_chars: int = 100_000_000
 
     def __post_init__(self) -> None:
         _require(self.kind in ("gpt2", "bpe", "char"), "tokenizer.kind", self.kind, "use 'gpt2', 'bpe' or 'char'")
+        _require(self.train_chars >= 1000, "tokenizer.train_chars", self.train_chars, "use at least 1000 characters")
         if self.kind == "bpe":
             _require(256 <= self.vocab_size <= 65536, "tokenizer.vocab_size", self.vocab_size,
                      "a trained BPE needs between 256 and 65536 tokens")
@@ -122,10 +147,19 @@ class DataConfig:
     max_chars: Optional[int] = None  # cap on characters read, for quick experiments
     # instruction data (Alpaca or chat 'messages' records): the prompt template to train with
     template: Optional[str] = None  # None: plain text; 'alpaca' | 'chatml'
+    # how a plain text file becomes documents: 'paragraph' (blank lines; <|endoftext|> markers win when the
+    # file has them), 'line', 'whole' (the file is one document), or any other string as the separator
+    split: str = "paragraph"
+    max_documents: Optional[int] = None  # stop after this many documents (a Hub stream's first N)
+    max_tokens: Optional[int] = None  # stop at the first chunk boundary past this many tokens
 
     def __post_init__(self) -> None:
         _require(bool(str(self.source).strip()), "data.source", self.source, "name a file, folder, 'builtin' or a Hub dataset")
         _require(0.0 < self.val_fraction < 0.5, "data.val_fraction", self.val_fraction, "must be in (0, 0.5)")
+        _require(bool(self.split), "data.split", self.split, "use 'paragraph', 'line', 'whole' or a separator")
+        for name in ("max_documents", "max_tokens", "max_chars"):
+            _require(getattr(self, name) is None or getattr(self, name) >= 1, f"data.{name}", getattr(self, name),
+                     "use a positive number, or null for no limit")
         _require(self.template in (None, "alpaca", "chatml"), "data.template", self.template,
                  "use null, 'alpaca' or 'chatml'")
 
@@ -140,7 +174,13 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
     warmup_steps: int = 50
-    schedule: str = "cosine"  # cosine | linear | constant
+    schedule: str = "cosine"  # cosine | linear | constant | wsd (warmup, stable, then a linear decay)
+    decay_fraction: float = 0.2  # wsd: the share of max_steps spent decaying to lr * min_lr_ratio
+    optimizer: str = "adamw"  # adamw | muon (Muon on 2-D hidden matrices, AdamW on the rest)
+    muon_lr: Optional[float] = None  # Muon's peak lr (None: train.lr; Muon's update RMS matches AdamW's)
+    muon_momentum: float = 0.95
+    target_val_loss: Optional[float] = None  # stop once the validation loss reaches this ("good enough")
+    strategy: str = "ddp"  # ddp | fsdp: how several processes share the model (one process: ignored)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -156,6 +196,7 @@ class TrainConfig:
     sample_tokens: int = 48
     early_stop_patience: int = 0  # >0: stop after this many evaluations without a new best
     seed: int = 1337
+    force: bool = False  # start even when the memory estimate exceeds the device by far (resources.preflight)
 
     def __post_init__(self) -> None:
         _require(self.mode in ("pretrain", "distill", "lora", "finetune"), "train.mode", self.mode,
@@ -164,10 +205,23 @@ class TrainConfig:
             _require(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "must be at least 1")
         _require(self.lr > 0, "train.lr", self.lr, "must be positive")
         _require(0 <= self.warmup_steps, "train.warmup_steps", self.warmup_steps, "must be 0 or more")
-        _require(self.schedule in ("cosine", "linear", "constant"), "train.schedule", self.schedule,
-                 "use 'cosine', 'linear' or 'constant'")
+        _require(self.schedule in ("cosine", "linear", "constant", "wsd"), "train.schedule", self.schedule,
+                 "use 'cosine', 'linear', 'constant' or 'wsd'")
+        _require(0.0 < self.decay_fraction <= 1.0, "train.decay_fraction", self.decay_fraction, "must be in (0, 1]")
+        _require(self.optimizer in ("adamw", "muon"), "train.optimizer", self.optimizer, "use 'adamw' or 'muon'")
+        _require(self.muon_lr is None or self.muon_lr > 0, "train.muon_lr", self.muon_lr, "must be positive")
+        _require(self.strategy in ("ddp", "fsdp"), "train.strategy", self.strategy, "use 'ddp' or 'fsdp'")
         _require(self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", self.precision,
                  "use 'auto', 'fp32', 'bf16' or 'fp16'")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+        for name in ("weight_decay", "grad_clip", "sample_tokens", "early_stop_patience"):
+            _require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "must be 0 or more")
+        for name in ("beta1", "beta2"):
+            _require(0.0 <= getattr(self, name) < 1.0, f"train.{name}", getattr(self, name), "must be in [0, 1)")
+        _require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(self.device)) is not None, "train.device",
+                 self.device, "use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        _require(all(isinstance(p, str) for p in self.sample_prompts), "train.sample_prompts", self.sample_prompts,
+                 "give a list of prompt strings")
 
 
 @dataclass
@@ -197,6 +251,7 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         _require(self.r >= 1, "lora.r", self.r, "must be at least 1")
+        _require(self.alpha > 0, "lora.alpha", self.alpha, "must be positive")
         _require(0.0 <= self.dropout < 1.0, "lora.dropout", self.dropout, "must be in [0, 1)")
         if isinstance(self.targets, str) and "," in self.targets:
             self.targets = [t.strip() for t in self.targets.split(",") if t.strip()]
@@ -236,6 +291,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "RunConfig":
+        if raw is not None and not isinstance(raw, dict):
+            raise SLMError(f"a recipe must be a mapping of sections (model:, data:, train:, ...), got a "
+                           f"{type(raw).__name__}: write it as 'section:' lines with 'key: value' under each")
         raw = dict(raw or {})
         model_raw = raw.get("model") or {}
         if isinstance(model_raw, str):  # a recipe may name a model preset...
@@ -314,7 +372,10 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
                 raise ValueError
             return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
         if hint is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise SLMError(f"{key}={value!r} is not a finite number: give a plain number like 0.001")
+            return number
         if hint is str:
             return str(value)
         if hint is list or get_origin(hint) is list:
@@ -342,11 +403,41 @@ def _parse_scalar(text: str) -> Any:
 
 # ---- presets -------------------------------------------------------------------------------
 
+def user_recipes_dir() -> Path:
+    """Recipes a person saved ("save as my recipe" in the Studio): $SLM_RECIPES_DIR or ~/.config/slm/recipes.
+    `slm presets`, `--preset NAME` and the Studio list them beside the built-in ones."""
+    import os
+
+    return Path(os.environ.get("SLM_RECIPES_DIR") or "~/.config/slm/recipes").expanduser()
+
+
+def save_user_recipe(name: str, config: "RunConfig", description: str = "") -> Path:
+    """Write `config` as the user recipe `name` (a built-in recipe's name is refused)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name or ""):
+        raise SLMError(f"recipe name {name!r} is invalid: use letters, digits, '.', '_' or '-'")
+    if (PRESETS_DIR / "recipes" / f"{name}.yaml").exists():
+        raise SLMError(f"'{name}' is a built-in recipe: pick another name for yours")
+    raw = {"description": description or "saved from the Studio", **config.to_dict()}
+    raw.pop("preset", None)
+    folder = user_recipes_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
+    tmp.replace(path)  # atomic: a half-written recipe is never listed
+    return path
+
+
 def _preset_path(kind: str, name: str) -> Path:
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.exists():
+    path = Path(name).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise SLMError(f"{kind[:-1]} file {path} not found: check the path, or name a preset "
+                           f"({', '.join(list_presets(kind))})")
         return path
     candidate = PRESETS_DIR / kind / f"{name}.yaml"
+    if not candidate.exists() and kind == "recipes" and (user_recipes_dir() / f"{name}.yaml").exists():
+        candidate = user_recipes_dir() / f"{name}.yaml"
     if not candidate.exists():
         raise SLMError(f"no {kind[:-1]} preset named '{name}'; available: {', '.join(list_presets(kind))}")
     return candidate
@@ -358,16 +449,45 @@ def _preset_name(name: str) -> str:
 
 
 def list_presets(kind: str) -> list[str]:
-    """kind: 'models' or 'recipes'."""
-    return sorted(p.stem for p in (PRESETS_DIR / kind).glob("*.yaml"))
+    """kind: 'models' or 'recipes' (the built-in ones and, for recipes, the user's own)."""
+    names = {p.stem for p in (PRESETS_DIR / kind).glob("*.yaml")}
+    if kind == "recipes":
+        names |= {p.stem for p in user_recipes_dir().glob("*.yaml")}
+    return sorted(names)
 
 
 def _model_preset_fields(name: str) -> dict:
     """The preset's own fields, before derived defaults (d_ff, n_kv_head) are filled in."""
-    raw = yaml.safe_load(_preset_path("models", name).read_text()) or {}
+    raw = read_yaml_mapping(_preset_path("models", name), "model preset")
     raw.pop("description", None)
     raw.setdefault("name", _preset_name(name))
     return raw
+
+
+def read_yaml_mapping(path: str | Path, what: str = "recipe") -> dict:
+    """A YAML file whose top level is a mapping (or empty), else SLMError naming the file and line."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SLMError(f"{what} file {path} not found: check the path") from None
+    except IsADirectoryError:
+        raise SLMError(f"{what} file {path} is a folder: give the .yaml file inside it") from None
+    except UnicodeDecodeError:
+        raise SLMError(f"{what} file {path} is not UTF-8 text: give a YAML file") from None
+    except OSError as error:
+        raise SLMError(f"cannot read {what} file {path}: {error.strerror or error}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SLMError(f"{what} file {path}{where} is not valid YAML ({problem}): fix the syntax there") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise SLMError(f"{what} file {path} holds a {type(raw).__name__} at the top level: it must be a mapping "
+                       "of 'key: value' lines (see presets/ for examples)")
+    return raw or {}
 
 
 def load_model_preset(name: str) -> ModelConfig:
@@ -376,7 +496,7 @@ def load_model_preset(name: str) -> ModelConfig:
 
 def load_recipe(name: str, overrides: Optional[list[str]] = None) -> RunConfig:
     """A recipe preset (or a YAML path) with optional section.key=value overrides applied."""
-    raw = yaml.safe_load(_preset_path("recipes", name).read_text()) or {}
+    raw = read_yaml_mapping(_preset_path("recipes", name))
     raw.pop("description", None)
     raw.setdefault("preset", _preset_name(name))
     config = RunConfig.from_dict(raw)
@@ -384,9 +504,9 @@ def load_recipe(name: str, overrides: Optional[list[str]] = None) -> RunConfig:
 
 
 def preset_description(kind: str, name: str) -> str:
-    raw = yaml.safe_load(_preset_path(kind, name).read_text()) or {}
+    raw = read_yaml_mapping(_preset_path(kind, name), "preset")
     return str(raw.get("description", "")).strip()
 
 
 def load_run_config(path: str | Path) -> RunConfig:
-    return RunConfig.from_dict(yaml.safe_load(Path(path).read_text()))
+    return RunConfig.from_dict(read_yaml_mapping(path, "config"))

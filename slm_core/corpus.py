@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 GIRLS = ("Lily Mia Emma Zoe Ava Lucy Ella Rosa Nora Ruby Sara Anna Maya Ivy Chloe Grace Hannah Julia Kira "
          "Lena Molly Nina Olive Penny Rita Sophie Tara Vera Daisy Fiona Hazel Iris June Kate Luna Mabel Pearl "
@@ -409,13 +409,20 @@ def _story(rng: random.Random, short: bool = False) -> tuple[str, _Cast, _Plot]:
 def builtin_stories(n_chars: int = 6_000_000, seed: int = 0) -> list[str]:
     """Generated children's stories (about 500-1500 characters each) until `n_chars` characters.
     Deterministic for a seed; a smaller n_chars gives a prefix of a larger one."""
-    rng = random.Random(seed)
     stories, total = [], 0
-    while total < n_chars:
-        text = _story(rng)[0]
+    for text in iter_stories(seed):
+        if total >= n_chars:
+            break
         stories.append(text)
         total += len(text)
     return stories
+
+
+def iter_stories(seed: int = 0) -> Iterator[str]:
+    """The same stories as `builtin_stories`, one at a time and without end (corpora of any size)."""
+    rng = random.Random(seed)
+    while True:
+        yield _story(rng)[0]
 
 
 # ---- instructions ----------------------------------------------------------------------------------

@@ -1,18 +1,23 @@
-"""Documents → token files, once: the train/val split, the token cache, and batch sampling.
+"""Documents → token files, once: the token cache, shards, and batch sampling.
 
-`prepare_data` reads a source (slm_core.data_sources), builds or loads the tokenizer, and writes
-memory-mapped token files under `<cache root>/<fingerprint>/`:
+`prepare_data` streams a source (slm_core.data_stream), builds or loads the tokenizer (a BPE or
+character vocabulary is trained on the first tokenizer.train_chars characters of the stream), and
+writes memory-mapped token files under `<cache root>/<fingerprint>/` (slm_core.data_prepare does
+the chunked, parallel, resumable writing in bounded memory):
 
     train.bin, val.bin             uint16 tokens (uint32 for vocabularies over 65,536), eot after each document
     train_mask.bin, val_mask.bin   uint8, instruction data only: 1 = train on the token, 0 = prompt
-    meta.json                      counts and settings; written last, so a half-written cache is never reused
+    meta.json                      counts, settings, a length histogram; written last, so a half-written
+                                   cache is never reused
 
 The fingerprint covers the source's identity (paths, sizes, mtimes; builtin name and seed; Hub name
 and split), the data settings and the tokenizer's fingerprint, so a second run finds the tokens
-without reading the source again. A BPE or character vocabulary trained on a source is cached the
-same way under `<cache root>/tokenizers/`. `PreparedData.get_batch` samples random windows every
-step; `iter_eval_windows` walks a split once for perplexity. torch is imported only by those two,
-so the Studio can preview and tokenize data without loading it.
+without reading the source again. A trained vocabulary is cached the same way under
+`<cache root>/tokenizers/`. `prepare_shard` writes shard i/N of a corpus into a folder
+(`shard-<i>-of-<N>/` + `tokenizer/`); a folder of shards given as data.source is read as one corpus.
+`PreparedData.get_batch` samples random windows every step (each rank from its own slice);
+`iter_eval_windows` walks a split once for perplexity. torch is imported only by those two, so the
+Studio can preview and tokenize data without loading it.
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ import numpy as np
 
 from slm_core.config import DataConfig, RunConfig, TokenizerConfig
 from slm_core.data_sources import Documents, read_documents, source_identity
+from slm_core.data_stream import DocStream
 from slm_core.errors import SLMError
 from slm_core.templates import default_template, split_prompt_response
 
-FORMAT_VERSION = 1  # bump when the cache layout or tokenization rules change
-CHUNK_CHARS = 1 << 20  # characters per encode_batch call: bounded memory on any corpus size
-SPLIT_SEED = 0
+FORMAT_VERSION = 2  # 2: streamed chunks, documents split by content hash, text files split into documents
 ALIAS_FILE = "alias.json"
+TOKENIZER_DIR = "tokenizer"
+SUMMARY_SECONDS = 20.0  # data_summary counts for at most this long, then reports a lower bound
 
 
 def cache_root(cache_dir: Optional[str | Path] = None) -> Path:
@@ -103,45 +109,58 @@ def _clip(text: str, width: int, keep_end: int = 0) -> str:
     return head + (" " + text[-keep_end:].lstrip() if keep_end else "")
 
 
-def data_summary(data_cfg: DataConfig) -> dict:
-    """Size and shape of a source: kind, n_documents, n_chars, columns, is_instruction, template."""
-    docs, _ = _read(data_cfg)
-    return {"source": data_cfg.source, "kind": docs.kind, "n_documents": len(docs.items),
-            "n_chars": docs.n_chars, "columns": docs.columns, "is_instruction": docs.is_instruction,
-            "template": resolve_template(docs, data_cfg)}
+def data_summary(data_cfg: DataConfig, max_seconds: float = SUMMARY_SECONDS) -> dict:
+    """Size and shape of a source, counted by streaming it (bounded memory): kind, n_documents, n_chars,
+    columns, is_instruction, template; `complete` is False when counting stopped after max_seconds."""
+    stream, first, complete = DocStream(data_cfg), None, True
+    started = time.perf_counter()
+    for item in stream:
+        first = item if first is None else first
+        if time.perf_counter() - started > max_seconds:
+            complete = False
+            break
+    if first is None:
+        raise SLMError(f"the data source {data_cfg.source!r} holds no text: point data.source at a non-empty "
+                       "file or folder, or use 'builtin'")
+    template = (data_cfg.template or default_template(first)) if stream.is_instruction else None
+    return {"source": data_cfg.source, "kind": stream.kind, "n_documents": stream.n_documents,
+            "n_chars": stream.n_chars, "columns": stream.columns, "is_instruction": bool(stream.is_instruction),
+            "template": template, "complete": complete, "bytes": stream.total_bytes}
 
 
-def split_examples(examples: list, val_fraction: float) -> tuple[list, list]:
-    """Deterministic split by document: a seeded choice of val documents, order kept in both splits."""
-    if len(examples) == 1:
-        if not isinstance(examples[0], str):
-            raise SLMError("instruction data needs at least 2 records (one goes to validation): add records")
-        text = examples[0]  # one document (e.g. a novel): its last val_fraction is validation, as nanoGPT does
-        cut = int(len(text) * (1 - val_fraction))
-        return [text[:cut]], [text[cut:]]
-    n_val = min(len(examples) - 1, max(1, round(len(examples) * val_fraction)))
-    is_val = np.zeros(len(examples), dtype=bool)
-    is_val[np.random.default_rng(SPLIT_SEED).choice(len(examples), n_val, replace=False)] = True
-    return [e for e, v in zip(examples, is_val) if not v], [e for e, v in zip(examples, is_val) if v]
+def iter_examples(cfg: DataConfig, template: Optional[str], stream: DocStream) -> Iterator:
+    """The stream's documents as training examples: strings, or (prompt, response) pairs."""
+    for item in stream:
+        yield item if isinstance(item, str) else split_prompt_response(item, template)
+
+
+def _first_template(cfg: DataConfig, root: Path) -> Optional[str]:
+    """The template the data trains with, from the first document only."""
+    stream = DocStream(cfg, limit=1, hf_cache=root / "hf-datasets")
+    first = next(iter(stream), None)
+    if first is None:
+        raise SLMError(f"the data source {cfg.source!r} holds no text: point data.source at a non-empty "
+                       "file or folder, or use 'builtin'")
+    return (cfg.template or default_template(first)) if isinstance(first, dict) else None
 
 
 # ---- the tokenizer ---------------------------------------------------------------------------------
 
 def _tokenizer_for(tok_cfg: TokenizerConfig, cfg: DataConfig, root: Path, progress: bool):
-    """(tokenizer, documents-if-read). A vocabulary trained on this source is reused from the cache."""
+    """The tokenizer config asks for; a vocabulary trained on this source is reused from the cache."""
     from slm_core.tokenizer import Tokenizer, build_tokenizer
 
     if tok_cfg.kind == "gpt2" or tok_cfg.path:
-        return build_tokenizer(tok_cfg, None, progress=progress), None
+        return build_tokenizer(tok_cfg, None, progress=progress)
     key = _digest({"source": source_identity(cfg), "text_column": cfg.text_column, "template": cfg.template,
-                   "max_chars": cfg.max_chars, "hub_split": cfg.hub_split, "tokenizer": dataclasses.asdict(tok_cfg)})
+                   "max_chars": cfg.max_chars, "hub_split": cfg.hub_split, "split": cfg.split,
+                   "max_documents": cfg.max_documents, "tokenizer": dataclasses.asdict(tok_cfg)})
     directory = root / "tokenizers" / key
     if directory.is_dir():
         with contextlib.suppress(Exception):  # unreadable: train it again below
-            return Tokenizer.load(directory), None
-    docs, examples = _read(cfg, root=root)
-    texts = (e if isinstance(e, str) else e[0] + e[1] for e in examples)
-    tokenizer = build_tokenizer(tok_cfg, texts, progress=progress)
+            return Tokenizer.load(directory)
+    tokenizer = build_tokenizer(tok_cfg, _training_sample(cfg, tok_cfg.train_chars, root, progress),
+                                progress=progress)
     tmp = directory.with_name(f"{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer.save(tmp)
@@ -150,36 +169,58 @@ def _tokenizer_for(tok_cfg: TokenizerConfig, cfg: DataConfig, root: Path, progre
         os.replace(tmp, directory)  # a folder appears complete or not at all
     except OSError:  # another process published the same vocabulary first
         shutil.rmtree(tmp, ignore_errors=True)
-    return tokenizer, (docs, examples)
+    return tokenizer
+
+
+def _training_sample(cfg: DataConfig, train_chars: int, root: Path, progress: bool) -> Iterator[str]:
+    """The first `train_chars` characters of the corpus as texts, streamed (never held whole)."""
+    from tqdm.auto import tqdm
+
+    stream = DocStream(cfg, hf_cache=root / "hf-datasets")
+    template = _first_template(cfg, root)
+    total = min(train_chars, stream.total_bytes or train_chars)
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="reading the tokenizer sample",
+              disable=not progress) as bar:
+        taken = 0
+        for example in iter_examples(cfg, template, stream):
+            text = example if isinstance(example, str) else example[0] + example[1]
+            yield text
+            taken += len(text)
+            bar.update(min(len(text), max(0, total - bar.n)))
+            if taken >= train_chars:
+                return
 
 
 # ---- prepare ------------------------------------------------------------------------------------
 
 def prepare_data(config: RunConfig, tokenizer=None, cache_dir=None, progress: bool = True, *,
-                 require_windows: bool = True) -> "PreparedData":
+                 require_windows: bool = True, workers: Optional[int] = None) -> "PreparedData":
     """Tokenize config.data once (cached) and return the memory-mapped splits.
 
     tokenizer: None builds one from config.tokenizer (training a BPE/char vocabulary on the source
     the first time). require_windows: check that each split holds one model.context_length window + 1
-    (training needs it; perplexity on a short file does not).
+    (training needs it; perplexity on a short file does not). workers: tokenizing processes (all cores).
+    A data.source that is a folder written by `slm data prepare` is read as it is.
     """
     cfg, root = config.data, cache_root(cache_dir)
-    read = None
-    if tokenizer is None:
-        tokenizer, read = _tokenizer_for(config.tokenizer, cfg, root, progress)
-    identity = source_identity(cfg)
-    asked = _fingerprint(identity, cfg, cfg.template, tokenizer)
-    data = PreparedData.open(root / asked, tokenizer)
-    if data is None:
-        docs, examples = read or _read(cfg, root=root)
-        # Keyed by the template actually used, so a run's saved config (template filled in) finds
-        # the tokens its first start wrote; an alias remembers where the asked-for key led.
-        real = _fingerprint(identity, cfg, resolve_template(docs, cfg), tokenizer)
-        data = PreparedData.open(root / real, tokenizer) or _build_cache(docs, examples, cfg, tokenizer,
-                                                                         root / real, progress)
-        if real != asked:
-            (root / asked).mkdir(parents=True, exist_ok=True)
-            _atomic_write(root / asked / ALIAS_FILE, json.dumps({"fingerprint": real}).encode())
+    folder = token_folder(cfg.source)
+    if folder is not None:
+        data = open_token_folder(folder, tokenizer)
+    else:
+        if tokenizer is None:
+            tokenizer = _tokenizer_for(config.tokenizer, cfg, root, progress)
+        identity = source_identity(cfg)
+        asked = _fingerprint(identity, cfg, cfg.template, tokenizer)
+        data = PreparedData.open(root / asked, tokenizer)
+        if data is None:
+            # Keyed by the template actually used, so a run's saved config (template filled in) finds
+            # the tokens its first start wrote; an alias remembers where the asked-for key led.
+            template = _first_template(cfg, root)
+            real = _fingerprint(identity, cfg, template, tokenizer)
+            data = _build_cache(cfg, template, tokenizer, root / real, root, progress, workers)
+            if real != asked:
+                (root / asked).mkdir(parents=True, exist_ok=True)
+                _atomic_write(root / asked / ALIAS_FILE, json.dumps({"fingerprint": real}).encode())
     if require_windows:
         data.check_windows(config.model.context_length)
     return data
@@ -188,94 +229,122 @@ def prepare_data(config: RunConfig, tokenizer=None, cache_dir=None, progress: bo
 def _fingerprint(identity: dict, cfg: DataConfig, template: Optional[str], tokenizer) -> str:
     return _digest({"format": FORMAT_VERSION, "source": identity, "text_column": cfg.text_column,
                     "template": template, "val_fraction": cfg.val_fraction, "max_chars": cfg.max_chars,
-                    "hub_split": cfg.hub_split, "tokenizer": tokenizer.fingerprint()})
+                    "hub_split": cfg.hub_split, "split": cfg.split, "max_documents": cfg.max_documents,
+                    "max_tokens": cfg.max_tokens, "tokenizer": tokenizer.fingerprint()})
 
 
-def _build_cache(docs: Documents, examples: list, cfg: DataConfig, tokenizer, directory: Path,
-                 progress: bool) -> "PreparedData":
-    from tqdm.auto import tqdm
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """One preparer per cache folder (other processes wait, then find the finished cache)."""
+    import fcntl
 
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "meta.json").unlink(missing_ok=True)  # invalid until every file below is in place
-    dtype = token_dtype(tokenizer.n_vocab)
-    splits = dict(zip(("train", "val"), split_examples(examples, cfg.val_fraction)))
-    total = sum(_chars(e) for e in examples)
-    started, counts = time.perf_counter(), {}
-    with tqdm(total=total, unit="char", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
-        for split, items in splits.items():
-            counts[split] = _write_split(directory, split, items, tokenizer, dtype, docs.is_instruction, bar)
-    meta = {"format": FORMAT_VERSION, "fingerprint": directory.name, "dtype": np.dtype(dtype).name,
-            "train_tokens": counts["train"], "val_tokens": counts["val"], "n_chars": docs.n_chars,
-            "n_documents": len(examples), "train_documents": len(splits["train"]),
-            "val_documents": len(splits["val"]), "is_instruction": docs.is_instruction,
-            "template": resolve_template(docs, cfg), "source": cfg.source, "kind": docs.kind,
-            "tokenizer": tokenizer.fingerprint(), "seconds": round(time.perf_counter() - started, 3)}
-    _atomic_write(directory / "meta.json", json.dumps(meta, indent=1).encode())
+    with open(directory / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_cache(cfg: DataConfig, template: Optional[str], tokenizer, directory: Path, root: Path,
+                 progress: bool, workers: Optional[int], shard: Optional[tuple[int, int]] = None) -> "PreparedData":
+    from slm_core.data_prepare import build_token_files
+
+    with _locked(directory):
+        done = PreparedData.open(directory, tokenizer)
+        if done is not None:  # another process finished it while this one waited
+            return done
+        (directory / "meta.json").unlink(missing_ok=True)  # invalid until every file below is in place
+        stream = DocStream(cfg, shard=shard, hf_cache=root / "hf-datasets")
+        total = stream.total_bytes if cfg.max_chars is None else min(cfg.max_chars, stream.total_bytes or 1 << 62)
+        counts = build_token_files(iter_examples(cfg, template, stream), directory, tokenizer,
+                                   val_fraction=cfg.val_fraction, masked=template is not None,
+                                   dtype=token_dtype(tokenizer.n_vocab), total_chars=total,
+                                   max_tokens=cfg.max_tokens, workers=workers, progress=progress)
+        if counts["n_documents"] == 0:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise SLMError(f"the data source {cfg.source!r} holds no text" + (f" in shard {shard[0]}/{shard[1]}"
+                           if shard else "") + ": point data.source at a non-empty file or folder, or use 'builtin'")
+        meta = {"format": FORMAT_VERSION, "fingerprint": directory.name, "dtype": np.dtype(token_dtype(
+                    tokenizer.n_vocab)).name, **counts, "bytes": stream.total_bytes,
+                "is_instruction": template is not None, "template": template, "source": cfg.source,
+                "kind": stream.kind, "shard": list(shard) if shard else None, "tokenizer": tokenizer.fingerprint(),
+                "n_vocab": tokenizer.n_vocab, "eot_id": tokenizer.eot_id}
+        _atomic_write(directory / "meta.json", json.dumps(meta, indent=1).encode())
     return PreparedData(tokenizer, directory, meta)
-
-
-def _chars(example) -> int:
-    return len(example) if isinstance(example, str) else len(example[0]) + len(example[1])
-
-
-def _chunks(items: list, chars: int = CHUNK_CHARS) -> Iterator[list]:
-    chunk, size = [], 0
-    for item in items:
-        chunk.append(item)
-        size += _chars(item)
-        if size >= chars:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
-
-
-def _write_split(directory: Path, split: str, items: list, tokenizer, dtype, masked: bool, bar) -> int:
-    """Tokenize `items` chunk by chunk into <split>.bin (+ <split>_mask.bin); returns the token count."""
-    count = 0
-    paths = [directory / f"{split}.bin"] + ([directory / f"{split}_mask.bin"] if masked else [])
-    tmps = [p.with_name(f"{p.name}.tmp-{os.getpid()}") for p in paths]
-    try:
-        with contextlib.ExitStack() as stack:
-            files = [stack.enter_context(open(t, "wb")) for t in tmps]
-            for chunk in _chunks(items):
-                ids, mask = _encode_chunk(chunk, tokenizer, masked)
-                files[0].write(np.asarray(ids, dtype=dtype).tobytes())
-                if masked:
-                    files[1].write(np.asarray(mask, dtype=np.uint8).tobytes())
-                count += len(ids)
-                bar.update(sum(_chars(e) for e in chunk))
-    except BaseException:  # interrupted or failed: leave no partial files behind
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, path in zip(tmps, paths):
-        os.replace(tmp, path)
-    if not masked:
-        (directory / f"{split}_mask.bin").unlink(missing_ok=True)
-    return count
-
-
-def _encode_chunk(chunk: list, tokenizer, masked: bool) -> tuple[list, list]:
-    """Token ids of a chunk with eot after each document, and (instruction data) the loss mask."""
-    eot, ids, mask = tokenizer.eot_id, [], []
-    if masked:  # prompt and answer encoded apart, exactly as generation sees the prompt
-        prompts = tokenizer.encode_batch([p for p, _ in chunk])
-        answers = tokenizer.encode_batch([r for _, r in chunk])
-        for p, r in zip(prompts, answers):
-            ids += p + r + [eot]
-            mask += [0] * len(p) + [1] * (len(r) + 1)
-        return ids, mask
-    for seq in tokenizer.encode_batch(chunk):
-        ids += seq
-        ids.append(eot)
-    return ids, mask
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(payload)
     os.replace(tmp, path)
+
+
+# ---- shards: many machines, one corpus ------------------------------------------------------------
+
+def shard_name(i: int, n: int) -> str:
+    return f"shard-{i:05d}-of-{n:05d}"
+
+
+def prepare_shard(config: RunConfig, shard: tuple[int, int], out_dir: str | Path, progress: bool = True,
+                  workers: Optional[int] = None, cache_dir=None) -> "PreparedData":
+    """Tokenize shard i/N of config.data into `out_dir/shard-i-of-N/` (+ `out_dir/tokenizer/`).
+
+    Each machine trains the same vocabulary (the first tokenizer.train_chars characters of the whole
+    corpus), then reads only its part of the source. The folder, once every shard is there, is a
+    data.source that training reads as one corpus."""
+    from slm_core.tokenizer import Tokenizer
+
+    out, root = Path(out_dir).expanduser(), cache_root(cache_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = config.data
+    if (out / TOKENIZER_DIR).is_dir():  # an earlier shard's vocabulary: every shard must use the same
+        tokenizer = Tokenizer.load(out / TOKENIZER_DIR)
+    else:
+        tokenizer = _tokenizer_for(config.tokenizer, cfg, root, progress)
+        tmp = out / f"{TOKENIZER_DIR}.tmp-{os.getpid()}"
+        tokenizer.save(tmp)
+        with contextlib.suppress(OSError):  # another shard's process published it first: same content
+            os.replace(tmp, out / TOKENIZER_DIR)
+        shutil.rmtree(tmp, ignore_errors=True)
+    directory = out / shard_name(*shard)
+    return PreparedData.open(directory, tokenizer) or _build_cache(
+        cfg, _first_template(cfg, root), tokenizer, directory, root, progress, workers, shard=shard)
+
+
+def token_folder(source: str) -> Optional[Path]:
+    """`source` as a folder of prepared tokens (meta.json, or shard-*/ subfolders), else None."""
+    path = Path(str(source)).expanduser()
+    if not path.is_dir():
+        return None
+    if (path / "meta.json").exists() and (path / "train.bin").exists():
+        return path
+    return path if any(path.glob("shard-*-of-*")) else None
+
+
+def open_token_folder(folder: Path, tokenizer=None) -> "PreparedData":
+    """A prepared cache or a folder of shards as one corpus; every shard i/N must be finished."""
+    from slm_core.tokenizer import Tokenizer
+
+    dirs = [folder] if (folder / "meta.json").exists() else sorted(folder.glob("shard-*-of-*"))
+    if tokenizer is None:
+        where = folder / TOKENIZER_DIR if (folder / TOKENIZER_DIR).is_dir() else None
+        if where is None:
+            raise SLMError(f"{folder} holds tokens but no {TOKENIZER_DIR}/ folder: copy the tokenizer the shards "
+                           "were made with there, or set tokenizer.path")
+        tokenizer = Tokenizer.load(where)
+    n = int(dirs[0].name.rsplit("-", 1)[1]) if dirs[0] != folder else 1
+    expected = [folder] if n == 1 and dirs == [folder] else [folder / shard_name(i, n) for i in range(n)]
+    parts = []
+    for directory in expected:
+        data = PreparedData.open(directory, tokenizer)
+        if data is None:
+            raise SLMError(f"{directory} is missing, unfinished or made with another tokenizer: run "
+                           f"`slm data prepare SOURCE --shard {expected.index(directory)}/{n} --out {folder}` "
+                           "(with the same tokenizer) to finish it")
+        parts.append(data)
+    return parts[0] if len(parts) == 1 else PreparedData.concat(parts, str(folder))
 
 
 # ---- the prepared splits ------------------------------------------------------------------------
@@ -291,6 +360,7 @@ class PreparedData:
         self.template, self.is_instruction = meta["template"], meta["is_instruction"]
         self.dtype = np.dtype(meta["dtype"])
         self._maps: dict = {}
+        self._parts: list = []  # shards read as one corpus (see concat)
 
     @classmethod
     def open(cls, directory: Path, tokenizer) -> Optional["PreparedData"]:
@@ -313,12 +383,31 @@ class PreparedData:
             return None
         return cls(tokenizer, directory, meta)
 
-    def tokens(self, split: str) -> np.ndarray:
+    @classmethod
+    def concat(cls, parts: list["PreparedData"], source: str) -> "PreparedData":
+        """Several prepared shards (same tokenizer) as one corpus: each split is their concatenation."""
+        first = parts[0]
+        meta = dict(first.meta, source=source, shard=None, fingerprint=_digest([p.fingerprint for p in parts]))
+        for key in ("train_tokens", "val_tokens", "n_chars", "n_documents", "train_documents", "val_documents"):
+            meta[key] = sum(p.meta.get(key) or 0 for p in parts)
+        hists = [p.meta.get("length_histogram", {}).get("log2_bins", []) for p in parts]
+        width = max(map(len, hists))
+        meta["length_histogram"] = {"log2_bins": np.sum([h + [0] * (width - len(h)) for h in hists], axis=0).tolist()}
+        data = cls(first.tokenizer, Path(source), meta)
+        data._parts = parts
+        return data
+
+    def tokens(self, split: str):
+        """The split's token ids: a read-only memmap (or, over shards, a view that indexes like one)."""
+        if self._parts:
+            return self._maps.setdefault(split, ConcatTokens([p.tokens(split) for p in self._parts]))
         return self._map(f"{_check_split(split)}.bin", self.dtype, self.meta[f"{split}_tokens"])
 
-    def mask(self, split: str) -> Optional[np.ndarray]:
+    def mask(self, split: str):
         if not self.is_instruction:
             return None
+        if self._parts:
+            return self._maps.setdefault(f"{split}_mask", ConcatTokens([p.mask(split) for p in self._parts]))
         return self._map(f"{_check_split(split)}_mask.bin", np.dtype(np.uint8), self.meta[f"{split}_tokens"])
 
     def _map(self, name: str, dtype, n: int) -> np.ndarray:
@@ -409,3 +498,36 @@ def _check_split(split: str) -> str:
     if split not in ("train", "val"):
         raise SLMError(f"unknown split {split!r}: use 'train' or 'val'")
     return split
+
+
+class ConcatTokens:
+    """Token arrays of several shards indexed as one (slices and integer arrays, as get_batch and
+    iter_eval_windows use), without copying the files together."""
+
+    def __init__(self, arrays: list):
+        self.arrays = arrays
+        self.offsets = np.cumsum([0] + [len(a) for a in arrays])
+        self.dtype = arrays[0].dtype
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            pieces = [a[max(start - lo, 0):max(min(stop - lo, len(a)), 0)]
+                      for a, lo in zip(self.arrays, self.offsets[:-1]) if lo < stop and lo + len(a) > start]
+            return np.concatenate(pieces) if pieces else np.empty(0, self.dtype)
+        index = np.asarray(key)
+        which = np.searchsorted(self.offsets, index, side="right") - 1
+        out = np.empty(index.shape, dtype=self.dtype)
+        for k in np.unique(which):
+            chosen = which == k
+            out[chosen] = self.arrays[k][index[chosen] - self.offsets[k]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        whole = np.concatenate([np.asarray(a) for a in self.arrays])
+        return whole if dtype is None else whole.astype(dtype)

@@ -12,7 +12,6 @@ token cache can be found without reading the data again.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
 import itertools
@@ -129,7 +128,7 @@ def read_documents(cfg: DataConfig, limit: Optional[int] = None, hf_cache: Optio
 
         docs = Documents(kind, cap.take(builtin_instructions(seed=0)), columns=["instruction", "input", "output"])
     elif kind == "text":
-        docs = Documents(kind, cap.take(read_text_file(detail, cap.remaining_chars())))
+        docs = Documents(kind, cap.take(read_text_file(detail, cap.remaining_chars(), cfg.split)))
     elif kind == "folder":
         docs = _read_folder(detail, cfg, cap, hf_cache)
     elif kind == "hub":
@@ -190,23 +189,18 @@ def _check_uniform(items: list, source: str) -> bool:
     return kinds == {True}
 
 
-def read_text_file(path: Path, max_chars: Optional[int] = None) -> list[str]:
-    """One text file as documents (split on <|endoftext|> markers if it has them)."""
-    with open(path, "rb") as f:
-        # At most 4 bytes per character: enough bytes for max_chars without reading a huge file.
-        raw = f.read() if max_chars is None else f.read(4 * max_chars + 4)
-        truncated = max_chars is not None and f.read(1) != b""
-    if b"\x00" in raw:
-        raise SLMError(f"{path} looks binary (it contains NUL bytes): give a UTF-8 text file")
-    try:
-        text = codecs.getincrementaldecoder("utf-8")().decode(raw, final=not truncated)
-    except UnicodeDecodeError as e:
-        raise SLMError(f"{path} is not UTF-8 text (bad byte at offset {e.start}): re-save it as UTF-8") from None
-    text = text.lstrip("\ufeff")
-    if max_chars is not None:
-        text = text[:max_chars]
-    parts = text.split(DOC_SEPARATOR) if DOC_SEPARATOR in text else [text]
-    return [p.strip("\n") for p in parts if p.strip()]
+def read_text_file(path: Path, max_chars: Optional[int] = None, split: str = "paragraph") -> list[str]:
+    """One text file as documents, split as data.split says (see slm_core.data_stream), reading only
+    as far as `max_chars` characters need."""
+    from slm_core.data_stream import iter_text_file
+
+    docs, chars = [], 0
+    for _, text in iter_text_file(path, split):
+        if max_chars is not None and chars >= max_chars:
+            break
+        docs.append(text)
+        chars += len(text)
+    return docs
 
 
 def _read_folder(folder: Path, cfg: DataConfig, cap: _Cap, hf_cache: Optional[Path]) -> Documents:
@@ -225,7 +219,7 @@ def _read_folder(folder: Path, cfg: DataConfig, cap: _Cap, hf_cache: Optional[Pa
             records, columns = _tabular_records(path, cfg, cap, hf_cache)
             items.extend(records)
         else:
-            items.extend(cap.take(read_text_file(path, cap.remaining_chars())))
+            items.extend(cap.take(read_text_file(path, cap.remaining_chars(), cfg.split)))
     return Documents("folder", items, columns=columns)
 
 
@@ -238,10 +232,18 @@ def load_tabular(path: Path, hf_cache: Optional[Path] = None):
     builder = TABULAR_SUFFIXES[path.suffix.lower()]
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     _check_not_binary(path, builder)
+    from slm_core.validate import explain_json_error, quiet_logger
+
     try:
-        return datasets.load_dataset(builder, data_files=[str(path)], split="train",
-                                     cache_dir=str(hf_cache) if hf_cache else None, **kwargs)
+        with quiet_logger("datasets"):  # it logs a parse failure with a traceback; the SLMError below says it
+            return datasets.load_dataset(builder, data_files=[str(path)], split="train",
+                                         cache_dir=str(hf_cache) if hf_cache else None, **kwargs)
     except Exception as e:  # datasets wraps parse errors in several types; all mean "fix the file"
+        # explain_json_error names the bad line, not datasets' offset inside a parse block
+
+        reason = explain_json_error(path) if builder == "json" else None
+        if reason:
+            raise SLMError(reason) from None
         raise SLMError(f"could not read {path} as {path.suffix[1:].upper()}: {_root_cause(e)}; "
                        "check the file is valid UTF-8 and well formed") from None
 

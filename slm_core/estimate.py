@@ -59,9 +59,14 @@ def count_parameters(config: ModelConfig) -> dict:
     from slm_core.model import Transformer
 
     config, note = resolve_vocab(config)
+    # Blocks are identical, so two suffice: the count takes milliseconds even for n_layer=100000
+    # (the memory pre-flight check refuses such a shape before anything is built).
     with torch.device("meta"):
-        model = Transformer(config)
-    total = model.num_parameters()
+        model = Transformer(dataclasses.replace(config, n_layer=min(config.n_layer, 2)))
+        total = model.num_parameters()
+        if config.n_layer > 2:
+            per_block = total - Transformer(dataclasses.replace(config, n_layer=1)).num_parameters()
+            total += (config.n_layer - 2) * per_block
     embedding = model.embed_tokens.weight.numel()
     if config.position == "learned":
         embedding += model.embed_positions.weight.numel()

@@ -158,8 +158,9 @@ def cmd_export(args) -> int:
     from slm_core.checkpoint import load_model
     from slm_core.quantize import artifact_dir
     from slm_core.runs import use_runs_dir
+    from slm_core.validate import check_runs_dir
 
-    use_runs_dir(args.runs_dir)
+    use_runs_dir(check_runs_dir(args.runs_dir))
     loaded = load_model(args.model, tag=args.checkpoint)
     label = args.fmt + (f"-{args.gguf_type}" if args.fmt == "gguf" else "")
     out = Path(args.out) if args.out else artifact_dir(loaded.path, "export", label)

@@ -33,10 +33,10 @@ class RMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
 
-def make_norm(config: ModelConfig) -> nn.Module:
+def make_norm(config: ModelConfig, dim: Optional[int] = None) -> nn.Module:
     if config.norm == "rmsnorm":
-        return RMSNorm(config.d_model, config.norm_eps)
-    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+        return RMSNorm(dim or config.d_model, config.norm_eps)
+    return nn.LayerNorm(dim or config.d_model, eps=config.norm_eps, bias=config.bias)
 
 
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
@@ -50,7 +50,22 @@ def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
     if config.rope_scaling == "dynamic" and config.rope_scaling_factor > 1:
         factor = config.rope_scaling_factor
         base = base * (2 * factor - 1) ** (dim / (dim - 2))  # HF's formula at seq_len = context_length
-    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    return llama3_inv_freq(config, inv_freq) if config.rope_scaling == "llama3" else inv_freq
+
+
+def llama3_inv_freq(config: ModelConfig, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Llama 3.1's scaling: wavelengths longer than original_context/low_freq_factor are slowed by
+    `factor`, those shorter than original_context/high_freq_factor are kept, and the band between
+    is blended linearly (Meta's reference code, as transformers computes it)."""
+    factor, low, high = config.rope_scaling_factor, config.rope_low_freq_factor, config.rope_high_freq_factor
+    old_context = config.rope_original_context
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+    return torch.where(medium, blended, scaled)
 
 
 def rope_cos_sin(config: ModelConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,19 +106,25 @@ class Attention(nn.Module):
         super().__init__()
         self.config = config
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        kv_dim = config.n_kv_head * config.head_dim
-        self.q_proj = nn.Linear(config.d_model, config.d_model, bias=config.qkv_bias)
+        q_dim, kv_dim = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+        self.q_proj = nn.Linear(config.d_model, q_dim, bias=config.qkv_bias)
         self.k_proj = nn.Linear(config.d_model, kv_dim, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.d_model, kv_dim, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.o_proj = nn.Linear(q_dim, config.d_model, bias=config.bias)
+        if config.qk_norm:  # Qwen3: one RMSNorm over each head's (head_dim,) query and key
+            self.q_norm = RMSNorm(config.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(config.head_dim, config.norm_eps)
         self.kv_cache: Optional[KVCache] = None
 
     def forward(self, x: torch.Tensor, rope: Optional[tuple], input_pos: Optional[torch.Tensor],
                 end: int = 0) -> torch.Tensor:
         """With input_pos (T,), keys/values go into the cache and attention spans positions [0, end)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, H, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, KV, D)
+        if self.config.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, D), (B, KV, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -169,14 +190,18 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = make_norm(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
+        self.tie_weights()
         self.gradient_checkpointing = False
         self.apply(self._init_weights)
         # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2*n_layer).
         for name, param in self.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(param, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
+
+    def tie_weights(self) -> None:
+        """Share the input embedding with lm_head (again after load_state_dict(assign=True) replaced it)."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):

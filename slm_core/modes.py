@@ -45,6 +45,9 @@ def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resum
     data = _prepare(config, tokenizer, progress)
     tokenizer = data.tokenizer
     config = _resolve_config(config, base, tokenizer, data)
+    from slm_core.resources import preflight
+
+    preflight(config, resolved=True)  # the final shape: refuse one far beyond the device's memory
     model = _build_model(config, base, device)
     loss_fn, parent = None, config.train.init_from
     if mode == "distill":

@@ -95,6 +95,7 @@ def _cuda_sample(device: Any) -> dict:
     total = torch.cuda.get_device_properties(index).total_memory / MB
     return {"gpu_mem_allocated_mb": torch.cuda.memory_allocated(index) / MB,
             "gpu_mem_reserved_mb": torch.cuda.memory_reserved(index) / MB,
+            "gpu_mem_peak_mb": torch.cuda.max_memory_allocated(index) / MB,
             "gpu_mem_total_mb": total}
 
 

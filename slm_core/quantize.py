@@ -739,8 +739,11 @@ def cmd_quantize(args) -> int:
 
     from slm_core.checkpoint import load_model
     from slm_core.runs import use_runs_dir
+    from slm_core.validate import check_runs_dir
 
-    use_runs_dir(args.runs_dir)
+    if args.eval_tokens < 1:
+        raise SLMError(f"--eval-tokens={args.eval_tokens} is invalid: give a positive number of tokens")
+    use_runs_dir(check_runs_dir(args.runs_dir))
     loaded = load_model(args.model, tag=args.checkpoint)
     group_size = args.group_size if args.method == "int4" else None
     label = args.method + (f"-g{group_size}" if group_size else "")

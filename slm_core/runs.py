@@ -115,8 +115,21 @@ def resolve_run(name_or_path: str | Path, root: Optional[str | Path] = None) -> 
 def read_status(run_dir: str | Path) -> dict:
     status = read_json(Path(run_dir) / "status.json", default={}) or {}
     state = status.get("state")
-    # A worker that died without writing its last word (killed -9, machine reset) is not "running".
-    if state in ("running", "paused", "queued") and status.get("pid") and not _pid_alive(status["pid"]):
+    # The writer's lock outranks the file: a run another process holds is running (e.g. a shell
+    # `slm resume` still loading data, whose status.json still says how the last attempt ended).
+    from slm_core import run_lock
+
+    who = run_lock.holder(run_dir)
+    if who is not None and not run_lock.is_self(who):
+        if state not in ("running", "paused"):
+            status.update(state="running", error=None)
+        status["pid"], status["host"] = who.get("pid", status.get("pid")), who.get("host")
+        return status
+    # A worker that died without writing its last word (killed -9, machine reset) is not "running":
+    # its lock is free (the kernel drops it with the process) or, for runs without one, its pid is gone.
+    unlocked = who is None and (Path(run_dir) / run_lock.LOCK_FILE).exists()
+    if (unlocked and state in ("running", "paused")) or (
+            state in ("running", "paused", "queued") and status.get("pid") and not _pid_alive(status["pid"])):
         status["state"] = "failed"
         status.setdefault("error", None)
         status["error"] = status["error"] or "the worker process ended without reporting (killed or crashed); resume continues from the last checkpoint"
@@ -153,6 +166,28 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 def read_samples(run_dir: str | Path) -> list[dict]:
     return read_jsonl(Path(run_dir) / "samples.jsonl")
+
+
+def drop_rows_after(path: str | Path, step: int) -> int:
+    """Rewrite a JSON Lines log without the rows of steps after `step` (atomically), so the steps a
+    resume redoes appear once. A half-written last line goes too. Returns how many rows were dropped."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        return 0
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line) if line.endswith("\n") else None
+        except json.JSONDecodeError:
+            row = None
+        if row is None or (isinstance(row, dict) and isinstance(row.get("step"), (int, float)) and row["step"] > step):
+            continue
+        kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(kept))
+    return len(lines) - len(kept)
 
 
 def append_jsonl(path: str | Path, row: dict) -> None:

@@ -1,5 +1,9 @@
 """Prompt templates for instruction data: the one place that turns a record into model text.
 
+A model from the Hub brings its own Jinja chat template (tokenizer_config.json / chat_template.jinja);
+`render_chat_template` renders it as transformers' `apply_chat_template` does, and
+`model_prompt_response` splits a training record into prompt and answer with it.
+
 Training (slm_core.data) and generation (slm_core.generate, the chat tab) both call
 `format_prompt`, so the text a model sees at inference ends exactly where its training answers
 started. A record is either Alpaca-style (`instruction`, optional `input`, `output`) or chat-style
@@ -14,7 +18,10 @@ shows a stray marker.
 
 from __future__ import annotations
 
-from typing import Any, Union
+import functools
+import json
+from datetime import datetime
+from typing import Any, Optional, Union
 
 from slm_core.errors import SLMError
 
@@ -140,3 +147,66 @@ def split_prompt_response(record: Record, template: str | None = None) -> tuple[
         raise SLMError(f"a chat record must end with an assistant message to train on; got roles "
                        f"{[m['role'] for m in messages]}: drop it or add the answer")
     return format_prompt(messages[:-1], template), messages[-1]["content"]
+
+
+# ---- a model's own chat template (Jinja, as transformers' apply_chat_template renders it) -------
+
+@functools.lru_cache(maxsize=16)
+def _compile_chat_template(source: str):
+    """The template compiled in a sandbox configured as transformers configures it (trim_blocks,
+    lstrip_blocks, loop controls, a tojson that keeps non-ASCII, raise_exception, strftime_now), so
+    the same template gives the same text. Templates come from downloaded files: the immutable
+    sandbox keeps them from reaching Python internals."""
+    import jinja2
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    try:
+        return env.from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as exc:
+        raise SLMError(f"the model's chat template does not parse ({exc}); fix chat_template in its "
+                       "tokenizer_config.json / chat_template.jinja, or train with data.template 'chatml'") from exc
+
+
+def render_chat_template(source: str, messages: list[dict], add_generation_prompt: bool = False,
+                         special_tokens: Optional[dict] = None, **variables) -> str:
+    """`messages` ({role, content}) rendered by a Jinja chat template: the text transformers'
+    `apply_chat_template(..., tokenize=False)` returns. special_tokens (bos_token, eos_token, ...)
+    and `variables` (e.g. tools, date_string, enable_thinking) are visible to the template."""
+    import jinja2
+
+    chat = [{**m, "content": content_text(m.get("content"))} if not isinstance(m.get("content"), str) else dict(m)
+            for m in messages]
+    context = {**(special_tokens or {}), **variables}
+    context.setdefault("tools", None)
+    context.setdefault("documents", None)
+    try:
+        return _compile_chat_template(source).render(messages=chat, add_generation_prompt=add_generation_prompt,
+                                                     **context)
+    except jinja2.exceptions.TemplateError as exc:
+        raise SLMError(f"the model's chat template refused this conversation: {exc}") from exc
+
+
+def model_prompt_response(record: Record, tokenizer) -> tuple[str, str]:
+    """(prompt, response) of a training record in the model's own chat template: the prompt ends with
+    the generation prompt, the response is the rest of the rendered conversation (the answer and the
+    template's end-of-turn markers), so a loss masked on the prompt trains exactly the reply."""
+    messages = to_messages(record)
+    if len(messages) < 2 or messages[-1]["role"] != "assistant":
+        raise SLMError(f"a chat record must end with an assistant message to train on; got roles "
+                       f"{[m['role'] for m in messages]}: drop it or add the answer")
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages)
+    if not full.startswith(prompt):
+        raise SLMError("the model's chat template renders a conversation differently from its prompt (it rewrites "
+                       "earlier turns); train with data.template 'chatml' instead")
+    return prompt, full[len(prompt):]

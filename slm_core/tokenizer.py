@@ -39,7 +39,8 @@ from slm_core.runs import atomic_write_json, atomic_write_text
 EOT = "<|endoftext|>"
 META_FILE = "slm_tokenizer.json"
 RANKS_FILE = "ranks.tiktoken"
-HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+HF_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 # GPT-2's pre-tokenizer split (contractions, letters, digits, other symbols, whitespace); the same regex
 # as tiktoken's r50k pattern, which it is taken from when available.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -115,18 +116,72 @@ class Tokenizer:
 
     # ---- encoding and decoding ---------------------------------------------------------------
 
-    def encode(self, text: str) -> list[int]:
-        """Ids of `text`; '<|endoftext|>' written in the text is ordinary text, never the special id."""
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        """Ids of `text`; '<|endoftext|>' written in the text is ordinary text, never the special id.
+        allow_special=True reads special tokens written in the text as their ids (for text a chat
+        template rendered, never for user data), as transformers' tokenizer does by default."""
         if self._enc is not None:
-            return self._enc.encode_ordinary(text)
+            return self._enc.encode(text, allowed_special="all") if allow_special else self._enc.encode_ordinary(text)
+        if allow_special:
+            return self._hf_with_special().encode(text, add_special_tokens=False).ids
         return self._hf.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Like `encode` on each text, using all cores (tiktoken's / tokenizers' threaded batches)."""
+    def _hf_with_special(self):
+        # A second instance with special-token matching on: flipping the flag on the shared one would
+        # race with encodes in other threads (the data pipeline's batches).
+        if getattr(self, "_hf_special", None) is None:
+            from tokenizers import Tokenizer as HFTokenizer
+
+            self._hf_special = HFTokenizer.from_str(self._hf_files["tokenizer.json"].decode("utf-8"))
+            self._hf_special.no_padding()
+            self._hf_special.no_truncation()
+        return self._hf_special
+
+    # ---- special tokens and the chat template -------------------------------------------------
+
+    @property
+    def special_tokens(self) -> dict:
+        """bos/eos/unk/pad token strings as the template sees them (tokenizer_config.json for 'hf')."""
+        if self._hf is None:
+            return {"bos_token": EOT, "eos_token": EOT}
+        return _hf_special_tokens(self._hf_files)
+
+    @property
+    def bos_id(self) -> Optional[int]:
+        bos = self.special_tokens.get("bos_token") if self._hf is not None else None
+        return self._hf.token_to_id(bos) if bos else None
+
+    @property
+    def chat_template(self) -> Optional[str]:
+        """The model's own Jinja chat template, if its folder has one."""
+        return _hf_chat_template(self._hf_files) if self._hf is not None else None
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = False, tokenize: bool = False,
+                            template: Optional[str] = None, **variables):
+        """Render chat messages as transformers' `apply_chat_template` does (text, or ids with
+        tokenize=True). Without a Jinja template of its own, `template` names one of ours
+        ('chatml' | 'alpaca', ending with the answer header)."""
+        from slm_core.templates import format_prompt, render_chat_template
+
+        if self.chat_template:
+            text = render_chat_template(self.chat_template, list(messages), add_generation_prompt,
+                                        special_tokens=self.special_tokens, **variables)
+        elif template:
+            text = format_prompt(list(messages), template)
+        else:
+            raise SLMError("this tokenizer has no chat template: pick data.template 'chatml' or 'alpaca', or a model "
+                           "whose tokenizer_config.json has a chat_template")
+        return self.encode(text, allow_special=True) if tokenize else text
+
+    def encode_batch(self, texts: list[str], threads: Optional[int] = None) -> list[list[int]]:
+        """Like `encode` on each text, using all cores (tiktoken's / tokenizers' threaded batches).
+        threads=1: in this thread only (a process pool already gives each core a process)."""
         texts = list(texts)
         if self._hf is not None:
+            if threads == 1:
+                return [e.ids for e in map(lambda t: self._hf.encode(t, add_special_tokens=False), texts)]
             return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
-        threads = min(8, os.cpu_count() or 1)
+        threads = threads or min(8, os.cpu_count() or 1)
         if threads == 1 or len(texts) < 64:
             return [self._enc.encode_ordinary(t) for t in texts]
         # tiktoken releases the GIL while encoding; handing each thread a chunk of documents rather than
@@ -308,6 +363,27 @@ def _hf_configs() -> dict[str, str]:
             "special_tokens_map.json": json.dumps(special, indent=2)}
 
 
+def _hf_special_tokens(files: dict[str, bytes]) -> dict:
+    found = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins, as in transformers
+        raw = json.loads(files.get(name, b"{}") or b"{}")
+        for key in HF_SPECIAL_KEYS:
+            value = raw.get(key)
+            value = value.get("content") if isinstance(value, dict) else value
+            if value:
+                found[key] = value
+    return found
+
+
+def _hf_chat_template(files: dict[str, bytes]) -> Optional[str]:
+    if files.get("chat_template.jinja"):
+        return files["chat_template.jinja"].decode("utf-8")
+    template = json.loads(files.get("tokenizer_config.json", b"{}") or b"{}").get("chat_template")
+    if isinstance(template, list):  # named templates: transformers uses 'default'
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    return template or None
+
+
 def _hf_decoder_kinds(tokenizer_json: bytes) -> set[str]:
     decoder = json.loads(tokenizer_json or b"{}").get("decoder") or {}
     return {decoder.get("type")} | {d.get("type") for d in decoder.get("decoders") or []}
@@ -419,7 +495,8 @@ def _no_text_error(kind: str) -> SLMError:
                     "Point data.source at a non-empty corpus, or use tokenizer.kind 'gpt2'.")
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int = 4096, progress: bool = True) -> Tokenizer:
+def train_bpe(texts: Iterable[str], vocab_size: int = 4096, progress: bool = True,
+              max_chars: int = MAX_TRAIN_CHARS) -> Tokenizer:
     """A byte-level BPE of `vocab_size` ids in all (the 256 bytes, merges, and <|endoftext|> last),
     trained by Hugging Face `tokenizers` and run by tiktoken with the same ids."""
     from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
@@ -431,7 +508,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096, progress: bool = Tru
     # min_frequency=2: a pair seen once is noise; a small corpus may then end below vocab_size.
     trainer = trainers.BpeTrainer(vocab_size=max(vocab_size - 1, 256), min_frequency=2, show_progress=progress,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
-    feed = _TextFeed(texts)
+    feed = _TextFeed(texts, max_chars)  # a stream: only the batch being counted is in memory
     hf.train_from_iterator(feed, trainer)
     if not feed.has_text:
         raise _no_text_error("bpe")
@@ -441,11 +518,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096, progress: bool = Tru
     return Tokenizer("bpe", ranks, _gpt2_pattern(), meta=meta)
 
 
-def build_char(texts: Iterable[str]) -> Tokenizer:
+def build_char(texts: Iterable[str], max_chars: int = MAX_TRAIN_CHARS) -> Tokenizer:
     """Characters of the corpus in code-point order (ids 0..C-1), then each byte no character covers
     (the fallback that lets unseen characters round-trip), then <|endoftext|>."""
     chars: set[str] = set()
-    for text in _TextFeed(texts):
+    for text in _TextFeed(texts, max_chars):
         for doc in text:
             chars.update(doc)
     chars = {c for c in chars if not 0xD800 <= ord(c) <= 0xDFFF}  # lone surrogates are not encodable text
@@ -471,7 +548,7 @@ def build_tokenizer(cfg: TokenizerConfig, texts: Optional[Iterable[str]] = None,
     if texts is None:
         raise SLMError(f"tokenizer.kind '{cfg.kind}' is built from the training text, and none was given")
     if cfg.kind == "bpe":
-        return train_bpe(texts, cfg.vocab_size, progress)
+        return train_bpe(texts, cfg.vocab_size, progress, max_chars=cfg.train_chars)
     if cfg.kind == "char":
-        return build_char(texts)
+        return build_char(texts, max_chars=cfg.train_chars)
     raise SLMError(f"tokenizer.kind={cfg.kind!r} is invalid: use 'gpt2', 'bpe' or 'char'")

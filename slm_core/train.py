@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -23,16 +24,16 @@ import torch
 import torch.nn.functional as F
 
 from slm_core import runs
-from slm_core.checkpoint import copy_checkpoint, find_checkpoint, load_trainer_state, save_checkpoint
+from slm_core.checkpoint import clean_stale, copy_checkpoint, find_checkpoint, load_trainer_state, save_checkpoint
 from slm_core.config import RunConfig
 from slm_core.errors import SLMError
 from slm_core.modes import build_for_mode
 from slm_core.monitor import cpu_has_native_bf16, process_sample
-from slm_core.optim import build_optimizer, lr_at
-
-OOM_HINT = ("out of memory: try a smaller train.batch_size (raise train.grad_accum to keep the tokens per step), "
-            "train.grad_checkpointing=true, a shorter model.context_length, or train.precision=bf16")
-
+from slm_core.optim import build_optimizer, lr_at, set_lr
+from slm_core.resources import explain_failure
+from slm_core.resources import preflight as preflight_memory
+from slm_core.run_lock import RunLock
+from slm_core.tracking import Trackers
 
 @dataclass
 class Dist:
@@ -53,6 +54,9 @@ class LoopState:
     best_step: Optional[int] = None
     evals_since_best: int = 0
     elapsed_s: float = 0.0  # training time across resumes
+    last_val_loss: float = math.inf
+    # seconds this session spent outside training steps (eval_s, sample_s, ckpt_s): kept a small share
+    overhead: dict = field(default_factory=dict)
     stop_reason: Optional[str] = None
     signals: list = field(default_factory=list)
 
@@ -110,6 +114,10 @@ class Trainer:
         self.device = resolve_device(config.train.device, self.dist)
         self.amp_dtype = resolve_precision(config.train.precision, self.device)
         self.state = LoopState()
+        self.restored = False
+        # Opened by run() (_open_trackers); until then nothing is tracked and no telemetry is known.
+        self.trackers = Trackers(self.run_dir, self.run_dir.name, {}, names=[])
+        self.bytes_per_token, self.peak_flops, self.flops_per_token = None, None, 0.0
         torch.manual_seed(config.train.seed + self.dist.rank)
         built = build_for_mode(config, self.run_dir, self.device, resume=resume, progress=progress)
         self.config, self.data, self.model, self.tokenizer = built.config, built.data, built.model, built.tokenizer
@@ -122,6 +130,7 @@ class Trainer:
         if self.config.train.compile:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.raw_model, self.config.train, self.device)
+        self.trainable = [p for p in self.raw_model.parameters() if p.requires_grad]
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.sampler = torch.Generator().manual_seed(self.config.train.seed * 1000 + self.dist.rank)
         if resume:
@@ -135,36 +144,60 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def train_step(self) -> dict:
+        """One optimizer step. The loss, grad norm and extras stay on the device until one transfer at
+        the end: a `.item()` per micro-batch would make the host wait for the GPU each time."""
         cfg = self.config.train
         self.model.train()
         lr = lr_at(self.state.step + 1, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        total_loss, extras_sum = 0.0, {}
+        set_lr(self.optimizer, lr)
+        total_loss, extras_sum = torch.zeros((), device=self.device), {}
         for micro in range(cfg.grad_accum):
             x, y = self.data.get_batch("train", cfg.batch_size, self.config.model.context_length, self.sampler,
                                        rank=self.dist.rank, world_size=self.dist.world_size)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            sync = micro == cfg.grad_accum - 1 or self.dist.world_size == 1
-            with (contextlib.nullcontext() if sync else self.model.no_sync()), self.autocast():
+            last = micro == cfg.grad_accum - 1
+            with self._grad_sync(last), self.autocast():
                 loss, extras = self.loss_fn(self.model, x, y)
             scaled = loss / cfg.grad_accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            total_loss += loss.item() / cfg.grad_accum
+            total_loss += scaled.detach().float()
             for key, value in extras.items():
-                extras_sum[key] = extras_sum.get(key, 0.0) + float(value) / cfg.grad_accum
+                value = torch.as_tensor(value, device=self.device).detach().float() / cfg.grad_accum
+                extras_sum[key] = extras_sum.get(key, 0.0) + value
+        grad_norm = self._clip_and_step(cfg)
+        self.optimizer.zero_grad(set_to_none=True)
+        # the one host sync of the step (it also waits for the optimizer, so step timing is honest)
+        values = torch.stack([total_loss, grad_norm, *extras_sum.values()]).tolist()
+        tokens = cfg.batch_size * cfg.grad_accum * self.config.model.context_length * self.dist.world_size
+        return {"loss": values[0], "lr": lr, "grad_norm": values[1], "step_tokens": tokens,
+                **dict(zip(extras_sum, values[2:]))}
+
+    def _grad_sync(self, last_micro: bool):
+        """DDP all-reduces on the last micro-batch only; FSDP2 reduce-scatters only when told to."""
+        if self.dist.world_size == 1 or last_micro:
+            if hasattr(self.model, "set_requires_gradient_sync"):
+                self.model.set_requires_gradient_sync(True)
+            return contextlib.nullcontext()
+        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2's module
+            self.model.set_requires_gradient_sync(False)
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def _clip_and_step(self, cfg) -> torch.Tensor:
+        optimizers = getattr(self.optimizer, "optimizers", [self.optimizer])
         if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.raw_model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            for opt in optimizers:
+                self.scaler.unscale_(opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor norm, the same on every rank
+            grad_norm = grad_norm.full_tensor()
         if self.scaler:
-            self.scaler.step(self.optimizer)
+            for opt in optimizers:
+                self.scaler.step(opt)
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        tokens = cfg.batch_size * cfg.grad_accum * self.config.model.context_length * self.dist.world_size
-        return {"loss": total_loss, "lr": lr, "grad_norm": float(grad_norm), "step_tokens": tokens, **extras_sum}
+        return grad_norm.detach().float().to(self.device)
 
     # ---- evaluation and samples ------------------------------------------------------------
 
@@ -194,6 +227,7 @@ class Trainer:
                                 temperature=0.8, top_k=50, seed=self.config.train.seed)
             row = {"step": self.state.step, "prompt": prompt, "text": text}
             runs.append_jsonl(self.run_dir / "samples.jsonl", row)
+            self.trackers.text(f"samples/{prompt[:40]}", text, self.state.step)
             self._emit({"kind": "sample", **row})
         self.raw_model.train()
 
@@ -212,12 +246,15 @@ class Trainer:
         }
         meta = {"step": s.step, "tokens": s.tokens, "best_val_loss": _finite(s.best_val_loss),
                 "best_step": s.best_step, "evals_since_best": s.evals_since_best, "elapsed_s": s.elapsed_s}
-        save_checkpoint(self.run_dir / "checkpoints", tag, self.raw_model, self.config,
-                        self.run_dir / "tokenizer", meta, trainer_state)
+        with self._timed("ckpt_s"):
+            save_checkpoint(self.run_dir / "checkpoints", tag, self.raw_model, self.config,
+                            self.run_dir / "tokenizer", meta, trainer_state)
+        self._event("checkpoint", tag=tag)
 
     def _restore(self) -> None:
-        ckpt = find_checkpoint(self.run_dir, "latest")
-        if ckpt is None or not (ckpt / "trainer_state.pt").exists():
+        # The newest checkpoint its manifest vouches for (a damaged one is skipped with a warning).
+        ckpt = find_checkpoint(self.run_dir, "latest", need_trainer_state=True)
+        if ckpt is None:
             raise SLMError(f"run '{self.run_dir.name}' has no checkpoint to resume from; start it again instead")
         from slm_core.checkpoint import load_weights
 
@@ -242,6 +279,10 @@ class Trainer:
         self.state.best_step = meta.get("best_step")
         self.state.evals_since_best = meta.get("evals_since_best", 0)
         self.state.elapsed_s = meta.get("elapsed_s", 0.0)
+        self.restored = True
+        if self.dist.is_main:  # steps after the checkpoint are redone: each step keeps one row
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                runs.drop_rows_after(self.run_dir / name, self.state.step)
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -252,7 +293,25 @@ class Trainer:
     def _log(self, row: dict) -> None:
         if self.dist.is_main:
             runs.append_jsonl(self.run_dir / "metrics.jsonl", row)
+            self.trackers.log(row)
             self._emit(row)
+
+    def _event(self, name: str, **extra) -> None:
+        """A marker on every plot (pause, continue, stop, resume, checkpoint, best): kind=event rows."""
+        self._log({"kind": "event", "event": name, "step": self.state.step, "tokens": self.state.tokens,
+                   "time": time.time(), **extra})
+
+    def _open_trackers(self, resume_step: int) -> None:
+        """TensorBoard (and W&B / trackio when asked for) beside metrics.jsonl; the telemetry they and
+        the Studio share: bytes per validation token (for bits per byte) and the device's peak FLOP/s."""
+        from slm_core import tracking
+        from slm_core.estimate import flops_per_token
+
+        self.trackers = tracking.Trackers(self.run_dir, self.run_dir.name, self.config.to_dict(), resume_step,
+                                          names=None if self.dist.is_main else [])
+        self.bytes_per_token = tracking.bytes_per_token(self.tokenizer, self.data.tokens("val"))
+        self.peak_flops = tracking.peak_flops(self.device, self.amp_dtype is not None)
+        self.flops_per_token = flops_per_token(self.config.model)["train"]
 
     def _status(self, **fields) -> None:
         if self.dist.is_main:
@@ -263,14 +322,19 @@ class Trainer:
     def run(self) -> dict:
         cfg = self.config.train
         self._install_signal_handlers()
+        self._open_trackers(self.state.step)
         self._status(state="running", pid=os.getpid(), error=None, max_steps=cfg.max_steps,
                      mode=cfg.mode, preset=self.config.preset, parent=self.parent,
                      started_at=runs.read_status(self.run_dir).get("started_at") or time.time(),
+                     bytes_per_token=self.bytes_per_token, trackers=self.trackers.active,
                      **_parameter_counts(self.raw_model))
+        if self.state.step:
+            self._event("resumed")
         bar = _progress_bar(self.progress and self.dist.is_main, cfg.max_steps, self.state.step)
+        self._session_started = time.perf_counter()
         step_times: list[float] = []
         try:
-            if self.state.step == 0:  # the untrained baseline: the first point of every curve and timeline
+            if self.state.step == 0 and not self.restored:  # the untrained baseline: the first point of every curve
                 self._evaluate_and_track()
             while self.state.step < cfg.max_steps:
                 if self._handle_requests():
@@ -280,26 +344,28 @@ class Trainer:
                 if not math.isfinite(out["loss"]):
                     raise SLMError(f"the loss became {out['loss']} at step {self.state.step + 1}; lower train.lr or "
                                    f"use train.precision=fp32. The last good checkpoint is kept; resume from it")
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
                 step_s = time.perf_counter() - started
                 self._after_step(out, step_s, step_times)
+                bar.set_postfix(loss=f"{out['loss']:.3f}", refresh=False)  # one redraw a step: update's
                 bar.update(1)
-                bar.set_postfix(loss=f"{out['loss']:.3f}")
                 if self._periodic() == "early_stop":
                     break
             reason = self.state.stop_reason or "finished"
             self.save("latest")
+            if reason in ("stop", "signal"):
+                self._event("stopped")
             if reason == "finished" and self.state.best_step is None:
                 self._evaluate_and_track()
-            self._status(state="stopped" if reason in ("stop", "signal") else "finished", pid=None)
+            self._status(state="stopped" if reason in ("stop", "signal") else "finished", pid=None,
+                         stop_reason=reason, overhead=self._overhead_summary())
         except Exception as error:  # noqa: BLE001 - every failure ends as a failed run with its message
-            self._fail(error)
-            if isinstance(error, torch.OutOfMemoryError):
-                raise SLMError(f"step {self.state.step + 1}: {OOM_HINT}") from error
+            explained = self._fail(error)
+            if explained and not isinstance(error, SLMError):  # out of memory or disk: one line, no traceback
+                raise SLMError(explained) from error
             raise
         finally:
             bar.close()
+            self.trackers.close()
         return {"step": self.state.step, "tokens": self.state.tokens, "best_val_loss": _finite(self.state.best_val_loss),
                 "state": runs.read_status(self.run_dir).get("state"), "run_dir": str(self.run_dir)}
 
@@ -314,6 +380,9 @@ class Trainer:
         tokens_per_step = cfg.batch_size * cfg.grad_accum * self.config.model.context_length * self.dist.world_size
         row = {"kind": "train", "step": s.step, "tokens": s.tokens, **out,
                "tokens_per_sec": tokens_per_step / step_s if step_s > 0 else 0.0,
+               "step_ms": round(step_s * 1000, 2),
+               **({"mfu": self.flops_per_token * tokens_per_step / step_s / self.peak_flops}
+                  if self.peak_flops and step_s > 0 else {}),
                "elapsed_s": round(s.elapsed_s, 3), "eta_s": round(avg * (cfg.max_steps - s.step), 1),
                **process_sample(self.device)}
         self._log(row)
@@ -323,23 +392,52 @@ class Trainer:
     def _periodic(self) -> Optional[str]:
         cfg, s = self.config.train, self.state
         if s.step % cfg.eval_interval == 0 or s.step == cfg.max_steps:
-            if self._evaluate_and_track() and cfg.early_stop_patience and s.evals_since_best >= cfg.early_stop_patience:
+            self._evaluate_and_track()
+            if cfg.target_val_loss is not None and s.last_val_loss <= cfg.target_val_loss:
+                s.stop_reason = "target_val_loss"
+                self._event("target_reached", val_loss=s.last_val_loss)
+                return "early_stop"
+            if cfg.early_stop_patience and s.evals_since_best >= cfg.early_stop_patience:
                 s.stop_reason = "early_stop"
                 return "early_stop"
         if s.step % cfg.ckpt_interval == 0 and s.step != cfg.max_steps:
             self.save("latest")
         return None
 
+    @contextlib.contextmanager
+    def _timed(self, key: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.state.overhead[key] = self.state.overhead.get(key, 0.0) + time.perf_counter() - started
+
+    def _overhead_summary(self) -> dict:
+        """Seconds spent evaluating, sampling and checkpointing, and their share of this session's wall time."""
+        out = {key: round(value, 3) for key, value in self.state.overhead.items()}
+        wall = time.perf_counter() - self._session_started
+        out["wall_s"] = round(wall, 3)
+        out["share"] = round(sum(self.state.overhead.values()) / wall, 4) if wall > 0 else 0.0
+        return out
+
     def _evaluate_and_track(self) -> bool:
         """Evaluate, log, sample; keep the best checkpoint. Returns True if evaluation ran."""
         s = self.state
-        val_loss = self.evaluate()
+        with self._timed("eval_s"):
+            val_loss = self.evaluate()
+        s.last_val_loss = val_loss
+        from slm_core.tracking import bits_per_byte
+
+        bpb = bits_per_byte(val_loss, self.bytes_per_token)
         self._log({"kind": "eval", "step": s.step, "tokens": s.tokens, "val_loss": val_loss,
-                   "val_ppl": math.exp(min(val_loss, 50.0)), "elapsed_s": round(s.elapsed_s, 3)})
+                   "val_ppl": math.exp(min(val_loss, 50.0)), "elapsed_s": round(s.elapsed_s, 3),
+                   **({"val_bpb": bpb} if bpb is not None else {})})
         if self.dist.is_main and self.config.train.sample_prompts:
-            self.write_samples()
+            with self._timed("sample_s"):
+                self.write_samples()
         if val_loss < s.best_val_loss:
             s.best_val_loss, s.best_step, s.evals_since_best = val_loss, s.step, 0
+            self._event("best", val_loss=val_loss)
             self.save("latest")
             if self.dist.is_main:
                 copy_checkpoint(self.run_dir / "checkpoints", "latest", "best")
@@ -372,6 +470,7 @@ class Trainer:
     def _pause(self) -> bool:
         """Hold the model and optimizer in memory until the pause file goes away (or a stop arrives)."""
         self._status(state="paused")
+        self._event("paused")
         paused_at = time.time()
         while runs.take_request(self.run_dir, "pause", consume=False):
             if runs.take_request(self.run_dir, "stop") or self.state.signals:
@@ -381,18 +480,25 @@ class Trainer:
                 self.save("latest")
             time.sleep(0.2)
         self._status(state="running", paused_s=time.time() - paused_at)
+        self._event("continued")
         return False
 
-    def _fail(self, error: Exception) -> None:
-        if isinstance(error, torch.OutOfMemoryError):
-            message = OOM_HINT
+    def _fail(self, error: Exception) -> Optional[str]:
+        """Record the failure in status.json; returns the explanation of a resource error, if it was one."""
+        explained = explain_failure(error, self.config, self.state.step + 1)
+        if explained:
+            message = explained
         elif isinstance(error, SLMError):
             message = str(error)
         else:
             message = f"{type(error).__name__}: {error}"
             if self.dist.is_main:
                 traceback.print_exc()
-        self._status(state="failed", pid=None, error=message, failed_step=self.state.step + 1)
+        try:
+            self._status(state="failed", pid=None, error=message, failed_step=self.state.step + 1)
+        except OSError as status_error:  # e.g. the disk is too full even for status.json
+            print(f"error: {message} (and status.json could not be written: {status_error})", file=sys.stderr)
+        return explained
 
     def _install_signal_handlers(self) -> None:
         def on_signal(signum, _frame):
@@ -422,13 +528,45 @@ def _progress_bar(enabled: bool, total: int, initial: int):
 def train(config: RunConfig, run_dir: str | Path, callback: Optional[Callable[[dict], None]] = None,
           resume: bool = False, progress: bool = True) -> dict:
     """Train (or resume) the run in `run_dir`. Returns the final step, tokens, best val loss, state."""
+    from slm_core.validate import preflight_train
+
     run_dir = Path(run_dir)
+    preflight_train(config, run_dir, resume)  # bad inputs are refused before the run directory exists
+    preflight_memory(config)  # so is a model far beyond the device's memory (train.force=true overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        trainer = Trainer(config, run_dir, callback=callback, resume=resume, progress=progress)
-    except Exception as error:
-        message = str(error) if isinstance(error, SLMError) else f"{type(error).__name__}: {error}"
-        runs.write_status(run_dir, state="failed", error=message, pid=None, step=0, mode=config.train.mode,
-                          preset=config.preset, started_at=time.time())
-        raise
-    return trainer.run()
+    with _sole_writer(run_dir, config, resume):
+        try:
+            trainer = Trainer(config, run_dir, callback=callback, resume=resume, progress=progress)
+        except Exception as error:
+            explained = explain_failure(error, config, 0)
+            message = explained or (str(error) if isinstance(error, SLMError) else f"{type(error).__name__}: {error}")
+            runs.write_status(run_dir, state="failed", error=message, pid=None, mode=config.train.mode,
+                              preset=config.preset, started_at=runs.read_status(run_dir).get("started_at") or time.time())
+            if explained and not isinstance(error, SLMError):
+                raise SLMError(explained) from error
+            raise
+        return trainer.run()
+
+
+def _refuse_existing(run_dir: Path, resume: bool) -> None:
+    if not resume and (run_dir / "status.json").exists() and (
+            (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists()):
+        raise SLMError(f"{run_dir} already holds a run: resume it (`slm resume {run_dir.name}`) or pick another --name")
+
+
+@contextlib.contextmanager
+def _sole_writer(run_dir: Path, config: RunConfig, resume: bool):
+    """Rank 0 holds the run's lock for the whole run (a second writer is refused, naming the first),
+    clears what a killed writer left behind, and marks a new run as running at once so a Studio
+    sees it while data is still being prepared."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    _refuse_existing(run_dir, resume)  # before the lock too, so a refused start touches nothing
+    with RunLock(run_dir):
+        _refuse_existing(run_dir, resume)  # again: another writer may have started it meanwhile
+        clean_stale(run_dir)
+        if not resume:
+            runs.write_status(run_dir, state="running", pid=os.getpid(), step=0, error=None, mode=config.train.mode,
+                              preset=config.preset, max_steps=config.train.max_steps, started_at=time.time())
+        yield

@@ -17,14 +17,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
+from urllib.parse import urlsplit
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
 from slm_core import runs  # noqa: E402
+from slm_core.errors import SLMError  # noqa: E402
 from studio.helper import Helper  # noqa: E402
 from studio.runner import Runner  # noqa: E402
+from studio.security import (LoginLimiter, PathPolicy, allowed_hosts, guarded_app, is_loopback,  # noqa: E402
+                             launch_problem)
 from studio.style import CSS  # noqa: E402
 
 TAB_MODULES: tuple[str, ...] = (
@@ -38,6 +42,7 @@ TAB_MODULES: tuple[str, ...] = (
     "studio.tabs.evaluate",
     "studio.tabs.export",
 )
+STATE_SESSIONS = 64  # pages whose server-side state is kept (Gradio's default, 10,000, grows without bound)
 
 
 
@@ -52,6 +57,8 @@ class StudioContext:
     on_load: list[dict] = field(default_factory=list)  # demo.load(**kwargs) when a page opens
     finalizers: list[Callable[["StudioContext"], None]] = field(default_factory=list)  # after all tabs exist
     tabs: dict[str, Any] = field(default_factory=dict)  # title → gr.Tab
+    paths: Optional[PathPolicy] = None  # the folders the page may read (studio.security.check_path)
+    exposed_without_login: bool = False  # --insecure beyond loopback: only this machine may allow folders
 
     def field_values(self, values: Sequence[Any]) -> dict[str, Any]:
         """Event inputs `*ctx.fields.values()` back to {"section.key": value}."""
@@ -76,9 +83,12 @@ def _header(ctx: StudioContext) -> None:
 · runs in <code>{ctx.runs_dir}</code></div></div>""")
 
 
-def build_app(runs_dir: Optional[str | Path] = None, tabs: Sequence[str] = TAB_MODULES) -> gr.Blocks:
-    """The whole page. `runs_dir`: where runs live (default $SLM_RUNS_DIR or ./runs)."""
+def build_app(runs_dir: Optional[str | Path] = None, tabs: Sequence[str] = TAB_MODULES,
+              allow_paths: Sequence[str | Path] = ()) -> gr.Blocks:
+    """The whole page. `runs_dir`: where runs live (default $SLM_RUNS_DIR or ./runs); `allow_paths`: folders
+    beyond the runs dir and the uploads that the page may read (launch.py --allow-path)."""
     ctx = StudioContext(runs_dir=runs.runs_dir(runs_dir), runner=Runner(runs_dir))
+    ctx.paths = PathPolicy(ctx.runs_dir, allow_paths)
     with gr.Blocks(title="SLM Studio", analytics_enabled=False, fill_width=True) as demo:
         _header(ctx)
         with gr.Tabs(elem_id="slm-tabs"):
@@ -96,8 +106,25 @@ def build_app(runs_dir: Optional[str | Path] = None, tabs: Sequence[str] = TAB_M
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-           auth: Optional[tuple[str, str]] = None, **kwargs: Any) -> Any:
+           auth: Optional[tuple[str, str]] = None, insecure: bool = False, allow_hosts: Sequence[str] = (),
+           login_limiter: Optional[LoginLimiter] = None, **kwargs: Any) -> Any:
+    """Serve the page behind studio.security's guard (Host/Origin checks, login throttling). Refuses
+    (SLMError) to serve beyond loopback or through --share without `auth`, unless `insecure`."""
+    problem = launch_problem(host, share, auth, insecure)
+    if problem:
+        raise SLMError(problem)
+    demo.studio.exposed_without_login = not auth and (share or not is_loopback(host))
     os.environ["SLM_RUNS_DIR"] = str(demo.studio.runs_dir)  # loaders resolving run names agree with the page
-    return demo.queue(default_concurrency_limit=4).launch(
+    demo.studio.runner.start_queue_worker()  # queued runs start even when no page is open
+    hosts = allowed_hosts(host, allow_hosts)
+    block = not kwargs.pop("prevent_thread_lock", False)
+    # state_session_capacity / delete_cache bound what the server keeps per page (see README "Security").
+    result = demo.queue(default_concurrency_limit=4).launch(
         server_name=host, server_port=port, share=share, auth=auth, theme=theme(), css=CSS,
-        show_error=True, footer_links=["api", "settings"], **kwargs)
+        show_error=True, footer_links=["api", "settings"], _app=guarded_app(hosts, port, login_limiter),
+        prevent_thread_lock=True, **{"state_session_capacity": STATE_SESSIONS, **kwargs})
+    if demo.share_url:
+        hosts.add((urlsplit(demo.share_url).hostname or "").lower())  # the tunnel forwards its own Host
+    if block:
+        demo.block_thread()
+    return result

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from slm_core.config import ModelConfig, RunConfig, load_model_preset, load_recipe
-from slm_core.runs import runs_dir as default_runs_dir
 from studio.views import flatten
 
 # Fields the family decides unless a preset set them (config.FAMILY_DEFAULTS); reset on a family switch.
@@ -68,9 +68,21 @@ def recipe_model_preset(recipe: str) -> Optional[str]:
 
     from slm_core.config import PRESETS_DIR
 
+    from slm_core.config import list_presets, user_recipes_dir
+
     path = PRESETS_DIR / "recipes" / f"{recipe}.yaml"
+    if not path.exists():
+        path = user_recipes_dir() / f"{recipe}.yaml"
+    if not path.exists() and str(recipe).endswith((".yaml", ".yml")):
+        path = Path(recipe)  # a run's config.yaml ("load settings", "clone")
     raw = (yaml.safe_load(path.read_text()) or {}).get("model") if path.exists() else None
-    return raw if isinstance(raw, str) else (raw or {}).get("preset") if isinstance(raw, dict) else None
+    if isinstance(raw, str):
+        return raw
+    if not isinstance(raw, dict):
+        return None
+    # A resolved config names its model, not a preset: "tiny-llama-custom" was edited from tiny-llama.
+    name = raw.get("preset") or str(raw.get("name") or "").removesuffix("-custom")
+    return name if name in list_presets("models") else None
 
 
 def ui_config(recipe: str, values: dict[str, Any], model: Optional[ModelConfig] = None) -> RunConfig:
@@ -132,8 +144,15 @@ def shell_command(args: list[str]) -> str:
 
 
 def runs_dir_arg(root) -> Optional[str]:
-    """--runs-dir only where it differs from what the shell would pick by itself."""
-    return None if default_runs_dir() == default_runs_dir(root) else str(root)
+    """--runs-dir unless the runs dir is ./runs of the working directory. Not $SLM_RUNS_DIR: the Studio
+    sets that in its own environment (launch), which is not the shell a command is pasted into."""
+    return None if Path(root).resolve() == (Path.cwd() / "runs").resolve() else str(root)
+
+
+def runs_dir_flag(root) -> list[str]:
+    """["--runs-dir", DIR] where runs_dir_arg says it is needed: the "From a shell" lines of every tab."""
+    arg = runs_dir_arg(root)
+    return ["--runs-dir", arg] if arg else []
 
 
 # ---- the page's fields → overrides ------------------------------------------------------------

@@ -119,9 +119,7 @@ def evaluate(sources: list[str], tag: str = "best", data: Optional[str] = None, 
     for source in sources:
         try:
             loaded = load_model(source, tag=tag)
-            if not data:
-                _inherit_data(loaded)
-            row = perplexity(loaded, data or None, split, int(stride) if stride else None,
+            row = perplexity(loaded, data or None, None if split == "auto" else split, int(stride) if stride else None,
                              int(max_tokens) if max_tokens else None, text_column or None)
         except SLMError as error:
             row = {"error": str(error)}
@@ -129,27 +127,6 @@ def evaluate(sources: list[str], tag: str = "best", data: Optional[str] = None, 
         bar.update(1)
     bar.close()
     return rows
-
-
-def _inherit_data(loaded) -> None:
-    """A Hugging Face folder carries no data settings (its config is the defaults). One we exported names
-    its origin in export.json: evaluate it on the origin's data, so "own validation data" is the same
-    text for a run and its export (same source, character cap and split)."""
-    import dataclasses
-
-    from slm_core.checkpoint import resolve_source
-    from slm_core.config import load_run_config
-    from slm_core.errors import SLMError
-    from slm_core.runs import read_json
-
-    origin = (read_json(Path(loaded.path) / "export.json", default=None) or {}).get("source")
-    if loaded.kind != "hf" or not origin:
-        return
-    try:
-        config = load_run_config(resolve_source(origin) / "config.yaml")
-    except (SLMError, OSError):
-        return  # the origin is gone: the folder's own defaults it is
-    loaded.config = dataclasses.replace(loaded.config, data=config.data)
 
 
 # ---- export -------------------------------------------------------------------------------------
@@ -173,7 +150,46 @@ def export(source: str, tag: str = "best", fmt: str = "hf", gguf_type: str = "f1
             "seconds": time.perf_counter() - started}
 
 
-FUNCTIONS: dict[str, Callable[..., Any]] = {"quantize": quantize, "evaluate": evaluate, "export": export}
+# ---- report cards ---------------------------------------------------------------------------------
+
+def report_cards(sources: list[str], tag: str = "best", tasks: Optional[list[str]] = None,
+                 limit: Optional[int] = None, judge: Optional[dict] = None) -> dict:
+    """A report card per model (slm_core.report_card), saved beside each model; `judge`: {"url",
+    "model", "key", "prompts", "limit", "seed"} or None. A model that fails gets a row with its
+    `error` instead of stopping the others."""
+    from tqdm import tqdm
+
+    from slm_core.errors import SLMError
+    from slm_core.judge import Endpoint
+    from slm_core.report_card import model_card, save_card, to_markdown
+
+    settings = None
+    if judge and judge.get("url"):
+        settings = {"endpoint": Endpoint(judge["url"], judge.get("model") or "", judge.get("key") or None,
+                                         timeout_s=float(judge.get("timeout") or 60)),
+                    "prompts": judge.get("prompts") or None, "limit": int(judge.get("limit") or 20),
+                    "seed": int(judge.get("seed") or 0)}
+    bar = tqdm(total=len(sources), desc="report cards", file=sys.stderr, leave=False)
+    bar.update(0)
+    cards, errors = [], []
+    for source in sources:
+        def say(text: str) -> None:
+            bar.set_description_str(text[:80], refresh=False)
+            bar.update(0)
+
+        try:
+            card = model_card(source, tag, tasks or None, limit, settings, on_progress=say)
+            card["files"] = save_card(card)
+            cards.append(card)
+        except SLMError as error:
+            errors.append({"source": source, "error": str(error)})
+        bar.update(1)
+    bar.close()
+    return {"cards": cards, "errors": errors, "markdown": to_markdown(cards) if cards else ""}
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {"quantize": quantize, "evaluate": evaluate, "export": export,
+                                            "report_cards": report_cards}
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ MAX_POINTS = 2000  # per trace: keeps a 1.5 s refresh cheap on long runs
 OVERFIT_EVALS = 3  # validation loss rising this many evaluations in a row while training loss falls
 COLORS = {"loss": "#2563eb", "val_loss": "#dc2626", "ce_loss": "#0891b2", "kd_loss": "#9333ea",
           "lr": "#059669", "tokens_per_sec": "#d97706", "ram_mb": "#475569", "cpu_percent": "#a3a3a3",
-          "gpu_mem_allocated_mb": "#7c3aed", "gpu_mem_reserved_mb": "#c026d3", "gpu_mem_total_mb": "#111827"}
+          "gpu_mem_allocated_mb": "#7c3aed", "gpu_mem_reserved_mb": "#c026d3", "gpu_mem_total_mb": "#111827",
+          "gpu_mem_peak_mb": "#a21caf", "grad_norm": "#0f766e", "step_ms": "#b45309", "mfu": "#be123c"}
 LABELS = {"loss": "train loss", "val_loss": "validation loss", "ce_loss": "cross-entropy (labels)",
           "kd_loss": "distillation (teacher)", "ram_mb": "process RAM", "cpu_percent": "CPU %",
           "gpu_mem_allocated_mb": "GPU allocated", "gpu_mem_reserved_mb": "GPU reserved",
-          "gpu_mem_total_mb": "GPU total"}
+          "gpu_mem_total_mb": "GPU total", "gpu_mem_peak_mb": "GPU peak allocated", "val_bpb": "validation bits per byte"}
 OOM_ADVICE = ("- a smaller **batch size** (raise gradient accumulation to keep the tokens per step)\n"
               "- turn on **gradient checkpointing**\n- a shorter **context length**\n"
               "- lower **precision** (bf16, or fp16 on older GPUs)")
@@ -83,57 +84,161 @@ def _line(xs, ys, key: str, mode: str = "lines", dash: Optional[str] = None, nam
                       line=dict(color=COLORS.get(key), dash=dash, width=2), marker=dict(size=7))
 
 
-def loss_traces(train: list[dict], evals: list[dict], x: str = "step") -> list[go.Scatter]:
-    """Train loss (and the distillation parts when present) as lines, validation loss as markers."""
+def to_bits_per_byte(loss: Optional[float], bytes_per_token: Optional[float]) -> Optional[float]:
+    """A loss in nats per token as bits per byte of text (the unit that compares vocabularies)."""
+    if loss is None or not bytes_per_token:
+        return None
+    return loss / math.log(2) / bytes_per_token
+
+
+def loss_traces(train: list[dict], evals: list[dict], x: str = "step", unit: str = "nats",
+                bytes_per_token: Optional[float] = None) -> list[go.Scatter]:
+    """Train loss (and the distillation parts when present) as lines, validation loss as markers;
+    unit 'bpb' converts with the run's bytes per validation token (eval rows carry val_bpb)."""
+    bpb = unit == "bpb" and bool(bytes_per_token)
     traces = []
     for key in ("loss", "ce_loss", "kd_loss"):
         xs, ys = series(train, key, x)
         if xs:
+            ys = [to_bits_per_byte(y, bytes_per_token) for y in ys] if bpb else ys
             traces.append(_line(xs, ys, key, dash=None if key == "loss" else "dot"))
     xs, ys = series(evals, "val_loss", x)
     if xs:
+        ys = [to_bits_per_byte(y, bytes_per_token) for y in ys] if bpb else ys
         traces.append(_line(xs, ys, "val_loss", mode="lines+markers"))
     return traces
 
 
 def memory_traces(train: list[dict], x: str = "step") -> list[go.Scatter]:
     traces = []
-    for key in ("gpu_mem_allocated_mb", "gpu_mem_reserved_mb", "gpu_mem_total_mb", "ram_mb"):
+    for key in ("gpu_mem_allocated_mb", "gpu_mem_reserved_mb", "gpu_mem_peak_mb", "gpu_mem_total_mb", "ram_mb"):
         xs, ys = series(train, key, x)
         if xs:
-            traces.append(_line(xs, ys, key, dash="dash" if key == "gpu_mem_total_mb" else None))
+            traces.append(_line(xs, ys, key, dash="dash" if key in ("gpu_mem_total_mb", "gpu_mem_peak_mb") else None))
     return traces
 
 
-def training_figure(rows: list[dict], x: str = "step", log_y: bool = False, revision: str = "") -> go.Figure:
-    """The Train tab's live figure: loss, learning rate, tokens/s, memory and CPU stacked on one shared
-    x axis (step or tokens), so a memory spike lines up with the loss at the same step."""
+# Markers for what happened to the run; evaluations come from the eval rows themselves.
+EVENT_STYLE = {  # event → (label, colour, marker symbol)
+    "eval": ("evaluation", "#dc2626", "circle-open"), "best": ("new best", "#059669", "star"),
+    "checkpoint": ("checkpoint", "#475569", "square"), "paused": ("paused", "#d97706", "line-ns-open"),
+    "continued": ("continued", "#2563eb", "triangle-right"), "stopped": ("stopped", "#111827", "x"),
+    "resumed": ("resumed", "#7c3aed", "triangle-right-open"),
+}
+MAX_EVENT_LINES = 60  # vertical lines per figure: beyond this they hide the curves
+
+
+def run_events(rows: list[dict]) -> list[dict]:
+    """[{event, step, tokens}] from kind=event rows and eval rows, one per (event, step)."""
+    seen: dict[tuple, dict] = {}
+    for row in rows:
+        kind = row.get("kind")
+        name = row.get("event") if kind == "event" else "eval" if kind == "eval" else None
+        if name in EVENT_STYLE and row.get("step") is not None:
+            seen[(name, row["step"])] = {"event": name, "step": row["step"], "tokens": row.get("tokens")}
+    return sorted(seen.values(), key=lambda e: e["step"])
+
+
+def _event_x(event: dict, x: str) -> Optional[float]:
+    return event["step"] if x == "step" else event.get("tokens")
+
+
+def add_event_markers(fig: go.Figure, events: list[dict], x: str, n_rows: int, strip_row: int) -> None:
+    """A strip of symbols (one per event kind, with a legend entry and hover) in `strip_row`, and a
+    faint vertical line at every pause, continue, stop, resume and new best through every panel."""
+    for name, (label, color, symbol) in EVENT_STYLE.items():
+        mine = [e for e in events if e["event"] == name and _event_x(e, x) is not None]
+        if mine:
+            fig.add_trace(go.Scatter(x=[_event_x(e, x) for e in mine], y=[label] * len(mine), mode="markers",
+                                     name=label, legendgroup="events", showlegend=False,
+                                     marker=dict(color=color, symbol=symbol, size=10, line=dict(width=1.5, color=color)),
+                                     hovertemplate=f"{label} at {x} %{{x:,}}<extra></extra>"),
+                          row=strip_row, col=1)
+    lines = [e for e in events if e["event"] not in ("eval", "checkpoint") and _event_x(e, x) is not None]
+    for event in lines[-MAX_EVENT_LINES:]:
+        color = EVENT_STYLE[event["event"]][1]
+        for row in range(1, n_rows + 1):
+            if row != strip_row:
+                fig.add_vline(x=_event_x(event, x), line=dict(color=color, width=1, dash="dot"), opacity=0.6,
+                              row=row, col=1, exclude_empty_subplots=False)
+
+
+def _integer_steps(fig: go.Figure, xs: list, x: str) -> None:
+    """Steps and tokens are whole numbers: no 0.5, 1.5 ticks while a run is young."""
+    top = max(xs) if xs else 0
+    if x == "step" and top <= 10:
+        fig.update_xaxes(tick0=0, dtick=1)
+    fig.update_xaxes(tickformat=",d")
+
+
+def _panels(train: list[dict]) -> list[tuple[str, str]]:
+    """(key, title) of the panels this run has data for, top to bottom."""
+    panels = [("loss", "Loss"), ("lr", "Learning rate"), ("grad_norm", "Gradient norm"),
+              ("speed", "Speed: ms per step and tokens/s"), ("mfu", "Model FLOPs utilisation (%)"),
+              ("memory", "Memory (MB) and CPU (%)"), ("events", "Events")]
+    have = {k for row in train for k in row}
+    return [(k, t) for k, t in panels if k in ("loss", "memory", "events", "lr") or
+            (k == "speed" and "tokens_per_sec" in have) or k in have]
+
+
+HEIGHTS = {"loss": 3.0, "lr": 1.2, "grad_norm": 1.3, "speed": 1.4, "mfu": 1.2, "memory": 1.6, "events": 0.9}
+
+
+def training_figure(rows: list[dict], x: str = "step", log_y: bool = False, revision: str = "",
+                    unit: str = "nats", bytes_per_token: Optional[float] = None) -> go.Figure:
+    """The Train tab's live figure: loss, learning rate, gradient norm, speed (ms/step, tokens/s), MFU
+    where the device's peak is known, memory and CPU, and the run's events, stacked on one shared x
+    axis (step or tokens), so a memory spike or a pause lines up with the loss at the same step."""
     train, evals = split_rows(rows)
     if not train and not evals:
         return _empty("No metrics yet: the curves appear after the first training step.", height=420)
     train = thin(train)
-    fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        row_heights=[0.43, 0.17, 0.17, 0.23],
-                        subplot_titles=("Loss", "Learning rate", "Throughput (tokens/s)", "Memory (MB) and CPU (%)"),
-                        specs=[[{}], [{}], [{}], [{"secondary_y": True}]])
-    for trace in loss_traces(train, evals, x):
+    panels = _panels(train)
+    index = {key: i + 1 for i, (key, _) in enumerate(panels)}
+    total = sum(HEIGHTS[k] for k, _ in panels)
+    secondary = {"speed", "memory"}
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.045,
+                        row_heights=[HEIGHTS[k] / total for k, _ in panels],
+                        subplot_titles=[t for _, t in panels],
+                        specs=[[{"secondary_y": k in secondary}] for k, _ in panels])
+    bpb = unit == "bpb" and bool(bytes_per_token)
+    for trace in loss_traces(train, evals, x, unit, bytes_per_token):
         fig.add_trace(trace, row=1, col=1)
-    xs, ys = series(train, "lr", x)
-    fig.add_trace(_line(xs, ys, "lr", name="learning rate", showlegend=False), row=2, col=1)
-    xs, ys = series(train, "tokens_per_sec", x)
-    fig.add_trace(_line(xs, ys, "tokens_per_sec", name="tokens/s", showlegend=False), row=3, col=1)
+    fig.update_yaxes(title_text="bits per byte" if bpb else "nats per token", type="log" if log_y else "linear",
+                     row=1, col=1)
+    _add_series(fig, train, x, "lr", "learning rate", index["lr"])
+    if "grad_norm" in index:
+        _add_series(fig, train, x, "grad_norm", "gradient norm", index["grad_norm"])
+    if "speed" in index:
+        _add_series(fig, train, x, "step_ms", "ms per step", index["speed"])
+        _add_series(fig, train, x, "tokens_per_sec", "tokens/s", index["speed"], secondary_y=True, dash="dot")
+        fig.update_yaxes(title_text="ms/step", rangemode="tozero", row=index["speed"], col=1, secondary_y=False)
+        fig.update_yaxes(title_text="tokens/s", rangemode="tozero", showgrid=False, row=index["speed"], col=1,
+                         secondary_y=True)
+    if "mfu" in index:
+        xs, ys = series(train, "mfu", x)
+        fig.add_trace(_line(xs, [100 * y for y in ys], "mfu", name="MFU %", showlegend=False), row=index["mfu"], col=1)
+        fig.update_yaxes(rangemode="tozero", title_text="%", row=index["mfu"], col=1)
     for trace in memory_traces(train, x):
-        fig.add_trace(trace, row=4, col=1, secondary_y=False)
-    xs, ys = series(train, "cpu_percent", x)
-    if xs:
-        fig.add_trace(_line(xs, ys, "cpu_percent", dash="dot"), row=4, col=1, secondary_y=True)
-    fig.update_yaxes(type="log" if log_y else "linear", row=1, col=1)
-    fig.update_yaxes(rangemode="tozero", row=3, col=1)
-    fig.update_yaxes(rangemode="tozero", row=4, col=1, secondary_y=False)
-    fig.update_yaxes(rangemode="tozero", showgrid=False, row=4, col=1, secondary_y=True)
-    fig.update_xaxes(title_text="tokens" if x == "tokens" else "step", row=4, col=1)
-    _style(fig, height=760, revision=revision)
+        fig.add_trace(trace, row=index["memory"], col=1, secondary_y=False)
+    _add_series(fig, train, x, "cpu_percent", "CPU %", index["memory"], secondary_y=True, dash="dot", legend=True)
+    fig.update_yaxes(title_text="MB", rangemode="tozero", row=index["memory"], col=1, secondary_y=False)
+    fig.update_yaxes(title_text="CPU %", rangemode="tozero", showgrid=False, row=index["memory"], col=1,
+                     secondary_y=True)
+    add_event_markers(fig, run_events(rows), x, len(panels), index["events"])
+    fig.update_yaxes(showgrid=False, row=index["events"], col=1)
+    fig.update_xaxes(title_text="tokens" if x == "tokens" else "step", row=len(panels), col=1)
+    _integer_steps(fig, [r[x] for r in train if r.get(x) is not None], x)
+    _style(fig, height=int(150 * total) + 60, revision=revision)
     return fig
+
+
+def _add_series(fig: go.Figure, train: list[dict], x: str, key: str, name: str, row: int,
+                secondary_y: bool = False, dash: Optional[str] = None, legend: bool = False) -> None:
+    xs, ys = series(train, key, x)
+    if xs:
+        fig.add_trace(_line(xs, ys, key, name=name, dash=dash, showlegend=legend), row=row, col=1,
+                      secondary_y=secondary_y)
 
 
 def _style(fig: go.Figure, height: int, revision: str = "") -> None:
@@ -161,9 +266,10 @@ def overlay_figure(curves: dict[str, list[dict]], metric: str = "val_loss", x: s
     fig = go.Figure()
     for name, rows in curves.items():
         train, evals = split_rows(rows)
-        xs, ys = series(evals if metric == "val_loss" else thin(train), metric, x)
+        per_eval = metric.startswith("val_")
+        xs, ys = series(evals if per_eval else thin(train), metric, x)
         if xs:
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if metric == "val_loss" else "lines",
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if per_eval else "lines",
                                      name=name))
     if not fig.data:
         return _empty("Pick runs with metrics to overlay their curves.")

@@ -5,7 +5,8 @@ The worker is the same entry point as the `slm` command, so the Gradio server ne
 training model: a crash or an out-of-memory kills only the worker, which this module then
 reports as a failed run with the worker's own message. One run at a time: a second start is
 refused while any run in the runs directory is running or paused (including ones started from a
-shell or by an earlier Studio). Requests go through the run directory's control/ files.
+shell or by an earlier Studio); it can wait in the queue instead (slm_core.runqueue), which the
+queue worker thread empties one run at a time. Requests go through the run directory's control/ files.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from slm_core import runs
+from slm_core import runqueue, runs
 from slm_core.config import load_recipe, load_run_config
 from slm_core.errors import SLMError
 from studio.command import resume_args, shell_command, train_args
@@ -38,6 +39,8 @@ class Runner:
         self._name: Optional[str] = None
         self._stop_requested = False
         self._lock = threading.RLock()
+        self._queue_thread: Optional[threading.Thread] = None
+        self._queue_stop = threading.Event()
 
     # ---- starting ------------------------------------------------------------------------
 
@@ -74,8 +77,48 @@ class Runner:
     def _refuse_if_busy(self) -> None:
         busy = self.active()
         if busy:
-            raise SLMError(f"run '{busy}' is still running: stop it (or wait for it to finish) before starting "
-                           f"another; one run at a time keeps its speed and memory predictable")
+            raise SLMError(f"run '{busy}' is still running: queue this one (it starts when the slot frees), or stop "
+                           f"'{busy}' first; one run at a time keeps its speed and memory predictable")
+
+    # ---- the queue -----------------------------------------------------------------------
+
+    def enqueue(self, recipe: str, overrides: Iterable[str] = (), name: Optional[str] = None) -> dict:
+        """Put a run at the end of the queue (checked now); the queue worker starts it when the slot frees."""
+        return runqueue.add(self.root, recipe, list(overrides), name)
+
+    def take_next(self) -> Optional[str]:
+        """Start the next queued run if nothing is running; returns its name."""
+        with self._lock:
+            self.poll()
+            entry = runqueue.take_next(self.root, busy=self.live_name)
+            if entry is None:
+                return None
+            self._launch(entry["name"], train_args(entry["recipe"], entry.get("overrides") or [], entry["name"],
+                                                   str(self.root)))
+            return entry["name"]
+
+    def start_queue_worker(self, interval_s: float = 2.0) -> None:
+        """A daemon thread that starts queued runs (added from the page or `slm queue add`) one after another,
+        whether or not a page is open."""
+        if self._queue_thread is not None:
+            return
+
+        def loop() -> None:
+            while not self._queue_stop.wait(interval_s):
+                try:
+                    self.take_next()
+                except Exception as error:  # noqa: BLE001 - a bad entry must not stop the worker
+                    print(f"queue: {error}", file=sys.stderr)
+
+        self._queue_stop.clear()
+        self._queue_thread = threading.Thread(target=loop, name="slm-queue", daemon=True)
+        self._queue_thread.start()
+
+    def stop_queue_worker(self) -> None:
+        if self._queue_thread is not None:
+            self._queue_stop.set()
+            self._queue_thread.join(10)
+            self._queue_thread = None
 
     def _launch(self, name: str, args: list[str]) -> None:
         run_dir = self.root / name

@@ -1,4 +1,19 @@
-"""The Studio's CSS (a Python string so it ships with the package without package-data rules)."""
+"""The Studio's CSS (a Python string so it ships with the package without package-data rules), and the
+status marks drawn with it.
+
+Marks are a coloured word ("OK", "Error"), not an emoji: on a machine without an emoji font ✅ and ❌
+both render as the same empty box, and success looks like failure.
+"""
+
+MARKS = {"ok": ("slm-mark-ok", "OK"), "info": ("slm-mark-info", "Note"), "warn": ("slm-mark-warn", "Warning"),
+         "error": ("slm-mark-error", "Error")}
+
+
+def mark(kind: str) -> str:
+    """An inline status mark (HTML that Markdown components render): kind is ok, info, warn or error."""
+    css, word = MARKS[kind]
+    return f'<span class="slm-mark {css}">{word}</span>'
+
 
 CSS = """
 /* SLM Studio: a few touches on top of the Soft theme. */
@@ -27,4 +42,9 @@ table.slm-samples td b { color: #4338ca; font-weight: 600; margin-right: 2px; }
 .slm-record { white-space: pre-wrap; font-size: 0.88em; background: #f8fafc; border: 1px solid #e5e7eb;
   border-radius: 8px; padding: 8px 10px; margin: 6px 0; max-height: 180px; overflow: auto; }
 .slm-buttons button { min-width: 0 !important; }
+.slm-mark { display: inline-block; padding: 0 7px; margin-right: 4px; border-radius: 9px; font-size: 0.8em;
+  font-weight: 700; letter-spacing: 0.02em; line-height: 1.6; vertical-align: 1px; color: #fff !important; }
+.slm-mark-ok { background: #059669; } .slm-mark-info { background: #2563eb; }
+.slm-mark-warn { background: #d97706; } .slm-mark-error { background: #dc2626; }
+.slm-bytes { color: #9ca3af; font-weight: 700; padding: 0 1px; cursor: help; }
 """

@@ -8,10 +8,12 @@ Markdown, so they are unit-tested without a browser.
 from __future__ import annotations
 
 import html
+import re
 import time
 from typing import Any, Optional
 
 from studio.plots import OOM_ADVICE, OVERFIT_EVALS, split_rows
+from studio.style import mark
 
 STATE_COLORS = {"running": "#2563eb", "paused": "#d97706", "finished": "#059669", "stopped": "#6b7280",
                 "failed": "#dc2626", "queued": "#6b7280", "starting": "#6b7280"}
@@ -87,7 +89,7 @@ def overfitting_note(rows: list[dict], status: Optional[dict] = None, window: in
     best = min(evals, key=lambda e: e["val_loss"])
     best_step = (status or {}).get("best_step") or best["step"]
     best_loss = (status or {}).get("best_val_loss") or best["val_loss"]
-    return (f"⚠️ **The run is overfitting**: validation loss rose at the last {window} evaluations "
+    return (f"{mark('warn')} **The run is overfitting**: validation loss rose at the last {window} evaluations "
             f"(step {start:,} → {end:,}) while training loss kept falling. The best checkpoint is from "
             f"step {best_step:,} (validation loss {best_loss:.4f}) and is kept as `checkpoints/best`; "
             f"chat, evaluation and export use it by default. More data, more dropout or fewer steps help.")
@@ -104,7 +106,7 @@ def failure_note(status: dict) -> str:
         return ""
     step = status.get("failed_step") or (status.get("step") or 0) + 1
     error = (status.get("error") or "the worker stopped without a message; see the log below").strip()
-    text = f"❌ **The run failed at step {step:,}**: {error}"
+    text = f"{mark('error')} **The run failed at step {step:,}**: {error}"
     if is_oom(error):
         text += f"\n\nThe model did not fit in memory. Try one or more of:\n{OOM_ADVICE}"
     text += "\n\n**Resume** continues from the last checkpoint once the cause is fixed."
@@ -123,10 +125,20 @@ def sample_timeline_html(samples: list[dict], max_steps_shown: int = 12) -> str:
     head = "".join(f"<th>{html.escape(p)!s}</th>" for p in prompts)
     body = []
     for step in steps:
-        cells = "".join(f"<td><b>{html.escape(p)}</b>{html.escape(by_step[step].get(p, ''))}</td>" for p in prompts)
+        cells = "".join(f"<td><b>{html.escape(p)}</b>{sample_text(by_step[step].get(p, ''))}</td>" for p in prompts)
         body.append(f"<tr><td class='slm-step'>{step:,}</td>{cells}</tr>")
     return (f"<table class='slm-samples'><thead><tr><th>step</th>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>")
+
+
+INVALID_BYTES = re.compile("\ufffd+")
+
+
+def sample_text(text: str) -> str:
+    """A sample as HTML. An untrained model picks byte tokens at random, and bytes that are not valid UTF-8
+    decode to U+FFFD; they show as a muted dot that says so on hover, not as replacement characters."""
+    return INVALID_BYTES.sub(lambda m: f'<span class="slm-bytes" title="{len(m.group())} byte(s) that are not valid '
+                                       f'UTF-8">·</span>', html.escape(text))
 
 
 def log_tail(text: str, lines: int = 40) -> str:

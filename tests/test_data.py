@@ -59,16 +59,16 @@ CHATS = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assis
 
 # ---- every kind of source ---------------------------------------------------------------------
 
-def test_text_file_is_one_document_whose_end_is_validation(tmp_path):
+def test_text_file_read_whole_is_one_document_whose_end_is_validation(tmp_path):
     text = "\n\n".join(words(i) for i in range(20))
     (tmp_path / "book.txt").write_text(text)
-    data = prepare(tmp_path, tmp_path / "book.txt")
+    data = prepare(tmp_path, tmp_path / "book.txt", split="whole")
     assert data.n_documents == 1 and data.n_chars == len(text)
     assert data.train_tokens + data.val_tokens == len(text) + 2  # a char per token, eot after each split
     cut = int(len(text) * 0.95)
     assert decode(data, data.tokens("val")) == text[cut:]
     assert decode(data, data.tokens("train")) == text[:cut]
-    assert load_texts(DataConfig(source=str(tmp_path / "book.txt"))) == [text]
+    assert load_texts(DataConfig(source=str(tmp_path / "book.txt"), split="whole")) == [text]
 
 
 def test_markdown_with_endoftext_markers_holds_several_documents(tmp_path):

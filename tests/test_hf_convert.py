@@ -157,15 +157,16 @@ def test_pickled_weights_are_refused_with_the_fix(tmp_path):
 
 def test_unsupported_architectures_are_named_with_the_supported_ones(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
-    with pytest.raises(SLMError, match="GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM"):
+    with pytest.raises(SLMError, match="architectures.*GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM"):
         from_hf(tmp_path)
 
 
-def test_llama3_rope_scaling_is_refused_rather_than_run_wrong(tmp_path):
-    hf = tiny_hf("llama", rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
-    hf.save_pretrained(tmp_path)
-    with pytest.raises(SLMError, match="llama3"):
+def test_unknown_rope_scaling_is_refused_before_weights_load(tmp_path):
+    raw = tiny_hf("llama").config.to_dict()
+    raw.pop("rope_parameters", None)
+    raw["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}
+    (tmp_path / "config.json").write_text(json.dumps(raw))  # no weights at all: refused from the config
+    with pytest.raises(SLMError, match="rope_scaling.rope_type 'yarn'"):
         from_hf(tmp_path)
 
 

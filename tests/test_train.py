@@ -103,10 +103,9 @@ def test_nan_loss_fails_clearly_and_keeps_last_checkpoint(tmp_path):
 
 def test_bad_source_fails_before_training_with_message(tmp_path):
     config = quick_config("quickstart-cpu", 5, f"data.source={tmp_path / 'missing.txt'}")
-    with pytest.raises(SLMError):
+    with pytest.raises(SLMError, match="missing.txt"):
         train(config, tmp_path / "run", progress=False)
-    status = runs.read_status(tmp_path / "run")
-    assert status["state"] == "failed" and status["error"]
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made: nothing left behind
 
 
 def test_cli_train_resume_generate_and_one_line_errors(tmp_path):

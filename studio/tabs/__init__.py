@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from slm_core.runs import list_runs  # not `runs`: studio.tabs.runs is a submodule of this package
+from studio.style import MARKS, mark
 
 # Internal events (refreshes, show/hide, chained .then steps) stay out of the API page and clients.
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
@@ -25,9 +26,8 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 def message(kind: str, text: str) -> str:
-    """A one-line Markdown notice: kind is 'ok', 'info' or 'error'."""
-    icon = {"ok": "✅", "info": "ℹ️", "error": "❌"}.get(kind, "")
-    return f"{icon} {text}".strip()
+    """A one-line Markdown notice: kind is 'ok', 'info', 'warn' or 'error' (a coloured word, see style.mark)."""
+    return f"{mark(kind)} {text}" if kind in MARKS else text
 
 
 def set_initial(component: Any, value: Any) -> None:

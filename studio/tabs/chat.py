@@ -12,8 +12,10 @@ from typing import Any, Optional
 import gradio as gr
 
 from slm_core.errors import SLMError
+from studio.allow import AllowBox
 from studio.chat_session import ChatSession
 from studio.models import model_sources
+from studio.security import check_path
 from studio.tabs import PRIVATE, QUIET, message
 
 TITLE = "Chat"
@@ -28,6 +30,7 @@ def build(ctx) -> None:
         tag = gr.Radio([("best", "best"), ("latest", "latest")], value="best", label="Checkpoint", scale=1)
         load = gr.Button("Load", scale=0, min_width=100)
     info = gr.Markdown("Pick a model; it loads on the first message.", elem_id="chat-info")
+    allow = AllowBox(ctx, "chat-allow")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             chatbot = gr.Chatbot(label="Conversation", height=440, buttons=["copy"], elem_id="chat-bot",
@@ -45,15 +48,19 @@ def build(ctx) -> None:
     inputs = [text, chatbot, source, tag, *settings]
 
     def respond(message_text, history, src, checkpoint, *values):
+        check_path(ctx, src, "model")
         yield from reply(session, stop_flag, message_text, history, src, checkpoint, *values)
 
     outputs = [chatbot, text, stats, info]
-    send.click(respond, inputs, outputs, api_name="chat", concurrency_limit=1, concurrency_id="chat",
-               show_progress="hidden")
-    text.submit(respond, inputs, outputs, concurrency_limit=1, concurrency_id="chat", **QUIET)
+    sent = send.click(respond, inputs, outputs, api_name="chat", concurrency_limit=1, concurrency_id="chat",
+                      show_progress="hidden")
+    submitted = text.submit(respond, inputs, outputs, concurrency_limit=1, concurrency_id="chat", **QUIET)
     stop.click(lambda: stop_flag.set(), None, None, **PRIVATE)
     clear.click(lambda: ([], ""), None, [chatbot, stats], **QUIET)
-    load.click(lambda s, t: load_model(session, s, t), [source, tag], info, **PRIVATE)
+    loaded = load.click(lambda s, t: load_model(session, check_path(ctx, s, "model"), t), [source, tag], info,
+                        **PRIVATE)
+    for event in (sent, submitted, loaded):
+        allow.after(event, [("model", source)])
 
     def choices():
         sources = model_sources(ctx.runs_dir)  # each run, then its quantized and exported versions

@@ -14,8 +14,10 @@ from typing import Any, Optional
 import gradio as gr
 
 from slm_core.errors import SLMError
+from studio.allow import AllowBox
 from studio.compare_session import PairSession
 from studio.models import model_sources
+from studio.security import check_path
 from studio.tabs import PRIVATE, QUIET, message
 
 TITLE = "Compare"
@@ -39,6 +41,7 @@ def build(ctx) -> None:
         send = gr.Button("Send to both", variant="primary", scale=1, min_width=120, elem_id="compare-send")
         stop = gr.Button("Stop", scale=0, min_width=80)
         clear = gr.Button("Clear", scale=0, min_width=80)
+    allow = AllowBox(ctx, "compare-allow")
     with gr.Accordion("Sampling (the same for both; a fixed seed makes the comparison fair)", open=True):
         with gr.Row():
             settings = _sampling()
@@ -46,11 +49,14 @@ def build(ctx) -> None:
     outputs = [*bots, text, *infos]
 
     def respond(prompt, history_a, history_b, source_a, source_b, *values):
+        check_path(ctx, [source_a, source_b], "model")
         yield from compare_reply(pair, stop_flag, prompt, history_a, history_b, source_a, source_b, *values)
 
-    send.click(respond, inputs, outputs, api_name="compare", concurrency_limit=1, concurrency_id="compare",
-               show_progress="hidden")
-    text.submit(respond, inputs, outputs, concurrency_limit=1, concurrency_id="compare", **QUIET)
+    sent = send.click(respond, inputs, outputs, api_name="compare", concurrency_limit=1, concurrency_id="compare",
+                      show_progress="hidden")
+    submitted = text.submit(respond, inputs, outputs, concurrency_limit=1, concurrency_id="compare", **QUIET)
+    for event in (sent, submitted):
+        allow.after(event, [("model", pickers[0]), ("model", pickers[1])])
     stop.click(lambda: stop_flag.set(), None, None, **PRIVATE)
     clear.click(lambda: ([], [], "", ""), None, [*bots, *infos], **QUIET)
 

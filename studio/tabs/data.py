@@ -21,6 +21,8 @@ import gradio as gr
 
 from slm_core.config import DataConfig, RunConfig, TokenizerConfig
 from slm_core.errors import SLMError
+from studio.allow import AllowBox
+from studio.security import check_fields, check_path
 from studio.tabs import PRIVATE, QUIET, message
 from studio.views import human_count
 
@@ -32,9 +34,15 @@ TEMPLATES = [("auto (from the records)", ""), ("alpaca", "alpaca"), ("chatml", "
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def kind_of(source: str) -> str:
+def kind_of(source: str, uploads: Optional[Path] = None) -> Optional[str]:
+    """The Source choice a source value belongs to; None for a blank one (just after picking "Upload" or
+    "Local file", before a file is given: the choice stays as picked)."""
     source = (source or "").strip()
-    if source in ("builtin", "builtin:stories", ""):
+    if not source:
+        return None
+    if uploads is not None and Path(source).expanduser().resolve().is_relative_to(Path(uploads).resolve()):
+        return KINDS[3]
+    if source in ("builtin", "builtin:stories"):
         return KINDS[0]
     if source == "builtin:instructions":
         return KINDS[1]
@@ -59,6 +67,7 @@ def build(ctx) -> None:
                 max_chars = gr.Number(0, label="Use at most N characters", precision=0, minimum=0,
                                       info="0 = all of it")
             preview_btn = gr.Button("Preview", variant="secondary")
+            allow = AllowBox(ctx, "data-allow")
         with gr.Column(scale=2):
             tok_kind = gr.Radio(TOKENIZERS, value="bpe", label="Tokenizer")
             tok_size = gr.Number(4096, label="BPE vocabulary size", precision=0, minimum=256, maximum=65536)
@@ -73,6 +82,8 @@ def build(ctx) -> None:
                        "tokenizer.path": tok_path})
     _wire(ctx, kind, source, upload, column, template, max_chars, preview_btn, summary, records)
     _wire_tokenizer(ctx, tok_kind, tok_size, tok_path, tokenize_btn, tokens)
+    allow.after(ctx.shared["data.preview_event"], [("data", source)])
+    allow.after(ctx.shared["data.tokenize_event"], [("data", source), ("path", tok_path)])
 
 
 def _wire(ctx, kind, source, upload, column, template, max_chars, preview_btn, summary, records) -> None:
@@ -83,11 +94,17 @@ def _wire(ctx, kind, source, upload, column, template, max_chars, preview_btn, s
         return gr.update(value=value) if value is not None else gr.update(), gr.update(visible=choice == KINDS[3])
 
     kind.input(on_kind, [kind, source], [source, upload], **QUIET)
-    source.change(lambda s: gr.update(value=kind_of(s)) if kind_of(s) != KINDS[2] else gr.update(),
-                  source, kind, **QUIET)
+    def on_source(value: str):
+        choice = kind_of(value, ctx.runs_dir / "uploads")
+        if choice in (None, KINDS[2]):  # blank, or a path typed in whichever mode: leave the choice as it is
+            return gr.skip(), gr.skip()
+        return gr.update(value=choice), gr.update(visible=choice == KINDS[3])
+
+    source.change(on_source, source, [kind, upload], **QUIET)
     upload.upload(lambda files: save_uploads(files, ctx.runs_dir), upload, source, **PRIVATE)
-    preview_btn.click(lambda *a: preview(ctx.helper, *a), [source, column, template, max_chars],
-                      [summary, records, column], api_name="data_preview")
+    ctx.shared["data.preview_event"] = preview_btn.click(
+        lambda src, *a: preview(ctx.helper, check_path(ctx, src, "data"), *a), [source, column, template, max_chars],
+        [summary, records, column], api_name="data_preview")
 
 
 def _wire_tokenizer(ctx, tok_kind, tok_size, tok_path, tokenize_btn, tokens) -> None:
@@ -96,9 +113,10 @@ def _wire_tokenizer(ctx, tok_kind, tok_size, tok_path, tokenize_btn, tokens) -> 
     keys = list(ctx.fields)
 
     def on_tokenize(*values, progress=gr.Progress(track_tqdm=True)):
-        return tokenize(ctx.helper, dict(zip(keys, values)), progress)
+        return tokenize(ctx.helper, check_fields(ctx, dict(zip(keys, values))), progress)
 
-    tokenize_btn.click(on_tokenize, list(ctx.fields.values()), tokens, api_name="data_tokenize")
+    ctx.shared["data.tokenize_event"] = tokenize_btn.click(on_tokenize, list(ctx.fields.values()), tokens,
+                                                          api_name="data_tokenize")
 
 
 def save_uploads(files: Optional[list], runs_dir: Path) -> Any:

@@ -14,8 +14,12 @@ from typing import Any, Callable, Optional
 import gradio as gr
 
 from slm_core.errors import SLMError
+from studio.allow import AllowBox
+from studio.command import runs_dir_flag
 from studio.jobs import JobHelper, progress_to
+from studio import report_panel
 from studio.models import model_sources, source_label
+from studio.security import check_path
 from studio.tabs import QUIET, message
 
 TITLE = "Evaluate"
@@ -33,22 +37,29 @@ def build(ctx) -> None:
         data = gr.Textbox("", label="Data", scale=3, elem_id="evaluate-data",
                           placeholder="blank: each model's own validation data",
                           info="a file or folder (e.g. ../shared/data/tinyshakespeare.txt), or 'builtin'")
-        split = gr.Radio([("validation", "val"), ("training", "train")], value="val", label="Split", scale=1)
+        split = gr.Radio([("auto", "auto"), ("validation", "val"), ("training", "train"), ("all", "all")],
+                         value="auto", label="Split", scale=1,
+                         info="auto: the model's own validation split, or all of the data you name")
     with gr.Row():
         # No minimum: a cleared number field arrives as 0, which means "the default" here.
         stride = gr.Number(None, precision=0, label="Stride (tokens)", info="blank or 0: half a context")
         max_tokens = gr.Number(50_000, precision=0, label="Max tokens per model", info="blank or 0: all of them")
     go = gr.Button("Evaluate", variant="primary", elem_id="evaluate-go")
+    allow = AllowBox(ctx, "evaluate-allow")
     status = gr.Markdown("", elem_id="evaluate-message")
     table = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, wrap=True, elem_id="evaluate-table")
     command = gr.Markdown("", elem_classes="slm-note")
 
     def work(picked, checkpoint, source, part, step, limit, progress=gr.Progress()):
+        check_path(ctx, picked, "model")
+        check_path(ctx, source, "data")
         return evaluate_models(helper, ctx.runs_dir, picked, checkpoint, source, part, step, limit,
                                on_progress=progress_to(progress))
 
-    go.click(work, [models, tag, data, split, stride, max_tokens], [status, table, command], api_name="evaluate",
-             concurrency_limit=1, concurrency_id="evaluate")
+    done = go.click(work, [models, tag, data, split, stride, max_tokens], [status, table, command],
+                    api_name="evaluate", concurrency_limit=1, concurrency_id="evaluate")
+    allow.after(done, [("model", models), ("data", data)])
+    report_panel.build(ctx, models, tag)
 
     def choices(current: Optional[list] = None):
         sources = model_sources(ctx.runs_dir)
@@ -95,10 +106,10 @@ def _data_label(source: Optional[str]) -> str:
 
 
 def command_line(runs_dir: Path, args: dict) -> str:
-    parts = ["slm", "eval", *[source_label(runs_dir, s) for s in args["sources"]]]
+    parts = ["slm", "eval", *[source_label(runs_dir, s) for s in args["sources"]], *runs_dir_flag(runs_dir)]
     if args["data"]:
         parts += ["--data", args["data"]]
-    if args["split"] != "val":
+    if args["split"] != "auto":
         parts += ["--split", args["split"]]
     for flag, key in (("--stride", "stride"), ("--max-tokens", "max_tokens")):
         if args[key]:

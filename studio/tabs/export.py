@@ -15,8 +15,11 @@ from typing import Any, Callable, Optional
 import gradio as gr
 
 from slm_core.errors import SLMError
+from studio.allow import AllowBox
+from studio.command import runs_dir_flag
 from studio.jobs import JobHelper, progress_to
 from studio.models import human_bytes, model_sources, source_label
+from studio.security import check_path
 from studio.tabs import QUIET, message
 
 TITLE = "Export"
@@ -36,15 +39,18 @@ def build(ctx) -> None:
         fmt = gr.Radio(FORMATS, value="hf", label="Format", scale=3, elem_id="export-format")
         gguf_type = gr.Radio(GGUF_TYPES, value="f16", label="GGUF type", visible=False, scale=2)
     go = gr.Button("Export", variant="primary", elem_id="export-go")
+    allow = AllowBox(ctx, "export-allow")
     status = gr.Markdown("", elem_id="export-message")
     files = gr.Dataframe(headers=FILE_COLUMNS, value=[], interactive=False, wrap=True, elem_id="export-files")
     usage = gr.Markdown("", elem_id="export-usage")
 
     def work(picked, checkpoint, kind, quant, progress=gr.Progress()):
-        return export_run(helper, ctx.runs_dir, picked, checkpoint, kind, quant, on_progress=progress_to(progress))
+        return export_run(helper, ctx.runs_dir, check_path(ctx, picked, "model"), checkpoint, kind, quant,
+                          on_progress=progress_to(progress))
 
-    go.click(work, [source, tag, fmt, gguf_type], [status, files, usage], api_name="export",
-             concurrency_limit=1, concurrency_id="export")
+    done = go.click(work, [source, tag, fmt, gguf_type], [status, files, usage], api_name="export",
+                    concurrency_limit=1, concurrency_id="export")
+    allow.after(done, [("model", source)])
     fmt.change(lambda f: gr.update(visible=f == "gguf"), fmt, gguf_type, **QUIET)
 
     def choices(current: Optional[str] = None):
@@ -98,7 +104,7 @@ def usage_markdown(runs_dir: Path, source: str, tag: str, result: dict) -> str:
                  f"tokenizer = Tokenizer.from_file({str(out / 'tokenizer.json')!r})",
                  "ids = np.array([tokenizer.encode('Once upon a time').ids], dtype=np.int64)",
                  "logits = session.run(['logits'], {'input_ids': ids})[0]", "```"]
-    command = ["slm", "export", source_label(runs_dir, source), "--format", fmt]
+    command = ["slm", "export", source_label(runs_dir, source), "--format", fmt, *runs_dir_flag(runs_dir)]
     if fmt == "gguf":
         command += ["--gguf-type", result["gguf_type"]]
     if tag != "best":

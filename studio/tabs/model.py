@@ -16,6 +16,7 @@ import gradio as gr
 from slm_core.config import list_presets, load_model_preset, preset_description
 from slm_core.errors import SLMError
 from studio.command import MODEL_FIELDS, model_from_fields
+from studio.style import mark
 from studio.tabs import QUIET
 from studio.views import human_count, human_duration, human_mb
 
@@ -107,11 +108,11 @@ def estimate_text(helper, preset: Optional[str], fields: dict, train: dict) -> t
     except SLMError as error:
         match = FIELD_ERROR.match(str(error))
         if match and match.group(1) in LABELS:
-            bad = {match.group(1): f"⚠️ {error}"}
+            bad = {match.group(1): f"{mark('warn')} {error}"}
             if "number of heads" in str(error):  # a divisibility problem belongs to both fields
                 bad.setdefault("n_head", bad[match.group(1)])
             return "Fix the highlighted field to see the estimate.", bad
-        return f"⚠️ {error}", {}
+        return f"{mark('warn')} {error}", {}
     from slm_core.monitor import gpu_info, system_memory
 
     return format_estimate(info, system_memory(), gpu_info()), {}
@@ -142,7 +143,7 @@ def format_estimate(info: dict, memory: dict, gpus: list[dict]) -> str:
         where += "" if gpus else "; no GPU found, training runs on the CPU"
 
     def fit(ok):
-        return "—" if ok is None else ("✅ fits" if ok else "❌ does not fit")
+        return "—" if ok is None else (f"{mark('ok')} fits" if ok else f"{mark('error')} does not fit")
 
     trainable = params.get("trainable", params["total"])
     rows = [

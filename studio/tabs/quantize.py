@@ -16,8 +16,11 @@ from typing import Any, Callable, Optional
 import gradio as gr
 
 from slm_core.errors import SLMError
+from studio.allow import AllowBox
+from studio.command import runs_dir_flag
 from studio.jobs import JobHelper, progress_to
 from studio.models import human_bytes, run_artifacts, source_label
+from studio.security import check_path
 from studio.tabs import QUIET, message, run_names
 
 TITLE = "Quantize"
@@ -47,19 +50,21 @@ def build(ctx) -> None:
         tokens = gr.Number(20_000, precision=0, label="Validation tokens for perplexity", scale=1,
                            info="blank or 0: 20,000")
     go = gr.Button("Quantize", variant="primary", elem_id="quantize-go")
+    allow = AllowBox(ctx, "quantize-allow")
     status = gr.Markdown("", elem_id="quantize-message")
     table = gr.Dataframe(headers=REPORT_COLUMNS, value=[], interactive=False, wrap=True, elem_id="quantize-report")
     command = gr.Markdown("", elem_classes="slm-note")
     existing = gr.Markdown("", elem_id="quantize-existing")
 
     def work(name, checkpoint, how, size, measure, eval_tokens, progress=gr.Progress()):
-        return quantize_run(helper, ctx.runs_dir, name, checkpoint, how, size, measure, eval_tokens,
-                            on_progress=progress_to(progress))
+        return quantize_run(helper, ctx.runs_dir, check_path(ctx, name, "model"), checkpoint, how, size, measure,
+                            eval_tokens, on_progress=progress_to(progress))
 
-    go.click(work, [run, tag, method, group, report, tokens], [status, table, command, existing],
-             api_name="quantize", concurrency_limit=1, concurrency_id="quantize")
+    done = go.click(work, [run, tag, method, group, report, tokens], [status, table, command, existing],
+                    api_name="quantize", concurrency_limit=1, concurrency_id="quantize")
+    allow.after(done, [("model", run)])
     method.change(lambda m: gr.update(visible=m == "int4"), method, group, **QUIET)
-    run.change(lambda name: artifacts_markdown(ctx.runs_dir, name), run, existing, **QUIET)
+    run.change(lambda name: artifacts_markdown(ctx.runs_dir, check_path(ctx, name, "model")), run, existing, **QUIET)
 
     def choices(current: Optional[str] = None):
         names = run_names(ctx.runs_dir, with_checkpoint=True)
@@ -89,7 +94,8 @@ def quantize_run(helper: JobHelper, runs_dir: Path, name: Optional[str], tag: st
     text = (f"Wrote **{result['label']}** of `{name}`{step} to `{result['path']}` in {result['seconds']:.1f} s. "
             f"Chat, Compare, Evaluate and Export list it as `{where}`.")
     return [message("ok", text), report_table(result["rows"] or []),
-            command_line(name, tag, method, size, report, args["eval_tokens"]), artifacts_markdown(runs_dir, name)]
+            command_line(name, tag, method, size, report, args["eval_tokens"], runs_dir),
+            artifacts_markdown(runs_dir, name)]
 
 
 def report_table(rows: list[dict]) -> list[list[str]]:
@@ -110,9 +116,10 @@ def report_table(rows: list[dict]) -> list[list[str]]:
     return table
 
 
-def command_line(name: str, tag: str, method: str, group_size: int, report: bool, eval_tokens: int = 20_000) -> str:
+def command_line(name: str, tag: str, method: str, group_size: int, report: bool, eval_tokens: int = 20_000,
+                 runs_dir: Optional[Path] = None) -> str:
     """The same work from a shell (every Studio action is reproducible with the CLI)."""
-    parts = ["slm", "quantize", name, "--method", method]
+    parts = ["slm", "quantize", name, "--method", method] + (runs_dir_flag(runs_dir) if runs_dir else [])
     if method == "int4":
         parts += ["--group-size", str(group_size)]
     if tag != "best":

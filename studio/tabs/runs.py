@@ -12,6 +12,8 @@ from slm_core import runs
 from slm_core.errors import SLMError
 from studio import watch
 from studio.plots import loss_figure, overlay_figure
+from studio.security import check_path
+from studio.style import mark
 from studio.tabs import PRIVATE, QUIET, message
 from studio.views import RUN_COLUMNS, config_diff, failure_note, runs_table, sample_timeline_html, status_markdown
 
@@ -48,28 +50,34 @@ def build(ctx) -> None:
     with gr.Accordion("Overlay loss curves", open=True):
         with gr.Row():
             several = gr.Dropdown([], multiselect=True, label="Runs", scale=3)
-            metric = gr.Radio([("validation loss", "val_loss"), ("training loss", "loss")], value="val_loss",
-                              label="Curve", scale=1)
+            metric = gr.Radio([("validation loss", "val_loss"), ("validation bits per byte", "val_bpb"),
+                               ("training loss", "loss")], value="val_loss", label="Curve", scale=1,
+                              elem_id="runs-metric")
+        overlay_note = gr.Markdown("", elem_classes="slm-note", elem_id="runs-overlay-note")
         overlay = gr.Plot(overlay_figure({}), label="Overlay", show_label=False)
     pickers = [opened, a, b, several]
-    _wire_list(ctx, refresh, table, pickers)
+    _wire_list(ctx, refresh, table, pickers, [status, plot, samples, config])
     _wire_open(ctx, table, opened, status, plot, samples, config)
     _wire_delete(ctx, opened, delete, confirm_box, confirm_text, confirm, cancel, deleted, table, pickers)
-    gr.on([a.change, b.change], lambda x, y: compare(ctx.runs_dir, x, y), [a, b], diff, **QUIET)
-    gr.on([several.change, metric.change], lambda names, m: overlay_runs(ctx.runs_dir, names, m),
-          [several, metric], overlay, **QUIET)
+    gr.on([a.change, b.change], lambda x, y: compare(ctx.runs_dir, *check_path(ctx, [x, y], "run")), [a, b], diff,
+          **QUIET)
+    gr.on([several.change, metric.change],
+          lambda names, m: (overlay_runs(ctx.runs_dir, check_path(ctx, names, "run"), m),
+                            tokenizer_note(ctx.runs_dir, check_path(ctx, names, "run"), m)),
+          [several, metric], [overlay, overlay_note], **QUIET)
 
 
-def _wire_list(ctx, refresh, table, pickers) -> None:
+def _wire_list(ctx, refresh, table, pickers, panel) -> None:
     def listing(current: Optional[str] = None):
-        """The table and every picker; the newest run opens when none is open (or the open one is gone)."""
+        """The table, every picker, and the open run's panel read afresh (a run that finished since it was
+        opened must not still say "running"); the newest run opens when none is open (or it is gone)."""
         summaries = runs.list_runs(ctx.runs_dir)
         names = [s["name"] for s in summaries]
         keep = current if current in names else (names[0] if names else None)
         return [runs_table(summaries), gr.update(choices=names, value=keep),
-                *[gr.update(choices=names) for _ in pickers[1:]]]
+                *[gr.update(choices=names) for _ in pickers[1:]], *open_run(ctx.runs_dir, keep)]
 
-    outputs = [table, *pickers]
+    outputs = [table, *pickers, *panel]
     refresh.click(listing, pickers[0], outputs, api_name="runs_list")
     ctx.tabs[TITLE].select(listing, pickers[0], outputs, **QUIET)
     ctx.on_load.append(dict(fn=listing, inputs=pickers[0], outputs=outputs))
@@ -84,7 +92,8 @@ def _wire_open(ctx, table, opened, status, plot, samples, config) -> None:
             return gr.update()
 
     table.select(pick, table, opened, **QUIET)
-    opened.change(lambda name: open_run(ctx.runs_dir, name), opened, [status, plot, samples, config], **QUIET)
+    opened.change(lambda name: open_run(ctx.runs_dir, check_path(ctx, name, "run")), opened,
+                  [status, plot, samples, config], **QUIET)
 
 
 def open_run(root: Path, name: Optional[str]) -> list[Any]:
@@ -118,6 +127,24 @@ def _yaml(path: Path) -> dict:
         return {}
 
 
+def tokenizer_note(root: Path, names: Optional[list[str]], metric: str) -> str:
+    """A warning when runs with different tokenizers are overlaid by a loss per token (not comparable:
+    a larger vocabulary packs more text into each token); bits per byte is."""
+    vocabularies: dict[str, list[str]] = {}
+    for name in names or []:
+        tok = _yaml(root / name / "config.yaml").get("tokenizer") or {}
+        vocab = (_yaml(root / name / "config.yaml").get("model") or {}).get("vocab_size")
+        key = f"{tok.get('kind', '?')} ({vocab or tok.get('vocab_size') or '?'} tokens)"
+        vocabularies.setdefault(key, []).append(name)
+    if len(vocabularies) < 2:
+        return ""
+    which = "; ".join(f"{key}: {', '.join(runs_)}" for key, runs_ in vocabularies.items())
+    if metric == "val_bpb":
+        return f"{mark('info')} These runs use different tokenizers ({which}); bits per byte compares them."
+    return (f"{mark('warn')} These runs use different tokenizers ({which}): a loss per token is **not comparable** "
+            f"across vocabularies. Pick **validation bits per byte** to compare them.")
+
+
 def overlay_runs(root: Path, names: Optional[list[str]], metric: str):
     return overlay_figure({n: watch.metrics(root / n) for n in names or []}, metric=metric)
 
@@ -130,6 +157,8 @@ def _wire_delete(ctx, opened, delete, confirm_box, confirm_text, confirm, cancel
                 f"Delete **{name}** with its checkpoints, metrics and samples? This cannot be undone.", "")
 
     def do_delete(name):
+        if not check_path(ctx, name, "run"):
+            return gr.update(visible=False), message("error", "Open a run first."), gr.update(), *[gr.update()] * 4
         try:
             runs.delete_run(ctx.runs_dir / name)
             watch.CACHE.forget(ctx.runs_dir / name)

@@ -8,16 +8,20 @@ reloaded page finds the running job with its whole history.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 import gradio as gr
 
-from slm_core import runs
+from slm_core import runqueue, runs
 from slm_core.config import LORA_TARGETS, list_presets, preset_description
 from slm_core.errors import SLMError
 from studio import watch
 from studio.command import page_overrides, recipe_values, runs_dir_arg, shell_command, train_args
+from studio.allow import AllowBox
 from studio.plots import training_figure
+from studio.run_form import clone_name, queue_markdown, recipe_choices, run_settings, save_recipe
+from studio.security import FIELD_KINDS, check_fields, check_path
 from studio.tabs import QUIET, message, run_names, set_initial
 from studio.views import failure_note, log_tail, overfitting_note, progress_html, sample_timeline_html, status_markdown
 
@@ -45,6 +49,8 @@ def build(ctx) -> None:
     _wire_monitor(ctx, controls, monitor)
     # Start and the command box read every tab's fields: wired once all tabs exist.
     ctx.finalizers.append(lambda ctx: _wire_actions(ctx, controls, monitor))
+    ctx.finalizers.append(lambda ctx: _wire_run_form(ctx, controls, monitor))
+    _wire_queue(ctx, controls)
     ctx.shared["train.watch"] = monitor["watch"]
 
 
@@ -104,8 +110,20 @@ def _controls(ctx, recipes: list[str], recipe0: str) -> dict[str, Any]:
         c["stop"] = gr.Button("Stop", variant="stop", elem_id="train-stop")
         c["resume"] = gr.Button("Resume", elem_id="train-resume")
     c["message"] = gr.Markdown("", elem_id="train-message")
+    c["allow"] = AllowBox(ctx, "train-allow")
     c["command"] = gr.Code("", language="shell", label="Copy as command", interactive=False, lines=2,
                            wrap_lines=True, buttons=["copy"], elem_id="train-command")
+    with gr.Group():
+        c["queue"] = gr.Markdown(queue_markdown([], None), elem_id="train-queue", elem_classes="slm-note")
+        with gr.Row(elem_classes="slm-buttons"):
+            c["queued"] = gr.Dropdown([], value=None, label="Queued run", scale=3, elem_id="train-queued")
+            c["queue_up"] = gr.Button("Move up", size="sm", scale=1, elem_id="train-queue-up")
+            c["queue_down"] = gr.Button("Move down", size="sm", scale=1, elem_id="train-queue-down")
+            c["queue_cancel"] = gr.Button("Cancel it", size="sm", variant="stop", scale=1, elem_id="train-queue-cancel")
+    with gr.Row(equal_height=True):
+        c["my_recipe"] = gr.Textbox("", label="Save the form as my recipe", placeholder="a name, e.g. my-stories",
+                                    scale=3, elem_id="train-my-recipe")
+        c["save_recipe"] = gr.Button("Save as my recipe", scale=1, elem_id="train-save-recipe")
     return c
 
 
@@ -116,6 +134,11 @@ def _monitor() -> dict[str, Any]:
                                  elem_id="train-watch")
         m["x_axis"] = gr.Radio(["step", "tokens"], value="step", label="x axis", scale=2)
         m["log_y"] = gr.Checkbox(False, label="log-scale loss", scale=1)
+        m["unit"] = gr.Radio([("nats/token", "nats"), ("bits/byte", "bpb")], value="nats", label="loss in", scale=2,
+                             elem_id="train-unit")
+    with gr.Row(elem_classes="slm-buttons"):
+        m["load"] = gr.Button("Load its settings", size="sm", elem_id="train-load")
+        m["clone"] = gr.Button("Clone it", size="sm", elem_id="train-clone")
     m["progress"] = gr.HTML(progress_html({}, []), elem_id="train-progress")
     m["status"] = gr.Markdown(status_markdown("", {}), elem_id="train-status")
     m["notes"] = gr.Markdown("", elem_classes="slm-note", elem_id="train-notes")
@@ -188,20 +211,27 @@ def _wire_actions(ctx, c: dict, m: dict) -> None:
     ctx.on_load.append(dict(fn=command, inputs=inputs, outputs=c["command"]))
 
     def start(*args):
+        check_fields(ctx, dict(zip(ctx.fields, args[3:])))  # inputs: recipe, name, model preset, *fields
         try:
             recipe, name, overrides = parse(*args)
+            busy = ctx.runner.active()
+            if busy:  # the button reads "Queue" meanwhile
+                entry = ctx.runner.enqueue(recipe, overrides, name)
+                return (message("ok", f"Queued **{entry['name']}**: it starts when **{busy}** and the runs queued "
+                                      f"before it have ended."), gr.update(), None)
             run = ctx.runner.start(recipe, overrides, name)
         except SLMError as error:
             return message("error", str(error)), gr.update(), gr.update()
         return (message("ok", f"Started **{run}** in a background worker."),
                 gr.update(choices=run_names(ctx.runs_dir), value=run), None)
 
-    c["start"].click(start, inputs, [c["message"], m["watch"], m["sig"]], api_name="train_start",
-                     concurrency_limit=1, concurrency_id="train-control")
+    started = c["start"].click(start, inputs, [c["message"], m["watch"], m["sig"]], api_name="train_start",
+                               concurrency_limit=1, concurrency_id="train-control")
+    c["allow"].after(started, [(kind, ctx.fields[key]) for key, kind in FIELD_KINDS.items() if key in ctx.fields])
     for what in ("pause", "continue", "save", "stop", "resume"):
-        c[what].click(lambda watched, what=what: control(ctx.runner, what, watched), m["watch"],
+        c[what].click(lambda watched, what=what: control(ctx.runner, what, check_path(ctx, watched, "run")), m["watch"],
                       [c["message"], m["sig"]], api_name=f"train_{what}", concurrency_limit=1,
-                      concurrency_id="train-control")
+                      concurrency_id="train-save" if what == "save" else "train-control")  # save waits for its checkpoint
 
 
 def control(runner, what: str, name: Optional[str]) -> tuple[str, None]:
@@ -215,13 +245,33 @@ def control(runner, what: str, name: Optional[str]) -> tuple[str, None]:
         run_dir = runner.root / name
         if what == "stop" and (run_dir / "control" / "stop").exists():
             runner.terminate(name)  # a second Stop while the first is pending: signal the worker too
+        asked = time.time()
         runner.request(name, "resume" if what == "continue" else what)
     except SLMError as error:
         return message("error", str(error)), None
+    if what == "save":
+        step = wait_for_checkpoint(run_dir, asked, SAVE_WAIT_S)
+        if step is not None:
+            return message("ok", f"Saved a checkpoint of **{name}** at step {step:,} (`checkpoints/latest`)."), None
     done = {"pause": "Pausing: the worker holds the model and optimizer in memory until Continue.",
             "continue": "Continuing.", "save": "Saving a checkpoint at the next step.",
             "stop": "Stopping: the worker writes a checkpoint and exits (Resume continues from it)."}
     return message("info", done[what]), None
+
+
+SAVE_WAIT_S = 30.0  # a step of a large model on a CPU; after that the message says the save is still coming
+
+
+def wait_for_checkpoint(run_dir, since: float, timeout: float) -> Optional[int]:
+    """The step of the first checkpoint the worker reports (a kind=event row) after `since`; None on timeout."""
+    deadline = time.time() + timeout
+    while True:
+        for row in reversed(watch.metrics(run_dir)):
+            if row.get("kind") == "event" and row.get("event") == "checkpoint" and row.get("time", 0) >= since:
+                return int(row.get("step") or 0)
+        if time.time() > deadline or runs.read_status(run_dir).get("state") in runs.TERMINAL_STATES:
+            return None
+        time.sleep(0.25)
 
 
 # ---- the live view ---------------------------------------------------------------------------
@@ -241,54 +291,148 @@ def default_run(ctx) -> Optional[str]:
     return names[0] if names else None
 
 
-def refresh(ctx, watched: Optional[str], x_axis: str, log_y: bool, last: Optional[dict]) -> list:
+def refresh(ctx, watched: Optional[str], x_axis: str, log_y: bool, last: Optional[dict], unit: str = "nats") -> list:
     """The live view's outputs; each is gr.skip() unless a file it is drawn from changed since `last`
-    (the signature this page got last time), so a page watching an idle run costs a few stat() calls."""
+    (the signature this page got last time), so a page watching an idle run costs a few stat() calls.
+    Order: plot, progress, status, notes, samples, log, run picker, *BUTTON_STATES, start, queue,
+    queued-run picker, message, signature."""
     ctx.runner.poll()  # reaps a finished worker; records a silent death as a failed run
     name = watched or default_run(ctx)
     live = ctx.runner.live_name()
     if live and live != name and (not name or runs.read_status(ctx.runs_dir / name).get("state")
                                   not in ("running", "paused")):
-        name = live  # a run started from another tab: follow it
+        name = live  # a run started from another tab or by the queue: follow it
     run_dir = ctx.runs_dir / name if name else None
     status = watch.status(run_dir) if run_dir else {}
-    sig = {"view": (name, x_axis, bool(log_y)), "state": status.get("state"),
-           **dict(zip(("status", "metrics", "samples", "log"), watch.signature(run_dir) or (None,) * 4))}
+    sig = {"view": (name, x_axis, bool(log_y), unit), "state": status.get("state"),
+           **dict(zip(("status", "metrics", "samples", "log"), watch.signature(run_dir) or (None,) * 4)),
+           "busy": ctx.runner.active(), "queue": runqueue.signature(ctx.runs_dir)}
     last = last or {}
 
     def changed(*keys: str) -> bool:
         return last.get("view") != sig["view"] or any(last.get(k) != sig[k] for k in keys)
 
-    if not changed("state", "status", "metrics", "samples", "log"):
-        return [gr.skip()] * (7 + len(BUTTON_STATES) + 1)
+    n_outputs = 7 + len(BUTTON_STATES) + 5
+    if not changed("state", "status", "metrics", "samples", "log", "busy", "queue"):
+        return [gr.skip()] * n_outputs
     skip = gr.skip()
     rows = watch.metrics(run_dir) if run_dir and changed("metrics", "status", "state") else []
     state_changed = changed("metrics", "status", "state")
+    figure = training_figure(rows, x=x_axis, log_y=bool(log_y), revision=name or "", unit=unit,
+                             bytes_per_token=status.get("bytes_per_token")) if changed("metrics") else skip
+    # A notice about the watched run ("Resuming ...") goes once that run has ended.
+    ended = (last.get("view") == sig["view"] and last.get("state") in ("running", "paused")
+             and sig["state"] in runs.TERMINAL_STATES)
     return [
-        training_figure(rows, x=x_axis, log_y=bool(log_y), revision=name or "") if changed("metrics") else skip,
+        figure,
         progress_html(status, rows) if state_changed else skip,
         status_markdown(name or "", status) if changed("status", "state") else skip,
         (failure_note(status) or overfitting_note(rows, status)) if state_changed else skip,
         sample_timeline_html(watch.samples(run_dir) if run_dir else []) if changed("samples") else skip,
         (log_tail(watch.log_text(run_dir)) if run_dir else "") if changed("log") else skip,
-        gr.update(value=name) if name != watched else skip,
+        gr.update(value=name, choices=run_names(ctx.runs_dir)) if name != watched else skip,
         *[gr.update(interactive=status.get("state") in states) if changed("state") else skip
           for states in BUTTON_STATES.values()],
+        *(_queue_outputs(ctx, sig["busy"]) if changed("busy", "queue") else [skip] * 3),
+        "" if ended else skip,
         sig,
     ]
 
 
+def _queue_outputs(ctx, busy: Optional[str]) -> list:
+    """Start's label ("Queue" while a run holds the slot), the queue's text and the queued-run picker."""
+    entries = runqueue.entries(ctx.runs_dir)
+    names = [e["name"] for e in entries]
+    return [gr.update(value="Queue" if busy else "Start"), queue_markdown(entries, busy),
+            gr.update(choices=names, value=names[0] if names else None)]
+
+
 def _wire_monitor(ctx, c: dict, m: dict) -> None:
     outputs = [m["plot"], m["progress"], m["status"], m["notes"], m["samples"], m["log"], m["watch"],
-               *[c[b] for b in BUTTON_STATES], m["sig"]]
-    inputs = [m["watch"], m["x_axis"], m["log_y"], m["sig"]]
-    m["timer"].tick(lambda *a: refresh(ctx, *a), inputs, outputs, api_name="train_refresh",
+               *[c[b] for b in BUTTON_STATES], c["start"], c["queue"], c["queued"], c["message"], m["sig"]]
+    inputs = [m["watch"], m["x_axis"], m["log_y"], m["sig"], m["unit"]]
+    m["timer"].tick(lambda w, *a: refresh(ctx, check_path(ctx, w, "run"), *a), inputs, outputs,
+                    api_name="train_refresh",
                     show_progress="hidden", concurrency_limit=None)
-    redraw = [m["watch"], m["x_axis"], m["log_y"]]
-    gr.on([x.input for x in redraw], lambda w, x, l: refresh(ctx, w, x, l, None), redraw, outputs, **QUIET)
+    redraw = [m["watch"], m["x_axis"], m["log_y"], m["unit"]]
+    gr.on([x.input for x in redraw],
+          lambda w, x, l, u: refresh(ctx, check_path(ctx, w, "run"), x, l, None, u), redraw, outputs, **QUIET)
 
     def on_load():
         names = run_names(ctx.runs_dir)
         return gr.update(choices=names, value=default_run(ctx)), None
 
     ctx.on_load.append(dict(fn=on_load, outputs=[m["watch"], m["sig"]]))
+
+
+# ---- the queue -----------------------------------------------------------------------------
+
+def _wire_queue(ctx, c: dict) -> None:
+    def act(what: str, name: Optional[str]):
+        try:
+            if not name:
+                raise SLMError("pick a queued run first")
+            if what == "cancel":
+                runqueue.remove(ctx.runs_dir, name)
+                text = message("ok", f"Took **{name}** off the queue.")
+            else:
+                names = [e["name"] for e in runqueue.entries(ctx.runs_dir)]
+                at = names.index(name) if name in names else 0
+                runqueue.move(ctx.runs_dir, name, at - 1 if what == "up" else at + 1)
+                text = ""
+        except SLMError as error:
+            text = message("error", str(error))
+        entries = runqueue.entries(ctx.runs_dir)
+        names = [e["name"] for e in entries]
+        return (queue_markdown(entries, ctx.runner.active()), gr.update(choices=names, value=name if name in names
+                                                                           else (names[0] if names else None)), text)
+
+    for what, button in (("up", "queue_up"), ("down", "queue_down"), ("cancel", "queue_cancel")):
+        c[button].click(lambda name, what=what: act(what, name), c["queued"], [c["queue"], c["queued"], c["message"]],
+                        api_name=f"queue_{what}", concurrency_limit=1, concurrency_id="train-control")
+
+
+# ---- the form and the watched run: follow it, load its settings, clone it, save as my recipe ------------
+
+def _wire_run_form(ctx, c: dict, m: dict) -> None:
+    keys, fields = list(ctx.fields), list(ctx.fields.values())
+    preset = ctx.shared.get("model.preset") or gr.State(None)
+    form = [c["recipe"], c["about"], preset, *fields]
+
+    def load(name: Optional[str], quiet: bool = False) -> list:
+        try:
+            if not name:
+                raise SLMError("no run is shown: pick one in the Run box")
+            recipe, model_preset, values = run_settings(ctx.runs_dir, check_path(ctx, name, "run"), keys)
+        except SLMError as error:
+            return [gr.skip()] * len(form) + [gr.skip() if quiet else message("error", str(error))]
+        about = (f"The settings of run **{name}** (its `config.yaml`): Start trains a new run with them; "
+                 f"edit any field first.")
+        return [gr.update(choices=recipe_choices(recipe), value=recipe), about, model_preset or gr.skip(), *values,
+                gr.skip() if quiet else message("info", f"The form now holds **{name}**'s settings.")]
+
+    def clone(name: Optional[str]) -> list:
+        out = load(name)
+        if out[0] == gr.skip():
+            return out + [gr.skip()]
+        new = clone_name(ctx.runs_dir, name)
+        out[-1] = message("info", f"Cloned **{name}** as **{new}**: edit the settings, then Start.")
+        return out + [new]
+
+    m["load"].click(load, m["watch"], form + [c["message"]], api_name="train_load_settings")
+    m["clone"].click(clone, m["watch"], form + [c["message"], c["name"]], api_name="train_clone")
+    # The form follows the run the page shows: picked by hand, or the one a fresh page opens on.
+    m["watch"].input(lambda name: load(name, quiet=True), m["watch"], form + [c["message"]], **QUIET)
+    ctx.on_load.append(dict(fn=lambda: load(default_run(ctx), quiet=True), outputs=form + [c["message"]]))
+
+    def save_mine(name: str, recipe: str, model_preset: Optional[str], *values):
+        try:
+            path = save_recipe(name, recipe, model_preset, dict(zip(keys, values)))
+        except SLMError as error:
+            return message("error", str(error)), gr.skip()
+        return (message("ok", f"Saved as your recipe **{path.stem}** (`{path}`); `slm presets` lists it and "
+                              f"`slm train --preset {path.stem}` runs it."),
+                gr.update(choices=recipe_choices(), value=path.stem))
+
+    c["save_recipe"].click(save_mine, [c["my_recipe"], c["recipe"], preset, *fields], [c["message"], c["recipe"]],
+                           api_name="train_save_recipe")

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from studio.compare_session import PairSession
+from studio.style import mark
 from studio.tabs.compare import compare_reply
 
 SETTINGS = dict(max_new_tokens=10, temperature=0.8, top_k=50, top_p=1.0, repetition_penalty=1.0, seed=7)
@@ -66,7 +67,7 @@ def test_missing_models_are_messages(run, tmp_path):
     assert "Pick a model on each side" in info_a == info_b
     history_a, _, box, info_a, _ = list(compare_reply(PairSession(runs_dir), threading.Event(), "Hi", [], [], name,
                                                       str(tmp_path / "gone"), *SAMPLING))[-1]
-    assert history_a == [] and box == "Hi" and info_a.startswith("❌") and "gone" in info_a
+    assert history_a == [] and box == "Hi" and info_a.startswith(mark("error")) and "gone" in info_a
 
 
 def free_port() -> int:
@@ -88,7 +89,7 @@ def test_through_a_launched_studio_quantize_then_compare_with_the_original(run, 
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         text, report, *_ = client.predict(name, "best", "int4", 32, True, 1000, api_name="/quantize")
-        assert text.startswith("✅") and [row[0] for row in report["data"]] == ["original (fp32)", "int4-g32"]
+        assert text.startswith(mark("ok")) and [row[0] for row in report["data"]] == ["original (fp32)", "int4-g32"]
         job = client.submit("Once upon a time", [], [], str(runs_dir / name), str(runs_dir / name / "quantized" /
                             "int4-g32"), *SAMPLING, api_name="/compare")
         history_a, history_b, _, info_a, info_b = job.result()

@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from studio.style import mark
 from studio.models import model_sources
 from studio.tabs import evaluate as tab
 
@@ -20,7 +21,7 @@ def test_an_original_beside_its_int8_and_hugging_face_versions_on_its_own_valida
     sources = [path for _, path in model_sources(runs_dir)]
     assert len(sources) == 3  # the run, its int8 version, its Hugging Face export
     text, table, command = tab.evaluate_models(helper, runs_dir, sources, "best", "", "val", None, 3000)
-    assert text.startswith("✅") and "3 models" in text
+    assert text.startswith(mark("ok")) and "3 models" in text
     assert [row[0] for row in table] == [name, f"{name}/quantized/int8", f"{name}/export/hf"]
     assert {row[1] for row in table} == {"builtin"}  # the run's own data settings, for its artifacts too
     assert int(table[0][2].replace(",", "")) >= 3000
@@ -37,10 +38,10 @@ def test_any_data_source_and_a_model_that_fails_is_named_with_its_reason(run, he
     text_file.write_text("The cat sat on the mat and looked at the little dog. " * 400)
     sources = [str(runs_dir / name), str(tmp_path / "no-such-model")]
     text, table, command = tab.evaluate_models(helper, runs_dir, sources, "latest", str(text_file), "val", 16, 500)
-    assert text.startswith("❌") and "no-such-model" in text
+    assert text.startswith(mark("error")) and "no-such-model" in text
     assert [row[:2] for row in table] == [[name, "poem.txt"]]  # the good model still has its row
     assert f"--data {text_file}" in command and "--stride 16" in command and "--checkpoint latest" in command
     assert "Pick one or more" in tab.evaluate_models(helper, runs_dir, [], "best", "", "val", None, None)[0]
     text, table, _ = tab.evaluate_models(helper, runs_dir, [str(runs_dir / name)], "best", str(tmp_path / "x.txt"),
                                          "val", None, None)
-    assert text.startswith("❌") and "x.txt" in text and table == []
+    assert text.startswith(mark("error")) and "x.txt" in text and table == []

@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from studio.style import mark
 from studio.models import model_sources
 from studio.tabs import export as tab
 
@@ -24,7 +25,7 @@ def test_a_hugging_face_folder_that_transformers_loads_and_the_studio_lists(run,
     runs_dir, name = run
     text, rows, usage = tab.export_run(helper, runs_dir, str(runs_dir / name), "best", "hf", "f16")
     out = runs_dir / name / "export" / "hf"
-    assert text.startswith("✅") and str(out) in text
+    assert text.startswith(mark("ok")) and str(out) in text
     files = {row[0]: row for row in rows}
     assert {"config.json", "model.safetensors", "tokenizer.json", "export.json"} <= set(files)
     assert files["model.safetensors"][2] == str(out / "model.safetensors") and "MB" in files["model.safetensors"][1]
@@ -40,7 +41,7 @@ def test_gguf_of_a_quantized_model_joins_the_runs_exports_with_an_ollama_modelfi
     source = runs_dir / name / "quantized" / "int8"
     text, rows, usage = tab.export_run(helper, runs_dir, str(source), "best", "gguf", "q8_0")
     out = runs_dir / name / "export" / "int8-gguf-q8_0"
-    assert text.startswith("✅") and [row[0] for row in rows][:2] == ["tiny-llama-q8_0.gguf", "Modelfile"]
+    assert text.startswith(mark("ok")) and [row[0] for row in rows][:2] == ["tiny-llama-q8_0.gguf", "Modelfile"]
     assert (out / "Modelfile").read_text().startswith("FROM ./tiny-llama-q8_0.gguf")
     assert f"ollama create {name}-quantized-int8 -f {out / 'Modelfile'}" in usage
     assert f"llama-cli -m {out / 'tiny-llama-q8_0.gguf'}" in usage
@@ -53,7 +54,7 @@ def test_onnx_runs_in_onnxruntime_as_the_page_says(run, helper):
         pytest.importorskip(module)
     runs_dir, name = run
     text, rows, usage = tab.export_run(helper, runs_dir, str(runs_dir / name), "latest", "onnx", "f16")
-    assert text.startswith("✅") and {"model.onnx", "tokenizer.json"} <= {row[0] for row in rows}
+    assert text.startswith(mark("ok")) and {"model.onnx", "tokenizer.json"} <= {row[0] for row in rows}
     scope: dict = {}
     exec(python_snippet(usage), scope)
     assert scope["logits"].shape[:2] == scope["ids"].shape and scope["logits"].shape[2] >= 256
@@ -64,4 +65,4 @@ def test_mistakes_are_messages(run, helper, tmp_path):
     assert "Pick a model" in tab.export_run(helper, runs_dir, None, "best", "hf", "f16")[0]
     assert "Pick a format" in tab.export_run(helper, runs_dir, str(runs_dir / name), "best", "tflite", "f16")[0]
     text, rows, usage = tab.export_run(helper, runs_dir, str(tmp_path / "nothing"), "best", "hf", "f16")
-    assert text.startswith("❌") and "nothing" in text and rows == [] and usage == ""
+    assert text.startswith(mark("error")) and "nothing" in text and rows == [] and usage == ""

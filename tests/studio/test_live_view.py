@@ -13,12 +13,16 @@ def test_refresh_draws_a_run_and_skips_when_nothing_changed(tiny_run):
     ctx = app.build_app(root).studio
     assert default_run(ctx) == name  # a fresh page shows the newest run
     out = refresh(ctx, None, "step", False, None)
-    fig, progress, status, notes, samples, log, watched, *buttons, sig = out
+    fig, progress, status, notes, samples, log, watched, *buttons, start, queue, queued, notice, sig = out
     assert {t.name for t in fig.data} >= {"train loss", "validation loss", "learning rate"}
     assert "step 6 / 6" in progress and "finished" in status and notes == ""
     assert "Once upon a time" in samples and "finished: step 6" in log
     assert watched["value"] == name  # the page's run picker is set to the run shown
     assert [b["interactive"] for b in buttons] == [False, False, False, False, False]  # finished: nothing to do
+    assert start["value"] == "Start" and "empty" in queue and queued["choices"] == []  # nothing running or queued
+    # The loss in bits per byte, from the bytes per token the run recorded.
+    bpb = refresh(ctx, name, "step", False, None, "bpb")[0]
+    assert bpb.layout.yaxis.title.text == "bits per byte" and max(bpb.data[0].y) < max(fig.data[0].y)
     again = refresh(ctx, name, "step", False, sig)
     assert all(x == gr.skip() for x in again)
     tokens_axis = refresh(ctx, name, "tokens", True, sig)[0]
@@ -55,3 +59,38 @@ def test_uploads_are_copied_out_of_gradios_temporary_folder(tmp_path):
     folder = save_uploads([str(one), str(two)], runs_dir)
     assert sorted(p.name for p in (runs_dir / "uploads").glob("upload-*/*")) == ["a.txt", "b.jsonl"]
     assert folder.startswith(str(runs_dir / "uploads" / "upload-"))
+
+
+def test_a_notice_about_the_run_goes_when_the_run_ends(tiny_run):
+    """Bug: "Resuming ... from its last checkpoint" stayed on screen after the run had finished."""
+    root, name = tiny_run
+    ctx = app.build_app(root).studio
+    first = refresh(ctx, name, "step", False, None)
+    assert first[-2] == gr.skip()  # a page opening on a finished run leaves the message box alone
+    was_running = dict(first[-1], state="running")  # what the page saw while the resumed run trained
+    assert refresh(ctx, name, "step", False, was_running)[-2] == ""
+
+
+def test_the_form_follows_a_run_and_clones_it(tiny_run, tmp_path, monkeypatch):
+    """Load a run's settings into the page's fields; Start from them trains the same config."""
+    from slm_core.config import load_recipe, load_run_config
+    from studio.command import page_overrides
+    from studio.run_form import clone_name, run_settings, save_recipe
+
+    root, name = tiny_run
+    keys = list(app.build_app(root).studio.fields)
+    recipe, preset, values = run_settings(root, name, keys)
+    assert recipe == str(root / name / "config.yaml") and preset == "tiny-llama"
+    form = dict(zip(keys, values))
+    assert form["train.max_steps"] == 6 and form["model.n_layer"] == 1 and form["tokenizer.vocab_size"] == 512
+    # Untouched: no overrides at all, and the run's config comes back whole.
+    assert page_overrides(recipe, preset, form) == []
+    assert load_recipe(recipe).to_dict() == load_run_config(root / name / "config.yaml").to_dict()
+    assert clone_name(root, name) == f"{name}-clone"
+    # Saved as the user's own recipe: listed, and loadable by name.
+    monkeypatch.setenv("SLM_RECIPES_DIR", str(tmp_path / "mine"))
+    path = save_recipe("my-tiny", recipe, preset, {**form, "train.max_steps": 9})
+    from slm_core.config import list_presets
+
+    assert path.parent == tmp_path / "mine" and "my-tiny" in list_presets("recipes")
+    assert load_recipe("my-tiny").train.max_steps == 9 and load_recipe("my-tiny").model.n_layer == 1

@@ -1,6 +1,9 @@
 """Run files → figures: what the Train and Runs tabs draw from metrics.jsonl rows."""
 
-from studio.plots import latest_attempt, overlay_figure, split_rows, thin, training_figure, loss_figure
+import math
+
+from studio.plots import (latest_attempt, loss_figure, overlay_figure, run_events, split_rows, thin,
+                          training_figure)
 
 
 def train_row(step, loss, **extra):
@@ -36,8 +39,9 @@ def test_training_figure_shares_one_axis_for_loss_lr_throughput_and_memory():
     assert {"learning rate", "tokens/s", "process RAM", "CPU %"} <= set(named)
     assert fig.layout.yaxis.type == "log"  # the loss panel
     assert fig.layout.uirevision == "run-a"  # zoom survives refreshes
-    # Every panel's x axis is matched to the bottom one: memory lines up with loss step for step.
-    assert fig.layout.xaxis.matches == fig.layout.xaxis2.matches == fig.layout.xaxis3.matches == "x4"
+    # Every panel's x axis is matched to the bottom one (the events strip): memory lines up with loss.
+    bottom = "x5"  # loss, learning rate, speed, memory, events
+    assert fig.layout.xaxis.matches == fig.layout.xaxis2.matches == fig.layout.xaxis3.matches == bottom
 
 
 def test_tokens_axis_and_distillation_and_gpu_memory_curves_when_present():
@@ -67,3 +71,59 @@ def test_overlay_draws_one_curve_per_run():
     assert [t.name for t in fig.data] == ["a", "b"]
     fig = overlay_figure({"a": [train_row(1, 3.0), train_row(2, 2.5)]}, metric="loss")
     assert list(fig.data[0].y) == [3.0, 2.5]
+
+
+def titles(fig):
+    return [a.text for a in fig.layout.annotations]
+
+
+def test_telemetry_panels_grad_norm_speed_mfu_and_labelled_cpu_axis():
+    rows = [train_row(s, 4.0, grad_norm=1.5 / s, step_ms=120.0 + s, mfu=0.31) for s in range(1, 4)]
+    fig = training_figure(rows)
+    named = traces_named(fig)
+    assert list(named["gradient norm"].y) == [1.5, 0.75, 0.5]
+    assert list(named["ms per step"].y) == [121.0, 122.0, 123.0]
+    assert [round(v, 6) for v in named["MFU %"].y] == [31.0] * 3
+    assert {"Gradient norm", "Model FLOPs utilisation (%)", "Speed: ms per step and tokens/s"} <= set(titles(fig))
+    axis_titles = {fig.layout[k].title.text for k in fig.layout if k.startswith("yaxis") and fig.layout[k].title.text}
+    assert {"CPU %", "ms/step", "tokens/s", "MB", "nats per token"} <= axis_titles
+    # On a CPU (no known peak) the rows carry no mfu, and the panel is not drawn.
+    assert "Model FLOPs utilisation (%)" not in titles(training_figure([train_row(1, 4.0)]))
+
+
+def test_young_runs_tick_whole_steps_not_halves():
+    fig = training_figure([train_row(1, 4.0), train_row(2, 3.9)])
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.tickformat == ",d"
+
+
+def test_events_are_markers_in_a_strip_and_lines_through_every_panel():
+    rows = [train_row(s, 4.0) for s in range(1, 11)] + [eval_row(0, 5.0), eval_row(5, 4.0)] + [
+        {"kind": "event", "event": "best", "step": 5, "tokens": 500},
+        {"kind": "event", "event": "checkpoint", "step": 5, "tokens": 500},
+        {"kind": "event", "event": "checkpoint", "step": 5, "tokens": 500},  # twice at one step: one marker
+        {"kind": "event", "event": "paused", "step": 7, "tokens": 700},
+        {"kind": "event", "event": "continued", "step": 7, "tokens": 700}]
+    assert [(e["event"], e["step"]) for e in run_events(rows)] == [
+        ("eval", 0), ("eval", 5), ("best", 5), ("checkpoint", 5), ("paused", 7), ("continued", 7)]
+    fig = training_figure(rows)
+    named = traces_named(fig)
+    assert list(named["paused"].x) == [7] and list(named["checkpoint"].x) == [5] and list(named["evaluation"].x) == [0, 5]
+    n_panels = len(titles(fig)) - 1  # every panel but the strip gets a line per pause, continue and best
+    lines = [shape.x0 for shape in fig.layout.shapes]
+    assert sorted(set(lines)) == [5, 7] and len(lines) == 3 * n_panels
+    # On the tokens axis the same markers sit at the tokens of their step.
+    assert list(traces_named(training_figure(rows, x="tokens"))["paused"].x) == [700]
+
+
+def test_loss_in_bits_per_byte_uses_the_runs_bytes_per_token():
+    rows = [train_row(1, 4.0), eval_row(1, 2.0)]
+    fig = training_figure(rows, unit="bpb", bytes_per_token=2.0)
+    named = traces_named(fig)
+    assert math.isclose(named["train loss"].y[0], 4.0 / math.log(2) / 2.0)
+    assert math.isclose(named["validation loss"].y[0], 2.0 / math.log(2) / 2.0)
+    assert fig.layout.yaxis.title.text == "bits per byte"
+
+
+def test_overlay_of_bits_per_byte():
+    fig = overlay_figure({"a": [dict(eval_row(1, 3.0), val_bpb=1.2)], "b": [eval_row(1, 3.5)]}, metric="val_bpb")
+    assert [t.name for t in fig.data] == ["a"] and list(fig.data[0].y) == [1.2]

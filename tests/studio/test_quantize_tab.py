@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from studio.style import mark
 from studio.models import model_sources
 from studio.tabs import quantize as tab
 
@@ -28,7 +29,7 @@ def test_int8_lands_beside_the_run_with_a_report_against_the_original(run, helpe
     text, table, command, existing = tab.quantize_run(helper, runs_dir, name, "best", "int8", 64, True, 2000,
                                                       on_progress=progress.append)
     out = runs_dir / name / "quantized" / "int8"
-    assert text.startswith("✅") and str(out) in text and "tiny/quantized/int8" in text
+    assert text.startswith(mark("ok")) and str(out) in text and "tiny/quantized/int8" in text
     meta = json.loads((out / "quantization.json").read_text())
     assert meta["method"] == "int8" and meta["group_size"] is None
     original, int8 = table
@@ -49,7 +50,7 @@ def test_int8_lands_beside_the_run_with_a_report_against_the_original(run, helpe
 def test_int4_with_its_group_size_and_without_a_report(run, helper):
     runs_dir, name = run
     text, table, command, _ = tab.quantize_run(helper, runs_dir, name, "latest", "int4", 32, False, 2000)
-    assert text.startswith("✅") and table == []
+    assert text.startswith(mark("ok")) and table == []
     meta = json.loads((runs_dir / name / "quantized" / "int4-g32" / "quantization.json").read_text())
     assert meta["method"] == "int4" and meta["group_size"] == 32
     assert "--group-size 32 --checkpoint latest --overwrite" in command
@@ -60,5 +61,5 @@ def test_mistakes_are_messages_and_the_helper_lives_on(run, helper, tmp_path):
     assert "Pick a run" in tab.quantize_run(helper, runs_dir, None, "best", "int8", 64, True, 2000)[0]
     assert "Pick a method" in tab.quantize_run(helper, runs_dir, name, "best", "int3", 64, True, 2000)[0]
     text, table, _, _ = tab.quantize_run(helper, tmp_path, "gone", "best", "int8", 64, True, 2000)
-    assert text.startswith("❌") and "gone" in text and table == []
+    assert text.startswith(mark("error")) and "gone" in text and table == []
     assert helper.running

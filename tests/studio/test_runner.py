@@ -45,6 +45,7 @@ def last_step(run_dir):
 def runner(tmp_path):
     runner = Runner(tmp_path / "runs")
     yield runner
+    runner.stop_queue_worker()
     name = runner.live_name()
     if name:  # never leave a worker behind
         runner.request(name, "stop")
@@ -89,10 +90,16 @@ def test_pause_continue_stop_and_resume_to_the_end(runner):
     time.sleep(1.5)
     assert last_step(run_dir) == held  # the worker holds, its process alive
     assert runner.live_name() == name
+    # Save while paused: the worker writes it at once (not at Continue) and the button says so.
+    saved = control(runner, "save", name)[0]
+    assert f"Saved a checkpoint of **{name}** at step {held}" in saved
+    assert runs.read_json(run_dir / "checkpoints" / "latest" / "state.json")["step"] == held
+    assert runs.read_status(run_dir)["state"] == "paused"
     assert "Continuing" in control(runner, "continue", name)[0]
     wait_for(lambda: last_step(run_dir) > held, what="training to continue")
-    assert "Saving" in control(runner, "save", name)[0]
-    wait_for(lambda: (run_dir / "checkpoints" / "latest" / "state.json").exists(), what="the checkpoint")
+    assert "Saved a checkpoint" in control(runner, "save", name)[0]
+    events = [r["event"] for r in watch.metrics(run_dir) if r["kind"] == "event"]
+    assert events.index("paused") < events.index("continued")  # markers for the plots
     assert "Stopping" in control(runner, "stop", name)[0]
     assert runner.wait(120) == 0
     assert "not running" in control(runner, "pause", name)[0]
@@ -125,3 +132,20 @@ def test_a_worker_killed_from_outside_is_a_failed_run(runner):
     assert status["state"] == "failed" and "SIGKILL" in status["error"] and "memory" in status["error"]
     assert "batch size" in failure_note(status)  # the out-of-memory advice
     assert runner.active() is None
+
+
+def test_a_queued_run_starts_when_the_running_one_ends(runner):
+    """Start while busy queues; the queue worker (a thread of the Studio) starts the next run by itself."""
+    first = runner.start("quickstart-cpu", steps(4), name="first")
+    runner.enqueue("quickstart-cpu", steps(2), name="second")
+    runner.enqueue("quickstart-cpu", steps(2), name="third")
+    from slm_core import runqueue
+
+    runqueue.remove(runner.root, "third")  # cancelled before its turn
+    assert runner.take_next() is None  # "first" holds the slot
+    runner.start_queue_worker(interval_s=0.5)
+    wait_for(lambda: runner.live_name() == "second", timeout=240, what="the queued run to start")
+    assert runs.read_status(runner.root / first)["state"] == "finished"
+    assert runner.wait(180) == 0
+    assert runs.read_status(runner.root / "second")["state"] == "finished"
+    assert not (runner.root / "third").exists() and runqueue.entries(runner.root) == []

@@ -1,0 +1,276 @@
+"""Token files from a stream of documents: bounded memory, every core, resumable.
+
+The stream is cut into chunks of about `chunk_chars` characters. Each chunk is tokenized (in a
+process pool once there is more than one chunk: tiktoken / `tokenizers` batch encoders, one thread
+per process) and written to `parts-<chunk_chars>/<index>.train.bin` / `.val.bin` (+ `_mask` files for
+instruction data), then `<index>.json`, its counts, last and atomically: a chunk is finished exactly
+when its JSON exists. A preparation that is killed starts again by reading the source, skipping
+the chunks already finished. When every chunk is done, the parts are copied in order into
+`train.bin` / `val.bin` through memory-mapped files, `meta.json` is written last (the mark of a
+whole cache) and the parts are deleted. Memory holds a few chunks in flight, whatever the corpus.
+
+Which split a document goes to depends on the document alone (a hash of its text against
+data.val_fraction), so the result does not depend on chunking, on resuming or on sharding: shards
+i/N concatenated in order are the unsharded files. A corpus of a single document is cut by
+characters instead (its end is validation, as nanoGPT does with a novel); with no validation
+document at all the last training document moves to validation.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+
+from slm_core.errors import SLMError
+
+CHUNK_CHARS = 4 << 20  # ~4M characters a chunk: ~1M tokens, tens of MB in flight per worker
+HIST_BINS = 40  # document lengths in tokens, binned by powers of two: bin k holds [2^k, 2^(k+1))
+
+
+def chunk_chars() -> int:
+    """Chunk size; SLM_DATA_CHUNK_CHARS overrides it (tests use small chunks to get many)."""
+    return int(os.environ.get("SLM_DATA_CHUNK_CHARS") or CHUNK_CHARS)
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def is_val_document(example, val_fraction: float) -> bool:
+    """The split of one document, from its content only (so any chunking or sharding agrees)."""
+    text = example if isinstance(example, str) else example[0] + "\x1f" + example[1]
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") < val_fraction * 2.0 ** 64
+
+
+def _chars(example) -> int:
+    return len(example) if isinstance(example, str) else len(example[0]) + len(example[1])
+
+
+def iter_chunks(examples: Iterable, size: int) -> Iterator[tuple[int, list, bool]]:
+    """(index, examples, is_last) of consecutive chunks of about `size` characters."""
+    pending, chunk, chars, index = None, [], 0, 0
+    for example in examples:
+        chunk.append(example)
+        chars += _chars(example)
+        if chars >= size:
+            if pending is not None:
+                yield (*pending, False)
+            pending, chunk, chars, index = (index, chunk), [], 0, index + 1
+    if chunk:
+        if pending is not None:
+            yield (*pending, False)
+        pending = (index, chunk)
+    if pending is not None:
+        yield (*pending, True)
+
+
+# ---- one chunk (runs in a worker process) ----------------------------------------------------------
+
+_WORKER_TOKENIZER = None
+
+
+def _init_worker(tokenizer) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
+
+
+def _in_worker(job: dict) -> dict:
+    return tokenize_chunk(_WORKER_TOKENIZER, job, threads=1)  # one process per core: no threads inside
+
+
+def tokenize_chunk(tokenizer, job: dict, threads: Optional[int] = None) -> dict:
+    """Encode one chunk, write its part files, then its JSON (the mark that it is finished)."""
+    items, parts, index = job["items"], Path(job["parts"]), job["index"]
+    is_val = job.get("forced") or [is_val_document(e, job["val_fraction"]) for e in items]
+    eot, masked = tokenizer.eot_id, job["masked"]
+    if masked:  # prompt and answer encoded apart, exactly as generation sees the prompt
+        prompts = tokenizer.encode_batch([p for p, _ in items], threads=threads)
+        answers = tokenizer.encode_batch([r for _, r in items], threads=threads)
+        seqs = [p + r for p, r in zip(prompts, answers)]
+    else:
+        seqs, prompts = tokenizer.encode_batch(items, threads=threads), None
+    out = {split: {"ids": [], "mask": [], "docs": 0, "last": 0} for split in ("train", "val")}
+    lengths = np.empty(len(seqs), dtype=np.int64)
+    for i, (seq, val) in enumerate(zip(seqs, is_val)):
+        part = out["val" if val else "train"]
+        part["ids"] += seq
+        part["ids"].append(eot)
+        if masked:
+            part["mask"] += [0] * len(prompts[i]) + [1] * (len(seq) - len(prompts[i]) + 1)
+        part["docs"] += 1
+        part["last"] = lengths[i] = len(seq) + 1
+    stats = {"index": index, "chars": sum(_chars(e) for e in items)}
+    for split, part in out.items():
+        _write_part(parts / f"{index:06d}.{split}.bin", np.asarray(part["ids"], dtype=job["dtype"]))
+        if masked:
+            _write_part(parts / f"{index:06d}.{split}_mask.bin", np.asarray(part["mask"], dtype=np.uint8))
+        stats.update({f"{split}_tokens": len(part["ids"]), f"{split}_docs": part["docs"],
+                      f"{split}_last": int(part["last"])})
+    stats["hist"] = np.bincount(np.log2(np.maximum(lengths, 1)).astype(int), minlength=HIST_BINS).tolist()
+    _write_part(parts / f"{index:06d}.json", json.dumps(stats).encode())
+    return stats
+
+
+def _write_part(path: Path, payload) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(payload if isinstance(payload, bytes) else payload.tobytes())
+    os.replace(tmp, path)
+
+
+def _finished(parts: Path, index: int) -> Optional[dict]:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((parts / f"{index:06d}.json").read_text())
+    return None
+
+
+# ---- the whole corpus -------------------------------------------------------------------------------
+
+def build_token_files(examples: Iterable, directory: Path, tokenizer, *, val_fraction: float, masked: bool,
+                      dtype, total_chars: Optional[int] = None, max_tokens: Optional[int] = None,
+                      workers: Optional[int] = None, progress: bool = True) -> dict:
+    """Tokenize `examples` (strings, or (prompt, answer) pairs when `masked`) into `directory`; returns
+    the counts for meta.json. Resumes from finished chunks of an earlier, interrupted call."""
+    from tqdm.auto import tqdm
+
+    size = chunk_chars()
+    parts = directory / f"parts-{size}"
+    parts.mkdir(parents=True, exist_ok=True)
+    workers = workers or default_workers()
+    started, tokens, stats, pool, single = time.perf_counter(), 0, [], None, None
+    bar = tqdm(total=total_chars, unit="B", unit_scale=True, unit_divisor=1024, desc="tokenizing",
+               disable=not progress, smoothing=0.1)
+    inflight: collections.deque = collections.deque()
+
+    def collect(result: dict) -> bool:  # in chunk order; True once max_tokens is reached
+        nonlocal tokens
+        stats.append(result)
+        tokens += result["train_tokens"] + result["val_tokens"]
+        bar.update(result["chars"])
+        bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9) / 1e6:.2f}M tok/s, "
+                            f"{tokens / 1e6:.1f}M tokens", refresh=False)
+        return max_tokens is not None and tokens >= max_tokens
+
+    try:
+        done = False
+        for index, items, last in iter_chunks(examples, size):
+            job = {"index": index, "items": items, "parts": str(parts), "val_fraction": val_fraction,
+                   "masked": masked, "dtype": np.dtype(dtype).name}
+            if index == 0 and last:
+                job["forced"] = single = _single_document(items, val_fraction)
+            result = _finished(parts, index)
+            if result is None and (workers == 1 or (index == 0 and last)):
+                result = tokenize_chunk(tokenizer, job)
+            elif result is None:
+                if pool is None:
+                    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                               initializer=_init_worker, initargs=(tokenizer,))
+                result = pool.submit(_in_worker, job)
+            inflight.append(result)
+            while len(inflight) > 2 * workers or (inflight and last):
+                head = inflight.popleft()
+                if collect(head if isinstance(head, dict) else head.result()):
+                    done = True
+                    break
+            if done:
+                break
+        while inflight and not done:
+            head = inflight.popleft()
+            done = collect(head if isinstance(head, dict) else head.result())
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    counts = _concatenate(directory, parts, stats, dtype, masked)
+    if single:  # one document cut in two is still one document
+        counts["n_documents"] = 1
+    shutil.rmtree(parts, ignore_errors=True)
+    counts["seconds"] = round(time.perf_counter() - started, 3)
+    return counts
+
+
+def _single_document(items: list, val_fraction: float) -> Optional[list]:
+    """A corpus of one text (a novel, a play): its last val_fraction becomes the validation document."""
+    if len(items) != 1:
+        return None
+    if not isinstance(items[0], str):
+        raise SLMError("instruction data needs at least 2 records (one goes to validation): add records")
+    text = items.pop()
+    cut = int(len(text) * (1 - val_fraction))
+    items.extend([text[:cut], text[cut:]])
+    return [False, True]
+
+
+def _concatenate(directory: Path, parts: Path, stats: list, dtype, masked: bool) -> dict:
+    """train.bin / val.bin (+ masks) from the parts, in chunk order, through memory-mapped outputs."""
+    docs = {s: sum(c[f"{s}_docs"] for c in stats) for s in ("train", "val")}
+    moved = None  # (from split, tokens): at least one document on each side when there are two
+    if docs["val"] == 0 and docs["train"] >= 2:
+        moved = ("train", next(c["train_last"] for c in reversed(stats) if c["train_docs"]))
+    elif docs["train"] == 0 and docs["val"] >= 2:
+        moved = ("val", next(c["val_last"] for c in reversed(stats) if c["val_docs"]))
+    suffixes = [("", dtype)] + ([("_mask", np.uint8)] if masked else [])
+    counts: dict = {}
+    for suffix, kind in suffixes:
+        streams = {s: [parts / f"{c['index']:06d}.{s}{suffix}.bin" for c in stats] for s in ("train", "val")}
+        totals = {s: sum(c[f"{s}_tokens"] for c in stats) for s in ("train", "val")}
+        if moved:  # the moved document's tokens are the tail of its split's stream
+            source, n = moved
+            other = "val" if source == "train" else "train"
+            _copy(streams[source], totals[source] - n, directory / f"{source}{suffix}.bin", kind)
+            _copy(streams[source], totals[source], directory / f"{other}{suffix}.bin", kind, start=totals[source] - n)
+            totals = {source: totals[source] - n, other: n}
+        else:
+            for split in ("train", "val"):
+                _copy(streams[split], totals[split], directory / f"{split}{suffix}.bin", kind)
+        counts.update({"train_tokens": totals["train"], "val_tokens": totals["val"]})
+    if not masked:
+        for split in ("train", "val"):
+            (directory / f"{split}_mask.bin").unlink(missing_ok=True)
+    if moved:
+        docs = {moved[0]: docs[moved[0]] - 1, ("val" if moved[0] == "train" else "train"): 1}
+    hist = np.sum([c["hist"] for c in stats], axis=0).tolist() if stats else [0] * HIST_BINS
+    counts.update({"train_documents": docs["train"], "val_documents": docs["val"],
+                   "n_documents": docs["train"] + docs["val"], "n_chars": sum(c["chars"] for c in stats),
+                   "length_histogram": {"log2_bins": _trim(hist)}})
+    return counts
+
+
+def _trim(hist: list) -> list:
+    while hist and hist[-1] == 0:
+        hist = hist[:-1]
+    return hist
+
+
+def _copy(paths: list, stop: int, target: Path, dtype, start: int = 0) -> None:
+    """Tokens [start, stop) of the concatenated `paths` into `target`, written through a memmap in
+    part-sized batches (never the whole file in memory), atomically."""
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    n = max(0, stop - start)
+    if n == 0:
+        tmp.write_bytes(b"")
+    else:
+        out = np.memmap(tmp, dtype=dtype, mode="w+", shape=(n,))
+        position, written = 0, 0  # position: tokens of the concatenation before this part
+        for path in paths:
+            part = np.fromfile(path, dtype=dtype)
+            lo, hi = max(start - position, 0), min(stop - position, len(part))
+            if hi > lo:
+                out[written:written + hi - lo] = part[lo:hi]
+                written += hi - lo
+            position += len(part)
+        out.flush()
+        del out
+    os.replace(tmp, target)

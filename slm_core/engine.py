@@ -1,0 +1,516 @@
+"""The native inference engine: a static KV cache with one slot per sequence, and continuous batching.
+
+`Decoder` owns the cache (per layer: slots × kv_heads × max_len × head_dim, allocated once) and the
+two forward passes generation needs: `prefill` writes one prompt into one slot, `step` decodes one
+token for many slots at once, each at its own position (a row attends to keys ≤ its position). It
+runs the model's own submodules (norms, projections, MLP, head), so quantized linears and LoRA
+layers injected by peft work unchanged, but replaces the model's generic forward with a decode path
+that does less per token: the RoPE table is computed once, the cache is never reallocated, and the
+head runs on the last position only. Per-token Python/framework overhead, not arithmetic, is what
+limits small models on CPU, so fewer ops per token is the speed-up. `compile=True` wraps the batched
+step in torch.compile over static shapes (all slots, the whole cache, a mask), and on CUDA in CUDA
+graphs (mode="reduce-overhead"), as gpt-fast does.
+
+`Engine` serves many requests from one decode loop thread: new requests are prefilled into free
+slots between steps, every active sequence advances one token per step (continuous batching in the
+spirit of vLLM, sized for small models), and each request reads its own tokens from a queue.
+Sampling (`slm_core.sampling`) is per row with the request's own settings and seeded generator, so
+a request's output does not depend on who else is being served.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from slm_core.errors import SLMError
+from slm_core.lora import base_transformer
+from slm_core.model import RMSNorm, rope_cos_sin
+from slm_core.sampling import SamplingParams, TextStream, penalize, sample_next
+
+DEFAULT_SLOTS = 8
+MAX_CACHE = 4096  # positions per slot at most: an imported model may allow 32k
+
+
+def pick_dtype(model: torch.nn.Module, dtype: str = "auto") -> torch.dtype:
+    """'auto': bf16 where the hardware computes it natively (CUDA with bf16, AVX-512 BF16/AMX CPUs), else
+    fp32. Quantized models keep their own compute dtype (their kernels choose)."""
+    from slm_core.quantize import is_quantized
+
+    if dtype in ("fp32", "float32"):
+        return torch.float32
+    if dtype in ("bf16", "bfloat16"):
+        return torch.bfloat16
+    if dtype != "auto":
+        raise SLMError(f"dtype {dtype!r} is unknown: use auto, fp32 or bf16")
+    if is_quantized(model):
+        return torch.float32
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    from slm_core.monitor import cpu_has_native_bf16
+
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+class Decoder:
+    """A static KV cache with `slots` rows, and the prefill / batched-step passes that fill it."""
+
+    def __init__(self, model: torch.nn.Module, slots: int = 1, max_len: Optional[int] = None,
+                 compile: bool = False):
+        self.model = model
+        self.core = core = base_transformer(model)
+        cfg = self.config = core.config
+        self.device = core.norm.weight.device  # not the embedding: a quantized model may keep it in int8
+        self.dtype = core.norm.weight.dtype
+        self.slots = slots
+        self.max_len = min(cfg.context_length, max_len or cfg.context_length, MAX_CACHE)
+        shape = (slots, cfg.n_kv_head, self.max_len, cfg.head_dim)
+        self.cache = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                       torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in core.layers]
+        self.rope = None
+        if cfg.position != "learned":
+            cos, sin = rope_cos_sin(cfg, torch.arange(self.max_len, device=self.device))
+            self.rope = (cos.to(self.dtype), sin.to(self.dtype))  # (max_len, head_dim)
+        self.gqa = cfg.n_kv_head != cfg.n_head
+        self.fused = [_fuse(layer) for layer in core.layers]
+        self._compiled = None
+        if compile:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs on GPU
+            self._compiled = torch.compile(self._static_step, mode=mode, fullgraph=False, dynamic=False)
+
+    # ---- the two passes -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(self, slot: int, tokens: list[int]) -> torch.Tensor:
+        """Write `tokens` (positions 0..T-1) into `slot`; logits (V,) fp32 of the last position."""
+        ids = torch.tensor([tokens], device=self.device)
+        pos = torch.arange(len(tokens), device=self.device)[None]  # (1, T)
+        return self._forward(ids, pos, [slot], len(tokens), causal=True)[0].float()
+
+    @torch.inference_mode()
+    def step(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """One new token per slot at its own position → logits (B, V) fp32."""
+        if self._compiled is not None:
+            return self._compiled_step(slots, tokens, positions)
+        ids = torch.tensor(tokens, device=self.device)[:, None]  # (B, 1)
+        pos = torch.tensor(positions, device=self.device)[:, None]  # (B, 1)
+        end = max(positions) + 1
+        mask = None
+        if min(positions) + 1 != end:  # rows at different positions: each sees keys <= its own position
+            mask = (torch.arange(end, device=self.device)[None, None, :] <= pos[:, :, None])[:, None]  # (B,1,1,end)
+        return self._forward(ids, pos, slots, end, mask=mask).float()
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, slots: list[int], end: int,
+                 causal: bool = False, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """ids, pos (B, T); attention over cache positions [0, end) → logits (B, V) of the last position."""
+        core = self.core
+        x = core.embed_tokens(ids).to(self.dtype)  # (B, T, C)
+        rope = None
+        if self.rope is None:
+            x = x + core.embed_positions(pos)
+        else:
+            rope = (self.rope[0][pos][:, None], self.rope[1][pos][:, None])  # (B, 1, T, D)
+        index = self._slot_index(slots)
+        for layer, fused, (k_cache, v_cache) in zip(core.layers, self.fused, self.cache):
+            h = _norm(layer.input_layernorm, x)
+            x = x + self._attend(layer.self_attn, fused, h, rope, pos, index, k_cache, v_cache, end, mask, causal)
+            x = x + _mlp(layer.mlp, fused, _norm(layer.post_attention_layernorm, x))
+        return core.lm_head(_norm(core.norm, x[:, -1]))
+
+    def _slot_index(self, slots: list[int]) -> tuple:
+        """(read, rows): reading is a slice when the slots are consecutive (a view, no copy), else an index
+        tensor; rows (B, 1) address the cache writes."""
+        rows = torch.tensor(slots, device=self.device)
+        if slots == list(range(slots[0], slots[0] + len(slots))):
+            return slice(slots[0], slots[0] + len(slots)), rows[:, None]
+        return rows, rows[:, None]
+
+    def _attend(self, attn, fused, h, rope, pos, index, k_cache, v_cache, end, mask, causal) -> torch.Tensor:
+        B, T, _ = h.shape
+        H, KV, D = attn.n_head, attn.n_kv_head, attn.head_dim
+        if fused.get("qkv") is not None:  # one matrix multiply instead of three
+            q, k, v = F.linear(h, *fused["qkv"]).split((H * D, KV * D, KV * D), dim=-1)
+        else:
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        q, k = q.view(B, T, H, D), k.view(B, T, KV, D)
+        if getattr(attn.config, "qk_norm", False):  # Qwen3: per-head RMSNorm before RoPE (slm_core.model)
+            q, k = _norm(attn.q_norm, q), _norm(attn.k_norm, k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, D), (B, KV, T, D)
+        v = v.view(B, T, KV, D)  # (B, T, KV, D)
+        if rope is not None:
+            q, k = _rotate(q, *rope), _rotate(k, *rope)
+        index, rows = index
+        # Advanced indices on dims 0 and 2 around a slice put the (B, T) dims first: (B, T, KV, D).
+        k_cache[rows, :, pos] = k.transpose(1, 2).to(self.dtype)
+        v_cache[rows, :, pos] = v.to(self.dtype)
+        keys, values = k_cache[index, :, :end], v_cache[index, :, :end]  # (B, KV, end, D)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal and T > 1,
+                                           enable_gqa=self.gqa)
+        return attn.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    # ---- compiled, static shapes ------------------------------------------------------------------
+
+    def _compiled_step(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
+        ids = torch.zeros(self.slots, 1, dtype=torch.long, device=self.device)
+        pos = torch.zeros(self.slots, 1, dtype=torch.long, device=self.device)
+        index = torch.tensor(slots, device=self.device)
+        ids[index, 0] = torch.tensor(tokens, device=self.device)
+        pos[index, 0] = torch.tensor(positions, device=self.device)
+        logits = self._compiled(ids, pos)
+        return logits[index].float()
+
+    def _static_step(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Every slot, the whole cache, a mask: one shape for every call, so it compiles once. Idle slots
+        write position 0 of their own row, which the next prefill overwrites."""
+        mask = (torch.arange(self.max_len, device=self.device)[None, None, :] <= pos[:, :, None])[:, None]  # (S,1,1,L)
+        core, x = self.core, self.core.embed_tokens(ids).to(self.dtype)
+        rope = None if self.rope is None else (self.rope[0][pos][:, None], self.rope[1][pos][:, None])
+        if self.rope is None:
+            x = x + core.embed_positions(pos)
+        index = (slice(0, self.slots), torch.arange(self.slots, device=self.device)[:, None])
+        for layer, fused, (k_cache, v_cache) in zip(core.layers, self.fused, self.cache):
+            h = _norm(layer.input_layernorm, x)
+            x = x + self._attend(layer.self_attn, fused, h, rope, pos, index, k_cache, v_cache, self.max_len,
+                                 mask, False)
+            x = x + _mlp(layer.mlp, fused, _norm(layer.post_attention_layernorm, x))
+        return core.lm_head(_norm(core.norm, x[:, -1]))
+
+
+FUSE_MAX_PARAMS = 400_000_000  # fused copies double the attention/MLP-input weights: small models only
+
+
+def _plain(*modules) -> bool:
+    return all(type(m) is torch.nn.Linear for m in modules)  # not quantized, not wrapped by LoRA
+
+
+def _fuse(layer) -> dict:
+    """Concatenated q/k/v and gate/up weights of plain linears: fewer, larger matrix multiplies per token
+    (each call costs framework overhead that dominates small models). Built once, never trained."""
+    attn, mlp, fused = layer.self_attn, layer.mlp, {}
+    total = sum(p.numel() for p in layer.parameters())
+    if total * 1 > FUSE_MAX_PARAMS // 16:  # a layer that big is arithmetic-bound: no gain, only memory
+        return fused
+    if _plain(attn.q_proj, attn.k_proj, attn.v_proj):
+        parts = (attn.q_proj, attn.k_proj, attn.v_proj)
+        bias = None if parts[0].bias is None else torch.cat([p.bias.detach() for p in parts])
+        fused["qkv"] = (torch.cat([p.weight.detach() for p in parts]), bias)
+    if mlp.swiglu and _plain(mlp.gate_proj, mlp.up_proj) and mlp.gate_proj.bias is None:
+        fused["gate_up"] = torch.cat([mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()])
+    return fused
+
+
+def _mlp(mlp, fused: dict, x: torch.Tensor) -> torch.Tensor:
+    if fused.get("gate_up") is not None:
+        gate, up = F.linear(x, fused["gate_up"]).chunk(2, dim=-1)
+        return mlp.down_proj(F.silu(gate) * up)
+    return mlp(x)
+
+
+def _norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """RMSNorm in one fused op (fp32, then cast back, as slm_core.model.RMSNorm); LayerNorm as it is."""
+    if isinstance(norm, RMSNorm):
+        return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps).to(x.dtype)
+    return norm(x)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x (B, H, T, D); the two-halves layout of HF Llama checkpoints, as slm_core.model.apply_rope.
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+# ---- one sequence -----------------------------------------------------------------------------------
+
+@dataclass
+class Sequence:
+    """A request's decoding state inside the decoder: its slot, tokens so far and sampler."""
+    prompt: list[int]
+    params: SamplingParams
+    stop_ids: frozenset
+    slot: int = -1
+    tokens: list[int] = field(default_factory=list)
+    generated: int = 0
+    generator: Optional[torch.Generator] = None
+    seen: Optional[torch.Tensor] = None  # (V,) bool: tokens the repetition penalty pushes down
+
+    @torch.inference_mode()
+    def start(self, decoder: Decoder, slot: int) -> torch.Tensor:
+        """Prefill into `slot`; the logits for the first new token."""
+        self.slot = slot
+        self.tokens = list(self.prompt)[-decoder.max_len:]
+        self.generator = self.params.make_generator(decoder.device)
+        if self.params.repetition_penalty != 1.0:
+            self.seen = torch.zeros(decoder.config.vocab_size, dtype=torch.bool, device=decoder.device)
+            self.seen[torch.tensor(self.tokens, device=decoder.device)] = True
+        return decoder.prefill(slot, self.tokens)
+
+    def pick(self, logits: torch.Tensor) -> int:
+        """logits (V,) fp32 → the next token, with this request's settings."""
+        p = self.params
+        history = self.seen.nonzero()[:, 0] if self.seen is not None else logits.new_empty(0, dtype=torch.long)
+        return sample_next(logits, history, p.temperature, p.top_k, p.top_p, p.repetition_penalty, self.generator)
+
+    @torch.inference_mode()
+    def accept(self, token: int, decoder: Decoder) -> Optional[torch.Tensor]:
+        """Record `token`; when the cache is full, slide (re-read the last half as a fresh prefix) and
+        return the new logits, else None (the next batched step computes them)."""
+        self.tokens.append(token)
+        self.generated += 1
+        if self.seen is not None:
+            self.seen[token] = True
+        if len(self.tokens) > decoder.max_len:
+            self.tokens = self.tokens[-(decoder.max_len // 2):]
+            return decoder.prefill(self.slot, self.tokens)
+        return None
+
+    @property
+    def position(self) -> int:
+        return len(self.tokens) - 1
+
+
+@torch.inference_mode()
+def pick_tokens(seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+    """logits (B, V) → one token per sequence; plain greedy rows share one argmax (one host sync)."""
+    plain = [i for i, s in enumerate(seqs) if s.params.temperature <= 0 and s.seen is None]
+    out = [0] * len(seqs)
+    if plain:
+        best = logits[plain].argmax(-1).tolist()
+        for i, token in zip(plain, best):
+            out[i] = token
+    for i, seq in enumerate(seqs):
+        if i not in plain:
+            out[i] = seq.pick(logits[i])
+    return out
+
+
+def decode_one(decoder: Decoder, prompt_ids: list[int], params: SamplingParams,
+               stop_ids=()) -> Iterator[int]:
+    """Batch-1 generation on slot 0 of `decoder`, synchronously (no thread): the native path of
+    `slm generate`. Yields new ids; stops at a stop id (not yielded) or the token budget."""
+    seq = Sequence(prompt_ids, params, frozenset(stop_ids))
+    logits = seq.start(decoder, 0)[None]
+    while seq.generated < params.max_new_tokens:
+        token = pick_tokens([seq], logits)[0]
+        if token in seq.stop_ids:
+            return
+        yield token
+        fresh = seq.accept(token, decoder)
+        if seq.generated >= params.max_new_tokens:
+            return
+        logits = fresh[None] if fresh is not None else decoder.step([0], [token], [seq.position])
+
+
+# ---- the engine: many requests, one decode loop -----------------------------------------------------
+
+class Request:
+    """Handle on one submitted generation: iterate it for token ids; `stats` fills as it runs."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, stop_ids):
+        self.seq = Sequence(list(prompt_ids), params, frozenset(stop_ids))
+        self.events: queue.Queue = queue.Queue()
+        self.cancelled = False
+        self.submitted = time.perf_counter()
+        self.first_token_at: Optional[float] = None
+        self.finish_reason: Optional[str] = None  # "stop" | "length" | "cancelled"
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            item = self.events.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    @property
+    def generated(self) -> int:
+        return self.seq.generated
+
+
+class Engine:
+    """One model, a `Decoder` with `slots` rows and a daemon thread that steps every active request.
+
+    `submit` never blocks on other requests: a request waits only for a free slot (and then only
+    for the step in progress), so concurrent clients stream together instead of one after another."""
+
+    backend = "native"
+
+    def __init__(self, model: torch.nn.Module, tokenizer, slots: int = DEFAULT_SLOTS,
+                 max_len: Optional[int] = None, dtype: str = "auto", compile: bool = False,
+                 threads: Optional[int] = None):
+        target = pick_dtype(model, dtype)
+        from slm_core.quantize import is_quantized
+
+        if not is_quantized(model) and next(model.parameters()).dtype != target:
+            model = model.to(target)
+        self.model, self.tokenizer = model, tokenizer
+        self.decoder = Decoder(model, slots=slots, max_len=max_len, compile=compile)
+        self.threads = threads
+        self.waiting: queue.Queue = queue.Queue()
+        self.active: list[Request] = []
+        self.free = list(range(slots))
+        self.closed = False
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+
+    @property
+    def description(self) -> str:
+        dtype = str(self.decoder.dtype).replace("torch.", "")
+        return f"native torch ({dtype}, {self.decoder.slots} slots{', compiled' if self.decoder._compiled else ''})"
+
+    @property
+    def context_length(self) -> int:
+        return self.decoder.config.context_length
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, stop_ids=None) -> Request:
+        if not prompt_ids:
+            raise SLMError("the prompt is empty after tokenization; type something to continue from")
+        if self.closed:
+            raise SLMError("this engine was closed; load the model again")
+        stop_ids = (self.tokenizer.eot_id,) if stop_ids is None and self.tokenizer is not None else (stop_ids or ())
+        request = Request(prompt_ids, params, stop_ids)
+        if params.max_new_tokens <= 0:
+            request.finish_reason = "length"
+            request.events.put(None)
+            return request
+        self.waiting.put(request)
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="slm-engine", daemon=True)
+                self._thread.start()
+        return request
+
+    def close(self) -> None:
+        self.closed = True
+        self.waiting.put(None)
+
+    @torch.inference_mode()
+    def _loop(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        while not self.closed:
+            if not self.active:
+                request = self.waiting.get()  # idle: sleep until a request arrives
+                if request is None:
+                    break
+                self.waiting.put(request)
+            try:
+                self._admit()
+                if self.active:
+                    self._step()
+            except Exception as error:  # a bug or an out-of-memory ends these requests, not the engine
+                for request in self.active:
+                    request.events.put(error)
+                    self._release(request, None)
+        for request in self.active:
+            self._release(request, "cancelled")
+
+    def _admit(self) -> None:
+        """Prefill waiting requests into free slots; each emits its first token at once."""
+        while self.free:
+            try:
+                request = self.waiting.get_nowait()
+            except queue.Empty:
+                return
+            if request is None or request.cancelled:
+                if request is not None:
+                    request.finish_reason = "cancelled"
+                    request.events.put(None)
+                continue
+            logits = request.seq.start(self.decoder, self.free.pop(0))
+            self.active.append(request)
+            self._emit(request, pick_tokens([request.seq], logits[None])[0])
+
+    def _step(self) -> None:
+        live = [r for r in self.active if r.finish_reason is None]
+        if not live:
+            return
+        seqs = [r.seq for r in live]
+        logits = self.decoder.step([s.slot for s in seqs], [s.tokens[-1] for s in seqs],
+                                   [s.position for s in seqs])
+        for request, token in zip(live, pick_tokens(seqs, logits)):
+            self._emit(request, token)
+
+    def _emit(self, request: Request, token: int) -> None:
+        """Deliver `token` (or finish the request) and record it in the sequence."""
+        seq = request.seq
+        if request.cancelled:
+            return self._release(request, "cancelled")
+        if token in seq.stop_ids:
+            return self._release(request, "stop")
+        if request.first_token_at is None:
+            request.first_token_at = time.perf_counter()
+        request.events.put(token)
+        fresh = seq.accept(token, self.decoder)
+        if seq.generated >= seq.params.max_new_tokens:
+            return self._release(request, "length")
+        if fresh is not None:  # slid past the cache: the fresh prefill already gave the next logits
+            self._emit(request, pick_tokens([seq], fresh[None])[0])
+
+    def _release(self, request: Request, reason: Optional[str]) -> None:
+        if request in self.active:
+            self.active.remove(request)
+            self.free.append(request.seq.slot)
+            self.free.sort()
+        request.finish_reason = request.finish_reason or reason
+        request.events.put(None)
+
+    # ---- text ----------------------------------------------------------------------------------
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams, stats: Optional[dict] = None,
+               stop_ids=None) -> Iterator[str]:
+        """Clean text deltas of one request; `stats` gets tokens, ttft_s, seconds, tokens_per_sec, finish_reason."""
+        request = self.submit(prompt_ids, params, stop_ids)
+        yield from stream_request(request, self.tokenizer, params, stats)
+
+
+def stream_request(request, tokenizer, params: SamplingParams, stats: Optional[dict] = None) -> Iterator[str]:
+    """Turn a request's tokens into clean text; stops (and cancels the request) at a stop string."""
+    text = TextStream(params.stop)
+    count = 0
+    try:
+        for token in request:
+            count += 1
+            delta = text.feed(tokenizer.decode_bytes([token]))
+            if stats is not None:
+                fill_stats(stats, request, count)
+            if delta:
+                yield delta
+            if text.stopped:
+                request.finish_reason = "stop"
+                break
+        tail = text.finish()
+        if tail:
+            yield tail
+    finally:
+        request.cancel()  # a client that stops reading frees its slot at the next step
+        if stats is not None:
+            fill_stats(stats, request, count)
+            stats["finish_reason"] = request.finish_reason or "stop"
+
+
+def fill_stats(stats: dict, request, count: int) -> None:
+    now = time.perf_counter()
+    first = request.first_token_at
+    decode_s = now - first if first else 0.0
+    stats.update(tokens=count, seconds=now - request.submitted,
+                 ttft_s=(first - request.submitted) if first else None,
+                 tokens_per_sec=(count - 1) / decode_s if count > 1 and decode_s > 0 else 0.0)
+
+
+def default_threads(training_active: bool) -> int:
+    """Threads for inference: one while a training run shares the cores (two busy pools on the same cores
+    slow both to a crawl), else all of them."""
+    cores = os.cpu_count() or 1
+    return 1 if training_active else max(1, min(cores, torch.get_num_threads() or cores))

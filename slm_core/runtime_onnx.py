@@ -1,0 +1,210 @@
+"""onnxruntime-genai: building its runtime-ready folder from our model, and chatting from that folder.
+
+`build_genai_folder` writes our Hugging Face export to a temporary folder and runs onnxruntime-genai's
+own model builder on it (`python -m onnxruntime_genai.models.builder -i HF -o OUT -p fp32|int4|int8|fp16
+-e cpu|cuda`): a KV-cache ONNX graph, `genai_config.json` and the tokenizer. `OnnxEngine` runs such a
+folder with the same interface as slm_core.engine.Engine (`stream`, `submit`, `tokenizer`,
+`context_length`), so Chat, Compare and `slm serve --engine onnx` use it unchanged.
+
+Sampler semantics: greedy (temperature 0), temperature, top-k, top-p, repetition penalty and the seed
+map onto genai's own search options, so greedy tokens equal the native engine's. Where they differ:
+genai samples with its own random generator (a seed reproduces genai's answer, not the native one),
+applies top-k before top-p inside one kernel, and its repetition penalty covers the tokens of the
+current sequence only, as ours does. Stop strings, clean text and the end-of-text token are handled
+by our text layer (slm_core.sampling), the same as for the native engine. Each request runs its own
+genai Generator (batch 1); concurrent requests run side by side in their callers' threads.
+
+The package is optional (`pip install onnxruntime-genai`, or `onnxruntime-genai-cuda` on a GPU); without
+it every entry point says so in one line, and the native engine keeps working.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+from slm_core.errors import SLMError
+from slm_core.sampling import SamplingParams
+
+PRECISIONS = ("fp32", "int4", "int8", "fp16")
+CONFIG = "genai_config.json"
+SUPPORTED_FAMILIES = ("llama",)  # the builder knows Llama/Qwen-style graphs; not GPT-2's
+
+
+def available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime_genai") is not None
+
+
+def require() -> None:
+    if not available():
+        raise SLMError("onnxruntime-genai is not installed: `pip install onnxruntime-genai` (or "
+                       "`pip install 'slm-studio[onnx]'`; onnxruntime-genai-cuda on a GPU); the native torch "
+                       "engine works without it")
+
+
+def is_genai_folder(path) -> bool:
+    return (Path(path) / CONFIG).exists()
+
+
+def build_genai_folder(model, tokenizer, folder: Path, precision: str = "fp32", device: str = "cpu",
+                       template: Optional[str] = None) -> list[Path]:
+    """Run onnxruntime-genai's builder on an HF export of `model` into `folder`; the files written."""
+    require()
+    if precision not in PRECISIONS:
+        raise SLMError(f"ONNX precision {precision!r} is unknown: use one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device == "cpu":
+        raise SLMError("fp16 ONNX needs --onnx-device cuda; on CPU use fp32, int8 or int4")
+    if model.config.family not in SUPPORTED_FAMILIES or model.config.position != "rope":
+        raise SLMError(f"onnxruntime-genai's builder has no graph for {model.config.family}-family models: "
+                       "export --format onnx-graph (a plain logits graph) or chat with the native engine")
+    if tokenizer is None:
+        raise SLMError("this model has no tokenizer to export; onnxruntime-genai needs one")
+    from slm_core.hf_convert import save_hf_folder
+
+    work = Path(tempfile.mkdtemp(prefix="slm-genai-"))
+    try:
+        save_hf_folder(model, tokenizer, work / "hf", template=template)
+        command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(work / "hf"),
+                   "-o", str(folder), "-p", precision, "-e", device, "-c", str(work / "cache")]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0 or not (folder / CONFIG).exists():
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            raise SLMError(f"onnxruntime-genai's builder failed ({' | '.join(tail)}); the command was: "
+                           + " ".join(command))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    (folder / "slm_studio.json").write_text(json.dumps({"template": template, "eot_id": tokenizer.eot_id}))
+    return sorted(p for p in folder.iterdir() if p.is_file())
+
+
+class OnnxEngine:
+    """An onnxruntime-genai model folder behind the Engine interface (see module docstring)."""
+
+    backend = "onnxruntime-genai"
+
+    def __init__(self, folder, threads: Optional[int] = None):
+        require()
+        import onnxruntime_genai as og
+
+        self.folder = Path(folder)
+        if not is_genai_folder(self.folder):
+            raise SLMError(f"{self.folder} is not an onnxruntime-genai folder (no {CONFIG}): "
+                           "make one with `slm export MODEL --format onnx`")
+        self.og = og
+        config = og.Config(str(self.folder))
+        if threads:  # genai's CPU thread pool, so chat beside a training run stays small
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": int(threads), "inter_op_num_threads": 1}}}}))
+        self.model = og.Model(config)
+        meta = _read_json(self.folder / "slm_studio.json")
+        genai = _read_json(self.folder / CONFIG)["model"]
+        self.template = meta.get("template")
+        self.context_length = int(genai["context_length"])
+        self.eos = genai["eos_token_id"] if isinstance(genai["eos_token_id"], list) else [genai["eos_token_id"]]
+        self.tokenizer = _GenaiTokenizer(self.folder, meta.get("eot_id", self.eos[0]))
+        self.threads = threads
+
+    @property
+    def description(self) -> str:
+        return f"onnxruntime-genai ({_precision_of(self.folder)})"
+
+    def close(self) -> None:
+        pass
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, stop_ids=None) -> "GenaiRequest":
+        if not prompt_ids:
+            raise SLMError("the prompt is empty after tokenization; type something to continue from")
+        return GenaiRequest(self, list(prompt_ids), params)
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams, stats: Optional[dict] = None,
+               stop_ids=None) -> Iterator[str]:
+        from slm_core.engine import stream_request
+
+        yield from stream_request(self.submit(prompt_ids, params), self.tokenizer, params, stats)
+
+    def search_options(self, params: SamplingParams, prompt_len: int) -> dict:
+        options = {"max_length": min(self.context_length, prompt_len + params.max_new_tokens),
+                   "do_sample": not params.greedy, "repetition_penalty": params.repetition_penalty}
+        if not params.greedy:
+            options.update(temperature=params.temperature, top_p=params.top_p,
+                           top_k=params.top_k if params.top_k > 0 else 0)
+        if params.seed is not None:
+            options["random_seed"] = params.seed
+        return options
+
+
+class GenaiRequest:
+    """One genai Generator, iterated lazily in the caller's thread; the Request interface of the engine."""
+
+    def __init__(self, engine: OnnxEngine, prompt_ids: list[int], params: SamplingParams):
+        self.engine, self.prompt_ids, self.params = engine, prompt_ids, params
+        self.cancelled = False
+        self.submitted = time.perf_counter()
+        self.first_token_at: Optional[float] = None
+        self.finish_reason: Optional[str] = None
+        self.generated = 0
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __iter__(self) -> Iterator[int]:
+        og, engine = self.engine.og, self.engine
+        if self.params.max_new_tokens <= 0:
+            self.finish_reason = "length"
+            return
+        generator_params = og.GeneratorParams(engine.model)
+        generator_params.set_search_options(**engine.search_options(self.params, len(self.prompt_ids)))
+        generator = og.Generator(engine.model, generator_params)
+        generator.append_tokens(self.prompt_ids)
+        while not self.cancelled:
+            if generator.is_done():
+                self.finish_reason = self.finish_reason or "length"
+                return
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            if token in engine.eos or token == engine.tokenizer.eot_id:
+                self.finish_reason = "stop"
+                return
+            self.first_token_at = self.first_token_at or time.perf_counter()
+            self.generated += 1
+            yield token
+            if self.generated >= self.params.max_new_tokens:
+                self.finish_reason = "length"
+                return
+        self.finish_reason = "cancelled"
+
+
+class _GenaiTokenizer:
+    """The exported tokenizer.json through our Tokenizer (same ids and bytes as the native path)."""
+
+    def __init__(self, folder: Path, eot_id: int):
+        from slm_core.tokenizer import Tokenizer
+
+        self._tok = Tokenizer.from_hf(folder)
+        self.eot_id = eot_id
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text)
+
+    def decode_bytes(self, ids) -> bytes:
+        return self._tok.decode_bytes(ids)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _precision_of(folder: Path) -> str:
+    info = _read_json(folder / "export.json")
+    return info.get("onnx_precision") or "onnx"

@@ -1,0 +1,321 @@
+"""`slm serve MODEL`: an OpenAI-compatible HTTP server (GET /v1/models, POST /v1/completions,
+POST /v1/chat/completions, server-sent-event streaming) in front of one `slm_core.engine.Engine`.
+
+Every request becomes an engine request; the engine's decode loop batches the decode steps of all
+clients at once, so concurrent clients stream together instead of queueing. The handlers only
+translate: OpenAI fields → `SamplingParams`, engine text → OpenAI JSON. Chat messages are rendered
+with the model's own template (the one it was tuned with; a base model continues the plain text).
+Errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with a 4xx status, and
+never take the server down. FastAPI and uvicorn come with gradio.
+"""
+
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+from slm_core.errors import SLMError
+from slm_core.sampling import SamplingParams
+
+DEFAULT_PORT = 8000
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Served:
+    """What the server needs to answer: the engine, the model's id, how chat messages become a prompt."""
+    engine: Any  # slm_core.engine.Engine or slm_core.runtime_onnx.OnnxEngine
+    model_id: str
+    render_chat: Callable[[list], str]
+    api_key: Optional[str] = None
+    created: int = 0
+
+
+def chat_renderer(template: Optional[str]) -> Callable[[list], str]:
+    """messages → prompt text in the model's template (slm_core.templates); pluggable per model."""
+    from slm_core.templates import format_prompt
+
+    return lambda messages: format_prompt(messages, template)
+
+
+# ---- request → sampling ------------------------------------------------------------------------------
+
+def _field(body: dict, name: str, kinds, default=None):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise APIError(400, f"'{name}' must be a number, got {value!r}", param=name)
+    if not isinstance(value, kinds):
+        raise APIError(400, f"'{name}' has the wrong type: {value!r}", param=name)
+    return value
+
+
+def sampling_from(body: dict, prompt_len: int, context: int, default_max: Optional[int]) -> SamplingParams:
+    """OpenAI fields (plus vLLM's top_k and repetition_penalty) → SamplingParams, checked."""
+    max_tokens = _field(body, "max_completion_tokens", int, None)
+    max_tokens = _field(body, "max_tokens", int, max_tokens)
+    room = context - prompt_len
+    if room <= 0:
+        raise APIError(400, f"This model's maximum context length is {context} tokens; your prompt has "
+                            f"{prompt_len}. Shorten the prompt.", param="messages", code="context_length_exceeded")
+    if max_tokens is None:
+        max_tokens = room if default_max is None else min(default_max, room)
+    stop = body.get("stop") or ()
+    stop = (stop,) if isinstance(stop, str) else stop
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
+        raise APIError(400, "'stop' must be a string or a list of at most 4 strings", param="stop")
+    try:  # SamplingParams refuses out-of-range knobs (slm_core.validate); say it in the API's words
+        params = SamplingParams(max_new_tokens=max_tokens,
+                                temperature=float(_field(body, "temperature", (int, float), 1.0)),
+                                top_k=_field(body, "top_k", int, 0),
+                                top_p=float(_field(body, "top_p", (int, float), 1.0)),
+                                repetition_penalty=float(_field(body, "repetition_penalty", (int, float), 1.0)),
+                                seed=_field(body, "seed", int, None), stop=tuple(stop))
+    except SLMError as error:
+        message = str(error).replace("max_new_tokens", "max_tokens")
+        raise APIError(400, message, param=message.split("=")[0] if "=" in message else None) from None
+    if prompt_len + max_tokens > context:
+        raise APIError(400, f"This model's maximum context length is {context} tokens. However, you requested "
+                            f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the "
+                            "completion). Reduce the prompt or max_tokens.", param="max_tokens",
+                       code="context_length_exceeded")
+    if _field(body, "n", int, 1) != 1:
+        raise APIError(400, "only n=1 is supported", param="n")
+    return params
+
+
+# ---- the two generation endpoints --------------------------------------------------------------------
+
+def _prepare(served: Served, body: dict, chat: bool) -> tuple[list[int], SamplingParams]:
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    model = body.get("model")
+    if not model:
+        raise APIError(400, "'model' is required", param="model")
+    if model != served.model_id:
+        raise APIError(404, f"The model '{model}' does not exist; this server serves '{served.model_id}'",
+                       param="model", code="model_not_found")
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and "role" in m for m in messages):
+            raise APIError(400, "'messages' must be a non-empty list of {role, content}", param="messages")
+        prompt = served.render_chat(messages)
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise APIError(400, "'prompt' must be a non-empty string", param="prompt")
+    ids = served.engine.tokenizer.encode(prompt)
+    if not ids:
+        raise APIError(400, "the prompt is empty after tokenization", param="prompt")
+    params = sampling_from(body, len(ids), served.engine.context_length, None if chat else 16)
+    return ids, params
+
+
+def _usage(prompt_len: int, stats: dict) -> dict:
+    done = stats.get("tokens", 0)
+    return {"prompt_tokens": prompt_len, "completion_tokens": done, "total_tokens": prompt_len + done}
+
+
+def _choice(chat: bool, text: Optional[str], finish: Optional[str], stream: bool, first: bool = False) -> dict:
+    if not chat:
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+    if stream:
+        delta = {} if text is None else ({"role": "assistant", "content": text} if first else {"content": text})
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+
+
+def respond(served: Served, body: dict, chat: bool) -> dict:
+    """A whole (non-streamed) completion."""
+    ids, params = _prepare(served, body, chat)
+    stats: dict = {}
+    text = "".join(served.engine.stream(ids, params, stats))
+    return {"id": _new_id(chat), "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": served.model_id,
+            "choices": [_choice(chat, text, stats.get("finish_reason", "stop"), stream=False)],
+            "usage": _usage(len(ids), stats)}
+
+
+def respond_stream(served: Served, body: dict, chat: bool) -> Iterator[str]:
+    """Server-sent events: one chunk per text delta, a last chunk with finish_reason, optionally usage,
+    then [DONE]. The request is validated before the first byte, so errors still get a 4xx."""
+    ids, params = _prepare(served, body, chat)
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    return _events(served, ids, params, chat, include_usage)
+
+
+def _events(served: Served, ids, params, chat: bool, include_usage: bool) -> Iterator[str]:
+    stats: dict = {}
+    base = {"id": _new_id(chat), "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()), "model": served.model_id}
+    first = True
+    if chat:  # OpenAI opens a chat stream with the role
+        yield _sse({**base, "choices": [_choice(chat, "", None, True, first=True)]})
+        first = False
+    for delta in served.engine.stream(ids, params, stats):
+        yield _sse({**base, "choices": [_choice(chat, delta, None, True, first)]})
+    yield _sse({**base, "choices": [_choice(chat, None if chat else "", stats.get("finish_reason", "stop"), True)]})
+    if include_usage:
+        yield _sse({**base, "choices": [], "usage": _usage(len(ids), stats)})
+    yield "data: [DONE]\n\n"
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _new_id(chat: bool) -> str:
+    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+# ---- the app -----------------------------------------------------------------------------------------
+
+def create_app(served: Served):
+    """The FastAPI app for `served` (importable for tests and for mounting elsewhere)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+
+    app = FastAPI(title="SLM Studio OpenAI-compatible server")
+    served.created = served.created or int(time.time())
+
+    @app.exception_handler(APIError)
+    async def api_error(_request, error: APIError):
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request, error: Exception):  # a bug answers 500 in the API's shape; server stays up
+        body = APIError(500, f"internal error: {type(error).__name__}: {error}", kind="server_error").body()
+        return JSONResponse(body, status_code=500)
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        if served.api_key and request.headers.get("authorization", "") != f"Bearer {served.api_key}":
+            error = APIError(401, "Incorrect API key provided.", code="invalid_api_key", kind="authentication_error")
+            return JSONResponse(error.body(), status_code=401)
+        return await call_next(request)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": served.model_id, "object": "model", "created": served.created,
+                                            "owned_by": "slm-studio"}]}
+
+    async def handle(request: Request, chat: bool):
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise APIError(400, f"the request body is not valid JSON: {error}") from None
+        if isinstance(body, dict) and body.get("stream"):
+            events = await run_in_threadpool(respond_stream, served, body, chat)
+            return StreamingResponse(events, media_type="text/event-stream")
+        return await run_in_threadpool(respond, served, body, chat)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await handle(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await handle(request, chat=True)
+
+    return app
+
+
+# ---- command line: `slm serve` -----------------------------------------------------------------------
+
+def add_serve_parser(sub) -> None:
+    parser = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    parser.add_argument("model", help="run name, checkpoint, quantized, Hugging Face or ONNX (genai) folder")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
+    parser.add_argument("--engine", default="native", choices=["native", "onnx", "vllm"],
+                        help="native torch (continuous batching), onnxruntime-genai, or hand over to vLLM")
+    parser.add_argument("--name", default=None, help="model id clients ask for (default: the model's name)")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    parser.add_argument("--slots", type=int, default=8, help="sequences decoded together at most")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for decoding")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow start)")
+    parser.add_argument("--runs-dir", default=None)
+
+
+def cmd_serve(args) -> int:
+    from slm_core.runs import use_runs_dir
+
+    use_runs_dir(args.runs_dir)
+    if args.api_key is not None and not args.api_key:
+        raise SLMError("--api-key is empty: give a key, or leave the flag out to serve without one")
+    if args.engine == "vllm":
+        return _hand_to_vllm(args)
+    served = load_served(args.model, args.engine, args.checkpoint, args.slots, args.dtype, args.threads,
+                         args.compile, args.name)
+    served.api_key = args.api_key
+    import uvicorn
+
+    print(f"serving '{served.model_id}' ({served.engine.description}) on http://{args.host}:{args.port}/v1",
+          flush=True)
+    uvicorn.run(create_app(served), host=args.host, port=args.port, log_level="warning")
+    served.engine.close()
+    return 0
+
+
+def load_served(model: str, engine: str = "native", tag: str = "best", slots: int = 8, dtype: str = "auto",
+                threads: Optional[int] = None, compile: bool = False, name: Optional[str] = None) -> Served:
+    """Load MODEL into the chosen engine, with its template and id."""
+    from pathlib import Path
+
+    if engine == "onnx":
+        from slm_core.runtime_onnx import OnnxEngine
+
+        runtime = OnnxEngine(model, threads=threads)
+        return Served(runtime, name or Path(model).name, chat_renderer(runtime.template))
+    from slm_core.checkpoint import load_model
+    from slm_core.engine import Engine
+
+    loaded = load_model(model, tag=tag)
+    runtime = Engine(loaded.model, loaded.tokenizer, slots=slots, dtype=dtype, compile=compile, threads=threads)
+    return Served(runtime, name or Path(str(model)).name, chat_renderer(loaded.template))
+
+
+def _hand_to_vllm(args) -> int:
+    """vLLM's own OpenAI server on an HF export of MODEL (exported first when MODEL is not one)."""
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("vllm") is None:
+        raise SLMError("--engine vllm needs vLLM (a CUDA machine: `pip install vllm`); "
+                       "without it, serve with the default --engine native")
+    folder = Path(args.model)
+    if not (folder / "config.json").exists():
+        from slm_core.checkpoint import load_model
+        from slm_core.export import export_model
+        from slm_core.quantize import artifact_dir
+
+        loaded = load_model(args.model, tag=args.checkpoint)
+        folder = artifact_dir(loaded.path, "export", "hf")
+        if not (folder / "config.json").exists():
+            export_model(loaded.model, loaded.tokenizer, loaded.config, folder, "hf", source=str(args.model))
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+               "--served-model-name", args.name or Path(str(args.model)).name, "--host", args.host,
+               "--port", str(args.port)] + (["--api-key", args.api_key] if args.api_key else [])
+    print("handing over to vLLM:", " ".join(command), flush=True)
+    os.execv(sys.executable, command)
+    return 0

@@ -1,0 +1,222 @@
+"""Checks of what a person passes in, made where it enters (CLI, Python API), before any work starts.
+
+Each check raises SLMError with one line naming the value and what to do, so a bad argument never
+becomes a traceback deep inside torch, a silently changed setting, or a half-made run directory.
+Config fields validate themselves (config.py); this module holds the checks that span several
+values or touch the filesystem: generation and evaluation arguments, the runs directory, and a
+run's sources (base model, teacher, data), which are resolved before the run directory exists.
+Imports no torch at module level, so the Studio can use it cheaply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from slm_core.errors import SLMError
+
+CHECKPOINT_TAGS = ("best", "latest")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+JSON_DOCUMENT_LIMIT = 64 << 20  # a .json file smaller than this is also tried as one document
+
+
+def _number(name: str, value: Any, integer: bool = False) -> float:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+        raise SLMError(f"{name}={value!r} is invalid: give a{'n integer' if integer else ' finite number'}")
+    return value
+
+
+def validate_sampling(max_new_tokens: Any = 0, temperature: Any = 0.0, top_k: Any = 0, top_p: Any = 1.0,
+                      repetition_penalty: Any = 1.0) -> None:
+    """Generation arguments: refused when out of range, never clamped or silently replaced."""
+    if _number("max_new_tokens", max_new_tokens, integer=True) < 0:
+        raise SLMError(f"max_new_tokens={max_new_tokens} is invalid: give 0 or more tokens to generate")
+    if _number("temperature", temperature) < 0:
+        raise SLMError(f"temperature={temperature} is invalid: use 0 for greedy decoding or a positive value "
+                       "(0.7-1.0 is usual)")
+    if _number("top_k", top_k, integer=True) < 0:
+        raise SLMError(f"top_k={top_k} is invalid: use 0 to keep every token, or a positive count such as 50")
+    if not 0 < _number("top_p", top_p) <= 1:
+        raise SLMError(f"top_p={top_p} is invalid: it must be in (0, 1]; use 1.0 to turn nucleus sampling off")
+    if _number("repetition_penalty", repetition_penalty) <= 0:
+        raise SLMError(f"repetition_penalty={repetition_penalty} is invalid: it must be positive; "
+                       "1.0 means no penalty, 1.1-1.3 discourages repeats")
+
+
+def validate_eval(stride: Optional[int] = None, max_tokens: Optional[int] = None,
+                  context: Optional[int] = None) -> None:
+    """Perplexity arguments: a stride in [1, context] and a positive token budget (None = defaults)."""
+    if stride is not None:
+        _number("stride", stride, integer=True)
+        if stride < 1 or (context is not None and stride > context):
+            upper = f" and at most the model's context ({context})" if context is not None else ""
+            raise SLMError(f"stride={stride} is invalid: windows must move by at least 1 token{upper}; "
+                           "leave it unset for half a context")
+    if max_tokens is not None and _number("max_tokens", max_tokens, integer=True) < 1:
+        raise SLMError(f"max_tokens={max_tokens} is invalid: give a positive number of tokens, or leave it unset")
+
+
+def check_tag(tag: str) -> str:
+    if tag not in CHECKPOINT_TAGS:
+        raise SLMError(f"checkpoint tag {tag!r} is unknown: use 'best' or 'latest'")
+    return tag
+
+
+def check_device(device: Any, allow_auto: bool = False) -> None:
+    """'cpu', 'cuda', 'cuda:N', 'mps' (or 'auto' where allowed), and only if this machine has it."""
+    text = str(device)
+    if not DEVICE_PATTERN.fullmatch(text) or (text == "auto" and not allow_auto):
+        raise SLMError(f"device {text!r} is unknown: use cpu, cuda, cuda:N or mps")
+    if text.startswith("cuda") or text == "mps":
+        import torch
+
+        if text == "mps" and not torch.backends.mps.is_available():
+            raise SLMError("device 'mps' is not available on this machine: use cpu")
+        if text.startswith("cuda"):
+            count = torch.cuda.device_count()
+            index = int(text.partition(":")[2] or 0)
+            if index >= count:
+                have = f"only {count} GPU(s)" if count else "no CUDA GPU"
+                raise SLMError(f"device {text!r} is not available: this machine has {have}; use cpu")
+
+
+def _plain_file(source: Any) -> bool:
+    """A file that is not a model by itself (a .gguf file may be one)."""
+    path = Path(str(source)).expanduser()
+    return path.is_file() and path.suffix.lower() != ".gguf"
+
+
+def check_load_args(source: Any, tag: str, device: Any) -> None:
+    """load_model's arguments: a source that is not a file, a known tag, a device this machine has."""
+    if source is None or not str(source).strip():
+        raise SLMError("no model given: name a run, or a checkpoint, quantized or Hugging Face model folder")
+    if _plain_file(source):
+        raise SLMError(f"{source} is a file: give a run name, or the model folder that holds it")
+    check_tag(tag)
+    check_device(device)
+
+
+def check_runs_dir(path: Optional[str | Path] = None, create: bool = False) -> Path:
+    """The runs directory (--runs-dir, $SLM_RUNS_DIR or ./runs): refused if it is a file, and with
+    create=True made if missing and proved writable, before a run directory is created in it."""
+    from slm_core.runs import runs_dir
+
+    root = runs_dir(path)
+    if root.exists() and not root.is_dir():
+        raise SLMError(f"the runs directory {root} is a file, not a folder: point --runs-dir (or $SLM_RUNS_DIR) "
+                       "at a folder")
+    if create:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=root, prefix=".write-test-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as error:
+            raise SLMError(f"cannot write to the runs directory {root} ({error.strerror or error}): choose another "
+                           "--runs-dir or fix its permissions") from None
+    return root
+
+
+def check_model_source(source: Any, field: str, tag: str = "best") -> Path:
+    """A run name (in the runs directory), run folder, checkpoint, quantized or HF folder → its folder.
+    Cheap: nothing is loaded, only the folders are looked at."""
+    from slm_core.checkpoint import resolve_source
+
+    if str(source).lower().endswith(".gguf") and Path(str(source)).expanduser().is_file():
+        return Path(str(source)).expanduser()
+    if _plain_file(source):
+        raise SLMError(f"{field}={source!r} is a file: give a run name, or a checkpoint, quantized or Hugging Face "
+                       "model folder")
+    try:
+        folder = resolve_source(str(source), tag)
+    except SLMError as error:  # names the runs directory it looked in; say which setting it came from
+        raise SLMError(f"{field}={source!r}: {error}") from None
+    known = ("quantization.json", "config.yaml", "config.json")
+    if not any((folder / name).exists() for name in known):
+        raise SLMError(f"{field}={source!r}: {folder} holds no model (no config.yaml or config.json); give a run "
+                       "name, or a checkpoint, quantized or Hugging Face model folder")
+    return folder
+
+
+def preflight_train(config: Any, run_dir: str | Path, resume: bool = False) -> None:
+    """Everything a new (or resumed) run needs that can be checked without building it: called
+    before the run directory is created, so a bad input leaves nothing behind."""
+    from slm_core.config import RunConfig
+    from slm_core.data_sources import source_kind
+
+    if not isinstance(config, RunConfig):
+        raise SLMError(f"config must be a RunConfig, got {type(config).__name__}: build one with "
+                       "slm_core.config.load_recipe(name) or load_run_config(path)")
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SLMError(f"the run directory {run_dir} is a file: give a folder path")
+    if resume and not (run_dir / "config.yaml").exists():
+        raise SLMError(f"{run_dir} is not a run to resume (no config.yaml): start it with `slm train`")
+    check_runs_dir(run_dir.parent, create=True)
+    config.check_ready()
+    if config.train.device != "auto":
+        check_device(config.train.device)
+    if config.train.mode in ("lora", "finetune") or (config.train.mode == "distill" and config.train.init_from):
+        check_model_source(config.train.init_from, "train.init_from")
+    if config.train.mode == "distill":
+        check_model_source(config.distill.teacher, "distill.teacher")
+    source_kind(config.data.source)  # a missing local file is named now, not after a failed run
+    if config.tokenizer.path and not Path(config.tokenizer.path).expanduser().exists():
+        raise SLMError(f"tokenizer.path={config.tokenizer.path!r} does not exist: give a saved tokenizer folder "
+                       "(or the folder with vocab.bpe + encoder.json for kind=gpt2), or leave it unset")
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """Silence a library's logger for a moment: some log a failure with its traceback before raising,
+    and the person should see only our one-line SLMError about it."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def explain_json_error(path: str | Path) -> Optional[str]:
+    """Why a JSON / JSON Lines file does not parse, with the line number (None if it parses).
+
+    The datasets library reports the byte position inside a parse block ("Trailing data at
+    position 54") or a bare StopIteration for an empty file; a person needs the file and the line.
+    Read line by line, so a large file costs no more memory than its longest line."""
+    path = Path(path)
+    if path.suffix.lower() == ".json" and path.stat().st_size < JSON_DOCUMENT_LIMIT:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            json.loads(text)
+            return None
+        except json.JSONDecodeError as error:
+            if text.lstrip()[:1] == "[":  # one JSON document: report its own line
+                return (f"could not read {path}: line {error.lineno}: {error.msg} (column {error.colno}); "
+                        "fix the JSON there")
+    seen_any = False
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            seen_any = True
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                return (f"could not read {path}: line {number}: {error.msg} (column {error.colno}); each line must "
+                        "be one JSON object: fix or remove that line")
+            if not isinstance(value, dict):
+                return (f"could not read {path}: line {number} holds a {type(value).__name__}, not a JSON object like "
+                        f"{{\"text\": \"...\"}}: fix or remove that line")
+    if not seen_any:
+        return f"could not read {path}: the file is empty; give one JSON object per line, e.g. {{\"text\": \"...\"}}"
+    return None

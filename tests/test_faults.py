@@ -1,0 +1,310 @@
+"""Faults a hostile or unlucky user meets, on real tiny runs: two writers on one run, damaged
+checkpoints, a full disk, out of memory, and stopping by SIGTERM / SIGINT / the stop file.
+
+Processes that must die or hold a lock are forked from this one (torch already imported, one
+thread), so each costs milliseconds instead of a fresh interpreter's import of torch.
+"""
+
+import multiprocessing
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from slm_core import runs
+from slm_core.checkpoint import CheckpointWarning, find_checkpoint, load_model, step_of
+from slm_core.cli import main as slm
+from slm_core.config import load_recipe
+from slm_core.errors import SLMError
+from slm_core.run_lock import RunLock, holder
+from slm_core.train import train
+
+FORK = multiprocessing.get_context("fork")
+# A 1-layer, 32-wide model on a character vocabulary: a step takes milliseconds.
+TINY = ["data.source=builtin", "data.max_chars=50000", "tokenizer.kind=char", "model.vocab_size=null",
+        "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.n_kv_head=2", "model.d_ff=64",
+        "model.context_length=32", "train.batch_size=4", "train.precision=fp32", "train.eval_batches=1",
+        "train.sample_prompts=[]", "train.warmup_steps=1", "train.device=cpu"]
+
+
+def tiny(steps: int, ckpt: int = 2, *extra: str):
+    return load_recipe("quickstart-cpu", TINY + [f"train.max_steps={steps}", f"train.eval_interval={steps}",
+                                                 f"train.ckpt_interval={ckpt}", *extra])
+
+
+def snapshot(run_dir: Path) -> dict:
+    """Every file under the run with its size and mtime: 'nothing changed' means this is equal."""
+    return {str(p.relative_to(run_dir)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def train_steps(rows) -> list[int]:
+    return [r["step"] for r in rows if r.get("kind") == "train"]
+
+
+def _in_child(fn, *args):
+    """Run fn(*args) in a forked process with one thread; exit code 0 on return, 3 on an exception."""
+    def target():
+        torch.set_num_threads(1)
+        try:
+            fn(*args)
+        except BaseException as error:  # noqa: BLE001 - reported through the exit code and a file
+            Path(args[0]).parent.joinpath("child-error.txt").write_text(f"{type(error).__name__}: {error}")
+            os._exit(3)
+    proc = FORK.Process(target=target)
+    proc.start()
+    return proc
+
+
+def _wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 8-step run with checkpoints latest (8), latest.prev (6) and best; copied per test."""
+    run_dir = tmp_path_factory.mktemp("faults") / "base"
+    train(tiny(8, 2), run_dir, progress=False)
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    target = tmp_path / "run"
+    shutil.copytree(finished_run, target)
+    return target
+
+
+# ---- two writers -------------------------------------------------------------------------------
+
+def _hold_lock(run_dir, seconds):
+    with RunLock(run_dir):
+        Path(run_dir, "held").touch()
+        time.sleep(seconds)
+
+
+def test_second_writer_is_refused_naming_the_first_and_changes_nothing(run_copy):
+    before = snapshot(run_copy)
+    other = _in_child(_hold_lock, run_copy, 60)
+    try:
+        _wait_for(lambda: (run_copy / "held").exists(), what="the other writer")
+        (run_copy / "held").unlink()
+        before = snapshot(run_copy)
+        with pytest.raises(SLMError, match=rf"being written by pid {other.pid} on "):
+            train(tiny(12, 2), run_copy, resume=True, progress=False)
+        assert slm(["resume", str(run_copy), "--quiet"]) == 2  # the CLI: one line, exit 2
+        assert snapshot(run_copy) == before
+        # The Studio's view: a run some other process holds is running, whatever status.json says.
+        assert runs.read_status(run_copy)["state"] == "running"
+        assert runs.run_summary(run_copy)["state"] == "running"
+    finally:
+        os.kill(other.pid, signal.SIGKILL)
+        other.join(10)
+    # The holder died: its lock went with it, and the next writer takes the run over.
+    assert holder(run_copy) is None and runs.read_status(run_copy)["state"] == "finished"
+    assert train(tiny(10, 2), run_copy, resume=True, progress=False)["step"] == 10
+
+
+def test_fresh_train_into_an_existing_run_is_refused(run_copy):
+    before = snapshot(run_copy)
+    with pytest.raises(SLMError, match="already holds a run"):
+        train(tiny(8, 2), run_copy, progress=False)
+    assert snapshot(run_copy) == before
+
+
+def test_a_killed_writer_reads_as_failed_not_running(run_copy):
+    runs.write_status(run_copy, state="running", pid=os.getpid())  # pid alive, but nobody holds the lock
+    assert runs.read_status(run_copy)["state"] == "failed"
+
+
+# ---- damaged checkpoints ---------------------------------------------------------------------------
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("damage", ["model.safetensors", "trainer_state.pt", "state.json", "manifest.json"])
+def test_resume_skips_a_damaged_latest_and_redoes_its_steps_once(run_copy, finished_run, damage):
+    latest = run_copy / "checkpoints" / "latest"
+    if damage == "state.json":
+        (latest / damage).write_text("")
+    else:
+        _truncate(latest / damage)
+    with pytest.warns(CheckpointWarning, match=damage.replace(".", r"\.")):
+        result = train(tiny(8, 2), run_copy, resume=True, progress=False)
+    assert result["state"] == "finished" and result["step"] == 8
+    # Steps 7-8 were redone from latest.prev (step 6); each appears once, with the same losses.
+    assert train_steps(runs.read_metrics(run_copy)) == list(range(1, 9))
+    original = load_file(str(finished_run / "checkpoints" / "latest" / "model.safetensors"))
+    redone = load_file(str(latest / "model.safetensors"))
+    assert all(torch.equal(original[k], redone[k]) for k in original)
+
+
+def test_readers_fall_back_and_name_the_damaged_file(run_copy):
+    best = run_copy / "checkpoints" / "best"
+    _truncate(best / "model.safetensors")
+    with pytest.warns(CheckpointWarning, match=r"best/model\.safetensors is truncated"):
+        loaded = load_model(run_copy, tag="best")
+    assert loaded.path.name == "latest"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CheckpointWarning)
+        assert slm(["generate", str(run_copy), "--prompt", "Once", "--max-new-tokens", "3"]) == 0
+        assert slm(["quantize", str(run_copy), "--method", "int8"]) == 0
+
+
+def test_no_good_checkpoint_left_is_one_line_naming_each_file(run_copy, capsys):
+    for name in ("latest", "latest.prev", "best"):
+        _truncate(run_copy / "checkpoints" / name / "model.safetensors")
+    for argv in (["generate", str(run_copy), "--max-new-tokens", "2"], ["quantize", str(run_copy)],
+                 ["export", str(run_copy), "--out", str(run_copy.parent / "exported")],
+                 ["eval", str(run_copy)], ["resume", str(run_copy)]):
+        capsys.readouterr()
+        assert slm(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.count("\n") == 1, err
+        assert "model.safetensors is truncated" in err or "no checkpoint" in err, err
+
+
+def test_stale_temporary_folders_are_removed_and_a_complete_one_promoted(run_copy):
+    root = run_copy / "checkpoints"
+    shutil.copytree(root / "latest", root / ".latest-half")
+    (root / ".latest-half" / "manifest.json").unlink()  # killed mid-write
+    (root / "latest").rename(root / ".latest-done")  # killed between the swap's two renames
+    shutil.copytree(root / "best", root / ".trash-best-123")
+    result = train(tiny(10, 2), run_copy, resume=True, progress=False)
+    assert result["step"] == 10
+    assert sorted(p.name for p in root.iterdir()) == ["best", "latest", "latest.prev"]
+    # Resumed from the promoted step-8 checkpoint, not latest.prev (step 6): nothing redone.
+    assert train_steps(runs.read_metrics(run_copy)) == list(range(1, 11))
+
+
+# ---- disk full ---------------------------------------------------------------------------------------
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_full_disk_stops_cleanly_and_resume_works_once_space_is_freed(tmp_path):
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "4m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root); the RLIMIT_FSIZE test covers the write path")
+    try:
+        run_dir = disk / "run"
+
+        def fill_disk(event):  # after step 3's checkpoint, leave too little room for the next one
+            if event.get("kind") == "train" and event["step"] == 3 and not (disk / "ballast").exists():
+                free = shutil.disk_usage(disk).free
+                (disk / "ballast").write_bytes(b"\0" * (free - 150_000))
+
+        with pytest.raises(SLMError, match=r"needs \d+ MB free in .*; last good checkpoint: step 2"):
+            train(tiny(8, 2), run_dir, progress=False, callback=fill_disk)
+        status = runs.read_status(run_dir)
+        assert status["state"] == "failed" and "last good checkpoint: step 2" in status["error"]
+        assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+        (disk / "ballast").unlink()
+        assert train(tiny(8, 2), run_dir, resume=True, progress=False)["state"] == "finished"
+        assert train_steps(runs.read_metrics(run_dir)) == list(range(1, 9))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _train_until_file_limit(run_dir, limit_at_step):
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, not a kill
+
+    def limit(event):
+        if event.get("kind") == "train" and event["step"] == limit_at_step:
+            size = (Path(run_dir) / "checkpoints" / "latest" / "model.safetensors").stat().st_size
+            resource.setrlimit(resource.RLIMIT_FSIZE, (size + 10_000, resource.RLIM_INFINITY))
+    train(tiny(8, 2), run_dir, progress=False, callback=limit)
+
+
+def test_write_error_mid_checkpoint_is_explained_and_leaves_no_temporary_folder(tmp_path):
+    """A file-size limit makes torch.save fail inside trainer_state.pt ('unexpected pos'), as a full disk does."""
+    run_dir = tmp_path / "run"
+    child = _in_child(_train_until_file_limit, run_dir, 3)
+    child.join(120)
+    assert child.exitcode == 3
+    error = (tmp_path / "child-error.txt").read_text()
+    assert error.startswith("DiskFullError: not enough disk space") and "last good checkpoint: step 2" in error, error
+    assert "unexpected pos" not in error and "stopped short" in error, error
+    status = runs.read_status(run_dir)
+    assert status["state"] == "failed" and "needs" in status["error"] and "MB free" in status["error"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best", "latest", "latest.prev"]
+    assert train(tiny(8, 2), run_dir, resume=True, progress=False)["state"] == "finished"
+
+
+# ---- out of memory -------------------------------------------------------------------------------------
+
+def test_absurd_model_is_refused_at_once_without_allocating(tmp_path):
+    started = time.perf_counter()
+    with pytest.raises(SLMError, match=r"refusing to start: training this model needs about .* settings|"
+                                       r"refusing to start: .*pick a smaller model"):
+        train(tiny(8, 2, "model.n_layer=100000"), tmp_path / "huge", progress=False)
+    assert time.perf_counter() - started < 1.0
+    assert not (tmp_path / "huge").exists()
+
+
+def _train_under_memory_limit(run_dir, extra_mb, *overrides):
+    vm = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + extra_mb * 2**20, resource.RLIM_INFINITY))
+    train(tiny(4, 2, *overrides), run_dir, progress=False)
+
+
+# ~1.2 GB of weights, gradients and AdamW state: far beyond a 300 MB allowance.
+BIG = ("model.d_model=1024", "model.d_ff=4096", "model.n_layer=6", "model.n_head=8", "model.n_kv_head=8")
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_out_of_memory_is_refused_or_explained_with_settings_that_fit(tmp_path, force):
+    run_dir = tmp_path / "run"
+    child = _in_child(_train_under_memory_limit, run_dir, 300, *BIG, f"train.force={str(force).lower()}")
+    child.join(300)
+    assert child.exitcode == 3
+    error = (tmp_path / "child-error.txt").read_text()
+    assert error.startswith("SLMError: "), error  # one line, no traceback
+    if force:  # it tried, and the allocator's failure is explained
+        assert "out of memory (CPU)" in error and "training this model needs about" in error, error
+        assert "failed" == runs.read_status(run_dir)["state"] and "out of memory" in runs.read_status(run_dir)["error"]
+    else:
+        assert "refusing to start" in error and "train.force=true" in error, error
+
+
+# ---- stopping --------------------------------------------------------------------------------------------
+
+def _train_long(run_dir):
+    train(tiny(100_000, 1000), run_dir, progress=False)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "stop file"])
+def test_stop_by_signal_or_file_saves_a_checkpoint_at_the_last_step(tmp_path, how):
+    run_dir = tmp_path / "run"
+    child = _in_child(_train_long, run_dir)
+    _wait_for(lambda: len(train_steps(runs.read_metrics(run_dir))) >= 3, what="training steps")
+    if how == "stop file":
+        runs.request(run_dir, "stop")
+    else:
+        os.kill(child.pid, getattr(signal, how))
+    child.join(60)
+    assert child.exitcode == 0
+    status = runs.read_status(run_dir)
+    assert status["state"] == "stopped"
+    last = train_steps(runs.read_metrics(run_dir))[-1]
+    assert step_of(find_checkpoint(run_dir, "latest", need_trainer_state=True)) == last == status["step"]
+    assert holder(run_dir) is None

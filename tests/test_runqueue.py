@@ -1,0 +1,60 @@
+"""The run queue (slm_core.runqueue) and `slm queue`: order, cancel, the one-slot rule, and a queued run
+trained by `slm queue run`."""
+
+import time
+
+import pytest
+
+from slm_core import runqueue, runs
+from slm_core.cli import main
+from slm_core.errors import SLMError
+
+TINY = ["data.max_chars=400000", "tokenizer.vocab_size=512", "model.context_length=64", "model.n_layer=1",
+        "train.batch_size=4", "train.precision=fp32", "train.eval_batches=1", "train.sample_tokens=2",
+        "train.warmup_steps=1", "train.max_steps=2", "train.eval_interval=2", "train.ckpt_interval=2"]
+
+
+def test_queue_keeps_order_moves_and_cancels(tmp_path):
+    a = runqueue.add(tmp_path, "quickstart-cpu", ["train.max_steps=5"], name="a")
+    runqueue.add(tmp_path, "quickstart-cpu", [], name="b")
+    runqueue.add(tmp_path, "tiny-gpt-cpu", [], name="c")
+    assert a["overrides"] == ["train.max_steps=5"]
+    assert [e["name"] for e in runqueue.entries(tmp_path)] == ["a", "b", "c"]
+    assert runqueue.move(tmp_path, "c", 0) == 0
+    assert [e["name"] for e in runqueue.entries(tmp_path)] == ["c", "a", "b"]
+    runqueue.remove(tmp_path, "a")
+    assert [e["name"] for e in runqueue.entries(tmp_path)] == ["c", "b"]
+    with pytest.raises(SLMError, match="already exists or is queued"):
+        runqueue.add(tmp_path, "quickstart-cpu", [], name="b")
+    with pytest.raises(SLMError, match="train.lr"):  # settings are checked when queued, not when their turn comes
+        runqueue.add(tmp_path, "quickstart-cpu", ["train.lr=-1"], name="bad")
+    with pytest.raises(SLMError, match="not in the queue"):
+        runqueue.remove(tmp_path, "zzz")
+
+
+def test_the_next_run_is_taken_only_when_the_slot_is_free(tmp_path):
+    runqueue.add(tmp_path, "quickstart-cpu", [], name="first")
+    runqueue.add(tmp_path, "quickstart-cpu", [], name="second")
+    runs.write_status(tmp_path / "busy", state="running", started_at=time.time())
+    assert runqueue.take_next(tmp_path) is None  # a run is training
+    runs.write_status(tmp_path / "busy", state="finished")
+    assert runqueue.take_next(tmp_path)["name"] == "first"
+    # "first" was handed to a worker that has not written its status yet: it holds the slot.
+    assert runqueue.take_next(tmp_path) is None
+    assert runqueue.slot_holder(tmp_path, runs.read_json(tmp_path / runqueue.QUEUE_FILE)["launching"]) == "first"
+    runs.write_status(tmp_path / "first", state="finished")
+    assert runqueue.take_next(tmp_path)["name"] == "second" and runqueue.entries(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_slm_queue_from_a_shell(tmp_path, capsys):
+    root = str(tmp_path)
+    assert main(["queue", "add", "--preset", "quickstart-cpu", "--name", "q1", "--runs-dir", root,
+                 *sum((["--set", o] for o in TINY), [])]) == 0
+    assert main(["queue", "--runs-dir", root]) == 0
+    assert "q1" in capsys.readouterr().out
+    assert main(["queue", "remove", "nope", "--runs-dir", root]) == 2
+    assert main(["queue", "run", "--runs-dir", root]) == 0
+    assert runs.read_status(tmp_path / "q1")["state"] == "finished"
+    assert "finished: step 2" in (tmp_path / "q1" / "log.txt").read_text()
+    assert runqueue.entries(root) == []

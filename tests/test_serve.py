@@ -1,0 +1,170 @@
+"""`slm serve` as a client sees it: a real server process on loopback serving a tiny trained model, driven
+by the official `openai` client and by plain HTTP. Concurrent streams are each correct (greedy equals
+the single-client answer and the native path), and bad requests get OpenAI-shaped 4xx errors while
+the server stays up."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from slm_core.config import load_recipe
+
+QUICK = ["data.max_chars=400000", "tokenizer.vocab_size=512", "model.context_length=64", "model.vocab_size=null",
+         "model.n_layer=1", "train.batch_size=4", "train.precision=fp32", "train.eval_batches=2",
+         "train.sample_tokens=4", "train.warmup_steps=2", "train.lr=0.003", "train.max_steps=6",
+         "train.eval_interval=3", "train.ckpt_interval=3"]
+KEY = "sk-local-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(base_url, run_dir) of `slm serve` on a freshly trained tiny run; stopped after the module."""
+    from slm_core.train import train
+
+    root = tmp_path_factory.mktemp("serve-runs")
+    train(load_recipe("quickstart-cpu", QUICK), root / "tiny", progress=False)
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    process = subprocess.Popen([sys.executable, "-m", "slm_core", "serve", "tiny", "--runs-dir", str(root),
+                                "--port", str(port), "--dtype", "fp32", "--api-key", KEY, "--slots", "4"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            if process.poll() is not None:
+                pytest.fail("slm serve exited: " + process.stdout.read().decode()[-2000:])
+            try:
+                http("GET", base + "/v1/models")
+                break
+            except (ConnectionError, urllib.error.URLError):
+                time.sleep(0.25)
+        yield base, root / "tiny"
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def http(method: str, url: str, body=None, key: str = KEY, raw: bytes | None = None) -> tuple[int, dict]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def client(base: str):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0)
+
+
+def test_the_openai_client_lists_completes_and_streams(server):
+    base, _ = server
+    api = client(base)
+    assert [m.id for m in api.models.list().data] == ["tiny"]
+    done = api.completions.create(model="tiny", prompt="Once upon a time", max_tokens=12, temperature=0)
+    assert done.choices[0].text and done.usage.completion_tokens == 12 and done.choices[0].finish_reason == "length"
+    assert done.usage.total_tokens == done.usage.prompt_tokens + 12
+    chat = api.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "The little dog"}],
+                                       max_tokens=10, temperature=0.8, top_p=0.9, seed=3)
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens <= 10
+    again = api.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "The little dog"}],
+                                        max_tokens=10, temperature=0.8, top_p=0.9, seed=3)
+    assert again.choices[0].message.content == chat.choices[0].message.content  # the seed is honoured
+    stream = api.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "The little dog"}],
+                                         max_tokens=10, temperature=0.8, top_p=0.9, seed=3, stream=True,
+                                         stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == chat.choices[0].message.content  # streamed and whole answers agree
+    assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("length", "stop")
+
+
+def test_concurrent_streaming_clients_each_get_their_own_greedy_answer(server):
+    from slm_core.checkpoint import load_model
+    from slm_core.generate import complete
+
+    base, run_dir = server
+    api = client(base)
+    prompts = ["Once upon a time", "The little dog", "She said", "A big red ball", "Tom and Sue"]
+    # Greedy with a repetition penalty (vLLM's extra field): deterministic, and varied even from a 6-step model.
+    greedy = dict(max_tokens=16, temperature=0, extra_body={"repetition_penalty": 1.5})
+    alone = [api.completions.create(model="tiny", prompt=p, **greedy).choices[0].text for p in prompts]
+    together = [None] * len(prompts)
+
+    def stream(i):
+        pieces = api.completions.create(model="tiny", prompt=prompts[i], stream=True, **greedy)
+        together[i] = "".join(c.choices[0].text for c in pieces)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert together == alone
+    loaded = load_model(run_dir)  # the native path, in this process: the same greedy text
+    assert [complete(loaded, p, max_new_tokens=16, temperature=0, repetition_penalty=1.5, use_template=False)
+            for p in prompts] == alone
+    assert len(set(alone)) > 1  # different prompts, different answers: streams did not cross
+
+
+def test_stop_strings_and_plain_http_streaming(server):
+    base, _ = server
+    status, whole = http("POST", base + "/v1/completions",
+                         {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 20, "temperature": 0})
+    text = whole["choices"][0]["text"]
+    assert status == 200 and len(text) > 4
+    stop = text[3:5]
+    _, cut = http("POST", base + "/v1/completions", {"model": "tiny", "prompt": "Once upon a time",
+                                                     "max_tokens": 20, "temperature": 0, "stop": [stop]})
+    assert cut["choices"][0]["text"] == text[:text.index(stop)] and cut["choices"][0]["finish_reason"] == "stop"
+    request = urllib.request.Request(base + "/v1/chat/completions", method="POST", data=json.dumps(
+        {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True}).encode(),
+        headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.read().decode().split("\n") if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[0][6:])["choices"][0]["delta"]["role"] == "assistant"
+
+
+@pytest.mark.parametrize("body, raw, key, status, says", [
+    ({"model": "nope", "prompt": "hi"}, None, KEY, 404, "does not exist"),
+    ({"model": "tiny", "prompt": "hi", "max_tokens": -1}, None, KEY, 400, "max_tokens"),
+    ({"model": "tiny", "prompt": "hi " * 200}, None, KEY, 400, "maximum context length"),
+    ({"model": "tiny", "prompt": "hi", "max_tokens": 64}, None, KEY, 400, "maximum context length"),
+    ({"model": "tiny", "prompt": "hi", "temperature": -1}, None, KEY, 400, "temperature"),
+    (None, b"{not json", KEY, 400, "not valid JSON"),
+    ({"model": "tiny", "prompt": "hi"}, None, "sk-wrong", 401, "API key"),
+])
+def test_bad_requests_get_openai_shaped_errors_and_the_server_stays_up(server, body, raw, key, status, says):
+    base, _ = server
+    code, answer = http("POST", base + "/v1/completions", body, key=key, raw=raw)
+    assert code == status and says in answer["error"]["message"] and answer["error"]["type"]
+    assert http("GET", base + "/v1/models")[0] == 200
+
+
+def test_the_openai_client_raises_its_own_errors(server):
+    openai = pytest.importorskip("openai")
+    base, _ = server
+    with pytest.raises(openai.NotFoundError):
+        client(base).chat.completions.create(model="other", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base + "/v1", api_key="bad", max_retries=0).models.list()
