@@ -135,8 +135,11 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds before a run counts as a miss")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="override for our recipe")
     parser.add_argument("--only", choices=["ours", "nanogpt"], help="run one side only (for tuning)")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both sides (1 is steadier on a busy machine)")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ttq-") as tmp:
         work = Path(tmp)

@@ -105,7 +105,7 @@ def save_checkpoint(ckpt_root: Path, tag: str, model: torch.nn.Module, config: R
         if lora:
             from slm_core.lora import save_adapter
 
-            save_adapter(model, tmp / "adapter")
+            save_adapter(model, tmp / "adapter", base=config.train.init_from)
         else:
             save_file(weights, str(tmp / WEIGHTS))
         (tmp / "config.yaml").write_text(config.to_yaml())

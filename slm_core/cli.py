@@ -7,6 +7,7 @@ Errors a person can fix print one line and exit 2; no tracebacks. The Studio lau
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -71,10 +72,15 @@ def add_train_parser(sub) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_run_location(parser)
     _add_overrides(parser)
+    dist = parser.add_argument_group("several processes (launched through torchrun)")
+    dist.add_argument("--nproc", type=int, default=1, help="processes on this machine (one per GPU)")
+    dist.add_argument("--nnodes", type=int, default=1, help="machines taking part")
+    dist.add_argument("--node-rank", type=int, default=0, help="this machine's index, 0 .. nnodes-1")
+    dist.add_argument("--rdzv-endpoint", help="HOST:PORT of machine 0, the same on every machine")
 
 
 def cmd_train(args) -> int:
-    from slm_core import runs
+    from slm_core import distributed, runs
     from slm_core.config import load_recipe, load_run_config
     from slm_core.train import train
     from slm_core.validate import check_runs_dir, preflight_train
@@ -88,10 +94,14 @@ def cmd_train(args) -> int:
     root = check_runs_dir(args.runs_dir)
     name = runs.valid_run_name(args.name) if args.name else runs.new_run_name(config.preset or "run", root)
     run_dir = root / name
-    if (run_dir / "status.json").exists():
+    if (run_dir / "status.json").exists() and os.environ.get("RANK", "0") == "0":  # other ranks find rank 0's
         raise SLMError(f"a run named '{name}' already exists in {root}; pick another --name or `slm resume {name}`")
     preflight_train(config, run_dir)
     print(f"run: {run_dir}", flush=True)
+    if (args.nproc > 1 or args.nnodes > 1) and not distributed.under_torchrun():
+        # every rank must agree on the run's name and folder: pass them explicitly
+        entry = distributed.strip_launch_flags(args.argv) + ["--name", name, "--runs-dir", str(root)]
+        return distributed.launch(entry, run_dir, args.nproc, args.nnodes, args.node_rank, args.rdzv_endpoint)
     result = train(config, run_dir, progress=not args.quiet, callback=_print_event)
     return _report(result)
 
@@ -150,7 +160,10 @@ def add_generate_parser(sub) -> None:
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--raw", action="store_true", help="do not apply the model's instruction template")
+    parser.add_argument("--stop", action="append", default=[], help="end the text before this string (repeatable)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="weights for decoding; auto: bf16 where the CPU/GPU computes it natively")
     _add_run_location(parser)
 
 
@@ -164,13 +177,21 @@ def cmd_generate(args) -> int:
     check_device(args.device)
     use_runs_dir(check_runs_dir(args.runs_dir))
     loaded = load_model(args.model, tag=args.checkpoint, device=args.device)
+    from slm_core.engine import pick_dtype
+    from slm_core.quantize import is_quantized
+
+    if not is_quantized(loaded.model):
+        loaded.model.to(pick_dtype(loaded.model, args.dtype))
     stats: dict = {}
     sys.stdout.write(args.prompt if not loaded.template or args.raw else "")
     for delta in stream_text(loaded, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                             args.repetition_penalty, args.seed, stats=stats, use_template=not args.raw):
+                             args.repetition_penalty, args.seed, stats=stats, use_template=not args.raw,
+                             stop=tuple(args.stop)):
         sys.stdout.write(delta)
         sys.stdout.flush()
-    print(f"\n[{stats.get('tokens', 0)} tokens, {stats.get('tokens_per_sec', 0):.1f} tokens/s]", file=sys.stderr)
+    ttft = stats.get("ttft_s")
+    print(f"\n[{stats.get('tokens', 0)} tokens, {stats.get('tokens_per_sec', 0):.1f} tokens/s"
+          + (f", first token {ttft * 1000:.0f} ms" if ttft is not None else "") + "]", file=sys.stderr)
     return 0
 
 
@@ -228,6 +249,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 def main(argv: list[str] | None = None) -> int:
     parser, table = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `slm train --nproc N` hands these to each rank
     try:
         return table[args.command][1](args)
     except SLMError as error:

@@ -146,7 +146,7 @@ class DataConfig:
     val_fraction: float = 0.05
     max_chars: Optional[int] = None  # cap on characters read, for quick experiments
     # instruction data (Alpaca or chat 'messages' records): the prompt template to train with
-    template: Optional[str] = None  # None: plain text; 'alpaca' | 'chatml'
+    template: Optional[str] = None  # None: plain text; 'alpaca' | 'chatml' | 'model' (the base's own chat template)
     # how a plain text file becomes documents: 'paragraph' (blank lines; <|endoftext|> markers win when the
     # file has them), 'line', 'whole' (the file is one document), or any other string as the separator
     split: str = "paragraph"
@@ -160,8 +160,8 @@ class DataConfig:
         for name in ("max_documents", "max_tokens", "max_chars"):
             _require(getattr(self, name) is None or getattr(self, name) >= 1, f"data.{name}", getattr(self, name),
                      "use a positive number, or null for no limit")
-        _require(self.template in (None, "alpaca", "chatml"), "data.template", self.template,
-                 "use null, 'alpaca' or 'chatml'")
+        _require(self.template in (None, "alpaca", "chatml", "model"), "data.template", self.template,
+                 "use null, 'alpaca', 'chatml' or 'model' (the base model's own chat template)")
 
 
 @dataclass
@@ -180,7 +180,6 @@ class TrainConfig:
     muon_lr: Optional[float] = None  # Muon's peak lr (None: train.lr; Muon's update RMS matches AdamW's)
     muon_momentum: float = 0.95
     target_val_loss: Optional[float] = None  # stop once the validation loss reaches this ("good enough")
-    strategy: str = "ddp"  # ddp | fsdp: how several processes share the model (one process: ignored)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -210,7 +209,6 @@ class TrainConfig:
         _require(0.0 < self.decay_fraction <= 1.0, "train.decay_fraction", self.decay_fraction, "must be in (0, 1]")
         _require(self.optimizer in ("adamw", "muon"), "train.optimizer", self.optimizer, "use 'adamw' or 'muon'")
         _require(self.muon_lr is None or self.muon_lr > 0, "train.muon_lr", self.muon_lr, "must be positive")
-        _require(self.strategy in ("ddp", "fsdp"), "train.strategy", self.strategy, "use 'ddp' or 'fsdp'")
         _require(self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", self.precision,
                  "use 'auto', 'fp32', 'bf16' or 'fp16'")
         _require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")

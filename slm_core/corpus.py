@@ -484,5 +484,11 @@ def _general_task(rng: random.Random) -> dict:
 def builtin_instructions(seed: int = 0, n: int = 4000) -> list[dict]:
     """`n` Alpaca records (`instruction`, `input`, `output`): questions about generated stories
     (85% of them, including writing a story from a description) and small general tasks."""
+    return list(iter_instructions(seed, n))
+
+
+def iter_instructions(seed: int = 0, n: int = 4000) -> Iterator[dict]:
+    """The records of `builtin_instructions`, one at a time (a preview needs only the first few)."""
     rng = random.Random(seed + 7919)  # a different stream from builtin_stories' with the same seed
-    return [_story_task(rng) if rng.random() < 0.85 else _general_task(rng) for _ in range(n)]
+    for _ in range(n):
+        yield _story_task(rng) if rng.random() < 0.85 else _general_task(rng)

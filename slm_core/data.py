@@ -114,6 +114,8 @@ def data_summary(data_cfg: DataConfig, max_seconds: float = SUMMARY_SECONDS) -> 
     columns, is_instruction, template; `complete` is False when counting stopped after max_seconds."""
     stream, first, complete = DocStream(data_cfg), None, True
     started = time.perf_counter()
+    if stream.kind == "hub":  # a stream over the network: a first impression, not the whole dataset
+        max_seconds = min(max_seconds, 5.0)
     for item in stream:
         first = item if first is None else first
         if time.perf_counter() - started > max_seconds:
@@ -128,10 +130,16 @@ def data_summary(data_cfg: DataConfig, max_seconds: float = SUMMARY_SECONDS) -> 
             "template": template, "complete": complete, "bytes": stream.total_bytes}
 
 
-def iter_examples(cfg: DataConfig, template: Optional[str], stream: DocStream) -> Iterator:
-    """The stream's documents as training examples: strings, or (prompt, response) pairs."""
+def iter_examples(cfg: DataConfig, template: Optional[str], stream: DocStream, tokenizer=None) -> Iterator:
+    """The stream's documents as training examples: strings, or (prompt, response) pairs.
+    template 'model': rendered by the tokenizer's own chat template (slm_core.templates)."""
+    from slm_core.templates import model_prompt_response
+
     for item in stream:
-        yield item if isinstance(item, str) else split_prompt_response(item, template)
+        if isinstance(item, str):
+            yield item
+        else:
+            yield model_prompt_response(item, tokenizer) if template == "model" else split_prompt_response(item, template)
 
 
 def _first_template(cfg: DataConfig, root: Path) -> Optional[str]:
@@ -258,8 +266,9 @@ def _build_cache(cfg: DataConfig, template: Optional[str], tokenizer, directory:
         (directory / "meta.json").unlink(missing_ok=True)  # invalid until every file below is in place
         stream = DocStream(cfg, shard=shard, hf_cache=root / "hf-datasets")
         total = stream.total_bytes if cfg.max_chars is None else min(cfg.max_chars, stream.total_bytes or 1 << 62)
-        counts = build_token_files(iter_examples(cfg, template, stream), directory, tokenizer,
+        counts = build_token_files(iter_examples(cfg, template, stream, tokenizer), directory, tokenizer,
                                    val_fraction=cfg.val_fraction, masked=template is not None,
+                                   special=template == "model",
                                    dtype=token_dtype(tokenizer.n_vocab), total_chars=total,
                                    max_tokens=cfg.max_tokens, workers=workers, progress=progress)
         if counts["n_documents"] == 0:
@@ -301,6 +310,9 @@ def prepare_shard(config: RunConfig, shard: tuple[int, int], out_dir: str | Path
     cfg = config.data
     if (out / TOKENIZER_DIR).is_dir():  # an earlier shard's vocabulary: every shard must use the same
         tokenizer = Tokenizer.load(out / TOKENIZER_DIR)
+        if tokenizer.kind != config.tokenizer.kind and not config.tokenizer.path:
+            raise SLMError(f"{out} holds shards of a '{tokenizer.kind}' tokenizer, not tokenizer.kind="
+                           f"'{config.tokenizer.kind}': use the same settings for every shard, or another --out")
     else:
         tokenizer = _tokenizer_for(config.tokenizer, cfg, root, progress)
         tmp = out / f"{TOKENIZER_DIR}.tmp-{os.getpid()}"
@@ -320,7 +332,7 @@ def token_folder(source: str) -> Optional[Path]:
         return None
     if (path / "meta.json").exists() and (path / "train.bin").exists():
         return path
-    return path if any(path.glob("shard-*-of-*")) else None
+    return path if any(p.is_dir() for p in path.glob("shard-*-of-*")) else None
 
 
 def open_token_folder(folder: Path, tokenizer=None) -> "PreparedData":

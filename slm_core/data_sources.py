@@ -3,9 +3,10 @@
 
 A document is a string (plain text) or a record dict (instruction data: Alpaca
 `instruction`/`input`/`output` or chat `messages`). Tabular files, saved datasets and the Hub go
-through Hugging Face `datasets`; text files are read directly because each file is one document
-and a decode error has to name the file and the byte where it broke. Every mistake a person can
-make here (missing path, binary file, missing column, offline Hub) raises SLMError in seconds.
+through Hugging Face `datasets`; text files are read directly (split into documents by
+slm_core.data_stream) because a decode error has to name the file and the byte where it broke.
+Every mistake a person can make here (missing path, binary file, missing column, offline Hub)
+raises SLMError in seconds.
 `source_identity` describes a source cheaply (paths, sizes, mtimes; never the content) so the
 token cache can be found without reading the data again.
 """

@@ -31,6 +31,7 @@ BLOCK_BYTES = 4 << 20  # read size; a document may span many blocks
 HEAD_BYTES = 4 << 20  # how far into a file '<|endoftext|>' markers are looked for
 LOOKBACK_BYTES = 64 << 10  # a shard starts scanning this far before its range to find the first boundary
 BUILTIN_CHARS = 6_000_000  # the built-in stories' size unless data.max_chars says otherwise
+INSTRUCTIONS = 4000  # records in 'builtin:instructions'
 PARAGRAPH = re.compile(rb"\n[ \t\r\f\v]*\n")
 LINE = re.compile(rb"\n")
 MARKER = DOC_SEPARATOR.encode()
@@ -178,11 +179,10 @@ class DocStream:
         if kind == "builtin":
             yield from _builtin_stories(cfg.max_chars or BUILTIN_CHARS, self.shard)
         elif kind == "builtin:instructions":
-            from slm_core.corpus import builtin_instructions
+            from slm_core.corpus import iter_instructions
 
             self.columns = ["instruction", "input", "output"]
-            records = builtin_instructions(seed=0)
-            yield from records[slice(*_span(len(records), self.shard))]
+            yield from itertools.islice(iter_instructions(seed=0, n=INSTRUCTIONS), *_span(INSTRUCTIONS, self.shard))
         elif kind == "text":
             lo, hi = _span(detail.stat().st_size, self.shard)
             yield from (text for _, text in iter_text_file(detail, cfg.split, lo, hi))
@@ -222,7 +222,11 @@ class DocStream:
 
     def _hub(self, name: str) -> Iterator:
         dataset = open_hub_stream(name, self.cfg)
-        if self.shard is not None:
+        if self.shard is not None:  # a stream is sharded by its files: contiguous groups of them
+            files = getattr(dataset, "num_shards", None) or 1
+            if files < self.shard[1]:
+                raise SLMError(f"the Hub dataset {name!r} is stored in {files} files, too few for {self.shard[1]} "
+                               f"shards: use --shard i/N with N <= {files}")
             dataset = dataset.shard(num_shards=self.shard[1], index=self.shard[0])
         column = None
         for batch in dataset.iter(batch_size=1000):

@@ -24,6 +24,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -80,7 +81,12 @@ class Decoder:
             cos, sin = rope_cos_sin(cfg, torch.arange(self.max_len, device=self.device))
             self.rope = (cos.to(self.dtype), sin.to(self.dtype))  # (max_len, head_dim)
         self.gqa = cfg.n_kv_head != cfg.n_head
-        self.fused = [_fuse(layer) for layer in core.layers]
+        small = sum(p.numel() for p in core.parameters()) <= FAST_MAX_PARAMS
+        self.fused = [_fuse(layer) if small else {} for layer in core.layers]
+        # The head is the widest one-row multiply of a small model: a transposed copy (C, V) is read in
+        # order by the matrix multiply and measured ~1.7x faster at batch 1 than F.linear on (V, C).
+        self.head_t = (core.lm_head.weight.detach().t().contiguous()
+                       if small and _plain(core.lm_head) and core.lm_head.bias is None else None)
         self._compiled = None
         if compile:
             mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs on GPU
@@ -123,7 +129,10 @@ class Decoder:
             h = _norm(layer.input_layernorm, x)
             x = x + self._attend(layer.self_attn, fused, h, rope, pos, index, k_cache, v_cache, end, mask, causal)
             x = x + _mlp(layer.mlp, fused, _norm(layer.post_attention_layernorm, x))
-        return core.lm_head(_norm(core.norm, x[:, -1]))
+        return self._head(_norm(core.norm, x[:, -1]))
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.head_t if self.head_t is not None else self.core.lm_head(x)
 
     def _slot_index(self, slots: list[int]) -> tuple:
         """(read, rows): reading is a slice when the slots are consecutive (a view, no copy), else an index
@@ -137,7 +146,9 @@ class Decoder:
         B, T, _ = h.shape
         H, KV, D = attn.n_head, attn.n_kv_head, attn.head_dim
         if fused.get("qkv") is not None:  # one matrix multiply instead of three
-            q, k, v = F.linear(h, *fused["qkv"]).split((H * D, KV * D, KV * D), dim=-1)
+            weight_t, bias = fused["qkv"]
+            qkv = h @ weight_t if bias is None else torch.addmm(bias, h.view(B * T, -1), weight_t).view(B, T, -1)
+            q, k, v = qkv.split((H * D, KV * D, KV * D), dim=-1)
         else:
             q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
         q, k = q.view(B, T, H, D), k.view(B, T, KV, D)
@@ -181,10 +192,10 @@ class Decoder:
             x = x + self._attend(layer.self_attn, fused, h, rope, pos, index, k_cache, v_cache, self.max_len,
                                  mask, False)
             x = x + _mlp(layer.mlp, fused, _norm(layer.post_attention_layernorm, x))
-        return core.lm_head(_norm(core.norm, x[:, -1]))
+        return self._head(_norm(core.norm, x[:, -1]))
 
 
-FUSE_MAX_PARAMS = 400_000_000  # fused copies double the attention/MLP-input weights: small models only
+FAST_MAX_PARAMS = 300_000_000  # fused, transposed copies double most weights: small models only
 
 
 def _plain(*modules) -> bool:
@@ -192,24 +203,22 @@ def _plain(*modules) -> bool:
 
 
 def _fuse(layer) -> dict:
-    """Concatenated q/k/v and gate/up weights of plain linears: fewer, larger matrix multiplies per token
-    (each call costs framework overhead that dominates small models). Built once, never trained."""
+    """Concatenated q/k/v and gate/up weights of plain linears, transposed to (in, out): fewer, larger
+    matrix multiplies per token (each call costs framework overhead that dominates small models), read
+    in memory order. Built once from the current weights, never trained."""
     attn, mlp, fused = layer.self_attn, layer.mlp, {}
-    total = sum(p.numel() for p in layer.parameters())
-    if total * 1 > FUSE_MAX_PARAMS // 16:  # a layer that big is arithmetic-bound: no gain, only memory
-        return fused
     if _plain(attn.q_proj, attn.k_proj, attn.v_proj):
         parts = (attn.q_proj, attn.k_proj, attn.v_proj)
         bias = None if parts[0].bias is None else torch.cat([p.bias.detach() for p in parts])
-        fused["qkv"] = (torch.cat([p.weight.detach() for p in parts]), bias)
+        fused["qkv"] = (torch.cat([p.weight.detach() for p in parts]).t().contiguous(), bias)
     if mlp.swiglu and _plain(mlp.gate_proj, mlp.up_proj) and mlp.gate_proj.bias is None:
-        fused["gate_up"] = torch.cat([mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()])
+        fused["gate_up"] = torch.cat([mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()]).t().contiguous()
     return fused
 
 
 def _mlp(mlp, fused: dict, x: torch.Tensor) -> torch.Tensor:
     if fused.get("gate_up") is not None:
-        gate, up = F.linear(x, fused["gate_up"]).chunk(2, dim=-1)
+        gate, up = (x @ fused["gate_up"]).chunk(2, dim=-1)
         return mlp.down_proj(F.silu(gate) * up)
     return mlp(x)
 
@@ -330,6 +339,24 @@ class Request:
                 raise item
             yield item
 
+    def chunks(self) -> Iterator[list[int]]:
+        """The tokens in lists: waits for one, then takes every token already delivered, so a reader that
+        falls behind (an HTTP stream, a busy page) catches up in one step instead of one per token."""
+        while True:
+            items = [self.events.get()]
+            while items[-1] is not None and not isinstance(items[-1], BaseException):
+                try:
+                    items.append(self.events.get_nowait())
+                except queue.Empty:
+                    break
+            tokens = [t for t in items if isinstance(t, int)]
+            if tokens:
+                yield tokens
+            if items[-1] is None:
+                return
+            if isinstance(items[-1], BaseException):
+                raise items[-1]
+
     def cancel(self) -> None:
         self.cancelled = True
 
@@ -356,7 +383,8 @@ class Engine:
             model = model.to(target)
         self.model, self.tokenizer = model, tokenizer
         self.decoder = Decoder(model, slots=slots, max_len=max_len, compile=compile)
-        self.threads = threads
+        self.threads = threads  # None: every core; the Studio lowers it while a run trains
+        self._default_threads = torch.get_num_threads()
         self.waiting: queue.Queue = queue.Queue()
         self.active: list[Request] = []
         self.free = list(range(slots))
@@ -392,43 +420,66 @@ class Engine:
         return request
 
     def close(self) -> None:
+        """Stop the loop; requests in flight or waiting end (finish_reason 'cancelled')."""
         self.closed = True
         self.waiting.put(None)
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._drain()
 
     @torch.inference_mode()
     def _loop(self) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        pending: list[Request] = []  # taken off the queue, waiting for a free slot, in arrival order
         while not self.closed:
-            if not self.active:
-                request = self.waiting.get()  # idle: sleep until a request arrives
-                if request is None:
+            want = self.threads or self._default_threads  # the budget may change between steps
+            if torch.get_num_threads() != want:
+                torch.set_num_threads(want)
+            if not self.active and not pending:
+                pending.append(self.waiting.get())  # idle: sleep until a request arrives
+            while True:
+                try:
+                    pending.append(self.waiting.get_nowait())
+                except queue.Empty:
                     break
-                self.waiting.put(request)
-            try:
-                self._admit()
-                if self.active:
+            pending = [r for r in pending if r is not None]
+            self._admit(pending)
+            if self.active:
+                try:
                     self._step()
-            except Exception as error:  # a bug or an out-of-memory ends these requests, not the engine
-                for request in self.active:
-                    request.events.put(error)
-                    self._release(request, None)
-        for request in self.active:
+                except Exception as error:  # a bug or an out-of-memory ends these requests, not the engine
+                    for request in list(self.active):
+                        request.events.put(error)
+                        self._release(request, None)
+        for request in list(self.active) + pending:
             self._release(request, "cancelled")
+        with self._lock:
+            self._drain()
 
-    def _admit(self) -> None:
-        """Prefill waiting requests into free slots; each emits its first token at once."""
-        while self.free:
+    def _drain(self) -> None:
+        while True:
             try:
                 request = self.waiting.get_nowait()
             except queue.Empty:
                 return
-            if request is None or request.cancelled:
-                if request is not None:
-                    request.finish_reason = "cancelled"
-                    request.events.put(None)
+            if request is not None:
+                self._release(request, "cancelled")
+
+    def _admit(self, pending: list) -> None:
+        """Prefill waiting requests into free slots; each emits its first token at once."""
+        while self.free and pending:
+            request = pending.pop(0)
+            if request.cancelled:
+                self._release(request, "cancelled")
                 continue
-            logits = request.seq.start(self.decoder, self.free.pop(0))
+            slot = self.free.pop(0)
+            try:
+                logits = request.seq.start(self.decoder, slot)
+            except Exception as error:  # this request fails alone (e.g. out of memory on a long prompt)
+                self.free.append(slot)
+                self.free.sort()
+                request.events.put(error)
+                self._release(request, None)
+                continue
             self.active.append(request)
             self._emit(request, pick_tokens([request.seq], logits[None])[0])
 
@@ -479,10 +530,12 @@ def stream_request(request, tokenizer, params: SamplingParams, stats: Optional[d
     """Turn a request's tokens into clean text; stops (and cancels the request) at a stop string."""
     text = TextStream(params.stop)
     count = 0
+    pieces = _token_bytes(tokenizer)
+    batches = request.chunks() if hasattr(request, "chunks") else ([t] for t in request)
     try:
-        for token in request:
-            count += 1
-            delta = text.feed(tokenizer.decode_bytes([token]))
+        for tokens in batches:
+            count += len(tokens)
+            delta = text.feed(b"".join(pieces(t) for t in tokens))
             if stats is not None:
                 fill_stats(stats, request, count)
             if delta:
@@ -498,6 +551,25 @@ def stream_request(request, tokenizer, params: SamplingParams, stats: Optional[d
         if stats is not None:
             fill_stats(stats, request, count)
             stats["finish_reason"] = request.finish_reason or "stop"
+
+
+_BYTES_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _token_bytes(tokenizer):
+    """token id → its bytes, memoized per tokenizer (decoding one id at a time is the hot path)."""
+    try:
+        cache = _BYTES_CACHE.setdefault(tokenizer, {})
+    except TypeError:  # not weak-referenceable: a per-stream cache still saves repeats
+        cache = {}
+
+    def piece(token: int) -> bytes:
+        data = cache.get(token)
+        if data is None:
+            data = cache[token] = tokenizer.decode_bytes([token])
+        return data
+
+    return piece
 
 
 def fill_stats(stats: dict, request, count: int) -> None:

@@ -34,6 +34,7 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 0.5}
 CPU_ALLOCATOR_SLACK = 1.6
 
 _FLOPS_CACHE: dict = {}
+_PARAM_CACHE: dict = {}  # repr(ModelConfig) -> counts: estimates ask for the same shape many times
 
 
 # ---- parameters ------------------------------------------------------------------------------
@@ -54,11 +55,21 @@ def count_parameters(config: ModelConfig) -> dict:
     table (shared with the output layer when tied) plus learned positions; `lm_head_matmul` is
     the output layer's V*d weights, which do take part in every token's matrix multiplies.
     """
+    config, note = resolve_vocab(config)
+    shape = dataclasses.asdict(config)
+    if config.position != "learned":  # the context length adds no parameters
+        shape.pop("context_length")
+    key = repr(sorted(shape.items()))
+    if key not in _PARAM_CACHE:
+        _PARAM_CACHE[key] = _count_parameters(config)
+    return {**_PARAM_CACHE[key], "note": note}
+
+
+def _count_parameters(config: ModelConfig) -> dict:
     import torch
 
     from slm_core.model import Transformer
 
-    config, note = resolve_vocab(config)
     # Blocks are identical, so two suffice: the count takes milliseconds even for n_layer=100000
     # (the memory pre-flight check refuses such a shape before anything is built).
     with torch.device("meta"):
@@ -73,13 +84,13 @@ def count_parameters(config: ModelConfig) -> dict:
     if not config.tie_embeddings:
         embedding += model.lm_head.weight.numel()
     return {"total": total, "embedding": embedding, "non_embedding": total - embedding,
-            "lm_head_matmul": config.vocab_size * config.d_model, "vocab_size": config.vocab_size, "note": note}
+            "lm_head_matmul": config.vocab_size * config.d_model, "vocab_size": config.vocab_size}
 
 
 def linear_weight_count(config: ModelConfig) -> int:
     """Weights of every nn.Linear including lm_head: what autocast copies to bf16/fp16 in a forward."""
-    kv_dim = config.n_kv_head * config.head_dim
-    attn = 2 * config.d_model * config.d_model + 2 * config.d_model * kv_dim
+    kv_dim, q_dim = config.n_kv_head * config.head_dim, config.n_head * config.head_dim  # Qwen3: q_dim != d_model
+    attn = 2 * config.d_model * q_dim + 2 * config.d_model * kv_dim
     mlp = (3 if config.mlp == "swiglu" else 2) * config.d_model * config.d_ff
     return config.n_layer * (attn + mlp) + config.vocab_size * config.d_model
 
@@ -211,7 +222,8 @@ def _logits_bytes(config: ModelConfig, batch: int, T: int, distill: bool = False
 
 def training_memory(config: ModelConfig, batch_size: int, precision: str = "fp32", grad_checkpointing: bool = False,
                     trainable_fraction: float = 1.0, context: Optional[int] = None, grad_accum: int = 1,
-                    device: Optional[str] = None, teacher: Optional[ModelConfig] = None) -> dict:
+                    device: Optional[str] = None, teacher: Optional[ModelConfig] = None,
+                    optimizer_kind: str = "adamw") -> dict:
     """Peak memory of a training step in MB, by component, plus "total_mb" (the peak).
 
     AdamW over fp32 master weights (bf16/fp16 autocast changes the activations, not the
@@ -233,6 +245,11 @@ def training_memory(config: ModelConfig, batch_size: int, precision: str = "fp32
     weights = 4.0 * n
     grads = 4.0 * trainable
     optimizer = 8.0 * trainable  # exp_avg and exp_avg_sq, fp32
+    if optimizer_kind == "muon" and trainable_fraction >= 1.0:
+        # Muon keeps one momentum buffer for the blocks' matrices (AdamW keeps two for the rest);
+        # LoRA's factors stay on AdamW (slm_core.optim), so a LoRA run is unchanged.
+        hidden = linear_weight_count(config) - config.vocab_size * config.d_model
+        optimizer -= 4.0 * hidden
     kept, recomputed = _activation_bytes(config, batch_size, T, amp, grad_checkpointing, device)
     logits = _logits_bytes(config, batch_size, T, distill=teacher is not None)
     teacher_weights = 4.0 * count_parameters(teacher)["total"] if teacher is not None else 0.0

@@ -21,7 +21,7 @@ import torch
 from slm_core.errors import SLMError
 from slm_core.quantize import replace_dir
 
-FORMATS = ("hf", "gguf", "onnx")
+FORMATS = ("hf", "gguf", "onnx", "onnx-graph")  # onnx: onnxruntime-genai folder; onnx-graph: plain logits graph
 INFO_FILE = "export.json"
 
 
@@ -72,12 +72,16 @@ def _template_and_name(config, model) -> tuple[Optional[str], str]:
 
 
 def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path, fmt: str = "hf",
-                 gguf_type: str = "f16", source: Optional[str] = None, overwrite: bool = False) -> list[Path]:
+                 gguf_type: str = "f16", source: Optional[str] = None, overwrite: bool = False,
+                 onnx_precision: str = "fp32", onnx_device: str = "cpu") -> list[Path]:
     """Write `model` as `fmt` ('hf' | 'gguf' | 'onnx') into out_dir; returns the written file paths.
 
     hf: config.json, model.safetensors, generation_config.json, tokenizer files (transformers loads it).
     gguf: <name>-<gguf_type>.gguf (gguf_type 'f32' | 'f16' | 'q8_0') with tokenizer metadata, plus an
-    Ollama Modelfile. onnx: model.onnx plus the tokenizer as HF tokenizer.json. Every format also
+    Ollama Modelfile. onnx: onnxruntime-genai's runtime-ready folder (KV-cache graph, genai_config.json,
+    tokenizer; onnx_precision fp32 | int8 | int4 | fp16 on onnx_device cpu | cuda), built by its own model
+    builder (slm_core.runtime_onnx). onnx-graph: a plain model.onnx (input_ids → logits, no cache) plus the
+    tokenizer as HF tokenizer.json. Every format also
     gets export.json (format, type, source, time). `config`: RunConfig, ModelConfig or None."""
     if fmt not in FORMATS:
         raise SLMError(f"export format {fmt!r} is unknown: use one of {', '.join(FORMATS)}")
@@ -89,8 +93,20 @@ def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path,
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:
-        files = _write(model, tokenizer, tmp, fmt, gguf_type, name, template)
+        if fmt == "onnx":
+            from slm_core.runtime_onnx import build_genai_folder
+
+            files = build_genai_folder(model, tokenizer, tmp, onnx_precision, onnx_device, template)
+        else:
+            files = _write(model, tokenizer, tmp, fmt, gguf_type, name, template)
+        if fmt == "hf":
+            from slm_core.report_card import card_of_source, write_model_card
+
+            card = card_of_source(source)
+            if card is not None:  # the source's newest report card becomes the export's model card
+                files.append(write_model_card(tmp, card, name=out_dir.name))
         info = {"format": fmt, "gguf_type": gguf_type if fmt == "gguf" else None, "name": name,
+                "onnx_precision": onnx_precision if fmt == "onnx" else None,
                 "source": None if source is None else str(source), "template": template,
                 "files": [p.relative_to(tmp).as_posix() for p in files], "created_at": time.time()}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
@@ -113,7 +129,7 @@ def _write(model, tokenizer, folder: Path, fmt: str, gguf_type: str, name: str,
 
         gguf_path = write_gguf(model, tokenizer, folder / f"{_safe(name)}-{gguf_type}.gguf", gguf_type, name)
         return [gguf_path, _ollama_modelfile(folder, gguf_path.name, template)]
-    files = [export_onnx(model, folder / "model.onnx")]
+    files = [export_onnx(model, folder / "model.onnx")]  # onnx-graph
     files += [p for p in folder.iterdir() if p.name.startswith("model.onnx") and p not in files]  # external data
     if tokenizer is not None:
         before = set(folder.iterdir())
@@ -148,6 +164,9 @@ def add_export_parser(sub) -> None:
     parser.add_argument("model", help="run name, checkpoint, quantized or Hugging Face folder")
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="gguf")
     parser.add_argument("--gguf-type", default="f16", choices=["f32", "f16", "q8_0"])
+    parser.add_argument("--onnx-precision", default="fp32", choices=["fp32", "int8", "int4", "fp16"],
+                        help="weights of the onnxruntime-genai folder (--format onnx); fp16 needs --onnx-device cuda")
+    parser.add_argument("--onnx-device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", default=None, help="output folder (default: <run>/export/<format>)")
     parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -163,8 +182,10 @@ def cmd_export(args) -> int:
     use_runs_dir(check_runs_dir(args.runs_dir))
     loaded = load_model(args.model, tag=args.checkpoint)
     label = args.fmt + (f"-{args.gguf_type}" if args.fmt == "gguf" else "")
+    label += f"-{args.onnx_precision}" if args.fmt == "onnx" and args.onnx_precision != "fp32" else ""
     out = Path(args.out) if args.out else artifact_dir(loaded.path, "export", label)
     for path in export_model(loaded.model, loaded.tokenizer, loaded.config, out, args.fmt, args.gguf_type,
-                             source=str(args.model), overwrite=args.overwrite):
+                             source=str(args.model), overwrite=args.overwrite,
+                             onnx_precision=args.onnx_precision, onnx_device=args.onnx_device):
         print(path)
     return 0

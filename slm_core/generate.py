@@ -41,15 +41,20 @@ def stream_text(loaded, prompt: str, max_new_tokens: int = 128, temperature: flo
     """Yield clean text deltas as tokens arrive (see slm_core.sampling.TextStream); ends before any of the
     `stop` strings. `stats` (if given) receives tokens, seconds, ttft_s and tokens_per_sec."""
     tokenizer = loaded.tokenizer
-    if use_template and loaded.template:
+    own = getattr(tokenizer, "chat_template", None) and loaded.template in (None, "model")
+    if use_template and own:  # a Hub model's own Jinja chat template (or a run tuned in it: template 'model')
+        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                   tokenize=True)
+    elif use_template and loaded.template:
         from slm_core.templates import format_prompt
 
-        prompt = format_prompt({"instruction": prompt, "input": ""}, loaded.template)
-    prompt_ids = tokenizer.encode(prompt)
+        prompt_ids = tokenizer.encode(format_prompt({"instruction": prompt, "input": ""}, loaded.template))
+    else:
+        prompt_ids = tokenizer.encode(prompt)
     text = TextStream(tuple(stop))
     start, first, count = time.perf_counter(), None, 0
     tokens = generate_tokens(loaded.model, prompt_ids, max_new_tokens, temperature, top_k, top_p,
-                             repetition_penalty, seed, stop_ids=(tokenizer.eot_id,))
+                             repetition_penalty, seed, stop_ids=getattr(tokenizer, "stop_ids", (tokenizer.eot_id,)))
     for token in tokens:
         count += 1
         first = first or time.perf_counter()

@@ -209,15 +209,6 @@ def _scores(output: dict) -> dict:
     return scores
 
 
-def primary_metric(row: dict) -> tuple[str, float]:
-    """The one number a table shows for a task: accuracy where there is one, else exact match."""
-    for key in ("acc_norm", "acc", "exact_match", "f1", "bleu"):
-        if key in row:
-            return key, row[key]
-    numeric = [(k, v) for k, v in row.items() if k != "samples" and not k.endswith("_stderr")]
-    return numeric[0] if numeric else ("-", float("nan"))
-
-
 def results_path(model_path: Path) -> Path:
     """Where a model's task scores are kept: its run's or folder's evals/ folder."""
     return Path(model_path) / "evals"

@@ -36,6 +36,7 @@ class Endpoint:
     api_key: Optional[str] = None
     timeout_s: float = 60.0
     temperature: float = 0.0
+    max_tokens: int = 256  # room for a score and a short reason
 
     def public(self) -> dict:
         """What is saved with the scores: everything but the key."""
@@ -94,7 +95,7 @@ def ask(client, endpoint: Endpoint, messages: list[dict], seed: int) -> JudgeRep
 
     started = time.perf_counter()
     body = {"model": endpoint.model, "messages": messages, "temperature": endpoint.temperature,
-            "seed": seed, "max_tokens": 256}
+            "seed": seed, "max_tokens": endpoint.max_tokens}
     try:
         response = client.post("/chat/completions", json=body)
         if response.status_code != 200:

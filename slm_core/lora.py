@@ -6,15 +6,23 @@ which targets exist in the model, freezes everything else, and gives the rest of
 few verbs: apply, summarise, save, load (unmerged, for generation), load weights (resume), merge
 (a standalone checkpoint), and unwrap (the KV-cache API lives on the base Transformer).
 
+Adapters are written in the layout peft uses for a transformers model of the same base, so
+`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_export), adapter_dir)` applies
+them: Llama-family keys sit under `base_model.model.model.layers.…` (transformers' LlamaForCausalLM
+nests the decoder in `.model`), `task_type` is CAUSAL_LM and `base_model_name_or_path` names the
+base. Reading accepts that layout, our older one, and adapters peft trained on a transformers model.
+
 peft imports transformers and accelerate (3–5 s), so it is imported inside the functions that
 need it: `import slm_core.lora` stays instant.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch.nn as nn
 
@@ -110,10 +118,10 @@ def trainable_summary(model: nn.Module) -> dict:
 
 # ---- saving, loading, merging --------------------------------------------------------------
 
-def save_adapter(model: nn.Module, out_dir) -> Path:
-    """Write the adapter only (adapter_model.safetensors + adapter_config.json) to out_dir, atomically.
-
-    The base weights are not copied: the run's config names the base (train.init_from).
+def save_adapter(model: nn.Module, out_dir, base: Optional[str] = None) -> Path:
+    """Write the adapter only (adapter_model.safetensors + adapter_config.json) to out_dir, atomically,
+    in transformers' layout (see the module docstring); `base` (train.init_from) is recorded as
+    base_model_name_or_path. The base weights are not copied.
     """
     peft_model = unwrap(model)
     if not is_peft(peft_model):
@@ -124,6 +132,7 @@ def save_adapter(model: nn.Module, out_dir) -> Path:
     try:
         peft_model.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / "README.md").unlink(missing_ok=True)  # peft's empty model-card template: noise in a checkpoint
+        _to_transformers_layout(tmp, base_transformer(peft_model).config, base)
         old = out_dir.with_name(out_dir.name + ".old")
         if out_dir.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -134,6 +143,44 @@ def save_adapter(model: nn.Module, out_dir) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+# Our Transformer's modules are transformers' LlamaForCausalLM's minus the `.model` level.
+_OURS, _THEIRS = "base_model.model.", "base_model.model.model."
+
+
+def _to_transformers_layout(folder: Path, config, base: Optional[str]) -> None:
+    """Rename adapter keys and fill adapter_config.json so peft on a transformers model applies them.
+    GPT-2 keeps our layout: transformers' GPT-2 fuses q/k/v into one Conv1D, so separate q/k/v
+    adapters have no peft equivalent there."""
+    from safetensors.torch import load_file, save_file
+
+    settings = json.loads((folder / ADAPTER_CONFIG).read_text())
+    if base:
+        base_path = Path(str(base)).expanduser()
+        settings["base_model_name_or_path"] = str(base_path.resolve()) if base_path.exists() else str(base)
+    if config.family != "gpt2":
+        weights = folder / ADAPTER_WEIGHTS
+        state = load_file(str(weights))
+        renamed = {(_THEIRS + k[len(_OURS):] if k.startswith(_OURS + "layers.") else k): v for k, v in state.items()}
+        save_file(renamed, str(weights), metadata={"format": "pt"})
+        settings["task_type"] = "CAUSAL_LM"
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(settings, indent=2, sort_keys=True))
+
+
+def read_adapter(adapter_dir) -> tuple:
+    """(peft LoraConfig for our Transformer, adapter state with our key names) from any accepted layout."""
+    import peft
+    from safetensors.torch import load_file
+
+    adapter_dir = _check_adapter_dir(adapter_dir)
+    settings = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    if settings.get("peft_type", "LORA") != "LORA":
+        raise SLMError(f"{adapter_dir} holds a {settings['peft_type']} adapter; only LoRA adapters load here")
+    settings["task_type"] = None  # our Transformer is a plain module, not a transformers causal LM
+    config = peft.LoraConfig(**{k: v for k, v in settings.items() if k in peft.LoraConfig.__dataclass_fields__})
+    state = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
+    return config, {(_OURS + k[len(_THEIRS):] if k.startswith(_THEIRS) else k): v for k, v in state.items()}
 
 
 def _check_adapter_dir(adapter_dir) -> Path:
@@ -152,35 +199,39 @@ def load_adapter(base_model: nn.Module, adapter_dir, trainable: bool = False) ->
     """
     from peft import PeftModel
 
-    adapter_dir = _check_adapter_dir(adapter_dir)
+    config, state = read_adapter(adapter_dir)
+    config.inference_mode = not trainable
     base = merge_adapter(base_model) if is_peft(unwrap(base_model)) else unwrap(base_model)
     try:
-        model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
-    except (ValueError, KeyError, RuntimeError) as exc:
+        model = PeftModel(base, config)
+        _set_adapter_state(model, state, adapter_dir, "load it on the model named by the LoRA run's train.init_from")
+    except (ValueError, KeyError) as exc:
         raise SLMError(f"the adapter in {adapter_dir} does not fit this base model ({exc}); load it on the "
                        f"model named by the LoRA run's train.init_from") from exc
+    if not trainable:
+        model.requires_grad_(False)
     return model if trainable else model.eval()
+
+
+def _set_adapter_state(model: nn.Module, state: dict, adapter_dir, advice: str) -> None:
+    from peft import set_peft_model_state_dict
+
+    device = next(model.parameters()).device
+    try:
+        result = set_peft_model_state_dict(model, {k: v.to(device) for k, v in state.items()})
+    except RuntimeError as exc:  # shape mismatch: a different rank or width
+        raise SLMError(f"the adapter in {adapter_dir} does not match this model ({str(exc)[:300]}); {advice}") from exc
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise SLMError(f"the adapter in {adapter_dir} does not match this model (missing {missing[:3]}, "
+                       f"unexpected {list(result.unexpected_keys)[:3]}); {advice}")
 
 
 def load_adapter_weights(model: nn.Module, adapter_dir) -> None:
     """Copy saved adapter weights into an existing peft model (resuming a LoRA run)."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    peft_model = unwrap(model)
-    adapter_dir = _check_adapter_dir(adapter_dir)
-    device = next(peft_model.parameters()).device
-    state = load_file(str(adapter_dir / ADAPTER_WEIGHTS), device=str(device))
-    advice = "were lora.r or lora.targets changed since it was saved? Resume with the run's own config"
-    try:
-        result = set_peft_model_state_dict(peft_model, state)
-    except RuntimeError as exc:  # shape mismatch: a different rank
-        raise SLMError(f"the adapter in {adapter_dir} does not match this LoRA model ({str(exc)[:300]}); "
-                       f"{advice}") from exc
-    missing = [k for k in result.missing_keys if "lora_" in k]
-    if result.unexpected_keys or missing:
-        raise SLMError(f"the adapter in {adapter_dir} does not match this LoRA model (missing {missing[:3]}, "
-                       f"unexpected {list(result.unexpected_keys)[:3]}); {advice}")
+    _, state = read_adapter(adapter_dir)
+    _set_adapter_state(unwrap(model), state, adapter_dir,
+                       "were lora.r or lora.targets changed since it was saved? Resume with the run's own config")
 
 
 def merge_adapter(model: nn.Module) -> nn.Module:

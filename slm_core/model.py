@@ -192,6 +192,8 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.tie_weights()
         self.gradient_checkpointing = False
+        if self.embed_tokens.weight.is_meta:  # built to receive loaded weights: random init would be thrown away
+            return
         self.apply(self._init_weights)
         # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2*n_layer).
         for name, param in self.named_parameters():

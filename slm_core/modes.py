@@ -42,6 +42,9 @@ def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resum
 
         teacher, teacher_tokenizer = load_teacher(config.distill.teacher, device)
     tokenizer = _choose_tokenizer(config, run_dir, resume, base, teacher_tokenizer)
+    if base is not None and config.data.template is None and getattr(tokenizer, "chat_template", None):
+        # Instruction data for a Hub model trains in that model's own chat template (plain text ignores it).
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, template="model"))
     data = _prepare(config, tokenizer, progress)
     tokenizer = data.tokenizer
     config = _resolve_config(config, base, tokenizer, data)

@@ -122,17 +122,56 @@ def latest_card(folder: str | Path) -> Optional[dict]:
         return None
 
 
-def write_model_card(folder: str | Path, card: dict) -> Path:
+def card_of_source(source: Optional[str]) -> Optional[dict]:
+    """The newest report card of a model source (a run name, a run or model folder), if it has one."""
+    from slm_core.runs import resolve_run
+
+    if not source:
+        return None
+    candidates = [Path(source)]
+    try:
+        candidates.append(resolve_run(source))
+    except (SLMError, OSError, ValueError):
+        pass
+    for path in candidates:
+        if path.exists():
+            card = latest_card(_card_home(path if path.is_dir() else path.parent))
+            if card is not None:
+                return card
+    return None
+
+
+def write_model_card(folder: str | Path, card: dict, name: Optional[str] = None) -> Path:
     """README.md of an HF folder: front matter the Hub reads, then the card's tables."""
     from slm_core.runs import atomic_write_text
 
     folder = Path(folder)
-    name = folder.name
+    name = name or folder.name
     text = (f"---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags:\n- slm-studio\n---\n\n"
             f"# {name}\n\nTrained with SLM Studio. Evaluation report card:\n\n{to_markdown([card])}")
     path = folder / CARD_README
     atomic_write_text(path, text)
     return path
+
+
+def primary_metric(row: dict) -> tuple[str, float]:
+    """The one number a table shows for a task: accuracy where there is one, else exact match."""
+    for key in ("acc_norm", "acc", "exact_match", "f1", "bleu"):
+        if key in row:
+            return key, row[key]
+    numeric = [(k, v) for k, v in row.items() if k != "samples" and not k.endswith("_stderr")]
+    return numeric[0] if numeric else ("-", float("nan"))
+
+
+def card_summary(card: Optional[dict]) -> str:
+    """One line for a runs table: each task's headline score and the judge's mean scores."""
+    if not card:
+        return ""
+    parts = [f"{name.removeprefix('slm_')} {primary_metric(row)[1]:.2f}" for name, row in (card.get("tasks") or {}).items()]
+    means = [v for v in ((card.get("judge") or {}).get("means") or {}).values() if v is not None]
+    if means:
+        parts.append(f"judge {sum(means) / len(means):.1f}/10")
+    return " · ".join(parts)
 
 
 def _fmt(value, spec: str = ".3f") -> str:
@@ -153,8 +192,6 @@ def to_markdown(cards: list[dict]) -> str:
 
 
 def _task_table(cards: list[dict]) -> list[str]:
-    from slm_core.harness import primary_metric
-
     names = sorted({t for c in cards for t in (c.get("tasks") or {})})
     if not names:
         return []

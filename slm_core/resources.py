@@ -26,6 +26,9 @@ _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # ("[enforce fail at inline_container.cc] unexpected pos"), safetensors' Rust I/O error, plain text.
 _DISK_TEXT = ("unexpected pos", "inline_container", "No space left on device", "File too large",
               "Disk quota exceeded", "os error 28", "os error 27", "os error 122")
+# Free memory per device as the pre-flight check saw it, before the model was built: what an
+# out-of-memory explanation should compare with (measured afterwards, the run's own use hides it).
+_AVAILABLE_AT_START: dict = {}
 _OOM_TEXT = ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory", "out of memory",
              "Cannot allocate memory", "not enough memory")
 
@@ -123,7 +126,7 @@ def training_estimate_mb(config: RunConfig, device: str) -> dict:
     if train.mode == "lora":
         fraction = min(1.0, lora_parameters(config.model, config.lora) / count_parameters(config.model)["total"])
     return training_memory(config.model, train.batch_size, train.precision, train.grad_checkpointing, fraction,
-                           grad_accum=train.grad_accum, device=device)
+                           grad_accum=train.grad_accum, device=device, optimizer_kind=train.optimizer)
 
 
 def fitting_settings(config: RunConfig, device: str, available_mb: float, limit: int = 3) -> list[str]:
@@ -151,8 +154,9 @@ def fitting_settings(config: RunConfig, device: str, available_mb: float, limit:
             break
     if not train.grad_checkpointing:
         fits_with({"train": {"grad_checkpointing": True}}, "train.grad_checkpointing=true")
-        fits_with({"train": {"grad_checkpointing": True, "batch_size": 1, "grad_accum": train.grad_accum * batch}},
-                  f"train.grad_checkpointing=true train.batch_size=1 train.grad_accum={train.grad_accum * batch}")
+        accum = train.grad_accum * train.batch_size
+        fits_with({"train": {"grad_checkpointing": True, "batch_size": 1, "grad_accum": accum}},
+                  f"train.grad_checkpointing=true train.batch_size=1 train.grad_accum={accum}")
     context = model.context_length
     while context > 64 and len(found) < limit:
         context //= 2
@@ -169,7 +173,7 @@ def _size(mb: float) -> str:
 
 def _breakdown(estimate: dict) -> str:
     parts = [(k[:-3], estimate[k]) for k in ("weights_mb", "gradients_mb", "optimizer_mb", "activations_mb",
-                                            "logits_mb") if estimate.get(k)]
+                                            "logits_mb") if estimate.get(k, 0) >= 1]
     return ", ".join(f"{name} {_size(mb)}" for name, mb in parts)
 
 
@@ -196,12 +200,14 @@ def preflight(config: RunConfig, resolved: bool = False) -> None:
 
     Called twice: before anything exists (resolved=False: checks only runs whose shape is
     config.model, i.e. without a base model) and once the shape is final (modes.build_for_mode)."""
-    has_base = config.train.mode in ("lora", "finetune") or bool(config.train.init_from)
-    if getattr(config.train, "force", False) or (has_base and not resolved):
-        return
     device = estimate_device(config)
-    available = available_memory_mb(device)
-    if available is None:
+    if not resolved:  # before anything is built: the figure out-of-memory messages compare with too
+        _AVAILABLE_AT_START[device] = available_memory_mb(device)
+    has_base = config.train.mode in ("lora", "finetune") or bool(config.train.init_from)
+    if has_base and not resolved:
+        return
+    available = _AVAILABLE_AT_START.get(device) or available_memory_mb(device)
+    if available is None or getattr(config.train, "force", False):
         return
     estimate = training_estimate_mb(config, device)["total_mb"]
     if estimate > REFUSE_FACTOR * available:
@@ -218,7 +224,8 @@ def explain_failure(error: BaseException, config: Optional[RunConfig], step: int
         if config is None:
             return f"out of memory ({kind}) at step {step}"
         device = estimate_device(config)
-        return f"out of memory ({kind}) at step {step}: {memory_advice(config, device, available_memory_mb(device))}"
+        available = _AVAILABLE_AT_START.get(device) or available_memory_mb(device)
+        return f"out of memory ({kind}) at step {step}: {memory_advice(config, device, available)}"
     if isinstance(error, DiskFullError):
         return str(error)
     if is_disk_full(error):

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -48,6 +49,11 @@ class RunLock:
                 who = holder(self.run_dir) or {}
                 raise SLMError(f"run '{self.run_dir.name}' is being written by pid {who.get('pid', '?')} on "
                                f"{who.get('host', '?')}; stop it first or pick another --name") from None
+            except OSError as error:  # a filesystem without locks (some network mounts): run unguarded
+                os.close(fd)
+                print(f"warning: cannot lock {self.path} ({error}); a second writer on this run would not be "
+                      f"noticed", file=sys.stderr)
+                return self
         # Written in place (not renamed over): the lock lives on this inode.
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),

@@ -240,7 +240,15 @@ def run_summary(run_dir: Path) -> dict:
         "parent": status.get("parent"),
         "error": status.get("error"),
         "started_at": started,
+        "scores": _scores(run_dir),
     }
+
+
+def _scores(run_dir: Path) -> str:
+    """The newest report card's task and judge scores in one line ('' when there is none)."""
+    from slm_core.report_card import card_summary, latest_card
+
+    return card_summary(latest_card(run_dir))
 
 
 def _read_yaml(path: Path) -> dict:

@@ -108,6 +108,7 @@ class OnnxEngine:
         genai = _read_json(self.folder / CONFIG)["model"]
         self.template = meta.get("template")
         self.context_length = int(genai["context_length"])
+        self.vocab_size = int(genai.get("vocab_size", 0)) or 1 << 20
         self.eos = genai["eos_token_id"] if isinstance(genai["eos_token_id"], list) else [genai["eos_token_id"]]
         self.tokenizer = _GenaiTokenizer(self.folder, meta.get("eot_id", self.eos[0]))
         self.threads = threads
@@ -135,7 +136,7 @@ class OnnxEngine:
                    "do_sample": not params.greedy, "repetition_penalty": params.repetition_penalty}
         if not params.greedy:
             options.update(temperature=params.temperature, top_p=params.top_p,
-                           top_k=params.top_k if params.top_k > 0 else 0)
+                           top_k=params.top_k if params.top_k > 0 else self.vocab_size)  # ours: 0 = off
         if params.seed is not None:
             options["random_seed"] = params.seed
         return options

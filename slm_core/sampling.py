@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import codecs
 import time
-import unicodedata
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -72,13 +72,14 @@ def sample_next(logits: torch.Tensor, history: torch.Tensor, temperature: float,
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-KEEP_CONTROLS = {"\n", "\t"}
+# Unicode category Cc is exactly U+0000-001F and U+007F-009F; newline and tab stay. One regex pass per
+# delta: this runs for every token of every stream.
+_UNWANTED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]")
 
 
 def clean(text: str) -> str:
     """Drop raw control characters (category Cc) except newline and tab, and any U+FFFD."""
-    return "".join(c for c in text if c not in "\ufffd" and
-                   (c in KEEP_CONTROLS or unicodedata.category(c) != "Cc"))
+    return _UNWANTED.sub("", text)
 
 
 class TextStream:

@@ -76,10 +76,11 @@ def sampling_from(body: dict, prompt_len: int, context: int, default_max: Option
     stop = (stop,) if isinstance(stop, str) else stop
     if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
         raise APIError(400, "'stop' must be a string or a list of at most 4 strings", param="stop")
+    top_k = _field(body, "top_k", int, 0)
     try:  # SamplingParams refuses out-of-range knobs (slm_core.validate); say it in the API's words
         params = SamplingParams(max_new_tokens=max_tokens,
                                 temperature=float(_field(body, "temperature", (int, float), 1.0)),
-                                top_k=_field(body, "top_k", int, 0),
+                                top_k=0 if top_k == -1 else top_k,  # vLLM's -1 means off
                                 top_p=float(_field(body, "top_p", (int, float), 1.0)),
                                 repetition_penalty=float(_field(body, "repetition_penalty", (int, float), 1.0)),
                                 seed=_field(body, "seed", int, None), stop=tuple(stop))
@@ -245,7 +246,8 @@ def add_serve_parser(sub) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
     parser.add_argument("--engine", default="native", choices=["native", "onnx", "vllm"],
-                        help="native torch (continuous batching), onnxruntime-genai, or hand over to vLLM")
+                        help="native torch (continuous batching), onnxruntime-genai (a folder from `slm export "
+                             "--format onnx`; chosen by itself for one), or hand over to vLLM")
     parser.add_argument("--name", default=None, help="model id clients ask for (default: the model's name)")
     parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     parser.add_argument("--slots", type=int, default=8, help="sequences decoded together at most")
@@ -280,7 +282,9 @@ def load_served(model: str, engine: str = "native", tag: str = "best", slots: in
     """Load MODEL into the chosen engine, with its template and id."""
     from pathlib import Path
 
-    if engine == "onnx":
+    from slm_core.runtime_onnx import is_genai_folder
+
+    if engine == "onnx" or is_genai_folder(model):  # an onnxruntime-genai folder runs only there
         from slm_core.runtime_onnx import OnnxEngine
 
         runtime = OnnxEngine(model, threads=threads)

@@ -101,6 +101,9 @@ def format_prompt(record: Record, template: str | None) -> str:
     """
     if template is None:
         return record if isinstance(record, str) else "\n\n".join(m["content"] for m in to_messages(record))
+    if template == "model":
+        raise SLMError("template 'model' is the model's own chat template: render it with "
+                       "tokenizer.apply_chat_template(messages, add_generation_prompt=True)")
     if template not in TEMPLATES:
         raise SLMError(f"unknown template {template!r}: use one of {', '.join(TEMPLATES)}")
     if isinstance(record, dict) and "instruction" in record:
@@ -200,6 +203,9 @@ def model_prompt_response(record: Record, tokenizer) -> tuple[str, str]:
     """(prompt, response) of a training record in the model's own chat template: the prompt ends with
     the generation prompt, the response is the rest of the rendered conversation (the answer and the
     template's end-of-turn markers), so a loss masked on the prompt trains exactly the reply."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise SLMError("data.template 'model' needs a base model whose tokenizer has a chat template; "
+                       "use 'chatml' or 'alpaca' for this one")
     messages = to_messages(record)
     if len(messages) < 2 or messages[-1]["role"] != "assistant":
         raise SLMError(f"a chat record must end with an assistant message to train on; got roles "

@@ -152,6 +152,18 @@ class Tokenizer:
         return self._hf.token_to_id(bos) if bos else None
 
     @property
+    def stop_ids(self) -> tuple:
+        """Ids that end a reply: end-of-text, plus the end-of-turn tokens the chat template writes
+        (a Qwen/Llama-3 base tokenizer's eos is <|endoftext|> while its turns end with <|im_end|>)."""
+        template = self.chat_template or ""
+        turn_ends = [self._added_id(t) for t in HF_EOS_CANDIDATES if t in template] if self._hf is not None else []
+        return tuple(dict.fromkeys([self.eot_id, *(i for i in turn_ends if i is not None)]))
+
+    def _added_id(self, token: str) -> Optional[int]:
+        token_id = self._hf.token_to_id(token)
+        return token_id if token_id in self._added else None
+
+    @property
     def chat_template(self) -> Optional[str]:
         """The model's own Jinja chat template, if its folder has one."""
         return _hf_chat_template(self._hf_files) if self._hf is not None else None

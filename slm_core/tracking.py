@@ -123,8 +123,9 @@ class Trackers:
     def _open_tensorboard(self, resume_step: int) -> None:
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
-        # purge_step: after a resume from step N, the steps a crashed attempt logged past N are hidden.
-        self._tb = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=resume_step or None)
+        # purge_step: after a resume from step N, the steps a crashed attempt logged past N are hidden
+        # (TensorBoard drops earlier-written events at steps >= purge_step).
+        self._tb = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=resume_step + 1 if resume_step else None)
         if not resume_step:
             self._write_config()
 

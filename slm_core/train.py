@@ -125,12 +125,16 @@ class Trainer:
         self.parent = built.parent
         self.raw_model = self.model
         if self.dist.world_size > 1:
+            # gradient_as_bucket_view: gradients live in DDP's all-reduce buckets instead of beside them,
+            # saving one gradient-sized copy per process (so the single-process memory estimate holds)
             self.model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True)
         if self.config.train.compile:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.raw_model, self.config.train, self.device)
         self.trainable = [p for p in self.raw_model.parameters() if p.requires_grad]
+        self._saved_at: Optional[int] = None  # the step of the last checkpoint written this session
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.sampler = torch.Generator().manual_seed(self.config.train.seed * 1000 + self.dist.rank)
         if resume:
@@ -237,6 +241,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         s = self.state
+        self._saved_at = s.step
         trainer_state = {
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else {},
@@ -351,13 +356,14 @@ class Trainer:
                 if self._periodic() == "early_stop":
                     break
             reason = self.state.stop_reason or "finished"
-            self.save("latest")
+            if self._saved_at != self.state.step:  # the evaluation just before may have saved this very step
+                self.save("latest")
             if reason in ("stop", "signal"):
                 self._event("stopped")
             if reason == "finished" and self.state.best_step is None:
                 self._evaluate_and_track()
             self._status(state="stopped" if reason in ("stop", "signal") else "finished", pid=None,
-                         stop_reason=reason, overhead=self._overhead_summary())
+                         stop_reason=reason, overhead=self._overhead_summary(), **_cuda_peak(self.device))
         except Exception as error:  # noqa: BLE001 - every failure ends as a failed run with its message
             explained = self._fail(error)
             if explained and not isinstance(error, SLMError):  # out of memory or disk: one line, no traceback
@@ -494,6 +500,11 @@ class Trainer:
             message = f"{type(error).__name__}: {error}"
             if self.dist.is_main:
                 traceback.print_exc()
+        if not self.dist.is_main:  # only rank 0 writes status.json: leave the cause for the launcher
+            from slm_core.distributed import write_rank_error
+
+            with contextlib.suppress(OSError):
+                write_rank_error(self.run_dir, self.dist.rank, message)
         try:
             self._status(state="failed", pid=None, error=message, failed_step=self.state.step + 1)
         except OSError as status_error:  # e.g. the disk is too full even for status.json
@@ -513,6 +524,13 @@ def _parameter_counts(model: torch.nn.Module) -> dict:
     unique = {id(p): p for p in model.parameters()}.values()  # a tied embedding counts once
     return {"total_params": sum(p.numel() for p in unique),
             "trainable_params": sum(p.numel() for p in unique if p.requires_grad)}
+
+
+def _cuda_peak(device: torch.device) -> dict:
+    """The allocator's peak this session (weights, optimizer, activations): what benchmarks report."""
+    if device.type != "cuda":
+        return {}
+    return {"gpu_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
 
 
 def _finite(value: float) -> Optional[float]:

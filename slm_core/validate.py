@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import tempfile
@@ -28,8 +29,9 @@ JSON_DOCUMENT_LIMIT = 64 << 20  # a .json file smaller than this is also tried a
 
 
 def _number(name: str, value: Any, integer: bool = False) -> float:
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+    """A finite real number (a whole one if `integer`; 50.0 from a UI number box counts as 50)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (integer and not float(value).is_integer()):
         raise SLMError(f"{name}={value!r} is invalid: give a{'n integer' if integer else ' finite number'}")
     return value
 

@@ -1,7 +1,7 @@
 """The page's half of the folder allow-list (studio.security.PathPolicy): an "Allow this folder?" box.
 
-A tab puts an `AllowBox` under its path inputs and chains it after the events that read them. When
-an event refused a path because it lies outside the allowed folders (and the path exists), the box
+A tab puts an `AllowBox` under its path inputs and chains it to the failure of the events that read
+them. When an event refused a path because it lies outside the allowed folders (and the path exists), the box
 offers that path's folder; "Allow this folder" adds it for the rest of this server session, and the
 user runs the action again. Nothing is allowed without that second, explicit click.
 """
@@ -18,7 +18,8 @@ from studio.tabs import PRIVATE, QUIET, message
 
 
 class AllowBox:
-    """One box per tab; `after(event, [(kind, component), ...])` offers the first refused folder."""
+    """One box per tab; `after(event, [(kind, component), ...])` offers the first refused folder when `event`
+    fails."""
 
     def __init__(self, ctx: Any, elem_id: str):
         self.ctx = ctx
@@ -34,8 +35,9 @@ class AllowBox:
 
     def after(self, event: Any, checks: Sequence[tuple[str, Any]]) -> None:
         kinds = [kind for kind, _ in checks]
-        event.then(lambda *values: self.offer(kinds, values), [c for _, c in checks],
-                   [self.box, self.text, self.folder], **QUIET)
+        # .failure, not .then: the page runs a .then only after success (Gradio 6), and a refusal is an error.
+        event.failure(lambda *values: self.offer(kinds, values), [c for _, c in checks],
+                      [self.box, self.text, self.folder], **QUIET)
 
     def offer(self, kinds: Sequence[str], values: Sequence[Any]):
         for kind, value in zip(kinds, values):

@@ -42,7 +42,10 @@ TAB_MODULES: tuple[str, ...] = (
     "studio.tabs.evaluate",
     "studio.tabs.export",
 )
-STATE_SESSIONS = 64  # pages whose server-side state is kept (Gradio's default, 10,000, grows without bound)
+# Pages (and API clients) whose server-side state Gradio keeps, least recently used dropped first: each holds
+# a copy of the page's config (~0.6 MB here), and Gradio's default of 10,000 let the server grow with every
+# reload and client. A page that polls (the Train tab's timer) stays among the most recent.
+STATE_SESSIONS = 100
 
 
 
@@ -118,7 +121,6 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bo
     demo.studio.runner.start_queue_worker()  # queued runs start even when no page is open
     hosts = allowed_hosts(host, allow_hosts)
     block = not kwargs.pop("prevent_thread_lock", False)
-    # state_session_capacity / delete_cache bound what the server keeps per page (see README "Security").
     result = demo.queue(default_concurrency_limit=4).launch(
         server_name=host, server_port=port, share=share, auth=auth, theme=theme(), css=CSS,
         show_error=True, footer_links=["api", "settings"], _app=guarded_app(hosts, port, login_limiter),

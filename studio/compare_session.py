@@ -1,15 +1,14 @@
 """Two models answering the same prompt, streamed together: the Compare tab's model holder.
 
-Each side is a studio.chat_session.ChatSession (one loaded model, reloaded when its checkpoint
-changes, prompts rendered in the model's own template), so the same reply logic serves Chat and
-Compare. The two generators are stepped in turn, one piece of text each, so both answers grow on the
-page at once. Each side's tokens/s counts only the time spent inside its own generator: wall-clock time
-would charge each model for the other's turns and halve both figures.
+Each side is a studio.chat_session.ChatSession (the shared engine pool, reloaded when its checkpoint
+changes, prompts rendered in the model's own template), so the same engines serve Chat and Compare.
+Both requests are submitted to their engines at once and decode concurrently; the page reads one piece
+of text from each in turn so both answers grow together. Each side's first-token latency and tokens/s
+come from its own engine request.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -17,7 +16,7 @@ from studio.chat_session import ChatSession
 
 
 class PairSession:
-    """Models A and B, each held by its own ChatSession (its own lock: the KV cache lives in the model)."""
+    """Models A and B, each held by its own ChatSession over the shared engine pool."""
 
     def __init__(self, runs_dir: Path):
         self.sides = (ChatSession(runs_dir), ChatSession(runs_dir))
@@ -35,23 +34,19 @@ class PairSession:
                should_stop: Optional[Callable[[], bool]] = None) -> Iterator[tuple[int, str]]:
         """Yield (side, text delta) alternating between A (0) and B (1) until both end or `should_stop()`.
 
-        `stats[side]` gets tokens, seconds (its own generator time) and tokens_per_sec as the text comes."""
+        `stats[side]` gets tokens, seconds, ttft_s and tokens_per_sec (its engine request's) as the text comes."""
         self.load(sources, tag)
         raw: tuple[dict, dict] = ({}, {})
         streams = [self.sides[i].stream(message, histories[i], sources[i], tag, settings, raw[i]) for i in (0, 1)]
-        busy, live = [0.0, 0.0], [True, True]
+        live = [True, True]
         try:
             while any(live) and not (should_stop and should_stop()):
                 for side in (0, 1):
                     if not live[side]:
                         continue
-                    started = time.perf_counter()
                     delta = next(streams[side], None)
-                    busy[side] += time.perf_counter() - started
                     live[side] = delta is not None
-                    tokens = raw[side].get("tokens", 0)
-                    stats[side].update(tokens=tokens, seconds=busy[side], done=not live[side],
-                                       tokens_per_sec=tokens / busy[side] if busy[side] > 0 else 0.0)
+                    stats[side].update(raw[side], done=not live[side])
                     if delta:
                         yield side, delta
         finally:

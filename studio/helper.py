@@ -105,7 +105,71 @@ def _describe(model: dict, **kwargs) -> dict:
 
     config = RunConfig.from_dict({"model": model}).model
     lora = kwargs.pop("lora", None)
-    return describe(config, lora=LoRAConfig(**lora) if lora else None, **kwargs)
+    info = describe(config, lora=LoRAConfig(**lora) if lora else None, **kwargs)
+    if kwargs.get("timing") and info.get("step"):
+        info["step"] = calibrated_step(config, info["step"], kwargs.get("batch_size") or 8,
+                                       kwargs.get("grad_accum") or 1, kwargs.get("precision") or "auto",
+                                       bool(kwargs.get("grad_checkpointing")))
+    return info
+
+
+MEASURE_TARGET_S = 2.5  # per timed step: the rows of the batch are cut to about this
+MEASURE_LIMIT_S = 12.0  # a single row predicted slower than this is not timed (the estimate stays)
+_MEASURED: dict = {}  # (model, rows, precision, checkpointing) -> seconds, for this helper's life
+
+
+def calibrated_step(config, predicted: dict, batch_size: int, grad_accum: int, precision: str,
+                    grad_checkpointing: bool) -> dict:
+    """The seconds per optimizer step, measured: a few real training steps (forward, backward, AdamW) of
+    this model on this machine, now, with whatever else is running on it. The benchmark-based
+    `predicted` figure decides how many rows of the batch to time (a big model times one row and
+    scales up) and stays the answer where even one row would take too long to time."""
+    rows_total = max(1, int(batch_size) * int(grad_accum))
+    per_row = predicted["step_s"] / rows_total
+    if per_row > MEASURE_LIMIT_S:
+        return {**predicted, "measured": False}
+    rows = max(1, min(int(batch_size), int(MEASURE_TARGET_S / max(per_row, 1e-9))))
+    key = (repr(config), rows, precision, grad_checkpointing, predicted.get("device"))
+    if key not in _MEASURED:
+        _MEASURED[key] = _time_training_steps(config, rows, precision, grad_checkpointing,
+                                              predicted.get("device") or "cpu")
+    step_s = _MEASURED[key] * rows_total / rows
+    tokens = rows_total * config.context_length
+    return {**predicted, "step_s": step_s, "tokens_per_s": tokens / step_s, "measured": True, "timed_rows": rows,
+            "predicted_s": predicted["step_s"]}
+
+
+def _time_training_steps(config, rows: int, precision: str, grad_checkpointing: bool, device: str,
+                         steps: int = 2) -> float:
+    """The best of `steps` timed training steps (after one warm-up) on a batch of `rows` random sequences."""
+    import torch
+    import torch.nn.functional as F
+
+    from slm_core.model import Transformer
+    from slm_core.estimate import resolve_vocab
+    from slm_core.train import resolve_precision
+
+    config, _ = resolve_vocab(config)
+    dev = torch.device(device)
+    amp = resolve_precision(precision, dev)
+    model = Transformer(config).to(dev)
+    model.gradient_checkpointing = grad_checkpointing
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, config.vocab_size, (rows, config.context_length), device=dev)
+    best = float("inf")
+    for i in range(steps + 1):
+        started = time.perf_counter()
+        with torch.autocast(dev.type, dtype=amp) if amp is not None else torch.autocast(dev.type, enabled=False):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), x.view(-1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i:  # the first step allocates optimizer state and warms the kernels
+            best = min(best, time.perf_counter() - started)
+    return best
 
 
 def _preview(data: dict, n: int = 5) -> dict:
@@ -122,8 +186,10 @@ def _tokenize(config: dict) -> dict:
 
     started = time.perf_counter()
     data = prepare_data(RunConfig.from_dict(config), progress=True, require_windows=False)
+    stats = {k: data.meta.get(k) for k in ("n_documents", "train_documents", "val_documents", "bytes",
+                                           "length_histogram")}  # the Data tab's corpus statistics
     return {"train_tokens": data.train_tokens, "val_tokens": data.val_tokens, "n_chars": data.n_chars,
-            "n_vocab": data.tokenizer.n_vocab, "kind": data.tokenizer.kind, "cache_dir": str(data.cache_dir),
+            **stats, "n_vocab": data.tokenizer.n_vocab, "kind": data.tokenizer.kind, "cache_dir": str(data.cache_dir),
             "seconds": time.perf_counter() - started}
 
 

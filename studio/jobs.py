@@ -67,6 +67,9 @@ def _step_of(checkpoint: Path) -> Optional[int]:
 
 # ---- quantize -----------------------------------------------------------------------------------
 
+REPORT_FILE = "report.json"  # in each quantized artifact's folder: its row and the original's, measured together
+
+
 def quantize(source: str, tag: str = "best", method: str = "int8", group_size: Optional[int] = 64,
              report: bool = True, eval_tokens: int = 20_000) -> dict:
     """Quantize `source` into <run>/quantized/<label>/ (replacing an earlier one of the same label) and,
@@ -95,6 +98,10 @@ def quantize(source: str, tag: str = "best", method: str = "int8", group_size: O
         stages.start("measuring")
         windows = eval_windows_for(loaded, int(eval_tokens))
         rows = quantization_report(original, {label: quantized}, windows, paths={label: out})
+        # Kept beside the artifact: the Quantize tab shows every variant's report side by side, not the last one.
+        from slm_core.runs import atomic_write_json
+
+        atomic_write_json(out / REPORT_FILE, {"rows": rows, "measured_at": time.time(), "tag": tag})
     stages.close()
     return {"path": str(out), "label": label, "step": _step_of(Path(loaded.path)), "rows": rows,
             "files": folder_files(out), "seconds": time.perf_counter() - started}

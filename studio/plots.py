@@ -124,6 +124,7 @@ EVENT_STYLE = {  # event → (label, colour, marker symbol)
     "checkpoint": ("checkpoint", "#475569", "square"), "paused": ("paused", "#d97706", "line-ns-open"),
     "continued": ("continued", "#2563eb", "triangle-right"), "stopped": ("stopped", "#111827", "x"),
     "resumed": ("resumed", "#7c3aed", "triangle-right-open"),
+    "target_reached": ("target reached", "#0891b2", "diamond"),
 }
 MAX_EVENT_LINES = 60  # vertical lines per figure: beyond this they hide the curves
 

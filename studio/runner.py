@@ -65,7 +65,8 @@ class Runner:
         with self._lock:
             self._refuse_if_busy()
             run_dir = runs.resolve_run(name, self.root)
-            if not (run_dir / "checkpoints" / "latest" / "state.json").exists():
+            # latest.prev: the fallback a resume takes when latest was damaged (slm_core.checkpoint)
+            if not any((run_dir / "checkpoints" / tag / "state.json").exists() for tag in ("latest", "latest.prev")):
                 raise SLMError(f"run '{name}' has no checkpoint to resume from: start it again instead")
             overrides = list(overrides)
             load_run_config(run_dir / "config.yaml").with_overrides(overrides)  # fail here, not in the worker

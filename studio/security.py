@@ -57,7 +57,7 @@ def allowed_hosts(bind_host: str, extra: Iterable[str] = ()) -> set[str]:
     hosts = set(LOCAL_HOSTS) | {h.strip("[]").lower() for h in extra if h}
     bind = (bind_host or "").strip("[]").lower()
     if bind in WILDCARD_HOSTS:
-        hosts |= _local_addresses()
+        hosts |= _local_addresses() | ({bind} if bind else set())
     else:
         hosts.add(bind)
     return hosts

@@ -47,4 +47,6 @@ table.slm-samples td b { color: #4338ca; font-weight: 600; margin-right: 2px; }
 .slm-mark-ok { background: #059669; } .slm-mark-info { background: #2563eb; }
 .slm-mark-warn { background: #d97706; } .slm-mark-error { background: #dc2626; }
 .slm-bytes { color: #9ca3af; font-weight: 700; padding: 0 1px; cursor: help; }
+table.slm-diff del { color: #b91c1c; background: #fee2e2; text-decoration: line-through; }
+table.slm-diff ins { color: #065f46; background: #d1fae5; text-decoration: none; }
 """

@@ -131,6 +131,37 @@ def sample_timeline_html(samples: list[dict], max_steps_shown: int = 12) -> str:
             f"<tbody>{''.join(body)}</tbody></table>")
 
 
+def sample_steps(samples: list[dict]) -> list[int]:
+    """The evaluation steps that have samples, newest first (the diff pickers' choices)."""
+    return sorted({int(s.get("step", 0)) for s in samples}, reverse=True)
+
+
+def sample_diff_html(samples: list[dict], a: Optional[int], b: Optional[int]) -> str:
+    """Each prompt's sample at step a beside step b, word by word: removed words struck through, new ones
+    highlighted, so what the model learned between two evaluations reads at a glance."""
+    import difflib
+
+    if a is None or b is None:
+        return '<p class="slm-muted">Pick two steps to compare their samples.</p>'
+    by_step: dict[int, dict[str, str]] = {}
+    for sample in samples:
+        by_step.setdefault(int(sample.get("step", 0)), {})[sample.get("prompt", "")] = sample.get("text", "")
+    rows = []
+    for prompt in dict.fromkeys(s.get("prompt", "") for s in samples):
+        old, new = by_step.get(int(a), {}).get(prompt, "").split(), by_step.get(int(b), {}).get(prompt, "").split()
+        parts = []
+        for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+            if op in ("delete", "replace"):
+                parts.append(f"<del>{sample_text(' '.join(old[i1:i2]))}</del>")
+            if op in ("insert", "replace"):
+                parts.append(f"<ins>{sample_text(' '.join(new[j1:j2]))}</ins>")
+            if op == "equal":
+                parts.append(sample_text(" ".join(old[i1:i2])))
+        rows.append(f"<tr><td><b>{html.escape(prompt)}</b></td><td>{' '.join(parts)}</td></tr>")
+    return (f"<table class='slm-samples slm-diff'><thead><tr><th>prompt</th><th>step {int(a):,} → step {int(b):,}"
+            f"</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
 INVALID_BYTES = re.compile("\ufffd+")
 
 
@@ -181,7 +212,8 @@ def status_markdown(name: str, status: dict) -> str:
 
 # ---- the runs table and config diff ----------------------------------------------------------
 
-RUN_COLUMNS = ["name", "status", "mode", "preset", "steps", "tokens", "best val loss", "duration", "parent", "started"]
+RUN_COLUMNS = ["name", "status", "mode", "preset", "steps", "tokens", "best val loss", "duration", "parent", "started",
+               "scores"]
 
 
 def runs_table(summaries: list[dict]) -> list[list[Any]]:
@@ -195,6 +227,7 @@ def runs_table(summaries: list[dict]) -> list[list[Any]]:
             f"{best:.4f}" if best is not None else "-", human_duration(r.get("duration_s")),
             r.get("parent") or "-",
             time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "-",
+            r.get("scores") or "-",  # the newest report card's task and judge scores
         ])
     return rows
 

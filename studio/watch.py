@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
@@ -20,11 +21,13 @@ LOG_TAIL_BYTES = 32_000
 
 
 class JsonlCache:
-    """Rows of append-only JSONL files, re-reading only the bytes added since the last call."""
+    """Rows of append-only JSONL files, re-reading only the bytes added since the last call. Keeps the
+    `max_files` most recently read files (a long-lived server opens many runs; each keeps its rows)."""
 
-    def __init__(self) -> None:
-        self._files: dict[str, tuple[int, int, list[dict]]] = {}  # path → (inode, offset, rows)
+    def __init__(self, max_files: int = 32) -> None:
+        self._files: OrderedDict[str, tuple[int, int, list[dict]]] = OrderedDict()  # path → (inode, offset, rows)
         self._lock = threading.Lock()
+        self.max_files = max_files
 
     def rows(self, path: str | Path) -> list[dict]:
         key = str(path)
@@ -41,6 +44,9 @@ class JsonlCache:
                 offset, new = _read_complete_lines(key, offset)
                 rows = rows + new
             self._files[key] = (stat.st_ino, offset, rows)
+            self._files.move_to_end(key)
+            while len(self._files) > self.max_files:
+                self._files.popitem(last=False)
             return rows
 
     def forget(self, prefix: str | Path) -> None:

@@ -27,3 +27,29 @@ def isolated_dirs(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "slm-cache"
     cache.mkdir(exist_ok=True)
     monkeypatch.setenv("SLM_CACHE_DIR", str(cache))
+
+
+# A 1-layer character model, trained for 30 steps once per session: the model evaluation tests score.
+TINY_CHAR_MODEL = ["tokenizer.kind=char", "data.max_chars=200000", "model.context_length=64", "model.vocab_size=null",
+                   "model.n_layer=1", "train.batch_size=8", "train.precision=fp32", "train.eval_batches=2",
+                   "train.sample_tokens=4", "train.warmup_steps=2", "train.lr=0.003", "train.max_steps=30",
+                   "train.eval_interval=30", "train.ckpt_interval=30"]
+
+
+@pytest.fixture(scope="session")
+def tiny_char_run(tmp_path_factory) -> Path:
+    """The run folder of a tiny character model trained on the built-in stories (do not modify it)."""
+    from slm_core.config import load_recipe
+    from slm_core.train import train
+
+    run_dir = tmp_path_factory.mktemp("tiny-char") / "char"
+    old = os.environ.get("SLM_CACHE_DIR")
+    os.environ["SLM_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "slm-cache")
+    try:
+        train(load_recipe("quickstart-cpu", TINY_CHAR_MODEL), run_dir, progress=False)
+    finally:
+        if old is None:
+            os.environ.pop("SLM_CACHE_DIR", None)
+        else:
+            os.environ["SLM_CACHE_DIR"] = old
+    return run_dir

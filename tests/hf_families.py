@@ -69,17 +69,18 @@ TOKENIZER_OF = {"llama-3.2": "llama-bpe", "llama-3.1": "llama-bpe", "llama-2": "
                 "qwen3": "qwen2", "gpt2": "gpt-2"}
 
 
-def hf_model(family: str, vocab_size: int = 256, seed: int = 0, scale: float = 0.2):
-    """A randomly initialised transformers model of `family`, weights large enough that layout errors show."""
+def hf_model(family: str, vocab_size: int = 256, seed: int = 0, scale: float | None = 0.2, **changes):
+    """A randomly initialised transformers model of `family`, weights large enough that layout errors show
+    (scale=None: transformers' own init, norms at one, for training tests)."""
     import transformers
 
     class_name, values = FAMILIES[family]
     config_class = getattr(transformers, class_name.replace("ForCausalLM", "Config").replace("LMHeadModel", "Config"))
-    config = config_class(vocab_size=vocab_size, **values)
+    config = config_class(vocab_size=vocab_size, **{**values, **changes})
     torch.manual_seed(seed)
     model = getattr(transformers, class_name)(config)
     with torch.no_grad():
-        for param in model.parameters():
+        for param in model.parameters() if scale else ():
             param.normal_(0.0, scale)
     return model.eval()
 

@@ -92,6 +92,21 @@ def test_eot_separates_documents_and_splits_follow_content(tmp_path):
     assert sum(data.meta["length_histogram"]["log2_bins"]) == 200
 
 
+def test_data_tab_shows_corpus_statistics(tmp_path):
+    from studio.helper import _tokenize
+    from studio.tabs.data import corpus_stats, length_figure
+
+    path = tmp_path / "sixty.txt"
+    path.write_text("\n\n".join(f"Paragraph {i} " + "word " * (i % 7) for i in range(60)), encoding="utf-8")
+    answer = _tokenize(config(path).to_dict())
+    tokens = answer["train_tokens"] + answer["val_tokens"]
+    text = corpus_stats(answer)
+    assert "**60 documents**" in text and f"**{tokens / 60:,.0f} tokens per document**" in text
+    assert f"Corpus **{path.stat().st_size / 1024:,.1f} kB**" in text
+    bars = length_figure(answer).data[0]
+    assert sum(bars.y) == 60 and len(bars.x) == len(bars.y)
+
+
 # ---- streamed, chunked, parallel = one shot --------------------------------------------------------
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -271,8 +286,11 @@ def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
                 f.write(story + "\n<|endoftext|>\n")
                 if f.tell() >= mb << 20:
                     break
+        # 1M-character chunks: the few chunks in flight (the bound) are reached by both sizes, so
+        # what is left to compare is growth with the corpus.
+        env = dict(os.environ, SLM_DATA_CHUNK_CHARS=str(1 << 20))
         result = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(tmp_path / "cache")],
-                                capture_output=True, text=True, timeout=600, cwd=ROOT)
+                                capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
         assert result.returncode == 0, result.stderr[-2000:]
         peaks[mb] = json.loads(result.stdout.strip().splitlines()[-1])
         assert peaks[mb]["tokens"] > mb * 150_000
@@ -280,5 +298,5 @@ def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
     small, large = peaks[20], peaks[80]
     print(peaks)
     for key in ("main_mb", "worker_mb"):
-        assert large[key] < small[key] * 1.2 + 40, f"{key} grew with the corpus: {peaks}"
+        assert large[key] < small[key] * 1.1 + 20, f"{key} grew with the corpus: {peaks}"
         assert large[key] < 1500

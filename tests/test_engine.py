@@ -111,3 +111,15 @@ def test_engine_stream_stops_at_a_stop_string_and_reports_speed():
     cut = "".join(engine.stream([1, 2, 3], SamplingParams(30, temperature=0, stop=(stop,)), stats, stop_ids=()))
     assert cut == full[:full.index(stop)] and stats["finish_reason"] == "stop" and stats["tokens"] < 30
     engine.close()
+
+
+def test_closing_the_engine_ends_running_and_waiting_requests():
+    engine = Engine(tiny("llama", context=16), ByteTokenizer(), slots=1, dtype="fp32")
+    requests = [engine.submit([1, 2], SamplingParams(10_000, temperature=0), stop_ids=()) for _ in range(3)]
+    next(iter(requests[0]))  # the first is decoding, the others wait for its slot
+    engine.close()
+    for request in requests:
+        list(request)  # ends instead of waiting forever
+        assert request.finish_reason == "cancelled"
+    with pytest.raises(Exception, match="closed"):
+        engine.submit([1], SamplingParams(4))

@@ -11,24 +11,15 @@ import torch
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is the optional 'eval' extra")
 
 from slm_core.checkpoint import load_model  # noqa: E402
-from slm_core.config import load_recipe  # noqa: E402
 from slm_core.errors import SLMError  # noqa: E402
 from slm_core.generate import complete  # noqa: E402
 from slm_core.harness import _encode_pair, _score_pairs, harness_model, run_tasks  # noqa: E402
-from slm_core.train import train  # noqa: E402
-
-CHAR_MODEL = ["tokenizer.kind=char", "data.max_chars=200000", "model.context_length=64", "model.vocab_size=null",
-              "model.n_layer=1", "train.batch_size=8", "train.precision=fp32", "train.eval_batches=2",
-              "train.sample_tokens=4", "train.warmup_steps=2", "train.lr=0.003", "train.max_steps=30",
-              "train.eval_interval=30", "train.ckpt_interval=30"]
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
+def loaded(tiny_char_run):
     """A 1-layer character model trained for 30 steps on the built-in stories."""
-    run_dir = tmp_path_factory.mktemp("eval-tasks") / "char"
-    train(load_recipe("quickstart-cpu", CHAR_MODEL), run_dir, progress=False)
-    return load_model(run_dir)
+    return load_model(tiny_char_run)
 
 
 def test_shipped_tasks_score_in_range_and_reproducibly(loaded):

@@ -138,7 +138,7 @@ def test_gguf_refuses_what_llama_cpp_cannot_run(tmp_path):
 def test_onnx_export_runs_in_onnxruntime_with_our_logits(tmp_path, tokenizer, family):
     ort = pytest.importorskip("onnxruntime")
     model = random_model(tokenizer.n_vocab, family)
-    files = export_model(model, tokenizer, model.config, tmp_path / "onnx", fmt="onnx")
+    files = export_model(model, tokenizer, model.config, tmp_path / "onnx", fmt="onnx-graph")
     assert {"model.onnx", "tokenizer.json", "export.json"} <= {p.name for p in files}
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     for shape in [(1, 1), (2, 9), (3, 64)]:  # batch and sequence are dynamic up to the context

@@ -109,12 +109,30 @@ def test_second_writer_is_refused_naming_the_first_and_changes_nothing(run_copy)
         # The Studio's view: a run some other process holds is running, whatever status.json says.
         assert runs.read_status(run_copy)["state"] == "running"
         assert runs.run_summary(run_copy)["state"] == "running"
+        from studio.runner import Runner
+
+        assert Runner(run_copy.parent).active() == run_copy.name  # the Studio will not start a second run
     finally:
         os.kill(other.pid, signal.SIGKILL)
         other.join(10)
     # The holder died: its lock went with it, and the next writer takes the run over.
     assert holder(run_copy) is None and runs.read_status(run_copy)["state"] == "finished"
     assert train(tiny(10, 2), run_copy, resume=True, progress=False)["step"] == 10
+
+
+def test_two_cli_trains_with_one_name_second_refused(tmp_path, capsys):
+    """`slm train --name X` while another process is already writing X (before its status exists)."""
+    other = _in_child(_hold_lock, tmp_path / "X", 60)
+    try:
+        _wait_for(lambda: (tmp_path / "X" / "held").exists(), what="the other writer")
+        args = ["train", "--preset", "quickstart-cpu", "--name", "X", "--runs-dir", str(tmp_path), "--quiet"]
+        assert slm(args + [x for o in TINY for x in ("--set", o)]) == 2
+        err = capsys.readouterr().err
+        assert f"being written by pid {other.pid}" in err and "Traceback" not in err, err
+        assert sorted(p.name for p in (tmp_path / "X").iterdir()) == ["held", "run.lock"]
+    finally:
+        os.kill(other.pid, signal.SIGKILL)
+        other.join(10)
 
 
 def test_fresh_train_into_an_existing_run_is_refused(run_copy):
@@ -253,6 +271,9 @@ def test_write_error_mid_checkpoint_is_explained_and_leaves_no_temporary_folder(
 # ---- out of memory -------------------------------------------------------------------------------------
 
 def test_absurd_model_is_refused_at_once_without_allocating(tmp_path):
+    from slm_core.estimate import count_parameters
+
+    count_parameters(tiny(1).model)  # torch's first use of the meta device imports ~800 modules: not ours to time
     started = time.perf_counter()
     with pytest.raises(SLMError, match=r"refusing to start: training this model needs about .* settings|"
                                        r"refusing to start: .*pick a smaller model"):
@@ -267,23 +288,41 @@ def _train_under_memory_limit(run_dir, extra_mb, *overrides):
     train(tiny(4, 2, *overrides), run_dir, progress=False)
 
 
-# ~1.2 GB of weights, gradients and AdamW state: far beyond a 300 MB allowance.
-BIG = ("model.d_model=1024", "model.d_ff=4096", "model.n_layer=6", "model.n_head=8", "model.n_kv_head=8")
+# Small weights, but a (64, 64, 100k) logits tensor: one 1.6 GB allocation in the first forward,
+# so the allocator fails on a big request with the allowance's headroom still there for the message.
+BIG = ("model.vocab_size=100000", "train.batch_size=64", "model.context_length=64")
 
 
 @pytest.mark.parametrize("force", [False, True])
 def test_out_of_memory_is_refused_or_explained_with_settings_that_fit(tmp_path, force):
     run_dir = tmp_path / "run"
-    child = _in_child(_train_under_memory_limit, run_dir, 300, *BIG, f"train.force={str(force).lower()}")
+    child = _in_child(_train_under_memory_limit, run_dir, 500, *BIG, f"train.force={str(force).lower()}")
     child.join(300)
     assert child.exitcode == 3
     error = (tmp_path / "child-error.txt").read_text()
     assert error.startswith("SLMError: "), error  # one line, no traceback
     if force:  # it tried, and the allocator's failure is explained
-        assert "out of memory (CPU)" in error and "training this model needs about" in error, error
+        assert "out of memory (CPU) at step 1" in error and "training this model needs about" in error, error
+        assert "settings that would fit: train.batch_size=" in error, error
         assert "failed" == runs.read_status(run_dir)["state"] and "out of memory" in runs.read_status(run_dir)["error"]
     else:
         assert "refusing to start" in error and "train.force=true" in error, error
+
+
+def test_resource_errors_are_recognised_and_explained():
+    from slm_core.resources import explain_failure, is_disk_full, is_out_of_memory
+
+    config = tiny(8, 2, "train.device=cuda")
+    gpu = explain_failure(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), config, 7)
+    assert gpu.startswith("out of memory (GPU) at step 7: training this model needs about"), gpu
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 1638400000 bytes. Error code 12 (Cannot allocate memory)")
+    assert is_out_of_memory(cpu) and is_out_of_memory(MemoryError()) and not is_disk_full(cpu)
+    for error in (OSError(28, "No space left on device"), OSError(27, "File too large"),
+                  RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")):
+        assert is_disk_full(error) and "disk is full" in explain_failure(error, config, 3)
+    assert explain_failure(ValueError("something else"), config, 3) is None
+    assert explain_failure(SLMError("a user's mistake"), config, 3) is None
 
 
 # ---- stopping --------------------------------------------------------------------------------------------

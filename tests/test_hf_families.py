@@ -98,3 +98,29 @@ def test_load_keeps_one_copy_of_the_weights(tmp_path):
     model = load_model(tmp_path).model
     assert model.lm_head.weight is model.embed_tokens.weight  # tie survives assign=True
     assert not any(p.is_meta for p in model.parameters())
+
+
+def test_a_hub_shaped_folder_chats_in_its_own_template(tmp_path):
+    """Model + real Qwen2 tokenizer (with its chat template) in one folder, as downloaded: the prompt is
+    rendered with the template into transformers' ids, and the greedy reply equals transformers'."""
+    import shutil
+
+    from hf_families import vocab_folder
+
+    for path in vocab_folder("qwen2").iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    theirs_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    hf = hf_model("qwen2.5", vocab_size=len(theirs_tok), scale=0.05)
+    hf.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path)
+    tokenizer = loaded.tokenizer
+    assert theirs_tok.convert_tokens_to_ids("<|im_end|>") in tokenizer.stop_ids
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    want_ids = theirs_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    want_ids = want_ids["input_ids"] if hasattr(want_ids, "keys") else want_ids
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    assert ids == want_ids
+    want = hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=6, min_new_tokens=6,
+                       pad_token_id=0)[0, len(ids):].tolist()
+    got = list(generate_tokens(loaded.model, ids, max_new_tokens=6, temperature=0.0, stop_ids=tokenizer.stop_ids))
+    assert got == want[:len(got)] and (len(got) == 6 or want[len(got)] in tokenizer.stop_ids)

@@ -7,6 +7,7 @@ transformers' AutoTokenizer on a varied text suite, and `apply_chat_template` mu
 same text and ids.
 """
 
+import functools
 import shutil
 
 import pytest
@@ -43,10 +44,15 @@ LLAMA3_TEMPLATE = (
     "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
 
 
+@functools.lru_cache(maxsize=None)
+def _tokenizers(folder):
+    """(ours, transformers') for a folder, loaded once per session (a 150k vocabulary takes seconds)."""
+    return Tokenizer.from_hf(folder), transformers.AutoTokenizer.from_pretrained(folder)
+
+
 @pytest.fixture(scope="module", params=["llama-bpe", "qwen2", "gpt-2", "llama-spm"])
 def pair(request):
-    folder = vocab_folder(request.param)
-    return request.param, Tokenizer.from_hf(folder), transformers.AutoTokenizer.from_pretrained(folder)
+    return (request.param, *_tokenizers(vocab_folder(request.param)))
 
 
 def test_ids_equal_transformers_on_a_varied_text_suite(pair):
@@ -70,7 +76,7 @@ def test_special_tokens_and_eos_come_from_the_tokenizer_config(pair):
         assert ours.bos_id == theirs.bos_token_id
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def llama3_chat(tmp_path_factory):
     folder = tmp_path_factory.mktemp("llama3-instruct")
     for path in vocab_folder("llama-bpe").iterdir():
@@ -82,7 +88,7 @@ def llama3_chat(tmp_path_factory):
 @pytest.mark.parametrize("generation_prompt", [True, False])
 def test_chat_templates_render_as_apply_chat_template(llama3_chat, generation_prompt):
     for folder in (vocab_folder("qwen2"), llama3_chat):
-        ours, theirs = Tokenizer.from_hf(folder), transformers.AutoTokenizer.from_pretrained(folder)
+        ours, theirs = _tokenizers(folder)
         assert ours.chat_template
         text = ours.apply_chat_template(MESSAGES, add_generation_prompt=generation_prompt)
         assert text == theirs.apply_chat_template(MESSAGES, add_generation_prompt=generation_prompt, tokenize=False)
@@ -105,14 +111,14 @@ def test_template_helpers_and_errors_work_as_in_transformers(tmp_path):
 
 
 def test_training_records_split_at_the_generation_prompt():
-    tok = Tokenizer.from_hf(vocab_folder("qwen2"))
+    tok = _tokenizers(vocab_folder("qwen2"))[0]
     prompt, answer = model_prompt_response({"messages": MESSAGES[:3]}, tok)
     assert prompt.endswith("<|im_start|>assistant\n") and answer.startswith("4.<|im_end|>")
     assert prompt + answer == tok.apply_chat_template(MESSAGES[:3])
 
 
 def test_a_tokenizer_without_a_template_says_what_to_do():
-    tok = Tokenizer.from_hf(vocab_folder("gpt-2"))
+    tok = _tokenizers(vocab_folder("gpt-2"))[0]
     with pytest.raises(SLMError, match="chat template"):
         tok.apply_chat_template(MESSAGES)
     assert tok.apply_chat_template(MESSAGES, template="chatml").endswith("<|im_start|>assistant\n")

@@ -93,3 +93,23 @@ def test_a_gguf_file_loads_through_transformers_gguf_reader(tmp_path, monkeypatc
     (tmp_path / "broken.gguf").write_bytes(b"GGUF not really")
     with pytest.raises(SLMError, match="broken.gguf"):
         load_model(tmp_path / "broken.gguf")
+
+
+@pytest.mark.parametrize("error,advice", [("gated", "accept its license.*hf auth login"),
+                                          ("missing", "no model 'org/nope'.*check the spelling")])
+def test_hub_refusals_say_what_to_do(hub_cache, monkeypatch, error, advice):
+    """The Hub's own exception types, raised where the network would answer (no network here)."""
+    import httpx
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    response = httpx.Response(401 if error == "gated" else 404, request=httpx.Request("GET", "https://huggingface.co"))
+    exc = (GatedRepoError if error == "gated" else RepositoryNotFoundError)("refused", response=response)
+
+    def refuse(*args, **kwargs):
+        raise exc
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    with pytest.raises(SLMError, match=advice):
+        load_model("org/nope")

@@ -64,11 +64,14 @@ def test_metrics_samples_and_checkpoints_are_written(tmp_path):
     assert loaded.tokenizer.n_vocab <= loaded.config.model.vocab_size
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_exact(tmp_path, optimizer):
     """N steps straight == N/2 steps, stop, resume, N/2 steps: same final loss to 1e-5."""
     steps = 8
     straight = tmp_path / "straight"
-    train(quick_config("quickstart-cpu", steps, "model.n_layer=1", "train.eval_interval=3"), straight, progress=False)
+    opt = f"train.optimizer={optimizer}"
+    train(quick_config("quickstart-cpu", steps, "model.n_layer=1", "train.eval_interval=3", opt), straight,
+          progress=False)
 
     halves = tmp_path / "halves"
 
@@ -76,7 +79,7 @@ def test_resume_is_exact(tmp_path):
         if event.get("kind") == "train" and event["step"] == steps // 2:
             runs.request(halves, "stop")
 
-    config = quick_config("quickstart-cpu", steps, "model.n_layer=1", "train.eval_interval=3")
+    config = quick_config("quickstart-cpu", steps, "model.n_layer=1", "train.eval_interval=3", opt)
     first = train(config, halves, progress=False, callback=stop_at_half)
     assert first["state"] == "stopped" and first["step"] == steps // 2
     second = train(config, halves, resume=True, progress=False)
@@ -142,3 +145,18 @@ def test_char_level_shakespeare_learns(shared_data, tmp_path):
         "train.batch_size=32", "train.precision=fp32"])
     result = train(config, tmp_path / "shakespeare", progress=False)
     assert result["best_val_loss"] < 2.3, result
+
+
+def test_target_val_loss_stops_the_run_and_records_why(tmp_path):
+    """Muon + warmup-stable-decay train, and the run ends at the first evaluation at or under the target."""
+    config = quick_config("quickstart-cpu", 30, "train.eval_interval=5", "model.n_layer=1", "train.optimizer=muon",
+                          "train.schedule=wsd", "train.target_val_loss=5.5", "train.sample_prompts=[]")
+    result = train(config, tmp_path / "run", progress=False)
+    evals = [m for m in runs.read_metrics(tmp_path / "run") if m["kind"] == "eval"]
+    assert evals[0]["val_loss"] > 5.5 and evals[-1]["val_loss"] <= 5.5 < min(e["val_loss"] for e in evals[:-1])
+    assert result["step"] == evals[-1]["step"] < 30
+    status = runs.read_status(tmp_path / "run")
+    assert status["state"] == "finished" and status["stop_reason"] == "target_val_loss"
+    assert {"eval_s", "ckpt_s", "wall_s", "share"} <= set(status["overhead"])
+    events = [m for m in runs.read_metrics(tmp_path / "run") if m.get("event") == "target_reached"]
+    assert [e["step"] for e in events] == [result["step"]]

@@ -19,6 +19,8 @@ from studio.security import check_path
 from studio.tabs import PRIVATE, QUIET, message
 
 TITLE = "Chat"
+ENGINES = [("auto", "auto"), ("native torch", "native"), ("onnxruntime-genai", "onnx")]
+CONCURRENT = 8  # replies streaming at once (browser tabs); the engine decodes them in one batch
 
 
 def build(ctx) -> None:
@@ -28,6 +30,8 @@ def build(ctx) -> None:
         source = gr.Dropdown([], value=None, allow_custom_value=True, label="Model", scale=3, elem_id="chat-model",
                              info="a run (with a checkpoint), or a checkpoint / quantized / Hugging Face folder")
         tag = gr.Radio([("best", "best"), ("latest", "latest")], value="best", label="Checkpoint", scale=1)
+        backend = gr.Radio(ENGINES, value="auto", label="Engine", scale=1, elem_id="chat-engine",
+                           info="auto: the fastest that can run the model")
         load = gr.Button("Load", scale=0, min_width=100)
     info = gr.Markdown("Pick a model; it loads on the first message.", elem_id="chat-info")
     allow = AllowBox(ctx, "chat-allow")
@@ -45,20 +49,20 @@ def build(ctx) -> None:
             stats = gr.Markdown("", elem_id="chat-stats")
         with gr.Column(scale=1, min_width=240):
             settings = _sampling()
-    inputs = [text, chatbot, source, tag, *settings]
+    inputs = [text, chatbot, source, tag, *settings, backend]
 
     def respond(message_text, history, src, checkpoint, *values):
         check_path(ctx, src, "model")
         yield from reply(session, stop_flag, message_text, history, src, checkpoint, *values)
 
     outputs = [chatbot, text, stats, info]
-    sent = send.click(respond, inputs, outputs, api_name="chat", concurrency_limit=1, concurrency_id="chat",
-                      show_progress="hidden")
-    submitted = text.submit(respond, inputs, outputs, concurrency_limit=1, concurrency_id="chat", **QUIET)
+    sent = send.click(respond, inputs, outputs, api_name="chat", concurrency_limit=CONCURRENT,
+                      concurrency_id="chat", show_progress="hidden")
+    submitted = text.submit(respond, inputs, outputs, concurrency_limit=CONCURRENT, concurrency_id="chat", **QUIET)
     stop.click(lambda: stop_flag.set(), None, None, **PRIVATE)
     clear.click(lambda: ([], ""), None, [chatbot, stats], **QUIET)
-    loaded = load.click(lambda s, t: load_model(session, check_path(ctx, s, "model"), t), [source, tag], info,
-                        **PRIVATE)
+    loaded = load.click(lambda s, t, b: load_model(session, check_path(ctx, s, "model"), t, b),
+                        [source, tag, backend], info, **PRIVATE)
     for event in (sent, submitted, loaded):
         allow.after(event, [("model", source)])
 
@@ -82,19 +86,19 @@ def _sampling() -> list[Any]:
     ]
 
 
-def load_model(session: ChatSession, source: Optional[str], tag: str) -> str:
+def load_model(session: ChatSession, source: Optional[str], tag: str, backend: str = "auto") -> str:
     if not source:
         return message("error", "Pick a run or type a model folder first.")
     try:
         with session.lock:
-            session.ensure(source, tag)
+            session.ensure(source, tag, backend)
     except SLMError as error:
         return message("error", str(error))
     return session.describe()
 
 
 def reply(session: ChatSession, stop_flag: threading.Event, text: str, history: list, source: Optional[str],
-          tag: str, temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed):
+          tag: str, temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed, backend: str = "auto"):
     """Stream one reply into the chat: yields (history, textbox, stats, info)."""
     history = list(history or [])
     if not (text or "").strip():
@@ -112,7 +116,7 @@ def reply(session: ChatSession, stop_flag: threading.Event, text: str, history: 
                     seed=int(seed) if str(seed or "").strip().lstrip("-").isdigit() else None)
     stats: dict = {}
     try:
-        for delta in session.stream(text, past, source, tag, settings, stats):
+        for delta in session.stream(text, past, source, tag, settings, stats, backend):
             history[-1]["content"] += delta
             yield history, "", gr.skip(), gr.skip()
             if stop_flag.is_set():
@@ -121,6 +125,13 @@ def reply(session: ChatSession, stop_flag: threading.Event, text: str, history: 
         yield past, text, message("error", str(error)), gr.skip()
         return
     done = "stopped" if stop_flag.is_set() else "done"
-    line = f"{stats.get('tokens', 0)} tokens in {stats.get('seconds', 0):.1f} s · " \
-           f"**{stats.get('tokens_per_sec', 0):.1f} tokens/s** · {done}"
-    yield history, "", line, session.describe() if stats.get("reloaded") else gr.skip()
+    yield history, "", speed_text(stats, done), session.describe() if stats.get("reloaded") else gr.skip()
+
+
+def speed_text(stats: dict, state: str) -> str:
+    """Tokens, first-token latency, decode speed and engine of one reply (shown under every reply)."""
+    ttft = stats.get("ttft_s")
+    first = f"first token {ttft * 1000:.0f} ms · " if ttft is not None else ""
+    engine = f" · {stats['engine']}" if stats.get("engine") else ""
+    return (f"{stats.get('tokens', 0)} tokens in {stats.get('seconds', 0):.1f} s · {first}"
+            f"**{stats.get('tokens_per_sec', 0):.1f} tokens/s** · {state}{engine}")

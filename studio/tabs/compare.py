@@ -52,9 +52,9 @@ def build(ctx) -> None:
         check_path(ctx, [source_a, source_b], "model")
         yield from compare_reply(pair, stop_flag, prompt, history_a, history_b, source_a, source_b, *values)
 
-    sent = send.click(respond, inputs, outputs, api_name="compare", concurrency_limit=1, concurrency_id="compare",
-                      show_progress="hidden")
-    submitted = text.submit(respond, inputs, outputs, concurrency_limit=1, concurrency_id="compare", **QUIET)
+    sent = send.click(respond, inputs, outputs, api_name="compare", concurrency_limit=4, concurrency_id="compare",
+                      show_progress="hidden")  # several browser tabs at once: the engines batch them
+    submitted = text.submit(respond, inputs, outputs, concurrency_limit=4, concurrency_id="compare", **QUIET)
     for event in (sent, submitted):
         allow.after(event, [("model", pickers[0]), ("model", pickers[1])])
     stop.click(lambda: stop_flag.set(), None, None, **PRIVATE)
@@ -90,9 +90,9 @@ def sampling_settings(temperature, top_k, top_p, repetition_penalty, max_new_tok
 
 
 def speed_line(stats: dict, stopped: bool = False) -> str:
-    state = "stopped" if stopped else ("done" if stats.get("done") else "generating…")
-    return (f"{stats.get('tokens', 0)} tokens in {stats.get('seconds', 0):.1f} s · "
-            f"**{stats.get('tokens_per_sec', 0):.1f} tokens/s** · {state}")
+    from studio.tabs.chat import speed_text
+
+    return speed_text(stats, "stopped" if stopped else ("done" if stats.get("done") else "generating…"))
 
 
 def compare_reply(pair: PairSession, stop_flag: threading.Event, text: str, history_a: list, history_b: list,

@@ -31,6 +31,7 @@ KINDS = ["Built-in stories", "Built-in instructions", "Local file or folder", "U
 UPLOAD_TYPES = [".txt", ".md", ".jsonl", ".json", ".csv", ".tsv", ".parquet"]
 TOKENIZERS = [("GPT-2 BPE (50,257 tokens)", "gpt2"), ("Train a BPE on this data", "bpe"), ("Characters", "char")]
 TEMPLATES = [("auto (from the records)", ""), ("alpaca", "alpaca"), ("chatml", "chatml")]
+SPLITS = [("paragraph (blank lines)", "paragraph"), ("line", "line"), ("whole file", "whole")]
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -54,11 +55,12 @@ def kind_of(source: str, uploads: Optional[Path] = None) -> Optional[str]:
 def build(ctx) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            kind = gr.Radio(KINDS, value=KINDS[0], label="Source")
+            kind = gr.Radio(KINDS, value=KINDS[0], label="Source", elem_id="data-kind")
             source = gr.Textbox("builtin", label="Source (what the run reads)",
                                 info="'builtin', 'builtin:instructions', a file or folder path, or a Hub name "
                                      "like roneneldan/TinyStories")
-            upload = gr.File(label="Upload files", file_count="multiple", file_types=UPLOAD_TYPES, visible=False)
+            upload = gr.File(label="Upload files", file_count="multiple", file_types=UPLOAD_TYPES, visible=False,
+                             elem_id="data-upload")
             with gr.Row():
                 column = gr.Dropdown([("auto", "")], value="", label="Text column (JSONL/CSV/Parquet)",
                                      allow_custom_value=True, info="blank: 'text', else the first string column")
@@ -66,6 +68,8 @@ def build(ctx) -> None:
                                        info="for instruction records (instruction/output or messages)")
                 max_chars = gr.Number(0, label="Use at most N characters", precision=0, minimum=0,
                                       info="0 = all of it")
+                split = gr.Dropdown(SPLITS, value="paragraph", label="Text files: one document per",
+                                    allow_custom_value=True, info="or type a separator, e.g. \\n---\\n")
             preview_btn = gr.Button("Preview", variant="secondary")
             allow = AllowBox(ctx, "data-allow")
         with gr.Column(scale=2):
@@ -75,18 +79,19 @@ def build(ctx) -> None:
                                   info="holds vocab.bpe + encoder.json; blank downloads them once")
             tokenize_btn = gr.Button("Tokenize now (cached for every run)", variant="primary")
             tokens = gr.Markdown("", elem_id="data-tokens")
+            lengths = gr.Plot(visible=False, elem_id="data-lengths", show_label=False)
     summary = gr.Markdown("", elem_id="data-summary")
     records = gr.HTML("", elem_id="data-preview")
     ctx.fields.update({"data.source": source, "data.text_column": column, "data.template": template,
-                       "data.max_chars": max_chars, "tokenizer.kind": tok_kind, "tokenizer.vocab_size": tok_size,
+                       "data.max_chars": max_chars, "data.split": split, "tokenizer.kind": tok_kind, "tokenizer.vocab_size": tok_size,
                        "tokenizer.path": tok_path})
-    _wire(ctx, kind, source, upload, column, template, max_chars, preview_btn, summary, records)
-    _wire_tokenizer(ctx, tok_kind, tok_size, tok_path, tokenize_btn, tokens)
+    _wire(ctx, kind, source, upload, column, template, max_chars, split, preview_btn, summary, records)
+    _wire_tokenizer(ctx, tok_kind, tok_size, tok_path, tokenize_btn, [tokens, lengths])
     allow.after(ctx.shared["data.preview_event"], [("data", source)])
     allow.after(ctx.shared["data.tokenize_event"], [("data", source), ("path", tok_path)])
 
 
-def _wire(ctx, kind, source, upload, column, template, max_chars, preview_btn, summary, records) -> None:
+def _wire(ctx, kind, source, upload, column, template, max_chars, split, preview_btn, summary, records) -> None:
     def on_kind(choice: str, current: str):
         value = {KINDS[0]: "builtin", KINDS[1]: "builtin:instructions"}.get(choice)
         if value is None and current.startswith("builtin"):
@@ -103,7 +108,7 @@ def _wire(ctx, kind, source, upload, column, template, max_chars, preview_btn, s
     source.change(on_source, source, [kind, upload], **QUIET)
     upload.upload(lambda files: save_uploads(files, ctx.runs_dir), upload, source, **PRIVATE)
     ctx.shared["data.preview_event"] = preview_btn.click(
-        lambda src, *a: preview(ctx.helper, check_path(ctx, src, "data"), *a), [source, column, template, max_chars],
+        lambda src, *a: preview(ctx.helper, check_path(ctx, src, "data"), *a), [source, column, template, max_chars, split],
         [summary, records, column], api_name="data_preview")
 
 
@@ -134,22 +139,24 @@ def save_uploads(files: Optional[list], runs_dir: Path) -> Any:
     return str(target if len(paths) > 1 else target / paths[0].name)
 
 
-def data_config(source: str, column: str = "", template: str = "", max_chars: Any = None) -> DataConfig:
+def data_config(source: str, column: str = "", template: str = "", max_chars: Any = None,
+                split: str = "paragraph") -> DataConfig:
     return DataConfig(source=(source or "").strip(), text_column=column or None, template=template or None,
-                      max_chars=int(max_chars) if max_chars else None)
+                      max_chars=int(max_chars) if max_chars else None, split=split or "paragraph")
 
 
-def preview(helper, source: str, column: str, template: str, max_chars: Any):
+def preview(helper, source: str, column: str, template: str, max_chars: Any, split: str = "paragraph"):
     """Summary line, the first records, and the column choices for tabular sources."""
     try:
-        cfg = data_config(source, column, template, max_chars)
+        cfg = data_config(source, column, template, max_chars, split)
         answer = helper.call("preview", {"data": dataclasses.asdict(cfg), "n": 5})
     except SLMError as error:
         return message("error", str(error)), "", gr.update()
     info, texts = answer["summary"], answer["texts"]
     kind = "instruction records" + (f" ({info['template']} template)" if info.get("template") else "") \
         if info.get("is_instruction") else "documents"
-    text = (f"**{info['n_documents']:,} {kind}**, {human_count(info['n_chars'])} characters "
+    at_least = "" if info.get("complete", True) else "at least "  # counting stops after a while on huge corpora
+    text = (f"**{at_least}{info['n_documents']:,} {kind}**, {human_count(info['n_chars'])} characters "
             f"(kind: {info['kind']}). Token counts appear after tokenizing.")
     columns = info.get("columns") or []
     choices = [("auto", "")] + [(c, c) for c in columns]
@@ -157,7 +164,7 @@ def preview(helper, source: str, column: str, template: str, max_chars: Any):
     return text, f"<div class='slm-records'>{cards}</div>", gr.update(choices=choices)
 
 
-def tokenize(helper, values: dict[str, Any], progress: Any = None) -> str:
+def tokenize(helper, values: dict[str, Any], progress: Any = None) -> tuple:
     """prepare_data for the page's source and tokenizer (in the helper process): trains the BPE if asked,
     writes the token cache the runs will find."""
     def report(p: dict) -> None:
@@ -166,15 +173,40 @@ def tokenize(helper, values: dict[str, Any], progress: Any = None) -> str:
 
     try:
         config = RunConfig(data=data_config(values.get("data.source"), values.get("data.text_column"),
-                                            values.get("data.template"), values.get("data.max_chars")),
+                                            values.get("data.template"), values.get("data.max_chars"),
+                                            values.get("data.split")),
                            tokenizer=TokenizerConfig(kind=values.get("tokenizer.kind") or "bpe",
                                                      vocab_size=int(values.get("tokenizer.vocab_size") or 4096),
                                                      path=values.get("tokenizer.path") or None))
         report({"n": 0, "total": None, "desc": "reading the source"})
         data = helper.call("tokenize", {"config": config.to_dict()}, on_progress=report)
     except SLMError as error:
-        return message("error", str(error))
+        return message("error", str(error)), gr.update(visible=False)
     return message("ok", f"**{human_count(data['train_tokens'])} train + {human_count(data['val_tokens'])} "
                          f"validation tokens** ({data['n_vocab']:,}-token {data['kind']} vocabulary, "
                          f"{human_count(data['n_chars'])} characters) in {data['seconds']:.1f} s — cached in "
-                         f"`{data['cache_dir']}`; runs on this data start without tokenizing again.")
+                         f"`{data['cache_dir']}`; runs on this data start without tokenizing again.\n\n"
+                         + corpus_stats(data)), gr.update(value=length_figure(data), visible=True)
+
+
+def corpus_stats(data: dict) -> str:
+    """Corpus size, documents, tokens and tokens per document, as one Markdown line."""
+    tokens, docs = data["train_tokens"] + data["val_tokens"], data.get("n_documents") or 0
+    size = (f"{data['bytes'] / 2 ** 20:,.1f} MB" if (data.get("bytes") or 0) >= 2 ** 20 else
+            f"{data['bytes'] / 1024:,.1f} kB" if data.get("bytes") else f"{human_count(data['n_chars'])} characters")
+    per_doc = f"{tokens / docs:,.0f}" if docs else "-"
+    return (f"Corpus **{size}** · **{docs:,} documents** ({data.get('train_documents') or 0:,} train, "
+            f"{data.get('val_documents') or 0:,} validation) · **{human_count(tokens)} tokens** · "
+            f"**{per_doc} tokens per document**")
+
+
+def length_figure(data: dict):
+    """Document lengths in tokens, as counted in power-of-two bins while tokenizing."""
+    import plotly.graph_objects as go
+
+    counts = (data.get("length_histogram") or {}).get("log2_bins") or []
+    labels = [f"{2 ** k:,}–{2 ** (k + 1) - 1:,}" if k else "1" for k in range(len(counts))]
+    fig = go.Figure(go.Bar(x=labels, y=counts, marker_color="#4f6bed"))
+    fig.update_layout(title="Document length (tokens, incl. end-of-text)", height=260, template="plotly_white",
+                      margin=dict(l=40, r=10, t=40, b=40), xaxis_title="tokens", yaxis_title="documents")
+    return fig

@@ -24,7 +24,7 @@ from studio.tabs import QUIET, message
 
 TITLE = "Export"
 FORMATS = [("Hugging Face folder (transformers)", "hf"), ("GGUF (llama.cpp, Ollama)", "gguf"),
-           ("ONNX (onnxruntime)", "onnx")]
+           ("ONNX for onnxruntime-genai (fast chat)", "onnx"), ("ONNX graph (onnxruntime)", "onnx-graph")]
 GGUF_TYPES = [("f32 — exact", "f32"), ("f16 — half the size", "f16"), ("q8_0 — 8-bit, a quarter", "q8_0")]
 FILE_COLUMNS = ["file", "size", "path"]
 
@@ -96,6 +96,10 @@ def usage_markdown(runs_dir: Path, source: str, tag: str, result: dict) -> str:
                  "```bash", f"ollama create {name} -f {shlex.quote(str(out / 'Modelfile'))}", f"ollama run {name}",
                  "```", "or with llama.cpp:", "```bash",
                  f"llama-cli -m {shlex.quote(str(gguf))} -p 'Once upon a time' -n 64", "```"]
+    elif fmt == "onnx":
+        lines = ["**Use it** in Chat (it picks onnxruntime-genai for this folder), from a shell with "
+                 f"`slm serve {shlex.quote(str(out))} --engine onnx`, or with onnxruntime-genai:", "```python",
+                 "import onnxruntime_genai as og", f"model = og.Model({str(out)!r})", "```"]
     else:
         lines = ["**Use it** with onnxruntime: input `input_ids` int64 (batch, sequence) → `logits` "
                  "(batch, sequence, vocab); the tokenizer is `tokenizer.json` beside it.", "```python",

@@ -89,7 +89,7 @@ def _wire_estimate(ctx, preset, model_fields, estimate, errors) -> None:
     def update(name, *values):
         fields = dict(zip(MODEL_FIELDS, values[: len(MODEL_FIELDS)]))
         train = dict(zip(keys, values[len(MODEL_FIELDS):]))
-        text, bad = estimate_text(ctx.helper, name, fields, train)
+        text, bad = estimate_text(ctx.helper, name, tokenizer_vocab(fields, train), train)
         return [text, *[bad.get(key, "") for key in errors]]
 
     gr.on([c.change for c in inputs], update, inputs=inputs, outputs=outputs, trigger_mode="always_last", **QUIET)
@@ -97,7 +97,19 @@ def _wire_estimate(ctx, preset, model_fields, estimate, errors) -> None:
 
 
 TRAIN_KEYS = ("train.batch_size", "train.grad_accum", "train.precision", "train.grad_checkpointing", "train.mode",
-              "lora.r", "lora.targets")
+              "lora.r", "lora.targets", "tokenizer.kind", "tokenizer.vocab_size")
+GPT2_VOCAB = 50257
+
+
+def tokenizer_vocab(fields: dict, train: dict) -> dict:
+    """The model fields with the vocabulary the Data tab's tokenizer will give (the field's 0 means "from the
+    tokenizer"): GPT-2's 50,257, or the BPE size asked for. A character vocabulary is known only after
+    tokenizing; the estimate then says what it assumed."""
+    if fields.get("vocab_size"):
+        return fields
+    kind = train.get("tokenizer.kind")
+    vocab = GPT2_VOCAB if kind == "gpt2" else int(train.get("tokenizer.vocab_size") or 0) if kind == "bpe" else 0
+    return {**fields, "vocab_size": vocab} if vocab else fields
 
 
 def estimate_text(helper, preset: Optional[str], fields: dict, train: dict) -> tuple[str, dict[str, str]]:
@@ -175,7 +187,11 @@ def _budget_rows(info: dict) -> list[tuple[str, str]]:
                      f"{human_count(budget)} tokens ≈ {steps:,} steps of {tokens_per_step:,} tokens"))
     if step.get("step_s"):
         total = step["step_s"] * budget / tokens_per_step if budget else 0
-        rows.append(("Estimated time per step on this machine",
-                     f"**{step['step_s']:.2f} s** ({step['tokens_per_s']:,.0f} tokens/s"
+        if step.get("measured"):
+            what = (f"Time per step, measured now on this machine ({step['timed_rows']} of the batch's rows timed, "
+                    f"best of 2 steps after a warm-up)")
+        else:
+            what = "Time per step, estimated from a matrix-multiply benchmark (one row would take too long to time)"
+        rows.append((what, f"**{step['step_s']:.2f} s** ({step['tokens_per_s']:,.0f} tokens/s"
                      + (f"; the whole budget ≈ {human_duration(total)})" if total else ")")))
     return rows

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import gradio as gr
 
 from slm_core.errors import SLMError
+from slm_core.runs import read_json
 from studio.allow import AllowBox
 from studio.command import runs_dir_flag
 from studio.jobs import JobHelper, progress_to
@@ -93,9 +94,25 @@ def quantize_run(helper: JobHelper, runs_dir: Path, name: Optional[str], tag: st
     step = f" (step {result['step']:,})" if result.get("step") is not None else ""
     text = (f"Wrote **{result['label']}** of `{name}`{step} to `{result['path']}` in {result['seconds']:.1f} s. "
             f"Chat, Compare, Evaluate and Export list it as `{where}`.")
-    return [message("ok", text), report_table(result["rows"] or []),
+    return [message("ok", text), report_table(accumulated_report(Path(result["path"]).parent.parent)),
             command_line(name, tag, method, size, report, args["eval_tokens"], runs_dir),
             artifacts_markdown(runs_dir, name)]
+
+
+def accumulated_report(run_dir: Path) -> list[dict]:
+    """Every measured variant of a run side by side: the original (as measured last), then each quantized
+    artifact's own row, read from the report.json each quantization leaves beside its artifact."""
+    from studio.jobs import REPORT_FILE
+
+    reports = []
+    for folder in sorted((Path(run_dir) / "quantized").glob("*")):
+        saved = read_json(folder / REPORT_FILE, default=None)
+        if saved and len(saved.get("rows") or []) >= 2:
+            reports.append(saved)
+    if not reports:
+        return []
+    latest = max(reports, key=lambda r: r.get("measured_at") or 0)
+    return [latest["rows"][0], *[row for r in reports for row in r["rows"][1:]]]
 
 
 def report_table(rows: list[dict]) -> list[list[str]]:

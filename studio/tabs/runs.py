@@ -24,6 +24,8 @@ def build(ctx) -> None:
     with gr.Row():
         refresh = gr.Button("Refresh", scale=0, min_width=120)
         gr.Markdown("Click a row to open the run.", elem_classes="slm-note")
+        board = gr.Button("Open TensorBoard", scale=0, min_width=170, elem_id="runs-tensorboard")
+    board_link = gr.Markdown("", elem_id="runs-tensorboard-link")
     table = gr.Dataframe(headers=RUN_COLUMNS, value=[], interactive=False, wrap=True, elem_id="runs-table",
                          max_height=360)
     with gr.Row(equal_height=False):
@@ -56,6 +58,7 @@ def build(ctx) -> None:
         overlay_note = gr.Markdown("", elem_classes="slm-note", elem_id="runs-overlay-note")
         overlay = gr.Plot(overlay_figure({}), label="Overlay", show_label=False)
     pickers = [opened, a, b, several]
+    board.click(lambda: open_board(ctx), None, board_link, api_name="tensorboard")
     _wire_list(ctx, refresh, table, pickers, [status, plot, samples, config])
     _wire_open(ctx, table, opened, status, plot, samples, config)
     _wire_delete(ctx, opened, delete, confirm_box, confirm_text, confirm, cancel, deleted, table, pickers)
@@ -67,20 +70,24 @@ def build(ctx) -> None:
           [several, metric], [overlay, overlay_note], **QUIET)
 
 
+def listing(root: Path, current: Optional[str] = None, other_pickers: int = 3) -> list[Any]:
+    """The table, every picker, and the open run's panel read afresh (a run that finished since it was
+    opened must not still say "running"); the newest run opens when none is open (or it is gone)."""
+    summaries = runs.list_runs(root)
+    names = [s["name"] for s in summaries]
+    keep = current if current in names else (names[0] if names else None)
+    return [runs_table(summaries), gr.update(choices=names, value=keep),
+            *[gr.update(choices=names) for _ in range(other_pickers)], *open_run(root, keep)]
+
+
 def _wire_list(ctx, refresh, table, pickers, panel) -> None:
-    def listing(current: Optional[str] = None):
-        """The table, every picker, and the open run's panel read afresh (a run that finished since it was
-        opened must not still say "running"); the newest run opens when none is open (or it is gone)."""
-        summaries = runs.list_runs(ctx.runs_dir)
-        names = [s["name"] for s in summaries]
-        keep = current if current in names else (names[0] if names else None)
-        return [runs_table(summaries), gr.update(choices=names, value=keep),
-                *[gr.update(choices=names) for _ in pickers[1:]], *open_run(ctx.runs_dir, keep)]
+    def listing_here(current: Optional[str] = None):
+        return listing(ctx.runs_dir, current, len(pickers) - 1)
 
     outputs = [table, *pickers, *panel]
-    refresh.click(listing, pickers[0], outputs, api_name="runs_list")
-    ctx.tabs[TITLE].select(listing, pickers[0], outputs, **QUIET)
-    ctx.on_load.append(dict(fn=listing, inputs=pickers[0], outputs=outputs))
+    refresh.click(listing_here, pickers[0], outputs, api_name="runs_list")
+    ctx.tabs[TITLE].select(listing_here, pickers[0], outputs, **QUIET)
+    ctx.on_load.append(dict(fn=listing_here, inputs=pickers[0], outputs=outputs))
 
 
 def _wire_open(ctx, table, opened, status, plot, samples, config) -> None:
@@ -125,6 +132,19 @@ def _yaml(path: Path) -> dict:
         return yaml.safe_load(path.read_text()) or {}
     except (FileNotFoundError, yaml.YAMLError):
         return {}
+
+
+def open_board(ctx) -> str:
+    """Start TensorBoard over the runs dir (once per Studio) and link to it."""
+    from studio.board import Board
+
+    board = ctx.shared.setdefault("runs.board", Board(ctx.runs_dir))
+    try:
+        url = board.start()
+    except SLMError as error:
+        return message("error", str(error))
+    return message("ok", f"TensorBoard shows every run's scalars, samples (Text) and settings (HParams) at "
+                         f"[{url}]({url}) — the same as `tensorboard --logdir {ctx.runs_dir}` in a shell.")
 
 
 def tokenizer_note(root: Path, names: Optional[list[str]], metric: str) -> str:

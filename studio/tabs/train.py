@@ -23,7 +23,8 @@ from studio.plots import training_figure
 from studio.run_form import clone_name, queue_markdown, recipe_choices, run_settings, save_recipe
 from studio.security import FIELD_KINDS, check_fields, check_path
 from studio.tabs import QUIET, message, run_names, set_initial
-from studio.views import failure_note, log_tail, overfitting_note, progress_html, sample_timeline_html, status_markdown
+from studio.views import (failure_note, log_tail, overfitting_note, progress_html, sample_diff_html, sample_steps,
+                          sample_timeline_html, status_markdown)
 
 TITLE = "Train"
 DEFAULT_RECIPE = "quickstart-cpu"
@@ -50,6 +51,7 @@ def build(ctx) -> None:
     # Start and the command box read every tab's fields: wired once all tabs exist.
     ctx.finalizers.append(lambda ctx: _wire_actions(ctx, controls, monitor))
     ctx.finalizers.append(lambda ctx: _wire_run_form(ctx, controls, monitor))
+    _wire_sample_diff(ctx, monitor)
     _wire_queue(ctx, controls)
     ctx.shared["train.watch"] = monitor["watch"]
 
@@ -145,6 +147,11 @@ def _monitor() -> dict[str, Any]:
     m["plot"] = gr.Plot(training_figure([]), label="Training curves", show_label=False, elem_id="train-plot")
     with gr.Accordion("Samples (the same prompts at every evaluation)", open=True):
         m["samples"] = gr.HTML(sample_timeline_html([]), elem_id="train-samples")
+        with gr.Row():
+            m["diff_a"] = gr.Dropdown([], value=None, label="Compare the samples of step", scale=1,
+                                      elem_id="train-diff-a")
+            m["diff_b"] = gr.Dropdown([], value=None, label="with step", scale=1, elem_id="train-diff-b")
+        m["diff"] = gr.HTML("", elem_id="train-diff")
     m["sig"] = gr.State(None)
     m["timer"] = gr.Timer(REFRESH_S)
     return m
@@ -176,8 +183,11 @@ def _wire_recipe(ctx, c: dict) -> None:
     pickers = [ctx.fields["train.init_from"], ctx.fields["distill.teacher"]]
 
     def refresh_pickers():
+        from studio.model_picker import hub_choices  # Hugging Face cache models, by Hub id
+
         names = [str(ctx.runs_dir / n) for n in run_names(ctx.runs_dir, with_checkpoint=True)]
-        return [gr.update(choices=[("", "")] + [(p.rsplit("/", 1)[-1], p) for p in names])] * 2
+        runs = [(p.rsplit("/", 1)[-1], p) for p in names]
+        return [gr.update(choices=[("", "")] + runs + hub_choices())] * 2
 
     ctx.fields["train.mode"].change(refresh_pickers, None, pickers, **QUIET)
 
@@ -436,3 +446,19 @@ def _wire_run_form(ctx, c: dict, m: dict) -> None:
 
     c["save_recipe"].click(save_mine, [c["my_recipe"], c["recipe"], preset, *fields], [c["message"], c["recipe"]],
                            api_name="train_save_recipe")
+
+
+def _wire_sample_diff(ctx, m: dict) -> None:
+    """Two steps' samples side by side, word by word; the pickers list the watched run's evaluation steps."""
+    def diff(name: Optional[str], a, b):
+        samples = watch.samples(ctx.runs_dir / check_path(ctx, name, "run")) if name else []
+        return sample_diff_html(samples, a, b)
+
+    def steps(name: Optional[str]):
+        samples = watch.samples(ctx.runs_dir / check_path(ctx, name, "run")) if name else []
+        found = sample_steps(samples)
+        a, b = (found[-1], found[0]) if len(found) > 1 else (None, None)  # first against latest
+        return gr.update(choices=found, value=a), gr.update(choices=found, value=b), sample_diff_html(samples, a, b)
+
+    gr.on([m["diff_a"].input, m["diff_b"].input], diff, [m["watch"], m["diff_a"], m["diff_b"]], m["diff"], **QUIET)
+    gr.on([m["watch"].change, m["samples"].change], steps, m["watch"], [m["diff_a"], m["diff_b"], m["diff"]], **QUIET)

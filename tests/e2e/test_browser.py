@@ -1,10 +1,12 @@
-"""The Studio in a real browser (Debian's Chromium driven by playwright): start the app, train a tiny
-run from the Train tab, watch it finish, chat with it, and screenshot every tab.
+"""The Studio in a real browser (Debian's Chromium driven by playwright): start the app, upload a file,
+train on it, queue a second run, reload while the first trains and watch the second start, load and clone
+a run's settings, open TensorBoard, chat, and screenshot every tab at 1440x900.
 
 Screenshots go to $SLM_SCREENSHOTS, else a pytest temporary folder (printed at the end).
 """
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from slm_core import runs
+
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-TABS = ["Model", "Data", "Train", "Runs", "Chat"]
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -91,76 +94,153 @@ def _tab(page, name: str) -> None:
     page.wait_for_timeout(600)
 
 
-def _shoot(page, folder: Path, name: str) -> None:
-    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+def _shoot(page, folder: Path, name: str, full_page: bool = False) -> None:
+    """What a 1440x900 window shows (scrolled to the top); full_page: the whole page too, as <name>-full.png."""
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(folder / f"{name}.png"))
+    if full_page:
+        page.screenshot(path=str(folder / f"{name}-full.png"), full_page=True)
 
 
-def test_train_a_tiny_run_watch_it_and_chat_with_it(studio, tmp_path):
+def _paragraphs_file(folder: Path, n: int = 60) -> Path:
+    """A text file of `n` paragraphs (blank-line separated) cut from tiny Shakespeare, or generated."""
+    shared = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+    text = shared.read_text()[:90_000] if shared.exists() else " ".join(f"word{i % 97}" for i in range(20_000))
+    size = len(text) // n
+    path = folder / "sixty.txt"
+    path.write_text("\n\n".join(text[i * size:(i + 1) * size].strip().replace("\n\n", "\n") for i in range(n)) + "\n")
+    return path
+
+
+def _watch_run(page, name: str) -> None:
+    box = page.locator("#train-watch input")
+    box.click()
+    box.fill(name)
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def test_upload_train_queue_reload_load_clone_and_every_tab(studio, tmp_path):
+    """The issue's walk: upload a file and train on it, queue a second run while the first trains, reload
+    during the first and watch the second start by itself, load the first run's settings, clone it, find
+    TensorBoard event files that TensorBoard's own reader reads, and screenshot every tab at 1440x900."""
     from playwright.sync_api import expect, sync_playwright
 
     url, runs_dir = studio
     shots = Path(os.environ.get("SLM_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
+    upload = _paragraphs_file(tmp_path)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
         requests: list[str] = []
         page.on("request", lambda r: requests.append(r.url))
         page.goto(url)
-        expect(page.locator("#model-estimate")).to_contain_text("Parameters", timeout=90_000)
-        _shoot(page, shots, "1-model")
-        # A recipe prefills every tab's fields; then shrink the model (Model tab) and the data (Data tab):
-        # Start reads every tab.
+        expect(page.locator("#model-estimate")).to_contain_text("Parameters", timeout=120_000)
+        # A recipe prefills every tab; then a smaller model (Model tab) and an uploaded file (Data tab).
         _tab(page, "Train")
         _pick(page, "Recipe", "tiny-gpt-cpu")
         expect(page.locator("#train-command")).to_contain_text("tiny-gpt-cpu", timeout=20_000)
-        page.wait_for_timeout(1500)  # the recipe's values land in the fields
+        page.wait_for_timeout(1500)
         _tab(page, "Model")
         expect(page.get_by_label("Family", exact=True)).to_have_value("gpt2", timeout=10_000)
         _set(page, "Layers", "1")
         _set(page, "Context (tokens)", "64")
         _tab(page, "Data")
-        _set(page, "Use at most N characters", "300000")
+        # Bug 1: choosing Upload snapped the Source radio back to "Built-in stories".
+        page.locator("#data-kind").get_by_label("Upload", exact=True).check()
+        page.wait_for_timeout(2000)
+        expect(page.locator("#data-kind").get_by_label("Upload", exact=True)).to_be_checked()
+        page.locator("#data-upload input[type=file]").set_input_files(str(upload))
+        source = page.get_by_role("textbox", name=re.compile(r"^Source \(what the run reads\)"))
+        expect(source).to_have_value(str(runs_dir / "uploads" / "sixty.txt"), timeout=30_000)
+        page.wait_for_timeout(1000)
+        expect(page.locator("#data-kind").get_by_label("Upload", exact=True)).to_be_checked()
         _set(page, "BPE vocabulary size", "512")
         page.get_by_role("button", name="Preview").click()
         expect(page.locator("#data-summary")).to_contain_text("characters", timeout=60_000)
-        page.get_by_role("button", name="Tokenize now (cached for every run)").click()
-        expect(page.locator("#data-tokens")).to_contain_text("validation tokens", timeout=120_000)
         _shoot(page, shots, "2-data")
         _tab(page, "Train")
-        for label, value in (("Steps", "24"), ("Batch size", "4"), ("Evaluate every", "12"),
-                             ("Checkpoint every", "12"), ("Warmup steps", "2")):
+        for label, value in (("Steps", "30"), ("Batch size", "4"), ("Evaluate every", "10"),
+                             ("Checkpoint every", "10"), ("Warmup steps", "2")):
             _set(page, label, value)
+        page.get_by_label("Run name", exact=True).fill("first")
         command = page.locator("#train-command")
-        expect(command).to_contain_text("train.max_steps=24", timeout=20_000)
-        expect(command).to_contain_text("model.n_layer=1")
-        expect(command).to_contain_text("tokenizer.vocab_size=512")
+        expect(command).to_contain_text("train.max_steps=30", timeout=20_000)
+        expect(command).to_contain_text(f"data.source={runs_dir / 'uploads' / 'sixty.txt'}")
+        # Bug 2: the Studio runs in its own runs dir; the command must name it for a shell that lacks SLM_RUNS_DIR.
+        expect(command).to_contain_text(f"--runs-dir {runs_dir}")
         page.locator("#train-start").click()
         expect(page.locator("#train-message")).to_contain_text("Started", timeout=30_000)
-        # The live view: the loss curve gets points while the run trains, then the run finishes.
-        expect(page.locator("#train-plot g.trace.scatter").first).to_be_attached(timeout=120_000)
-        expect(page.locator("#train-progress [data-state='finished']")).to_be_attached(timeout=180_000)
-        expect(page.locator("#train-samples table")).to_be_attached(timeout=10_000)
-        assert page.locator("#train-plot g.trace.scatter").count() >= 4  # loss, val loss, lr, tokens/s, ...
-        _shoot(page, shots, "3-train")
-        # A reload reconnects to the run with its whole history.
+        # Bug 7: the status mark is a word in a coloured badge, not an emoji.
+        expect(page.locator("#train-message .slm-mark-ok")).to_have_text("OK")
+        # While it trains, Start says Queue and lines the next run up.
+        expect(page.locator("#train-start")).to_have_text("Queue", timeout=30_000)
+        _set(page, "Steps", "12")
+        page.get_by_label("Run name", exact=True).fill("second")
+        page.wait_for_timeout(800)
+        page.locator("#train-start").click()
+        expect(page.locator("#train-message")).to_contain_text("Queued second", timeout=30_000)
+        expect(page.locator("#train-queue")).to_contain_text("second", timeout=10_000)
+        expect(page.locator("#train-plot g.trace.scatter").first).to_be_attached(timeout=180_000)
+        # Reload during the first run: the page re-attaches, and the form shows the watched run's settings.
         page.reload()
         _tab(page, "Train")
-        expect(page.locator("#train-progress [data-state='finished']")).to_be_attached(timeout=60_000)
-        expect(page.locator("#train-progress")).to_contain_text("step 24 / 24")
+        expect(page.locator("#train-watch input")).to_have_value("first", timeout=30_000)
+        expect(page.get_by_label("Steps", exact=True)).to_have_value("30", timeout=30_000)
+        expect(page.locator("#train-queue")).to_contain_text("second", timeout=10_000)
+        _shoot(page, shots, "3-train-first")
+        # The first finishes; the queue worker starts the second, and the page follows it.
+        expect(page.locator("#train-watch input")).to_have_value("second", timeout=300_000)
+        expect(page.locator("#train-progress [data-state='running']")).to_be_attached(timeout=120_000)
+        # Bug 6: Save checkpoint now says when the checkpoint is written.
+        page.locator("#train-save").click()
+        expect(page.locator("#train-message")).to_contain_text("Saved a checkpoint", timeout=60_000)
+        expect(page.locator("#train-progress [data-state='finished']")).to_be_attached(timeout=300_000)
+        expect(page.locator("#train-start")).to_have_text("Start", timeout=30_000)
+        assert page.locator("#train-plot g.trace.scatter").count() >= 6  # loss, lr, grad norm, speed, memory, events
+        _shoot(page, shots, "4-train-second", full_page=True)
+        # Load the first run's settings into the form, then clone it.
+        _watch_run(page, "first")
+        page.locator("#train-load").click()
+        expect(page.get_by_label("Steps", exact=True)).to_have_value("30", timeout=30_000)
+        expect(command).to_contain_text(str(runs_dir / "first" / "config.yaml"), timeout=20_000)
+        page.locator("#train-clone").click()
+        expect(page.get_by_label("Run name", exact=True)).to_have_value("first-clone", timeout=30_000)
+        expect(command).to_contain_text("--name first-clone", timeout=20_000)
+        expect(command).not_to_contain_text("--set", timeout=10_000)  # an untouched clone: the same config
         _tab(page, "Runs")
         expect(page.locator("#runs-table")).to_contain_text("finished", timeout=30_000)
-        _shoot(page, shots, "4-runs")
+        page.get_by_role("button", name="Refresh").click()
+        page.locator("#runs-tensorboard").click()
+        expect(page.locator("#runs-tensorboard-link a")).to_have_attribute("href", re.compile(r"http://127\.0\.0\.1:\d+/"),
+                                                                           timeout=120_000)
+        _shoot(page, shots, "5-runs", full_page=True)
         _tab(page, "Chat")
         expect(page.get_by_label("Model", exact=True)).not_to_have_value("", timeout=20_000)
-        page.locator("#chat-input textarea").fill("Once upon a time")
+        page.locator("#chat-input textarea").fill("ROMEO:")
         page.locator("#chat-send").click()
-        bot = page.locator("#chat-bot .bot").last
-        expect(bot).not_to_be_empty(timeout=90_000)
-        expect(page.locator("#chat-stats")).to_contain_text("tokens/s", timeout=90_000)
-        assert bot.inner_text().strip()
-        _shoot(page, shots, "5-chat")
+        expect(page.locator("#chat-stats")).to_contain_text("tokens/s", timeout=120_000)
+        assert page.locator("#chat-bot .bot").last.inner_text().strip()
+        _shoot(page, shots, "6-chat")
+        for index, name in enumerate(("Compare", "Quantize", "Evaluate", "Export", "Model"), start=7):
+            _tab(page, name)
+            page.wait_for_timeout(800)
+            _shoot(page, shots, f"{index}-{name.lower()}")
         browser.close()
     foreign = [u for u in requests if not u.startswith(("http://127.0.0.1", "data:", "blob:"))]
     assert not foreign, f"the page reached outside this machine: {foreign[:5]}"
+    assert [r["name"] for r in runs.list_runs(runs_dir) if r["state"] == "finished"] == ["second", "first"]
+    _check_tensorboard_files(runs_dir / "first", steps=30)
     print(f"screenshots: {shots}")
+
+
+def _check_tensorboard_files(run_dir: Path, steps: int) -> None:
+    """The run's event files, read by TensorBoard's own reader: every step's loss, samples, the config."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    acc = ea.EventAccumulator(str(run_dir / "tensorboard"), size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, steps + 1))
+    assert {"eval/val_loss", "eval/val_bpb", "train/grad_norm", "train/step_ms"} <= set(acc.Tags()["scalars"])
+    tensors = acc.Tags()["tensors"]
+    assert "config/text_summary" in tensors and any(t.startswith("samples/") for t in tensors)

@@ -53,7 +53,7 @@ def test_onnx_runs_in_onnxruntime_as_the_page_says(run, helper):
     for module in ("onnxscript", "onnxruntime"):  # the exporter and the runtime (test extras)
         pytest.importorskip(module)
     runs_dir, name = run
-    text, rows, usage = tab.export_run(helper, runs_dir, str(runs_dir / name), "latest", "onnx", "f16")
+    text, rows, usage = tab.export_run(helper, runs_dir, str(runs_dir / name), "latest", "onnx-graph", "f16")
     assert text.startswith(mark("ok")) and {"model.onnx", "tokenizer.json"} <= {row[0] for row in rows}
     scope: dict = {}
     exec(python_snippet(usage), scope)

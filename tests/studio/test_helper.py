@@ -33,3 +33,28 @@ def test_estimates_and_previews_come_from_the_helper_and_it_exits_when_idle():
         assert helper.call("describe", {"model": load_model_preset("tiny-gpt").to_dict()})["params"]["total"] > 0
     finally:
         helper.close()
+
+
+@pytest.mark.slow  # times a few gpt2-124m steps on the CPU
+def test_the_step_time_is_measured_with_the_tokenizers_vocabulary():
+    """The estimate times real training steps of the chosen model in the helper, and counts the vocabulary
+    the Data tab's tokenizer gives (not a nominal 256: gpt2-124m read 86.0M parameters)."""
+    from studio.tabs.model import tokenizer_vocab
+
+    assert tokenizer_vocab({"vocab_size": 0}, {"tokenizer.kind": "gpt2"})["vocab_size"] == 50257
+    assert tokenizer_vocab({"vocab_size": 0}, {"tokenizer.kind": "bpe", "tokenizer.vocab_size": 2048})["vocab_size"] == 2048
+    assert tokenizer_vocab({"vocab_size": 300}, {"tokenizer.kind": "gpt2"})["vocab_size"] == 300
+    helper = Helper(idle_s=30)
+    try:
+        text, _ = estimate_text(helper, "gpt2-124m", tokenizer_vocab({"vocab_size": 0}, {"tokenizer.kind": "gpt2"}),
+                                {"train.batch_size": 8})
+        assert "**124.4M**" in text  # with GPT-2's 50,257 tokens, as published
+        model = dict(load_model_preset("tiny-llama").to_dict(), vocab_size=512, n_layer=1, context_length=64)
+        info = helper.call("describe", {"model": model, "batch_size": 4, "precision": "fp32", "timing": True})
+        step = info["step"]
+        assert step["measured"] and step["timed_rows"] == 4 and 0 < step["step_s"] < 30
+        text, _ = estimate_text(helper, "tiny-llama", {"n_layer": 1, "context_length": 64, "vocab_size": 512},
+                                {"train.batch_size": 4, "train.precision": "fp32"})
+        assert "measured now on this machine" in text
+    finally:
+        helper.close()

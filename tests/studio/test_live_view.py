@@ -71,7 +71,7 @@ def test_a_notice_about_the_run_goes_when_the_run_ends(tiny_run):
     assert refresh(ctx, name, "step", False, was_running)[-2] == ""
 
 
-def test_the_form_follows_a_run_and_clones_it(tiny_run, tmp_path, monkeypatch):
+def test_the_form_follows_a_run_and_clones_it(tiny_run, tmp_path, monkeypatch, capsys):
     """Load a run's settings into the page's fields; Start from them trains the same config."""
     from slm_core.config import load_recipe, load_run_config
     from studio.command import page_overrides
@@ -94,3 +94,6 @@ def test_the_form_follows_a_run_and_clones_it(tiny_run, tmp_path, monkeypatch):
 
     assert path.parent == tmp_path / "mine" and "my-tiny" in list_presets("recipes")
     assert load_recipe("my-tiny").train.max_steps == 9 and load_recipe("my-tiny").model.n_layer == 1
+    from slm_core.cli import main
+
+    assert main(["presets"]) == 0 and "my-tiny" in capsys.readouterr().out  # `slm presets` lists it too

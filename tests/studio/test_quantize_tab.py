@@ -42,7 +42,9 @@ def test_int8_lands_beside_the_run_with_a_report_against_the_original(run, helpe
     assert float(original[4]) > 0 and "×)" in int8[4]  # tokens/s, side by side
     # Stages as they start (fast ones may be skipped: progress is sent at most ~4 times a second), then done.
     assert progress[0] == {"n": 0, "total": 4, "desc": "loading"} and progress[-1]["n"] == 4
-    assert command == f"From a shell: `slm quantize {name} --method int8 --report --eval-tokens 2000 --overwrite`"
+    # --runs-dir: the Studio's runs dir is not ./runs, and a shell does not have the server's environment.
+    assert command == (f"From a shell: `slm quantize {name} --method int8 --runs-dir {runs_dir} --report "
+                       f"--eval-tokens 2000 --overwrite`")
     assert "`int8`" in existing and "KB" in existing
     assert (f"{name}/quantized/int8", str(out)) in model_sources(runs_dir)  # Chat, Compare, Evaluate, Export
 
@@ -50,7 +52,7 @@ def test_int8_lands_beside_the_run_with_a_report_against_the_original(run, helpe
 def test_int4_with_its_group_size_and_without_a_report(run, helper):
     runs_dir, name = run
     text, table, command, _ = tab.quantize_run(helper, runs_dir, name, "latest", "int4", 32, False, 2000)
-    assert text.startswith(mark("ok")) and table == []
+    assert text.startswith(mark("ok")) and [row[0] for row in table] == ["original (fp32)", "int8"]  # not measured
     meta = json.loads((runs_dir / name / "quantized" / "int4-g32" / "quantization.json").read_text())
     assert meta["method"] == "int4" and meta["group_size"] == 32
     assert "--group-size 32 --checkpoint latest --overwrite" in command
@@ -63,3 +65,12 @@ def test_mistakes_are_messages_and_the_helper_lives_on(run, helper, tmp_path):
     text, table, _, _ = tab.quantize_run(helper, tmp_path, "gone", "best", "int8", 64, True, 2000)
     assert text.startswith(mark("error")) and "gone" in text and table == []
     assert helper.running
+
+
+def test_the_report_accumulates_every_variant_beside_the_original(run, helper):
+    """Bug: int4 after int8 replaced the int8 row; every measured variant stays, side by side."""
+    runs_dir, name = run
+    tab.quantize_run(helper, runs_dir, name, "best", "int8", 64, True, 2000)
+    _, table, _, _ = tab.quantize_run(helper, runs_dir, name, "best", "int4", 64, True, 2000)
+    assert [row[0] for row in table] == ["original (fp32)", "int4-g64", "int8"]
+    assert all("×)" in row[1] for row in table[1:])

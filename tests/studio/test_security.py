@@ -18,13 +18,15 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 httpx = pytest.importorskip("httpx")
 
 from slm_core.errors import SLMError  # noqa: E402
-from studio.security import LoginLimiter, PathPolicy, StudioGuard, check_value, launch_problem  # noqa: E402
+from studio.security import (LoginLimiter, PathPolicy, StudioGuard, check_value, launch_problem,  # noqa: E402
+                             session_allow_ok)
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "TOPSECRET-7f3a9"
@@ -135,6 +137,14 @@ def test_serving_beyond_loopback_needs_a_login_unless_insecure():
     assert "--auth" in launch_problem("127.0.0.1", True, None, False)  # --share
     assert launch_problem("0.0.0.0", False, ("me", "pw"), False) is None
     assert launch_problem("0.0.0.0", False, None, True) is None
+    from studio.app import launch
+
+    with pytest.raises(SLMError, match="--auth"):  # the Python API refuses too, before serving anything
+        launch(None, host="0.0.0.0")
+    # Exposed without a login (--insecure), only this machine's own browser may allow more folders.
+    assert session_allow_ok(SimpleNamespace(client=SimpleNamespace(host="127.0.0.1")), exposed_without_login=True)
+    assert not session_allow_ok(SimpleNamespace(client=SimpleNamespace(host="10.0.0.7")), exposed_without_login=True)
+    assert session_allow_ok(SimpleNamespace(client=SimpleNamespace(host="10.0.0.7")), exposed_without_login=False)
     out = subprocess.run([sys.executable, "launch.py", "--host", "0.0.0.0", "--port", str(free_port())], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--auth" in out.stderr and "Traceback" not in out.stderr
@@ -168,8 +178,10 @@ class Studio:
                         return message, seen
         raise AssertionError(f"no result from fn {fn_index}: {seen[-500:]}")
 
-    def fn(self, api_name: str) -> int:
-        return next(i for i, fn in self.demo.fns.items() if fn.api_name == api_name)
+    def inputs(self, api_name: str, *first) -> list:
+        """Values for every input of a named endpoint: `first`, then the page's defaults for the rest."""
+        fn = next(fn for fn in self.demo.fns.values() if fn.api_name == api_name)
+        return [*first, *[block.value for block in fn.inputs[len(first):]]]
 
 
 def _launch(root: Path, name: str, auth=None, limiter=None, allow=()):
@@ -264,6 +276,11 @@ def test_no_endpoint_reads_or_writes_outside_the_allowed_folders(studio, world, 
     # Each public endpoint that reads a path refused it (private ones are in the matrix below).
     assert {"data_preview", "data_tokenize", "train_start", "train_refresh", "train_stop", "train_resume", "chat",
             "compare", "quantize", "evaluate", "export"} <= set(refused), refused
+    # Gradio's own file routes serve only what it stored, not what a page names.
+    for path in ("/etc/passwd", outside / "secret.txt", studio.demo.studio.runs_dir / "uploads" / "link.txt"):
+        for route in ("file=", "file/"):
+            response = httpx.get(f"{studio.base}/gradio_api/{route}{path}")
+            assert response.status_code >= 400 and SECRET not in response.text and "root:" not in response.text
     assert_no_traceback(capfd.readouterr().err)
     assert httpx.get(f"{studio.base}/config").status_code == 200  # still up
 
@@ -334,12 +351,31 @@ def test_bad_inputs_to_studio_endpoints_are_errors_in_the_page(studio, world, ca
         assert SECRET not in text, case
     # Private events the page fires: open, compare, delete a run outside; an upload of a path Gradio did not store.
     for label, event, data in [("Open run", "change", [str(outside / "run")]),
-                               ("Run A", "change", ["../outside/run", "x"]), ("Runs", "change", [["link"], "val_loss"])]:
+                               ("Run A", "change", ["../outside/run", "x"]),
+                               ("Runs", "change", [["link"], "val_loss"])]:
         message, seen = studio.call(_private(studio, label, event), data)
         assert not message["success"] and any(r in seen for r in REFUSALS) and SECRET not in seen, (label, seen[-400:])
     delete = next(i for i, fn in studio.demo.fns.items() if fn.name == "do_delete")
     message, seen = studio.call(delete, ["../outside/run"])
     assert not message["success"] and any(r in seen for r in REFUSALS)
+    # Start with a setting naming a file or model outside, a recipe file outside, a run name that climbs out.
+    start = next(i for i, fn in studio.demo.fns.items() if fn.api_name == "train_start")
+    fields = studio.demo.studio.fields
+    for key, value, expected in [("data.source", str(outside / "secret.txt"), "outside the folders"),
+                                 ("tokenizer.path", str(outside), "outside the folders"),
+                                 ("train.init_from", "../outside/run", "outside the folders"),
+                                 ("distill.teacher", str(outside / "run"), "outside the folders"),
+                                 ("recipe", str(outside / "secret.yaml"), "is not in the list of choices"),
+                                 ("name", "../escape", "is invalid")]:
+        inputs = studio.demo.fns[start].inputs
+        data = [block.value for block in inputs]
+        target = fields.get(key) or next(b for b in inputs if getattr(b, "label", "").lower().startswith(
+            "recipe" if key == "recipe" else "run name"))
+        data[next(i for i, block in enumerate(inputs) if block is target)] = value
+        message, seen = studio.call(start, data)
+        assert expected in seen and SECRET not in seen, (key, seen[-400:])
+        assert key == "name" or not message["success"]  # a bad name is the Train tab's own error message
+    assert not (runs_dir.parent / "escape").exists() and studio.demo.studio.runner.active() is None
     upload = _private(studio, "Upload files", "upload")
     message, seen = studio.call(upload, [[{"path": str(outside / "secret.txt"), "meta": {"_type": "gradio.FileData"}}]])
     assert not message["success"] and SECRET not in seen
@@ -363,9 +399,14 @@ def test_allowed_folders_still_work_and_the_page_can_allow_one(studio, world):
     elsewhere = outside.parent / "typed"
     elsewhere.mkdir(exist_ok=True)
     (elsewhere / "t.txt").write_text("Typed into the page. " * 30)
-    source_box = next(b for b in studio.demo.blocks.values() if getattr(b, "label", None) == "Source (what the run reads)")
+    with pytest.raises(Exception, match="outside the folders"):
+        client.predict(str(elsewhere / "t.txt"), "", "", 0, api_name="/data_preview")
+    source_box = studio.demo.studio.fields["data.source"]
     offer = next(i for i, fn in studio.demo.fns.items() if fn.name == "<lambda>" and fn.inputs == [source_box]
                  and any(getattr(o, "elem_id", None) == "data-allow" for o in fn.outputs))
+    # The offer follows the preview's failure (the page runs a .then only after success).
+    config = studio.demo.fns[offer].get_config()
+    assert config["trigger_only_on_failure"] and studio.demo.fns[config["trigger_after"]].api_name == "data_preview"
     session = uuid.uuid4().hex
     # Two events in one page session: the offer fills the session's folder, "Allow this folder" adds it.
     for fn_index, data in ((offer, [str(elsewhere / "t.txt")]),
@@ -390,14 +431,15 @@ def test_foreign_host_and_origin_are_refused_and_never_echoed(studio, studio_wit
         ok = httpx.get(f"{server.base}/config", headers={"Origin": server.base})
         assert ok.status_code in (200, 401) and ok.headers.get("access-control-allow-origin") in (None, server.base)
         assert httpx.get(f"http://localhost:{port}/config").status_code in (200, 401)
-        for headers in ({"Host": f"evil.example:{port}"}, {"Host": f"evil.example:{port}", "Origin": "http://evil.example"},
+        for headers in ({"Host": f"evil.example:{port}"},
+                        {"Host": f"evil.example:{port}", "Origin": "http://evil.example"},
                         {"Origin": "http://evil.example"}, {"Origin": "null"}, {"Origin": "http://127.0.0.1:1"}):
             for method, path in (("GET", "/"), ("GET", "/config"), ("POST", "/gradio_api/queue/join"),
                                  ("POST", "/gradio_api/run/data_preview"), ("POST", "/login"),
                                  ("OPTIONS", "/gradio_api/queue/join")):
                 extra = {"Access-Control-Request-Method": "POST"} if method == "OPTIONS" else {}
-                response = httpx.request(method, server.base + path, headers={**headers, **extra},
-                                         json={"data": ["/etc/passwd", "", "", 0]} if method == "POST" else None)
+                body = {"data": server.inputs("data_preview", "/etc/passwd")} if method == "POST" else None
+                response = httpx.request(method, server.base + path, headers={**headers, **extra}, json=body)
                 assert response.status_code == 403, (headers, path, response.status_code)
                 assert "access-control-allow-origin" not in response.headers
                 assert "root:" not in response.text
@@ -409,11 +451,11 @@ def test_with_a_login_paths_are_still_checked_and_failed_logins_are_throttled(st
     _, outside, _ = world
     server = studio_with_login
     assert server.http.post(f"{server.base}/gradio_api/run/data_preview",
-                            json={"data": ["/etc/passwd", "", "", 0]}).status_code == 401
+                            json={"data": server.inputs("data_preview", "/etc/passwd")}).status_code == 401
     login = httpx.Client(timeout=60)
     assert login.post(f"{server.base}/login", data={"username": "me", "password": "right-password"}).status_code == 200
-    answer = login.post(f"{server.base}/gradio_api/run/data_preview", json={"data": [str(outside / "secret.txt"),
-                                                                                     "", "", 0]})
+    answer = login.post(f"{server.base}/gradio_api/run/data_preview",
+                        json={"data": server.inputs("data_preview", str(outside / "secret.txt"))})
     assert "outside the folders" in answer.text and SECRET not in answer.text
     client = Client(server.base + "/", auth=("me", "right-password"), verbose=False)
     with pytest.raises(Exception, match="is not a run"):
@@ -427,3 +469,21 @@ def test_with_a_login_paths_are_still_checked_and_failed_logins_are_throttled(st
     time.sleep(3.2)
     assert httpx.post(f"{server.base}/login", data={"username": "me", "password": "right-password"}).status_code == 200
     login.close()
+
+
+def test_the_server_keeps_a_bounded_number_of_page_sessions(studio, tmp_path):
+    """What grew with use: Gradio keeps ~0.6 MB of state per page session (each reload, each API client),
+    10,000 of them by default. The Studio keeps the most recent STATE_SESSIONS, and the run-file cache the
+    most recent files (benchmarks/bench_studio_memory.py measures the RSS)."""
+    from studio.app import STATE_SESSIONS
+    from studio.watch import JsonlCache
+
+    holder = studio.demo.server_app.state_holder
+    for _ in range(STATE_SESSIONS + 20):
+        holder[uuid.uuid4().hex]
+    assert len(holder.session_data) <= STATE_SESSIONS
+    cache = JsonlCache(max_files=3)
+    for i in range(5):
+        (tmp_path / f"{i}.jsonl").write_text(json.dumps({"step": i}) + "\n")
+        assert cache.rows(tmp_path / f"{i}.jsonl") == [{"step": i}]
+    assert len(cache._files) == 3 and cache.rows(tmp_path / "0.jsonl") == [{"step": 0}]  # evicted: read again

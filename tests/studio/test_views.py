@@ -74,3 +74,15 @@ def test_runs_table_and_config_diff():
                        {"train": {"lr": 0.002, "steps": 5}, "model": {"n_layer": 4}, "lora": {"r": 8}})
     assert diff == [["lora.r", "—", "8"], ["train.lr", "0.001", "0.002"]]
     assert "press **Start**" in status_markdown("", {})
+
+
+def test_samples_of_two_steps_diff_word_by_word():
+    from studio.views import sample_diff_html, sample_steps
+
+    samples = [{"step": 0, "prompt": "Once", "text": "xq zz the"}, {"step": 10, "prompt": "Once", "text": "upon a the"},
+               {"step": 0, "prompt": "Dog", "text": "bark"}, {"step": 10, "prompt": "Dog", "text": "bark \ufffd"}]
+    assert sample_steps(samples) == [10, 0]
+    html = sample_diff_html(samples, 0, 10)
+    assert "<del>xq zz</del>" in html and "<ins>upon a</ins>" in html and " the" in html
+    assert "step 0 → step 10" in html and "\ufffd" not in html  # invalid bytes shown as the muted dot
+    assert "Pick two steps" in sample_diff_html(samples, None, 10)

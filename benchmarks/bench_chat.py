@@ -1,0 +1,276 @@
+"""Chat speed side by side, in one run: the Studio's default chat path, onnxruntime-genai's own loop, our
+native torch path and transformers' `generate`, at batch 1 with 1 and 2 threads, for the quickstart-size
+model (tiny-llama, ~4M) and a ~100M Llama; then `slm serve` with 1, 4 and 8 concurrent streaming clients.
+
+Models are random-init (speed does not depend on training) with a BPE tokenizer trained here, exported to
+Hugging Face and onnxruntime-genai folders in a temporary directory. Decode tokens/s counts tokens after
+the first over the time after the first; TTFT is submit → first token. Targets (issue 9): Studio default
+≥ 1.0× genai; native ≥ 2× transformers; serve at 4 clients ≥ 2.5× one client.
+
+    python benchmarks/bench_chat.py [--tokens 128] [--quick]   (--quick: tiny model and 1 thread only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from slm_core.config import ModelConfig, TokenizerConfig  # noqa: E402
+from slm_core.engine import Decoder, Engine, decode_one  # noqa: E402
+from slm_core.export import export_model  # noqa: E402
+from slm_core.model import Transformer  # noqa: E402
+from slm_core.sampling import SamplingParams  # noqa: E402
+
+TEXT = ("Once upon a time there was a little dog named Tom. Tom liked to run in the park with his friend "
+        "Sue, a big red cat. One day they found a shiny ball under a tree, and they played until the sun went "
+        "down. 'Thank you,' said Sue, 'this was the best day.' ") * 200
+PROMPT = "Once upon a time there was a little dog"
+
+
+def models(tokenizer) -> dict[str, ModelConfig]:
+    v = tokenizer.n_vocab
+    return {"quickstart (tiny-llama ~4M)": ModelConfig(family="llama", n_layer=4, n_head=4, n_kv_head=2, d_model=256,
+                                                        context_length=512, vocab_size=v),
+            "~100M llama": ModelConfig(family="llama", n_layer=16, n_head=12, n_kv_head=4, d_model=768, d_ff=2048,
+                                       context_length=512, vocab_size=v)}
+
+
+def rate(stamps: list[float], start: float) -> tuple[float, float]:
+    """(decode tokens/s after the first token, TTFT seconds)."""
+    if len(stamps) < 2:
+        return 0.0, (stamps[0] - start) if stamps else float("nan")
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0]), stamps[0] - start
+
+
+def timed(tokens) -> tuple[float, float]:
+    start, stamps = time.perf_counter(), []
+    for _ in tokens:
+        stamps.append(time.perf_counter())
+    return rate(stamps, start)
+
+
+# ---- the rows -----------------------------------------------------------------------------------
+
+def native_row(model, ids, n) -> tuple[float, float]:
+    decoder = Decoder(model, slots=1, max_len=len(ids) + n)
+    list(decode_one(decoder, ids, SamplingParams(8, temperature=0)))  # warm-up
+    return timed(decode_one(decoder, ids, SamplingParams(n, temperature=0)))
+
+
+def engine_row(engine, ids, n) -> tuple[float, float]:
+    list(engine.submit(ids, SamplingParams(8, temperature=0), stop_ids=()))
+    return timed(engine.submit(ids, SamplingParams(n, temperature=0), stop_ids=()))
+
+
+def genai_own_row(folder, ids, n, threads) -> tuple[float, float]:
+    """onnxruntime-genai's own loop, no text layer: the peer's figure."""
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    model = og.Model(config)
+
+    def run(count):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(ids) + count, min_length=len(ids) + count, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(ids)
+        while not generator.is_done():
+            generator.generate_next_token()
+            yield int(generator.get_next_tokens()[0])
+
+    list(run(8))
+    return timed(run(n))
+
+
+def studio_row(folder, ids, n, threads) -> tuple[float, float]:
+    """The Studio's default chat path for a model with a genai export: OnnxEngine + our text layer."""
+    from slm_core.runtime_onnx import OnnxEngine
+
+    engine = OnnxEngine(folder, threads=threads)
+    list(engine.submit(ids, SamplingParams(8, temperature=0)))
+    return timed(engine.submit(ids, SamplingParams(n, temperature=0)))
+
+
+def hf_row(hf_dir, ids, n, dtype) -> tuple[float, float]:
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    if dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    elif dtype == "int8":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    elif dtype == "int4":
+        return float("nan"), float("nan")  # transformers has no CPU int4 path without extra packages
+    x = torch.tensor([ids])
+    stamps: list[float] = []
+
+    class Clock(transformers.generation.streamers.BaseStreamer):
+        def put(self, value):
+            stamps.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    with torch.inference_mode():
+        model.generate(x, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        start = time.perf_counter()
+        model.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=Clock())
+    return rate(stamps[1:], start)  # the streamer's first put is the prompt
+
+
+# ---- serve --------------------------------------------------------------------------------------
+
+def serve_rows(hf_dir: Path, n: int, threads: int, clients=(1, 4, 8)) -> list[tuple]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "slm_core", "serve", str(hf_dir), "--port", str(port),
+                               "--threads", str(threads), "--name", "bench", "--slots", "8"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(base + "/models", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        stream_client(base, 8)  # warm-up
+        rows = []
+        for count in clients:
+            results: list = [None] * count
+            threads_ = [threading.Thread(target=lambda i=i: results.__setitem__(i, stream_client(base, n)))
+                        for i in range(count)]
+            start = time.perf_counter()
+            for t in threads_:
+                t.start()
+            for t in threads_:
+                t.join()
+            wall = time.perf_counter() - start
+            ttfts = sorted(r[0] for r in results)
+            total = sum(r[1] for r in results)
+            rows.append((count, total / wall, statistics.median(ttfts), ttfts[min(len(ttfts) - 1,
+                                                                                 int(0.95 * len(ttfts)))]))
+        return rows
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def stream_client(base: str, n: int) -> tuple[float, int]:
+    """(TTFT seconds, tokens) of one streaming completion read over plain HTTP."""
+    body = json.dumps({"model": "bench", "prompt": PROMPT, "max_tokens": n, "temperature": 0,
+                       "stream": True, "stream_options": {"include_usage": True}}).encode()
+    request = urllib.request.Request(base + "/completions", data=body, method="POST")
+    start, first, tokens = time.perf_counter(), None, 0
+    with urllib.request.urlopen(request, timeout=600) as response:
+        for line in response:
+            if not line.startswith(b"data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["text"] and first is None:
+                first = time.perf_counter()
+    return (first or time.perf_counter()) - start, tokens
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+def build(config: ModelConfig, tokenizer, work: Path, int4: bool) -> dict:
+    from slm_core import runtime_onnx
+
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    folders = {"model": model, "hf": work / "hf"}
+    export_model(model, tokenizer, config, folders["hf"], fmt="hf")
+    if runtime_onnx.available():
+        folders["genai"] = work / "onnx"
+        export_model(model, tokenizer, config, folders["genai"], fmt="onnx")
+        if int4:
+            folders["genai-int4"] = work / "onnx-int4"
+            export_model(model, tokenizer, config, folders["genai-int4"], fmt="onnx", onnx_precision="int4")
+    return folders
+
+
+def quantized(model, method):
+    from slm_core.quantize import quantize_model
+
+    return quantize_model(copy.deepcopy(model), method, group_size=64)
+
+
+def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
+    folders = build(config, tokenizer, work, int4=True)
+    model, ids = folders["model"], tokenizer.encode(PROMPT)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"\n## {name}: {params:.1f}M parameters, batch 1, {n} new tokens, prompt {len(ids)} tokens")
+    print(f"{'path':<44}{'threads':>8}{'tok/s':>10}{'TTFT ms':>10}{'vs peer':>10}")
+    variants = {"fp32": model, "bf16": Transformer(config).eval(), "int8": quantized(model, "int8"),
+                "int4": quantized(model, "int4")}
+    variants["bf16"].load_state_dict(model.state_dict())
+    variants["bf16"] = variants["bf16"].to(torch.bfloat16)
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        rows = []
+        if "genai" in folders:
+            peer = genai_own_row(folders["genai"], ids, n, threads)
+            rows.append(("onnxruntime-genai fp32, its own loop (peer)", peer, None))
+            rows.append(("Studio default chat path (genai + text layer)", studio_row(folders["genai"], ids, n, threads),
+                         peer[0]))
+            if "genai-int4" in folders:
+                rows.append(("onnxruntime-genai int4 (Studio path)", studio_row(folders["genai-int4"], ids, n, threads),
+                             peer[0]))
+        engine = Engine(copy.deepcopy(model), tokenizer, slots=8, dtype="auto", threads=threads)  # auto: bf16 here?
+        dtype = str(engine.decoder.dtype).replace("torch.", "")
+        rows.append((f"native Engine, Studio native path ({dtype})", engine_row(engine, ids, n),
+                     rows[0][1][0] if rows else None))
+        engine.close()
+        for dtype, variant in variants.items():
+            hf = hf_row(folders["hf"], ids, n, dtype)
+            rows.append((f"transformers generate {dtype} (peer)", hf, None))
+            rows.append((f"native decode {dtype} (slm generate)", native_row(variant, ids, n), hf[0]))
+        for label, (tps, ttft), peer in rows:
+            ratio = f"{tps / peer:.2f}x" if peer and peer == peer and peer > 0 else ""
+            print(f"{label:<44}{threads:>8}{tps:>10.0f}{ttft * 1000:>10.1f}{ratio:>10}", flush=True)
+    print(f"\nslm serve ({name}), streaming clients, {n} tokens each, 2 threads:")
+    print(f"{'clients':>8}{'aggregate tok/s':>18}{'vs 1 client':>13}{'p50 TTFT ms':>13}{'p95 TTFT ms':>13}")
+    rows = serve_rows(folders["hf"], n, threads=max(thread_counts))
+    for count, agg, p50, p95 in rows:
+        print(f"{count:>8}{agg:>18.0f}{agg / rows[0][1]:>12.2f}x{p50 * 1000:>13.0f}{p95 * 1000:>13.0f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--quick", action="store_true", help="the quickstart model and 1 thread only")
+    args = parser.parse_args()
+    from slm_core.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(TokenizerConfig(kind="bpe", vocab_size=2048), [TEXT], progress=False)
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machine: figures are "
+          "upper bounds of the noise, compare rows of one run only)")
+    for i, (name, config) in enumerate(models(tokenizer).items()):
+        if args.quick and i:
+            break
+        with tempfile.TemporaryDirectory() as work:
+            bench_model(name, config, tokenizer, args.tokens, (1,) if args.quick else (1, 2), Path(work))
+
+
+if __name__ == "__main__":
+    main()

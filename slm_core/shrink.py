@@ -1,0 +1,69 @@
+""""Shrink this model": a student built from a teacher's config with fewer layers, initialised from
+a subset of the teacher's layers, ready to be distilled from that teacher (same tokenizer, same
+vocabulary, so distillation needs no vocabulary mapping).
+
+Keeping whole teacher layers (the first and last always, the rest evenly spaced) starts the student
+far closer to the teacher than a random init: the embeddings, the final norm, the output layer and
+each kept block are the teacher's own (layer-dropping as in DistilBERT / "shortened Llama").
+`shrink_summary` gives what the Studio shows before launch: parameters, weight memory and the
+expected speed-up (per-token compute scales with the non-embedding parameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+from slm_core.errors import SLMError
+
+
+def pick_layers(n_teacher: int, n_student: int) -> list[int]:
+    """n_student teacher layer indices, evenly spaced, first and last included."""
+    if not 1 <= n_student <= n_teacher:
+        raise SLMError(f"a student needs between 1 and {n_teacher} layers (the teacher's count); got {n_student}")
+    if n_student == 1:
+        return [n_teacher - 1]
+    return sorted({round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)})
+
+
+def student_config(teacher_config, n_layer: int):
+    """The teacher's ModelConfig with n_layer layers (and a name saying so); the HF source config is
+    kept so an export writes the same rope/bos/eos fields with the new depth."""
+    return dataclasses.replace(teacher_config, n_layer=n_layer, name=f"{teacher_config.name}-{n_layer}L")
+
+
+def shrink(teacher: torch.nn.Module, n_layer: int, layers: Optional[list[int]] = None) -> torch.nn.Module:
+    """A new Transformer of n_layer blocks copied from `teacher`'s blocks `layers` (default: pick_layers)."""
+    from slm_core.model import Transformer
+
+    config = teacher.config
+    layers = layers or pick_layers(config.n_layer, n_layer)
+    if len(layers) != n_layer or any(not 0 <= i < config.n_layer for i in layers):
+        raise SLMError(f"layers {layers} must name {n_layer} of the teacher's layers 0..{config.n_layer - 1}")
+    teacher_state = teacher.state_dict()
+    state = {k: v for k, v in teacher_state.items() if not k.startswith("layers.")}
+    for new, old in enumerate(layers):
+        prefix = f"layers.{old}."
+        state.update({f"layers.{new}.{k[len(prefix):]}": v for k, v in teacher_state.items() if k.startswith(prefix)})
+    with torch.device("meta"):
+        student = Transformer(student_config(config, n_layer))
+    student.load_state_dict({k: v.detach().clone() for k, v in state.items()}, assign=True)
+    student.tie_weights()
+    return student
+
+
+def shrink_summary(teacher_config, n_layer: int, bytes_per_param: int = 2) -> dict:
+    """Teacher vs student: parameters, weight memory (bf16 by default) and expected decode speed-up."""
+    from slm_core.estimate import count_parameters
+
+    teacher = count_parameters(teacher_config)
+    student = count_parameters(student_config(teacher_config, n_layer))
+    # Per-token compute ~ 2 x (blocks + output layer); the input embedding is a lookup.
+    compute = lambda c: c["non_embedding"] + c["lm_head_matmul"]  # noqa: E731
+    return {"teacher_params": teacher["total"], "student_params": student["total"],
+            "teacher_weights_mb": teacher["total"] * bytes_per_param / 2**20,
+            "student_weights_mb": student["total"] * bytes_per_param / 2**20,
+            "expected_speedup": compute(teacher) / max(compute(student), 1),
+            "layers": pick_layers(teacher_config.n_layer, n_layer)}

@@ -1,0 +1,148 @@
+"""LLM-as-judge against a real `slm serve` on loopback. The judge is a tiny character model trained
+to answer every prompt with "Score: 7 / Verdict: A": a judge with a known opinion and a known
+position bias, so the plumbing, the score parsing, the order swap and the endpoint's failures can
+all be checked on real HTTP."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slm_core.config import load_recipe
+from slm_core.errors import SLMError
+from slm_core.judge import (Endpoint, agreement, judge_pairwise, judge_replies, load_prompts, parse_score,
+                            parse_verdict)
+from slm_core.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+# Every judge prompt ends with "then one line 'Reason: ...'."; the answer follows it on the next line.
+JUDGE_TEXT = "then one line 'Reason: ...'.\nScore: 7\nVerdict: A\nReason: the reply is clear.\n"
+JUDGE_MODEL = ["tokenizer.kind=char", "model.context_length=512", "model.vocab_size=null", "model.n_layer=1",
+               "train.batch_size=4", "train.precision=fp32", "train.eval_batches=1", "train.sample_tokens=4",
+               "train.warmup_steps=2", "train.lr=0.003", "train.max_steps=40", "train.eval_interval=40",
+               "train.ckpt_interval=40"]
+ITEMS = [{"prompt": "Say hi.", "reply": "Hi!"}, {"prompt": "What is 2 plus 2?", "reply": "4."}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def judge_url(tmp_path_factory):
+    """http://127.0.0.1:PORT/v1 of `slm serve` running the tiny judge (stopped after the module)."""
+    folder = tmp_path_factory.mktemp("judge")
+    corpus = folder / "judge.txt"
+    corpus.write_text(JUDGE_TEXT * 3000)
+    train(load_recipe("quickstart-cpu", JUDGE_MODEL + [f"data.source={corpus}"]), folder / "judge", progress=False)
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    server = subprocess.Popen([sys.executable, "-m", "slm_core", "serve", str(folder / "judge"), "--port", str(port),
+                               "--name", "tiny-judge"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        _wait_for(url, server)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _wait_for(url: str, server: subprocess.Popen, seconds: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"slm serve exited: {server.stdout.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError("slm serve did not answer in time")
+
+
+def judge(url: str, **kwargs) -> Endpoint:
+    return Endpoint(url, max_tokens=48, **kwargs)  # the prompt and the reply fit the judge's 512 characters
+
+
+def test_scores_reasons_endpoint_and_rubric_are_recorded(judge_url):
+    result = judge_replies(judge(judge_url), ITEMS, seed=3)
+    assert result["endpoint"] == {"base_url": judge_url, "model": "tiny-judge", "timeout_s": 60.0, "temperature": 0.0,
+                                  "max_tokens": 48}
+    assert set(result["rubric"]) == {"helpfulness", "correctness", "fluency"} and result["seed"] == 3
+    assert result["unscored"] == 0, result["judgements"][0]["reasons"]
+    assert result["means"] == {"helpfulness": 7.0, "correctness": 7.0, "fluency": 7.0}
+    first = result["judgements"][0]
+    assert first["prompt"] == "Say hi." and first["scores"]["fluency"] == 7
+    assert "clear" in first["reasons"]["fluency"]
+    json.dumps(result)  # saved as JSON beside the model
+
+
+def test_two_runs_with_different_seeds_and_their_agreement(judge_url):
+    first = judge_replies(judge(judge_url), ITEMS, seed=0)
+    second = judge_replies(judge(judge_url), ITEMS, seed=1)
+    report = agreement(first, second)
+    assert report["pairs"] == 6 and report["exact"] == 1.0 and report["within_1"] == 1.0
+
+
+def test_pairwise_swaps_positions_so_a_judge_that_always_says_A_gives_ties(judge_url):
+    pairs = [{"prompt": i["prompt"], "a": i["reply"], "b": "I do not know."} for i in ITEMS]
+    result = judge_pairwise(judge(judge_url), pairs)
+    assert result["counts"] == {"A": 0, "B": 0, "tie": 2, "unscored": 0}
+    assert all(row["orders"] == ["A", "B"] for row in result["items"])  # "A" twice, i.e. each reply once
+
+
+def test_a_judge_that_times_out_marks_items_unscored_and_goes_on(judge_url):
+    result = judge_replies(judge(judge_url, timeout_s=0.001), ITEMS[:1],
+                           rubric={"fluency": "Is it fluent?"})
+    assert result["unscored"] == 1 and result["means"] == {"fluency": None}
+    assert "timed out" in result["judgements"][0]["reasons"]["fluency"]
+
+
+def test_a_reply_with_no_score_is_unscored_not_a_crash(judge_url):
+    result = judge_replies(judge(judge_url, model="no-such-model"), ITEMS[:1], rubric={"fluency": "Fluent?"})
+    assert result["unscored"] == 1  # the server answers 404 for an unknown model: recorded, not raised
+    assert "HTTP 404" in result["judgements"][0]["reasons"]["fluency"]
+
+
+def test_an_unreachable_judge_is_refused_in_seconds_naming_the_url():
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    started = time.monotonic()
+    with pytest.raises(SLMError, match=f"no judge answers at {url}"):
+        judge_replies(Endpoint(url), ITEMS)
+    assert time.monotonic() - started < 10
+    with pytest.raises(SLMError, match="must start with http"):
+        judge_replies(Endpoint("127.0.0.1:8000"), ITEMS)
+
+
+@pytest.mark.parametrize("text, score", [("Score: 7\nReason: fine", 7), ("**Score:** 9/10", 9), ("score = 3.4", 3),
+                                         ("Score: 11", None), ("I would give it a seven.", None), ("", None)])
+def test_score_parsing(text, score):
+    assert parse_score(text) == score
+
+
+@pytest.mark.parametrize("text, verdict", [("Verdict: A", "A"), ("verdict: [B]\nReason", "B"), ("Winner: tie", "tie"),
+                                           ("A is better", None)])
+def test_verdict_parsing(text, verdict):
+    assert parse_verdict(text) == verdict
+
+
+def test_prompt_sets(tmp_path):
+    builtin = load_prompts(None, limit=5)
+    assert len(builtin) == 5 and all(item["prompt"] and item["reference"] for item in builtin)
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "Tell a story."}\n\n{"instruction": "Add", "input": "2 and 3", "output": "5"}\n')
+    assert load_prompts(str(path)) == [{"prompt": "Tell a story.", "reference": None},
+                                       {"prompt": "Add\n\n2 and 3", "reference": "5"}]
+    path.write_text('{"prompt": "ok"}\n{"prompt": \n')
+    with pytest.raises(SLMError, match="line 2"):
+        load_prompts(str(path))

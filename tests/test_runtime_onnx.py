@@ -1,0 +1,93 @@
+"""onnxruntime-genai: `export --format onnx` builds a folder genai runs as is, and chatting from it gives the
+native engine's greedy text, with the same stop strings and clean streamed text; the serve API works on it."""
+
+import pytest
+import torch
+
+from slm_core.config import ModelConfig, TokenizerConfig
+from slm_core.engine import Engine
+from slm_core.errors import SLMError
+from slm_core.export import export_model
+from slm_core.model import Transformer
+from slm_core.sampling import SamplingParams
+
+TEXT = ("Once upon a time there was a little dog. The dog liked to run and play in the sun. "
+        "One day the little dog met a big cat, and they became friends. ") * 40
+
+
+@pytest.fixture(scope="module")
+def genai(tmp_path_factory):
+    """(OnnxEngine, native Engine) on the same random-init Llama-shaped model."""
+    pytest.importorskip("onnxruntime_genai")
+    from slm_core.runtime_onnx import OnnxEngine
+    from slm_core.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(TokenizerConfig(kind="bpe", vocab_size=300), [TEXT], progress=False)
+    torch.manual_seed(0)
+    config = ModelConfig(family="llama", n_layer=2, n_head=4, n_kv_head=2, d_model=64, context_length=64,
+                         vocab_size=tokenizer.n_vocab)
+    model = Transformer(config).eval()
+    out = tmp_path_factory.mktemp("genai") / "onnx"
+    files = export_model(model, tokenizer, config, out, fmt="onnx")
+    assert {"genai_config.json", "model.onnx", "tokenizer.json", "export.json"} <= {p.name for p in files}
+    native = Engine(model, tokenizer, slots=2, dtype="fp32")
+    yield OnnxEngine(out, threads=1), native
+    native.close()
+
+
+@pytest.mark.slow  # the builder runs in a subprocess (~30 s on 2 loaded cores)
+def test_genai_greedy_text_equals_the_native_engine(genai):
+    runtime, native = genai
+    assert runtime.description.startswith("onnxruntime-genai")
+    for prompt in ("Once upon a time", "The little dog", "a big cat"):
+        ids = runtime.tokenizer.encode(prompt)
+        assert ids == native.tokenizer.encode(prompt)
+        for params in (SamplingParams(24, temperature=0), SamplingParams(24, temperature=0, repetition_penalty=1.4)):
+            stats: dict = {}
+            assert "".join(runtime.stream(ids, params, stats)) == "".join(native.stream(ids, params))
+            assert stats["tokens"] >= 1 and stats["ttft_s"] is not None
+
+
+@pytest.mark.slow
+def test_genai_sampling_is_seeded_and_stop_strings_cut(genai):
+    runtime, _ = genai
+    ids = runtime.tokenizer.encode("Once upon a time")
+    sampled = SamplingParams(30, temperature=0.9, top_k=20, top_p=0.9, seed=4)
+    assert "".join(runtime.stream(ids, sampled)) == "".join(runtime.stream(ids, sampled))
+    full = "".join(runtime.stream(ids, SamplingParams(30, temperature=0)))
+    stop = full[3:5]
+    stats: dict = {}
+    cut = "".join(runtime.stream(ids, SamplingParams(30, temperature=0, stop=(stop,)), stats))
+    assert cut == full[:full.index(stop)] and stats["finish_reason"] == "stop"
+
+
+@pytest.mark.slow
+def test_serve_api_on_the_genai_engine(genai):
+    from fastapi.testclient import TestClient
+
+    from slm_core.serve import Served, chat_renderer, create_app
+
+    runtime, native = genai
+    app = TestClient(create_app(Served(runtime, "tiny-onnx", chat_renderer(None))))
+    body = {"model": "tiny-onnx", "prompt": "The little dog", "max_tokens": 12, "temperature": 0}
+    answer = app.post("/v1/completions", json=body).json()
+    expected = "".join(native.stream(native.tokenizer.encode("The little dog"), SamplingParams(12, temperature=0)))
+    assert answer["choices"][0]["text"] == expected
+    assert app.post("/v1/completions", json={**body, "max_tokens": -3}).status_code == 400
+
+
+def test_without_the_package_or_for_gpt2_the_message_says_what_to_do(monkeypatch, tmp_path):
+    from slm_core import runtime_onnx
+
+    monkeypatch.setattr(runtime_onnx, "available", lambda: False)
+    with pytest.raises(SLMError, match="pip install onnxruntime-genai"):
+        runtime_onnx.OnnxEngine(tmp_path)
+    monkeypatch.undo()
+    if not runtime_onnx.available():
+        pytest.skip("onnxruntime-genai not installed")
+    model = Transformer(ModelConfig(family="gpt2", n_layer=1, n_head=2, d_model=16, context_length=16,
+                                    vocab_size=32))
+    with pytest.raises(SLMError, match="onnx-graph"):
+        runtime_onnx.build_genai_folder(model, object(), tmp_path / "out")
+    with pytest.raises(SLMError, match="not an onnxruntime-genai folder"):
+        runtime_onnx.OnnxEngine(tmp_path)
