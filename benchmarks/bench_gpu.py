@@ -61,7 +61,7 @@ def summarise(side: str, step_tokens: int, step_seconds: list[float], first_step
             "time_to_first_step_s": round(first_step_s, 1), "steps": len(step_seconds), "step_tokens": step_tokens}
 
 
-def synthetic_text(path: Path, n_chars: int = 8_000_000) -> None:
+def synthetic_text(path: Path, n_chars: int = 3_000_000) -> None:
     """Random words: the loop's speed does not depend on what the text says."""
     rng = random.Random(0)
     words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
@@ -92,7 +92,7 @@ def run_ours(args, work: Path) -> dict:
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     steps = [r for r in rows if r.get("kind") == "train"]
     status = json.loads((runs_dir / name / "status.json").read_text())
-    out = summarise("slm_core", args.batch * args.accum * SHAPE["block_size"], [r["step_ms"] / 1000 for r in steps],
+    out = summarise("slm_core", steps[0]["tokens"], [r["step_ms"] / 1000 for r in steps],
                     first or 0.0, status.get("gpu_peak_mb"), 50257, args.warmup)
     mfus = [r["mfu"] for r in steps[args.warmup:] if "mfu" in r]
     out["mfu_logged"] = round(statistics.median(mfus), 4) if mfus else None  # what the run's metrics.jsonl says

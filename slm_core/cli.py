@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 from slm_core.errors import SLMError
 
@@ -72,6 +72,10 @@ def add_train_parser(sub) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_run_location(parser)
     _add_overrides(parser)
+    _add_launch_flags(parser)
+
+
+def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
     dist = parser.add_argument_group("several processes (launched through torchrun)")
     dist.add_argument("--nproc", type=int, default=1, help="processes on this machine (one per GPU)")
     dist.add_argument("--nnodes", type=int, default=1, help="machines taking part")
@@ -79,8 +83,19 @@ def add_train_parser(sub) -> None:
     dist.add_argument("--rdzv-endpoint", help="HOST:PORT of machine 0, the same on every machine")
 
 
+def _relaunch(args, run_dir, extra: list[str]) -> Optional[int]:
+    """Under `--nproc N` / `--nnodes M` (and not already a torchrun rank): run the same command through
+    torchrun and return its exit code; None means carry on in this process."""
+    from slm_core import distributed
+
+    if (args.nproc > 1 or args.nnodes > 1) and not distributed.under_torchrun():
+        entry = distributed.strip_launch_flags(args.argv) + extra  # every rank must agree on the run folder
+        return distributed.launch(entry, run_dir, args.nproc, args.nnodes, args.node_rank, args.rdzv_endpoint)
+    return None
+
+
 def cmd_train(args) -> int:
-    from slm_core import distributed, runs
+    from slm_core import runs
     from slm_core.config import load_recipe, load_run_config
     from slm_core.train import train
     from slm_core.validate import check_runs_dir, preflight_train
@@ -98,10 +113,9 @@ def cmd_train(args) -> int:
         raise SLMError(f"a run named '{name}' already exists in {root}; pick another --name or `slm resume {name}`")
     preflight_train(config, run_dir)
     print(f"run: {run_dir}", flush=True)
-    if (args.nproc > 1 or args.nnodes > 1) and not distributed.under_torchrun():
-        # every rank must agree on the run's name and folder: pass them explicitly
-        entry = distributed.strip_launch_flags(args.argv) + ["--name", name, "--runs-dir", str(root)]
-        return distributed.launch(entry, run_dir, args.nproc, args.nnodes, args.node_rank, args.rdzv_endpoint)
+    code = _relaunch(args, run_dir, ["--name", name, "--runs-dir", str(root)])
+    if code is not None:
+        return code
     result = train(config, run_dir, progress=not args.quiet, callback=_print_event)
     return _report(result)
 
@@ -112,6 +126,7 @@ def add_resume_parser(sub) -> None:
     parser.add_argument("--quiet", action="store_true")
     _add_run_location(parser)
     _add_overrides(parser)
+    _add_launch_flags(parser)  # resuming on another process count works: checkpoints hold the full state
 
 
 def cmd_resume(args) -> int:
@@ -125,10 +140,13 @@ def cmd_resume(args) -> int:
     if not (run_dir / "config.yaml").exists():
         raise SLMError(f"{run_dir} is not a run (no config.yaml): give a run name from `slm runs` or a run folder")
     status = runs.read_status(run_dir)
-    if status.get("state") in ("running", "paused"):
+    if status.get("state") in ("running", "paused") and os.environ.get("RANK", "0") == "0":
         raise SLMError(f"run '{run_dir.name}' is still running (pid {status.get('pid')}); stop it first")
     config = load_run_config(run_dir / "config.yaml").with_overrides(args.overrides)
     print(f"resuming: {run_dir}", flush=True)
+    code = _relaunch(args, run_dir, ["--runs-dir", str(run_dir.parent)])
+    if code is not None:
+        return code
     return _report(train(config, run_dir, resume=True, progress=not args.quiet, callback=_print_event))
 
 
@@ -150,7 +168,8 @@ def _report(result: dict) -> int:
 
 def add_generate_parser(sub) -> None:
     parser = sub.add_parser("generate", help="generate text from a run, checkpoint or exported model")
-    parser.add_argument("model", help="run name, checkpoint folder, quantized or Hugging Face folder")
+    parser.add_argument("model", help="run name, checkpoint folder, quantized or Hugging Face folder, .gguf file, "
+                                      "or Hub id (org/name: the Hugging Face cache, else downloaded)")
     parser.add_argument("--prompt", default="Once upon a time")
     parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     parser.add_argument("--max-new-tokens", type=int, default=200)
@@ -183,7 +202,8 @@ def cmd_generate(args) -> int:
     if not is_quantized(loaded.model):
         loaded.model.to(pick_dtype(loaded.model, args.dtype))
     stats: dict = {}
-    sys.stdout.write(args.prompt if not loaded.template or args.raw else "")
+    templated = loaded.template or getattr(loaded.tokenizer, "chat_template", None)  # a chat reply, not a continuation
+    sys.stdout.write(args.prompt if not templated or args.raw else "")
     for delta in stream_text(loaded, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                              args.repetition_penalty, args.seed, stats=stats, use_template=not args.raw,
                              stop=tuple(args.stop)):

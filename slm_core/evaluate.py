@@ -127,6 +127,8 @@ def add_eval_parser(sub) -> None:
     beyond.add_argument("--judge-limit", type=int, default=20, help="how many prompts to judge")
     beyond.add_argument("--judge-seeds", default="0", help="one seed, or two (0,1) to report the agreement of two runs")
     beyond.add_argument("--judge-timeout", type=float, default=60.0, help="seconds to wait for one judge reply")
+    beyond.add_argument("--judge-temperature", type=float, default=0.0,
+                        help="the judge's sampling temperature (seeds only matter above 0)")
     beyond.add_argument("--pairwise", action="store_true", help="judge two models against each other (A vs B, "
                         "each pair shown in both orders)")
     beyond.add_argument("--card", action="store_true", help="write a report card per model (implied by --tasks/--judge)")

@@ -56,6 +56,7 @@ class Judgement:
     reply: str
     scores: dict = field(default_factory=dict)  # criterion → int score or None (unscored)
     reasons: dict = field(default_factory=dict)  # criterion → the judge's reason or the failure
+    raw: dict = field(default_factory=dict)  # criterion → the judge's whole reply (None on failure)
 
 
 def _client(endpoint: Endpoint):
@@ -163,6 +164,7 @@ def judge_replies(endpoint: Endpoint, items: list[dict], rubric: Optional[dict] 
                 reply = ask(client, endpoint, single_prompt(item["prompt"], item["reply"], criterion, description,
                                                             item.get("reference")), seed)
                 judgement.scores[criterion] = parse_score(reply.text)
+                judgement.raw[criterion] = reply.text
                 judgement.reasons[criterion] = _reason(reply) if judgement.scores[criterion] is not None or reply.error \
                     else f"no score in the judge's reply: {(reply.text or '')[:200]!r}"
                 if on_progress:
@@ -192,17 +194,22 @@ def judge_pairwise(endpoint: Endpoint, items: list[dict], seed: int = 0,
             forward = ask(client, endpoint, pairwise_prompt(item["prompt"], item["a"], item["b"]), seed)
             swapped = ask(client, endpoint, pairwise_prompt(item["prompt"], item["b"], item["a"]), seed)
             first, second = parse_verdict(forward.text), parse_verdict(swapped.text)
-            second = {"A": "B", "B": "A"}.get(second, second)  # back to the original labels
-            if first is None or second is None:
-                verdict = "unscored"
-            else:
-                verdict = first if first == second else "tie"
+            verdict = combine_orders(first, second)
             counts[verdict] += 1
             rows.append({"prompt": item["prompt"], "verdict": verdict, "orders": [first, second],
-                         "reasons": [_reason(forward), _reason(swapped)]})
+                         "reasons": [_reason(forward), _reason(swapped)], "raw": [forward.text, swapped.text]})
             if on_progress:
                 on_progress(i + 1, len(items))
     return {"items": rows, "counts": counts, "endpoint": endpoint.public(), "seed": seed}
+
+
+def combine_orders(forward: Optional[str], swapped: Optional[str]) -> str:
+    """The verdict of a pair judged as (A, B) and then as (B, A): `swapped` names positions of the
+    second showing, so its "A" is model B. A model wins only when both showings pick it."""
+    if forward is None or swapped is None:
+        return "unscored"
+    swapped = {"A": "B", "B": "A"}.get(swapped, swapped)  # back to the original labels
+    return forward if forward == swapped else "tie"
 
 
 def agreement(first: dict, second: dict) -> dict:

@@ -231,7 +231,9 @@ def judge_settings(args) -> Optional[dict]:
         return None
     seeds = _seeds(args.judge_seeds)
     endpoint = Endpoint(args.judge, args.judge_model, args.judge_key or os.environ.get("OPENAI_API_KEY"),
-                        timeout_s=args.judge_timeout)
+                        timeout_s=args.judge_timeout, temperature=args.judge_temperature)
+    if not 0 <= endpoint.temperature <= 2:
+        raise SLMError(f"--judge-temperature {endpoint.temperature} is out of range: use 0 (greedy) to 2")
     return {"endpoint": endpoint, "prompts": args.judge_prompts, "limit": args.judge_limit, "seed": seeds[0],
             "seeds": seeds}
 

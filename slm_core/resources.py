@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import os
 import resource
 from pathlib import Path
 from typing import Optional

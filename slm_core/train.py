@@ -279,6 +279,8 @@ class Trainer:
             torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
         meta = runs.read_json(ckpt / "state.json", default={})
         self.state.step, self.state.tokens = meta["step"], meta["tokens"]
+        if self.dist.rank:  # the checkpoint holds rank 0's sampler: give the other ranks their own streams
+            self.sampler.manual_seed(self.config.train.seed * 1000 + self.dist.rank + 7919 * self.state.step)
         best = meta.get("best_val_loss")
         self.state.best_val_loss = best if best is not None else math.inf
         self.state.best_step = meta.get("best_step")

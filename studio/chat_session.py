@@ -103,8 +103,9 @@ class ChatSession:
         # parameters() would count only its embeddings and norms (an int4 3.5M model read "0.5M").
         params = count_parameters(loaded.config.model)["total"]
         step = _checkpoint_step(Path(loaded.path))
-        mode = (f"chat mode ({loaded.template} template)" if loaded.template
-                else "completion mode (a base model continues your text)")
+        own = getattr(loaded.tokenizer, "chat_template", None) and loaded.template in (None, "model")
+        mode = ("chat mode (the model's own chat template)" if own else f"chat mode ({loaded.template} template)"
+                if loaded.template else "completion mode (a base model continues your text)")
         where = f"`{Path(loaded.path).parent.parent.name if step is not None else loaded.path}`"
         return (f"Loaded {where}" + (f" at step {step:,}" if step is not None else "") +
                 f": {params / 1e6:.1f}M parameters, {mode}." + engine)
@@ -118,9 +119,19 @@ class ChatSession:
             engine, reloaded = self.ensure(source, tag, backend)
             template = self.template
         stats.update(reloaded=reloaded, engine=engine.description)
-        prompt = build_prompt(message, history, template)
         params = SamplingParams(**settings)
-        yield from engine.stream(engine.tokenizer.encode(prompt), params, stats)
+        tokenizer = engine.tokenizer
+        if getattr(tokenizer, "chat_template", None) and template in (None, "model"):
+            # A Hub model's own Jinja chat template renders the whole conversation (slm_core.templates), and its
+            # end-of-turn tokens stop the reply.
+            turns = [{"role": m.get("role", "user"), "content": content_text(m.get("content"))}
+                     for m in history if m.get("role") in ("user", "assistant", "system")]
+            ids = tokenizer.apply_chat_template(turns + [{"role": "user", "content": message}],
+                                                add_generation_prompt=True, tokenize=True)
+            yield from engine.stream(ids, params, stats, stop_ids=tokenizer.stop_ids)
+            return
+        prompt = build_prompt(message, history, template)
+        yield from engine.stream(tokenizer.encode(prompt), params, stats)
 
 
 class _EnginePool:

@@ -64,9 +64,16 @@ FAMILIES = {
                                      eos_token_id=50256)),
 }
 
-# Which real tokenizer each family ships with (GGUF name in VOCAB_DIR), where we have one.
-TOKENIZER_OF = {"llama-3.2": "llama-bpe", "llama-3.1": "llama-bpe", "llama-2": "llama-spm", "qwen2.5": "qwen2",
-                "qwen3": "qwen2", "gpt2": "gpt-2"}
+# Llama-2-chat's published template (the vocab-only GGUF carries none).
+LLAMA2_CHAT = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
+    "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + "
+    "'\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
 
 
 def hf_model(family: str, vocab_size: int = 256, seed: int = 0, scale: float | None = 0.2, **changes):

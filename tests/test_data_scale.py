@@ -123,6 +123,18 @@ def test_chunked_preparation_equals_a_one_shot_encode(tmp_path, small_chunks, wo
     assert not list(data.cache_dir.glob("parts-*"))  # the chunk parts are gone once the files are whole
 
 
+def test_character_ids_equal_tiktokens_with_byte_fallback(tmp_path, small_chunks):
+    path = tmp_path / "mixed.txt"
+    docs = [f"Story {i}: " + "".join(itertools.islice(iter_stories(seed=i), 1))[:500] for i in range(60)]
+    docs += ["naïve café ☃ 😀 unseen characters", "a tab\t, a \ud7ff high one and \U0010fffd"]
+    path.write_text("\n<|endoftext|>\n".join(docs), encoding="utf-8")
+    tokenizer = build_tokenizer(TokenizerConfig(kind="char"), docs[:5], progress=False)  # ASCII only
+    data = prepare_data(config(path), tokenizer=tokenizer, cache_dir=tmp_path / "c", progress=False, workers=2)
+    expected = one_shot(tokenizer, load_texts(DataConfig(source=str(path))))
+    assert np.asarray(data.tokens("train")).tolist() == expected["train"]
+    assert np.asarray(data.tokens("val")).tolist() == expected["val"]
+
+
 def test_gpt2_ids_through_the_pool_equal_tiktoken(tmp_path, small_chunks, shared_data):
     from slm_core.tokenizer import gpt2_from_files
 

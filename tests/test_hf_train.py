@@ -13,7 +13,7 @@ from slm_core.data import prepare_data
 from slm_core.tokenizer import Tokenizer
 from slm_core.train import train
 
-from hf_families import hf_model, vocab_folder
+from hf_families import LLAMA2_CHAT, hf_model, vocab_folder
 
 pytest.importorskip("transformers")
 
@@ -26,18 +26,6 @@ def qwen_folder(tmp_path_factory):
         shutil.copy(path, folder / path.name)
     hf_model("qwen2.5", vocab_size=151936, scale=None).save_pretrained(folder)
     return folder
-
-
-# Llama-2-chat's published template (the vocab-only GGUF carries none).
-LLAMA2_CHAT = (
-    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
-    "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
-    "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + "
-    "'\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}"
-    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
 
 
 @pytest.fixture(scope="module")

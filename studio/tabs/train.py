@@ -228,15 +228,16 @@ def _wire_actions(ctx, c: dict, m: dict) -> None:
             if busy:  # the button reads "Queue" meanwhile
                 entry = ctx.runner.enqueue(recipe, overrides, name)
                 return (message("ok", f"Queued **{entry['name']}**: it starts when **{busy}** and the runs queued "
-                                      f"before it have ended."), gr.update(), None)
+                                      f"before it have ended."), gr.update(), None,
+                        *_queue_outputs(ctx, busy)[1:])  # the queue box at once, not at the next refresh
             run = ctx.runner.start(recipe, overrides, name)
         except SLMError as error:
-            return message("error", str(error)), gr.update(), gr.update()
+            return message("error", str(error)), gr.update(), gr.update(), gr.skip(), gr.skip()
         return (message("ok", f"Started **{run}** in a background worker."),
-                gr.update(choices=run_names(ctx.runs_dir), value=run), None)
+                gr.update(choices=run_names(ctx.runs_dir), value=run), None, gr.skip(), gr.skip())
 
-    started = c["start"].click(start, inputs, [c["message"], m["watch"], m["sig"]], api_name="train_start",
-                               concurrency_limit=1, concurrency_id="train-control")
+    started = c["start"].click(start, inputs, [c["message"], m["watch"], m["sig"], c["queue"], c["queued"]],
+                               api_name="train_start", concurrency_limit=1, concurrency_id="train-control")
     c["allow"].after(started, [(kind, ctx.fields[key]) for key, kind in FIELD_KINDS.items() if key in ctx.fields])
     for what in ("pause", "continue", "save", "stop", "resume"):
         c[what].click(lambda watched, what=what: control(ctx.runner, what, check_path(ctx, watched, "run")), m["watch"],

@@ -180,7 +180,9 @@ def test_upload_train_queue_reload_load_clone_and_every_tab(studio, tmp_path):
         page.wait_for_timeout(800)
         page.locator("#train-start").click()
         expect(page.locator("#train-message")).to_contain_text("Queued second", timeout=30_000)
-        expect(page.locator("#train-queue")).to_contain_text("second", timeout=10_000)
+        first_state = runs.read_status(runs_dir / "first")
+        assert first_state.get("state") in (None, "running"), (first_state, (runs_dir / "first" / "log.txt").read_text()[-3000:])
+        expect(page.locator("#train-queue")).to_contain_text("second", timeout=30_000)
         expect(page.locator("#train-plot g.trace.scatter").first).to_be_attached(timeout=180_000)
         # Reload during the first run: the page re-attaches, and the form shows the watched run's settings.
         page.reload()
