@@ -116,6 +116,7 @@ def _finish(proc, started, target, found, read_val, timeout) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    found["wall"] = round(time.perf_counter() - started, 1)  # the whole run (to the target, or to its end)
 
 
 def load_average() -> str:
@@ -170,6 +171,9 @@ def report(rows: list[dict], target: float) -> None:
         if ratio:
             ratios.append(ratio)
         cell = lambda v: f"{v:9.1f}" if v else f"{'miss':>9}"  # noqa: E731
+        for side in ("ours", "nanogpt"):
+            if side in row and "seconds" not in row[side]:
+                print(f"  {side} missed: best val {row[side].get('best')} after {row[side].get('wall')} s")
         print(f"{row['round']:>5} {cell(ours)} {cell(theirs)} {(f'{ratio:7.2f}' if ratio else '      -')}  "
               f"{row['load_before']} -> {row['load_after']}")
     if ratios:

@@ -75,27 +75,33 @@ def launch(entry_args: list[str], run_dir: Path, nproc: int, nnodes: int = 1, no
     code = proc.wait()
     if code != 0:
         message = failure_message(run_dir, "".join(tail), code)
-        status = runs.read_status(run_dir) if (run_dir / "status.json").exists() else {}
-        if status.get("state") != "failed" or "rank" not in str(status.get("error", "")):
-            runs.write_status(run_dir, state="failed", pid=None, error=message)
-        print(message, file=sys.stderr)
+        runs.write_status(run_dir, state="failed", pid=None, error=message)
+        print(f"error: {message}", file=sys.stderr)
     return code
 
 
 def failure_message(run_dir: Path, torchrun_output: str, code: int) -> str:
-    """'rank 1 failed: <its error>' from the rank's own error file, else from torchrun's root-cause summary."""
-    errors = sorted(Path(run_dir).glob("rank*.error"))
-    if errors:
-        rank = errors[0].stem.removeprefix("rank")
-        return f"rank {rank} failed: {errors[0].read_text().strip().splitlines()[-1]}"
+    """'rank R failed: <its error>' for the rank torchrun saw fail first (its root cause): the rank's own
+    message where it left one (rank<N>.error, or status.json for rank 0), else how it died."""
     cause = torchrun_output.split("Root Cause", 1)[-1]
     rank = re.search(r"rank\s*:\s*(\d+)", cause)
     exitcode = re.search(r"exitcode\s*:\s*(-?\d+)", cause)
     trace = re.search(r"traceback\s*:\s*(.+)", cause)
-    if rank:
-        detail = trace.group(1).strip() if trace else f"exit code {exitcode.group(1) if exitcode else '?'}"
-        return f"rank {rank.group(1)} died ({detail}); the other ranks were stopped. Resume with `slm resume`"
-    return f"the distributed run failed (torchrun exit code {code}); see the output above"
+    errors = {int(f.stem.removeprefix("rank")): f for f in Path(run_dir).glob("rank*.error")}
+    if rank is None and errors:
+        rank_id = min(errors)
+    elif rank is None:
+        return f"the distributed run failed (torchrun exit code {code}); see the output above"
+    else:
+        rank_id = int(rank.group(1))
+    if rank_id in errors:
+        return f"rank {rank_id} failed: {errors[rank_id].read_text().strip().splitlines()[-1]}"
+    status = runs.read_status(run_dir) if (Path(run_dir) / "status.json").exists() else {}
+    if rank_id == 0 and status.get("state") == "failed" and status.get("error"):
+        return f"rank 0 failed: {status['error']}"
+    detail = trace.group(1).strip() if trace and "elastic/errors" not in trace.group(1) else \
+        f"exit code {exitcode.group(1) if exitcode else '?'}"
+    return f"rank {rank_id} died ({detail}); the other ranks were stopped. Resume with `slm resume`"
 
 
 def write_rank_error(run_dir: Path, rank: int, message: str) -> None:

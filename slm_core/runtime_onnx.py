@@ -191,6 +191,10 @@ class _GenaiTokenizer:
 
         self._tok = Tokenizer.from_hf(folder)
         self.eot_id = eot_id
+        self.chat_template = getattr(self._tok, "chat_template", None)  # a Hub model's own, if it has one
+
+    def apply_chat_template(self, messages, **kwargs):
+        return self._tok.apply_chat_template(messages, **kwargs)
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text)

@@ -42,11 +42,19 @@ class Served:
     created: int = 0
 
 
-def chat_renderer(template: Optional[str]) -> Callable[[list], str]:
-    """messages → prompt text in the model's template (slm_core.templates); pluggable per model."""
-    from slm_core.templates import format_prompt
+def chat_renderer(template: Optional[str], tokenizer: Any = None) -> Callable[[list], str]:
+    """messages → prompt text: the model's own Jinja chat template where its tokenizer has one (a Hub
+    model, or a run tuned in it: template 'model'), else our template (slm_core.templates); a base
+    model gets the messages' text as is."""
+    from slm_core.templates import content_text, format_prompt
 
-    return lambda messages: format_prompt(messages, template)
+    def render(messages: list) -> str:
+        turns = [{"role": str(m.get("role", "user")), "content": content_text(m.get("content"))} for m in messages]
+        if getattr(tokenizer, "chat_template", None) and template in (None, "model"):
+            return tokenizer.apply_chat_template(turns, add_generation_prompt=True)
+        return format_prompt(turns, template)
+
+    return render
 
 
 # ---- request → sampling ------------------------------------------------------------------------------
@@ -288,13 +296,13 @@ def load_served(model: str, engine: str = "native", tag: str = "best", slots: in
         from slm_core.runtime_onnx import OnnxEngine
 
         runtime = OnnxEngine(model, threads=threads)
-        return Served(runtime, name or Path(model).name, chat_renderer(runtime.template))
+        return Served(runtime, name or Path(model).name, chat_renderer(runtime.template, runtime.tokenizer))
     from slm_core.checkpoint import load_model
     from slm_core.engine import Engine
 
     loaded = load_model(model, tag=tag)
     runtime = Engine(loaded.model, loaded.tokenizer, slots=slots, dtype=dtype, compile=compile, threads=threads)
-    return Served(runtime, name or Path(str(model)).name, chat_renderer(loaded.template))
+    return Served(runtime, name or Path(str(model)).name, chat_renderer(loaded.template, loaded.tokenizer))
 
 
 def _hand_to_vllm(args) -> int:

@@ -2,12 +2,15 @@
 
 Every run writes TensorBoard event files into <run>/tensorboard/ (slm_core.tracking), so one
 `tensorboard --logdir RUNS` shows all of them; this module starts that server once per Studio, on a
-free port of 127.0.0.1, and stops it when the Studio exits.
+free port of 127.0.0.1, and stops it when the Studio exits: through atexit on a normal exit, and through
+a small watchdog (`python -m studio.board STUDIO_PID -- COMMAND`) that ends TensorBoard when the Studio's
+process is gone however it ended (a SIGTERM skips atexit).
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import importlib.util
 import shutil
 import socket
@@ -20,6 +23,8 @@ from pathlib import Path
 from typing import Optional
 
 from slm_core.errors import SLMError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _free_port() -> int:
@@ -44,7 +49,8 @@ class Board:
     def command(self, port: int) -> list[str]:
         exe = shutil.which("tensorboard")
         head = [exe] if exe else [sys.executable, "-m", "tensorboard.main"]
-        return head + ["--logdir", str(self.logdir), "--host", "127.0.0.1", "--port", str(port)]
+        board = head + ["--logdir", str(self.logdir), "--host", "127.0.0.1", "--port", str(port)]
+        return [sys.executable, "-m", "studio.board", str(os.getpid()), "--", *board]
 
     def start(self, timeout: float = 60.0) -> str:
         """The URL of the running TensorBoard, starting it first if needed."""
@@ -55,8 +61,10 @@ class Board:
                 raise SLMError("TensorBoard is not installed: pip install tensorboard, then press the button again")
             port = _free_port()
             self.logdir.mkdir(parents=True, exist_ok=True)
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
             self._proc = subprocess.Popen(self.command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
+                                          stdin=subprocess.DEVNULL, start_new_session=True, env=env)
             atexit.register(self.stop)
             self.url = f"http://127.0.0.1:{port}/"
             self._wait(timeout)
@@ -83,3 +91,40 @@ class Board:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(argv: list[str]) -> int:
+    """The watchdog: run COMMAND until it exits or the process STUDIO_PID is gone (then stop it)."""
+    parent, command = int(argv[0]), argv[argv.index("--") + 1:]
+    child = subprocess.Popen(command)
+
+    def stop(*_):
+        child.terminate()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *a: (stop(), sys.exit(0)))
+    while child.poll() is None:
+        if not _alive(parent):
+            stop()
+            break
+        time.sleep(1.0)
+    return child.returncode or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -40,13 +40,17 @@ def checkpoint_stamp(source: Path, tag: str) -> Optional[int]:
         return None
 
 
-def build_prompt(message: str, history: list[dict], template: Optional[str]) -> str:
-    """Completion mode (no template): the message itself. Chat mode: the conversation in the template."""
-    if not template:
+def build_prompt(message: str, history: list[dict], template: Optional[str], tokenizer: Any = None) -> str:
+    """Completion mode (no template): the message itself. Chat mode: the conversation in the template, or
+    in the model's own Jinja chat template (a Hub model's tokenizer, or a run tuned in it: 'model')."""
+    own = getattr(tokenizer, "chat_template", None) and template in (None, "model")
+    if not template and not own:
         return message
     turns = [{"role": m.get("role", "user"), "content": content_text(m.get("content"))}
              for m in history if m.get("role") in ("user", "assistant", "system")]
     turns.append({"role": "user", "content": message})
+    if own:
+        return tokenizer.apply_chat_template(turns, add_generation_prompt=True)
     return format_prompt(turns, template)
 
 
@@ -130,7 +134,7 @@ class ChatSession:
                                                 add_generation_prompt=True, tokenize=True)
             yield from engine.stream(ids, params, stats, stop_ids=tokenizer.stop_ids)
             return
-        prompt = build_prompt(message, history, template)
+        prompt = build_prompt(message, history, template, engine.tokenizer)
         yield from engine.stream(tokenizer.encode(prompt), params, stats)
 
 

@@ -122,3 +122,18 @@ def test_a_two_process_run_resumes_on_one_process(tmp_path):
     assert sorted(losses) == list(range(1, 15))
     assert losses[13] < losses[1] - 1.0 and abs(losses[13] - losses[12]) < 0.3, losses
     assert json.loads((tmp_path / "moves" / "status.json").read_text())["state"] == "finished"
+
+
+def test_failure_message_names_torchruns_first_failing_rank(tmp_path):
+    from slm_core import runs
+    from slm_core.distributed import failure_message
+
+    summary = ("Root Cause (first observed failure):\n[0]:\n  time      : 2026-11-29_13:47:01\n  host      : box\n"
+               "  rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 1234)\n  error_file: <N/A>\n"
+               "  traceback : Signal 9 (SIGKILL) received by PID 1234\n")
+    runs.write_status(tmp_path, state="failed", error="RuntimeError: Connection closed by peer")  # rank 0's echo
+    assert failure_message(tmp_path, summary, 1).startswith("rank 1 died (Signal 9 (SIGKILL)")
+    (tmp_path / "rank1.error").write_text("SLMError: the loss became nan at step 3\n")
+    assert failure_message(tmp_path, summary, 1) == "rank 1 failed: SLMError: the loss became nan at step 3"
+    assert failure_message(tmp_path, summary.replace(": 1 (local", ": 0 (local"), 1) == \
+        "rank 0 failed: RuntimeError: Connection closed by peer"

@@ -123,3 +123,17 @@ def test_closing_the_engine_ends_running_and_waiting_requests():
         assert request.finish_reason == "cancelled"
     with pytest.raises(Exception, match="closed"):
         engine.submit([1], SamplingParams(4))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_the_static_shape_step_that_torch_compile_gets_equals_the_dynamic_step(family):
+    # compile=True wraps exactly this function; compiling costs minutes on CPU, so its graph is checked eagerly.
+    model = tiny(family)
+    dynamic, static = Decoder(model, slots=3), Decoder(model, slots=3)
+    for decoder in (dynamic, static):
+        decoder.prefill(0, [1, 2, 3, 4])
+        decoder.prefill(2, [5, 6])
+    expected = dynamic.step([0, 2], [9, 9], [4, 2])
+    with torch.inference_mode():
+        logits = static._static_step(torch.tensor([[9], [0], [9]]), torch.tensor([[4], [0], [2]]))
+    torch.testing.assert_close(logits[[0, 2]].float(), expected, atol=1e-5, rtol=1e-5)

@@ -65,7 +65,13 @@ def build(ctx) -> None:
                     api_name="quantize", concurrency_limit=1, concurrency_id="quantize")
     allow.after(done, [("model", run)])
     method.change(lambda m: gr.update(visible=m == "int4"), method, group, **QUIET)
-    run.change(lambda name: artifacts_markdown(ctx.runs_dir, check_path(ctx, name, "model")), run, existing, **QUIET)
+    def picked(name):
+        name = check_path(ctx, name, "model")
+        run_dir = Path(ctx.runs_dir) / name if name else None
+        rows = accumulated_report(run_dir) if run_dir is not None and run_dir.is_dir() else []
+        return artifacts_markdown(ctx.runs_dir, name), report_table(rows)  # what was measured before, too
+
+    run.change(picked, run, [existing, table], **QUIET)
 
     def choices(current: Optional[str] = None):
         names = run_names(ctx.runs_dir, with_checkpoint=True)

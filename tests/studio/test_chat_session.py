@@ -26,7 +26,8 @@ def test_streams_a_reply_from_a_run_and_reloads_when_its_checkpoint_changes(tiny
     deltas = list(session.stream("Once upon a time", [], name, "best", settings, stats))
     assert deltas and stats["tokens"] >= 1 and stats["tokens_per_sec"] > 0 and stats["reloaded"]
     again = list(session.stream("Once upon a time", [], name, "best", settings, stats))
-    assert again == deltas and not stats["reloaded"]  # same seed, same model object
+    # Same seed, same engine: the same text (piece boundaries follow the reader's pace, not the model).
+    assert "".join(again) == "".join(deltas) and not stats["reloaded"]
     assert "completion mode" in session.describe() and "step 6" in session.describe()
     state = root / name / "checkpoints" / "best" / "state.json"
     later = time.time() + 5
