@@ -20,7 +20,7 @@ def test_an_original_beside_its_int8_and_hugging_face_versions_on_its_own_valida
     runs_dir, name = run
     sources = [path for _, path in model_sources(runs_dir)]
     assert len(sources) == 3  # the run, its int8 version, its Hugging Face export
-    text, table, command = tab.evaluate_models(helper, runs_dir, sources, "best", "", "val", None, 3000)
+    text, table, command = tab.evaluate_models(helper, runs_dir, sources, "best", "", "auto", None, 3000)
     assert text.startswith(mark("ok")) and "3 models" in text
     assert [row[0] for row in table] == [name, f"{name}/quantized/int8", f"{name}/export/hf"]
     assert {row[1] for row in table} == {"builtin"}  # the run's own data settings, for its artifacts too
@@ -29,7 +29,8 @@ def test_an_original_beside_its_int8_and_hugging_face_versions_on_its_own_valida
     assert 1 < ppl < 600 and loss == pytest.approx(math.log(ppl), abs=1e-3)
     assert abs(ppl_int8 - ppl) < 0.05 * ppl  # int8 stays close to the original
     assert ppl_hf == pytest.approx(ppl, rel=1e-4)  # the export is the same model on the very same text
-    assert command == f"From a shell: `slm eval {name} {name}/quantized/int8 {name}/export/hf --max-tokens 3000`"
+    assert command == (f"From a shell: `slm eval {name} {name}/quantized/int8 {name}/export/hf --runs-dir {runs_dir} "
+                       "--max-tokens 3000`")
 
 
 def test_any_data_source_and_a_model_that_fails_is_named_with_its_reason(run, helper, tmp_path):

@@ -32,7 +32,7 @@ def test_a_hugging_face_folder_that_transformers_loads_and_the_studio_lists(run,
     scope: dict = {}
     exec(python_snippet(usage), scope)  # what the page tells the user to run
     assert scope["model"].config.vocab_size >= 256 and scope["tokenizer"]("Once upon a time")["input_ids"]
-    assert f"`slm export {name} --format hf --overwrite`" in usage
+    assert f"`slm export {name} --format hf --runs-dir {runs_dir} --overwrite`" in usage
     assert (f"{name}/export/hf", str(out)) in model_sources(runs_dir)  # Chat, Compare and Evaluate offer it
 
 
