@@ -201,7 +201,7 @@ def _scores(output: dict) -> dict:
     for task, metrics in (output or {}).get("results", {}).items():
         row = {}
         for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "sample_len":
                 row[key.split(",")[0]] = float(value)
         samples = (output.get("n-samples") or {}).get(task, {})
         row["samples"] = int(samples.get("effective", samples.get("original", 0)) or 0)
