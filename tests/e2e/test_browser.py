@@ -20,6 +20,8 @@ from slm_core import runs
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
+# Long enough that the second run is still queued while the page checks the queue, even on a quiet machine.
+FIRST_STEPS = 200
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
@@ -160,12 +162,12 @@ def test_upload_train_queue_reload_load_clone_and_every_tab(studio, tmp_path):
         expect(page.locator("#data-summary")).to_contain_text("characters", timeout=60_000)
         _shoot(page, shots, "2-data")
         _tab(page, "Train")
-        for label, value in (("Steps", "30"), ("Batch size", "4"), ("Evaluate every", "10"),
-                             ("Checkpoint every", "10"), ("Warmup steps", "2")):
+        for label, value in (("Steps", str(FIRST_STEPS)), ("Batch size", "4"), ("Evaluate every", "50"),
+                             ("Checkpoint every", "50"), ("Warmup steps", "2")):
             _set(page, label, value)
         page.get_by_label("Run name", exact=True).fill("first")
         command = page.locator("#train-command")
-        expect(command).to_contain_text("train.max_steps=30", timeout=20_000)
+        expect(command).to_contain_text(f"train.max_steps={FIRST_STEPS}", timeout=20_000)
         expect(command).to_contain_text(f"data.source={runs_dir / 'uploads' / 'sixty.txt'}")
         # Bug 2: the Studio runs in its own runs dir; the command must name it for a shell that lacks SLM_RUNS_DIR.
         expect(command).to_contain_text(f"--runs-dir {runs_dir}")
@@ -188,11 +190,11 @@ def test_upload_train_queue_reload_load_clone_and_every_tab(studio, tmp_path):
         page.reload()
         _tab(page, "Train")
         expect(page.locator("#train-watch input")).to_have_value("first", timeout=30_000)
-        expect(page.get_by_label("Steps", exact=True)).to_have_value("30", timeout=30_000)
+        expect(page.get_by_label("Steps", exact=True)).to_have_value(str(FIRST_STEPS), timeout=30_000)
         expect(page.locator("#train-queue")).to_contain_text("second", timeout=10_000)
         _shoot(page, shots, "3-train-first")
         # The first finishes; the queue worker starts the second, and the page follows it.
-        expect(page.locator("#train-watch input")).to_have_value("second", timeout=300_000)
+        expect(page.locator("#train-watch input")).to_have_value("second", timeout=600_000)
         expect(page.locator("#train-progress [data-state='running']")).to_be_attached(timeout=120_000)
         # Bug 6: Save checkpoint now says when the checkpoint is written.
         page.locator("#train-save").click()
@@ -204,7 +206,7 @@ def test_upload_train_queue_reload_load_clone_and_every_tab(studio, tmp_path):
         # Load the first run's settings into the form, then clone it.
         _watch_run(page, "first")
         page.locator("#train-load").click()
-        expect(page.get_by_label("Steps", exact=True)).to_have_value("30", timeout=30_000)
+        expect(page.get_by_label("Steps", exact=True)).to_have_value(str(FIRST_STEPS), timeout=30_000)
         expect(command).to_contain_text(str(runs_dir / "first" / "config.yaml"), timeout=20_000)
         page.locator("#train-clone").click()
         expect(page.get_by_label("Run name", exact=True)).to_have_value("first-clone", timeout=30_000)
@@ -232,7 +234,7 @@ def test_upload_train_queue_reload_load_clone_and_every_tab(studio, tmp_path):
     foreign = [u for u in requests if not u.startswith(("http://127.0.0.1", "data:", "blob:"))]
     assert not foreign, f"the page reached outside this machine: {foreign[:5]}"
     assert [r["name"] for r in runs.list_runs(runs_dir) if r["state"] == "finished"] == ["second", "first"]
-    _check_tensorboard_files(runs_dir / "first", steps=30)
+    _check_tensorboard_files(runs_dir / "first", steps=FIRST_STEPS)
     print(f"screenshots: {shots}")
 
 
