@@ -5,22 +5,17 @@ parsed the same way as in the unit tests below, and a reply without a score is u
 crash. The endpoint's failures (unreachable, timeout, HTTP errors) are checked on real HTTP."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from serving import free_port, start_serve
 from slm_core.config import load_recipe
 from slm_core.errors import SLMError
 from slm_core.judge import (Endpoint, agreement, combine_orders, judge_pairwise, judge_replies, load_prompts,
                             parse_score, parse_verdict)
 from slm_core.train import train
 
-REPO = Path(__file__).resolve().parents[1]
 # Every judge prompt ends with "then one line 'Reason: ...'."; the answer follows it on the next line.
 JUDGE_TEXT = "then one line 'Reason: ...'.\nScore: 7\nVerdict: A\nReason: the reply is clear.\n"
 JUDGE_MODEL = ["tokenizer.kind=char", "model.context_length=512", "model.vocab_size=null", "model.n_layer=1",
@@ -30,12 +25,6 @@ JUDGE_MODEL = ["tokenizer.kind=char", "model.context_length=512", "model.vocab_s
 ITEMS = [{"prompt": "Say hi.", "reply": "Hi!"}, {"prompt": "What is 2 plus 2?", "reply": "4."}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def judge_url(tmp_path_factory):
     """http://127.0.0.1:PORT/v1 of `slm serve` running the tiny judge (stopped after the module)."""
@@ -43,32 +32,12 @@ def judge_url(tmp_path_factory):
     corpus = folder / "judge.txt"
     corpus.write_text(JUDGE_TEXT * 3000)
     train(load_recipe("quickstart-cpu", JUDGE_MODEL + [f"data.source={corpus}"]), folder / "judge", progress=False)
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    server = subprocess.Popen([sys.executable, "-m", "slm_core", "serve", str(folder / "judge"), "--port", str(port),
-                               "--name", "tiny-judge"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
+    server, base = start_serve(str(folder / "judge"), "--name", "tiny-judge")
     try:
-        _wait_for(url, server)
-        yield url
+        yield f"{base}/v1"
     finally:
         server.terminate()
         server.wait(30)
-
-
-def _wait_for(url: str, server: subprocess.Popen, seconds: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"slm serve exited: {server.stdout.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    raise RuntimeError("slm serve did not answer in time")
 
 
 def judge(url: str, **kwargs) -> Endpoint:
@@ -130,7 +99,7 @@ def test_a_reply_with_no_score_is_unscored_not_a_crash(judge_url):
 
 
 def test_an_unreachable_judge_is_refused_in_seconds_naming_the_url():
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     started = time.monotonic()
     with pytest.raises(SLMError, match=f"no judge answers at {url}"):
         judge_replies(Endpoint(url), ITEMS)

@@ -4,18 +4,13 @@ the single-client answer and the native path), and bad requests get OpenAI-shape
 the server stays up."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
+from serving import start_serve
 from slm_core.config import load_recipe
 
 QUICK = ["data.max_chars=400000", "tokenizer.vocab_size=512", "model.context_length=64", "model.vocab_size=null",
@@ -25,12 +20,6 @@ QUICK = ["data.max_chars=400000", "tokenizer.vocab_size=512", "model.context_len
 KEY = "sk-local-test"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(base_url, run_dir) of `slm serve` on a freshly trained tiny run; stopped after the module."""
@@ -38,21 +27,8 @@ def server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serve-runs")
     train(load_recipe("quickstart-cpu", QUICK), root / "tiny", progress=False)
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    process = subprocess.Popen([sys.executable, "-m", "slm_core", "serve", "tiny", "--runs-dir", str(root),
-                                "--port", str(port), "--dtype", "fp32", "--api-key", KEY, "--slots", "4"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_serve("tiny", "--runs-dir", str(root), "--dtype", "fp32", "--api-key", KEY, "--slots", "4")
     try:
-        for _ in range(240):
-            if process.poll() is not None:
-                pytest.fail("slm serve exited: " + process.stdout.read().decode()[-2000:])
-            try:
-                http("GET", base + "/v1/models")
-                break
-            except (ConnectionError, urllib.error.URLError):
-                time.sleep(0.25)
         yield base, root / "tiny"
     finally:
         process.terminate()
