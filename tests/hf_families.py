@@ -92,6 +92,15 @@ def hf_model(family: str, vocab_size: int = 256, seed: int = 0, scale: float | N
     return model.eval()
 
 
+def tokenizer_copy(name: str, folder: Path, chat_template: str | None = None) -> Path:
+    """`folder` holding a copy of vocab_folder(name), with `chat_template` written beside it if given."""
+    for path in vocab_folder(name).iterdir():
+        shutil.copy(path, folder / path.name)
+    if chat_template is not None:
+        (folder / "chat_template.jinja").write_text(chat_template)
+    return folder
+
+
 def vocab_folder(name: str) -> Path:
     """A Hugging Face tokenizer folder made from ggml-vocab-<name>.gguf, built once per machine."""
     import pytest

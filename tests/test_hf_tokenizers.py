@@ -8,7 +8,6 @@ same text and ids.
 """
 
 import functools
-import shutil
 
 import pytest
 
@@ -16,7 +15,7 @@ from slm_core.errors import SLMError
 from slm_core.templates import model_prompt_response
 from slm_core.tokenizer import Tokenizer
 
-from hf_families import vocab_folder
+from hf_families import tokenizer_copy, vocab_folder
 
 transformers = pytest.importorskip("transformers")
 
@@ -78,11 +77,7 @@ def test_special_tokens_and_eos_come_from_the_tokenizer_config(pair):
 
 @pytest.fixture(scope="session")
 def llama3_chat(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llama3-instruct")
-    for path in vocab_folder("llama-bpe").iterdir():
-        shutil.copy(path, folder / path.name)
-    (folder / "chat_template.jinja").write_text(LLAMA3_TEMPLATE)
-    return folder
+    return tokenizer_copy("llama-bpe", tmp_path_factory.mktemp("llama3-instruct"), LLAMA3_TEMPLATE)
 
 
 @pytest.mark.parametrize("generation_prompt", [True, False])

@@ -2,7 +2,6 @@
 the prompt, through the same `train` entry point the CLI and the Studio use."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from slm_core.data import prepare_data
 from slm_core.tokenizer import Tokenizer
 from slm_core.train import train
 
-from hf_families import LLAMA2_CHAT, hf_model, vocab_folder
+from hf_families import LLAMA2_CHAT, hf_model, tokenizer_copy
 
 pytest.importorskip("transformers")
 
@@ -21,9 +20,7 @@ pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def qwen_folder(tmp_path_factory):
     """A Qwen2.5-shaped model next to the real Qwen2 tokenizer and its chat template, as downloaded."""
-    folder = tmp_path_factory.mktemp("qwen-instruct")
-    for path in vocab_folder("qwen2").iterdir():
-        shutil.copy(path, folder / path.name)
+    folder = tokenizer_copy("qwen2", tmp_path_factory.mktemp("qwen-instruct"))
     hf_model("qwen2.5", vocab_size=151936, scale=None).save_pretrained(folder)
     return folder
 
@@ -31,10 +28,7 @@ def qwen_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def llama2_chat_folder(tmp_path_factory):
     """A Llama-2-chat-shaped model with the real Llama 2 tokenizer (32k: cheap logits) and its template."""
-    folder = tmp_path_factory.mktemp("llama2-chat")
-    for path in vocab_folder("llama-spm").iterdir():
-        shutil.copy(path, folder / path.name)
-    (folder / "chat_template.jinja").write_text(LLAMA2_CHAT)
+    folder = tokenizer_copy("llama-spm", tmp_path_factory.mktemp("llama2-chat"), LLAMA2_CHAT)
     hf_model("llama-2", vocab_size=32000, scale=None).save_pretrained(folder)
     return folder
 
