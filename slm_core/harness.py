@@ -147,10 +147,7 @@ def _generate_until(loaded, context: str, kwargs: dict) -> str:
     sampling = bool(kwargs.get("do_sample")) and float(kwargs.get("temperature", 0) or 0) > 0
     text = complete(loaded, context, max_new_tokens=int(kwargs.get("max_gen_toks", 128)),
                     temperature=float(kwargs.get("temperature", 1.0)) if sampling else 0.0,
-                    top_k=0, top_p=1.0, seed=1234, use_template=False)
-    for stop in until:
-        if stop and stop in text:
-            text = text[:text.index(stop)]
+                    top_k=0, top_p=1.0, seed=1234, use_template=False, stop=[u for u in until if u])
     return text
 
 
