@@ -177,7 +177,7 @@ def test_upload_train_queue_reload_load_clone_and_every_tab(studio, tmp_path):
         expect(page.locator("#train-message .slm-mark-ok")).to_have_text("OK")
         # While it trains, Start says Queue and lines the next run up.
         expect(page.locator("#train-start")).to_have_text("Queue", timeout=30_000)
-        _set(page, "Steps", "12")
+        _set(page, "Steps", "100")  # still running when "Save checkpoint now" is clicked
         page.get_by_label("Run name", exact=True).fill("second")
         page.wait_for_timeout(800)
         page.locator("#train-start").click()
