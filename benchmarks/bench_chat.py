@@ -137,6 +137,7 @@ def hf_row(hf_dir, ids, n, dtype) -> tuple[float, float]:
 # ---- serve --------------------------------------------------------------------------------------
 
 def serve_rows(hf_dir: Path, n: int, threads: int, clients=(1, 4, 8)) -> list[tuple]:
+    """(clients, aggregate tok/s, p50 TTFT, p95 TTFT) of `slm serve` on a model folder (HF or genai)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -236,7 +237,7 @@ def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
             if "genai-int4" in folders:
                 rows.append(("onnxruntime-genai int4 (Studio path)", studio_row(folders["genai-int4"], ids, n, threads),
                              peer[0]))
-        engine = Engine(copy.deepcopy(model), tokenizer, slots=8, dtype="auto", threads=threads)  # auto: bf16 here?
+        engine = Engine(copy.deepcopy(model), tokenizer, slots=8, dtype="auto", threads=threads)  # bf16 where native
         dtype = str(engine.decoder.dtype).replace("torch.", "")
         rows.append((f"native Engine, Studio native path ({dtype})", engine_row(engine, ids, n),
                      rows[0][1][0] if rows else None))
@@ -248,11 +249,16 @@ def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
         for label, (tps, ttft), peer in rows:
             ratio = f"{tps / peer:.2f}x" if peer and peer == peer and peer > 0 else ""
             print(f"{label:<44}{threads:>8}{tps:>10.0f}{ttft * 1000:>10.1f}{ratio:>10}", flush=True)
-    print(f"\nslm serve ({name}), streaming clients, {n} tokens each, 2 threads:")
-    print(f"{'clients':>8}{'aggregate tok/s':>18}{'vs 1 client':>13}{'p50 TTFT ms':>13}{'p95 TTFT ms':>13}")
-    rows = serve_rows(folders["hf"], n, threads=max(thread_counts))
-    for count, agg, p50, p95 in rows:
-        print(f"{count:>8}{agg:>18.0f}{agg / rows[0][1]:>12.2f}x{p50 * 1000:>13.0f}{p95 * 1000:>13.0f}", flush=True)
+    threads = max(thread_counts)
+    engines = [("native", folders["hf"])] + ([("onnx (genai's batching engine)", folders["genai"])]
+                                              if "genai" in folders else [])
+    for engine, folder in engines:
+        print(f"\nslm serve ({name}, {engine}), streaming clients, {n} tokens each, {threads} threads, "
+              f"load average {os.getloadavg()[0]:.1f}:")
+        print(f"{'clients':>8}{'aggregate tok/s':>18}{'vs 1 client':>13}{'p50 TTFT ms':>13}{'p95 TTFT ms':>13}")
+        rows = serve_rows(folder, n, threads=threads)
+        for count, agg, p50, p95 in rows:
+            print(f"{count:>8}{agg:>18.0f}{agg / rows[0][1]:>12.2f}x{p50 * 1000:>13.0f}{p95 * 1000:>13.0f}", flush=True)
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """slm_core against Hugging Face transformers on the same model shape, same machine, same process.
 
-Prints training tokens/s (forward + backward + AdamW) and batch-1 generation tokens/s for both,
-and their ratio. Targets: training >= 1.0x, generation >= 2x.
+Prints training tokens/s (forward + backward + AdamW; the two models' steps alternated, median step)
+and batch-1 generation tokens/s for both, and their ratio. Targets: training >= 1.3x, generation >= 2x.
 
     python benchmarks/bench_engine.py [--family llama|gpt2] [--steps 8] [--precision fp32|bf16]
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from slm_core.config import ModelConfig
 from slm_core.generate import generate_tokens
 from slm_core.model import Transformer
+from slm_core.monitor import cpu_has_native_bf16
 
 
 def shapes(family: str) -> ModelConfig:
@@ -49,7 +51,8 @@ def logits_of(model, x):
     return out if isinstance(out, torch.Tensor) else out.logits
 
 
-def train_tokens_per_sec(model, config, batch, steps, amp) -> float:
+def train_step(model, config, batch, amp):
+    """One training step (forward, loss, backward, AdamW) of `model` on a fixed batch, as a function."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, config.vocab_size, (batch, config.context_length))
     model.train()
@@ -62,11 +65,22 @@ def train_tokens_per_sec(model, config, batch, steps, amp) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm-up
-    started = time.perf_counter()
+    return step
+
+
+def train_tokens_per_sec(models: dict, config, batch, steps, amp) -> dict:
+    """Training tokens/s of each model, their steps alternated (A, B, A, B, ...) so a machine whose load
+    changes during the run slows both alike; each figure is from the median step (wall time)."""
+    fns = {name: train_step(model, config, batch, amp) for name, model in models.items()}
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict = {name: [] for name in fns}
     for _ in range(steps):
-        step()
-    return batch * (config.context_length - 1) * steps / (time.perf_counter() - started)
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: batch * (config.context_length - 1) / statistics.median(t) for name, t in times.items()}
 
 
 @torch.inference_mode()
@@ -96,6 +110,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args()
+    if args.precision == "bf16" and not cpu_has_native_bf16():
+        print(f"this CPU has no native bf16 (torch reports {torch.backends.cpu.get_cpu_capability()}): bf16 "
+              f"matrix multiplies are emulated here (~100x slower than fp32), so a bf16 row would measure the "
+              f"emulation, not either implementation; run it on a CPU with AVX-512 BF16 or AMX")
+        return
     torch.manual_seed(0)
     config = shapes(args.family)
     amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.precision == "bf16" else contextlib.nullcontext
@@ -103,8 +122,8 @@ def main() -> None:
     n_ours, n_hf = ours.num_parameters(), sum(p.numel() for p in theirs.parameters())
     print(f"{args.family} shape: {n_ours / 1e6:.1f}M params (transformers: {n_hf / 1e6:.1f}M), "
           f"{torch.get_num_threads()} threads, {args.precision}")
-    train_ours = train_tokens_per_sec(ours, config, args.batch, args.steps, amp)
-    train_hf = train_tokens_per_sec(theirs, config, args.batch, args.steps, amp)
+    rates = train_tokens_per_sec({"ours": ours, "hf": theirs}, config, args.batch, args.steps, amp)
+    train_ours, train_hf = rates["ours"], rates["hf"]
     prompt = torch.randint(0, config.vocab_size, (16,)).tolist()
     gen_ours = ours_generate_tokens_per_sec(ours, prompt, args.new_tokens)
     gen_hf = hf_generate_tokens_per_sec(theirs, prompt, args.new_tokens)

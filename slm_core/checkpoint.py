@@ -34,6 +34,7 @@ from slm_core.runs import atomic_write_json, read_json, resolve_run
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.pt"
+SHARDS = "sharded"  # FSDP's torch.distributed.checkpoint folder: model + optimizer shards (slm_core.fsdp)
 PREVIOUS = ".prev"  # latest.prev: the checkpoint before latest, kept as a fallback
 _CHUNK = 16 * 1024 * 1024
 MB = 1024 * 1024
@@ -65,14 +66,20 @@ def state_dict_for_save(model: torch.nn.Module) -> dict:
     return state
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
+def read_weights(path: Path, tie_embeddings: bool = False) -> dict:
+    """model.safetensors as a state dict (a tied head filled in from the embedding)."""
     try:
         state = load_file(str(path))
     except Exception as error:  # SafetensorError (truncated header/data) is not an OSError subclass
         raise SLMError(f"{path} is damaged or unreadable ({str(error)[:200]}); use another checkpoint "
                        f"(e.g. --checkpoint latest) or train again") from error
-    if getattr(model.config, "tie_embeddings", False):
+    if tie_embeddings:
         state.setdefault("lm_head.weight", state["embed_tokens.weight"])
+    return state
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    state = read_weights(path, getattr(model.config, "tie_embeddings", False))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("lm_head.weight") or not model.config.tie_embeddings]
     if missing or unexpected:
@@ -81,15 +88,19 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def save_checkpoint(ckpt_root: Path, tag: str, model: torch.nn.Module, config: RunConfig, tokenizer_dir: Path,
-                    state: dict, trainer_state: Optional[dict] = None) -> Path:
+                    state: dict, trainer_state: Optional[dict] = None, weights: Optional[dict] = None,
+                    shards: Optional[Path] = None) -> Path:
     """Write checkpoints/<tag>/ atomically. `model` is the plain Transformer or a peft model (adapter only).
+    Under FSDP (slm_core.fsdp) the consolidated `weights` come ready and the `shards` folder written by
+    every rank is moved in as sharded/, covered by the manifest like the rest.
 
     Checks the free space first (the size is known) and turns a full disk into a DiskFullError
     naming the space needed and the last good checkpoint; nothing half-written is left behind."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     keep_previous = tag == "latest"
     lora = config.train.mode == "lora"
-    weights = None if lora else state_dict_for_save(model)
+    if weights is None and not lora:
+        weights = state_dict_for_save(model)
     needed = (_tensor_bytes(weights) if weights is not None else
               sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad))
     needed += _tensor_bytes(trainer_state) + _folder_bytes(tokenizer_dir) + MB
@@ -112,6 +123,8 @@ def save_checkpoint(ckpt_root: Path, tag: str, model: torch.nn.Module, config: R
         shutil.copytree(tokenizer_dir, tmp / "tokenizer")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
+        if shards is not None:
+            Path(shards).rename(tmp / SHARDS)
         atomic_write_json(tmp / "state.json", state)
         write_manifest(tmp)  # last: vouches for everything above
         _swap_in(tmp, ckpt_root / tag, keep_previous)
@@ -201,14 +214,16 @@ def _swap_in(new: Path, target: Path, keep_previous: bool = False) -> None:
 def copy_checkpoint(ckpt_root: Path, src_tag: str, dst_tag: str) -> None:
     """best := latest, atomically (used when a new best validation loss arrives)."""
     source = ckpt_root / src_tag
-    _check_free_space(ckpt_root, dst_tag, _folder_bytes(source) - _size_or_zero(source / TRAINER_STATE))
+    _check_free_space(ckpt_root, dst_tag, _folder_bytes(source) - _size_or_zero(source / TRAINER_STATE)
+                      - (_folder_bytes(source / SHARDS) if (source / SHARDS).is_dir() else 0))
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{dst_tag}-"))
     try:
         shutil.rmtree(tmp)
-        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(TRAINER_STATE, MANIFEST))
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(TRAINER_STATE, MANIFEST, SHARDS))
         manifest = read_json(source / MANIFEST)
-        if manifest:  # the copy's manifest: the source's, less the trainer state it leaves out
-            manifest["files"].pop(TRAINER_STATE, None)
+        if manifest:  # the copy's manifest: the source's, less the resume-only state it leaves out
+            manifest["files"] = {name: entry for name, entry in manifest["files"].items()
+                                 if not _resume_only(name)}
             atomic_write_json(tmp / MANIFEST, manifest)
         _swap_in(tmp, ckpt_root / dst_tag)
     except BaseException as error:
@@ -286,12 +301,17 @@ def verify_checkpoint(folder: Path, need_trainer_state: bool = False) -> Optiona
     if need_trainer_state and TRAINER_STATE not in files:
         return f"{folder / TRAINER_STATE} is missing"
     for name, entry in files.items():
-        if name == TRAINER_STATE and not need_trainer_state:
+        if _resume_only(name) and not need_trainer_state:
             continue
         problem = _check_file(folder / name, entry)
         if problem:
             return problem
     return None
+
+
+def _resume_only(name: str) -> bool:
+    """Files only a resume reads (the largest): checked when resuming, left out of `best`."""
+    return name == TRAINER_STATE or name.startswith(f"{SHARDS}/")
 
 
 def _check_file(path: Path, entry: dict) -> Optional[str]:
@@ -409,12 +429,15 @@ def resolve_source(source: str | Path, tag: str = "best") -> Path:
 
 
 def load_model(source: str | Path, tag: str = "best", device: str | torch.device = "cpu",
-               dtype: Optional[torch.dtype] = None) -> LoadedModel:
-    """Load any model source for generation, evaluation, quantization or export (eval mode)."""
+               dtype: Optional[torch.dtype] = None, force: bool = False) -> LoadedModel:
+    """Load any model source for generation, evaluation, quantization or export (eval mode).
+    A model whose weights exceed the device's free memory is refused first (force or SLM_FORCE=1: try)."""
+    from slm_core.model_memory import check_fits
     from slm_core.validate import check_load_args
 
     check_load_args(source, tag, device)
     path = resolve_source(source, tag)
+    check_fits(path, str(device), str(dtype).removeprefix("torch.") if dtype else None, force=force)
     if (path / "quantization.json").exists():
         from slm_core.quantize import load_quantized
 

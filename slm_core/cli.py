@@ -83,6 +83,13 @@ def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
     dist.add_argument("--rdzv-endpoint", help="HOST:PORT of machine 0, the same on every machine")
 
 
+def _check_strategy(config, args) -> None:
+    """What train.strategy=fsdp cannot do is refused before torchrun starts any process."""
+    from slm_core.fsdp import check_supported
+
+    check_supported(config, max(args.nproc, 1) * max(args.nnodes, 1))
+
+
 def _relaunch(args, run_dir, extra: list[str]) -> Optional[int]:
     """Under `--nproc N` / `--nnodes M` (and not already a torchrun rank): run the same command through
     torchrun and return its exit code; None means carry on in this process."""
@@ -111,6 +118,7 @@ def cmd_train(args) -> int:
     run_dir = root / name
     if (run_dir / "status.json").exists() and os.environ.get("RANK", "0") == "0":  # other ranks find rank 0's
         raise SLMError(f"a run named '{name}' already exists in {root}; pick another --name or `slm resume {name}`")
+    _check_strategy(config, args)
     preflight_train(config, run_dir)
     print(f"run: {run_dir}", flush=True)
     code = _relaunch(args, run_dir, ["--name", name, "--runs-dir", str(root)])
@@ -143,6 +151,7 @@ def cmd_resume(args) -> int:
     if status.get("state") in ("running", "paused") and os.environ.get("RANK", "0") == "0":
         raise SLMError(f"run '{run_dir.name}' is still running (pid {status.get('pid')}); stop it first")
     config = load_run_config(run_dir / "config.yaml").with_overrides(args.overrides)
+    _check_strategy(config, args)
     print(f"resuming: {run_dir}", flush=True)
     code = _relaunch(args, run_dir, ["--runs-dir", str(run_dir.parent)])
     if code is not None:
@@ -239,7 +248,7 @@ def cmd_runs(args) -> int:
 # ---- the table -------------------------------------------------------------------------------
 
 def _commands() -> dict[str, tuple[Callable, Callable]]:
-    from slm_core import data_cmd, evaluate, export, quantize, runqueue, serve
+    from slm_core import data_cmd, evaluate, export, quantize, runqueue, serve, shrink
 
     table = {
         "presets": (add_presets_parser, cmd_presets),
@@ -253,6 +262,7 @@ def _commands() -> dict[str, tuple[Callable, Callable]]:
         "serve": (serve.add_serve_parser, serve.cmd_serve),
         "data": (data_cmd.add_data_parser, data_cmd.cmd_data),
         "queue": (runqueue.add_queue_parser, runqueue.cmd_queue),
+        "shrink": (shrink.add_shrink_parser, shrink.cmd_shrink),
     }
     return table
 

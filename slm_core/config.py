@@ -187,6 +187,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool = False
     grad_checkpointing: bool = False
+    strategy: str = "ddp"  # ddp | fsdp: how several processes share the work (one process ignores it)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     eval_interval: int = 100
     eval_batches: int = 20
@@ -209,6 +210,9 @@ class TrainConfig:
         _require(0.0 < self.decay_fraction <= 1.0, "train.decay_fraction", self.decay_fraction, "must be in (0, 1]")
         _require(self.optimizer in ("adamw", "muon"), "train.optimizer", self.optimizer, "use 'adamw' or 'muon'")
         _require(self.muon_lr is None or self.muon_lr > 0, "train.muon_lr", self.muon_lr, "must be positive")
+        _require(self.strategy in ("ddp", "fsdp"), "train.strategy", self.strategy,
+                 "use 'ddp' (a full copy of the model per process) or 'fsdp' (weights, gradients and "
+                 "optimizer state sharded across processes)")
         _require(self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision", self.precision,
                  "use 'auto', 'fp32', 'bf16' or 'fp16'")
         _require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
@@ -227,8 +231,15 @@ class DistillConfig:
     teacher: Optional[str] = None  # run name/dir, checkpoint dir, or Hugging Face causal-LM folder
     alpha: float = 0.5  # weight of the KD term; 1-alpha goes to cross-entropy on the labels
     temperature: float = 2.0
+    # "shrink this model": the student is the teacher with this many of its layers (slm_core.shrink), sharing
+    # its tokenizer; null (or 0) distills into the recipe's model instead
+    shrink_layers: Optional[int] = None
 
     def __post_init__(self) -> None:
+        if self.shrink_layers == 0:
+            self.shrink_layers = None
+        _require(self.shrink_layers is None or self.shrink_layers >= 1, "distill.shrink_layers", self.shrink_layers,
+                 "give the student's layer count (1 up to the teacher's), or null for no shrinking")
         _require(0.0 <= self.alpha <= 1.0, "distill.alpha", self.alpha, "must be in [0, 1]")
         _require(self.temperature > 0, "distill.temperature", self.temperature, "must be positive")
 
@@ -246,9 +257,12 @@ class LoRAConfig:
     alpha: float = 16.0
     dropout: float = 0.05
     targets: Any = "attention"  # attention | mlp | all | a list of module names
+    quantize_base: str = "none"  # none | int8 | int4: QLoRA, the frozen base held in weight-only int8/int4
 
     def __post_init__(self) -> None:
         _require(self.r >= 1, "lora.r", self.r, "must be at least 1")
+        _require(self.quantize_base in ("none", "int8", "int4"), "lora.quantize_base", self.quantize_base,
+                 "use 'none', 'int8' or 'int4'")
         _require(self.alpha > 0, "lora.alpha", self.alpha, "must be positive")
         _require(0.0 <= self.dropout < 1.0, "lora.dropout", self.dropout, "must be in [0, 1)")
         if isinstance(self.targets, str) and "," in self.targets:
@@ -280,6 +294,9 @@ class RunConfig:
         if self.train.mode == "distill":
             _require(bool(self.distill.teacher), "distill.teacher", self.distill.teacher,
                      "distillation needs a teacher: a run name, checkpoint folder or Hugging Face folder")
+            _require(not (self.distill.shrink_layers and self.train.init_from), "train.init_from",
+                     self.train.init_from, "with distill.shrink_layers the student is the shrunk teacher: "
+                     "leave train.init_from unset (or set distill.shrink_layers=null)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -120,16 +120,18 @@ def _is_hf_folder(source) -> bool:
     return path.is_dir() and (path / "config.json").exists() and not ours
 
 
-def load_teacher(source, device="cpu", dtype: Optional[torch.dtype] = None):
+def load_teacher(source, device="cpu", dtype: Optional[torch.dtype] = None, native: bool = False):
     """A frozen teacher in eval mode → (teacher_module, teacher_tokenizer or None).
 
     source: a Studio run (name or folder) or checkpoint folder, loaded by checkpoint.load_model
     (a LoRA run is merged, since the teacher never trains); or a local Hugging Face causal-LM
     folder (config.json + weights), loaded with transformers' AutoModelForCausalLM so any
-    architecture it knows can teach. dtype: None keeps fp32 weights; torch.bfloat16 halves the
-    teacher's memory on a GPU. The tokenizer is the run's, or the folder's tokenizer.json if any.
+    architecture it knows can teach. native=True loads a Hugging Face folder (or Hub id) as our own
+    Transformer instead, as "shrink this model" needs (its layers become the student's).
+    dtype: None keeps fp32 weights; torch.bfloat16 halves the teacher's memory on a GPU.
+    The tokenizer is the run's, or the folder's tokenizer.json if any.
     """
-    if _is_hf_folder(source):
+    if _is_hf_folder(source) and not native:
         teacher, tokenizer = _load_hf_teacher(Path(str(source)).expanduser(), dtype)
     else:
         from slm_core.checkpoint import load_model

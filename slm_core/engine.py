@@ -1,15 +1,7 @@
-"""The native inference engine: a static KV cache with one slot per sequence, and continuous batching.
+"""The native inference engine: continuous batching over one `slm_core.decoder.Decoder`.
 
-`Decoder` owns the cache (per layer: slots × kv_heads × max_len × head_dim, allocated once) and the
-two forward passes generation needs: `prefill` writes one prompt into one slot, `step` decodes one
-token for many slots at once, each at its own position (a row attends to keys ≤ its position). It
-runs the model's own submodules (norms, projections, MLP, head), so quantized linears and LoRA
-layers injected by peft work unchanged, but replaces the model's generic forward with a decode path
-that does less per token: the RoPE table is computed once, the cache is never reallocated, and the
-head runs on the last position only. Per-token Python/framework overhead, not arithmetic, is what
-limits small models on CPU, so fewer ops per token is the speed-up. `compile=True` wraps the batched
-step in torch.compile over static shapes (all slots, the whole cache, a mask), and on CUDA in CUDA
-graphs (mode="reduce-overhead"), as gpt-fast does.
+The decoder (a static KV cache with one slot per sequence, prefill and a batched decode step that does
+few ops per token) lives in slm_core.decoder; `Decoder` is importable from here too.
 
 `Engine` serves many requests from one decode loop thread: new requests are prefilled into free
 slots between steps, every active sequence advances one token per step (continuous batching in the
@@ -29,15 +21,12 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 
+from slm_core.decoder import Decoder
 from slm_core.errors import SLMError
-from slm_core.lora import base_transformer
-from slm_core.model import RMSNorm, rope_cos_sin
-from slm_core.sampling import SamplingParams, TextStream, penalize, sample_next
+from slm_core.sampling import SamplingParams, TextStream, sample_next
 
 DEFAULT_SLOTS = 8
-MAX_CACHE = 4096  # positions per slot at most: an imported model may allow 32k
 
 
 def pick_dtype(model: torch.nn.Module, dtype: str = "auto") -> torch.dtype:
@@ -59,181 +48,6 @@ def pick_dtype(model: torch.nn.Module, dtype: str = "auto") -> torch.dtype:
     from slm_core.monitor import cpu_has_native_bf16
 
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-
-
-class Decoder:
-    """A static KV cache with `slots` rows, and the prefill / batched-step passes that fill it."""
-
-    def __init__(self, model: torch.nn.Module, slots: int = 1, max_len: Optional[int] = None,
-                 compile: bool = False):
-        self.model = model
-        self.core = core = base_transformer(model)
-        cfg = self.config = core.config
-        self.device = core.norm.weight.device  # not the embedding: a quantized model may keep it in int8
-        self.dtype = core.norm.weight.dtype
-        self.slots = slots
-        self.max_len = min(cfg.context_length, max_len or cfg.context_length, MAX_CACHE)
-        shape = (slots, cfg.n_kv_head, self.max_len, cfg.head_dim)
-        self.cache = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
-                       torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in core.layers]
-        self.rope = None
-        if cfg.position != "learned":
-            cos, sin = rope_cos_sin(cfg, torch.arange(self.max_len, device=self.device))
-            self.rope = (cos.to(self.dtype), sin.to(self.dtype))  # (max_len, head_dim)
-        self.gqa = cfg.n_kv_head != cfg.n_head
-        small = sum(p.numel() for p in core.parameters()) <= FAST_MAX_PARAMS
-        self.fused = [_fuse(layer) if small else {} for layer in core.layers]
-        # The head is the widest one-row multiply of a small model: a transposed copy (C, V) is read in
-        # order by the matrix multiply and measured ~1.7x faster at batch 1 than F.linear on (V, C).
-        self.head_t = (core.lm_head.weight.detach().t().contiguous()
-                       if small and _plain(core.lm_head) and core.lm_head.bias is None else None)
-        self._compiled = None
-        if compile:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs on GPU
-            self._compiled = torch.compile(self._static_step, mode=mode, fullgraph=False, dynamic=False)
-
-    # ---- the two passes -------------------------------------------------------------------------
-
-    @torch.inference_mode()
-    def prefill(self, slot: int, tokens: list[int]) -> torch.Tensor:
-        """Write `tokens` (positions 0..T-1) into `slot`; logits (V,) fp32 of the last position."""
-        ids = torch.tensor([tokens], device=self.device)
-        pos = torch.arange(len(tokens), device=self.device)[None]  # (1, T)
-        return self._forward(ids, pos, [slot], len(tokens), causal=True)[0].float()
-
-    @torch.inference_mode()
-    def step(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
-        """One new token per slot at its own position → logits (B, V) fp32."""
-        if self._compiled is not None:
-            return self._compiled_step(slots, tokens, positions)
-        ids = torch.tensor(tokens, device=self.device)[:, None]  # (B, 1)
-        pos = torch.tensor(positions, device=self.device)[:, None]  # (B, 1)
-        end = max(positions) + 1
-        mask = None
-        if min(positions) + 1 != end:  # rows at different positions: each sees keys <= its own position
-            mask = (torch.arange(end, device=self.device)[None, None, :] <= pos[:, :, None])[:, None]  # (B,1,1,end)
-        return self._forward(ids, pos, slots, end, mask=mask).float()
-
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, slots: list[int], end: int,
-                 causal: bool = False, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """ids, pos (B, T); attention over cache positions [0, end) → logits (B, V) of the last position."""
-        core = self.core
-        x = core.embed_tokens(ids).to(self.dtype)  # (B, T, C)
-        rope = None
-        if self.rope is None:
-            x = x + core.embed_positions(pos)
-        else:
-            rope = (self.rope[0][pos][:, None], self.rope[1][pos][:, None])  # (B, 1, T, D)
-        index = self._slot_index(slots)
-        for layer, fused, (k_cache, v_cache) in zip(core.layers, self.fused, self.cache):
-            h = _norm(layer.input_layernorm, x)
-            x = x + self._attend(layer.self_attn, fused, h, rope, pos, index, k_cache, v_cache, end, mask, causal)
-            x = x + _mlp(layer.mlp, fused, _norm(layer.post_attention_layernorm, x))
-        return self._head(_norm(core.norm, x[:, -1]))
-
-    def _head(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.head_t if self.head_t is not None else self.core.lm_head(x)
-
-    def _slot_index(self, slots: list[int]) -> tuple:
-        """(read, rows): reading is a slice when the slots are consecutive (a view, no copy), else an index
-        tensor; rows (B, 1) address the cache writes."""
-        rows = torch.tensor(slots, device=self.device)
-        if slots == list(range(slots[0], slots[0] + len(slots))):
-            return slice(slots[0], slots[0] + len(slots)), rows[:, None]
-        return rows, rows[:, None]
-
-    def _attend(self, attn, fused, h, rope, pos, index, k_cache, v_cache, end, mask, causal) -> torch.Tensor:
-        B, T, _ = h.shape
-        H, KV, D = attn.n_head, attn.n_kv_head, attn.head_dim
-        if fused.get("qkv") is not None:  # one matrix multiply instead of three
-            weight_t, bias = fused["qkv"]
-            qkv = h @ weight_t if bias is None else torch.addmm(bias, h.view(B * T, -1), weight_t).view(B, T, -1)
-            q, k, v = qkv.split((H * D, KV * D, KV * D), dim=-1)
-        else:
-            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-        q, k = q.view(B, T, H, D), k.view(B, T, KV, D)
-        if getattr(attn.config, "qk_norm", False):  # Qwen3: per-head RMSNorm before RoPE (slm_core.model)
-            q, k = _norm(attn.q_norm, q), _norm(attn.k_norm, k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, D), (B, KV, T, D)
-        v = v.view(B, T, KV, D)  # (B, T, KV, D)
-        if rope is not None:
-            q, k = _rotate(q, *rope), _rotate(k, *rope)
-        index, rows = index
-        # Advanced indices on dims 0 and 2 around a slice put the (B, T) dims first: (B, T, KV, D).
-        k_cache[rows, :, pos] = k.transpose(1, 2).to(self.dtype)
-        v_cache[rows, :, pos] = v.to(self.dtype)
-        keys, values = k_cache[index, :, :end], v_cache[index, :, :end]  # (B, KV, end, D)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal and T > 1,
-                                           enable_gqa=self.gqa)
-        return attn.o_proj(y.transpose(1, 2).reshape(B, T, -1))
-
-    # ---- compiled, static shapes ------------------------------------------------------------------
-
-    def _compiled_step(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
-        ids = torch.zeros(self.slots, 1, dtype=torch.long, device=self.device)
-        pos = torch.zeros(self.slots, 1, dtype=torch.long, device=self.device)
-        index = torch.tensor(slots, device=self.device)
-        ids[index, 0] = torch.tensor(tokens, device=self.device)
-        pos[index, 0] = torch.tensor(positions, device=self.device)
-        logits = self._compiled(ids, pos)
-        return logits[index].float()
-
-    def _static_step(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Every slot, the whole cache, a mask: one shape for every call, so it compiles once. Idle slots
-        write position 0 of their own row, which the next prefill overwrites."""
-        mask = (torch.arange(self.max_len, device=self.device)[None, None, :] <= pos[:, :, None])[:, None]  # (S,1,1,L)
-        core, x = self.core, self.core.embed_tokens(ids).to(self.dtype)
-        rope = None if self.rope is None else (self.rope[0][pos][:, None], self.rope[1][pos][:, None])
-        if self.rope is None:
-            x = x + core.embed_positions(pos)
-        index = (slice(0, self.slots), torch.arange(self.slots, device=self.device)[:, None])
-        for layer, fused, (k_cache, v_cache) in zip(core.layers, self.fused, self.cache):
-            h = _norm(layer.input_layernorm, x)
-            x = x + self._attend(layer.self_attn, fused, h, rope, pos, index, k_cache, v_cache, self.max_len,
-                                 mask, False)
-            x = x + _mlp(layer.mlp, fused, _norm(layer.post_attention_layernorm, x))
-        return self._head(_norm(core.norm, x[:, -1]))
-
-
-FAST_MAX_PARAMS = 300_000_000  # fused, transposed copies double most weights: small models only
-
-
-def _plain(*modules) -> bool:
-    return all(type(m) is torch.nn.Linear for m in modules)  # not quantized, not wrapped by LoRA
-
-
-def _fuse(layer) -> dict:
-    """Concatenated q/k/v and gate/up weights of plain linears, transposed to (in, out): fewer, larger
-    matrix multiplies per token (each call costs framework overhead that dominates small models), read
-    in memory order. Built once from the current weights, never trained."""
-    attn, mlp, fused = layer.self_attn, layer.mlp, {}
-    if _plain(attn.q_proj, attn.k_proj, attn.v_proj):
-        parts = (attn.q_proj, attn.k_proj, attn.v_proj)
-        bias = None if parts[0].bias is None else torch.cat([p.bias.detach() for p in parts])
-        fused["qkv"] = (torch.cat([p.weight.detach() for p in parts]).t().contiguous(), bias)
-    if mlp.swiglu and _plain(mlp.gate_proj, mlp.up_proj) and mlp.gate_proj.bias is None:
-        fused["gate_up"] = torch.cat([mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()]).t().contiguous()
-    return fused
-
-
-def _mlp(mlp, fused: dict, x: torch.Tensor) -> torch.Tensor:
-    if fused.get("gate_up") is not None:
-        gate, up = (x @ fused["gate_up"]).chunk(2, dim=-1)
-        return mlp.down_proj(F.silu(gate) * up)
-    return mlp(x)
-
-
-def _norm(norm, x: torch.Tensor) -> torch.Tensor:
-    """RMSNorm in one fused op (fp32, then cast back, as slm_core.model.RMSNorm); LayerNorm as it is."""
-    if isinstance(norm, RMSNorm):
-        return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps).to(x.dtype)
-    return norm(x)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x (B, H, T, D); the two-halves layout of HF Llama checkpoints, as slm_core.model.apply_rope.
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 # ---- one sequence -----------------------------------------------------------------------------------
@@ -289,6 +103,8 @@ class Sequence:
 def pick_tokens(seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
     """logits (B, V) → one token per sequence; plain greedy rows share one argmax (one host sync)."""
     plain = [i for i, s in enumerate(seqs) if s.params.temperature <= 0 and s.seen is None]
+    if len(plain) == len(seqs):  # every row greedy: no gather
+        return logits.argmax(-1).tolist()
     out = [0] * len(seqs)
     if plain:
         best = logits[plain].argmax(-1).tolist()

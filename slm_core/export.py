@@ -21,7 +21,8 @@ import torch
 from slm_core.errors import SLMError
 from slm_core.quantize import replace_dir
 
-FORMATS = ("hf", "gguf", "onnx", "onnx-graph")  # onnx: onnxruntime-genai folder; onnx-graph: plain logits graph
+FORMATS = ("hf", "gguf", "gguf-lora", "onnx", "onnx-graph")  # onnx: onnxruntime-genai folder; onnx-graph: plain
+# logits graph; gguf-lora: a LoRA run as its base GGUF + llama.cpp LoRA adapter GGUF (export_gguf_lora.py)
 INFO_FILE = "export.json"
 
 
@@ -78,14 +79,16 @@ def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path,
 
     hf: config.json, model.safetensors, generation_config.json, tokenizer files (transformers loads it).
     gguf: <name>-<gguf_type>.gguf (gguf_type 'f32' | 'f16' | 'q8_0') with tokenizer metadata, plus an
-    Ollama Modelfile. onnx: onnxruntime-genai's runtime-ready folder (KV-cache graph, genai_config.json,
+    Ollama Modelfile. gguf-lora (a LoRA model): the base's GGUF, llama.cpp's LoRA adapter GGUF and a Modelfile
+    with ADAPTER. onnx: onnxruntime-genai's runtime-ready folder (KV-cache graph, genai_config.json,
     tokenizer; onnx_precision fp32 | int8 | int4 | fp16 on onnx_device cpu | cuda), built by its own model
     builder (slm_core.runtime_onnx). onnx-graph: a plain model.onnx (input_ids → logits, no cache) plus the
     tokenizer as HF tokenizer.json. Every format also
     gets export.json (format, type, source, time). `config`: RunConfig, ModelConfig or None."""
     if fmt not in FORMATS:
         raise SLMError(f"export format {fmt!r} is unknown: use one of {', '.join(FORMATS)}")
-    model = plain_float_model(model)
+    if fmt != "gguf-lora":  # gguf-lora keeps base and adapter apart
+        model = plain_float_model(model)
     template, name = _template_and_name(config, model)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -93,7 +96,11 @@ def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path,
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:
-        if fmt == "onnx":
+        if fmt == "gguf-lora":
+            from slm_core.export_gguf_lora import write_lora_bundle
+
+            files = write_lora_bundle(model, tokenizer, tmp, gguf_type, name, template)
+        elif fmt == "onnx":
             from slm_core.runtime_onnx import build_genai_folder
 
             files = build_genai_folder(model, tokenizer, tmp, onnx_precision, onnx_device, template)
@@ -105,7 +112,7 @@ def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path,
             card = card_of_source(source)
             if card is not None:  # the source's newest report card becomes the export's model card
                 files.append(write_model_card(tmp, card, name=out_dir.name))
-        info = {"format": fmt, "gguf_type": gguf_type if fmt == "gguf" else None, "name": name,
+        info = {"format": fmt, "gguf_type": gguf_type if fmt.startswith("gguf") else None, "name": name,
                 "onnx_precision": onnx_precision if fmt == "onnx" else None,
                 "source": None if source is None else str(source), "template": template,
                 "files": [p.relative_to(tmp).as_posix() for p in files], "created_at": time.time()}
@@ -181,7 +188,7 @@ def cmd_export(args) -> int:
 
     use_runs_dir(check_runs_dir(args.runs_dir))
     loaded = load_model(args.model, tag=args.checkpoint)
-    label = args.fmt + (f"-{args.gguf_type}" if args.fmt == "gguf" else "")
+    label = args.fmt + (f"-{args.gguf_type}" if args.fmt.startswith("gguf") else "")
     label += f"-{args.onnx_precision}" if args.fmt == "onnx" and args.onnx_precision != "fp32" else ""
     out = Path(args.out) if args.out else artifact_dir(loaded.path, "export", label)
     for path in export_model(loaded.model, loaded.tokenizer, loaded.config, out, args.fmt, args.gguf_type,

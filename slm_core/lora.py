@@ -62,9 +62,16 @@ def base_transformer(model: nn.Module) -> nn.Module:
 
 # ---- targets -------------------------------------------------------------------------------
 
+def _is_linear(module: nn.Module) -> bool:
+    """nn.Linear, or a QLoRA base's weight-only int8/int4 linear (slm_core.qlora wraps those)."""
+    from slm_core.quantize import QUANTIZED_TYPES
+
+    return isinstance(module, (nn.Linear, *QUANTIZED_TYPES))
+
+
 def linear_module_names(model: nn.Module) -> list[str]:
     """Distinct short names of the model's Linear layers, e.g. ['down_proj', 'k_proj', ..., 'up_proj']."""
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)})
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _is_linear(module)})
 
 
 def resolve_targets(model: nn.Module, targets: list[str]) -> list[str]:
@@ -73,7 +80,7 @@ def resolve_targets(model: nn.Module, targets: list[str]) -> list[str]:
     A target matches as peft matches it: a module's full name, or its ending after a dot.
     Raises SLMError when nothing is left, listing what does exist.
     """
-    linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    linear_names = [name for name, module in model.named_modules() if _is_linear(module)]
     kept = [t for t in targets if any(n == t or n.endswith("." + t) for n in linear_names)]
     if not kept:
         raise SLMError(f"none of the LoRA targets {list(targets)} exist in this model; its linear layers are "
@@ -101,6 +108,10 @@ def apply_lora(model: nn.Module, lora_cfg) -> nn.Module:
     targets = resolve_targets(model, lora_cfg.target_modules)
     config = peft.LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                              target_modules=targets, bias="none")
+    if getattr(model, "qlora", None):  # a base quantize_base made int8/int4: peft needs our LoRA layer for it
+        from slm_core.qlora import register_quantized_layers
+
+        register_quantized_layers(config)
     peft_model = peft.get_peft_model(model, config)  # freezes every non-LoRA parameter
     return peft_model
 
@@ -112,6 +123,10 @@ def trainable_summary(model: nn.Module) -> dict:
         total += param.numel()
         if param.requires_grad:
             trainable += param.numel()
+    if getattr(base_transformer(model), "qlora", None):  # a QLoRA base keeps its weights in buffers
+        from slm_core.qlora import quantized_weight_count
+
+        total += quantized_weight_count(base_transformer(model))
     return {"trainable": trainable, "total": total, "frozen": total - trainable,
             "trainable_percent": 100.0 * trainable / max(total, 1)}
 

@@ -140,13 +140,11 @@ class Attention(nn.Module):
                 # A chunk after a prefix: row i sees positions <= input_pos[i].
                 mask = torch.arange(end, device=x.device)[None, :] <= input_pos[:, None]
                 is_causal = False
-        if self.n_kv_head != self.n_head:  # GQA: each KV head serves n_head/n_kv_head query heads
-            repeat = self.n_head // self.n_kv_head
-            k = k.repeat_interleave(repeat, dim=1)
-            v = v.repeat_interleave(repeat, dim=1)
         dropout = self.config.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
-                                           dropout_p=dropout, is_causal=is_causal and mask is None)
+        # GQA: each KV head serves n_head/n_kv_head query heads; SDPA reads them in place (no repeated copy)
+        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=dropout,
+                                           is_causal=is_causal and mask is None,
+                                           enable_gqa=self.n_kv_head != self.n_head)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -36,11 +36,16 @@ def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resum
     mode = config.train.mode
     base = teacher = teacher_tokenizer = None
     if mode in ("lora", "finetune") or (mode == "distill" and config.train.init_from):
-        base = _load_base(config.train.init_from)
+        base = _load_base(config.train.init_from, config.train.force)
     if mode == "distill":
         from slm_core.distill import load_teacher
 
-        teacher, teacher_tokenizer = load_teacher(config.distill.teacher, device)
+        shrinking = bool(config.distill.shrink_layers)  # the student is cut from our own copy of the teacher
+        teacher, teacher_tokenizer = load_teacher(config.distill.teacher, device, native=shrinking)
+        if shrinking:
+            from slm_core.shrink import shrunk_base
+
+            base = shrunk_base(teacher, teacher_tokenizer, config.distill.shrink_layers, config.distill.teacher)
     tokenizer = _choose_tokenizer(config, run_dir, resume, base, teacher_tokenizer)
     if base is not None and config.data.template is None and getattr(tokenizer, "chat_template", None):
         # Instruction data for a Hub model trains in that model's own chat template (plain text ignores it).
@@ -59,10 +64,10 @@ def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resum
     return Built(config, data, model, tokenizer, loss_fn, parent)
 
 
-def _load_base(source: str):
+def _load_base(source: str, force: bool = False):
     from slm_core.checkpoint import load_model
 
-    base = load_model(source, tag="best")
+    base = load_model(source, tag="best", force=force)  # refused before loading when it cannot fit
     if base.tokenizer is None:
         raise SLMError(f"the base model {source} has no tokenizer (tokenizer.json); add one to the folder")
     if base.kind == "quantized":
@@ -134,6 +139,16 @@ def _build_model(config: RunConfig, base, device: torch.device) -> torch.nn.Modu
     else:
         model = Transformer(config.model)
     model.gradient_checkpointing = config.train.grad_checkpointing
+    qlora = config.train.mode == "lora" and config.lora.quantize_base != "none"
+    if base is not None and not qlora and _half_weights_are_slow(model, device):
+        # A Hub base arrives in bf16; on a CPU without bf16 units its backward matmuls run 10-100x slower than fp32.
+        model.float()
+    if qlora:  # QLoRA: quantize before the move
+        from slm_core.qlora import base_weight_bytes, quantize_base
+
+        model = quantize_base(model, config.lora.quantize_base, device)
+        print(f"QLoRA: base held in {config.lora.quantize_base} ({model.qlora['backend']}), "
+              f"{base_weight_bytes(model) / 2**20:,.1f} MB of weights", flush=True)
     model.to(device)
     if config.train.mode == "lora":
         from slm_core.lora import apply_lora
@@ -146,6 +161,13 @@ def _build_model(config: RunConfig, base, device: torch.device) -> torch.nn.Modu
               f"({counts['trainable_percent']:.2f}%)", flush=True)
     model.train()
     return model
+
+
+def _half_weights_are_slow(model: torch.nn.Module, device: torch.device) -> bool:
+    from slm_core.monitor import cpu_has_native_bf16
+
+    half = any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
+    return half and device.type == "cpu" and not cpu_has_native_bf16()
 
 
 def _distill_loss(config: RunConfig, teacher, teacher_tokenizer, tokenizer):

@@ -3,16 +3,21 @@
 psutil measures the host, pynvml (the `nvidia-ml-py` distribution) the GPUs. `system_memory`
 and `gpu_info` import no torch, so the Studio can call them; `process_sample` reads torch's
 allocator only when the training device is CUDA, importing torch there and nowhere else.
+`gather_rank_memory` brings every rank's memory to rank 0 under torchrun (keys `ram_mb_rank1`, …).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Optional
 
 import psutil
 
 MB = 1024 * 1024
+# What each rank reports of itself (the GPU's total is a fact of the device, logged by rank 0 alone).
+RANK_MEMORY_KEYS = ("ram_mb", "gpu_mem_allocated_mb", "gpu_mem_reserved_mb", "gpu_mem_peak_mb")
+RANK_MEMORY_EVERY = 10  # steps between gathers: one tiny collective every 10 steps, never one a step
 
 _NVML_OK: Optional[bool] = None  # None: not tried yet; the answer never changes within a process
 _PROCESS: Optional[psutil.Process] = None
@@ -97,6 +102,35 @@ def _cuda_sample(device: Any) -> dict:
             "gpu_mem_reserved_mb": torch.cuda.memory_reserved(index) / MB,
             "gpu_mem_peak_mb": torch.cuda.max_memory_allocated(index) / MB,
             "gpu_mem_total_mb": total}
+
+
+def rank_memory_due(step: int, max_steps: int) -> bool:
+    """Whether `step` gathers every rank's memory: the first step, every RANK_MEMORY_EVERY-th, the last.
+    Only the step counters decide, so every rank agrees without talking (the gather is a collective)."""
+    return step == 1 or step % RANK_MEMORY_EVERY == 0 or step == max_steps
+
+
+def gather_rank_memory(sample: dict, device: Any) -> dict:
+    """Every rank's memory figures of its own `process_sample`, as {"ram_mb_rank1": ..., ...} for ranks
+    1..N-1 (rank 0's stay under the plain keys). A collective: every rank must call it at the same step.
+
+    The figures travel as one small tensor on the training device (a CUDA tensor where NCCL is the
+    backend, which moves no CPU tensors); a key this process lacks (GPU memory on CPU) travels as NaN
+    and is left out of the result.
+    """
+    import torch
+    import torch.distributed as dist
+
+    mine = torch.tensor([float(sample.get(key, math.nan)) for key in RANK_MEMORY_KEYS], dtype=torch.float64,
+                        device=device)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)  # four numbers a rank: gather to rank 0 alone would save nothing
+    out = {}
+    for rank, values in enumerate(torch.stack(every).tolist()):
+        if rank:
+            out.update({f"{key}_rank{rank}": value for key, value in zip(RANK_MEMORY_KEYS, values)
+                        if math.isfinite(value)})
+    return out
 
 
 def cpu_has_native_bf16() -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import resource
 from pathlib import Path
 from typing import Optional
@@ -125,14 +126,26 @@ def training_estimate_mb(config: RunConfig, device: str) -> dict:
     if train.mode == "lora":
         fraction = min(1.0, lora_parameters(config.model, config.lora) / count_parameters(config.model)["total"])
     return training_memory(config.model, train.batch_size, train.precision, train.grad_checkpointing, fraction,
-                           grad_accum=train.grad_accum, device=device, optimizer_kind=train.optimizer)
+                           grad_accum=train.grad_accum, device=device, optimizer_kind=train.optimizer,
+                           strategy=train.strategy, world_size=_world_size())
+
+
+def _world_size() -> int:
+    """Processes in this run (torchrun sets WORLD_SIZE in each): FSDP's shards shrink with it."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def _processes_here(device: str) -> int:
+    """How many of the run's processes share this device's memory: all on this machine for CPU RAM
+    (torchrun's LOCAL_WORLD_SIZE), one per GPU."""
+    return 1 if device.startswith("cuda") else max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def fitting_settings(config: RunConfig, device: str, available_mb: float, limit: int = 3) -> list[str]:
     """Up to `limit` override sets (as --set text) under which the estimate fits `available_mb`."""
     from slm_core.estimate import CPU_ALLOCATOR_SLACK, fits
 
-    slack = 1.0 if device.startswith("cuda") else CPU_ALLOCATOR_SLACK
+    slack = (1.0 if device.startswith("cuda") else CPU_ALLOCATOR_SLACK) * _processes_here(device)
     found: list[str] = []
 
     def fits_with(changes: dict, label: str) -> bool:
@@ -181,6 +194,9 @@ def memory_advice(config: RunConfig, device: str, available_mb: Optional[float])
     estimate = training_estimate_mb(config, device)
     where = "the GPU" if device.startswith("cuda") else "this machine"
     text = f"training this model needs about {_size(estimate['total_mb'])} ({_breakdown(estimate)})"
+    if _world_size() > 1:  # per process: say so, and how the strategy counts
+        text += f" per process ({estimate['strategy']} over {_world_size()} processes"
+        text += f", {_processes_here(device)} on this machine)" if _processes_here(device) > 1 else ")"
     if available_mb is None:
         return text
     text += f" and {where} has {_size(available_mb)} free"
@@ -204,14 +220,34 @@ def preflight(config: RunConfig, resolved: bool = False) -> None:
         _AVAILABLE_AT_START[device] = available_memory_mb(device)
     has_base = config.train.mode in ("lora", "finetune") or bool(config.train.init_from)
     if has_base and not resolved:
+        _base_preflight(config, device)
         return
     available = _AVAILABLE_AT_START.get(device) or available_memory_mb(device)
     if available is None or getattr(config.train, "force", False):
         return
-    estimate = training_estimate_mb(config, device)["total_mb"]
+    estimate = training_estimate_mb(config, device)["total_mb"] * _processes_here(device)
     if estimate > REFUSE_FACTOR * available:
         raise SLMError(f"refusing to start: {memory_advice(config, device, available)}. "
                        f"Set train.force=true to try anyway")
+
+
+def _base_preflight(config: RunConfig, device: str) -> None:
+    """A real base's training estimate from its config.json (slm_core.model_memory), refused before the base
+    loads when it exceeds the free memory by REFUSE_FACTOR (train.force=true: try anyway)."""
+    available = _AVAILABLE_AT_START.get(device)
+    if not config.train.init_from or available is None or getattr(config.train, "force", False):
+        return
+    from slm_core.model_memory import base_training_mb
+
+    found = base_training_mb(config, device)
+    if found is None or found[0] <= REFUSE_FACTOR * available:
+        return
+    where = "the GPU" if device.startswith("cuda") else "this machine"
+    raise SLMError(f"refusing to start: {found[1]} of {config.train.init_from} needs about {_size(found[0])} "
+                   f"(batch {config.train.batch_size}, context {config.model.context_length}) and {where} has "
+                   f"{_size(available)} free. Use QLoRA (train.mode=lora lora.quantize_base=int4), a smaller "
+                   f"train.batch_size or model.context_length, train.grad_checkpointing=true, or a smaller "
+                   f"model; set train.force=true to try anyway")
 
 
 def explain_failure(error: BaseException, config: Optional[RunConfig], step: int) -> Optional[str]:

@@ -11,8 +11,9 @@ map onto genai's own search options, so greedy tokens equal the native engine's.
 genai samples with its own random generator (a seed reproduces genai's answer, not the native one),
 applies top-k before top-p inside one kernel, and its repetition penalty covers the tokens of the
 current sequence only, as ours does. Stop strings, clean text and the end-of-text token are handled
-by our text layer (slm_core.sampling), the same as for the native engine. Each request runs its own
-genai Generator (batch 1); concurrent requests run side by side in their callers' threads.
+by our text layer (slm_core.sampling), the same as for the native engine. Concurrent requests are
+decoded together by genai's own continuous-batching `og.Engine` (slm_core.genai_batch); with an older
+genai without it, each request runs its own Generator (batch 1) in its caller's thread.
 
 The package is optional (`pip install onnxruntime-genai`, or `onnxruntime-genai-cuda` on a GPU); without
 it every entry point says so in one line, and the native engine keeps working.
@@ -54,6 +55,11 @@ def is_genai_folder(path) -> bool:
     return (Path(path) / CONFIG).exists()
 
 
+def can_build(config) -> bool:
+    """Whether onnxruntime-genai's builder has a graph for a model of this ModelConfig."""
+    return config.family in SUPPORTED_FAMILIES and config.position == "rope"
+
+
 def build_genai_folder(model, tokenizer, folder: Path, precision: str = "fp32", device: str = "cpu",
                        template: Optional[str] = None) -> list[Path]:
     """Run onnxruntime-genai's builder on an HF export of `model` into `folder`; the files written."""
@@ -62,7 +68,7 @@ def build_genai_folder(model, tokenizer, folder: Path, precision: str = "fp32", 
         raise SLMError(f"ONNX precision {precision!r} is unknown: use one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device == "cpu":
         raise SLMError("fp16 ONNX needs --onnx-device cuda; on CPU use fp32, int8 or int4")
-    if model.config.family not in SUPPORTED_FAMILIES or model.config.position != "rope":
+    if not can_build(model.config):
         raise SLMError(f"onnxruntime-genai's builder has no graph for {model.config.family}-family models: "
                        "export --format onnx-graph (a plain logits graph) or chat with the native engine")
     if tokenizer is None:
@@ -112,24 +118,34 @@ class OnnxEngine:
         self.eos = genai["eos_token_id"] if isinstance(genai["eos_token_id"], list) else [genai["eos_token_id"]]
         self.tokenizer = _GenaiTokenizer(self.folder, meta.get("eot_id", self.eos[0]))
         self.threads = threads
+        from slm_core import genai_batch
+
+        # genai's own continuous-batching engine where this version has one (0.18+); else a Generator each
+        self.batcher = genai_batch.GenaiBatcher(og, self.model, self.context_length) if genai_batch.supported(og) \
+            else None
 
     @property
     def description(self) -> str:
-        return f"onnxruntime-genai ({_precision_of(self.folder)})"
+        return f"onnxruntime-genai ({_precision_of(self.folder)}{', batched' if self.batcher else ''})"
 
     def close(self) -> None:
-        pass
+        if self.batcher is not None:
+            self.batcher.close()
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, stop_ids=None) -> "GenaiRequest":
+    def submit(self, prompt_ids: list[int], params: SamplingParams, stop_ids=None):
+        """A request to iterate for token ids; `stop_ids` (besides end of text) end it unshown."""
         if not prompt_ids:
             raise SLMError("the prompt is empty after tokenization; type something to continue from")
-        return GenaiRequest(self, list(prompt_ids), params)
+        if self.batcher is not None and self.batcher.can_join(params):
+            stops = set(self.eos) | {self.tokenizer.eot_id} | set(stop_ids or ())
+            return self.batcher.submit(list(prompt_ids), params, stops)
+        return GenaiRequest(self, list(prompt_ids), params, stop_ids)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams, stats: Optional[dict] = None,
                stop_ids=None) -> Iterator[str]:
         from slm_core.engine import stream_request
 
-        yield from stream_request(self.submit(prompt_ids, params), self.tokenizer, params, stats)
+        yield from stream_request(self.submit(prompt_ids, params, stop_ids), self.tokenizer, params, stats)
 
     def search_options(self, params: SamplingParams, prompt_len: int) -> dict:
         options = {"max_length": min(self.context_length, prompt_len + params.max_new_tokens),
@@ -145,8 +161,9 @@ class OnnxEngine:
 class GenaiRequest:
     """One genai Generator, iterated lazily in the caller's thread; the Request interface of the engine."""
 
-    def __init__(self, engine: OnnxEngine, prompt_ids: list[int], params: SamplingParams):
+    def __init__(self, engine: OnnxEngine, prompt_ids: list[int], params: SamplingParams, stop_ids=None):
         self.engine, self.prompt_ids, self.params = engine, prompt_ids, params
+        self.stop_ids = frozenset(stop_ids or ())
         self.cancelled = False
         self.submitted = time.perf_counter()
         self.first_token_at: Optional[float] = None
@@ -171,7 +188,7 @@ class GenaiRequest:
                 return
             generator.generate_next_token()
             token = int(generator.get_next_tokens()[0])
-            if token in engine.eos or token == engine.tokenizer.eot_id:
+            if token in engine.eos or token == engine.tokenizer.eot_id or token in self.stop_ids:
                 self.finish_reason = "stop"
                 return
             self.first_token_at = self.first_token_at or time.perf_counter()

@@ -184,6 +184,47 @@ def _events(served: Served, ids, params, chat: bool, include_usage: bool) -> Ite
     yield "data: [DONE]\n\n"
 
 
+async def pump(events: Iterator[str]):
+    """Stream a sync SSE generator from one thread of its own, yielding whatever it has produced since the
+    last write as one piece. Starlette would otherwise hop to its thread pool for every event (an anyio
+    future and two wake-ups per token per client): Python work that holds the GIL the decode loop needs
+    between its ops. A client that goes away stops the producer, whose generator then cancels its request."""
+    import asyncio
+    import threading
+
+    loop, queue, gone = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in events:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+                if gone.is_set():
+                    break
+        except BaseException as error:  # surfaces in the response task, as Starlette's own iteration would
+            loop.call_soon_threadsafe(queue.put_nowait, error)
+        finally:
+            events.close()  # stream_request's finally frees the engine slot
+            loop.call_soon_threadsafe(queue.put_nowait, end)
+
+    threading.Thread(target=produce, name="slm-sse", daemon=True).start()
+    try:
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            text = "".join(i for i in items if isinstance(i, str))
+            if text:
+                yield text
+            for item in items:
+                if item is end:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+    finally:
+        gone.set()
+
+
 def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
@@ -231,7 +272,7 @@ def create_app(served: Served):
             raise APIError(400, f"the request body is not valid JSON: {error}") from None
         if isinstance(body, dict) and body.get("stream"):
             events = await run_in_threadpool(respond_stream, served, body, chat)
-            return StreamingResponse(events, media_type="text/event-stream")
+            return StreamingResponse(pump(events), media_type="text/event-stream")
         return await run_in_threadpool(respond, served, body, chat)
 
     @app.post("/v1/completions")

@@ -20,10 +20,11 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from slm_core.errors import SLMError
 
@@ -101,6 +102,59 @@ def _cache_listing() -> str:
     return f"the cache at {where} holds: {', '.join(models)}" if models else f"the cache at {where} holds no models"
 
 
+# ---- what a folder holds, from the safetensors headers (no torch, no weights read) ----------------
+
+# Bytes per element of each safetensors dtype (the header's names).
+SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file: 8-byte little-endian length, then {name: {dtype, shape,
+    data_offsets}}. Reads only those bytes."""
+    try:
+        with Path(path).open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > 100 * 2**20:  # a real header is kilobytes; anything this long is not one
+                raise ValueError(f"header length {length}")
+            return json.loads(f.read(length))
+    except (OSError, ValueError, struct.error) as exc:
+        raise SLMError(f"{path} is not a readable safetensors file ({exc}); download or export it again") from exc
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files a loader reads: the shards of the index, else every *.safetensors."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            return [folder / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (OSError, ValueError, KeyError):
+            pass
+    return sorted(folder.glob("*.safetensors"))
+
+
+def weight_stats(folder: Path) -> dict:
+    """{"parameters", "dtype" (the most common, lower case: bf16, f32...), "tensor_bytes", "disk_bytes"}
+    of a folder's safetensors weights, from their headers only."""
+    params, tensor_bytes, disk, dtypes = 0, 0, 0, {}
+    for path in weight_files(folder):
+        if not path.exists():
+            continue
+        disk += path.stat().st_size
+        for name, info in safetensors_header(path).items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for dim in info["shape"]:
+                count *= dim
+            params += count
+            tensor_bytes += count * SAFETENSORS_BYTES.get(info["dtype"], 4)
+            dtypes[info["dtype"]] = dtypes.get(info["dtype"], 0) + count
+    dtype = max(dtypes, key=dtypes.get).lower() if dtypes else None
+    return {"parameters": params, "dtype": dtype, "tensor_bytes": tensor_bytes, "disk_bytes": disk}
+
+
 # ---- resolving a name ----------------------------------------------------------------------------
 
 def is_hub_id(spec: str) -> bool:
@@ -119,8 +173,10 @@ def resolve_external(spec: str, progress: bool = True) -> Optional[Path]:
     return None
 
 
-def hub_folder(spec: str, progress: bool = True) -> Path:
-    """The cached snapshot of `org/name[@revision]`, downloading what is missing when online."""
+def hub_folder(spec: str, progress: Any = True) -> Path:
+    """The cached snapshot of `org/name[@revision]`, downloading what is missing when online.
+    progress: True for huggingface_hub's own bars (the terminal), or a tqdm class to draw them with
+    (the Studio's helper passes plain tqdm, whose updates it forwards to the page)."""
     repo_id, _, revision = spec.partition("@")
     revision = revision or "main"
     cached = cached_snapshot(repo_id, revision)
@@ -132,14 +188,15 @@ def hub_folder(spec: str, progress: bool = True) -> Path:
     return _download(repo_id, revision, progress)
 
 
-def _download(repo_id: str, revision: str, progress: bool) -> Path:
+def _download(repo_id: str, revision: str, progress: Any) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     try:
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
-                                        cache_dir=str(hub_cache_dir()), etag_timeout=10))
+                                        cache_dir=str(hub_cache_dir()), etag_timeout=10,
+                                        tqdm_class=progress if isinstance(progress, type) else None))
     except GatedRepoError as exc:
         raise SLMError(f"'{repo_id}' is gated: accept its license at https://huggingface.co/{repo_id} and log in "
                        "(`hf auth login`, or set HF_TOKEN), then try again") from exc

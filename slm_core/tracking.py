@@ -9,10 +9,17 @@ already use. Each writer is optional: a missing package or a failing writer neve
 
     SLM_TRACK=tensorboard,wandb,trackio   which writers to open (default: tensorboard; "none": none)
     WANDB_PROJECT / TRACKIO_PROJECT         project name (default: slm-studio)
+    WANDB_MODE                              offline unless set: files under <run>/wandb, `wandb sync` uploads
+    TRACKIO_DIR                             trackio's local SQLite folder (default: ~/.cache/huggingface/trackio)
+
+Neither wandb nor trackio is imported unless SLM_TRACK names it, and neither talks to a network by default:
+wandb runs offline, trackio writes its local database (a Space or server only if TRACKIO_SPACE_ID or
+TRACKIO_SERVER_URL says so).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -143,8 +150,12 @@ class Trackers:
         self._tb.add_text("config", text.replace("\n", "\n    "), 0)
 
     def _open_wandb(self, resume_step: int) -> None:
+        # Offline unless the user chose otherwise, and in the environment before wandb starts: its usage
+        # telemetry follows the mode it was set up with (init(mode="offline") alone still probes its server).
+        os.environ.setdefault("WANDB_MODE", "offline")
         import wandb
 
+        # The run's id is its name, so a resume continues the same W&B run; its files go under <run>/wandb.
         wandb.init(project=os.environ.get("WANDB_PROJECT", "slm-studio"), name=self.run_name, id=self.run_name,
                    resume="allow", config=self.config, dir=str(self.run_dir))
         self._others["wandb"] = wandb
@@ -152,8 +163,11 @@ class Trackers:
     def _open_trackio(self, resume_step: int) -> None:
         import trackio
 
-        trackio.init(project=os.environ.get("TRACKIO_PROJECT", "slm-studio"), name=self.run_name,
-                     config=self.config, resume="allow")
+        # Local-first: one SQLite file per project under TRACKIO_DIR, so `trackio show` lists every run.
+        local = not (os.environ.get("TRACKIO_SPACE_ID") or os.environ.get("TRACKIO_SERVER_URL"))
+        with _no_hub_username() if local else contextlib.nullcontext():
+            trackio.init(project=os.environ.get("TRACKIO_PROJECT", "slm-studio"), name=self.run_name,
+                         config=self.config, resume="allow")
         self._others["trackio"] = trackio
 
     def _guard(self, name: str, fn, *args, **kwargs) -> None:
@@ -196,6 +210,24 @@ class Trackers:
         for name, module in list(self._others.items()):
             self._guard(name, module.finish)
         self._others.clear()
+
+
+@contextlib.contextmanager
+def _no_hub_username():
+    """trackio's Run asks the Hub who the user is (whoami) to note it in the run's config, even for a run
+    it keeps local: with a Hugging Face token saved, a request to huggingface.co at every start. A local
+    run has no use for the name, so trackio gets None (what it records when the lookup fails)."""
+    import trackio.run as trackio_run
+
+    original = getattr(trackio_run, "_get_default_namespace", None)
+    if original is None:  # a trackio that no longer looks the user up this way
+        yield
+        return
+    trackio_run._get_default_namespace = lambda: None
+    try:
+        yield
+    finally:
+        trackio_run._get_default_namespace = original
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

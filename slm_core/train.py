@@ -28,7 +28,7 @@ from slm_core.checkpoint import clean_stale, copy_checkpoint, find_checkpoint, l
 from slm_core.config import RunConfig
 from slm_core.errors import SLMError
 from slm_core.modes import build_for_mode
-from slm_core.monitor import cpu_has_native_bf16, process_sample
+from slm_core.monitor import cpu_has_native_bf16, gather_rank_memory, process_sample, rank_memory_due
 from slm_core.optim import build_optimizer, lr_at, set_lr
 from slm_core.resources import explain_failure
 from slm_core.resources import preflight as preflight_memory
@@ -67,7 +67,8 @@ def init_distributed(device_pref: str) -> Dist:
         return Dist()
     import torch.distributed as dist
 
-    backend = "nccl" if torch.cuda.is_available() and device_pref != "cpu" else "gloo"
+    # On GPUs NCCL carries the gradients; gloo beside it carries the small CPU tensors (stop/pause flags).
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and device_pref != "cpu" else "gloo"
     dist.init_process_group(backend)
     return Dist(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -124,7 +125,13 @@ class Trainer:
         self.loss_fn = built.loss_fn or cross_entropy_loss
         self.parent = built.parent
         self.raw_model = self.model
-        if self.dist.world_size > 1:
+        from slm_core import fsdp
+
+        fsdp.check_supported(self.config, self.dist.world_size)
+        self.fsdp = fsdp.uses_fsdp(self.config, self.dist.world_size)
+        if self.fsdp:  # in place: raw_model is now the sharded model (its parameters are DTensors)
+            self.model = fsdp.shard(self.model, self.device, self.amp_dtype)
+        elif self.dist.world_size > 1:
             # gradient_as_bucket_view: gradients live in DDP's all-reduce buckets instead of beside them,
             # saving one gradient-sized copy per process (so the single-process memory estimate holds)
             self.model = torch.nn.parallel.DistributedDataParallel(
@@ -177,8 +184,9 @@ class Trainer:
                 **dict(zip(extras_sum, values[2:]))}
 
     def _grad_sync(self, last_micro: bool):
-        """DDP all-reduces on the last micro-batch only; FSDP2 reduce-scatters only when told to."""
-        if self.dist.world_size == 1 or last_micro:
+        """DDP all-reduces on the last micro-batch only. FSDP2 reduce-scatters every micro-batch: skipping it
+        would accumulate unsharded gradients, a full model's worth per rank, which is what FSDP is to avoid."""
+        if self.dist.world_size == 1 or last_micro or self.fsdp:
             if hasattr(self.model, "set_requires_gradient_sync"):
                 self.model.set_requires_gradient_sync(True)
             return contextlib.nullcontext()
@@ -223,10 +231,16 @@ class Trainer:
         from slm_core.checkpoint import LoadedModel
         from slm_core.generate import complete
 
-        loaded = LoadedModel(self.raw_model, self.tokenizer, self.config, self.run_dir,
-                             template=self.config.data.template)
+        model, autocast = self.raw_model, self.autocast
+        if self.fsdp:  # every rank gives its shards; rank 0 samples from a whole copy (on the CPU, beside the GPU)
+            from slm_core.fsdp import whole_copy
+
+            model, autocast = whole_copy(self.raw_model), contextlib.nullcontext
+            if not self.dist.is_main:
+                return
+        loaded = LoadedModel(model, self.tokenizer, self.config, self.run_dir, template=self.config.data.template)
         for prompt in self.config.train.sample_prompts:
-            with self.autocast():
+            with autocast():
                 text = complete(loaded, prompt, max_new_tokens=self.config.train.sample_tokens,
                                 temperature=0.8, top_k=50, seed=self.config.train.seed)
             row = {"step": self.state.step, "prompt": prompt, "text": text}
@@ -238,12 +252,12 @@ class Trainer:
     # ---- checkpoints -----------------------------------------------------------------------
 
     def save(self, tag: str = "latest") -> None:
-        if not self.dist.is_main:
+        if not (self.dist.is_main or self.fsdp):  # under FSDP every rank writes its shards
             return
         s = self.state
         self._saved_at = s.step
         trainer_state = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": None if self.fsdp else self.optimizer.state_dict(),  # FSDP: in the shards
             "scaler": self.scaler.state_dict() if self.scaler else {},
             "torch_rng": torch.get_rng_state(),
             "sampler_rng": self.sampler.get_state(),
@@ -252,8 +266,14 @@ class Trainer:
         meta = {"step": s.step, "tokens": s.tokens, "best_val_loss": _finite(s.best_val_loss),
                 "best_step": s.best_step, "evals_since_best": s.evals_since_best, "elapsed_s": s.elapsed_s}
         with self._timed("ckpt_s"):
-            save_checkpoint(self.run_dir / "checkpoints", tag, self.raw_model, self.config,
-                            self.run_dir / "tokenizer", meta, trainer_state)
+            if self.fsdp:
+                from slm_core import fsdp
+
+                fsdp.save_checkpoint(self.run_dir / "checkpoints", tag, self.raw_model, self.optimizer, self.config,
+                                     self.run_dir / "tokenizer", meta, trainer_state)
+            else:
+                save_checkpoint(self.run_dir / "checkpoints", tag, self.raw_model, self.config,
+                                self.run_dir / "tokenizer", meta, trainer_state)
         self._event("checkpoint", tag=tag)
 
     def _restore(self) -> None:
@@ -261,16 +281,23 @@ class Trainer:
         ckpt = find_checkpoint(self.run_dir, "latest", need_trainer_state=True)
         if ckpt is None:
             raise SLMError(f"run '{self.run_dir.name}' has no checkpoint to resume from; start it again instead")
+        from slm_core import fsdp
         from slm_core.checkpoint import load_weights
 
-        if (ckpt / "adapter").is_dir():
-            from slm_core.lora import load_adapter_weights
-
-            load_adapter_weights(self.raw_model, ckpt / "adapter")
-        else:
-            load_weights(self.raw_model, ckpt / "model.safetensors")
         saved = load_trainer_state(ckpt)
-        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.fsdp:  # written by any process count and strategy: fsdp.restore reads what it needs
+            fsdp.restore(self.raw_model, self.optimizer, ckpt, saved.get("optimizer"))
+        else:
+            if (ckpt / "adapter").is_dir():
+                from slm_core.lora import load_adapter_weights
+
+                load_adapter_weights(self.raw_model, ckpt / "adapter")
+            else:
+                load_weights(self.raw_model, ckpt / "model.safetensors")
+            if saved.get("optimizer") is not None:
+                self.optimizer.load_state_dict(saved["optimizer"])
+            else:  # an FSDP run's checkpoint, resumed on one process or under DDP: gather its optimizer shards
+                fsdp.load_sharded_optimizer(self.raw_model, self.optimizer, ckpt)
         if self.scaler and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         torch.set_rng_state(saved["torch_rng"])
@@ -393,6 +420,8 @@ class Trainer:
                   if self.peak_flops and step_s > 0 else {}),
                "elapsed_s": round(s.elapsed_s, 3), "eta_s": round(avg * (cfg.max_steps - s.step), 1),
                **process_sample(self.device)}
+        if self.dist.world_size > 1 and rank_memory_due(s.step, cfg.max_steps):
+            row.update(gather_rank_memory(row, self.device))  # a collective: every rank calls it at this step
         self._log(row)
         if s.step % 10 == 0 or s.step == 1:
             self._status(state="running")
@@ -440,7 +469,8 @@ class Trainer:
         self._log({"kind": "eval", "step": s.step, "tokens": s.tokens, "val_loss": val_loss,
                    "val_ppl": math.exp(min(val_loss, 50.0)), "elapsed_s": round(s.elapsed_s, 3),
                    **({"val_bpb": bpb} if bpb is not None else {})})
-        if self.dist.is_main and self.config.train.sample_prompts:
+        # Under FSDP every rank takes part (rank 0 gathers the whole model to sample from).
+        if (self.dist.is_main or self.fsdp) and self.config.train.sample_prompts:
             with self._timed("sample_s"):
                 self.write_samples()
         if val_loss < s.best_val_loss:
@@ -484,7 +514,7 @@ class Trainer:
             if runs.take_request(self.run_dir, "stop") or self.state.signals:
                 self.state.stop_reason = "stop"
                 return True
-            if runs.take_request(self.run_dir, "save"):
+            if not self.fsdp and runs.take_request(self.run_dir, "save"):  # FSDP: all ranks save, after the pause
                 self.save("latest")
             time.sleep(0.2)
         self._status(state="running", paused_s=time.time() - paused_at)

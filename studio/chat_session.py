@@ -54,13 +54,20 @@ def build_prompt(message: str, history: list[dict], template: Optional[str], tok
     return format_prompt(turns, template)
 
 
+def with_system(history: list[dict], system: str) -> list[dict]:
+    """The conversation with `system` as its first turn (in place of any system turn it had)."""
+    return [{"role": "system", "content": system.strip()}] + [m for m in history if m.get("role") != "system"]
+
+
 class ChatSession:
     """The model one picker points at, held through the shared engine pool. The lock only guards
     loading; generation runs concurrently inside the engine."""
 
-    def __init__(self, runs_dir: Path, backend: str = "auto"):
+    def __init__(self, runs_dir: Path, backend: str = "auto", auto_build: bool = False):
         self.runs_dir = Path(runs_dir)
         self.backend = backend
+        self.auto_build = auto_build  # 'auto' builds a run's genai export in the background (the Chat tab)
+        self.note: Optional[str] = None  # said under the reply: a background build under way or failed
         self.loaded: Any = None  # the native LoadedModel (None for an onnxruntime-genai folder)
         self.engine: Any = None
         self.key: Optional[tuple] = None
@@ -69,8 +76,14 @@ class ChatSession:
         self.lock = threading.Lock()
 
     def resolve(self, source: str) -> Path:
+        """A folder, a run in the runs folder, or a Hub id / GGUF file (slm_core.sources: the cached snapshot,
+        downloaded when missing; offline it fails at once naming what the cache holds)."""
         path = Path(source).expanduser()
-        return path if path.is_dir() else self.runs_dir / source
+        if path.is_dir() or (self.runs_dir / source).is_dir():
+            return path if path.is_dir() else self.runs_dir / source
+        from slm_core.sources import resolve_external
+
+        return resolve_external(source) or self.runs_dir / source
 
     def ensure(self, source: str, tag: str = "best", backend: Optional[str] = None) -> tuple[Any, bool]:
         """The engine for (source, tag, backend), loading it if needed; returns (engine, reloaded?)."""
@@ -86,11 +99,16 @@ class ChatSession:
         if key == self.key and self.engine is not None and not getattr(self.engine, "closed", False):
             if kind == "native":
                 self.engine.threads = threads
+                if self.note:
+                    self.note = _BUILDS.note(path, tag, key[2], self.loaded)
             return self.engine, False
         self.engine, self.loaded, self.template = _POOL.get(key, lambda: _load(kind, where, tag, threads))
         if kind == "native":
             self.engine.threads = threads
         self.key, self.path = key, Path(where)
+        self.note = None
+        if kind == "native" and backend == "auto" and self.auto_build:
+            self.note = _BUILDS.note(path, tag, key[2], self.loaded)
         return self.engine, True
 
     def describe(self) -> str:
@@ -115,27 +133,61 @@ class ChatSession:
                 f": {params / 1e6:.1f}M parameters, {mode}." + engine)
 
     def stream(self, message: str, history: list[dict], source: str, tag: str, settings: dict,
-               stats: dict, backend: Optional[str] = None) -> Iterator[str]:
-        """Text deltas of the reply; `stats` receives tokens, seconds, ttft_s, tokens_per_sec, engine."""
+               stats: dict, backend: Optional[str] = None, system: Optional[str] = None) -> Iterator[str]:
+        """Text deltas of the reply; `stats` receives tokens, seconds, ttft_s, tokens_per_sec, engine, and
+        system_ignored when a system prompt was given to a model without a chat template (completion mode)."""
         from slm_core.sampling import SamplingParams
 
         with self.lock:
             engine, reloaded = self.ensure(source, tag, backend)
             template = self.template
-        stats.update(reloaded=reloaded, engine=engine.description)
+        stats.update(reloaded=reloaded, engine=engine.description, engine_note=self.note)
         params = SamplingParams(**settings)
-        tokenizer = engine.tokenizer
-        if getattr(tokenizer, "chat_template", None) and template in (None, "model"):
-            # A Hub model's own Jinja chat template renders the whole conversation (slm_core.templates), and its
-            # end-of-turn tokens stop the reply.
-            turns = [{"role": m.get("role", "user"), "content": content_text(m.get("content"))}
-                     for m in history if m.get("role") in ("user", "assistant", "system")]
-            ids = tokenizer.apply_chat_template(turns + [{"role": "user", "content": message}],
-                                                add_generation_prompt=True, tokenize=True)
-            yield from engine.stream(ids, params, stats, stop_ids=tokenizer.stop_ids)
-            return
-        prompt = build_prompt(message, history, template, engine.tokenizer)
-        yield from engine.stream(tokenizer.encode(prompt), params, stats)
+        ids, stop_ids, ignored = prompt_ids(engine.tokenizer, template, message, history, system)
+        if ignored:
+            stats["system_ignored"] = True
+        yield from engine.stream(ids, params, stats, stop_ids=stop_ids)
+
+
+def prompt_ids(tokenizer: Any, template: Optional[str], message: str, history: list[dict],
+               system: Optional[str] = None) -> tuple[list[int], Optional[list[int]], bool]:
+    """(prompt token ids, stop ids or None, system prompt ignored?) for the next reply.
+
+    A Hub model's own Jinja chat template (slm_core.templates) renders the whole conversation, the system
+    prompt first, and its end-of-turn tokens stop the reply; a run tuned in a named template renders it
+    there; a model with neither continues the message as typed, so a system prompt has nowhere to go."""
+    own = bool(getattr(tokenizer, "chat_template", None)) and template in (None, "model")
+    ignored = bool((system or "").strip()) and not (own or template)
+    if (system or "").strip() and not ignored:
+        history = with_system(history, system)
+    if own:
+        turns = [{"role": m.get("role", "user"), "content": content_text(m.get("content"))}
+                 for m in history if m.get("role") in ("user", "assistant", "system")]
+        ids = tokenizer.apply_chat_template(turns + [{"role": "user", "content": message}],
+                                            add_generation_prompt=True, tokenize=True)
+        return ids, tokenizer.stop_ids, ignored
+    return tokenizer.encode(build_prompt(message, history, template, tokenizer)), None, ignored
+
+
+class StopFlags:
+    """One Stop flag per browser session (Gradio's session hash). Replies of every tab are decoded in one
+    batch, so a page-wide flag would stop them all; each tab's Stop sets only its own flag."""
+
+    LIMIT = 512  # sessions remembered; the oldest are forgotten (a reply in flight holds its own flag)
+
+    def __init__(self):
+        self.flags: dict[str, threading.Event] = {}
+        self.lock = threading.Lock()
+
+    def get(self, session: Optional[str]) -> threading.Event:
+        if not session:  # no browser session (a direct call): a flag of its own
+            return threading.Event()
+        with self.lock:
+            flag = self.flags.pop(session, None) or threading.Event()
+            self.flags[session] = flag  # most recently used last
+            while len(self.flags) > self.LIMIT:
+                self.flags.pop(next(iter(self.flags)))
+            return flag
 
 
 class _EnginePool:
@@ -165,6 +217,69 @@ class _EnginePool:
 
 
 _POOL = _EnginePool()
+
+
+class _GenaiBuilds:
+    """'auto' on a run without a genai export: build one in the background, once per run and checkpoint
+    (onnxruntime-genai's builder takes ~30 s on 2 cores), while replies come from native torch. The export
+    lands in <run>/export/onnx (slm_core.export writes it atomically), where `pick_backend` finds it for
+    the next message. A failed build is said once and not retried for that checkpoint."""
+
+    def __init__(self):
+        self.state: dict[tuple, str] = {}  # (run, tag, stamp) → building | done | failed: … | told
+        self.lock = threading.Lock()
+
+    def note(self, path: Path, tag: str, stamp, loaded: Any) -> Optional[str]:
+        """Start the build if this run wants one; the line to show under the reply, if any."""
+        key = (str(path), tag, stamp)
+        with self.lock:
+            state = self.state.get(key)
+            if state is None:
+                if not _wants_genai(path, loaded):
+                    return None
+                state = self.state[key] = "building"
+                threading.Thread(target=self._build, args=(key, path, tag), name="genai-build", daemon=True).start()
+            if state == "building":
+                return ("building an onnxruntime-genai export of this model in the background (once); "
+                        "replies come from native torch until it is ready")
+            if state.startswith("failed"):
+                self.state[key] = "told"
+                return f"onnxruntime-genai export {state}; staying on native torch"
+            return None
+
+    def _build(self, key: tuple, path: Path, tag: str) -> None:
+        try:
+            from slm_core.checkpoint import load_model
+            from slm_core.export import export_model
+
+            loaded = load_model(path, tag=tag)  # its own copy: the chat engine keeps decoding meanwhile
+            export_model(loaded.model, loaded.tokenizer, loaded.config, path / "export" / "onnx", "onnx",
+                         source=str(path), overwrite=True)
+            result = "done"
+        except Exception as error:  # the builder's own message (SLMError) or anything else: chat stays native
+            result = f"failed: {str(error).splitlines()[0][:300] if str(error) else type(error).__name__}"
+        with self.lock:
+            self.state[key] = result
+
+    def wait(self, timeout: float = 600) -> None:
+        """Until no build is running (tests, shutdown)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and "building" in self.state.values():
+            time.sleep(0.1)
+
+
+_BUILDS = _GenaiBuilds()
+
+
+def _wants_genai(path: Path, loaded: Any) -> bool:
+    """A run (not a quantized or foreign folder: exports live under the run) of a family the builder knows,
+    with onnxruntime-genai installed."""
+    from slm_core.runtime_onnx import available, can_build
+
+    return (loaded is not None and (path / "checkpoints").is_dir() and available()
+            and can_build(loaded.config.model))
 
 
 def _load(kind: str, where: Path, tag: str, threads: Optional[int]) -> tuple:

@@ -8,11 +8,13 @@ command shown under "copy as command" (only `slm` is spelled `python -m slm_core
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from slm_core.config import ModelConfig, RunConfig, load_model_preset, load_recipe
+from slm_core.errors import SLMError
 from studio.views import flatten
 
 # Fields the family decides unless a preset set them (config.FAMILY_DEFAULTS); reset on a family switch.
@@ -22,7 +24,7 @@ MODEL_FIELDS = ("family", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "
 
 
 # Optional numbers show 0 for "not set" (a Gradio Number cannot hold an empty value).
-ZERO_AS_NONE = {"model.vocab_size", "model.d_ff", "data.max_chars"}
+ZERO_AS_NONE = {"model.vocab_size", "model.d_ff", "data.max_chars", "distill.shrink_layers"}  # 0 = None
 
 
 def _blank(value: Any) -> bool:
@@ -120,8 +122,8 @@ def overrides_between(recipe: RunConfig, config: RunConfig) -> list[str]:
 
 
 def train_args(recipe: str, overrides: Iterable[str], name: Optional[str] = None,
-               runs_dir: Optional[str] = None) -> list[str]:
-    """Arguments after `slm` (or `python -m slm_core`) that start this run."""
+               runs_dir: Optional[str] = None, launch: Iterable[str] = ()) -> list[str]:
+    """Arguments after `slm` (or `python -m slm_core`) that start this run; `launch`: `launch_args`."""
     args = ["train", "--preset", recipe]
     if name:
         args += ["--name", name]
@@ -129,7 +131,31 @@ def train_args(recipe: str, overrides: Iterable[str], name: Optional[str] = None
         args += ["--runs-dir", str(runs_dir)]
     for item in overrides:
         args += ["--set", item]
+    return args + list(launch)
+
+
+def launch_args(nproc: Any = 1, nnodes: Any = 1, node_rank: Any = 0, rdzv_endpoint: Any = "") -> list[str]:
+    """`--nproc N [--nnodes M --node-rank R --rdzv-endpoint HOST:PORT]` for several processes (slm_core.distributed
+    turns them into the torchrun line); [] for one process on one machine. Checked as the CLI checks them."""
+    from slm_core.distributed import torchrun_command
+
+    nproc, nnodes, node_rank = (int(v) if not _blank(v) else d for v, d in ((nproc, 1), (nnodes, 1), (node_rank, 0)))
+    endpoint = (rdzv_endpoint or "").strip() if nnodes > 1 else ""
+    if nnodes > 1 and endpoint and not re.fullmatch(r"[\w.\-\[\]:]+:\d+", endpoint):
+        raise SLMError(f"rendezvous endpoint {endpoint!r} must be HOST:PORT of machine 0 (e.g. 10.0.0.1:29500)")
+    torchrun_command([], nproc, nnodes, node_rank, endpoint or None)  # the same checks as the CLI's, same words
+    if nproc == 1 and nnodes == 1:
+        return []
+    args = ["--nproc", str(nproc)]
+    if nnodes > 1:
+        args += ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-endpoint", endpoint]
     return args
+
+
+def gpu_env(gpus: Optional[Iterable[Any]]) -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES for the GPUs picked on the page ({} for all of them / none picked)."""
+    picked = [str(int(g)) for g in (gpus or []) if not _blank(g)]
+    return {"CUDA_VISIBLE_DEVICES": ",".join(picked)} if picked else {}
 
 
 def resume_args(name: str, runs_dir: Optional[str] = None, overrides: Iterable[str] = ()) -> list[str]:
@@ -139,8 +165,9 @@ def resume_args(name: str, runs_dir: Optional[str] = None, overrides: Iterable[s
     return args
 
 
-def shell_command(args: list[str]) -> str:
-    return "slm " + " ".join(shlex.quote(a) for a in args)
+def shell_command(args: list[str], env: Optional[dict[str, str]] = None) -> str:
+    prefix = "".join(f"{key}={shlex.quote(value)} " for key, value in (env or {}).items())
+    return prefix + "slm " + " ".join(shlex.quote(a) for a in args)
 
 
 def runs_dir_arg(root) -> Optional[str]:

@@ -4,7 +4,8 @@ Each side is a studio.chat_session.ChatSession (the shared engine pool, reloaded
 changes, prompts rendered in the model's own template), so the same engines serve Chat and Compare.
 Both requests are submitted to their engines at once and decode concurrently; the page reads one piece
 of text from each in turn so both answers grow together. Each side's first-token latency and tokens/s
-come from its own engine request.
+come from its own engine request. `lora_runs` / `lora_base` give the Compare tab "base vs base + adapter":
+a LoRA run knows its base (train.init_from), and loading the run gives the base with the adapter on it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import yaml
+
 from studio.chat_session import ChatSession
+from studio.tabs import has_checkpoint, run_names
+
+
+def lora_base(run_dir: Path) -> Optional[str]:
+    """The base a LoRA run was trained on (its config.yaml's train.init_from), as a picker value: a run of
+    the same runs folder by its path, anything else (a folder, a Hub id) as written. None: not a LoRA run."""
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    train = config.get("train") or {}
+    base = train.get("init_from")
+    if train.get("mode") != "lora" or not base:
+        return None
+    sibling = run_dir.parent / str(base)
+    return str(sibling) if not Path(str(base)).is_absolute() and (sibling / "status.json").exists() else str(base)
+
+
+def lora_runs(runs_dir: Path) -> list[tuple[str, str]]:
+    """(name, path) of the LoRA runs with a checkpoint, newest first: what "base vs base + adapter" offers."""
+    root = Path(runs_dir)
+    return [(name, str(root / name)) for name in run_names(root)
+            if has_checkpoint(root / name) and lora_base(root / name)]
 
 
 class PairSession:
@@ -31,13 +57,16 @@ class PairSession:
 
     def stream(self, message: str, histories: tuple[list, list], sources: tuple[str, str], settings: dict,
                stats: tuple[dict, dict], tag: str = "best",
-               should_stop: Optional[Callable[[], bool]] = None) -> Iterator[tuple[int, str]]:
+               should_stop: Optional[Callable[[], bool]] = None, system: Optional[str] = None
+               ) -> Iterator[tuple[int, str]]:
         """Yield (side, text delta) alternating between A (0) and B (1) until both end or `should_stop()`.
 
-        `stats[side]` gets tokens, seconds, ttft_s and tokens_per_sec (its engine request's) as the text comes."""
+        `stats[side]` gets tokens, seconds, ttft_s and tokens_per_sec (its engine request's) as the text comes.
+        `system`: one system prompt for both sides (each renders it in its own chat template)."""
         self.load(sources, tag)
         raw: tuple[dict, dict] = ({}, {})
-        streams = [self.sides[i].stream(message, histories[i], sources[i], tag, settings, raw[i]) for i in (0, 1)]
+        streams = [self.sides[i].stream(message, histories[i], sources[i], tag, settings, raw[i], system=system)
+                   for i in (0, 1)]
         live = [True, True]
         try:
             while any(live) and not (should_stop and should_stop()):

@@ -193,7 +193,33 @@ def _tokenize(config: dict) -> dict:
             "seconds": time.perf_counter() - started}
 
 
-FUNCTIONS: dict[str, Callable[..., Any]] = {"describe": _describe, "preview": _preview, "tokenize": _tokenize}
+def _model_estimate(spec: str, **kwargs) -> dict:
+    from slm_core.model_memory import estimate
+
+    return estimate(spec, **kwargs)
+
+
+def _download(spec: str) -> dict:
+    """A Hub id into the Hugging Face cache; plain tqdm bars (enabled, unlike huggingface_hub's own on a
+    pipe) carry the progress, which _report_tqdm forwards to the page."""
+    import tqdm.std
+
+    from slm_core.sources import hub_folder
+
+    return {"path": str(hub_folder(spec, progress=tqdm.std.tqdm))}
+
+
+def _shrink_summary(teacher: str, layers: int, runs_dir: Optional[str] = None) -> dict:
+    from slm_core.model_memory import locate, model_config
+    from slm_core.shrink import shrink_summary
+
+    config, name = model_config(locate(teacher, runs_dir))
+    return {**shrink_summary(config, int(layers)), "teacher": name, "teacher_layers": config.n_layer}
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {"describe": _describe, "preview": _preview, "tokenize": _tokenize,
+                                            "model_estimate": _model_estimate, "download": _download,
+                                            "shrink_summary": _shrink_summary}
 
 
 def _report_tqdm(send: Callable[[dict], None]) -> None:
@@ -201,15 +227,15 @@ def _report_tqdm(send: Callable[[dict], None]) -> None:
     import tqdm.std
 
     original = tqdm.std.tqdm.update
-    last = [0.0]
+    last: dict[int, float] = {}  # per bar, so a slow bar (files done) is not drowned by a fast one (bytes)
 
     def update(bar, n=1):
         result = original(bar, n)
         if bar.disable:  # a bar its maker turned off (torch's ONNX exporter does) has no desc
             return result
         now = time.monotonic()
-        if now - last[0] > 0.25 or (bar.total and bar.n >= bar.total):
-            last[0] = now
+        if now - last.get(id(bar), 0.0) > 0.25 or (bar.total and bar.n >= bar.total):
+            last[id(bar)] = now
             send({"progress": {"n": bar.n, "total": bar.total, "desc": bar.desc or ""}})
         return result
 

@@ -146,13 +146,13 @@ def export(source: str, tag: str = "best", fmt: str = "hf", gguf_type: str = "f1
     stages = _Stages(["loading", "writing"])
     started = time.perf_counter()
     loaded = load_model(source, tag=tag)
-    label = fmt + (f"-{gguf_type}" if fmt == "gguf" else "")
+    label = fmt + (f"-{gguf_type}" if fmt.startswith("gguf") else "")
     out = artifact_target(loaded.path, "export", label)
     stages.start("writing")
     paths = export_model(loaded.model, loaded.tokenizer, loaded.config, out, fmt, gguf_type, source=str(source),
                          overwrite=True)
     stages.close()
-    return {"dir": str(out), "format": fmt, "gguf_type": gguf_type if fmt == "gguf" else None,
+    return {"dir": str(out), "format": fmt, "gguf_type": gguf_type if fmt.startswith("gguf") else None,
             "files": [(str(p), p.stat().st_size) for p in paths], "template": loaded.template,
             "seconds": time.perf_counter() - started}
 

@@ -3,7 +3,8 @@
 Nothing here reads a file or touches Gradio: the tabs pass in what `slm_core.runs` read, so every
 function is unit-tested on plain lists. Metric rows follow the run-directory contract: kind=train
 rows carry loss, lr, tokens_per_sec, ram_mb, cpu_percent (+ GPU memory on CUDA, + ce_loss/kd_loss
-when distilling); kind=eval rows carry val_loss.
+when distilling, + the other ranks' memory as ram_mb_rank1, … every few steps under torchrun);
+kind=eval rows carry val_loss.
 """
 
 from __future__ import annotations
@@ -35,15 +36,18 @@ def latest_attempt(rows: list[dict]) -> list[dict]:
     """Drop rows a resume re-did: after a crash at step 150 and a resume from the step-100 checkpoint,
     metrics.jsonl holds steps 101..150 twice; the second attempt is the one that counts."""
     out: dict[tuple, dict] = {}
+    top = -math.inf  # the highest step kept: the scan below runs at a resume only, not at every row
     for row in rows:
         kind, step = row.get("kind"), row.get("step")
         if step is None:
             continue
-        if kind == "train":
+        if kind == "train" and step <= top:
             # A step going back means a resume: forget everything at or after it.
             for key in [k for k in out if k[1] >= step]:
                 del out[key]
+            top = max((k[1] for k in out), default=-math.inf)
         out[(kind, step)] = row
+        top = max(top, step)
     return sorted(out.values(), key=lambda r: (r["step"], r.get("kind") != "train"))
 
 
@@ -109,12 +113,46 @@ def loss_traces(train: list[dict], evals: list[dict], x: str = "step", unit: str
     return traces
 
 
-def memory_traces(train: list[dict], x: str = "step") -> list[go.Scatter]:
+MEMORY_KEYS = ("gpu_mem_allocated_mb", "gpu_mem_reserved_mb", "gpu_mem_peak_mb", "gpu_mem_total_mb", "ram_mb")
+# ranks 1, 2, ...: rank 0's colour, another dash ("dot" is the CPU % line's)
+RANK_DASHES = ("dashdot", "longdash", "longdashdot", "dash")
+
+
+def rank_memory_rows(train: list[dict]) -> list[dict]:
+    """The rows that carry the other ranks' memory (a torchrun run gathers it every few steps)."""
+    return [r for r in train if "ram_mb_rank1" in r]
+
+
+def _ranks(rows: list[dict]) -> list[int]:
+    """The ranks above 0 whose memory `rows` carry (keys like gpu_mem_reserved_mb_rank3)."""
+    found = set()
+    for row in rows:
+        for key in row:
+            head, sep, tail = key.rpartition("_rank")
+            if sep and tail.isdigit() and head in MEMORY_KEYS:
+                found.add(int(tail))
+    return sorted(found)
+
+
+def memory_traces(train: list[dict], x: str = "step", rank_rows: Optional[list[dict]] = None) -> list[go.Scatter]:
+    """A line per memory figure: rank 0's under the plain keys (every step) and, under torchrun, one per
+    other rank from `rank_rows` (default: those of `train`), thinned on their own so a stride over every
+    step cannot skip all of them."""
+    rank_rows = thin(rank_memory_rows(train) if rank_rows is None else rank_rows)
+    ranks = _ranks(rank_rows)
     traces = []
-    for key in ("gpu_mem_allocated_mb", "gpu_mem_reserved_mb", "gpu_mem_peak_mb", "gpu_mem_total_mb", "ram_mb"):
-        xs, ys = series(train, key, x)
-        if xs:
-            traces.append(_line(xs, ys, key, dash="dash" if key in ("gpu_mem_total_mb", "gpu_mem_peak_mb") else None))
+    for key in MEMORY_KEYS:
+        for rank in [0, *ranks]:
+            rows, column = (train, key) if rank == 0 else (rank_rows, f"{key}_rank{rank}")
+            xs, ys = series(rows, column, x)
+            if not xs:
+                continue
+            if rank:
+                dash = RANK_DASHES[(rank - 1) % len(RANK_DASHES)]
+            else:
+                dash = "dash" if key in ("gpu_mem_total_mb", "gpu_mem_peak_mb") else None
+            name = f"{LABELS[key]}, rank {rank}" if ranks else None
+            traces.append(_line(xs, ys, key, dash=dash, name=name))
     return traces
 
 
@@ -193,6 +231,7 @@ def training_figure(rows: list[dict], x: str = "step", log_y: bool = False, revi
     train, evals = split_rows(rows)
     if not train and not evals:
         return _empty("No metrics yet: the curves appear after the first training step.", height=420)
+    rank_rows = rank_memory_rows(train)  # before thinning: they are every few steps, thinned apart
     train = thin(train)
     panels = _panels(train)
     index = {key: i + 1 for i, (key, _) in enumerate(panels)}
@@ -220,7 +259,7 @@ def training_figure(rows: list[dict], x: str = "step", log_y: bool = False, revi
         xs, ys = series(train, "mfu", x)
         fig.add_trace(_line(xs, [100 * y for y in ys], "mfu", name="MFU %", showlegend=False), row=index["mfu"], col=1)
         fig.update_yaxes(rangemode="tozero", title_text="%", row=index["mfu"], col=1)
-    for trace in memory_traces(train, x):
+    for trace in memory_traces(train, x, rank_rows):
         fig.add_trace(trace, row=index["memory"], col=1, secondary_y=False)
     _add_series(fig, train, x, "cpu_percent", "CPU %", index["memory"], secondary_y=True, dash="dot", legend=True)
     fig.update_yaxes(title_text="MB", rangemode="tozero", row=index["memory"], col=1, secondary_y=False)

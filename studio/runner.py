@@ -44,8 +44,10 @@ class Runner:
 
     # ---- starting ------------------------------------------------------------------------
 
-    def start(self, recipe: str, overrides: Iterable[str] = (), name: Optional[str] = None) -> str:
-        """Launch `slm train --preset recipe --set ...` in the background; returns the run name."""
+    def start(self, recipe: str, overrides: Iterable[str] = (), name: Optional[str] = None,
+              launch: Iterable[str] = (), env: Optional[dict] = None) -> str:
+        """Launch `slm train --preset recipe --set ...` in the background; returns the run name. `launch`:
+        --nproc and the multi-node flags (studio.command.launch_args); `env`: e.g. CUDA_VISIBLE_DEVICES."""
         overrides = list(overrides)
         config = load_recipe(recipe, overrides)  # a bad value fails here, on the page, not in a worker
         config.check_ready()  # e.g. LoRA without a base model
@@ -56,7 +58,7 @@ class Runner:
                 runs.new_run_name(config.preset or "run", self.root)
             if (self.root / name).exists():
                 raise SLMError(f"a run named '{name}' already exists: pick another name, or Resume it")
-            self._launch(name, train_args(recipe, overrides, name, str(self.root)))
+            self._launch(name, train_args(recipe, overrides, name, str(self.root), launch), env)
         return name
 
     def resume(self, name: str, overrides: Iterable[str] = ()) -> str:
@@ -121,14 +123,14 @@ class Runner:
             self._queue_thread.join(10)
             self._queue_thread = None
 
-    def _launch(self, name: str, args: list[str]) -> None:
+    def _launch(self, name: str, args: list[str], extra_env: Optional[dict] = None) -> None:
         run_dir = self.root / name
         run_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="2")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="2", **(extra_env or {}))
         # The worker imports slm_core from this checkout even when the Studio was started from elsewhere.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         with open(run_dir / "log.txt", "ab") as log:
-            log.write(f"$ {shell_command(args)}\n".encode())
+            log.write(f"$ {shell_command(args, extra_env)}\n".encode())
             log.flush()
             self._proc = subprocess.Popen([sys.executable, "-m", "slm_core", *args], cwd=os.getcwd(), env=env,
                                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -135,5 +135,25 @@ def test_the_static_shape_step_that_torch_compile_gets_equals_the_dynamic_step(f
         decoder.prefill(2, [5, 6])
     expected = dynamic.step([0, 2], [9, 9], [4, 2])
     with torch.inference_mode():
-        logits = static._static_step(torch.tensor([[9], [0], [9]]), torch.tensor([[4], [0], [2]]))
+        logits = static._static_step(torch.tensor([9, 0, 9]), torch.tensor([4, 0, 2]))
     torch.testing.assert_close(logits[[0, 2]].float(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [dict(family="gpt2"), dict(family="llama"),
+                                   dict(family="llama", qkv_bias=True, qk_norm=True, tie_embeddings=False)])
+def test_cached_greedy_decoding_equals_the_models_own_full_forward(shape):
+    # The decoder permutes q/k head dims for its one-multiply RoPE and folds the residual into its matrix
+    # multiplies: every token of a greedy reply must still be the argmax of the model's own uncached forward.
+    torch.manual_seed(1)
+    config = ModelConfig(n_layer=2, n_head=4, n_kv_head=2 if shape["family"] == "llama" else None, d_model=32,
+                         context_length=64, vocab_size=64, **shape)
+    model = Transformer(config).eval()
+    for p in model.parameters():  # non-zero biases and norm weights, so a mis-permuted one would show
+        torch.nn.init.normal_(p, std=0.3)
+    prompt = [3, 1, 4, 1, 5]
+    got = list(decode_one(Decoder(model, 1), prompt, SamplingParams(24, temperature=0)))
+    tokens = list(prompt)
+    with torch.no_grad():
+        for _ in range(24):
+            tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
+    assert got == tokens[len(prompt):]

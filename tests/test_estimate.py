@@ -6,6 +6,7 @@ the psutil/pynvml samplers the training loop and the Studio read."""
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -156,6 +157,92 @@ def test_training_memory_matches_the_measured_peak_of_real_steps(name, checkpoin
     est = estimate.training_memory(load_model_preset(name), batch, "fp32", checkpointing, device="cpu")
     assert est["total_mb"] > 100  # big enough that the model, not the process's noise, is measured
     assert est["total_mb"] == pytest.approx(measured, rel=0.25), f"estimate {est['total_mb']:.0f} MB, measured {measured:.0f} MB"
+
+
+MEASURE_RANKS = textwrap.dedent("""
+    import json, sys
+    import psutil, torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from slm_core import fsdp
+    from slm_core.config import ModelConfig, TrainConfig
+    from slm_core.model import Transformer
+    from slm_core.optim import build_optimizer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    strategy, config = sys.argv[1], ModelConfig(**json.loads(sys.argv[2]))
+
+    def train_steps(config, steps):
+        torch.manual_seed(0)
+        model = Transformer(config).train()
+        if strategy == "fsdp":
+            model = fsdp.shard(model, torch.device("cpu"), None)
+        else:  # as train.py wraps it
+            model = torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=True)
+        optimizer = build_optimizer(model, TrainConfig(), torch.device("cpu"))
+        for _ in range(steps):
+            x = torch.randint(0, config.vocab_size, (2, config.context_length))
+            logits = model(x)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), x.view(-1))
+            del logits
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    train_steps(ModelConfig(family="llama", n_layer=1, n_head=2, d_model=32, context_length=16, vocab_size=64), 2)
+    baseline = psutil.Process().memory_info().rss
+    train_steps(config, 3)
+    hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"growth_mb": (hwm_kb * 1024 - baseline) / 2 ** 20}), flush=True)
+""")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_per_rank_memory_matches_two_real_ranks(strategy, tmp_path):
+    """Peak RSS growth of each of 2 gloo ranks over three fp32 steps vs the per-process estimate, for a
+    model whose weights, gradients and AdamW state dominate (batch 2 x 32 tokens): DDP keeps all of
+    them on each rank, FSDP half of them plus the gathered blocks. The tolerance (20%) is smaller than
+    the gap between the two strategies' estimates (~35%), so a wrong strategy model fails."""
+    shape = dict(family="llama", n_layer=4, n_head=8, d_model=512, context_length=32, vocab_size=512)
+    script = tmp_path / "measure.py"
+    script.write_text(MEASURE_RANKS)
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "PYTHONPATH": str(ROOT),
+           "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             str(script), strategy, json.dumps(shape)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Both ranks print to one pipe, so their lines can run together: take each JSON object wherever it is.
+    measured = [json.loads(found)["growth_mb"] for found in re.findall(r'\{"growth_mb": [^}]*\}', result.stdout)]
+    assert len(measured) == 2
+    est = estimate.training_memory(ModelConfig(**shape), 2, "fp32", device="cpu", strategy=strategy, world_size=2)
+    for rank_mb in measured:
+        assert est["total_mb"] == pytest.approx(rank_mb, rel=0.2), f"estimate {est['total_mb']:.0f} MB, measured {measured}"
+
+
+def test_the_strategy_splits_what_fsdp_shards_and_nothing_else():
+    config = load_model_preset("tiny-llama")
+    one = estimate.training_memory(config, 8, "fp32", device="cpu")
+    ddp = estimate.training_memory(config, 8, "fp32", device="cpu", strategy="ddp", world_size=4)
+    assert ddp["total_mb"] == one["total_mb"]  # DDP: a full replica on every rank
+    assert estimate.training_memory(config, 8, "fp32", device="cpu", strategy="fsdp", world_size=1)["total_mb"] == \
+        one["total_mb"]  # one process has nothing to shard
+    fsdp4 = estimate.training_memory(config, 8, "fp32", device="cpu", strategy="fsdp", world_size=4)
+    for key in ("weights_mb", "gradients_mb", "optimizer_mb"):
+        assert fsdp4[key] == pytest.approx(one[key] / 4)
+    assert fsdp4["activations_mb"] == one["activations_mb"] and fsdp4["logits_mb"] == one["logits_mb"]
+    counts = estimate.count_parameters(config)
+    root = counts["embedding"] + config.d_model
+    block = (counts["total"] - root) / config.n_layer
+    assert fsdp4["gathered_mb"] * MB == pytest.approx(4 * (root + 2 * block))  # the root and two blocks, fp32
+    big = load_model_preset("llama-3.2-1b")  # a full fine-tune of 1B on 16 GB cards: DDP does not fit, FSDP does
+    on_gpu = dict(batch_size=1, precision="bf16", grad_checkpointing=True, device="cuda", context=1024)
+    assert not estimate.fits(estimate.training_memory(big, **on_gpu, strategy="ddp", world_size=4)["total_mb"], 16384)
+    assert estimate.training_memory(big, **on_gpu, strategy="fsdp", world_size=4)["total_mb"] < 16384 * 0.6
+    info = estimate.describe(config, 8, "fp32", device="cpu", strategy="fsdp", nproc=2)
+    assert info["training"]["strategy"] == "fsdp" and any("FSDP over 2" in note for note in info["notes"])
 
 
 def test_memory_responds_to_the_settings_a_user_changes():
@@ -310,3 +397,28 @@ def test_the_isolated_benchmark_measures_in_a_subprocess():
     """The path a GPU takes (so the Studio keeps no CUDA context), exercised here on the CPU."""
     flops = estimate.measured_matmul_flops("cpu", "fp32", (64, 64, 64), seconds=0.05, isolate=True)
     assert flops > 1e6
+
+
+def test_the_preflight_check_counts_the_strategy_and_the_processes_sharing_this_machine(monkeypatch):
+    """Inside a torchrun rank (WORLD_SIZE, LOCAL_WORLD_SIZE set) the pre-flight figure is one process's, FSDP
+    shards it, and on CPU every local process's share of the RAM is counted before a run is refused."""
+    from slm_core import resources
+    from slm_core.config import load_recipe
+
+    config = load_recipe("quickstart-cpu", ["model.vocab_size=512", "train.device=cpu"])
+    fsdp = load_recipe("quickstart-cpu", ["model.vocab_size=512", "train.device=cpu", "train.strategy=fsdp"])
+    single = resources.training_estimate_mb(config, "cpu")["total_mb"]
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resources.training_estimate_mb(config, "cpu")["total_mb"] == single  # DDP: a replica each
+    assert resources.training_estimate_mb(fsdp, "cpu")["optimizer_mb"] == pytest.approx(
+        resources.training_estimate_mb(config, "cpu")["optimizer_mb"] / 4)
+    assert "per process (fsdp over 4 processes, 4 on this machine)" in resources.memory_advice(fsdp, "cpu", 10.0)
+    # RAM that one process's estimate fits 1.2x over, four processes do not: refused, the advice per process.
+    monkeypatch.setattr(resources, "available_memory_mb", lambda device: single * 1.2)
+    resources._AVAILABLE_AT_START.clear()
+    with pytest.raises(SLMError, match="per process"):
+        resources.preflight(config)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one per machine: fits
+    resources._AVAILABLE_AT_START.clear()
+    resources.preflight(config)

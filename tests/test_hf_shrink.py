@@ -58,3 +58,48 @@ def test_student_is_the_teacher_with_layers_dropped_and_distillation_closes_the_
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "student", dtype=torch.float32)
     with torch.no_grad():
         assert (back(IDS).logits - student(IDS)).abs().max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def llama2_teacher(tmp_path_factory):
+    """A 4-layer Llama-2-shaped teacher beside the real Llama 2 tokenizer (32k rows: the cheapest real one)."""
+    from hf_families import tokenizer_copy
+
+    folder = tokenizer_copy("llama-spm", tmp_path_factory.mktemp("llama2-teacher"))
+    hf_model("llama-2", vocab_size=32000, num_hidden_layers=4, scale=None).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow  # ~30 s on 2 cores: a 32k-row output layer for teacher and student
+def test_slm_shrink_prints_the_plan_then_distills_a_student_that_loads_and_generates(llama2_teacher, tmp_path,
+                                                                                     capsys):
+    from slm_core import runs
+    from slm_core.cli import main
+    from slm_core.generate import complete
+
+    small = ["data.max_chars=20000", "model.context_length=64", "train.batch_size=4", "train.eval_interval=12",
+             "train.ckpt_interval=12", "train.eval_batches=2", "train.lr=0.01", "train.warmup_steps=0",
+             "train.precision=fp32", "train.sample_tokens=2"]
+    code = main(["shrink", str(llama2_teacher), "--layers", "2", "--steps", "12", "--name", "small", "--quiet",
+                 "--runs-dir", str(tmp_path), *[a for item in small for a in ("--set", item)]])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "4 → 2 layers (keeping the teacher's 0, 3)" in out and "expected speed-up per token: 1." in out
+    evals = [m for m in runs.read_metrics(tmp_path / "small") if m["kind"] == "eval"]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.3, evals
+    train_rows = [m for m in runs.read_metrics(tmp_path / "small") if m["kind"] == "train"]
+    assert "kd_loss" in train_rows[-1]  # it learned from the teacher, not only from the labels
+
+    student = load_model(tmp_path / "small")
+    assert student.model.config.n_layer == 2 and student.tokenizer.n_vocab == 32000  # the teacher's tokenizer
+    assert isinstance(complete(student, "Hello", max_new_tokens=4, temperature=0.0), str)
+
+
+def test_shrink_refuses_impossible_requests_in_one_line(llama2_teacher, tmp_path, capsys):
+    from slm_core.cli import main
+    from slm_core.config import load_recipe
+
+    assert main(["shrink", str(llama2_teacher), "--layers", "5", "--runs-dir", str(tmp_path)]) == 2
+    assert "between 1 and 4 layers" in capsys.readouterr().err
+    with pytest.raises(SLMError, match="leave train.init_from unset"):
+        load_recipe("shrink-cpu", [f"distill.teacher={llama2_teacher}", "train.init_from=somewhere"]).check_ready()

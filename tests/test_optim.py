@@ -53,6 +53,29 @@ def test_our_muon_step_equals_torch_muon_and_fp32_newton_schulz_stays_close():
     fp32.load_state_dict(ref.state_dict())  # the state is torch's: checkpoints are interchangeable
 
 
+def test_muon_orthogonalises_same_shaped_matrices_together_with_the_same_result():
+    """The batched Newton-Schulz (one stack per shape, tall matrices turned wide) moves every weight as
+    the one-matrix-at-a-time iteration does: a 2-layer SwiGLU model has 128x32 / 32x128 / 32x32 / 32x64
+    hidden matrices, several of each."""
+    from slm_core.optim import newton_schulz
+
+    model = tiny_model()
+    hidden = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n]
+    assert len({tuple(p.shape) for p in hidden}) < len(hidden)  # shapes repeat: batches form
+    opt = Muon(hidden, lr=0.02, adjust_lr_fn="match_rms_adamw", ns_dtype=torch.float32, nesterov=False)
+    model(torch.randint(0, 50, (2, 16))).float().logsumexp(-1).mean().backward()
+    before = [p.detach().clone() for p in hidden]
+    expected = []
+    for p, w in zip(hidden, before):  # torch's update, one matrix at a time (zero momentum: buf = (1-m) grad)
+        update = newton_schulz(p.grad * 0.05, 5, (3.4445, -4.775, 2.0315), 1e-7, torch.float32)
+        scale = 0.02 * 0.2 * max(p.shape) ** 0.5
+        expected.append(w * (1 - 0.02 * 0.1) - scale * update)
+    opt.step()
+    for p, want, w in zip(hidden, expected, before):
+        assert not torch.equal(p, w)
+        torch.testing.assert_close(p.detach(), want, rtol=1e-5, atol=1e-6)
+
+
 def test_muon_lr_scales_only_muon_groups_and_state_round_trips():
     model = tiny_model("gpt2")
     opt = build_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=4e-3), torch.device("cpu"))

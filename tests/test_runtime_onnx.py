@@ -62,6 +62,35 @@ def test_genai_sampling_is_seeded_and_stop_strings_cut(genai):
 
 
 @pytest.mark.slow
+def test_concurrent_genai_requests_are_decoded_in_one_batch_each_with_its_own_answer(genai):
+    import threading
+
+    runtime, native = genai
+    if runtime.batcher is None:
+        pytest.skip("this onnxruntime-genai has no og.Engine to batch with")
+    prompts = [runtime.tokenizer.encode(p) for p in ("Once upon a time", "The little dog", "a big cat", "One day")]
+    greedy = SamplingParams(16, temperature=0)
+    alone = ["".join(native.stream(ids, greedy)) for ids in prompts]  # native greedy = genai greedy (above)
+    together, start = [None] * len(prompts), threading.Barrier(len(prompts))
+
+    def client(i):
+        start.wait()  # arrive together, as several clients at once do
+        together[i] = "".join(runtime.stream(prompts[i], greedy))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert together == alone and len(set(alone)) > 1
+    assert runtime.batcher.peak >= 2  # genai's engine stepped several requests at once
+    # a seeded sampled request cannot join genai's static batch: it runs on its own Generator, reproducibly
+    seeded = SamplingParams(12, temperature=0.9, seed=4)
+    assert not runtime.batcher.can_join(seeded)
+    assert "".join(runtime.stream(prompts[0], seeded)) == "".join(runtime.stream(prompts[0], seeded))
+
+
+@pytest.mark.slow
 def test_serve_api_on_the_genai_engine(genai):
     from fastapi.testclient import TestClient
 

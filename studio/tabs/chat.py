@@ -13,8 +13,8 @@ import gradio as gr
 
 from slm_core.errors import SLMError
 from studio.allow import AllowBox
-from studio.chat_session import ChatSession
-from studio.models import model_sources
+from studio.chat_session import ChatSession, StopFlags
+from studio.model_picker import chat_choices  # runs, their artifacts, cached Hub models
 from studio.security import check_path
 from studio.tabs import PRIVATE, QUIET, message
 
@@ -24,16 +24,20 @@ CONCURRENT = 8  # replies streaming at once (browser tabs); the engine decodes t
 
 
 def build(ctx) -> None:
-    session = ChatSession(ctx.runs_dir)
-    stop_flag = threading.Event()
+    session = ChatSession(ctx.runs_dir, auto_build=True)  # 'auto' builds a run's genai export once, in the background
+    stops = StopFlags()  # one per browser session: Stop ends this tab's reply, not every tab's
     with gr.Row():
         source = gr.Dropdown([], value=None, allow_custom_value=True, label="Model", scale=3, elem_id="chat-model",
-                             info="a run (with a checkpoint), or a checkpoint / quantized / Hugging Face folder")
+                             info="a run (with a checkpoint), a checkpoint / quantized / Hugging Face folder, "
+                                  "or a Hub id (cached, or downloaded when online)")
         tag = gr.Radio([("best", "best"), ("latest", "latest")], value="best", label="Checkpoint", scale=1)
         backend = gr.Radio(ENGINES, value="auto", label="Engine", scale=1, elem_id="chat-engine",
                            info="auto: the fastest that can run the model")
         load = gr.Button("Load", scale=0, min_width=100)
     info = gr.Markdown("Pick a model; it loads on the first message.", elem_id="chat-info")
+    system = gr.Textbox("", label="System prompt", lines=1, max_lines=4, elem_id="chat-system",
+                        placeholder="e.g. You are a concise assistant. (instruction-tuned models only: it goes "
+                                    "through the model's chat template)")
     allow = AllowBox(ctx, "chat-allow")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
@@ -49,17 +53,21 @@ def build(ctx) -> None:
             stats = gr.Markdown("", elem_id="chat-stats")
         with gr.Column(scale=1, min_width=240):
             settings = _sampling()
-    inputs = [text, chatbot, source, tag, *settings, backend]
+    inputs = [text, chatbot, source, tag, *settings, backend, system]
 
-    def respond(message_text, history, src, checkpoint, *values):
+    def respond(request: gr.Request, message_text, history, src, checkpoint, *values):
         check_path(ctx, src, "model")
-        yield from reply(session, stop_flag, message_text, history, src, checkpoint, *values)
+        yield from reply(session, stops.get(request.session_hash), message_text, history, src, checkpoint, *values)
+
+    def stop_reply(request: gr.Request) -> None:
+        stops.get(request.session_hash).set()
 
     outputs = [chatbot, text, stats, info]
     sent = send.click(respond, inputs, outputs, api_name="chat", concurrency_limit=CONCURRENT,
                       concurrency_id="chat", show_progress="hidden")
     submitted = text.submit(respond, inputs, outputs, concurrency_limit=CONCURRENT, concurrency_id="chat", **QUIET)
-    stop.click(lambda: stop_flag.set(), None, None, **PRIVATE)
+    # Undocumented, not private: a client (and the test of this) can stop its own session's reply.
+    stop.click(stop_reply, None, None, api_name="chat_stop", api_visibility="undocumented")
     clear.click(lambda: ([], ""), None, [chatbot, stats], **QUIET)
     loaded = load.click(lambda s, t, b: load_model(session, check_path(ctx, s, "model"), t, b),
                         [source, tag, backend], info, **PRIVATE)
@@ -67,10 +75,10 @@ def build(ctx) -> None:
         allow.after(event, [("model", source)])
 
     def choices():
-        sources = model_sources(ctx.runs_dir)  # each run, then its quantized and exported versions
+        sources = chat_choices(ctx.runs_dir)  # each run and its artifacts, then the cached Hub models
         return gr.update(choices=sources, value=sources[0][1] if sources else None)
 
-    ctx.tabs[TITLE].select(lambda current: gr.update(choices=model_sources(ctx.runs_dir))
+    ctx.tabs[TITLE].select(lambda current: gr.update(choices=chat_choices(ctx.runs_dir))
                            if current else choices(), source, source, **QUIET)
     ctx.on_load.append(dict(fn=choices, outputs=source))
 
@@ -98,8 +106,10 @@ def load_model(session: ChatSession, source: Optional[str], tag: str, backend: s
 
 
 def reply(session: ChatSession, stop_flag: threading.Event, text: str, history: list, source: Optional[str],
-          tag: str, temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed, backend: str = "auto"):
-    """Stream one reply into the chat: yields (history, textbox, stats, info)."""
+          tag: str, temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed, backend: str = "auto",
+          system: str = ""):
+    """Stream one reply into the chat: yields (history, textbox, stats, info). `system` is the system prompt
+    (chat-template models only; a model without one continues text, and the reply says it was ignored)."""
     history = list(history or [])
     if not (text or "").strip():
         yield history, text, gr.skip(), gr.skip()
@@ -116,7 +126,7 @@ def reply(session: ChatSession, stop_flag: threading.Event, text: str, history: 
                     seed=int(seed) if str(seed or "").strip().lstrip("-").isdigit() else None)
     stats: dict = {}
     try:
-        for delta in session.stream(text, past, source, tag, settings, stats, backend):
+        for delta in session.stream(text, past, source, tag, settings, stats, backend, system=system):
             history[-1]["content"] += delta
             yield history, "", gr.skip(), gr.skip()
             if stop_flag.is_set():
@@ -125,7 +135,16 @@ def reply(session: ChatSession, stop_flag: threading.Event, text: str, history: 
         yield past, text, message("error", str(error)), gr.skip()
         return
     done = "stopped" if stop_flag.is_set() else "done"
-    yield history, "", speed_text(stats, done), session.describe() if stats.get("reloaded") else gr.skip()
+    yield (history, "", speed_text(stats, done) + system_note(stats),
+           session.describe() if stats.get("reloaded") else gr.skip())
+
+
+def system_note(stats: dict) -> str:
+    """Said under a reply whose system prompt had nowhere to go."""
+    if not stats.get("system_ignored"):
+        return ""
+    return ("\n\n" + message("warn", "The system prompt was ignored: this model has no chat template (a base model "
+                                     "continues your text as typed)."))
 
 
 def speed_text(stats: dict, state: str) -> str:
@@ -133,5 +152,6 @@ def speed_text(stats: dict, state: str) -> str:
     ttft = stats.get("ttft_s")
     first = f"first token {ttft * 1000:.0f} ms · " if ttft is not None else ""
     engine = f" · {stats['engine']}" if stats.get("engine") else ""
+    engine += f" · _{stats['engine_note']}_" if stats.get("engine_note") else ""
     return (f"{stats.get('tokens', 0)} tokens in {stats.get('seconds', 0):.1f} s · {first}"
             f"**{stats.get('tokens_per_sec', 0):.1f} tokens/s** · {state}{engine}")

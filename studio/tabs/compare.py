@@ -1,9 +1,11 @@
 """Compare tab: one prompt, two models, both answers streaming side by side with their tokens/s: an
-original against its int8 version, a base model against its LoRA fine-tune, two runs.
+original against its int8 version, a base model against its LoRA fine-tune, two runs. "Base vs base +
+adapter" fills both pickers from a LoRA run (it records its base) and sends the prompt in one click; one
+system prompt goes to both sides.
 
-Models come from studio.models.model_sources (runs and their quantized / exported versions) and are
-held by studio.compare_session.PairSession (two chat sessions, stepped in turn). Each side keeps its
-own conversation, so tuned models see the earlier turns in their own template.
+Models come from studio.model_picker.chat_choices (runs, their quantized / exported versions, cached Hub
+models) and are held by studio.compare_session.PairSession (two chat sessions, stepped in turn). Each
+side keeps its own conversation, so tuned models see the earlier turns in their own template.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import gradio as gr
 
 from slm_core.errors import SLMError
 from studio.allow import AllowBox
-from studio.compare_session import PairSession
-from studio.models import model_sources
+from studio.compare_session import PairSession, lora_base, lora_runs
+from studio.model_picker import chat_choices  # runs, their artifacts, cached Hub models
 from studio.security import check_path
 from studio.tabs import PRIVATE, QUIET, message
 
@@ -41,16 +43,24 @@ def build(ctx) -> None:
         send = gr.Button("Send to both", variant="primary", scale=1, min_width=120, elem_id="compare-send")
         stop = gr.Button("Stop", scale=0, min_width=80)
         clear = gr.Button("Clear", scale=0, min_width=80)
+    system = gr.Textbox("", label="System prompt (both sides)", lines=1, max_lines=4, elem_id="compare-system",
+                        placeholder="used by models with a chat template; ignored (and said so) by base models")
+    with gr.Row(equal_height=True):
+        lora = gr.Dropdown([], value=None, label="LoRA run", scale=3, elem_id="compare-lora",
+                           info="A: the base it was trained on · B: the base with its adapter")
+        lora_go = gr.Button("Base vs base + adapter", scale=1, elem_id="compare-lora-go")
     allow = AllowBox(ctx, "compare-allow")
     with gr.Accordion("Sampling (the same for both; a fixed seed makes the comparison fair)", open=True):
         with gr.Row():
             settings = _sampling()
-    inputs = [text, *bots, *pickers, *settings]
+    inputs = [text, *bots, *pickers, *settings, system]
     outputs = [*bots, text, *infos]
 
     def respond(prompt, history_a, history_b, source_a, source_b, *values):
         check_path(ctx, [source_a, source_b], "model")
-        yield from compare_reply(pair, stop_flag, prompt, history_a, history_b, source_a, source_b, *values)
+        *sampling, system_prompt = values  # the sliders, then the system prompt
+        yield from compare_reply(pair, stop_flag, prompt, history_a, history_b, source_a, source_b, *sampling,
+                                 system=system_prompt)
 
     sent = send.click(respond, inputs, outputs, api_name="compare", concurrency_limit=4, concurrency_id="compare",
                       show_progress="hidden")  # several browser tabs at once: the engines batch them
@@ -59,9 +69,14 @@ def build(ctx) -> None:
         allow.after(event, [("model", pickers[0]), ("model", pickers[1])])
     stop.click(lambda: stop_flag.set(), None, None, **PRIVATE)
     clear.click(lambda: ([], [], "", ""), None, [*bots, *infos], **QUIET)
+    # One click: the pickers become (base, LoRA run), the histories restart, and the prompt goes to both.
+    picked = lora_go.click(lambda run: base_and_adapter(ctx.runs_dir, check_path(ctx, run, "model")), lora,
+                           [*pickers, *bots, *infos], **PRIVATE)
+    picked.success(respond, inputs, outputs, concurrency_limit=4, concurrency_id="compare", **QUIET)
+    ctx.tabs[TITLE].select(lambda: gr.update(choices=lora_runs(ctx.runs_dir)), None, lora, **QUIET)
 
     def choices(a: Optional[str] = None, b: Optional[str] = None):
-        sources = model_sources(ctx.runs_dir)
+        sources = chat_choices(ctx.runs_dir)
         paths = [path for _, path in sources]
         first = a if a in paths else (paths[0] if paths else None)
         second = b if b in paths else (paths[1] if len(paths) > 1 else first)  # e.g. a run and its int8
@@ -82,6 +97,22 @@ def _sampling() -> list[Any]:
     ]
 
 
+def base_and_adapter(runs_dir, run: Optional[str]):
+    """(picker A, picker B, history A, history B, info A, info B) for "base vs base + adapter" of a LoRA run.
+    A refusal (not a LoRA run) is raised, so the chained reply does not start."""
+    from pathlib import Path
+
+    path = Path(run or "")
+    if not path.is_absolute():
+        path = Path(runs_dir) / path
+    base = lora_base(path) if run else None
+    if base is None:
+        raise gr.Error("Pick a LoRA run: its base (train.init_from) goes on the left, the run on the right.",
+                       print_exception=False)
+    note = "_loading and generating…_"
+    return gr.update(value=base), gr.update(value=str(path)), [], [], note, note
+
+
 def sampling_settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed) -> dict:
     text = str(seed or "").strip()
     return dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
@@ -96,8 +127,9 @@ def speed_line(stats: dict, stopped: bool = False) -> str:
 
 
 def compare_reply(pair: PairSession, stop_flag: threading.Event, text: str, history_a: list, history_b: list,
-                  source_a: Optional[str], source_b: Optional[str], *sampling):
-    """Stream both answers: yields (history A, history B, textbox, info A, info B)."""
+                  source_a: Optional[str], source_b: Optional[str], *sampling, system: str = ""):
+    """Stream both answers: yields (history A, history B, textbox, info A, info B). `system`: the system prompt
+    both sides render in their own chat template."""
     pasts = (list(history_a or []), list(history_b or []))
     if not (text or "").strip():
         yield pasts[0], pasts[1], text, gr.skip(), gr.skip()
@@ -112,7 +144,7 @@ def compare_reply(pair: PairSession, stop_flag: threading.Event, text: str, hist
     stats: tuple[dict, dict] = ({}, {})
     try:
         for side, delta in pair.stream(text, pasts, (source_a, source_b), sampling_settings(*sampling), stats,
-                                       should_stop=stop_flag.is_set):
+                                       should_stop=stop_flag.is_set, system=system):
             histories[side][-1]["content"] += delta
             yield histories[0], histories[1], "", speed_line(stats[0]), speed_line(stats[1])
     except SLMError as error:
@@ -120,5 +152,7 @@ def compare_reply(pair: PairSession, stop_flag: threading.Event, text: str, hist
         yield pasts[0], pasts[1], text, error_text, error_text
         return
     stopped = stop_flag.is_set()
-    infos = [f"{speed_line(stats[i], stopped)}\n\n{pair.describe(i)}" for i in (0, 1)]
+    from studio.tabs.chat import system_note
+
+    infos = [f"{speed_line(stats[i], stopped)}\n\n{pair.describe(i)}{system_note(stats[i])}" for i in (0, 1)]
     yield histories[0], histories[1], "", infos[0], infos[1]

@@ -24,6 +24,7 @@ from studio.tabs import QUIET, message
 
 TITLE = "Export"
 FORMATS = [("Hugging Face folder (transformers)", "hf"), ("GGUF (llama.cpp, Ollama)", "gguf"),
+           ("GGUF base + LoRA adapter (a LoRA run, llama.cpp --lora)", "gguf-lora"),
            ("ONNX for onnxruntime-genai (fast chat)", "onnx"), ("ONNX graph (onnxruntime)", "onnx-graph")]
 GGUF_TYPES = [("f32 — exact", "f32"), ("f16 — half the size", "f16"), ("q8_0 — 8-bit, a quarter", "q8_0")]
 FILE_COLUMNS = ["file", "size", "path"]
@@ -51,7 +52,7 @@ def build(ctx) -> None:
     done = go.click(work, [source, tag, fmt, gguf_type], [status, files, usage], api_name="export",
                     concurrency_limit=1, concurrency_id="export")
     allow.after(done, [("model", source)])
-    fmt.change(lambda f: gr.update(visible=f == "gguf"), fmt, gguf_type, **QUIET)
+    fmt.change(lambda f: gr.update(visible=f.startswith("gguf")), fmt, gguf_type, **QUIET)
 
     def choices(current: Optional[str] = None):
         sources = model_sources(ctx.runs_dir)
@@ -96,6 +97,14 @@ def usage_markdown(runs_dir: Path, source: str, tag: str, result: dict) -> str:
                  "```bash", f"ollama create {name} -f {shlex.quote(str(out / 'Modelfile'))}", f"ollama run {name}",
                  "```", "or with llama.cpp:", "```bash",
                  f"llama-cli -m {shlex.quote(str(gguf))} -p 'Once upon a time' -n 64", "```"]
+    elif fmt == "gguf-lora":
+        base = next(Path(p) for p, _ in result["files"] if p.endswith(".gguf") and "-base-" in Path(p).name)
+        adapter = next(Path(p) for p, _ in result["files"] if p.endswith(".gguf") and "-lora-" in Path(p).name)
+        lines = ["**Use it** with Ollama (the Modelfile names the base and the adapter):", "```bash",
+                 f"ollama create {name} -f {shlex.quote(str(out / 'Modelfile'))}", f"ollama run {name}", "```",
+                 "or with llama.cpp, the adapter applied at load:", "```bash",
+                 f"llama-cli -m {shlex.quote(str(base))} --lora {shlex.quote(str(adapter))} "
+                 "-p 'Once upon a time' -n 64", "```"]
     elif fmt == "onnx":
         lines = ["**Use it** in Chat (it picks onnxruntime-genai for this folder), from a shell with "
                  f"`slm serve {shlex.quote(str(out))} --engine onnx`, or with onnxruntime-genai:", "```python",
@@ -109,7 +118,7 @@ def usage_markdown(runs_dir: Path, source: str, tag: str, result: dict) -> str:
                  "ids = np.array([tokenizer.encode('Once upon a time').ids], dtype=np.int64)",
                  "logits = session.run(['logits'], {'input_ids': ids})[0]", "```"]
     command = ["slm", "export", source_label(runs_dir, source), "--format", fmt, *runs_dir_flag(runs_dir)]
-    if fmt == "gguf":
+    if fmt.startswith("gguf"):
         command += ["--gguf-type", result["gguf_type"]]
     if tag != "best":
         command += ["--checkpoint", tag]

@@ -1,4 +1,6 @@
 """Model tab: pick a model preset or edit its shape; see parameters, memory, token budget and step time.
+Or pick a real model (Hub id, cache, folder, run) and see what chatting, LoRA, QLoRA and full fine-tuning
+it need on this machine (studio.model_picker's panel).
 
 The fields register under their config keys (model.n_layer, ...) so the Train tab starts a run of
 exactly this shape. The estimate comes from `slm_core.estimate.describe`, imported inside the
@@ -16,6 +18,7 @@ import gradio as gr
 from slm_core.config import list_presets, load_model_preset, preset_description
 from slm_core.errors import SLMError
 from studio.command import MODEL_FIELDS, model_from_fields
+from studio.model_picker import build_panel, picker_choices
 from studio.style import mark
 from studio.tabs import QUIET
 from studio.views import human_count, human_duration, human_mb
@@ -70,6 +73,12 @@ def build(ctx) -> None:
                             errors[key] = gr.Markdown("", elem_classes="slm-field-error")
         with gr.Column(scale=2):
             estimate = gr.Markdown("", elem_classes="slm-estimate", elem_id="model-estimate")
+    with gr.Accordion("A real model: what it needs to chat, LoRA, QLoRA or fine-tune here", open=True):
+        real = gr.Dropdown([], value=None, allow_custom_value=True, label="Real model", elem_id="model-real",
+                           info="a Hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct), a cached model, a Hugging Face folder "
+                                "or a run; the Train tab's batch, context and LoRA rank set the training figures")
+        build_panel(ctx, real, "model-real")
+    ctx.on_load.append(dict(fn=lambda: gr.update(choices=picker_choices(ctx.runs_dir)), outputs=real))
     ctx.shared["model.preset"] = preset
     model_fields = [ctx.fields[f"model.{k}"] for k in MODEL_FIELDS]
     preset.input(preset_values, inputs=preset, outputs=model_fields, **QUIET)
@@ -83,6 +92,9 @@ def _wire_estimate(ctx, preset, model_fields, estimate, errors) -> None:
     and mode (LoRA trains only its adapters)."""
     extra = [ctx.fields[k] for k in TRAIN_KEYS if k in ctx.fields]
     keys = [k for k in TRAIN_KEYS if k in ctx.fields]
+    if "launch.nproc" in ctx.shared:  # the Train tab's process count: the estimate is per process
+        extra.append(ctx.shared["launch.nproc"])
+        keys.append("launch.nproc")
     inputs = [preset, *model_fields, *extra]
     outputs = [estimate, *errors.values()]
 
@@ -97,7 +109,7 @@ def _wire_estimate(ctx, preset, model_fields, estimate, errors) -> None:
 
 
 TRAIN_KEYS = ("train.batch_size", "train.grad_accum", "train.precision", "train.grad_checkpointing", "train.mode",
-              "lora.r", "lora.targets", "tokenizer.kind", "tokenizer.vocab_size")
+              "lora.r", "lora.targets", "tokenizer.kind", "tokenizer.vocab_size", "train.strategy")
 GPT2_VOCAB = 50257
 
 
@@ -140,7 +152,8 @@ def _describe(helper, config, train: dict) -> dict:
         "model": config.to_dict(), "batch_size": int(train.get("train.batch_size") or 16),
         "precision": train.get("train.precision") or "auto",
         "grad_checkpointing": bool(train.get("train.grad_checkpointing")), "grad_accum": grad_accum,
-        "mode": mode, "lora": lora, "timing": True})
+        "mode": mode, "lora": lora, "timing": True, "strategy": train.get("train.strategy") or "ddp",
+        "nproc": int(train.get("launch.nproc") or 1)})
     return {**info, "grad_accum": grad_accum}
 
 
@@ -164,7 +177,8 @@ def format_estimate(info: dict, memory: dict, gpus: list[dict]) -> str:
                                                  else "")),
         (f"Training memory (batch {train.get('batch_size')}, context {train.get('context')}, "
          f"{'bf16/fp16 autocast' if train.get('autocast') else 'fp32'}"
-         f"{', checkpointing' if train.get('grad_checkpointing') else ''})",
+         f"{', checkpointing' if train.get('grad_checkpointing') else ''}"
+         f"{per_process(train)})",
          f"**{human_mb(train['total_mb'])}** — {fit(info.get('fits_training'))} in {where}"),
         ("Inference memory (batch 1, full context)",
          f"{human_mb(infer['total_mb'])} fp32 · {human_mb(info.get('inference_bf16', infer)['total_mb'])} bf16 — "
@@ -174,6 +188,12 @@ def format_estimate(info: dict, memory: dict, gpus: list[dict]) -> str:
     table = "| On this machine | Estimate |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     notes = " ".join(info.get("notes") or [])
     return table + (f"\n\n_{notes}_" if notes else "")
+
+
+def per_process(train: dict) -> str:
+    """', per process: FSDP over 4' when several processes share the run (the figure is one process's)."""
+    world = train.get("world_size") or 1
+    return f", per process: {str(train.get('strategy', 'ddp')).upper()} over {world}" if world > 1 else ""
 
 
 def _budget_rows(info: dict) -> list[tuple[str, str]]:

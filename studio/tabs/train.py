@@ -16,7 +16,7 @@ import gradio as gr
 from slm_core import runqueue, runs
 from slm_core.config import LORA_TARGETS, list_presets, preset_description
 from slm_core.errors import SLMError
-from studio import watch
+from studio import launch_form, model_picker, shrink_form, watch
 from studio.command import page_overrides, recipe_values, runs_dir_arg, shell_command, train_args
 from studio.allow import AllowBox
 from studio.plots import training_figure
@@ -31,7 +31,7 @@ DEFAULT_RECIPE = "quickstart-cpu"
 REFRESH_S = 1.5
 MODES = [("Pretrain from scratch", "pretrain"), ("Distill from a teacher", "distill"),
          ("LoRA fine-tune", "lora"), ("Full fine-tune", "finetune")]
-SCHEDULES = ["cosine", "linear", "constant"]
+SCHEDULES = ["cosine", "linear", "constant", "wsd"]  # wsd: warmup, stable, decay (the CPU recipes use it)
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 
 
@@ -70,13 +70,18 @@ def _controls(ctx, recipes: list[str], recipe0: str) -> dict[str, Any]:
     f["train.mode"] = gr.Radio(MODES, value="pretrain", label="Mode")
     with gr.Group(visible=False) as c["base_group"]:
         f["train.init_from"] = gr.Dropdown([], value="", allow_custom_value=True, label="Base model",
-                                           info="a run (its best checkpoint) or a local checkpoint / Hugging Face folder")
+                                           info="a run (its best checkpoint), a checkpoint / Hugging Face folder, "
+                                                "a cached model or a Hub id")
+        model_picker.build_panel(ctx, f["train.init_from"], "train-base")  # what it is, memory, Download
     with gr.Group(visible=False) as c["distill_group"]:
         f["distill.teacher"] = gr.Dropdown([], value="", allow_custom_value=True, label="Teacher",
-                                           info="a run or a local folder; its tokenizer must match the student's")
+                                           info="a run, a folder, a cached model or a Hub id; its tokenizer must "
+                                                "match the student's")
+        model_picker.build_panel(ctx, f["distill.teacher"], "train-teacher")
         with gr.Row():
             f["distill.alpha"] = gr.Slider(0, 1, 0.5, step=0.05, label="α (weight of the teacher's soft targets)")
             f["distill.temperature"] = _number(2.0, "Temperature T", integer=False, minimum=0.1)
+        shrink_form.build(ctx)  # "shrink this model": distill.shrink_layers
     with gr.Group(visible=False) as c["lora_group"]:
         with gr.Row():
             f["lora.r"] = _number(8, "LoRA rank r", minimum=1)
@@ -102,6 +107,7 @@ def _controls(ctx, recipes: list[str], recipe0: str) -> dict[str, Any]:
             f["train.eval_interval"] = _number(100, "Evaluate every", minimum=1)
             f["train.ckpt_interval"] = _number(100, "Checkpoint every", minimum=1)
             f["train.seed"] = _number(1337, "Seed")
+        c["launch"] = launch_form.build(ctx)  # processes, strategy, GPUs, multi-node
     c["name"] = gr.Textbox("", label="Run name", placeholder="blank: <recipe>-<date>-<time>")
     with gr.Row(elem_classes="slm-buttons"):
         c["start"] = gr.Button("Start", variant="primary", elem_id="train-start")
@@ -208,14 +214,16 @@ def _page_inputs(ctx, c: dict) -> tuple[list, Any]:
 
 
 def _wire_actions(ctx, c: dict, m: dict) -> None:
-    inputs, parse = _page_inputs(ctx, c)
+    page, parse = _page_inputs(ctx, c)
+    inputs = page + [c["launch"][key] for key in launch_form.LAUNCH_KEYS]  # the Processes panel last
 
     def command(*args):
         try:
-            recipe, name, overrides = parse(*args)
+            recipe, name, overrides = parse(*args[:len(page)])
+            launch, env = launch_form.launch_from(args[len(page):])
         except SLMError as error:
             return f"# fix this first: {error}"
-        return shell_command(train_args(recipe, overrides, name, runs_dir_arg(ctx.runs_dir)))
+        return shell_command(train_args(recipe, overrides, name, runs_dir_arg(ctx.runs_dir), launch), env)
 
     gr.on([x.change for x in inputs], command, inputs, c["command"], trigger_mode="always_last", **QUIET)
     ctx.on_load.append(dict(fn=command, inputs=inputs, outputs=c["command"]))
@@ -223,14 +231,18 @@ def _wire_actions(ctx, c: dict, m: dict) -> None:
     def start(*args):
         check_fields(ctx, dict(zip(ctx.fields, args[3:])))  # inputs: recipe, name, model preset, *fields
         try:
-            recipe, name, overrides = parse(*args)
+            recipe, name, overrides = parse(*args[:len(page)])
+            launch, env = launch_form.launch_from(args[len(page):])
             busy = ctx.runner.active()
+            if busy and (launch or env):
+                raise SLMError(f"run '{busy}' is still running, and the queue starts runs as one process on the "
+                               f"default devices: stop '{busy}' first, or set Processes to 1 to queue this run")
             if busy:  # the button reads "Queue" meanwhile
                 entry = ctx.runner.enqueue(recipe, overrides, name)
                 return (message("ok", f"Queued **{entry['name']}**: it starts when **{busy}** and the runs queued "
                                       f"before it have ended."), gr.update(), None,
                         *_queue_outputs(ctx, busy)[1:])  # the queue box at once, not at the next refresh
-            run = ctx.runner.start(recipe, overrides, name)
+            run = ctx.runner.start(recipe, overrides, name, launch, env)
         except SLMError as error:
             return message("error", str(error)), gr.update(), gr.update(), gr.skip(), gr.skip()
         return (message("ok", f"Started **{run}** in a background worker."),

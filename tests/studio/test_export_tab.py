@@ -66,3 +66,32 @@ def test_mistakes_are_messages(run, helper, tmp_path):
     assert "Pick a format" in tab.export_run(helper, runs_dir, str(runs_dir / name), "best", "tflite", "f16")[0]
     text, rows, usage = tab.export_run(helper, runs_dir, str(tmp_path / "nothing"), "best", "hf", "f16")
     assert text.startswith(mark("error")) and "nothing" in text and rows == [] and usage == ""
+
+
+def test_a_lora_run_exports_as_base_and_adapter_ggufs_that_llama_cpp_is_told_to_combine(run, helper):
+    import os
+
+    from gguf import GGUFReader
+
+    from slm_core.config import load_recipe
+    from slm_core.train import train
+
+    runs_dir, base = run
+    quick = ["data.max_chars=400000", "model.context_length=64", "train.batch_size=4", "train.precision=fp32",
+             "train.eval_batches=2", "train.sample_tokens=4", "train.warmup_steps=1"]
+    config = load_recipe("quickstart-cpu", quick + ["train.mode=lora", f"train.init_from={runs_dir / base}",
+                                                    "train.max_steps=2", "train.eval_interval=2",
+                                                    "train.ckpt_interval=2", "lora.r=4"])
+    os.environ.setdefault("SLM_CACHE_DIR", str(runs_dir / ".cache"))
+    train(config, runs_dir / "tiny-lora", progress=False)
+    text, rows, usage = tab.export_run(helper, runs_dir, str(runs_dir / "tiny-lora"), "best", "gguf-lora", "f32")
+    out = runs_dir / "tiny-lora" / "export" / "gguf-lora-f32"
+    assert text.startswith(mark("ok")), text
+    names = [row[0] for row in rows]
+    base_file = next(n for n in names if n.endswith(".gguf") and "-base-" in n)
+    adapter_file = next(n for n in names if n.endswith(".gguf") and "-lora-" in n)
+    adapter = GGUFReader(str(out / adapter_file))
+    assert bytes(adapter.fields["general.type"].parts[-1]).decode() == "adapter"
+    assert any(t.name.endswith(".lora_a") for t in adapter.tensors)
+    assert f"llama-cli -m {out / base_file} --lora {out / adapter_file}" in usage
+    assert "--format gguf-lora" in usage and "--gguf-type f32" in usage

@@ -58,3 +58,19 @@ def test_the_step_time_is_measured_with_the_tokenizers_vocabulary():
         assert "measured now on this machine" in text
     finally:
         helper.close()
+
+
+def test_the_model_tab_says_the_training_figure_is_per_process_under_several():
+    """The Train tab's Processes and Strategy reach the Model tab's estimate: FSDP over 2 halves the sharded
+    parts, and the table says the figure is one process's."""
+    from slm_core import estimate
+    from slm_core.monitor import system_memory
+    from studio.tabs.model import format_estimate
+
+    config = load_model_preset("tiny-llama")
+    one = estimate.describe(config, 4, "fp32", device="cpu")
+    two = estimate.describe(config, 4, "fp32", device="cpu", strategy="fsdp", nproc=2)
+    assert two["training"]["optimizer_mb"] == one["training"]["optimizer_mb"] / 2
+    text = format_estimate(two, system_memory(), [])
+    assert "per process: FSDP over 2" in text and "split 2 ways" in text
+    assert "per process" not in format_estimate(one, system_memory(), [])

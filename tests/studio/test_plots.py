@@ -127,3 +127,24 @@ def test_loss_in_bits_per_byte_uses_the_runs_bytes_per_token():
 def test_overlay_of_bits_per_byte():
     fig = overlay_figure({"a": [dict(eval_row(1, 3.0), val_bpb=1.2)], "b": [eval_row(1, 3.5)]}, metric="val_bpb")
     assert [t.name for t in fig.data] == ["a"] and list(fig.data[0].y) == [1.2]
+
+
+def test_memory_draws_a_line_per_rank_even_after_thinning_a_long_run():
+    # A 2-GPU torchrun run: rank 0's figures every step, rank 1's gathered every 10th step (and the 1st).
+    def row(step):
+        extra = {"gpu_mem_allocated_mb": 1000.0, "gpu_mem_peak_mb": 1500.0}
+        if step == 1 or step % 10 == 0:
+            extra.update(ram_mb_rank1=800.0 + step, gpu_mem_allocated_mb_rank1=1100.0, gpu_mem_peak_mb_rank1=1600.0)
+        return train_row(step, 3.0, **extra)
+
+    # 20,000 steps thin to every 10th row (steps 1, 11, 21, ...): none of them carries rank 1's figures.
+    named = traces_named(training_figure([row(s) for s in range(1, 20_001)]))
+    ram1 = named["process RAM, rank 1"]
+    assert ram1.x[0] == 1 and ram1.x[-1] == 20_000 and 1000 <= len(ram1.x) <= 2001
+    assert ram1.y[-1] == 20_800.0
+    assert {"process RAM, rank 0", "GPU allocated, rank 0", "GPU allocated, rank 1", "GPU peak allocated, rank 1"} \
+        <= set(named)
+    assert named["GPU allocated, rank 1"].line.color == named["GPU allocated, rank 0"].line.color  # one colour a figure
+    assert named["GPU allocated, rank 1"].line.dash != named["GPU allocated, rank 0"].line.dash  # a dash a rank
+    # One process: the lines keep their plain names.
+    assert "process RAM" in traces_named(training_figure([train_row(1, 3.0)]))

@@ -149,3 +149,22 @@ def test_a_queued_run_starts_when_the_running_one_ends(runner):
     assert runner.wait(180) == 0
     assert runs.read_status(runner.root / "second")["state"] == "finished"
     assert not (runner.root / "third").exists() and runqueue.entries(runner.root) == []
+
+
+@pytest.mark.slow
+def test_two_processes_started_from_the_page_train_together_on_the_cpu(runner):
+    """Processes = 2 and FSDP on a machine without a GPU: the worker is `slm train --nproc 2`, torchrun runs
+    two gloo ranks, and the run finishes with both ranks' tokens counted and one metrics stream."""
+    from studio.launch_form import launch_from
+
+    launch, env = launch_from([2, [], 1, 0, ""])
+    name = runner.start("quickstart-cpu", steps(4) + ["train.strategy=fsdp"], name="pair", launch=launch, env=env)
+    assert runner.wait(300) == 0, (runner.root / name / "log.txt").read_text()[-2000:]
+    run_dir = runner.root / name
+    assert runs.read_status(run_dir)["state"] == "finished"
+    log = (run_dir / "log.txt").read_text()
+    assert log.splitlines()[0].endswith("--set train.strategy=fsdp --nproc 2")
+    rows = [r for r in watch.metrics(run_dir) if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["tokens"] == 4 * 4 * 64 * 2  # steps x batch x context x 2 ranks
+    assert (run_dir / "checkpoints" / "latest" / "sharded").is_dir()

@@ -1,0 +1,57 @@
+"""Stop in the Chat tab is per browser session: with two tabs streaming replies from the same shared engine
+(decoded in one batch), Stop in one tab ends that tab's reply and leaves the other one running to the end."""
+
+import socket
+import time
+
+import pytest
+
+from studio.chat_session import StopFlags
+
+# temperature 0.8, top-k 50, top-p 1, repetition penalty 1.1, the slider's most tokens, seed, engine, system prompt
+LONG = (0.8, 50, 1.0, 1.1, 1024, "7", "native", "")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_flags_are_per_session_and_bounded():
+    flags = StopFlags()
+    flags.get("tab-a").set()
+    assert flags.get("tab-a").is_set() and not flags.get("tab-b").is_set()
+    assert flags.get(None) is not flags.get(None)  # no session: never shared
+    for i in range(StopFlags.LIMIT + 10):
+        flags.get(f"s{i}")
+    assert len(flags.flags) == StopFlags.LIMIT
+
+
+@pytest.mark.timeout(240)
+def test_stop_in_one_tab_leaves_the_other_tabs_reply_running(copy_of_tiny_run, tmp_path):
+    from gradio_client import Client
+
+    from studio.app import build_app, launch
+
+    runs_dir, name = copy_of_tiny_run(tmp_path)
+    demo = build_app(runs_dir, tabs=["studio.tabs.chat"])
+    port = free_port()
+    launch(demo, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        tab_a, tab_b = (Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(2))  # two sessions
+        list(tab_a.submit("Once", [], name, "best", 0.8, 50, 1.0, 1.1, 4, "1", "native", "", api_name="/chat"))
+        job_a = tab_a.submit("Once upon a time", [], name, "best", *LONG, api_name="/chat")
+        job_b = tab_b.submit("Once upon a time", [], name, "best", *LONG, api_name="/chat")
+        deadline = time.time() + 60
+        while len(job_a.outputs()) < 3 or len(job_b.outputs()) < 3:  # both are streaming
+            assert time.time() < deadline and not (job_a.done() or job_b.done())
+            time.sleep(0.02)
+        tab_a.predict(api_name="/chat_stop")
+        _, _, stats_a, _ = job_a.result(timeout=120)
+        _, _, stats_b, _ = job_b.result(timeout=120)
+    finally:
+        demo.close()
+    assert "stopped" in stats_a and "stopped" not in stats_b and "done" in stats_b
+    tokens = [int(s.split(" tokens in")[0].split()[-1]) for s in (stats_a, stats_b)]
+    assert tokens[0] < tokens[1]  # A ended early; B went on after A's Stop
