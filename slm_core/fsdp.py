@@ -221,9 +221,12 @@ _ALLOWED = {("torch", "Size"), ("torch", "device"), ("collections", "OrderedDict
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         dtype = getattr(torch, name, None) if module == "torch" else None
-        if isinstance(dtype, (torch.dtype, torch.layout, torch.memory_format)) or (module, name) in _ALLOWED \
-                or module.startswith(_ALLOWED_MODULES):
+        if isinstance(dtype, (torch.dtype, torch.layout, torch.memory_format)) or (module, name) in _ALLOWED:
             return super().find_class(module, name)
+        if module.startswith(_ALLOWED_MODULES) and "." not in name:  # a dotted name could reach `os.system`
+            found = super().find_class(module, name)
+            if isinstance(found, type) and found.__module__.startswith(_ALLOWED_MODULES):  # DCP's own classes
+                return found
         raise SLMError(f"the checkpoint's {SHARDS}/.metadata refers to {module}.{name}, which a DCP index never "
                        f"holds: the file is damaged or not from SLM Studio; resume from another checkpoint")
 

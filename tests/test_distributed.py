@@ -234,3 +234,21 @@ def test_a_doctored_shard_index_is_refused_without_running_it(tmp_path):
     with pytest.raises(SLMError, match="posix.system|os.system|nt.system"):
         fsdp.SafeReader(str(tmp_path)).read_metadata()
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_shard_index_cannot_reach_a_function_through_a_dcp_module(tmp_path):
+    """pickle resolves dotted names, so `<a DCP module>.os.system` would pass a check on the module alone."""
+    import pickle
+
+    from slm_core import fsdp
+    from slm_core.errors import SLMError
+
+    module = "torch.distributed.checkpoint.filesystem"
+    command = f"touch {tmp_path / 'ran'}".encode()
+    # GLOBAL-free protocol-4 opcodes: STACK_GLOBAL module "os.system", then call it with one argument.
+    payload = (b"\x80\x04" + b"\x8c" + bytes([len(module)]) + module.encode() + b"\x8c\x09os.system\x93"
+               + b"\x8c" + bytes([len(command)]) + command + b"\x85R.")
+    (tmp_path / ".metadata").write_bytes(payload)
+    with pytest.raises(SLMError, match="os.system"):
+        fsdp.SafeReader(str(tmp_path)).read_metadata()
+    assert not (tmp_path / "ran").exists()
