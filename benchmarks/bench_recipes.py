@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from slm_core.config import list_presets, preset_description  # noqa: E402
+from bench_time_to_quality import _children_cpu, load_average  # noqa: E402  (a sibling script)
 
 STATED = re.compile(r"measured (?:about )?([\d.]+) ?(min|s)\b", re.IGNORECASE)
 BASE = "quickstart-cpu"  # what finetune / LoRA / distillation start from
@@ -86,18 +86,6 @@ def run_recipe(name: str, sets: list[str], runs_dir: Path, env: dict, timeout: f
             "steps": status.get("step"), "best_val_loss": status.get("best_val_loss"),
             "overhead": status.get("overhead"),
             **({"error": err.strip().splitlines()[-1] if err.strip() else str(code)} if code != 0 else {})}
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
 
 
 def main() -> int:

@@ -423,14 +423,9 @@ def read_safetensors_folder(folder: Path) -> dict:
     """All tensors of model.safetensors or of the shards named in model.safetensors.index.json."""
     from safetensors.torch import load_file
 
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [folder / s for s in shards]
-    elif (folder / "model.safetensors").exists():
-        files = [folder / "model.safetensors"]
-    else:
-        files = sorted(folder.glob("*.safetensors"))
+    from slm_core.sources import weight_files
+
+    files = weight_files(folder)
     if not files:
         pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
         hint = (f" It has {pickles[:3]}: pickled weights can run code when loaded, so they are refused. Convert "

@@ -123,14 +123,14 @@ def safetensors_header(path: Path) -> dict:
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files a loader reads: the shards of the index, else every *.safetensors."""
+    """The safetensors files a loader reads: the shards of the index, else model.safetensors, else every
+    *.safetensors. A damaged index raises (json/KeyError); the loader reports it."""
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        try:
-            return [folder / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        except (OSError, ValueError, KeyError):
-            pass
+        return [folder / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    if (folder / "model.safetensors").exists():
+        return [folder / "model.safetensors"]
     return sorted(folder.glob("*.safetensors"))
 
 
@@ -138,7 +138,11 @@ def weight_stats(folder: Path) -> dict:
     """{"parameters", "dtype" (the most common, lower case: bf16, f32...), "tensor_bytes", "disk_bytes"}
     of a folder's safetensors weights, from their headers only."""
     params, tensor_bytes, disk, dtypes = 0, 0, 0, {}
-    for path in weight_files(folder):
+    try:
+        files = weight_files(folder)
+    except (OSError, ValueError, KeyError):  # a damaged index: estimate from the files that are there
+        files = sorted(Path(folder).glob("*.safetensors"))
+    for path in files:
         if not path.exists():
             continue
         disk += path.stat().st_size
