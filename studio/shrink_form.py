@@ -10,21 +10,14 @@ device) from the teacher's config alone: no weights are read.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Optional
 
-from slm_core.config import DistillConfig
 from slm_core.errors import SLMError
 from studio.style import mark
 from studio.views import human_count, human_mb
 
 KEY = "distill.shrink_layers"
-
-
-def supported() -> bool:
-    """Whether this build's config has distill.shrink_layers (the engine side of shrinking)."""
-    return any(f.name == "shrink_layers" for f in dataclasses.fields(DistillConfig))
 
 
 def summary_markdown(info: dict) -> str:
@@ -63,13 +56,9 @@ def build(ctx) -> None:
 
     with gr.Accordion("Shrink this model: the student is the teacher with fewer layers", open=True):
         layers = gr.Number(0, label="Student layers", precision=0, minimum=0, elem_id="train-shrink-layers",
-                           info="0 = off (distill into the recipe's model); e.g. 8 of Llama-3.2-1B's 16",
-                           interactive=supported())
-        text = gr.Markdown("" if supported() else
-                           f"{mark('warn')} This build has no distill.shrink_layers setting yet.",
-                           elem_id="train-shrink-summary", elem_classes="slm-estimate")
-    if supported():
-        ctx.fields[KEY] = layers
+                           info="0 = off (distill into the recipe's model); e.g. 8 of Llama-3.2-1B's 16")
+        text = gr.Markdown("", elem_id="train-shrink-summary", elem_classes="slm-estimate")
+    ctx.fields[KEY] = layers
     teacher = ctx.fields["distill.teacher"]
     gr.on([teacher.change, layers.change],
           lambda t, n: summary(ctx.helper, check_path(ctx, t, "model"), n, ctx.runs_dir),
