@@ -7,13 +7,15 @@ forward: per-token framework overhead (≈ 5–30 µs an op on a loaded 2-core C
 the plain forward), not arithmetic, is what limits small models at batch 1, so the decode path does
 fewer, larger ops, prepared once:
 
-- q/k/v and gate/up are each one (in, out) matrix; o_proj and down_proj fold the residual add into
-  their multiply (addmm), so a layer is four matrix multiplies and no separate adds;
+- q/k/v and gate/up are each one matrix; o_proj and down_proj fold the residual add into their multiply,
+  so a layer is four matrix multiplies and no separate adds. On CPU in fp32 the matrices are prepacked
+  for oneDNN (see `_onednn_packed`): several rows, i.e. several chats batched, then cost little more than
+  one;
 - RoPE is one complex multiply over queries and keys together: the q and k weight columns are permuted
   within each head from Hugging Face's two-halves layout to interleaved pairs (a permutation applied to
   both q and k leaves every q·k product, hence attention, unchanged; the cache holds permuted keys);
 - a batch-1 step writes the cache through views (no index tensors) and reads a slice of it;
-- the head runs on the last position only, from a transposed copy read in memory order.
+- the head runs on the last position only.
 
 Quantized and LoRA (peft) linears are called as modules inside the same layer math (`_Proj`), so they
 get every saving but the weight fusion. `compile=True` wraps the batched step in torch.compile over
@@ -31,7 +33,21 @@ from slm_core.lora import base_transformer
 from slm_core.model import RMSNorm, rope_cos_sin
 
 MAX_CACHE = 4096  # positions per slot at most: an imported model may allow 32k
-FAST_MAX_PARAMS = 300_000_000  # fused, transposed copies double most weights: small models only
+FAST_MAX_PARAMS = 300_000_000  # fused, prepacked copies double most weights: small models only
+# Up to here a second, (in, out) copy serves one-row multiplies on one thread, where MKL streams the weights
+# faster than oneDNN (~100M model: 35 vs 28 tokens/s; on two threads oneDNN is ahead, 43 vs 36).
+ONE_ROW_COPY_MAX_PARAMS = 150_000_000
+# Prepacking pays from about this width: on a 256-wide model's matrices oneDNN's per-call cost made a
+# 4-row step 20-40% slower than MKL's (measured in place; isolated micro-benchmarks flatter oneDNN).
+ONEDNN_MIN_DIM = 512
+
+
+def prepared_weight_copies(n_params: int, d_model: int, dtype: str, device: str) -> int:
+    """How many copies of its linear weights a Decoder makes besides the model's own (for memory estimates):
+    the fused, prepared matrices up to FAST_MAX_PARAMS, plus the one-row copy next to oneDNN's."""
+    small = n_params <= FAST_MAX_PARAMS
+    packed = dtype == "fp32" and not str(device).startswith("cuda") and d_model >= ONEDNN_MIN_DIM
+    return int(small) + int(small and packed and n_params <= ONE_ROW_COPY_MAX_PARAMS)
 
 
 def _plain(*modules) -> bool:
@@ -45,34 +61,62 @@ def _in_out(w: torch.Tensor) -> torch.Tensor:
     return w.t().contiguous() if w.dtype == torch.float32 else w.t()
 
 
+def _onednn_packed(w: torch.Tensor) -> Optional[torch.Tensor]:
+    """An fp32 (out, in) CPU weight in oneDNN's blocked layout (what inductor's CPU freezing prepares), or None
+    where oneDNN can't take it. MKL's sgemm packs its operand on every call, so a few-row multiply costs
+    almost what one row per call would (4 rows ~3-4x one row, measured at 100M shapes on AVX2): batching
+    several chats gained little. From a prepacked weight 4 rows cost ~1.3-2x one row, and one row of a
+    wide matrix is as fast or faster."""
+    if w.dtype != torch.float32 or w.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return None
+    if min(w.shape) < ONEDNN_MIN_DIM:  # too short a multiply: oneDNN's per-call cost outweighs the gain
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous())
+        probe = torch.ones(2, w.shape[1])
+        torch.testing.assert_close(torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], ""),
+                                   F.linear(probe, w), rtol=1e-4, atol=1e-4)
+        return packed
+    except (RuntimeError, AssertionError, AttributeError):  # an op missing or different in this torch build
+        return None
+
+
 class _Proj:
     """y = x @ W (+ b) for x (N, in). Plain linears become one transposed (in, out) matrix (several
     linears concatenated: one multiply instead of several), optionally with permuted output columns;
     anything else (quantized, LoRA) is called as its modules and the permutation gathered after."""
 
-    __slots__ = ("w", "b", "modules", "perm")
+    __slots__ = ("w", "packed", "b", "modules", "perm")
 
-    def __init__(self, modules: list, perm: Optional[torch.Tensor], fuse: bool):
-        self.w = self.b = self.perm = None
+    def __init__(self, modules: list, perm: Optional[torch.Tensor], fuse: bool, one_row_copy: bool = False):
+        self.w = self.packed = self.b = self.perm = None
         self.modules = modules
         if fuse and _plain(*modules):
             w = torch.cat([m.weight.detach() for m in modules])  # (out, in)
             b = None if modules[0].bias is None else torch.cat([m.bias.detach() for m in modules])
             if perm is not None:
                 w, b = w[perm], None if b is None else b[perm]
-            self.w, self.b = _in_out(w), b
+            self.packed, self.b = _onednn_packed(w), b
+            self.w = _in_out(w) if self.packed is None or one_row_copy else None
         else:
             self.perm = perm
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._use_packed(x):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.b, "none", [], "")
         if self.w is not None:
             return torch.mm(x, self.w) if self.b is None else torch.addmm(self.b, x, self.w)
         mods = self.modules
         y = mods[0](x) if len(mods) == 1 else torch.cat([m(x) for m in mods], dim=-1)
         return y if self.perm is None else y.index_select(-1, self.perm)
 
+    def _use_packed(self, x: torch.Tensor) -> bool:
+        return self.packed is not None and (self.w is None or x.shape[0] > 1 or torch.get_num_threads() > 1)
+
     def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x + proj(y): the residual add folded into the multiply where the weight allows."""
+        if self._use_packed(y):
+            return torch.ops.mkldnn._linear_pointwise.binary(y, x, self.packed, self.b, "add")
         if self.w is not None and self.b is None:
             return torch.addmm(x, y, self.w)
         return x + self(y)
@@ -106,7 +150,7 @@ def _interleave(heads: int, head_dim: int) -> torch.Tensor:
 class _Layer:
     """One block's prepared weights and its decode math over 2-D activations (N = B*T rows, C)."""
 
-    def __init__(self, layer, cfg, fuse: bool, dtype: torch.dtype, rope: bool, device):
+    def __init__(self, layer, cfg, fuse: bool, dtype: torch.dtype, rope: bool, device, one_row_copy: bool):
         attn, mlp = layer.self_attn, layer.mlp
         self.H, self.KV, self.D = attn.n_head, attn.n_kv_head, attn.head_dim
         qk = self.H + self.KV
@@ -114,8 +158,8 @@ class _Layer:
         if rope:  # permute q and k heads to interleaved pairs; v (and everything else) stays
             perm = torch.cat((_interleave(qk, self.D), torch.arange(qk * self.D, (qk + self.KV) * self.D)))
             perm = perm.to(device)
-        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], perm, fuse)
-        self.o = _Proj([attn.o_proj], None, fuse)
+        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], perm, fuse, one_row_copy)
+        self.o = _Proj([attn.o_proj], None, fuse, one_row_copy)
         self.qk_norm = None
         if getattr(cfg, "qk_norm", False):  # Qwen3: per-head RMSNorm over (D,), weights permuted like q/k
             order = _interleave(1, self.D) if rope else torch.arange(self.D)
@@ -123,8 +167,8 @@ class _Layer:
         self.norm1 = _norm_fn(layer.input_layernorm, dtype)
         self.norm2 = _norm_fn(layer.post_attention_layernorm, dtype)
         self.swiglu = mlp.swiglu
-        self.up = _Proj([mlp.gate_proj, mlp.up_proj] if mlp.swiglu else [mlp.up_proj], None, fuse)
-        self.down = _Proj([mlp.down_proj], None, fuse)
+        self.up = _Proj([mlp.gate_proj, mlp.up_proj] if mlp.swiglu else [mlp.up_proj], None, fuse, one_row_copy)
+        self.down = _Proj([mlp.down_proj], None, fuse, one_row_copy)
         self.d_ff = cfg.d_ff
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,12 +217,12 @@ class Decoder:
             half = cfg.head_dim // 2  # (max_len, D/2) complex: e^{i·angle} of each interleaved pair
             self.freqs = torch.complex(cos[:, :half].float(), sin[:, :half].float())
         self.gqa = cfg.n_kv_head != cfg.n_head
-        small = sum(p.numel() for p in core.parameters()) <= FAST_MAX_PARAMS
-        self.layers = [_Layer(layer, cfg, small, self.dtype, self.freqs is not None, self.device) for layer in core.layers]
+        n_params = sum(p.numel() for p in core.parameters())
+        small, tiny = n_params <= FAST_MAX_PARAMS, n_params <= ONE_ROW_COPY_MAX_PARAMS
+        self.layers = [_Layer(layer, cfg, small, self.dtype, self.freqs is not None, self.device, tiny)
+                       for layer in core.layers]
         self.norm = _norm_fn(core.norm, self.dtype)
-        # The head is the widest one-row multiply of a small model (see _in_out).
-        self.head_t = (_in_out(core.lm_head.weight.detach())
-                       if small and _plain(core.lm_head) and core.lm_head.bias is None else None)
+        self.head = _Proj([core.lm_head], None, small, tiny)  # the widest one-row multiply of a small model
         embed = core.embed_tokens
         self.embed_w = embed.weight.detach() if type(embed) is torch.nn.Embedding else None
         self.pos_w = core.embed_positions.weight.detach() if cfg.position == "learned" else None
@@ -267,8 +311,7 @@ class Decoder:
         return x if self.pos_w is None else x + self.pos_w[p].to(self.dtype)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x)
-        return torch.mm(x, self.head_t) if self.head_t is not None else self.core.lm_head(x)
+        return self.head(self.norm(x))
 
     # ---- compiled, static shapes ------------------------------------------------------------------
 

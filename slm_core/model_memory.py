@@ -182,8 +182,12 @@ def estimate(spec: str, runs_dir: Optional[str | Path] = None, device: Optional[
     cache = min(config.context_length, CHAT_CACHE)
     dtype = chat_dtype(device)
     one = inference_memory(config, batch=1, context=cache, dtype=dtype)
-    # The engine keeps a KV cache per slot and computes the logits of the last position only.
-    chat_mb = (one["weights_mb"] + CHAT_SLOTS * one["kv_cache_mb"] + one["activations_mb"]
+    # The engine keeps a KV cache per slot, computes the logits of the last position only, and runs a small
+    # model from prepared copies of its matrices (slm_core.decoder).
+    from slm_core.decoder import prepared_weight_copies  # imports torch: only when estimating
+
+    copies = prepared_weight_copies(params, config.d_model, dtype, device)
+    chat_mb = (one["weights_mb"] * (1 + copies) + CHAT_SLOTS * one["kv_cache_mb"] + one["activations_mb"]
                + 4 * config.vocab_size / MB)
     if held_bytes(dtype) != held:  # converting: the memory-mapped checkpoint stays mapped until all is converted
         chat_mb = max(chat_mb, info["tensor_bytes"] / MB + one["weights_mb"])

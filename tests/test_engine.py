@@ -157,3 +157,37 @@ def test_cached_greedy_decoding_equals_the_models_own_full_forward(shape):
         for _ in range(24):
             tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
     assert got == tokens[len(prompt):]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_prepacked_cpu_matrices_give_the_models_own_logits_alone_and_batched(family):
+    # From 512 wide, fp32 CPU projections run from oneDNN-prepacked weights (GPT-2's biases ride in the same
+    # call), and one row on one thread from a second, transposed copy: every path must be the model's math.
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN: the decoder keeps MKL's path only")
+    torch.manual_seed(2)
+    config = ModelConfig(family=family, n_layer=1, n_head=8, n_kv_head=2 if family == "llama" else None,
+                         d_model=512, d_ff=512, context_length=32, vocab_size=512)
+    model = Transformer(config).eval()
+    for p in model.parameters():  # non-zero biases and norm weights, so a dropped or misplaced one would show
+        if p.dim() == 1:
+            torch.nn.init.normal_(p, std=0.3)
+    prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
+    decoder = Decoder(model, slots=3)
+    assert decoder.layers[0].qkv.packed is not None and decoder.head.packed is not None
+    full = [model(torch.tensor([p + [11]]))[0, -1] for p in prompts]
+    for slot, prompt in enumerate(prompts):
+        torch.testing.assert_close(decoder.prefill(slot, prompt), model(torch.tensor([prompt]))[0, -1],
+                                   atol=1e-4, rtol=1e-4)
+    batched = decoder.step([0, 1, 2], [11, 11, 11], [len(p) for p in prompts])
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):  # one thread: the transposed copy; two: the prepacked weights
+            torch.set_num_threads(count)
+            alone = Decoder(model, slots=1)
+            alone.prefill(0, prompts[0])
+            torch.testing.assert_close(alone.step([0], [11], [len(prompts[0])])[0], full[0], atol=1e-4, rtol=1e-4)
+    finally:
+        torch.set_num_threads(threads)
+    for row, expected in zip(batched, full):
+        torch.testing.assert_close(row, expected, atol=1e-4, rtol=1e-4)
