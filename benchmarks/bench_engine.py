@@ -3,7 +3,9 @@
 Prints training tokens/s (forward + backward + AdamW; the two models' steps alternated, median step)
 and batch-1 generation tokens/s for both, and their ratio. Targets: training >= 1.3x, generation >= 2x.
 
-    python benchmarks/bench_engine.py [--family llama|gpt2] [--steps 8] [--precision fp32|bf16]
+    python benchmarks/bench_engine.py [--family llama|gpt2] [--steps 8] [--precision fp32|bf16] [--compile]
+
+--compile trains both models through torch.compile (each compiles once, untimed): compiled against compiled.
 """
 
 from __future__ import annotations
@@ -51,15 +53,16 @@ def logits_of(model, x):
     return out if isinstance(out, torch.Tensor) else out.logits
 
 
-def train_step(model, config, batch, amp):
+def train_step(model, config, batch, amp, compiled=False):
     """One training step (forward, loss, backward, AdamW) of `model` on a fixed batch, as a function."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, config.vocab_size, (batch, config.context_length))
     model.train()
+    forward = torch.compile(model) if compiled else model
 
     def step():
         with amp():
-            logits = logits_of(model, x[:, :-1])
+            logits = logits_of(forward, x[:, :-1])
         loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
         loss.backward()
         optimizer.step()
@@ -68,12 +71,13 @@ def train_step(model, config, batch, amp):
     return step
 
 
-def train_tokens_per_sec(models: dict, config, batch, steps, amp) -> dict:
+def train_tokens_per_sec(models: dict, config, batch, steps, amp, compiled=False) -> dict:
     """Training tokens/s of each model, their steps alternated (A, B, A, B, ...) so a machine whose load
     changes during the run slows both alike; each figure is from the median step (wall time)."""
-    fns = {name: train_step(model, config, batch, amp) for name, model in models.items()}
+    fns = {name: train_step(model, config, batch, amp, compiled) for name, model in models.items()}
     for fn in fns.values():
-        fn()  # warm-up
+        fn()  # warm-up (and the compile)
+        fn()
     times: dict = {name: [] for name in fns}
     for _ in range(steps):
         for name, fn in fns.items():
@@ -109,6 +113,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="train both through torch.compile")
+    parser.add_argument("--no-generate", action="store_true", help="training rows only")
     args = parser.parse_args()
     if args.precision == "bf16" and not cpu_has_native_bf16():
         print(f"this CPU has no native bf16 (torch reports {torch.backends.cpu.get_cpu_capability()}): bf16 "
@@ -121,14 +127,16 @@ def main() -> None:
     ours, theirs = Transformer(config), hf_model(config)
     n_ours, n_hf = ours.num_parameters(), sum(p.numel() for p in theirs.parameters())
     print(f"{args.family} shape: {n_ours / 1e6:.1f}M params (transformers: {n_hf / 1e6:.1f}M), "
-          f"{torch.get_num_threads()} threads, {args.precision}")
-    rates = train_tokens_per_sec({"ours": ours, "hf": theirs}, config, args.batch, args.steps, amp)
+          f"{torch.get_num_threads()} threads, {args.precision}{', compiled' if args.compile else ''}")
+    rates = train_tokens_per_sec({"ours": ours, "hf": theirs}, config, args.batch, args.steps, amp, args.compile)
     train_ours, train_hf = rates["ours"], rates["hf"]
+    print(f"{'':<28}{'slm_core':>12}{'transformers':>14}{'ratio':>8}")
+    print(f"{'train tokens/s':<28}{train_ours:>12.0f}{train_hf:>14.0f}{train_ours / train_hf:>7.2f}x")
+    if args.no_generate:
+        return
     prompt = torch.randint(0, config.vocab_size, (16,)).tolist()
     gen_ours = ours_generate_tokens_per_sec(ours, prompt, args.new_tokens)
     gen_hf = hf_generate_tokens_per_sec(theirs, prompt, args.new_tokens)
-    print(f"{'':<28}{'slm_core':>12}{'transformers':>14}{'ratio':>8}")
-    print(f"{'train tokens/s':<28}{train_ours:>12.0f}{train_hf:>14.0f}{train_ours / train_hf:>7.2f}x")
     print(f"{'generate tokens/s (batch 1)':<28}{gen_ours:>12.1f}{gen_hf:>14.1f}{gen_ours / gen_hf:>7.2f}x")
 
 

@@ -24,6 +24,7 @@ import torch
 
 from slm_core.decoder import Decoder
 from slm_core.errors import SLMError
+from slm_core.requests import QueuedRequest
 from slm_core.sampling import SamplingParams, TextStream, sample_next
 
 DEFAULT_SLOTS = 8
@@ -135,46 +136,12 @@ def decode_one(decoder: Decoder, prompt_ids: list[int], params: SamplingParams,
 
 # ---- the engine: many requests, one decode loop -----------------------------------------------------
 
-class Request:
-    """Handle on one submitted generation: iterate it for token ids; `stats` fills as it runs."""
+class Request(QueuedRequest):
+    """Handle on one submitted generation: iterate it (or `chunks()`) for token ids."""
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, stop_ids):
+        super().__init__()
         self.seq = Sequence(list(prompt_ids), params, frozenset(stop_ids))
-        self.events: queue.Queue = queue.Queue()
-        self.cancelled = False
-        self.submitted = time.perf_counter()
-        self.first_token_at: Optional[float] = None
-        self.finish_reason: Optional[str] = None  # "stop" | "length" | "cancelled"
-
-    def __iter__(self) -> Iterator[int]:
-        while True:
-            item = self.events.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def chunks(self) -> Iterator[list[int]]:
-        """The tokens in lists: waits for one, then takes every token already delivered, so a reader that
-        falls behind (an HTTP stream, a busy page) catches up in one step instead of one per token."""
-        while True:
-            items = [self.events.get()]
-            while items[-1] is not None and not isinstance(items[-1], BaseException):
-                try:
-                    items.append(self.events.get_nowait())
-                except queue.Empty:
-                    break
-            tokens = [t for t in items if isinstance(t, int)]
-            if tokens:
-                yield tokens
-            if items[-1] is None:
-                return
-            if isinstance(items[-1], BaseException):
-                raise items[-1]
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
     @property
     def generated(self) -> int:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Iterator, Optional
+from typing import Optional
 
 from slm_core.errors import SLMError
+from slm_core.requests import QueuedRequest
 from slm_core.sampling import SamplingParams
 
 TOKEN, FINISHED, FAILED = 1, 2, 8  # og.EngineEventFlags bits
@@ -33,32 +34,15 @@ def supported(og) -> bool:
     return hasattr(og, "Engine") and hasattr(og, "TurnOptions")
 
 
-class BatchedRequest:
-    """One request in the batcher: iterate it (or `chunks()`) for token ids; the Request interface of
-    slm_core.engine (cancel, finish_reason, first_token_at, generated, submitted)."""
+class BatchedRequest(QueuedRequest):
+    """One request in the batcher: iterate it (or `chunks()`) for token ids."""
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset):
+        super().__init__()
         self.prompt_ids, self.params, self.stop_ids = prompt_ids, params, stop_ids
-        self.events: queue.Queue = queue.Queue()
-        self.cancelled = False
-        self.submitted = time.perf_counter()
-        self.first_token_at: Optional[float] = None
-        self.finish_reason: Optional[str] = None
         self.generated = 0
         self.handle = None  # og.Request once the loop has begun its turn
         self.turn = None
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def __iter__(self) -> Iterator[int]:
-        for tokens in self.chunks():
-            yield from tokens
-
-    def chunks(self) -> Iterator[list[int]]:
-        from slm_core.engine import Request
-
-        return Request.chunks(self)  # the same queue protocol: ints, then None (or an exception)
 
 
 class GenaiBatcher:

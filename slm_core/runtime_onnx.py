@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from slm_core.errors import SLMError
+from slm_core.requests import RequestHandle
 from slm_core.sampling import SamplingParams
 
 PRECISIONS = ("fp32", "int4", "int8", "fp16")
@@ -158,20 +159,14 @@ class OnnxEngine:
         return options
 
 
-class GenaiRequest:
-    """One genai Generator, iterated lazily in the caller's thread; the Request interface of the engine."""
+class GenaiRequest(RequestHandle):
+    """One genai Generator, iterated lazily in the caller's thread."""
 
     def __init__(self, engine: OnnxEngine, prompt_ids: list[int], params: SamplingParams, stop_ids=None):
+        super().__init__()
         self.engine, self.prompt_ids, self.params = engine, prompt_ids, params
         self.stop_ids = frozenset(stop_ids or ())
-        self.cancelled = False
-        self.submitted = time.perf_counter()
-        self.first_token_at: Optional[float] = None
-        self.finish_reason: Optional[str] = None
         self.generated = 0
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
     def __iter__(self) -> Iterator[int]:
         og, engine = self.engine.og, self.engine

@@ -17,6 +17,7 @@ import gradio as gr
 
 from slm_core.errors import SLMError
 from studio.allow import AllowBox
+from studio.chat_session import StopFlags
 from studio.compare_session import PairSession, lora_base, lora_runs
 from studio.model_picker import chat_choices  # runs, their artifacts, cached Hub models
 from studio.security import check_path
@@ -27,7 +28,7 @@ TITLE = "Compare"
 
 def build(ctx) -> None:
     pair = PairSession(ctx.runs_dir)
-    stop_flag = threading.Event()
+    stops = StopFlags()  # one per browser session: Stop ends this tab's pair of replies, not every tab's
     pickers, bots, infos = [], [], []
     with gr.Row(equal_height=False):
         for side in "AB":
@@ -56,10 +57,10 @@ def build(ctx) -> None:
     inputs = [text, *bots, *pickers, *settings, system]
     outputs = [*bots, text, *infos]
 
-    def respond(prompt, history_a, history_b, source_a, source_b, *values):
+    def respond(request: gr.Request, prompt, history_a, history_b, source_a, source_b, *values):
         check_path(ctx, [source_a, source_b], "model")
         *sampling, system_prompt = values  # the sliders, then the system prompt
-        yield from compare_reply(pair, stop_flag, prompt, history_a, history_b, source_a, source_b, *sampling,
+        yield from compare_reply(pair, stops.get(request.session_hash), prompt, history_a, history_b, source_a, source_b, *sampling,
                                  system=system_prompt)
 
     sent = send.click(respond, inputs, outputs, api_name="compare", concurrency_limit=4, concurrency_id="compare",
@@ -67,7 +68,12 @@ def build(ctx) -> None:
     submitted = text.submit(respond, inputs, outputs, concurrency_limit=4, concurrency_id="compare", **QUIET)
     for event in (sent, submitted):
         allow.after(event, [("model", pickers[0]), ("model", pickers[1])])
-    stop.click(lambda: stop_flag.set(), None, None, **PRIVATE)
+
+    def stop_replies(request: gr.Request) -> None:
+        stops.get(request.session_hash).set()
+
+    # Undocumented, not private: a client (and the test of this) can stop its own session's replies.
+    stop.click(stop_replies, None, None, api_name="compare_stop", api_visibility="undocumented")
     clear.click(lambda: ([], [], "", ""), None, [*bots, *infos], **QUIET)
     # One click: the pickers become (base, LoRA run), the histories restart, and the prompt goes to both.
     picked = lora_go.click(lambda run: base_and_adapter(ctx.runs_dir, check_path(ctx, run, "model")), lora,
