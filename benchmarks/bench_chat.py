@@ -223,7 +223,7 @@ def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
     print(f"\n## {name}: {params:.1f}M parameters, batch 1, {n} new tokens, prompt {len(ids)} tokens")
     print(f"{'path':<44}{'threads':>8}{'tok/s':>10}{'TTFT ms':>10}{'vs peer':>10}")
     variants = {"fp32": model, "bf16": Transformer(config).eval(), "int8": quantized(model, "int8"),
-                "int4": quantized(model, "int4")}
+                "int8-dynamic": quantized(model, "int8-dynamic"), "int4": quantized(model, "int4")}
     variants["bf16"].load_state_dict(model.state_dict())
     variants["bf16"] = variants["bf16"].to(torch.bfloat16)
     for threads in thread_counts:
@@ -242,9 +242,11 @@ def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
         rows.append((f"native Engine, Studio native path ({dtype})", engine_row(engine, ids, n),
                      rows[0][1][0] if rows else None))
         engine.close()
+        peers: dict = {}
         for dtype, variant in variants.items():
-            hf = hf_row(folders["hf"], ids, n, dtype)
-            rows.append((f"transformers generate {dtype} (peer)", hf, None))
+            peer_dtype = "int8" if dtype == "int8-dynamic" else dtype  # transformers' int8 is dynamic int8
+            hf = peers[peer_dtype] = peers.get(peer_dtype) or hf_row(folders["hf"], ids, n, peer_dtype)
+            rows.append((f"transformers generate {peer_dtype} (peer)", hf, None))
             rows.append((f"native decode {dtype} (slm generate)", native_row(variant, ids, n), hf[0]))
         for label, (tps, ttft), peer in rows:
             ratio = f"{tps / peer:.2f}x" if peer and peer == peer and peer > 0 else ""

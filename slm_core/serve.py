@@ -321,9 +321,43 @@ def cmd_serve(args) -> int:
 
     print(f"serving '{served.model_id}' ({served.engine.description}) on http://{args.host}:{args.port}/v1",
           flush=True)
-    uvicorn.run(create_app(served), host=args.host, port=args.port, log_level="warning")
-    served.engine.close()
-    return 0
+    app = create_app(served)
+    if not hasattr(served.engine, "run_here"):  # onnxruntime-genai runs its own threads
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        served.engine.close()
+        return 0
+    return _serve_decoding_here(served, uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                                                      log_level="warning")))
+
+
+def _serve_decoding_here(served: Served, server) -> int:
+    """HTTP on a thread of its own, the native decode loop on this thread (the one that loaded the model:
+    see Engine.run_here). Ctrl-C or SIGTERM stops both; a server that cannot start (port taken) ends the loop."""
+    import signal
+    import threading
+
+    engine = served.engine
+    http = threading.Thread(target=server.run, name="slm-http", daemon=True)
+
+    def stop(*_) -> None:
+        server.should_exit = True
+        engine.close()
+
+    def watch() -> None:
+        http.join()
+        engine.close()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}  # as uvicorn.run does
+    http.start()
+    threading.Thread(target=watch, name="slm-http-watch", daemon=True).start()
+    try:
+        engine.run_here()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        stop()
+        http.join(timeout=10)
+    return 0 if server.started else 1
 
 
 def load_served(model: str, engine: str = "native", tag: str = "best", slots: int = 8, dtype: str = "auto",
