@@ -24,7 +24,7 @@ import torch
 
 from slm_core.decoder import Decoder
 from slm_core.errors import SLMError
-from slm_core.requests import QueuedRequest
+from slm_core.requests import QueuedRequest, RequestLoop
 from slm_core.sampling import SamplingParams, TextStream, sample_next
 
 DEFAULT_SLOTS = 8
@@ -148,17 +148,19 @@ class Request(QueuedRequest):
         return self.seq.generated
 
 
-class Engine:
+class Engine(RequestLoop):
     """One model, a `Decoder` with `slots` rows and a daemon thread that steps every active request.
 
     `submit` never blocks on other requests: a request waits only for a free slot (and then only
     for the step in progress), so concurrent clients stream together instead of one after another."""
 
     backend = "native"
+    thread_name = "slm-engine"
 
     def __init__(self, model: torch.nn.Module, tokenizer, slots: int = DEFAULT_SLOTS,
                  max_len: Optional[int] = None, dtype: str = "auto", compile: bool = False,
                  threads: Optional[int] = None):
+        super().__init__()
         target = pick_dtype(model, dtype)
         from slm_core.quantize import is_quantized
 
@@ -168,12 +170,8 @@ class Engine:
         self.decoder = Decoder(model, slots=slots, max_len=max_len, compile=compile)
         self.threads = threads  # None: every core; the Studio lowers it while a run trains
         self._default_threads = torch.get_num_threads()
-        self.waiting: queue.Queue = queue.Queue()
         self.active: list[Request] = []
         self.free = list(range(slots))
-        self.closed = False
-        self._thread: Optional[threading.Thread] = None
-        self._lock = threading.Lock()
 
     @property
     def description(self) -> str:
@@ -187,20 +185,8 @@ class Engine:
     def submit(self, prompt_ids: list[int], params: SamplingParams, stop_ids=None) -> Request:
         if not prompt_ids:
             raise SLMError("the prompt is empty after tokenization; type something to continue from")
-        if self.closed:
-            raise SLMError("this engine was closed; load the model again")
         stop_ids = (self.tokenizer.eot_id,) if stop_ids is None and self.tokenizer is not None else (stop_ids or ())
-        request = Request(prompt_ids, params, stop_ids)
-        if params.max_new_tokens <= 0:
-            request.finish_reason = "length"
-            request.events.put(None)
-            return request
-        self.waiting.put(request)
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="slm-engine", daemon=True)
-                self._thread.start()
-        return request
+        return self._enqueue(Request(prompt_ids, params, stop_ids), params.max_new_tokens)
 
     def run_here(self) -> None:
         """Run the decode loop in the calling thread until `close()`, for a process whose calling thread loaded

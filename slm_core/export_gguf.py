@@ -20,6 +20,7 @@ is both BOS and EOS, and the "gpt-2" pre-tokenizer (our split regex is GPT-2's).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -150,8 +151,7 @@ def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name:
     config = model.config
     arch = gguf_architecture(config)
     path = Path(path)
-    writer = gguf.GGUFWriter(str(path), arch)
-    try:
+    with gguf_writer(path, arch) as writer:
         writer.add_name(name or config.name)
         file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                      "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type]
@@ -164,12 +164,23 @@ def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name:
         for tensor_name, tensor in gguf_tensors(model).items():
             data, raw_dtype = _encode(tensor.numpy(), gguf_type)
             writer.add_tensor(tensor_name, data, raw_dtype=raw_dtype)
+    return path
+
+
+@contextmanager
+def gguf_writer(path: Path, arch: str):
+    """A GGUFWriter for `path`: what the block adds is written in gguf's order (header, key-values, tensors)
+    when it ends, and the file is closed either way."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    try:
+        yield writer
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
     finally:
         writer.close()
-    return path
 
 
 # ---- tokenizer metadata -----------------------------------------------------------------------------

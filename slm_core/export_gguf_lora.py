@@ -111,13 +111,12 @@ def write_lora_gguf(model_config, pairs: dict, alpha: float, path: str | Path, g
     """Write the adapter GGUF; returns its path."""
     import gguf
 
-    from slm_core.export_gguf import gguf_architecture
+    from slm_core.export_gguf import gguf_architecture, gguf_writer
 
     arch = gguf_architecture(model_config)
     tensors = lora_gguf_tensors(model_config, pairs, arch)
     path = Path(path)
-    writer = gguf.GGUFWriter(str(path), arch)
-    try:
+    with gguf_writer(path, arch) as writer:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
@@ -126,11 +125,6 @@ def write_lora_gguf(model_config, pairs: dict, alpha: float, path: str | Path, g
         for tensor_name, tensor in tensors.items():
             array = tensor.contiguous().numpy()
             writer.add_tensor(tensor_name, array.astype("float16" if gguf_type == "f16" else "float32"))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
     return path
 
 

@@ -18,12 +18,11 @@ layer (slm_core.sampling), the same for every backend.
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from typing import Optional
 
 from slm_core.errors import SLMError
-from slm_core.requests import QueuedRequest
+from slm_core.requests import QueuedRequest, RequestLoop
 from slm_core.sampling import SamplingParams
 
 TOKEN, FINISHED, FAILED = 1, 2, 8  # og.EngineEventFlags bits
@@ -45,15 +44,14 @@ class BatchedRequest(QueuedRequest):
         self.turn = None
 
 
-class GenaiBatcher:
+class GenaiBatcher(RequestLoop):
+    thread_name = "slm-genai"
+
     def __init__(self, og, model, max_len: int):
+        super().__init__()
         self.og, self.model, self.max_len = og, model, max_len
         self.engine = self.buffer = None  # made on the loop thread: genai refuses calls from any other
-        self.waiting: queue.Queue = queue.Queue()
         self.live: dict = {}  # og.Request → BatchedRequest
-        self.closed = False
-        self.lock = threading.Lock()
-        self.thread: Optional[threading.Thread] = None
         self.batch_opened: Optional[float] = None  # when the forming batch got its first request
         self.admitted = 0  # requests in the forming or running batch
         self.capacity = 4  # genai's configured batch size (read from the engine once it exists)
@@ -63,7 +61,7 @@ class GenaiBatcher:
         """Whether a request would start at once in a batch (see the module docstring)."""
         if self.closed or (params.seed is not None and not params.greedy):
             return False
-        with self.lock:
+        with self._lock:
             now = time.perf_counter()
             if self.batch_opened is None:  # idle: this request opens the next batch
                 self.batch_opened, self.admitted = now, 1
@@ -74,19 +72,7 @@ class GenaiBatcher:
             return False
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, stop_ids) -> BatchedRequest:
-        if self.closed:
-            raise SLMError("this engine was closed; load the model again")
-        request = BatchedRequest(list(prompt_ids), params, frozenset(stop_ids))
-        if params.max_new_tokens <= 0:
-            request.finish_reason = "length"
-            request.events.put(None)
-            return request
-        self.waiting.put(request)
-        with self.lock:
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._loop, name="slm-genai", daemon=True)
-                self.thread.start()
-        return request
+        return self._enqueue(BatchedRequest(list(prompt_ids), params, frozenset(stop_ids)), params.max_new_tokens)
 
     def close(self) -> None:
         self.closed = True
@@ -114,7 +100,7 @@ class GenaiBatcher:
             self.capacity = max(1, int(self.engine.get_capabilities().configured_max_batch_size))
         while not self.closed:
             if not self.live:
-                with self.lock:
+                with self._lock:
                     if self.waiting.empty():
                         self.batch_opened = None  # drained: the next request opens a new batch
                 self._begin(self.waiting.get())  # idle: sleep until a request arrives

@@ -1,12 +1,15 @@
 """A submitted generation as its reader sees it, whichever backend decodes it (native engine, genai's batching
 engine, a genai Generator): timing, cancellation, the finish reason, and for loop-thread backends the queue
-its tokens arrive on. Torch-free, so the onnx backends import it without torch."""
+its tokens arrive on and the loop that drains it. Torch-free, so the onnx backends import it without torch."""
 
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from typing import Iterator, Optional
+
+from slm_core.errors import SLMError
 
 
 class RequestHandle:
@@ -51,3 +54,33 @@ class QueuedRequest(RequestHandle):
                 return
             if isinstance(items[-1], BaseException):
                 raise items[-1]
+
+
+class RequestLoop:
+    """Requests queued for one loop thread (`_loop`, the subclass's), started by the first request and again
+    by the next one after it ended."""
+
+    thread_name = "slm-loop"
+
+    def __init__(self):
+        self.waiting: queue.Queue = queue.Queue()
+        self.closed = False
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+
+    def _enqueue(self, request: QueuedRequest, max_new_tokens: int) -> QueuedRequest:
+        if self.closed:
+            raise SLMError("this engine was closed; load the model again")
+        if max_new_tokens <= 0:  # nothing to decode: finished before it starts
+            request.finish_reason = "length"
+            request.events.put(None)
+            return request
+        self.waiting.put(request)
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+                self._thread.start()
+        return request
+
+    def _loop(self) -> None:
+        raise NotImplementedError

@@ -5,6 +5,7 @@ a run's settings, open TensorBoard, chat, and screenshot every tab at 1440x900.
 Screenshots go to $SLM_SCREENSHOTS, else a pytest temporary folder (printed at the end).
 """
 
+import contextlib
 import os
 import re
 import socket
@@ -40,22 +41,33 @@ def studio(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium")
     pytest.importorskip("playwright.sync_api")
-    port, runs_dir = free_port(), tmp_path / "runs"
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "launch.py", "--port", str(port), "--runs-dir", str(runs_dir)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    runs_dir = tmp_path / "runs"
+    try:
+        with running_studio(tmp_path, runs_dir) as url:
+            yield url, runs_dir
+    finally:
+        _stop_leftover_worker(runs_dir)
+
+
+@contextlib.contextmanager
+def running_studio(tmp_path: Path, runs_dir: Path, **env: str):
+    """`python launch.py` on a free port (offline, analytics off, `env` added) until the block ends; yields
+    its URL. The server's output goes to tmp_path/server.log."""
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", **env)
+    with open(tmp_path / "server.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "launch.py", "--port", str(port), "--runs-dir", str(runs_dir)],
+                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_http(url, proc, tmp_path / "server.log")
-        yield url, runs_dir
+        yield url
     finally:
         proc.terminate()
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
-        _stop_leftover_worker(runs_dir)
 
 
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:

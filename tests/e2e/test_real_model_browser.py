@@ -4,7 +4,6 @@ mode shows teacher vs student before "shrink this model" starts. The checkpoint 
 shapes, no weights): nothing here loads it."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_shapes import LLAMA_32_1B, hub_cache_snapshot  # noqa: E402
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _pick, _set, _shoot, _tab, _wait_http, free_port  # noqa: E402
+from test_browser import CHROMIUM, CHROMIUM_ARGS, _pick, _set, _shoot, _tab, running_studio  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -27,17 +26,9 @@ def test_pick_a_cached_real_model_see_its_memory_download_offline_and_shrink(tmp
 
     cache = tmp_path / "hub"
     hub_cache_snapshot(cache, "meta-llama/Llama-3.2-1B", LLAMA_32_1B)
-    port, runs_dir = free_port(), tmp_path / "runs"
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               HF_HUB_CACHE=str(cache))
     shots = Path(os.environ.get("SLM_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    with open(tmp_path / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "launch.py", "--port", str(port), "--runs-dir", str(runs_dir)],
-                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_http(url, proc, tmp_path / "server.log")
+    with running_studio(tmp_path, tmp_path / "runs", HF_HUB_CACHE=str(cache)) as url:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1440, "height": 900})
@@ -68,10 +59,4 @@ def test_pick_a_cached_real_model_see_its_memory_download_offline_and_shrink(tmp
                 expect(page.locator("#train-command")).to_contain_text("distill.shrink_layers=8", timeout=20_000)
             _shoot(page, shots, "train-shrink", full_page=True)
             browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     print(f"screenshots: {shots}")
