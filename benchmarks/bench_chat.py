@@ -25,12 +25,14 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
 from slm_core.config import ModelConfig, TokenizerConfig  # noqa: E402
+from slm_core.decoder import one_row_bf16_default  # noqa: E402
 from slm_core.engine import Decoder, Engine, decode_one  # noqa: E402
 from slm_core.export import export_model  # noqa: E402
 from slm_core.model import Transformer  # noqa: E402
@@ -66,8 +68,8 @@ def timed(tokens) -> tuple[float, float]:
 
 # ---- the rows -----------------------------------------------------------------------------------
 
-def native_row(model, ids, n) -> tuple[float, float]:
-    decoder = Decoder(model, slots=1, max_len=len(ids) + n)
+def native_row(model, ids, n, one_row_bf16=None) -> tuple[float, float]:
+    decoder = Decoder(model, slots=1, max_len=len(ids) + n, one_row_bf16=one_row_bf16)
     list(decode_one(decoder, ids, SamplingParams(8, temperature=0)))  # warm-up
     return timed(decode_one(decoder, ids, SamplingParams(n, temperature=0)))
 
@@ -136,13 +138,14 @@ def hf_row(hf_dir, ids, n, dtype) -> tuple[float, float]:
 
 # ---- serve --------------------------------------------------------------------------------------
 
-def serve_rows(hf_dir: Path, n: int, threads: int, clients=(1, 4, 8)) -> list[tuple]:
-    """(clients, aggregate tok/s, p50 TTFT, p95 TTFT) of `slm serve` on a model folder (HF or genai)."""
+def serve_rows(hf_dir: Path, n: int, threads: Optional[int] = None, clients=(1, 4, 8)) -> list[tuple]:
+    """(clients, aggregate tok/s, p50 TTFT, p95 TTFT) of `slm serve` on a model folder (HF or genai), with its
+    default threads unless `threads` is given."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "slm_core", "serve", str(hf_dir), "--port", str(port),
-                               "--threads", str(threads), "--name", "bench", "--slots", "8"],
+                               "--name", "bench", "--slots", "8"] + (["--threads", str(threads)] if threads else []),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v1"
     try:
@@ -221,7 +224,8 @@ def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
     model, ids = folders["model"], tokenizer.encode(PROMPT)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"\n## {name}: {params:.1f}M parameters, batch 1, {n} new tokens, prompt {len(ids)} tokens")
-    print(f"{'path':<44}{'threads':>8}{'tok/s':>10}{'TTFT ms':>10}{'vs peer':>10}")
+    print(f"{'path':<48}{'threads':>8}{'tok/s':>10}{'TTFT ms':>10}{'vs peer':>10}")
+    notes: set = set()
     variants = {"fp32": model, "bf16": Transformer(config).eval(), "int8": quantized(model, "int8"),
                 "int8-dynamic": quantized(model, "int8-dynamic"), "int4": quantized(model, "int4")}
     variants["bf16"].load_state_dict(model.state_dict())
@@ -237,28 +241,37 @@ def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
             if "genai-int4" in folders:
                 rows.append(("onnxruntime-genai int4 (Studio path)", studio_row(folders["genai-int4"], ids, n, threads),
                              peer[0]))
-        engine = Engine(copy.deepcopy(model), tokenizer, slots=8, dtype="auto", threads=threads)  # bf16 where native
-        dtype = str(engine.decoder.dtype).replace("torch.", "")
-        rows.append((f"native Engine, Studio native path ({dtype})", engine_row(engine, ids, n),
+        engine = Engine(copy.deepcopy(model), tokenizer, slots=8)  # the Studio's defaults, up to `threads` threads
+        rows.append(("native Engine, Studio native path (auto)", engine_row(engine, ids, n),
                      rows[0][1][0] if rows else None))
+        notes.add(f"Studio native path: {engine.description}, on {engine.decode_threads} "
+                  "thread(s) at most")
         engine.close()
         peers: dict = {}
         for dtype, variant in variants.items():
             peer_dtype = "int8" if dtype == "int8-dynamic" else dtype  # transformers' int8 is dynamic int8
             hf = peers[peer_dtype] = peers.get(peer_dtype) or hf_row(folders["hf"], ids, n, peer_dtype)
             rows.append((f"transformers generate {peer_dtype} (peer)", hf, None))
-            rows.append((f"native decode {dtype} (slm generate)", native_row(variant, ids, n), hf[0]))
+            if dtype == "fp32":  # auto: fp32, reading a bf16 copy in one-row steps from 40M parameters
+                label = "fp32 + bf16 one-row" if one_row_bf16_default(params * 1e6, torch.float32, "cpu") else "fp32"
+                rows.append((f"native decode auto = {label} (slm generate)", native_row(variant, ids, n), hf[0]))
+                dtype, extra = "fp32 exact", dict(one_row_bf16=False)
+            else:
+                extra = {}
+            rows.append((f"native decode {dtype} (slm generate)", native_row(variant, ids, n, **extra), hf[0]))
         for label, (tps, ttft), peer in rows:
             ratio = f"{tps / peer:.2f}x" if peer and peer == peer and peer > 0 else ""
-            print(f"{label:<44}{threads:>8}{tps:>10.0f}{ttft * 1000:>10.1f}{ratio:>10}", flush=True)
+            print(f"{label:<48}{threads:>8}{tps:>10.0f}{ttft * 1000:>10.1f}{ratio:>10}", flush=True)
+    for note in sorted(notes):
+        print(note)
     threads = max(thread_counts)
     engines = [("native", folders["hf"])] + ([("onnx (genai's batching engine)", folders["genai"])]
                                               if "genai" in folders else [])
     for engine, folder in engines:
-        print(f"\nslm serve ({name}, {engine}), streaming clients, {n} tokens each, {threads} threads, "
-              f"load average {os.getloadavg()[0]:.1f}:")
+        print(f"\nslm serve ({name}, {engine}), streaming clients, {n} tokens each, default threads (up to "
+              f"{threads}), load average {os.getloadavg()[0]:.1f}:")
         print(f"{'clients':>8}{'aggregate tok/s':>18}{'vs 1 client':>13}{'p50 TTFT ms':>13}{'p95 TTFT ms':>13}")
-        rows = serve_rows(folder, n, threads=threads)
+        rows = serve_rows(folder, n)
         for count, agg, p50, p95 in rows:
             print(f"{count:>8}{agg:>18.0f}{agg / rows[0][1]:>12.2f}x{p50 * 1000:>13.0f}{p95 * 1000:>13.0f}", flush=True)
 

@@ -15,7 +15,10 @@ fewer, larger ops, prepared once:
   within each head from Hugging Face's two-halves layout to interleaved pairs (a permutation applied to
   both q and k leaves every q·k product, hence attention, unchanged; the cache holds permuted keys);
 - a batch-1 step writes the cache through views (no index tensors) and reads a slice of it;
-- the head runs on the last position only.
+- the head runs on the last position only;
+- an fp32 model big enough to stream its weights from memory at every token (40M+ parameters on CPU) reads
+  them from a bf16 copy in one-row multiplies: half the bytes, fp32 accumulation, the residual stream in
+  fp32; prompts and batched steps keep the fp32 matrices.
 
 Quantized and LoRA (peft) linears are called as modules inside the same layer math (`_Proj`), so they
 get every saving but the weight fusion. `compile=True` wraps the batched step in torch.compile over
@@ -37,16 +40,33 @@ FAST_MAX_PARAMS = 300_000_000  # fused, prepacked copies double most weights: sm
 # Up to here a second, (in, out) copy serves one-row multiplies on one thread, where MKL streams the weights
 # faster than oneDNN (~100M model: 35 vs 28 tokens/s; on two threads oneDNN is ahead, 43 vs 36).
 ONE_ROW_COPY_MAX_PARAMS = 150_000_000
+# From here an fp32 model is several times a CPU's last-level cache, so a one-row step streams every weight
+# from memory and its speed is bytes per token: the one-row copy is then bf16 (half the bytes; fp32
+# accumulation). ~100M model on AVX2, which has no bf16 arithmetic: 2 threads 72 vs 42 tokens/s, 1 thread 60
+# vs 35. Below it the weights stay cached and fp32 is faster (bf16 is emulated: 2x slower on cached weights).
+ONE_ROW_BF16_MIN_PARAMS = 40_000_000
 # Prepacking pays from about this width: on a 256-wide model's matrices oneDNN's per-call cost made a
 # 4-row step 20-40% slower than MKL's (measured in place; isolated micro-benchmarks flatter oneDNN).
 ONEDNN_MIN_DIM = 512
 
 
-def prepared_weight_copies(n_params: int, d_model: int, dtype: str, device: str) -> int:
-    """How many copies of its linear weights a Decoder makes besides the model's own (for memory estimates):
-    the fused, prepared matrices up to FAST_MAX_PARAMS, plus the one-row copy next to oneDNN's."""
+def one_row_bf16_default(n_params: int, dtype: torch.dtype, device) -> bool:
+    """Whether an fp32 CPU model decodes its one-row steps from a bf16 copy ('auto'): when it is big enough
+    to be memory-bound and small enough to be prepared (FAST_MAX_PARAMS)."""
+    return (dtype == torch.float32 and torch.device(device).type == "cpu"
+            and ONE_ROW_BF16_MIN_PARAMS <= n_params <= FAST_MAX_PARAMS)
+
+
+def prepared_weight_copies(n_params: int, d_model: int, dtype: str, device: str) -> float:
+    """How many copies of its linear weights a Decoder makes besides the model's own (for memory estimates,
+    in units of the model's weights): the fused, prepared matrices up to FAST_MAX_PARAMS, plus the one-row
+    copy (bf16, half a copy, from ONE_ROW_BF16_MIN_PARAMS; else fp32 next to oneDNN's up to
+    ONE_ROW_COPY_MAX_PARAMS)."""
     small = n_params <= FAST_MAX_PARAMS
-    packed = dtype == "fp32" and not str(device).startswith("cuda") and d_model >= ONEDNN_MIN_DIM
+    cpu_fp32 = dtype == "fp32" and not str(device).startswith("cuda")
+    if cpu_fp32 and small and n_params >= ONE_ROW_BF16_MIN_PARAMS:
+        return 1.5
+    packed = cpu_fp32 and d_model >= ONEDNN_MIN_DIM
     return int(small) + int(small and packed and n_params <= ONE_ROW_COPY_MAX_PARAMS)
 
 
@@ -84,12 +104,13 @@ def _onednn_packed(w: torch.Tensor) -> Optional[torch.Tensor]:
 class _Proj:
     """y = x @ W (+ b) for x (N, in). Plain linears become one transposed (in, out) matrix (several
     linears concatenated: one multiply instead of several), optionally with permuted output columns;
-    anything else (quantized, LoRA) is called as its modules and the permutation gathered after."""
+    anything else (quantized, LoRA) is called as its modules and the permutation gathered after.
+    `one_row`: the copy one-row multiplies use besides oneDNN's packing: None, "fp32" or "bf16"."""
 
-    __slots__ = ("w", "packed", "b", "modules", "perm")
+    __slots__ = ("w", "packed", "half", "b", "modules", "perm")
 
-    def __init__(self, modules: list, perm: Optional[torch.Tensor], fuse: bool, one_row_copy: bool = False):
-        self.w = self.packed = self.b = self.perm = None
+    def __init__(self, modules: list, perm: Optional[torch.Tensor], fuse: bool, one_row: Optional[str] = None):
+        self.w = self.packed = self.half = self.b = self.perm = None
         self.modules = modules
         if fuse and _plain(*modules):
             w = torch.cat([m.weight.detach() for m in modules])  # (out, in)
@@ -97,11 +118,16 @@ class _Proj:
             if perm is not None:
                 w, b = w[perm], None if b is None else b[perm]
             self.packed, self.b = _onednn_packed(w), b
-            self.w = _in_out(w) if self.packed is None or one_row_copy else None
+            if one_row == "bf16" and w.dtype == torch.float32:
+                self.half = w.to(torch.bfloat16)  # (out, in): the layout the bf16 kernels read fast
+            self.w = _in_out(w) if self.packed is None or (one_row == "fp32" and self.half is None) else None
         else:
             self.perm = perm
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.half is not None and x.shape[0] == 1:
+            y = F.linear(x.to(torch.bfloat16), self.half).float()
+            return y if self.b is None else y.add_(self.b)
         if self._use_packed(x):
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.b, "none", [], "")
         if self.w is not None:
@@ -115,6 +141,8 @@ class _Proj:
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x + proj(y): the residual add folded into the multiply where the weight allows."""
+        if self.half is not None and y.shape[0] == 1:
+            return x + self(y)
         if self._use_packed(y):
             return torch.ops.mkldnn._linear_pointwise.binary(y, x, self.packed, self.b, "add")
         if self.w is not None and self.b is None:
@@ -150,7 +178,7 @@ def _interleave(heads: int, head_dim: int) -> torch.Tensor:
 class _Layer:
     """One block's prepared weights and its decode math over 2-D activations (N = B*T rows, C)."""
 
-    def __init__(self, layer, cfg, fuse: bool, dtype: torch.dtype, rope: bool, device, one_row_copy: bool):
+    def __init__(self, layer, cfg, fuse: bool, dtype: torch.dtype, rope: bool, device, one_row: Optional[str]):
         attn, mlp = layer.self_attn, layer.mlp
         self.H, self.KV, self.D = attn.n_head, attn.n_kv_head, attn.head_dim
         qk = self.H + self.KV
@@ -158,8 +186,8 @@ class _Layer:
         if rope:  # permute q and k heads to interleaved pairs; v (and everything else) stays
             perm = torch.cat((_interleave(qk, self.D), torch.arange(qk * self.D, (qk + self.KV) * self.D)))
             perm = perm.to(device)
-        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], perm, fuse, one_row_copy)
-        self.o = _Proj([attn.o_proj], None, fuse, one_row_copy)
+        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], perm, fuse, one_row)
+        self.o = _Proj([attn.o_proj], None, fuse, one_row)
         self.qk_norm = None
         if getattr(cfg, "qk_norm", False):  # Qwen3: per-head RMSNorm over (D,), weights permuted like q/k
             order = _interleave(1, self.D) if rope else torch.arange(self.D)
@@ -167,8 +195,8 @@ class _Layer:
         self.norm1 = _norm_fn(layer.input_layernorm, dtype)
         self.norm2 = _norm_fn(layer.post_attention_layernorm, dtype)
         self.swiglu = mlp.swiglu
-        self.up = _Proj([mlp.gate_proj, mlp.up_proj] if mlp.swiglu else [mlp.up_proj], None, fuse, one_row_copy)
-        self.down = _Proj([mlp.down_proj], None, fuse, one_row_copy)
+        self.up = _Proj([mlp.gate_proj, mlp.up_proj] if mlp.swiglu else [mlp.up_proj], None, fuse, one_row)
+        self.down = _Proj([mlp.down_proj], None, fuse, one_row)
         self.d_ff = cfg.d_ff
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +226,9 @@ class Decoder:
     """A static KV cache with `slots` rows, and the prefill / batched-step passes that fill it."""
 
     def __init__(self, model: torch.nn.Module, slots: int = 1, max_len: Optional[int] = None,
-                 compile: bool = False):
+                 compile: bool = False, one_row_bf16: Optional[bool] = None):
+        """`one_row_bf16`: one-row steps read a bf16 copy of an fp32 model's matrices (None: by size, see
+        ONE_ROW_BF16_MIN_PARAMS; False keeps every step in exact fp32)."""
         self.model = model
         self.core = core = base_transformer(model)
         cfg = self.config = core.config
@@ -218,11 +248,15 @@ class Decoder:
             self.freqs = torch.complex(cos[:, :half].float(), sin[:, :half].float())
         self.gqa = cfg.n_kv_head != cfg.n_head
         n_params = sum(p.numel() for p in core.parameters())
-        small, tiny = n_params <= FAST_MAX_PARAMS, n_params <= ONE_ROW_COPY_MAX_PARAMS
-        self.layers = [_Layer(layer, cfg, small, self.dtype, self.freqs is not None, self.device, tiny)
+        small = n_params <= FAST_MAX_PARAMS
+        if one_row_bf16 is None:
+            one_row_bf16 = one_row_bf16_default(n_params, self.dtype, self.device)
+        one_row = "bf16" if one_row_bf16 else "fp32" if n_params <= ONE_ROW_COPY_MAX_PARAMS else None
+        self.layers = [_Layer(layer, cfg, small, self.dtype, self.freqs is not None, self.device, one_row)
                        for layer in core.layers]
         self.norm = _norm_fn(core.norm, self.dtype)
-        self.head = _Proj([core.lm_head], None, small, tiny)  # the widest one-row multiply of a small model
+        self.head = _Proj([core.lm_head], None, small, one_row)  # the widest one-row multiply of a small model
+        self.one_row_bf16 = self.head.half is not None
         embed = core.embed_tokens
         self.embed_w = embed.weight.detach() if type(embed) is torch.nn.Embedding else None
         self.pos_w = core.embed_positions.weight.detach() if cfg.position == "learned" else None

@@ -12,7 +12,6 @@ a request's output does not depend on who else is being served.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -28,11 +27,18 @@ from slm_core.requests import QueuedRequest, RequestLoop
 from slm_core.sampling import SamplingParams, TextStream, sample_next
 
 DEFAULT_SLOTS = 8
+# Up to here a model's multiplies are too short to split (a 256-wide one takes ~20 µs) and its weights stay
+# cached: a second thread gains nothing alone (3M model: 1108 vs 1165 tokens/s), and beside the threads that
+# stream the text (HTTP, the page) its OpenMP spin-wait takes the core they need (the decode loop in a thread,
+# 2 cores: 560 tokens/s on one thread, 359 on two). So by default such a model decodes on one thread.
+ONE_THREAD_MAX_PARAMS = 10_000_000
 
 
 def pick_dtype(model: torch.nn.Module, dtype: str = "auto") -> torch.dtype:
     """'auto': bf16 where the hardware computes it natively (CUDA with bf16, AVX-512 BF16/AMX CPUs), else
-    fp32. Quantized models keep their own compute dtype (their kernels choose)."""
+    fp32 (where the decoder still reads a memory-bound model's one-row steps from a bf16 copy: see
+    slm_core.decoder.ONE_ROW_BF16_MIN_PARAMS; 'fp32' is exact fp32 throughout). Quantized models keep their
+    own compute dtype (their kernels choose)."""
     from slm_core.quantize import is_quantized
 
     if dtype in ("fp32", "float32"):
@@ -167,16 +173,24 @@ class Engine(RequestLoop):
         if not is_quantized(model) and next(model.parameters()).dtype != target:
             model = model.to(target)
         self.model, self.tokenizer = model, tokenizer
-        self.decoder = Decoder(model, slots=slots, max_len=max_len, compile=compile)
-        self.threads = threads  # None: every core; the Studio lowers it while a run trains
-        self._default_threads = torch.get_num_threads()
+        self.decoder = Decoder(model, slots=slots, max_len=max_len, compile=compile,
+                               one_row_bf16=None if dtype == "auto" else False)
+        self.threads = threads  # None: every core (one for a small model); the Studio lowers it while a run trains
+        n_params = sum(p.numel() for p in model.parameters())
+        self._default_threads = 1 if n_params <= ONE_THREAD_MAX_PARAMS else torch.get_num_threads()
         self.active: list[Request] = []
         self.free = list(range(slots))
 
     @property
     def description(self) -> str:
-        dtype = str(self.decoder.dtype).replace("torch.", "")
+        dtype = str(self.decoder.dtype).replace("torch.", "") + (", bf16 one-row copy" if self.decoder.one_row_bf16
+                                                                   else "")
         return f"native torch ({dtype}, {self.decoder.slots} slots{', compiled' if self.decoder._compiled else ''})"
+
+    @property
+    def decode_threads(self) -> int:
+        """Threads the decode loop runs on: the budget, else the default for this model's size."""
+        return self.threads or self._default_threads
 
     @property
     def context_length(self) -> int:
@@ -211,7 +225,7 @@ class Engine(RequestLoop):
     def _loop(self) -> None:
         pending: list[Request] = []  # taken off the queue, waiting for a free slot, in arrival order
         while not self.closed:
-            want = self.threads or self._default_threads  # the budget may change between steps
+            want = self.decode_threads  # the budget may change between steps
             if torch.get_num_threads() != want:
                 torch.set_num_threads(want)
             if not self.active and not pending:
@@ -359,10 +373,3 @@ def fill_stats(stats: dict, request, count: int) -> None:
     stats.update(tokens=count, seconds=now - request.submitted,
                  ttft_s=(first - request.submitted) if first else None,
                  tokens_per_sec=(count - 1) / decode_s if count > 1 and decode_s > 0 else 0.0)
-
-
-def default_threads(training_active: bool) -> int:
-    """Threads for inference: one while a training run shares the cores (two busy pools on the same cores
-    slow both to a crawl), else all of them."""
-    cores = os.cpu_count() or 1
-    return 1 if training_active else max(1, min(cores, torch.get_num_threads() or cores))

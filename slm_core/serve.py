@@ -300,7 +300,8 @@ def add_serve_parser(sub) -> None:
     parser.add_argument("--name", default=None, help="model id clients ask for (default: the model's name)")
     parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     parser.add_argument("--slots", type=int, default=8, help="sequences decoded together at most")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="as for `slm generate`: auto (fastest where exact enough), fp32 (exact) or bf16")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for decoding")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow start)")
     parser.add_argument("--runs-dir", default=None)

@@ -191,3 +191,47 @@ def test_prepacked_cpu_matrices_give_the_models_own_logits_alone_and_batched(fam
         torch.set_num_threads(threads)
     for row, expected in zip(batched, full):
         torch.testing.assert_close(row, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_one_row_steps_from_a_bf16_copy_stay_close_and_everything_else_stays_exact_fp32(family, monkeypatch):
+    # A memory-bound fp32 model decodes its one-row multiplies from a bf16 copy (half the bytes a token): a
+    # one-row step and the last-position head. A prompt's layers (the cache they write) and batched steps
+    # keep the exact fp32 weights, and dtype 'fp32' turns the copy off.
+    import slm_core.decoder as decoder_module
+
+    torch.manual_seed(3)
+    config = ModelConfig(family=family, n_layer=2, n_head=4, n_kv_head=2 if family == "llama" else None,
+                         d_model=64, context_length=32, vocab_size=128)
+    model = Transformer(config).eval()
+    for p in model.parameters():
+        if p.dim() == 1:
+            torch.nn.init.normal_(p, std=0.3)
+    prompts = [[1, 2, 3, 4], [5, 6]]
+    full = [model(torch.tensor([p + [7]]))[0, -1] for p in prompts]
+    decoder = Decoder(model, slots=2, one_row_bf16=True)
+    assert decoder.one_row_bf16
+    for slot, prompt in enumerate(prompts):
+        expected = model(torch.tensor([prompt]))[0, -1]
+        torch.testing.assert_close(decoder.prefill(slot, prompt), expected, atol=0.03 * expected.abs().max().item(),
+                                   rtol=0)
+    for row, expected in zip(decoder.step([0, 1], [7, 7], [4, 2]), full):  # several rows, exact cache: fp32
+        torch.testing.assert_close(row, expected, atol=1e-4, rtol=1e-4)
+    decoder.prefill(0, prompts[0])
+    one = decoder.step([0], [7], [4])[0]
+    assert one.dtype == torch.float32
+    scale = full[0].abs().max().item()
+    torch.testing.assert_close(one, full[0], atol=0.03 * scale, rtol=0)  # bf16's 8-bit mantissa
+    assert not torch.equal(one, full[0])  # and it really ran the copy
+
+    assert decoder_module.one_row_bf16_default(decoder_module.ONE_ROW_BF16_MIN_PARAMS, torch.float32, "cpu")
+    assert not decoder_module.one_row_bf16_default(decoder_module.ONE_ROW_BF16_MIN_PARAMS - 1, torch.float32, "cpu")
+    assert not decoder_module.one_row_bf16_default(decoder_module.ONE_ROW_BF16_MIN_PARAMS, torch.bfloat16, "cpu")
+    monkeypatch.setattr(decoder_module, "ONE_ROW_BF16_MIN_PARAMS", 0)  # as if this model were 40M+
+    auto, exact = Engine(model, ByteTokenizer(), slots=1), Engine(model, ByteTokenizer(), slots=1, dtype="fp32")
+    assert auto.decoder.one_row_bf16 and "bf16 one-row copy" in auto.description
+    assert not exact.decoder.one_row_bf16 and "bf16" not in exact.description
+    reference = list(decode_one(Decoder(model, 1, one_row_bf16=False), prompts[0], SamplingParams(8, temperature=0)))
+    assert list(exact.submit(prompts[0], SamplingParams(8, temperature=0), stop_ids=())) == reference
+    auto.close()
+    exact.close()
