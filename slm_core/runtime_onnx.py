@@ -11,9 +11,11 @@ map onto genai's own search options, so greedy tokens equal the native engine's.
 genai samples with its own random generator (a seed reproduces genai's answer, not the native one),
 applies top-k before top-p inside one kernel, and its repetition penalty covers the tokens of the
 current sequence only, as ours does. Stop strings, clean text and the end-of-text token are handled
-by our text layer (slm_core.sampling), the same as for the native engine. Concurrent requests are
-decoded together by genai's own continuous-batching `og.Engine` (slm_core.genai_batch); with an older
-genai without it, each request runs its own Generator (batch 1) in its caller's thread.
+by our text layer (slm_core.sampling), the same as for the native engine. In the Studio a request alone
+runs its own Generator (batch 1) in its caller's thread, as fast as genai's own loop (a loop thread and
+its queue cost ~13% of a small model's tokens/s); requests that overlap one in flight, and every request
+of `slm serve`, are decoded together by genai's own batching `og.Engine` (slm_core.genai_batch), up to
+`slots` at once. With an older genai without it, each request runs its own Generator.
 
 The package is optional (`pip install onnxruntime-genai`, or `onnxruntime-genai-cuda` on a GPU); without
 it every entry point says so in one line, and the native engine keeps working.
@@ -26,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -97,7 +100,11 @@ class OnnxEngine:
 
     backend = "onnxruntime-genai"
 
-    def __init__(self, folder, threads: Optional[int] = None):
+    def __init__(self, folder, threads: Optional[int] = None, slots: int = 4, inline_alone: bool = True):
+        """`slots`: requests genai's engine decodes together at most. `inline_alone`: a request alone runs in
+        its caller's thread (the Studio: usually one chat); False batches every request that can (a server,
+        where requests overlap: a lone Generator beside a batch shares the same session's threads with it,
+        and both slowed to about one stream's speed)."""
         require()
         import onnxruntime_genai as og
 
@@ -107,9 +114,11 @@ class OnnxEngine:
                            "make one with `slm export MODEL --format onnx`")
         self.og = og
         config = og.Config(str(self.folder))
+        overlay: dict = {"engine": {"static_batching": {"max_batch_size": max(1, int(slots))}}}
         if threads:  # genai's CPU thread pool, so chat beside a training run stays small
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-                "intra_op_num_threads": int(threads), "inter_op_num_threads": 1}}}}))
+            overlay["model"] = {"decoder": {"session_options": {"intra_op_num_threads": int(threads),
+                                                                "inter_op_num_threads": 1}}}
+        config.overlay(json.dumps(overlay))
         self.model = og.Model(config)
         meta = _read_json(self.folder / "slm_studio.json")
         genai = _read_json(self.folder / CONFIG)["model"]
@@ -119,6 +128,9 @@ class OnnxEngine:
         self.eos = genai["eos_token_id"] if isinstance(genai["eos_token_id"], list) else [genai["eos_token_id"]]
         self.tokenizer = _GenaiTokenizer(self.folder, meta.get("eot_id", self.eos[0]))
         self.threads = threads
+        self.inline_alone = inline_alone
+        self.alone = 0  # requests on their own Generator not yet finished
+        self._lock = threading.Lock()
         from slm_core import genai_batch
 
         # genai's own continuous-batching engine where this version has one (0.18+); else a Generator each
@@ -137,10 +149,23 @@ class OnnxEngine:
         """A request to iterate for token ids; `stop_ids` (besides end of text) end it unshown."""
         if not prompt_ids:
             raise SLMError("the prompt is empty after tokenization; type something to continue from")
-        if self.batcher is not None and self.batcher.can_join(params):
+        with self._lock:  # decide and count in one step: requests arriving together see each other
+            batcher = self.batcher
+            overlapping = not self.inline_alone or self.alone > 0 or (batcher is not None
+                                                                      and batcher.batch_opened is not None)
+            joins = batcher is not None and overlapping and batcher.can_join(params)
+            if not joins:
+                self.alone += 1
+        if joins:
             stops = set(self.eos) | {self.tokenizer.eot_id} | set(stop_ids or ())
-            return self.batcher.submit(list(prompt_ids), params, stops)
+            return batcher.submit(list(prompt_ids), params, stops)
         return GenaiRequest(self, list(prompt_ids), params, stop_ids)
+
+    def _end_alone(self, request: "GenaiRequest") -> None:
+        with self._lock:
+            if request.in_flight:
+                request.in_flight = False
+                self.alone -= 1
 
     def stream(self, prompt_ids: list[int], params: SamplingParams, stats: Optional[dict] = None,
                stop_ids=None) -> Iterator[str]:
@@ -160,15 +185,27 @@ class OnnxEngine:
 
 
 class GenaiRequest(RequestHandle):
-    """One genai Generator, iterated lazily in the caller's thread."""
+    """One genai Generator, iterated lazily in the caller's thread. In flight (so that requests overlapping it
+    batch) from creation until its iteration ends or it is cancelled."""
 
     def __init__(self, engine: OnnxEngine, prompt_ids: list[int], params: SamplingParams, stop_ids=None):
         super().__init__()
         self.engine, self.prompt_ids, self.params = engine, prompt_ids, params
         self.stop_ids = frozenset(stop_ids or ())
         self.generated = 0
+        self.in_flight = True  # counted in engine.alone by OnnxEngine.submit
+
+    def cancel(self) -> None:
+        super().cancel()
+        self.engine._end_alone(self)
 
     def __iter__(self) -> Iterator[int]:
+        try:
+            yield from self._tokens()
+        finally:
+            self.engine._end_alone(self)
+
+    def _tokens(self) -> Iterator[int]:
         og, engine = self.engine.og, self.engine
         if self.params.max_new_tokens <= 0:
             self.finish_reason = "length"

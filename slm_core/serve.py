@@ -371,7 +371,7 @@ def load_served(model: str, engine: str = "native", tag: str = "best", slots: in
     if engine == "onnx" or is_genai_folder(model):  # an onnxruntime-genai folder runs only there
         from slm_core.runtime_onnx import OnnxEngine
 
-        runtime = OnnxEngine(model, threads=threads)
+        runtime = OnnxEngine(model, threads=threads, slots=slots, inline_alone=False)  # clients overlap
         return Served(runtime, name or Path(model).name, chat_renderer(runtime.template, runtime.tokenizer))
     from slm_core.checkpoint import load_model
     from slm_core.engine import Engine

@@ -287,7 +287,7 @@ def _load(kind: str, where: Path, tag: str, threads: Optional[int]) -> tuple:
     if kind == "onnx":
         from slm_core.runtime_onnx import OnnxEngine
 
-        engine = OnnxEngine(where, threads=threads)
+        engine = OnnxEngine(where, threads=threads, slots=SLOTS)
         return engine, None, engine.template
     from slm_core.checkpoint import load_model
     from slm_core.engine import Engine

@@ -62,8 +62,11 @@ def test_genai_sampling_is_seeded_and_stop_strings_cut(genai):
 
 
 @pytest.mark.slow
-def test_concurrent_genai_requests_are_decoded_in_one_batch_each_with_its_own_answer(genai):
+def test_requests_overlapping_one_in_flight_are_decoded_in_one_batch_each_with_its_own_answer(genai):
     import threading
+
+    from slm_core.genai_batch import BatchedRequest
+    from slm_core.runtime_onnx import GenaiRequest
 
     runtime, native = genai
     if runtime.batcher is None:
@@ -71,19 +74,39 @@ def test_concurrent_genai_requests_are_decoded_in_one_batch_each_with_its_own_an
     prompts = [runtime.tokenizer.encode(p) for p in ("Once upon a time", "The little dog", "a big cat", "One day")]
     greedy = SamplingParams(16, temperature=0)
     alone = ["".join(native.stream(ids, greedy)) for ids in prompts]  # native greedy = genai greedy (above)
-    together, start = [None] * len(prompts), threading.Barrier(len(prompts))
+    first = runtime.submit(prompts[0], greedy)
+    assert isinstance(first, GenaiRequest)  # alone: its own Generator, in this thread
+    together, start = [None] * len(prompts), threading.Barrier(len(prompts) - 1)
+    routed = [None] * len(prompts)
 
     def client(i):
-        start.wait()  # arrive together, as several clients at once do
-        together[i] = "".join(runtime.stream(prompts[i], greedy))
+        start.wait()  # arrive together while the first is in flight, as several clients at once do
+        request = routed[i] = runtime.submit(prompts[i], greedy)
+        together[i] = runtime.tokenizer.decode_bytes(list(request)).decode()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(prompts))]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(1, len(prompts))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
+    together[0] = runtime.tokenizer.decode_bytes(list(first)).decode()
     assert together == alone and len(set(alone)) > 1
+    assert all(isinstance(r, BatchedRequest) for r in routed[1:])
     assert runtime.batcher.peak >= 2  # genai's engine stepped several requests at once
+    assert runtime.alone == 0
+    again = runtime.submit(prompts[1], greedy)
+    assert isinstance(again, GenaiRequest)  # alone again
+    again.cancel()
+    assert runtime.alone == 0
+    # `slm serve`'s engine batches a lone request too (its clients overlap), with `slots` as genai's batch size
+    from slm_core.runtime_onnx import OnnxEngine
+
+    served = OnnxEngine(runtime.folder, threads=1, slots=8, inline_alone=False)
+    lone = served.submit(prompts[2], greedy)
+    assert isinstance(lone, BatchedRequest)
+    assert runtime.tokenizer.decode_bytes(list(lone)).decode() == alone[2]
+    assert served.batcher.capacity == 8
+    served.close()
     # a seeded sampled request cannot join genai's static batch: it runs on its own Generator, reproducibly
     seeded = SamplingParams(12, temperature=0.9, seed=4)
     assert not runtime.batcher.can_join(seeded)
