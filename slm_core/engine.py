@@ -23,6 +23,7 @@ import torch
 
 from slm_core.decoder import Decoder
 from slm_core.errors import SLMError
+from slm_core.openmp import CORES
 from slm_core.requests import QueuedRequest, RequestLoop
 from slm_core.sampling import SamplingParams, TextStream, sample_next
 
@@ -32,6 +33,7 @@ DEFAULT_SLOTS = 8
 # stream the text (HTTP, the page) its OpenMP spin-wait takes the core they need (the decode loop in a thread,
 # 2 cores: 560 tokens/s on one thread, 359 on two). So by default such a model decodes on one thread.
 ONE_THREAD_MAX_PARAMS = 10_000_000
+IDLE_EXIT_S = 2.0  # an idle decode loop thread ends after this long, and its OpenMP team with it (slm_core.openmp)
 
 
 def pick_dtype(model: torch.nn.Module, dtype: str = "auto") -> torch.dtype:
@@ -177,7 +179,8 @@ class Engine(RequestLoop):
                                one_row_bf16=None if dtype == "auto" else False)
         self.threads = threads  # None: every core (one for a small model); the Studio lowers it while a run trains
         n_params = sum(p.numel() for p in model.parameters())
-        self._default_threads = 1 if n_params <= ONE_THREAD_MAX_PARAMS else torch.get_num_threads()
+        self._default_threads = 1 if n_params <= ONE_THREAD_MAX_PARAMS else CORES
+        self._exit_when_idle = True
         self.active: list[Request] = []
         self.free = list(range(slots))
 
@@ -211,15 +214,20 @@ class Engine(RequestLoop):
             if self._thread is not None and self._thread.is_alive():
                 raise SLMError("this engine's decode loop already runs in another thread")
             self._thread = threading.current_thread()
+            self._exit_when_idle = False
         self._loop()
 
     def close(self) -> None:
-        """Stop the loop; requests in flight or waiting end (finish_reason 'cancelled')."""
+        """Stop the loop; requests in flight or waiting end (finish_reason 'cancelled'). Waits for a loop thread
+        of its own to end (within a step): one still inside torch when the interpreter exits can abort it."""
         self.closed = True
         self.waiting.put(None)
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
+            thread = self._thread
+            if thread is None or not thread.is_alive():
                 self._drain()
+        if thread is not None and self._exit_when_idle and thread is not threading.current_thread():
+            thread.join(timeout=10)
 
     @torch.inference_mode()
     def _loop(self) -> None:
@@ -228,8 +236,15 @@ class Engine(RequestLoop):
             want = self.decode_threads  # the budget may change between steps
             if torch.get_num_threads() != want:
                 torch.set_num_threads(want)
-            if not self.active and not pending:
-                pending.append(self.waiting.get())  # idle: sleep until a request arrives
+            if not self.active and not pending:  # idle: sleep until a request arrives, or end the thread
+                try:
+                    pending.append(self.waiting.get(timeout=IDLE_EXIT_S if self._exit_when_idle else None))
+                except queue.Empty:
+                    with self._lock:  # the next submit, seeing no thread, starts one (RequestLoop._enqueue)
+                        if self.waiting.empty():
+                            self._thread = None
+                            return
+                    continue
             while True:
                 try:
                     pending.append(self.waiting.get_nowait())

@@ -7,7 +7,9 @@ and every open browser tab share one engine per model, and concurrent replies ar
 instead of waiting for each other. `pick_backend` chooses the fastest runtime that can run the model
 (onnxruntime-genai when the model is, or has, an up-to-date genai export and the package is
 installed; else native torch); the user can override it. Threads are budgeted: one while a training
-run is active in the runs folder, so chat and training do not fight over the same cores.
+run is active in the runs folder, so chat and training do not fight over the same cores. Native models
+load in a short-lived thread (slm_core.openmp: a Gradio worker thread that ran torch would keep an
+OpenMP team beside the decode loop's and slow it).
 
 The one place in studio/ that holds torch objects, and only through slm_core modules imported inside
 functions: importing this module imports no torch. Base models continue the text as typed
@@ -115,7 +117,8 @@ class ChatSession:
         loaded = self.loaded
         if self.engine is None:
             return "No model loaded."
-        engine = f" Engine: **{self.engine.description}**, {self.engine.threads or 'all'} thread(s)."
+        threads = getattr(self.engine, "decode_threads", None) or self.engine.threads or "all"
+        engine = f" Engine: **{self.engine.description}**, {threads} thread(s)."
         if loaded is None:  # an onnxruntime-genai folder
             mode = f"chat mode ({self.template} template)" if self.template else "completion mode"
             return f"Loaded `{self.path}`: {mode}." + engine
@@ -291,9 +294,13 @@ def _load(kind: str, where: Path, tag: str, threads: Optional[int]) -> tuple:
         return engine, None, engine.template
     from slm_core.checkpoint import load_model
     from slm_core.engine import Engine
+    from slm_core.openmp import in_fresh_thread
 
-    loaded = load_model(where, tag=tag)
-    return Engine(loaded.model, loaded.tokenizer, slots=SLOTS, threads=threads), loaded, loaded.template
+    def load() -> tuple:  # not on this (Gradio worker) thread: it would keep an OpenMP team (slm_core.openmp)
+        loaded = load_model(where, tag=tag)
+        return Engine(loaded.model, loaded.tokenizer, slots=SLOTS, threads=threads), loaded, loaded.template
+
+    return in_fresh_thread(load)
 
 
 def pick_backend(path: Path, tag: str, backend: str = "auto") -> tuple[str, Path]:

@@ -235,3 +235,37 @@ def test_one_row_steps_from_a_bf16_copy_stay_close_and_everything_else_stays_exa
     assert list(exact.submit(prompts[0], SamplingParams(8, temperature=0), stop_ids=())) == reference
     auto.close()
     exact.close()
+
+
+def test_an_idle_decode_loop_thread_ends_and_the_next_request_starts_another(monkeypatch):
+    # An idle loop thread ends so that its OpenMP team does not slow other threads' torch work (slm_core.openmp)
+    import time
+
+    import slm_core.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "IDLE_EXIT_S", 0.05)
+    model = tiny("llama")
+    engine = Engine(model, ByteTokenizer(), slots=2, dtype="fp32")
+    greedy = SamplingParams(10, temperature=0)
+    expected = list(decode_one(Decoder(model, 1), [1, 2, 3], greedy, stop_ids=(63,)))
+    assert list(engine.submit([1, 2, 3], greedy)) == expected
+    first = engine._thread
+    deadline = time.monotonic() + 10
+    while first.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not first.is_alive() and engine._thread is None
+    assert list(engine.submit([1, 2, 3], greedy)) == expected and engine._thread is not first
+    engine.close()
+    assert not engine._thread.is_alive()  # close waits for its loop thread
+
+
+def test_in_fresh_thread_returns_the_result_and_raises_the_error_in_the_caller():
+    from slm_core.errors import SLMError
+    from slm_core.openmp import in_fresh_thread
+
+    def load():
+        raise SLMError("bad model")
+
+    assert in_fresh_thread(lambda: threading.current_thread()) is not threading.current_thread()
+    with pytest.raises(SLMError, match="bad model"):
+        in_fresh_thread(load)
