@@ -139,7 +139,7 @@ class OnnxEngine:
 
     @property
     def description(self) -> str:
-        return f"onnxruntime-genai ({_precision_of(self.folder)}{', batched' if self.batcher else ''})"
+        return f"onnxruntime-genai ({precision_of(self.folder)}{', batched' if self.batcher else ''})"
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -259,6 +259,7 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _precision_of(folder: Path) -> str:
+def precision_of(folder: Path) -> str:
+    """The precision `slm export` built a genai folder in (fp32, int4, …), or 'onnx' when it did not say."""
     info = _read_json(folder / "export.json")
     return info.get("onnx_precision") or "onnx"

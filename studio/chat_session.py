@@ -282,7 +282,26 @@ def _wants_genai(path: Path, loaded: Any) -> bool:
     from slm_core.runtime_onnx import available, can_build
 
     return (loaded is not None and (path / "checkpoints").is_dir() and available()
-            and can_build(loaded.config.model))
+            and can_build(loaded.config.model) and not _native_outpaces_fp32_genai(path))
+
+
+def _native_outpaces_fp32_genai(path: Path) -> bool:
+    """Whether native torch decodes this model faster than an fp32 genai export would: on a CPU without native
+    bf16, a model big enough that the native decoder reads its one-row steps from a bf16 copy (slm_core.decoder;
+    100M model, 2 cores: 97 against 71 tokens/s for genai's fp32)."""
+    import torch
+
+    from slm_core.decoder import one_row_bf16_default
+    from slm_core.errors import SLMError
+    from slm_core.estimate import count_parameters
+    from slm_core.model_memory import chat_dtype, model_config
+
+    try:
+        params = count_parameters(model_config(path)[0])["total"]
+    except (SLMError, OSError, ValueError):
+        return False
+    return chat_dtype("cpu") == "fp32" and one_row_bf16_default(params, torch.float32, "cpu")
+
 
 
 def _load(kind: str, where: Path, tag: str, threads: Optional[int]) -> tuple:
@@ -305,8 +324,9 @@ def _load(kind: str, where: Path, tag: str, threads: Optional[int]) -> tuple:
 
 def pick_backend(path: Path, tag: str, backend: str = "auto") -> tuple[str, Path]:
     """('onnx' | 'native', folder to load). auto: onnxruntime-genai where the model is a genai folder, or a
-    run whose genai export (export/onnx*) is newer than the checkpoint, and the package is installed."""
-    from slm_core.runtime_onnx import available, is_genai_folder
+    run whose genai export (export/onnx*) is newer than the checkpoint, and the package is installed; not an
+    fp32 export of a model native torch decodes faster (`_native_outpaces_fp32_genai`)."""
+    from slm_core.runtime_onnx import available, is_genai_folder, precision_of
 
     if is_genai_folder(path):
         return "onnx", path
@@ -315,6 +335,8 @@ def pick_backend(path: Path, tag: str, backend: str = "auto") -> tuple[str, Path
     stamp = checkpoint_stamp(path, tag) or 0
     exports = sorted((path / "export").glob("onnx*")) if (path / "export").is_dir() else []
     fresh = [e for e in exports if is_genai_folder(e) and (e / "genai_config.json").stat().st_mtime_ns >= stamp]
+    if backend == "auto" and fresh and _native_outpaces_fp32_genai(path):
+        fresh = [e for e in fresh if precision_of(e) != "fp32"]
     if fresh:
         return "onnx", fresh[0]  # "onnx" (fp32) sorts before "onnx-int4"
     if backend == "onnx":

@@ -59,7 +59,7 @@ def test_threads_drop_to_one_while_a_run_trains(run, tmp_path):
 
 
 @pytest.mark.slow  # builds an onnxruntime-genai export (~30 s)
-def test_auto_picks_onnxruntime_genai_when_an_export_is_fresh_and_native_can_be_forced(run):
+def test_auto_picks_onnxruntime_genai_when_an_export_is_fresh_and_native_can_be_forced(run, monkeypatch):
     pytest.importorskip("onnxruntime_genai")
     from studio import jobs
 
@@ -76,3 +76,10 @@ def test_auto_picks_onnxruntime_genai_when_an_export_is_fresh_and_native_can_be_
     slow = "".join(ChatSession(runs_dir, backend="native").stream(
         "Once", [], name, "best", dict(SETTINGS, temperature=0), stats))
     assert "native torch" in stats["engine"] and fast and slow
+    from slm_core import decoder
+    from slm_core.model_memory import chat_dtype
+
+    if chat_dtype("cpu") == "fp32":  # a 40M+ model decodes faster natively, from its bf16 one-row copy
+        monkeypatch.setattr(decoder, "ONE_ROW_BF16_MIN_PARAMS", 0)
+        assert pick_backend(path, "best", "auto") == ("native", path)
+        assert pick_backend(path, "best", "onnx")[0] == "onnx"  # still there when asked for
