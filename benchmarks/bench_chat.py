@@ -289,12 +289,11 @@ def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
     notes.add(f"The Studio's default (auto) chat path for this model, with an fp32 genai export: {default}")
     for note in sorted(notes):
         print(note)
-    threads = max(thread_counts)
     engines = [("native", folders["hf"])] + ([("onnx (genai's batching engine)", folders["genai"])]
                                               if "genai" in folders else [])
     for engine, folder in engines:
-        print(f"\nslm serve ({name}, {engine}), streaming clients, {n} tokens each, default threads (up to "
-              f"{threads}), load average {os.getloadavg()[0]:.1f}:")
+        print(f"\nslm serve ({name}, {engine}), streaming clients, {n} tokens each, its default threads ("
+              f"{os.cpu_count()} cores), load average {os.getloadavg()[0]:.1f}:")
         print(f"{'clients':>8}{'aggregate tok/s':>18}{'vs 1 client':>13}{'p50 TTFT ms':>13}{'p95 TTFT ms':>13}")
         rows = serve_rows(folder, n)
         for count, agg, p50, p95 in rows:
