@@ -76,9 +76,13 @@ def native_row(model, ids, n, one_row_bf16=None) -> tuple[float, float]:
     return timed(decode_one(decoder, ids, SamplingParams(n, temperature=0)))
 
 
-def engine_row(engine, ids, n) -> tuple[float, float]:
-    list(engine.submit(ids, SamplingParams(8, temperature=0), stop_ids=()))
-    return timed(engine.submit(ids, SamplingParams(n, temperature=0), stop_ids=()))
+def chat_row(engine, ids, n) -> tuple[float, float]:
+    """A reply's text streamed as the Chat tab streams it, and the tokens/s and TTFT the page shows for it."""
+    list(engine.stream(ids, SamplingParams(8, temperature=0), stop_ids=()))
+    stats: dict = {}
+    for _ in engine.stream(ids, SamplingParams(n, temperature=0), stats, stop_ids=()):
+        pass
+    return stats["tokens_per_sec"], stats["ttft_s"]
 
 
 def studio_native_row(hf_dir: Path, ids, n, threads: int) -> tuple[tuple[float, float], str]:
@@ -97,7 +101,7 @@ def _studio_native_child(hf_dir: str, n: int, threads: int, ids: list[int]) -> N
     from studio.chat_session import SLOTS, _load
 
     engine, _, _ = _load("native", Path(hf_dir), "best", threads if threads < CORES else None)  # None: its default
-    tps, ttft = engine_row(engine, ids, n)
+    tps, ttft = chat_row(engine, ids, n)
     print(json.dumps({"tps": tps, "ttft": ttft, "engine": f"{engine.description}, {engine.decode_threads} "
                       f"thread(s), {SLOTS} slots"}))
     engine.close()
@@ -128,9 +132,7 @@ def studio_row(folder, ids, n, threads) -> tuple[float, float]:
     """The Studio's default chat path for a model with a genai export: OnnxEngine + our text layer."""
     from slm_core.runtime_onnx import OnnxEngine
 
-    engine = OnnxEngine(folder, threads=threads)
-    list(engine.submit(ids, SamplingParams(8, temperature=0)))
-    return timed(engine.submit(ids, SamplingParams(n, temperature=0)))
+    return chat_row(OnnxEngine(folder, threads=threads), ids, n)
 
 
 def hf_row(hf_dir, ids, n, dtype) -> tuple[float, float]:

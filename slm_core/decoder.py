@@ -42,8 +42,8 @@ FAST_MAX_PARAMS = 300_000_000  # fused, prepacked copies double most weights: sm
 ONE_ROW_COPY_MAX_PARAMS = 150_000_000
 # From here an fp32 model is several times a CPU's last-level cache, so a one-row step streams every weight
 # from memory and its speed is bytes per token: the one-row copy is then bf16 (half the bytes; fp32
-# accumulation). ~100M model on AVX2, which has no bf16 arithmetic: 2 threads 72 vs 42 tokens/s, 1 thread 60
-# vs 35. Below it the weights stay cached and fp32 is faster (bf16 is emulated: 2x slower on cached weights).
+# accumulation). ~100M model on AVX2, which has no bf16 arithmetic: 2 threads 92-99 vs 42-46 tokens/s, 1 thread
+# 60 vs 37 (bench_chat). Below it the weights stay cached and fp32 is faster (bf16 is emulated: 2x slower there).
 ONE_ROW_BF16_MIN_PARAMS = 40_000_000
 # Prepacking pays from about this width: on a 256-wide model's matrices oneDNN's per-call cost made a
 # 4-row step 20-40% slower than MKL's (measured in place; isolated micro-benchmarks flatter oneDNN).

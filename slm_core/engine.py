@@ -178,8 +178,8 @@ class Engine(RequestLoop):
         self.decoder = Decoder(model, slots=slots, max_len=max_len, compile=compile,
                                one_row_bf16=None if dtype == "auto" else False)
         self.threads = threads  # None: every core (one for a small model); the Studio lowers it while a run trains
-        n_params = sum(p.numel() for p in model.parameters())
-        self._default_threads = 1 if n_params <= ONE_THREAD_MAX_PARAMS else CORES
+        weights = sum(t.numel() for t in (*model.parameters(), *model.buffers()))  # a quantized model's are buffers
+        self._default_threads = 1 if weights <= ONE_THREAD_MAX_PARAMS else CORES
         self._exit_when_idle = True
         self.active: list[Request] = []
         self.free = list(range(slots))

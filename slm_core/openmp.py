@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import torch
 
-# Threads for one decode loop: torch's count when slm_core was imported (every core, unless the process
-# lowered it first). Read once: torch.set_num_threads in one thread also becomes every new thread's default.
+# Threads for one decode loop: torch's count when this module was first imported (every core, unless the
+# process lowered it first). Read once: torch.set_num_threads in one thread also becomes every new thread's default.
 CORES = torch.get_num_threads()
 
 
