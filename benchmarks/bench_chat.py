@@ -80,8 +80,7 @@ def chat_row(engine, ids, n) -> tuple[float, float]:
     """A reply's text streamed as the Chat tab streams it, and the tokens/s and TTFT the page shows for it."""
     list(engine.stream(ids, SamplingParams(8, temperature=0), stop_ids=()))
     stats: dict = {}
-    for _ in engine.stream(ids, SamplingParams(n, temperature=0), stats, stop_ids=()):
-        pass
+    list(engine.stream(ids, SamplingParams(n, temperature=0), stats, stop_ids=()))
     return stats["tokens_per_sec"], stats["ttft_s"]
 
 

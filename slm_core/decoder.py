@@ -62,11 +62,10 @@ def prepared_weight_copies(n_params: int, d_model: int, dtype: str, device: str)
     in units of the model's weights): the fused, prepared matrices up to FAST_MAX_PARAMS, plus the one-row
     copy (bf16, half a copy, from ONE_ROW_BF16_MIN_PARAMS; else fp32 next to oneDNN's up to
     ONE_ROW_COPY_MAX_PARAMS)."""
-    small = n_params <= FAST_MAX_PARAMS
-    cpu_fp32 = dtype == "fp32" and not str(device).startswith("cuda")
-    if cpu_fp32 and small and n_params >= ONE_ROW_BF16_MIN_PARAMS:
+    if one_row_bf16_default(n_params, torch.float32 if dtype == "fp32" else torch.bfloat16, device):
         return 1.5
-    packed = cpu_fp32 and d_model >= ONEDNN_MIN_DIM
+    small = n_params <= FAST_MAX_PARAMS
+    packed = dtype == "fp32" and not str(device).startswith("cuda") and d_model >= ONEDNN_MIN_DIM
     return int(small) + int(small and packed and n_params <= ONE_ROW_COPY_MAX_PARAMS)
 
 

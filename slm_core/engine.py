@@ -186,8 +186,9 @@ class Engine(RequestLoop):
 
     @property
     def description(self) -> str:
-        dtype = str(self.decoder.dtype).replace("torch.", "") + (", bf16 one-row copy" if self.decoder.one_row_bf16
-                                                                   else "")
+        dtype = str(self.decoder.dtype).replace("torch.", "")
+        if self.decoder.one_row_bf16:
+            dtype += ", bf16 one-row copy"
         return f"native torch ({dtype}, {self.decoder.slots} slots{', compiled' if self.decoder._compiled else ''})"
 
     @property

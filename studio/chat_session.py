@@ -303,7 +303,6 @@ def _native_outpaces_fp32_genai(path: Path) -> bool:
     return chat_dtype("cpu") == "fp32" and one_row_bf16_default(params, torch.float32, "cpu")
 
 
-
 def _load(kind: str, where: Path, tag: str, threads: Optional[int]) -> tuple:
     """(engine, LoadedModel or None, template) for `where`."""
     if kind == "onnx":
