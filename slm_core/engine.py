@@ -34,6 +34,9 @@ DEFAULT_SLOTS = 8
 # 2 cores: 560 tokens/s on one thread, 359 on two). So by default such a model decodes on one thread.
 ONE_THREAD_MAX_PARAMS = 10_000_000
 IDLE_EXIT_S = 2.0  # an idle decode loop thread ends after this long, and its OpenMP team with it (slm_core.openmp)
+# A loop on the main thread (run_here) wakes this often while idle, so that a signal handler runs and a stop it
+# flagged (`closed`) is seen: a lock wait with no timeout need not return to Python when a signal arrives.
+IDLE_POLL_S = 0.25
 
 
 def pick_dtype(model: torch.nn.Module, dtype: str = "auto") -> torch.dtype:
@@ -239,8 +242,10 @@ class Engine(RequestLoop):
                 torch.set_num_threads(want)
             if not self.active and not pending:  # idle: sleep until a request arrives, or end the thread
                 try:
-                    pending.append(self.waiting.get(timeout=IDLE_EXIT_S if self._exit_when_idle else None))
+                    pending.append(self.waiting.get(timeout=IDLE_EXIT_S if self._exit_when_idle else IDLE_POLL_S))
                 except queue.Empty:
+                    if not self._exit_when_idle:
+                        continue
                     with self._lock:  # the next submit, seeing no thread, starts one (RequestLoop._enqueue)
                         if self.waiting.empty():
                             self._thread = None

@@ -20,6 +20,9 @@ from slm_core.errors import SLMError
 from slm_core.sampling import SamplingParams
 
 DEFAULT_PORT = 8000
+# On Ctrl-C or SIGTERM, streams still open after this long are cut: uvicorn would otherwise wait for them without
+# end, and its pool's non-daemon threads would then hold the process open.
+GRACEFUL_SHUTDOWN_S = 3
 
 
 class APIError(Exception):
@@ -323,12 +326,13 @@ def cmd_serve(args) -> int:
     print(f"serving '{served.model_id}' ({served.engine.description}) on http://{args.host}:{args.port}/v1",
           flush=True)
     app = create_app(served)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     if not hasattr(served.engine, "run_here"):  # onnxruntime-genai runs its own threads
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.Server(config).run()
         served.engine.close()
         return 0
-    return _serve_decoding_here(served, uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
-                                                                      log_level="warning")))
+    return _serve_decoding_here(served, uvicorn.Server(config))
 
 
 def _serve_decoding_here(served: Served, server) -> int:
@@ -340,15 +344,17 @@ def _serve_decoding_here(served: Served, server) -> int:
     engine = served.engine
     http = threading.Thread(target=server.run, name="slm-http", daemon=True)
 
-    def stop(*_) -> None:
+    def flag_stop(*_) -> None:
+        # Flags only: a handler runs between two bytecodes of this thread, maybe while it holds the request
+        # queue's lock, which `engine.close()` takes (that deadlocked a SIGTERM). The loop sees `closed`.
         server.should_exit = True
-        engine.close()
+        engine.closed = True
 
     def watch() -> None:
         http.join()
         engine.close()
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}  # as uvicorn.run does
+    previous = {sig: signal.signal(sig, flag_stop) for sig in (signal.SIGINT, signal.SIGTERM)}  # as uvicorn.run does
     http.start()
     threading.Thread(target=watch, name="slm-http-watch", daemon=True).start()
     try:
@@ -356,8 +362,9 @@ def _serve_decoding_here(served: Served, server) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        stop()
-        http.join(timeout=10)
+        server.should_exit = True
+        engine.close()
+        http.join(timeout=GRACEFUL_SHUTDOWN_S + 5)
     return 0 if server.started else 1
 
 

@@ -22,7 +22,8 @@ def start_serve(*args: str, seconds: float = 120):
     import urllib.request
 
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "PYTHONFAULTHANDLER": "1"}  # a server that will not stop shows where its threads are (stop_serve)
     process = subprocess.Popen([sys.executable, "-m", "slm_core", "serve", *args, "--port", str(port)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -39,3 +40,24 @@ def start_serve(*args: str, seconds: float = 120):
             time.sleep(0.25)
     process.kill()
     raise RuntimeError(f"slm serve did not answer within {seconds:.0f} s")
+
+
+def stop_serve(process, seconds: float = 20) -> None:
+    """SIGTERM (what a service manager sends) must end `slm serve` within SECONDS; if it does not, the
+    failure shows every thread's stack (faulthandler prints them on SIGABRT)."""
+    import signal
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(seconds)
+        return
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    raise AssertionError(f"slm serve still ran {seconds:.0f} s after SIGTERM:\n"
+                         + process.stdout.read().decode(errors="replace")[-6000:])

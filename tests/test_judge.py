@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from serving import free_port, start_serve
+from serving import free_port, start_serve, stop_serve
 from slm_core.config import load_recipe
 from slm_core.errors import SLMError
 from slm_core.judge import (Endpoint, agreement, combine_orders, judge_pairwise, judge_replies, load_prompts,
@@ -36,8 +36,7 @@ def judge_url(tmp_path_factory):
     try:
         yield f"{base}/v1"
     finally:
-        server.terminate()
-        server.wait(30)
+        stop_serve(server)
 
 
 def judge(url: str, **kwargs) -> Endpoint:

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from serving import start_serve
+from serving import start_serve, stop_serve
 from slm_core.config import load_recipe
 
 QUICK = ["data.max_chars=400000", "tokenizer.vocab_size=512", "model.context_length=64", "model.vocab_size=null",
@@ -31,8 +31,7 @@ def server(tmp_path_factory):
     try:
         yield base, root / "tiny"
     finally:
-        process.terminate()
-        process.wait(20)
+        stop_serve(process)
 
 
 def http(method: str, url: str, body=None, key: str = KEY, raw: bytes | None = None) -> tuple[int, dict]:
