@@ -106,22 +106,26 @@ def _studio_native_child(hf_dir: str, n: int, threads: int, ids: list[int]) -> N
     engine.close()
 
 
-def genai_own_row(folder, ids, n, threads) -> tuple[float, float]:
-    """onnxruntime-genai's own loop, no text layer: the peer's figure."""
+def genai_own_row(folder, ids, n, threads, text: bool = False) -> tuple[float, float]:
+    """onnxruntime-genai's own loop: token ids only (the strict peer), or with `text` each token through genai's
+    own TokenizerStream, as its chat example streams a reply."""
     import onnxruntime_genai as og
 
     config = og.Config(str(folder))
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
     model = og.Model(config)
+    tokenizer = og.Tokenizer(model) if text else None
 
     def run(count):
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=len(ids) + count, min_length=len(ids) + count, do_sample=False)
         generator = og.Generator(model, params)
         generator.append_tokens(ids)
+        stream = tokenizer.create_stream() if text else None
         while not generator.is_done():
             generator.generate_next_token()
-            yield int(generator.get_next_tokens()[0])
+            token = int(generator.get_next_tokens()[0])
+            yield stream.decode(token) if text else token
 
     list(run(8))
     return timed(run(n))
@@ -261,6 +265,8 @@ def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
         if "genai" in folders:
             peer = genai_own_row(folders["genai"], ids, n, threads)
             rows.append(("onnxruntime-genai fp32, its own loop (peer)", peer, None))
+            with_text = genai_own_row(folders["genai"], ids, n, threads, text=True)
+            rows.append(("onnxruntime-genai fp32, its loop + its text stream", with_text, peer[0]))
             rows.append(("Studio genai chat path (genai + text layer)", studio_row(folders["genai"], ids, n, threads),
                          peer[0]))
             if "genai-int4" in folders:
