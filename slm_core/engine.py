@@ -34,8 +34,8 @@ DEFAULT_SLOTS = 8
 # 2 cores: 560 tokens/s on one thread, 359 on two). So by default such a model decodes on one thread.
 ONE_THREAD_MAX_PARAMS = 10_000_000
 IDLE_EXIT_S = 2.0  # an idle decode loop thread ends after this long, and its OpenMP team with it (slm_core.openmp)
-# A loop on the main thread (run_here) wakes this often while idle, so that a signal handler runs and a stop it
-# flagged (`closed`) is seen: a lock wait with no timeout need not return to Python when a signal arrives.
+# A loop on the main thread (run_here) wakes this often while idle, to see a stop that a signal handler flagged
+# (`closed`): the handler may not touch the request queue (slm_core.serve), so nothing else need wake the loop.
 IDLE_POLL_S = 0.25
 
 

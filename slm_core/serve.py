@@ -20,8 +20,8 @@ from slm_core.errors import SLMError
 from slm_core.sampling import SamplingParams
 
 DEFAULT_PORT = 8000
-# On Ctrl-C or SIGTERM, streams still open after this long are cut: uvicorn would otherwise wait for them without
-# end, and its pool's non-daemon threads would then hold the process open.
+# On Ctrl-C or SIGTERM, streams still open after this long are cut: without a limit uvicorn waits for every one of
+# them to end (a client that stops reading would hold the server open).
 GRACEFUL_SHUTDOWN_S = 3
 
 
