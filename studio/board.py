@@ -117,13 +117,14 @@ def main(argv: list[str]) -> int:
 
     import signal
 
-    signal.signal(signal.SIGTERM, lambda *a: (stop(), sys.exit(0)))
+    terminated: list = []  # the handler only flags: stopping inside it could wait on a lock this thread holds
+    signal.signal(signal.SIGTERM, lambda *a: terminated.append(True))
     while child.poll() is None:
-        if not _alive(parent):
+        if terminated or not _alive(parent):
             stop()
             break
-        time.sleep(1.0)
-    return child.returncode or 0
+        time.sleep(0.5)
+    return 0 if terminated else child.returncode or 0
 
 
 if __name__ == "__main__":
