@@ -244,12 +244,8 @@ class Engine(RequestLoop):
                 try:
                     pending.append(self.waiting.get(timeout=IDLE_EXIT_S if self._exit_when_idle else IDLE_POLL_S))
                 except queue.Empty:
-                    if not self._exit_when_idle:
-                        continue
-                    with self._lock:  # the next submit, seeing no thread, starts one (RequestLoop._enqueue)
-                        if self.waiting.empty():
-                            self._thread = None
-                            return
+                    if self._exit_when_idle and self._forget_idle_thread():
+                        return
                     continue
             while True:
                 try:
@@ -269,6 +265,15 @@ class Engine(RequestLoop):
             self._release(request, "cancelled")
         with self._lock:
             self._drain()
+
+    def _forget_idle_thread(self) -> bool:
+        """Whether this idle loop thread may end: nothing arrived meanwhile. The next submit, seeing no thread,
+        starts one (RequestLoop._enqueue)."""
+        with self._lock:
+            if self.waiting.empty():
+                self._thread = None
+                return True
+        return False
 
     def _drain(self) -> None:
         while True:
