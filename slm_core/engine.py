@@ -340,18 +340,26 @@ class Engine(RequestLoop):
     # ---- text ----------------------------------------------------------------------------------
 
     def stream(self, prompt_ids: list[int], params: SamplingParams, stats: Optional[dict] = None,
-               stop_ids=None) -> Iterator[str]:
-        """Clean text deltas of one request; `stats` gets tokens, ttft_s, seconds, tokens_per_sec, finish_reason."""
+               stop_ids=None, interval_s: float = 0.0) -> Iterator[str]:
+        """Clean text deltas of one request; `stats` gets tokens, ttft_s, seconds, tokens_per_sec, finish_reason.
+        `interval_s`: see stream_request."""
         request = self.submit(prompt_ids, params, stop_ids)
-        yield from stream_request(request, self.tokenizer, params, stats)
+        yield from stream_request(request, self.tokenizer, params, stats, interval_s)
 
 
-def stream_request(request, tokenizer, params: SamplingParams, stats: Optional[dict] = None) -> Iterator[str]:
-    """Turn a request's tokens into clean text; stops (and cancels the request) at a stop string."""
+def stream_request(request, tokenizer, params: SamplingParams, stats: Optional[dict] = None,
+                   interval_s: float = 0.0) -> Iterator[str]:
+    """Turn a request's tokens into clean text; stops (and cancels the request) at a stop string.
+
+    `interval_s` > 0 paces a request that decodes ahead in a loop thread (it has `chunks()`): the first delta
+    comes at once, each later one at least that long after the one before, with every token decoded meanwhile.
+    A reader woken per token per stream costs the decode loop the GIL that often (slm_core.serve). A request
+    decoded lazily as it is read (a lone genai Generator) is never paced: sleeping would stall its decoding."""
     text = TextStream(params.stop)
     count = 0
     pieces = _token_bytes(tokenizer)
-    batches = request.chunks() if hasattr(request, "chunks") else ([t] for t in request)
+    decodes_ahead = hasattr(request, "chunks")
+    batches = request.chunks() if decodes_ahead else ([t] for t in request)
     try:
         for tokens in batches:
             count += len(tokens)
@@ -360,6 +368,8 @@ def stream_request(request, tokenizer, params: SamplingParams, stats: Optional[d
                 fill_stats(stats, request, count)
             if delta:
                 yield delta
+                if interval_s > 0 and decodes_ahead:
+                    time.sleep(interval_s)  # a slower model loses nothing: its next token is still on the way
             if text.stopped:
                 request.finish_reason = "stop"
                 break

@@ -168,10 +168,11 @@ class OnnxEngine:
                 self.alone -= 1
 
     def stream(self, prompt_ids: list[int], params: SamplingParams, stats: Optional[dict] = None,
-               stop_ids=None) -> Iterator[str]:
+               stop_ids=None, interval_s: float = 0.0) -> Iterator[str]:
         from slm_core.engine import stream_request
 
-        yield from stream_request(self.submit(prompt_ids, params, stop_ids), self.tokenizer, params, stats)
+        yield from stream_request(self.submit(prompt_ids, params, stop_ids), self.tokenizer, params, stats,
+                                  interval_s)
 
     def search_options(self, params: SamplingParams, prompt_len: int) -> dict:
         options = {"max_length": min(self.context_length, prompt_len + params.max_new_tokens),

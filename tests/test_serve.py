@@ -120,6 +120,29 @@ def test_stop_strings_and_plain_http_streaming(server):
     assert lines[-1] == "data: [DONE]" and json.loads(lines[0][6:])["choices"][0]["delta"]["role"] == "assistant"
 
 
+def test_a_paced_stream_gathers_the_tokens_decoded_between_its_events(server):
+    from fastapi.testclient import TestClient
+
+    from slm_core.serve import create_app, load_served
+
+    _, run_dir = server
+    served = load_served(str(run_dir), dtype="fp32", name="tiny")
+    served.stream_interval_s = 0.5  # far longer than decoding the whole answer takes
+    body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 40, "temperature": 0,
+            "repetition_penalty": 1.5}
+    try:
+        app = TestClient(create_app(served))
+        whole = app.post("/v1/completions", json=body).json()
+        events = [json.loads(line[6:]) for line in app.post("/v1/completions", json={**body, "stream": True}).text
+                  .split("\n") if line.startswith("data: {")]
+    finally:
+        served.engine.close()
+    texts = [e["choices"][0]["text"] for e in events if e["choices"][0]["text"]]
+    assert whole["usage"]["completion_tokens"] == 40 and "".join(texts) == whole["choices"][0]["text"]
+    assert len(texts) <= 3  # the first token alone, then the rest gathered (unpaced: an event per token)
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+
+
 @pytest.mark.parametrize("body, raw, key, status, says", [
     ({"model": "nope", "prompt": "hi"}, None, KEY, 404, "does not exist"),
     ({"model": "tiny", "prompt": "hi", "max_tokens": -1}, None, KEY, 400, "max_tokens"),
@@ -143,3 +166,12 @@ def test_the_openai_client_raises_its_own_errors(server):
         client(base).chat.completions.create(model="other", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=base + "/v1", api_key="bad", max_retries=0).models.list()
+
+
+@pytest.mark.parametrize("flags, says", [(["--api-key", ""], "--api-key is empty"),
+                                         (["--stream-interval-ms", "-5"], "--stream-interval-ms")])
+def test_bad_serve_flags_are_refused_before_loading_the_model(capsys, flags, says):
+    from slm_core.cli import main
+
+    assert main(["serve", "no-such-run", *flags]) == 2  # the flag is named, not the missing run
+    assert says in capsys.readouterr().err
