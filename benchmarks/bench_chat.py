@@ -5,9 +5,10 @@ model (tiny-llama, ~4M) and a ~100M Llama; then `slm serve` with 1, 4 and 8 conc
 Models are random-init (speed does not depend on training) with a BPE tokenizer trained here, exported to
 Hugging Face and onnxruntime-genai folders in a temporary directory. Decode tokens/s counts tokens after
 the first over the time after the first; TTFT is submit → first token. The Studio's native chat path runs in a
-process of its own, as in the Studio (see slm_core.openmp). Targets (issue 9): Studio default ≥ 1.0× genai
-(the default is genai's path for the small model, native for the ~100M one: see the note under each table);
-native ≥ 2× transformers; serve at 4 clients ≥ 2.5× one client.
+process of its own, as in the Studio (see slm_core.openmp). The Chat page rows are the real page: `launch.py`
+driven over the endpoint its Send button calls, read as the page prints each reply's speed. Targets (issue 9):
+Studio default ≥ 1.0× genai (the default is genai's path for the small model, native for the ~100M one: see the
+note under each table); native ≥ 2× transformers; serve at 4 clients ≥ 2.5× one client.
 
     python benchmarks/bench_chat.py [--tokens 128] [--quick]   (--quick: tiny model and 1 thread only)
 """
@@ -104,6 +105,49 @@ def _studio_native_child(hf_dir: str, n: int, threads: int, ids: list[int]) -> N
     print(json.dumps({"tps": tps, "ttft": ttft, "engine": f"{engine.description}, {engine.decode_threads} "
                       f"thread(s), {SLOTS} slots"}))
     engine.close()
+
+
+def studio_page_rows(folders: dict, n: int) -> list[tuple[str, tuple[float, float]]]:
+    """The Chat page itself: `python launch.py` (the whole Studio, its default threads), driven through the
+    /chat endpoint the Send button calls, by gradio_client in this process as a browser tab would be. Each row
+    is the tokens/s and TTFT the page prints under the reply: Gradio's per-update work included."""
+    import re
+    import shutil
+
+    from gradio_client import Client
+
+    runs = Path(folders["hf"]).parent / "studio-runs"  # the page reads only its runs folder (and allowed ones)
+    engines = [("native", "hf")] + [("onnx", name) for name in ("genai", "genai-int4") if name in folders]
+    for _, name in engines:
+        shutil.copytree(folders[name], runs / name, dirs_exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    studio = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / "launch.py"), "--port",
+                               str(port), "--runs-dir", str(runs)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    try:
+        for _ in range(600):
+            try:
+                page = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:  # not up yet
+                time.sleep(0.5)
+        rows = []
+        for engine, name in engines:
+            def reply(count):  # message, history, model, checkpoint, temperature .. seed, engine, system prompt
+                return page.predict(PROMPT, [], str(runs / name), "best", 0.0, 0, 1.0, 1.0, count, "1", engine, "",
+                                    api_name="/chat")[2]
+            reply(8)  # loads the model
+            shown = reply(n)
+            tps = float(re.search(r"\*\*([\d.]+) tokens/s", shown).group(1))
+            ttft = float(re.search(r"first token (\d+) ms", shown).group(1)) / 1000
+            label = {"hf": "native", "genai": "genai fp32", "genai-int4": "genai int4"}[name]
+            rows.append((f"Studio Chat page, {label} (Gradio, its threads)", (tps, ttft)))
+        return rows
+    finally:
+        studio.terminate()
+        studio.wait(30)
 
 
 def genai_own_row(folder, ids, n, threads, text: bool = False) -> tuple[float, float]:
@@ -259,6 +303,7 @@ def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
                 "int8-dynamic": quantized(model, "int8-dynamic"), "int4": quantized(model, "int4")}
     variants["bf16"].load_state_dict(model.state_dict())
     variants["bf16"] = variants["bf16"].to(torch.bfloat16)
+    page_rows = studio_page_rows(folders, n)
     for threads in thread_counts:
         torch.set_num_threads(threads)
         rows = []
@@ -272,6 +317,8 @@ def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
             if "genai-int4" in folders:
                 rows.append(("onnxruntime-genai int4 (Studio path)", studio_row(folders["genai-int4"], ids, n, threads),
                              peer[0]))
+        if threads == thread_counts[-1]:  # the page runs at the Studio's own threads: once, beside the most threads
+            rows += [(label, page, rows[0][1][0] if rows else None) for label, page in page_rows]
         studio, description = studio_native_row(folders["hf"], ids, n, threads)
         rows.append(("Studio native chat path (auto)", studio, rows[0][1][0] if rows else None))
         notes.add(f"Studio native chat path, up to {threads} thread(s): {description}")

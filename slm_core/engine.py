@@ -351,31 +351,34 @@ def stream_request(request, tokenizer, params: SamplingParams, stats: Optional[d
                    interval_s: float = 0.0) -> Iterator[str]:
     """Turn a request's tokens into clean text; stops (and cancels the request) at a stop string.
 
-    `interval_s` > 0 paces a request that decodes ahead in a loop thread (it has `chunks()`): the first delta
-    comes at once, each later one at least that long after the one before, with every token decoded meanwhile.
-    A reader woken per token per stream costs the decode loop the GIL that often (slm_core.serve). A request
-    decoded lazily as it is read (a lone genai Generator) is never paced: sleeping would stall its decoding."""
+    `interval_s` > 0 paces the deltas: the first at once, then at most one per interval, carrying all the text
+    decoded meanwhile. Every delta is Python work for its reader (an HTTP event, a page update) that holds the
+    GIL the decode loop needs between its ops, or, for a request decoded as it is read (a lone genai
+    Generator), work done between its tokens. A request that decodes ahead in a loop thread (it has `chunks()`)
+    is read less often too: its reader sleeps out the interval instead of waking for each token."""
     text = TextStream(params.stop)
     count = 0
     pieces = _token_bytes(tokenizer)
     decodes_ahead = hasattr(request, "chunks")
     batches = request.chunks() if decodes_ahead else ([t] for t in request)
+    held, sent_at = "", float("-inf")
     try:
         for tokens in batches:
             count += len(tokens)
-            delta = text.feed(b"".join(pieces(t) for t in tokens))
+            held += text.feed(b"".join(pieces(t) for t in tokens))
             if stats is not None:
                 fill_stats(stats, request, count)
-            if delta:
-                yield delta
+            if held and (text.stopped or time.perf_counter() - sent_at >= interval_s):
+                yield held
+                held, sent_at = "", time.perf_counter()
                 if interval_s > 0 and decodes_ahead:
                     time.sleep(interval_s)  # a slower model loses nothing: its next token is still on the way
             if text.stopped:
                 request.finish_reason = "stop"
                 break
-        tail = text.finish()
-        if tail:
-            yield tail
+        held += text.finish()
+        if held:
+            yield held
     finally:
         request.cancel()  # a client that stops reading frees its slot at the next step
         if stats is not None:

@@ -23,11 +23,11 @@ DEFAULT_PORT = 8000
 # On Ctrl-C or SIGTERM, streams still open after this long are cut: without a limit uvicorn waits for every one of
 # them to end (a client that stops reading would hold the server open).
 GRACEFUL_SHUTDOWN_S = 3
-# A stream sends its first text at once, then at most one event per interval carrying every token decoded meanwhile
-# (vLLM's stream interval, in time rather than tokens). Each event is Python work, on its stream's thread and the
-# HTTP thread, that holds the GIL the decode loop needs between its ops: one event per token per client cost a 3M
-# model a fifth to a third of its tokens/s (2 cores, 256 tokens; 1, 4 and 8 clients: 330-361, 655-695 and 901-979
-# tokens/s, against 413-497, 817-976 and 1294-1337 at 20 ms). 50 updates a second is smoother than anyone reads.
+# A stream sends its first text at once, then at most one event per interval carrying every token decoded meanwhile.
+# Each event is Python work, on its stream's thread and the HTTP thread, that holds the GIL the decode loop needs
+# between its ops: one event per token per client cost a 3M model a fifth to a third of its tokens/s (2 cores,
+# 256 tokens; 1, 4 and 8 clients: 330-361, 655-695 and 901-979 tokens/s, against 413-497, 817-976 and 1294-1337
+# at 20 ms). 50 updates a second is smoother than anyone reads.
 STREAM_INTERVAL_S = 0.02
 
 

@@ -62,6 +62,21 @@ def test_genai_sampling_is_seeded_and_stop_strings_cut(genai):
 
 
 @pytest.mark.slow
+def test_a_paced_stream_of_a_lone_generator_gathers_its_tokens_between_updates(genai):
+    from slm_core.runtime_onnx import GenaiRequest
+
+    runtime, _ = genai
+    ids, greedy = runtime.tokenizer.encode("Once upon a time"), SamplingParams(40, temperature=0)
+    probe = runtime.submit(ids, greedy)
+    assert isinstance(probe, GenaiRequest)  # decoded as it is read, not ahead
+    probe.cancel()
+    every = list(runtime.stream(ids, greedy))
+    paced = list(runtime.stream(ids, greedy, interval_s=0.5))  # far longer than decoding all 40 tokens takes
+    assert "".join(paced) == "".join(every) and len(every) > 10
+    assert len(paced) <= 2  # the first token's text at once, then the rest in one update
+
+
+@pytest.mark.slow
 def test_requests_overlapping_one_in_flight_are_decoded_in_one_batch_each_with_its_own_answer(genai):
     import threading
 
