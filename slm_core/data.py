@@ -11,8 +11,8 @@ the chunked, parallel, resumable writing in bounded memory):
                                    cache is never reused
 
 The fingerprint covers the source's identity (paths, sizes, mtimes; builtin name and seed; Hub name
-and split), the data settings and the tokenizer's fingerprint, so a second run finds the tokens
-without reading the source again. A trained vocabulary is cached the same way under
+and split), the data settings and the tokenizer's fingerprint (and its chat template, for data rendered
+in it: template 'model'), so a second run finds the tokens without reading the source again. A trained vocabulary is cached the same way under
 `<cache root>/tokenizers/`. `prepare_shard` writes shard i/N of a corpus into a folder
 (`shard-<i>-of-<N>/` + `tokenizer/`); a folder of shards given as data.source is read as one corpus.
 `PreparedData.get_batch` samples random windows every step (each rank from its own slice);
@@ -235,10 +235,13 @@ def prepare_data(config: RunConfig, tokenizer=None, cache_dir=None, progress: bo
 
 
 def _fingerprint(identity: dict, cfg: DataConfig, template: Optional[str], tokenizer) -> str:
-    return _digest({"format": FORMAT_VERSION, "source": identity, "text_column": cfg.text_column,
-                    "template": template, "val_fraction": cfg.val_fraction, "max_chars": cfg.max_chars,
-                    "hub_split": cfg.hub_split, "split": cfg.split, "max_documents": cfg.max_documents,
-                    "max_tokens": cfg.max_tokens, "tokenizer": tokenizer.fingerprint()})
+    fields = {"format": FORMAT_VERSION, "source": identity, "text_column": cfg.text_column,
+              "template": template, "val_fraction": cfg.val_fraction, "max_chars": cfg.max_chars,
+              "hub_split": cfg.hub_split, "split": cfg.split, "max_documents": cfg.max_documents,
+              "max_tokens": cfg.max_tokens, "tokenizer": tokenizer.fingerprint()}
+    if template == "model":  # a base and its instruct model share a vocabulary, not always a chat template
+        fields["chat_template"] = _digest(getattr(tokenizer, "chat_template", None))
+    return _digest(fields)
 
 
 @contextlib.contextmanager

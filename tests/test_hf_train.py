@@ -57,6 +57,21 @@ def test_instruction_data_uses_the_base_template_with_the_prompt_masked(qwen_fol
     assert im_end in ids[prompt_len:first_end].tolist()  # the template's end-of-turn is a special id, trained on
 
 
+def test_the_same_vocabulary_with_another_chat_template_tokenizes_the_data_again(qwen_folder, tmp_path):
+    from hf_families import tokenizer_copy
+
+    config = _config(qwen_folder, "data.template=model")
+    first = prepare_data(config, tokenizer=Tokenizer.from_hf(qwen_folder), progress=False)
+    other = tokenizer_copy("qwen2", tmp_path, "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
+                                              "{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
+    tokenizer = Tokenizer.from_hf(other)
+    assert tokenizer.fingerprint() == Tokenizer.from_hf(qwen_folder).fingerprint()  # the same vocabulary
+    second = prepare_data(config, tokenizer=tokenizer, progress=False)
+    assert second.cache_dir != first.cache_dir
+    ids = np.fromfile(second.cache_dir / "train.bin", dtype=second.dtype)
+    assert tokenizer.decode(ids[:40].tolist()).startswith("[user] ")  # rendered with the new template
+
+
 @pytest.mark.slow  # ~40 s quiet, 90 s under load: a 32k-row output layer on two cores
 def test_lora_on_a_hub_shaped_base_lowers_the_loss_and_saves_a_peft_adapter(llama2_chat_folder, tmp_path):
     result = train(_config(llama2_chat_folder, "train.lr=0.02", "model.context_length=64"), tmp_path / "run",
