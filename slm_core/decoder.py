@@ -18,7 +18,8 @@ fewer, larger ops, prepared once:
 - the head runs on the last position only;
 - an fp32 model big enough to stream its weights from memory at every token (40M+ parameters on CPU) reads
   them from a bf16 copy in one-row multiplies: half the bytes, fp32 accumulation, the residual stream in
-  fp32; prompts and batched steps keep the fp32 matrices.
+  fp32; prompts and batched steps keep the fp32 matrices. Past FAST_MAX_PARAMS (a 1B model) that copy is
+  the only one made.
 
 Quantized and LoRA (peft) linears are called as modules inside the same layer math (`_Proj`), so they
 get every saving but the weight fusion. `compile=True` wraps the batched step in torch.compile over
@@ -36,7 +37,7 @@ from slm_core.lora import base_transformer
 from slm_core.model import RMSNorm, rope_cos_sin
 
 MAX_CACHE = 4096  # positions per slot at most: an imported model may allow 32k
-FAST_MAX_PARAMS = 300_000_000  # fused, prepacked copies double most weights: small models only
+FAST_MAX_PARAMS = 300_000_000  # fused, prepacked fp32 copies double most weights: small models only
 # Up to here a second, (in, out) copy serves one-row multiplies on one thread, where MKL streams the weights
 # faster than oneDNN (~100M model: 35 vs 28 tokens/s; on two threads oneDNN is ahead, 43 vs 36).
 ONE_ROW_COPY_MAX_PARAMS = 150_000_000
@@ -44,6 +45,8 @@ ONE_ROW_COPY_MAX_PARAMS = 150_000_000
 # from memory and its speed is bytes per token: the one-row copy is then bf16 (half the bytes; fp32
 # accumulation). ~100M model on AVX2, which has no bf16 arithmetic: 2 threads 92-99 vs 42-46 tokens/s, 1 thread
 # 60 vs 37 (bench_chat). Below it the weights stay cached and fp32 is faster (bf16 is emulated: 2x slower there).
+# Past FAST_MAX_PARAMS the bf16 copy is the only one, fused per projection (half the weights' memory): a
+# Llama-3.2-1B-shaped model, 2 threads, 3.2-3.6 -> 10.9-11.6 tokens/s; it is made only where memory has room.
 ONE_ROW_BF16_MIN_PARAMS = 40_000_000
 # Prepacking pays from about this width: on a 256-wide model's matrices oneDNN's per-call cost made a
 # 4-row step 20-40% slower than MKL's (measured in place; isolated micro-benchmarks flatter oneDNN).
@@ -52,9 +55,18 @@ ONEDNN_MIN_DIM = 512
 
 def one_row_bf16_default(n_params: int, dtype: torch.dtype, device) -> bool:
     """Whether an fp32 CPU model decodes its one-row steps from a bf16 copy ('auto'): when it is big enough
-    to be memory-bound and small enough to be prepared (FAST_MAX_PARAMS)."""
+    to be memory-bound (ONE_ROW_BF16_MIN_PARAMS)."""
     return (dtype == torch.float32 and torch.device(device).type == "cpu"
-            and ONE_ROW_BF16_MIN_PARAMS <= n_params <= FAST_MAX_PARAMS)
+            and ONE_ROW_BF16_MIN_PARAMS <= n_params)
+
+
+def _room_for_bf16_copy(n_params: int) -> bool:
+    """Whether free memory holds a bf16 copy of the weights (2 bytes a parameter) twice over: a model that
+    barely fits decodes exactly from its own weights rather than risk the process."""
+    from slm_core.resources import available_memory_mb
+
+    free_mb = available_memory_mb("cpu")
+    return free_mb is None or free_mb * 2**20 >= 4 * n_params
 
 
 def prepared_weight_copies(n_params: int, d_model: int, dtype: str, device: str) -> float:
@@ -62,9 +74,9 @@ def prepared_weight_copies(n_params: int, d_model: int, dtype: str, device: str)
     in units of the model's weights): the fused, prepared matrices up to FAST_MAX_PARAMS, plus the one-row
     copy (bf16, half a copy, from ONE_ROW_BF16_MIN_PARAMS; else fp32 next to oneDNN's up to
     ONE_ROW_COPY_MAX_PARAMS)."""
-    if one_row_bf16_default(n_params, torch.float32 if dtype == "fp32" else torch.bfloat16, device):
-        return 1.5
     small = n_params <= FAST_MAX_PARAMS
+    if one_row_bf16_default(n_params, torch.float32 if dtype == "fp32" else torch.bfloat16, device):
+        return 1.5 if small else 0.5
     packed = dtype == "fp32" and not str(device).startswith("cuda") and d_model >= ONEDNN_MIN_DIM
     return int(small) + int(small and packed and n_params <= ONE_ROW_COPY_MAX_PARAMS)
 
@@ -122,6 +134,14 @@ class _Proj:
             self.w = _in_out(w) if self.packed is None or (one_row == "fp32" and self.half is None) else None
         else:
             self.perm = perm
+            if one_row == "bf16" and _plain(*modules) and modules[0].weight.dtype == torch.float32:
+                # A model too big for fused fp32 copies still reads its one-row steps from a fused bf16 one
+                # (half a copy), its output columns already in `perm` order; more rows call the modules.
+                w = torch.cat([m.weight.detach().to(torch.bfloat16) for m in modules])
+                self.half = w if perm is None else w[perm]
+                if modules[0].bias is not None:
+                    b = torch.cat([m.bias.detach() for m in modules])
+                    self.b = b if perm is None else b[perm]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.half is not None and x.shape[0] == 1:
@@ -249,7 +269,7 @@ class Decoder:
         n_params = sum(p.numel() for p in core.parameters())
         small = n_params <= FAST_MAX_PARAMS
         if one_row_bf16 is None:
-            one_row_bf16 = one_row_bf16_default(n_params, self.dtype, self.device)
+            one_row_bf16 = one_row_bf16_default(n_params, self.dtype, self.device) and _room_for_bf16_copy(n_params)
         one_row = "bf16" if one_row_bf16 else "fp32" if n_params <= ONE_ROW_COPY_MAX_PARAMS else None
         self.layers = [_Layer(layer, cfg, small, self.dtype, self.freqs is not None, self.device, one_row)
                        for layer in core.layers]

@@ -193,13 +193,16 @@ def test_prepacked_cpu_matrices_give_the_models_own_logits_alone_and_batched(fam
         torch.testing.assert_close(row, expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_one_row_steps_from_a_bf16_copy_stay_close_and_everything_else_stays_exact_fp32(family, monkeypatch):
+@pytest.mark.parametrize("family, big", [("gpt2", False), ("llama", False), ("gpt2", True), ("llama", True)])
+def test_one_row_steps_from_a_bf16_copy_stay_close_and_everything_else_stays_exact_fp32(family, big, monkeypatch):
     # A memory-bound fp32 model decodes its one-row multiplies from a bf16 copy (half the bytes a token): a
     # one-row step and the last-position head. A prompt's layers (the cache they write) and batched steps
-    # keep the exact fp32 weights, and dtype 'fp32' turns the copy off.
+    # keep the exact fp32 weights, and dtype 'fp32' turns the copy off. `big`: as if past FAST_MAX_PARAMS
+    # (a 1B model), where the bf16 copy is the only one and more rows run the model's own modules.
     import slm_core.decoder as decoder_module
 
+    if big:
+        monkeypatch.setattr(decoder_module, "FAST_MAX_PARAMS", 0)
     torch.manual_seed(3)
     config = ModelConfig(family=family, n_layer=2, n_head=4, n_kv_head=2 if family == "llama" else None,
                          d_model=64, context_length=32, vocab_size=128)
@@ -227,6 +230,8 @@ def test_one_row_steps_from_a_bf16_copy_stay_close_and_everything_else_stays_exa
     assert decoder_module.one_row_bf16_default(decoder_module.ONE_ROW_BF16_MIN_PARAMS, torch.float32, "cpu")
     assert not decoder_module.one_row_bf16_default(decoder_module.ONE_ROW_BF16_MIN_PARAMS - 1, torch.float32, "cpu")
     assert not decoder_module.one_row_bf16_default(decoder_module.ONE_ROW_BF16_MIN_PARAMS, torch.bfloat16, "cpu")
+    # the memory estimate counts the copies this decoder makes (a 1B model: the bf16 copy alone)
+    assert decoder_module.prepared_weight_copies(100_000_000, 768, "fp32", "cpu") == (0.5 if big else 1.5)
     monkeypatch.setattr(decoder_module, "ONE_ROW_BF16_MIN_PARAMS", 0)  # as if this model were 40M+
     auto, exact = Engine(model, ByteTokenizer(), slots=1), Engine(model, ByteTokenizer(), slots=1, dtype="fp32")
     assert auto.decoder.one_row_bf16 and "bf16 one-row copy" in auto.description
