@@ -10,7 +10,8 @@ driven over the endpoint its Send button calls, read as the page prints each rep
 Studio default ≥ 1.0× genai (the default is genai's path for the small model, native for the ~100M one: see the
 note under each table); native ≥ 2× transformers; serve at 4 clients ≥ 2.5× one client.
 
-    python benchmarks/bench_chat.py [--tokens 128] [--quick]   (--quick: tiny model and 1 thread only)
+    python benchmarks/bench_chat.py [--tokens 128] [--quick | --big]
+        --quick: the tiny model and 1 thread only; --big: only a Llama-3.2-1B shape, native vs transformers
 """
 
 from __future__ import annotations
@@ -354,10 +355,34 @@ def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
             print(f"{count:>8}{agg:>18.0f}{agg / rows[0][1]:>12.2f}x{p50 * 1000:>13.0f}{p95 * 1000:>13.0f}", flush=True)
 
 
+def bench_big(tokenizer, n: int, work: Path) -> None:
+    """A Llama-3.2-1B-shaped model with its real vocabulary size: past FAST_MAX_PARAMS, where the decoder makes
+    no fused fp32 copies and its one-row steps read the bf16 copy alone. Native against transformers, fp32."""
+    config = ModelConfig(family="llama", n_layer=16, n_head=32, n_kv_head=8, d_model=2048, d_ff=8192,
+                         context_length=2048, vocab_size=128256, rope_theta=500000.0)
+    torch.manual_seed(0)
+    model = Transformer(config).eval()
+    export_model(model, tokenizer, config, work / "hf", fmt="hf")
+    ids, threads = tokenizer.encode(PROMPT), os.cpu_count()
+    torch.set_num_threads(threads)
+    params = sum(p.numel() for p in model.parameters()) / 1e9
+    print(f"\n## Llama-3.2-1B shape: {params:.2f}B parameters, batch 1, {n} new tokens, prompt {len(ids)} tokens")
+    print(f"{'path':<48}{'threads':>8}{'tok/s':>10}{'TTFT ms':>10}{'vs peer':>10}")
+    peer = hf_row(work / "hf", ids, n, "fp32")
+    rows = [("transformers generate fp32 (peer)", peer, None),
+            ("native decode auto = fp32 + bf16 one-row", native_row(model, ids, n), peer[0]),
+            ("native decode fp32 exact", native_row(model, ids, n, one_row_bf16=False), peer[0])]
+    for label, (tps, ttft), versus in rows:
+        ratio = f"{tps / versus:.2f}x" if versus else ""
+        print(f"{label:<48}{threads:>8}{tps:>10.1f}{ttft * 1000:>10.0f}{ratio:>10}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--quick", action="store_true", help="the quickstart model and 1 thread only")
+    parser.add_argument("--big", action="store_true",
+                        help="only a Llama-3.2-1B-shaped model: native against transformers (~13 GB of RAM)")
     parser.add_argument("--studio-native-row", nargs=4, help=argparse.SUPPRESS)  # HF N THREADS IDS: the child
     args = parser.parse_args()
     if args.studio_native_row:
@@ -368,6 +393,9 @@ def main() -> None:
     tokenizer = build_tokenizer(TokenizerConfig(kind="bpe", vocab_size=2048), [TEXT], progress=False)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machine: figures are "
           "upper bounds of the noise, compare rows of one run only)")
+    if args.big:
+        with tempfile.TemporaryDirectory() as work:
+            return bench_big(tokenizer, min(args.tokens, 32), Path(work))
     for i, (name, config) in enumerate(models(tokenizer).items()):
         if args.quick and i:
             break
