@@ -112,6 +112,20 @@ def _onednn_packed(w: torch.Tensor) -> Optional[torch.Tensor]:
         return None
 
 
+def _bf16_rows(weights: list, perm: Optional[torch.Tensor]) -> torch.Tensor:
+    """The (out, in) weights stacked in one bf16 matrix, rows in `perm` order. Converted straight into one
+    allocation: per-weight bf16 temporaries and a concatenation made preparing a 1B model 1.9x slower (6.7 s),
+    most of it faulting in fresh pages."""
+    first = weights[0]
+    stacked = torch.empty(sum(w.shape[0] for w in weights), first.shape[1], dtype=torch.bfloat16,
+                          device=first.device)
+    row = 0
+    for w in weights:
+        stacked[row:row + w.shape[0]].copy_(w.detach())
+        row += w.shape[0]
+    return stacked if perm is None else stacked[perm]
+
+
 class _Proj:
     """y = x @ W (+ b) for x (N, in). Plain linears become one transposed (in, out) matrix (several
     linears concatenated: one multiply instead of several), optionally with permuted output columns;
@@ -137,8 +151,7 @@ class _Proj:
             if one_row == "bf16" and _plain(*modules) and modules[0].weight.dtype == torch.float32:
                 # A model too big for fused fp32 copies still reads its one-row steps from a fused bf16 one
                 # (half a copy), its output columns already in `perm` order; more rows call the modules.
-                w = torch.cat([m.weight.detach().to(torch.bfloat16) for m in modules])
-                self.half = w if perm is None else w[perm]
+                self.half = _bf16_rows([m.weight for m in modules], perm)
                 if modules[0].bias is not None:
                     b = torch.cat([m.bias.detach() for m in modules])
                     self.b = b if perm is None else b[perm]
