@@ -134,6 +134,8 @@ def studio_page_rows(folders: dict, n: int) -> list[tuple[str, tuple[float, floa
                 break
             except Exception:  # not up yet
                 time.sleep(0.5)
+        else:
+            raise RuntimeError("the Studio did not answer within 5 minutes")
         rows = []
         for engine, name in engines:
             def reply(count):  # message, history, model, checkpoint, temperature .. seed, engine, system prompt
