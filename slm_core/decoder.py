@@ -19,7 +19,7 @@ fewer, larger ops, prepared once:
 - an fp32 model big enough to stream its weights from memory at every token (40M+ parameters on CPU) reads
   them from a bf16 copy in one-row multiplies: half the bytes, fp32 accumulation, the residual stream in
   fp32; prompts and batched steps keep the fp32 matrices. Past FAST_MAX_PARAMS (a 1B model) that copy is
-  the only one made.
+  the only one made, and batched steps read it too (BIG_BF16_MAX_ROWS).
 
 Quantized and LoRA (peft) linears are called as modules inside the same layer math (`_Proj`), so they
 get every saving but the weight fusion. `compile=True` wraps the batched step in torch.compile over
@@ -48,6 +48,10 @@ ONE_ROW_COPY_MAX_PARAMS = 150_000_000
 # Past FAST_MAX_PARAMS the bf16 copy is the only one, fused per projection (half the weights' memory): a
 # Llama-3.2-1B-shaped model, 2 threads, 3.2-3.6 -> 10.9-11.6 tokens/s; it is made only where memory has room.
 ONE_ROW_BF16_MIN_PARAMS = 40_000_000
+# There, multiplies of up to this many rows (a batched step of every slot, a prompt that short) read the bf16
+# copy too: MKL's fp32 ones of 2-4 rows cost 2-5x one row. 1B shape, 2 threads, steps of 1/2/4/8 rows:
+# 102/269/417/787 ms against 141/648/971/858 from fp32. And a request then decodes alike alone or batched.
+BIG_BF16_MAX_ROWS = 8
 # Prepacking pays from about this width: on a 256-wide model's matrices oneDNN's per-call cost made a
 # 4-row step 20-40% slower than MKL's (measured in place; isolated micro-benchmarks flatter oneDNN).
 ONEDNN_MIN_DIM = 512
@@ -132,10 +136,11 @@ class _Proj:
     anything else (quantized, LoRA) is called as its modules and the permutation gathered after.
     `one_row`: the copy one-row multiplies use besides oneDNN's packing: None, "fp32" or "bf16"."""
 
-    __slots__ = ("w", "packed", "half", "b", "modules", "perm")
+    __slots__ = ("w", "packed", "half", "half_rows", "b", "modules", "perm")
 
     def __init__(self, modules: list, perm: Optional[torch.Tensor], fuse: bool, one_row: Optional[str] = None):
         self.w = self.packed = self.half = self.b = self.perm = None
+        self.half_rows = 1  # multiplies of up to this many rows read `half`
         self.modules = modules
         if fuse and _plain(*modules):
             w = torch.cat([m.weight.detach() for m in modules])  # (out, in)
@@ -151,13 +156,13 @@ class _Proj:
             if one_row == "bf16" and _plain(*modules) and modules[0].weight.dtype == torch.float32:
                 # A model too big for fused fp32 copies still reads its one-row steps from a fused bf16 one
                 # (half a copy), its output columns already in `perm` order; more rows call the modules.
-                self.half = _bf16_rows([m.weight for m in modules], perm)
+                self.half, self.half_rows = _bf16_rows([m.weight for m in modules], perm), BIG_BF16_MAX_ROWS
                 if modules[0].bias is not None:
                     b = torch.cat([m.bias.detach() for m in modules])
                     self.b = b if perm is None else b[perm]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.half is not None and x.shape[0] == 1:
+        if self.half is not None and x.shape[0] <= self.half_rows:
             y = F.linear(x.to(torch.bfloat16), self.half).float()
             return y if self.b is None else y.add_(self.b)
         if self._use_packed(x):
@@ -173,7 +178,7 @@ class _Proj:
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x + proj(y): the residual add folded into the multiply where the weight allows."""
-        if self.half is not None and y.shape[0] == 1:
+        if self.half is not None and y.shape[0] <= self.half_rows:
             return x + self(y)
         if self._use_packed(y):
             return torch.ops.mkldnn._linear_pointwise.binary(y, x, self.packed, self.b, "add")

@@ -193,16 +193,24 @@ def test_prepacked_cpu_matrices_give_the_models_own_logits_alone_and_batched(fam
         torch.testing.assert_close(row, expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family, big", [("gpt2", False), ("llama", False), ("gpt2", True), ("llama", True)])
-def test_one_row_steps_from_a_bf16_copy_stay_close_and_everything_else_stays_exact_fp32(family, big, monkeypatch):
+def _model_with_visible_norms(family: str) -> Transformer:
+    torch.manual_seed(3)
+    config = ModelConfig(family=family, n_layer=2, n_head=4, n_kv_head=2 if family == "llama" else None,
+                         d_model=64, context_length=32, vocab_size=128)
+    model = Transformer(config).eval()
+    for p in model.parameters():
+        if p.dim() == 1:
+            torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_one_row_steps_from_a_bf16_copy_stay_close_and_everything_else_stays_exact_fp32(family, monkeypatch):
     # A memory-bound fp32 model decodes its one-row multiplies from a bf16 copy (half the bytes a token): a
     # one-row step and the last-position head. A prompt's layers (the cache they write) and batched steps
-    # keep the exact fp32 weights, and dtype 'fp32' turns the copy off. `big`: as if past FAST_MAX_PARAMS
-    # (a 1B model), where the bf16 copy is the only one and more rows run the model's own modules.
+    # keep the exact fp32 weights, and dtype 'fp32' turns the copy off.
     import slm_core.decoder as decoder_module
 
-    if big:
-        monkeypatch.setattr(decoder_module, "FAST_MAX_PARAMS", 0)
     torch.manual_seed(3)
     config = ModelConfig(family=family, n_layer=2, n_head=4, n_kv_head=2 if family == "llama" else None,
                          d_model=64, context_length=32, vocab_size=128)
@@ -230,8 +238,7 @@ def test_one_row_steps_from_a_bf16_copy_stay_close_and_everything_else_stays_exa
     assert decoder_module.one_row_bf16_default(decoder_module.ONE_ROW_BF16_MIN_PARAMS, torch.float32, "cpu")
     assert not decoder_module.one_row_bf16_default(decoder_module.ONE_ROW_BF16_MIN_PARAMS - 1, torch.float32, "cpu")
     assert not decoder_module.one_row_bf16_default(decoder_module.ONE_ROW_BF16_MIN_PARAMS, torch.bfloat16, "cpu")
-    # the memory estimate counts the copies this decoder makes (a 1B model: the bf16 copy alone)
-    assert decoder_module.prepared_weight_copies(100_000_000, 768, "fp32", "cpu") == (0.5 if big else 1.5)
+    assert decoder_module.prepared_weight_copies(100_000_000, 768, "fp32", "cpu") == 1.5  # fused + bf16 copies
     monkeypatch.setattr(decoder_module, "ONE_ROW_BF16_MIN_PARAMS", 0)  # as if this model were 40M+
     auto, exact = Engine(model, ByteTokenizer(), slots=1), Engine(model, ByteTokenizer(), slots=1, dtype="fp32")
     assert auto.decoder.one_row_bf16 and "bf16 one-row copy" in auto.description
@@ -240,6 +247,34 @@ def test_one_row_steps_from_a_bf16_copy_stay_close_and_everything_else_stays_exa
     assert list(exact.submit(prompts[0], SamplingParams(8, temperature=0), stop_ids=())) == reference
     auto.close()
     exact.close()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_big_model_decodes_from_its_bf16_copy_alike_alone_or_batched(family, monkeypatch):
+    # Past FAST_MAX_PARAMS (a 1B model) the bf16 copy is the only one. Its multiplies of up to BIG_BF16_MAX_ROWS
+    # rows read it (fp32 ones of 2-4 rows took 2-5x longer there), so a request decoded beside others gets what
+    # it gets alone; a longer prompt runs the model's own fp32 modules, exactly.
+    import slm_core.decoder as decoder_module
+
+    monkeypatch.setattr(decoder_module, "FAST_MAX_PARAMS", 0)
+    model = _model_with_visible_norms(family)
+    prompts = [list(range(1, 13)), list(range(20, 30))]  # longer than BIG_BF16_MAX_ROWS: prefilled in fp32
+    assert min(map(len, prompts)) > decoder_module.BIG_BF16_MAX_ROWS
+    full = [model(torch.tensor([p + [7]]))[0, -1] for p in prompts]
+    decoder, exact = Decoder(model, slots=2, one_row_bf16=True), Decoder(model, slots=2, one_row_bf16=False)
+    for slot, prompt in enumerate(prompts):
+        decoder.prefill(slot, prompt)
+        exact.prefill(slot, prompt)
+    for (keys, values), (exact_keys, exact_values) in zip(decoder.cache, exact.cache):  # the prompts' layers: fp32
+        torch.testing.assert_close(keys, exact_keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(values, exact_values, atol=1e-5, rtol=1e-5)
+    together = decoder.step([0, 1], [7, 7], [12, 10])
+    for row, expected in zip(together, full):
+        torch.testing.assert_close(row, expected, atol=0.03 * expected.abs().max().item(), rtol=0)
+        assert not torch.equal(row, expected)  # the copy, not the fp32 weights
+    alone = decoder.step([1], [7], [10])[0]  # position 10 again: the same cache entry rewritten
+    torch.testing.assert_close(alone, together[1], atol=1e-4 * together[1].abs().max().item(), rtol=0)
+    assert decoder_module.prepared_weight_copies(1_240_000_000, 2048, "fp32", "cpu") == 0.5  # the copy alone
 
 
 def test_an_idle_decode_loop_thread_ends_and_the_next_request_starts_another(monkeypatch):
