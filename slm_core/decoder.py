@@ -49,8 +49,8 @@ ONE_ROW_COPY_MAX_PARAMS = 150_000_000
 # Llama-3.2-1B-shaped model, 2 threads, 3.2-3.6 -> 10.9-11.6 tokens/s; it is made only where memory has room.
 ONE_ROW_BF16_MIN_PARAMS = 40_000_000
 # There, multiplies of up to this many rows (a batched step of every slot, a prompt that short) read the bf16
-# copy too: MKL's fp32 ones of 2-4 rows cost 2-5x one row. 1B shape, 2 threads, steps of 1/2/4/8 rows:
-# 102/269/417/787 ms against 141/648/971/858 from fp32. And a request then decodes alike alone or batched.
+# copy too: MKL's fp32 ones of 2-4 rows cost 2-5x one row. 1B shape, 2 threads, steps of 2/4/8 rows:
+# 269/417/787 ms against 648/971/858 from fp32 (one row: ~100 ms). A request then decodes alike alone or batched.
 BIG_BF16_MAX_ROWS = 8
 # Prepacking pays from about this width: on a 256-wide model's matrices oneDNN's per-call cost made a
 # 4-row step 20-40% slower than MKL's (measured in place; isolated micro-benchmarks flatter oneDNN).
