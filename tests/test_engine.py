@@ -211,13 +211,7 @@ def test_one_row_steps_from_a_bf16_copy_stay_close_and_everything_else_stays_exa
     # keep the exact fp32 weights, and dtype 'fp32' turns the copy off.
     import slm_core.decoder as decoder_module
 
-    torch.manual_seed(3)
-    config = ModelConfig(family=family, n_layer=2, n_head=4, n_kv_head=2 if family == "llama" else None,
-                         d_model=64, context_length=32, vocab_size=128)
-    model = Transformer(config).eval()
-    for p in model.parameters():
-        if p.dim() == 1:
-            torch.nn.init.normal_(p, std=0.3)
+    model = _model_with_visible_norms(family)
     prompts = [[1, 2, 3, 4], [5, 6]]
     full = [model(torch.tensor([p + [7]]))[0, -1] for p in prompts]
     decoder = Decoder(model, slots=2, one_row_bf16=True)
