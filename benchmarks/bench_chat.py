@@ -337,9 +337,8 @@ def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
             else:
                 extra = {}
             rows.append((f"native decode {dtype} (slm generate)", native_row(variant, ids, n, **extra), hf[0]))
-        for label, (tps, ttft), peer in rows:
-            ratio = f"{tps / peer:.2f}x" if peer and peer == peer and peer > 0 else ""
-            print(f"{label:<48}{threads:>8}{tps:>10.0f}{ttft * 1000:>10.1f}{ratio:>10}", flush=True)
+        for label, result, peer in rows:
+            print_row(label, threads, result, peer)
     from studio.chat_session import _native_outpaces_fp32_genai
 
     default = "native" if _native_outpaces_fp32_genai(folders["hf"]) or "genai" not in folders else "genai"
@@ -355,6 +354,14 @@ def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
         rows = serve_rows(folder, n)
         for count, agg, p50, p95 in rows:
             print(f"{count:>8}{agg:>18.0f}{agg / rows[0][1]:>12.2f}x{p50 * 1000:>13.0f}{p95 * 1000:>13.0f}", flush=True)
+
+
+def print_row(label: str, threads: int, result: tuple[float, float], peer: Optional[float],
+              tps_digits: int = 0) -> None:
+    """One table row: tokens/s, TTFT and the ratio to `peer`'s tokens/s (none where the peer has no figure)."""
+    tps, ttft = result
+    ratio = f"{tps / peer:.2f}x" if peer and peer == peer and peer > 0 else ""
+    print(f"{label:<48}{threads:>8}{tps:>10.{tps_digits}f}{ttft * 1000:>10.1f}{ratio:>10}", flush=True)
 
 
 def bench_big(tokenizer, n: int, work: Path) -> None:
@@ -374,9 +381,8 @@ def bench_big(tokenizer, n: int, work: Path) -> None:
     rows = [("transformers generate fp32 (peer)", peer, None),
             ("native decode auto = fp32 + bf16 one-row", native_row(model, ids, n), peer[0]),
             ("native decode fp32 exact", native_row(model, ids, n, one_row_bf16=False), peer[0])]
-    for label, (tps, ttft), versus in rows:
-        ratio = f"{tps / versus:.2f}x" if versus else ""
-        print(f"{label:<48}{threads:>8}{tps:>10.1f}{ttft * 1000:>10.0f}{ratio:>10}", flush=True)
+    for label, result, versus in rows:
+        print_row(label, threads, result, versus, tps_digits=1)
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ the chunked, parallel, resumable writing in bounded memory):
 
 The fingerprint covers the source's identity (paths, sizes, mtimes; builtin name and seed; Hub name
 and split), the data settings and the tokenizer's fingerprint (and its chat template, for data rendered
-in it: template 'model'), so a second run finds the tokens without reading the source again. A trained vocabulary is cached the same way under
-`<cache root>/tokenizers/`. `prepare_shard` writes shard i/N of a corpus into a folder
+in it: template 'model'), so a second run finds the tokens without reading the source again. A trained
+vocabulary is cached the same way under `<cache root>/tokenizers/`. `prepare_shard` writes shard i/N of a corpus into a folder
 (`shard-<i>-of-<N>/` + `tokenizer/`); a folder of shards given as data.source is read as one corpus.
 `PreparedData.get_batch` samples random windows every step (each rank from its own slice);
 `iter_eval_windows` walks a split once for perplexity. torch is imported only by those two, so the

@@ -130,6 +130,14 @@ def _bf16_rows(weights: list, perm: Optional[torch.Tensor]) -> torch.Tensor:
     return stacked if perm is None else stacked[perm]
 
 
+def _stacked_bias(modules: list, perm: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The modules' biases as one vector in `perm` order, or None for bias-free linears."""
+    if modules[0].bias is None:
+        return None
+    b = torch.cat([m.bias.detach() for m in modules])
+    return b if perm is None else b[perm]
+
+
 class _Proj:
     """y = x @ W (+ b) for x (N, in). Plain linears become one transposed (in, out) matrix (several
     linears concatenated: one multiply instead of several), optionally with permuted output columns;
@@ -144,22 +152,18 @@ class _Proj:
         self.modules = modules
         if fuse and _plain(*modules):
             w = torch.cat([m.weight.detach() for m in modules])  # (out, in)
-            b = None if modules[0].bias is None else torch.cat([m.bias.detach() for m in modules])
-            if perm is not None:
-                w, b = w[perm], None if b is None else b[perm]
-            self.packed, self.b = _onednn_packed(w), b
+            w = w if perm is None else w[perm]
+            self.packed, self.b = _onednn_packed(w), _stacked_bias(modules, perm)
             if one_row == "bf16" and w.dtype == torch.float32:
                 self.half = w.to(torch.bfloat16)  # (out, in): the layout the bf16 kernels read fast
             self.w = _in_out(w) if self.packed is None or (one_row == "fp32" and self.half is None) else None
         else:
             self.perm = perm
             if one_row == "bf16" and _plain(*modules) and modules[0].weight.dtype == torch.float32:
-                # A model too big for fused fp32 copies still reads its one-row steps from a fused bf16 one
-                # (half a copy), its output columns already in `perm` order; more rows call the modules.
+                # A model too big for fused fp32 copies still reads its steps of up to BIG_BF16_MAX_ROWS rows
+                # from a fused bf16 one (half a copy), output columns in `perm` order; more rows call the modules.
                 self.half, self.half_rows = _bf16_rows([m.weight for m in modules], perm), BIG_BF16_MAX_ROWS
-                if modules[0].bias is not None:
-                    b = torch.cat([m.bias.detach() for m in modules])
-                    self.b = b if perm is None else b[perm]
+                self.b = _stacked_bias(modules, perm)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.half is not None and x.shape[0] <= self.half_rows:
