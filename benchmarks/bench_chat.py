@@ -36,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from slm_core.config import ModelConfig, TokenizerConfig  # noqa: E402
-from slm_core.decoder import one_row_bf16_default  # noqa: E402
+from slm_core.decoder import half_copy_kind, one_row_half_default  # noqa: E402
 from slm_core.engine import Decoder, decode_one  # noqa: E402
 from slm_core.export import export_model  # noqa: E402
 from slm_core.model import Transformer  # noqa: E402
@@ -72,8 +72,8 @@ def timed(tokens) -> tuple[float, float]:
 
 # ---- the rows -----------------------------------------------------------------------------------
 
-def native_row(model, ids, n, one_row_bf16=None) -> tuple[float, float]:
-    decoder = Decoder(model, slots=1, max_len=len(ids) + n, one_row_bf16=one_row_bf16)
+def native_row(model, ids, n, one_row_half=None) -> tuple[float, float]:
+    decoder = Decoder(model, slots=1, max_len=len(ids) + n, one_row_half=one_row_half)
     list(decode_one(decoder, ids, SamplingParams(8, temperature=0)))  # warm-up
     return timed(decode_one(decoder, ids, SamplingParams(n, temperature=0)))
 
@@ -330,10 +330,11 @@ def bench_model(name, config, tokenizer, n, thread_counts, work) -> None:
             peer_dtype = "int8" if dtype == "int8-dynamic" else dtype  # transformers' int8 is dynamic int8
             hf = peers[peer_dtype] = peers.get(peer_dtype) or hf_row(folders["hf"], ids, n, peer_dtype)
             rows.append((f"transformers generate {peer_dtype} (peer)", hf, None))
-            if dtype == "fp32":  # auto: fp32, reading a bf16 copy in one-row steps from 40M parameters
-                label = "fp32 + bf16 one-row" if one_row_bf16_default(params * 1e6, torch.float32, "cpu") else "fp32"
+            if dtype == "fp32":  # auto: fp32, reading a half-precision copy in one-row steps from 40M parameters
+                half = one_row_half_default(params * 1e6, torch.float32, "cpu")
+                label = f"fp32 + {half_copy_kind()} one-row" if half else "fp32"
                 rows.append((f"native decode auto = {label} (slm generate)", native_row(variant, ids, n), hf[0]))
-                dtype, extra = "fp32 exact", dict(one_row_bf16=False)
+                dtype, extra = "fp32 exact", dict(one_row_half=False)
             else:
                 extra = {}
             rows.append((f"native decode {dtype} (slm generate)", native_row(variant, ids, n, **extra), hf[0]))
@@ -380,7 +381,7 @@ def bench_big(tokenizer, n: int, work: Path) -> None:
     peer = hf_row(work / "hf", ids, n, "fp32")
     rows = [("transformers generate fp32 (peer)", peer, None),
             ("native decode auto = fp32 + bf16 one-row", native_row(model, ids, n), peer[0]),
-            ("native decode fp32 exact", native_row(model, ids, n, one_row_bf16=False), peer[0])]
+            ("native decode fp32 exact", native_row(model, ids, n, one_row_half=False), peer[0])]
     for label, result, versus in rows:
         print_row(label, threads, result, versus, tps_digits=1)
 

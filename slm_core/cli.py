@@ -191,8 +191,8 @@ def add_generate_parser(sub) -> None:
     parser.add_argument("--stop", action="append", default=[], help="end the text before this string (repeatable)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="weights for decoding; auto: bf16 where the CPU/GPU computes it natively, else fp32 "
-                             "with a bf16 copy for the one-row steps of models from 40M parameters; fp32: exact")
+                        help="weights for decoding; auto: bf16 where the CPU/GPU computes it natively, else fp32 with "
+                             "an fp16 (or bf16) copy for the one-row steps of models from 40M parameters; fp32: exact")
     _add_run_location(parser)
 
 
@@ -216,7 +216,7 @@ def cmd_generate(args) -> int:
     sys.stdout.write(args.prompt if not templated or args.raw else "")
     for delta in stream_text(loaded, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                              args.repetition_penalty, args.seed, stats=stats, use_template=not args.raw,
-                             stop=tuple(args.stop), one_row_bf16=None if args.dtype == "auto" else False):
+                             stop=tuple(args.stop), one_row_half=None if args.dtype == "auto" else False):
         sys.stdout.write(delta)
         sys.stdout.flush()
     ttft = stats.get("ttft_s")

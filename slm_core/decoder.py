@@ -17,9 +17,10 @@ fewer, larger ops, prepared once:
 - a batch-1 step writes the cache through views (no index tensors) and reads a slice of it;
 - the head runs on the last position only;
 - an fp32 model big enough to stream its weights from memory at every token (40M+ parameters on CPU) reads
-  them from a bf16 copy in one-row multiplies: half the bytes, fp32 accumulation, the residual stream in
-  fp32; prompts and batched steps keep the fp32 matrices. Past FAST_MAX_PARAMS (a 1B model) that copy is
-  the only one made, and batched steps read it too (BIG_BF16_MAX_ROWS).
+  them from a half-precision copy in one-row multiplies (`_half_copy`: FBGEMM's prepacked fp16, else bf16):
+  half the bytes, fp32 activations and accumulation; prompts and batched steps keep the fp32 matrices. Past
+  FAST_MAX_PARAMS (a 1B model) that copy is the only one made, and batched steps read it too
+  (BIG_HALF_MAX_ROWS).
 
 Quantized and LoRA (peft) linears are called as modules inside the same layer math (`_Proj`), so they
 get every saving but the weight fusion. `compile=True` wraps the batched step in torch.compile over
@@ -42,30 +43,32 @@ FAST_MAX_PARAMS = 300_000_000  # fused, prepacked fp32 copies double most weight
 # faster than oneDNN (~100M model: 35 vs 28 tokens/s; on two threads oneDNN is ahead, 43 vs 36).
 ONE_ROW_COPY_MAX_PARAMS = 150_000_000
 # From here an fp32 model is several times a CPU's last-level cache, so a one-row step streams every weight
-# from memory and its speed is bytes per token: the one-row copy is then bf16 (half the bytes; fp32
-# accumulation). ~100M model on AVX2, which has no bf16 arithmetic: 2 threads 92-99 vs 42-46 tokens/s, 1 thread
-# 60 vs 37 (bench_chat). Below it the weights stay cached and fp32 is faster (bf16 is emulated: 2x slower there).
-# Past FAST_MAX_PARAMS the bf16 copy is the only one, fused per projection (half the weights' memory): a
+# from memory and its speed is bytes per token: the one-row copy is then half precision (half the bytes; fp32
+# activations and accumulation), fp16 through FBGEMM where torch has it (x86), else bf16. ~100M model, 2 threads,
+# exact fp32 against the bf16 copy: 42-46 vs 92-99 tokens/s on an Intel AVX2 CPU; on an AMD one, where bf16
+# (no bf16 arithmetic on AVX2) gains less, exact / bf16 / fp16: 19-20 / 25 / 26-31, on 1 thread 20-24 / 17-18 /
+# 22-24. Below it the weights stay cached and fp32 is faster. FBGEMM packs at ~40 ns a weight: 100M, +2.5 s.
+# Past FAST_MAX_PARAMS the copy is bf16 and the only one, fused per projection (half the weights' memory): a
 # Llama-3.2-1B-shaped model, 2 threads, 3.2-3.6 -> 10.9-11.6 tokens/s; it is made only where memory has room.
-ONE_ROW_BF16_MIN_PARAMS = 40_000_000
+ONE_ROW_HALF_MIN_PARAMS = 40_000_000
 # There, multiplies of up to this many rows (a batched step of every slot, a prompt that short) read the bf16
 # copy too: MKL's fp32 ones of 2-4 rows cost 2-5x one row. 1B shape, 2 threads, steps of 2/4/8 rows:
 # 269/417/787 ms against 648/971/858 from fp32 (one row: ~100 ms). A request then decodes alike alone or batched.
-BIG_BF16_MAX_ROWS = 8
+BIG_HALF_MAX_ROWS = 8
 # Prepacking pays from about this width: on a 256-wide model's matrices oneDNN's per-call cost made a
 # 4-row step 20-40% slower than MKL's (measured in place; isolated micro-benchmarks flatter oneDNN).
 ONEDNN_MIN_DIM = 512
 
 
-def one_row_bf16_default(n_params: int, dtype: torch.dtype, device) -> bool:
-    """Whether an fp32 CPU model decodes its one-row steps from a bf16 copy ('auto'): when it is big enough
-    to be memory-bound (ONE_ROW_BF16_MIN_PARAMS)."""
+def one_row_half_default(n_params: int, dtype: torch.dtype, device) -> bool:
+    """Whether an fp32 CPU model decodes its one-row steps from a half-precision copy ('auto'): when it is big
+    enough to be memory-bound (ONE_ROW_HALF_MIN_PARAMS)."""
     return (dtype == torch.float32 and torch.device(device).type == "cpu"
-            and ONE_ROW_BF16_MIN_PARAMS <= n_params)
+            and ONE_ROW_HALF_MIN_PARAMS <= n_params)
 
 
-def _room_for_bf16_copy(n_params: int) -> bool:
-    """Whether free memory holds a bf16 copy of the weights (2 bytes a parameter) twice over: a model that
+def _room_for_half_copy(n_params: int) -> bool:
+    """Whether free memory holds a half-precision copy of the weights (2 bytes a parameter) twice over: a model that
     barely fits decodes exactly from its own weights rather than risk the process."""
     from slm_core.resources import available_memory_mb
 
@@ -76,10 +79,10 @@ def _room_for_bf16_copy(n_params: int) -> bool:
 def prepared_weight_copies(n_params: int, d_model: int, dtype: str, device: str) -> float:
     """How many copies of its linear weights a Decoder makes besides the model's own (for memory estimates,
     in units of the model's weights): the fused, prepared matrices up to FAST_MAX_PARAMS, plus the one-row
-    copy (bf16, half a copy, from ONE_ROW_BF16_MIN_PARAMS; else fp32 next to oneDNN's up to
+    copy (fp16 or bf16, half a copy, from ONE_ROW_HALF_MIN_PARAMS; else fp32 next to oneDNN's up to
     ONE_ROW_COPY_MAX_PARAMS)."""
     small = n_params <= FAST_MAX_PARAMS
-    if one_row_bf16_default(n_params, torch.float32 if dtype == "fp32" else torch.bfloat16, device):
+    if one_row_half_default(n_params, torch.float32 if dtype == "fp32" else torch.bfloat16, device):
         return 1.5 if small else 0.5
     packed = dtype == "fp32" and not str(device).startswith("cuda") and d_model >= ONEDNN_MIN_DIM
     return int(small) + int(small and packed and n_params <= ONE_ROW_COPY_MAX_PARAMS)
@@ -116,6 +119,36 @@ def _onednn_packed(w: torch.Tensor) -> Optional[torch.Tensor]:
         return None
 
 
+def _fp16_packed(w: torch.Tensor, bias: Optional[torch.Tensor]):
+    """An fp32 (out, in) CPU weight, with its bias, prepacked for FBGEMM's fp16-weight GEMM (fp32 activations
+    and accumulation, the kernel behind dynamic fp16 quantization), or None where this torch build has no such
+    kernel (no FBGEMM: ARM) or it disagrees with F.linear. Against the bf16 copy it keeps 3 more mantissa bits
+    and, on AVX2 CPUs without bf16 arithmetic, multiplies faster (see ONE_ROW_HALF_MIN_PARAMS)."""
+    if w.dtype != torch.float32 or w.device.type != "cpu":
+        return None
+    try:
+        packed = torch.ops.quantized.linear_prepack_fp16(w, bias)
+        probe = torch.linspace(-1, 1, 2 * w.shape[1]).view(2, -1)
+        expected = F.linear(probe, w, bias)
+        torch.testing.assert_close(torch.ops.quantized.linear_dynamic_fp16(probe, packed), expected, rtol=0,
+                                   atol=1e-2 * expected.abs().max().item() + 1e-6)
+        return packed
+    except (RuntimeError, AssertionError, AttributeError, NotImplementedError):
+        return None
+
+
+def half_copy_kind() -> str:
+    """The precision of the one-row copy an fp32 model of up to FAST_MAX_PARAMS gets here: "fp16" or "bf16"."""
+    return "fp16" if _fp16_packed(torch.linspace(-1, 1, 64).view(4, 16), None) is not None else "bf16"
+
+
+def _half_copy(w: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple:
+    """(copy, kind) of an fp32 (out, in) weight for the one-row multiplies: FBGEMM's fp16 (bias packed in)
+    where the build has it, else bf16 (out, in), the layout the bf16 kernels read fast."""
+    packed = _fp16_packed(w, bias)
+    return (packed, "fp16") if packed is not None else (w.to(torch.bfloat16), "bf16")
+
+
 def _bf16_rows(weights: list, perm: Optional[torch.Tensor]) -> torch.Tensor:
     """The (out, in) weights stacked in one bf16 matrix, rows in `perm` order. Converted straight into one
     allocation: per-weight bf16 temporaries and a concatenation made preparing a 1B model 1.9x slower (6.7 s),
@@ -142,31 +175,35 @@ class _Proj:
     """y = x @ W (+ b) for x (N, in). Plain linears become one transposed (in, out) matrix (several
     linears concatenated: one multiply instead of several), optionally with permuted output columns;
     anything else (quantized, LoRA) is called as its modules and the permutation gathered after.
-    `one_row`: the copy one-row multiplies use besides oneDNN's packing: None, "fp32" or "bf16"."""
+    `one_row`: the copy one-row multiplies use besides oneDNN's packing: None, "fp32" or "half" (`_half_copy`;
+    `half_kind` says which: "fp16" or "bf16")."""
 
-    __slots__ = ("w", "packed", "half", "half_rows", "b", "modules", "perm")
+    __slots__ = ("w", "packed", "half", "half_kind", "half_rows", "b", "modules", "perm")
 
     def __init__(self, modules: list, perm: Optional[torch.Tensor], fuse: bool, one_row: Optional[str] = None):
-        self.w = self.packed = self.half = self.b = self.perm = None
+        self.w = self.packed = self.half = self.half_kind = self.b = self.perm = None
         self.half_rows = 1  # multiplies of up to this many rows read `half`
         self.modules = modules
         if fuse and _plain(*modules):
             w = torch.cat([m.weight.detach() for m in modules])  # (out, in)
             w = w if perm is None else w[perm]
             self.packed, self.b = _onednn_packed(w), _stacked_bias(modules, perm)
-            if one_row == "bf16" and w.dtype == torch.float32:
-                self.half = w.to(torch.bfloat16)  # (out, in): the layout the bf16 kernels read fast
+            if one_row == "half" and w.dtype == torch.float32:
+                self.half, self.half_kind = _half_copy(w, self.b)
             self.w = _in_out(w) if self.packed is None or (one_row == "fp32" and self.half is None) else None
+        elif one_row == "half" and _plain(*modules) and modules[0].weight.dtype == torch.float32:
+            # A model too big for fused fp32 copies still reads its steps of up to BIG_HALF_MAX_ROWS rows from a
+            # fused half-precision one (half a copy), output columns in `perm` order; more rows call the modules.
+            # Always bf16: FBGEMM packs fp16 at ~40 ns a weight on one core (a 1B model: a minute to load).
+            self.perm, self.b, self.half_rows = perm, _stacked_bias(modules, perm), BIG_HALF_MAX_ROWS
+            self.half, self.half_kind = _bf16_rows([m.weight for m in modules], perm), "bf16"
         else:
             self.perm = perm
-            if one_row == "bf16" and _plain(*modules) and modules[0].weight.dtype == torch.float32:
-                # A model too big for fused fp32 copies still reads its steps of up to BIG_BF16_MAX_ROWS rows
-                # from a fused bf16 one (half a copy), output columns in `perm` order; more rows call the modules.
-                self.half, self.half_rows = _bf16_rows([m.weight for m in modules], perm), BIG_BF16_MAX_ROWS
-                self.b = _stacked_bias(modules, perm)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.half is not None and x.shape[0] <= self.half_rows:
+            if self.half_kind == "fp16":
+                return torch.ops.quantized.linear_dynamic_fp16(x, self.half)  # the bias is packed in
             y = F.linear(x.to(torch.bfloat16), self.half).float()
             return y if self.b is None else y.add_(self.b)
         if self._use_packed(x):
@@ -267,9 +304,9 @@ class Decoder:
     """A static KV cache with `slots` rows, and the prefill / batched-step passes that fill it."""
 
     def __init__(self, model: torch.nn.Module, slots: int = 1, max_len: Optional[int] = None,
-                 compile: bool = False, one_row_bf16: Optional[bool] = None):
-        """`one_row_bf16`: one-row steps read a bf16 copy of an fp32 model's matrices (None: by size, see
-        ONE_ROW_BF16_MIN_PARAMS; False keeps every step in exact fp32)."""
+                 compile: bool = False, one_row_half: Optional[bool] = None):
+        """`one_row_half`: one-row steps read a half-precision copy of an fp32 model's matrices (None: by size, see
+        ONE_ROW_HALF_MIN_PARAMS; False keeps every step in exact fp32)."""
         self.model = model
         self.core = core = base_transformer(model)
         cfg = self.config = core.config
@@ -290,14 +327,15 @@ class Decoder:
         self.gqa = cfg.n_kv_head != cfg.n_head
         n_params = sum(p.numel() for p in core.parameters())
         small = n_params <= FAST_MAX_PARAMS
-        if one_row_bf16 is None:
-            one_row_bf16 = one_row_bf16_default(n_params, self.dtype, self.device) and _room_for_bf16_copy(n_params)
-        one_row = "bf16" if one_row_bf16 else "fp32" if n_params <= ONE_ROW_COPY_MAX_PARAMS else None
+        if one_row_half is None:
+            one_row_half = one_row_half_default(n_params, self.dtype, self.device) and _room_for_half_copy(n_params)
+        one_row = "half" if one_row_half else "fp32" if n_params <= ONE_ROW_COPY_MAX_PARAMS else None
         self.layers = [_Layer(layer, cfg, small, self.dtype, self.freqs is not None, self.device, one_row)
                        for layer in core.layers]
         self.norm = _norm_fn(core.norm, self.dtype)
         self.head = _Proj([core.lm_head], None, small, one_row)  # the widest one-row multiply of a small model
-        self.one_row_bf16 = self.head.half is not None
+        self.half_kind = self.head.half_kind  # the one-row copy's precision: "fp16", "bf16" or None (no copy)
+        self.one_row_half = self.half_kind is not None
         embed = core.embed_tokens
         self.embed_w = embed.weight.detach() if type(embed) is torch.nn.Embedding else None
         self.pos_w = core.embed_positions.weight.detach() if cfg.position == "learned" else None

@@ -41,8 +41,8 @@ IDLE_POLL_S = 0.25
 
 def pick_dtype(model: torch.nn.Module, dtype: str = "auto") -> torch.dtype:
     """'auto': bf16 where the hardware computes it natively (CUDA with bf16, AVX-512 BF16/AMX CPUs), else
-    fp32 (where the decoder still reads a memory-bound model's one-row steps from a bf16 copy: see
-    slm_core.decoder.ONE_ROW_BF16_MIN_PARAMS; 'fp32' is exact fp32 throughout). Quantized models keep their
+    fp32 (where the decoder still reads a memory-bound model's one-row steps from a half-precision copy: see
+    slm_core.decoder.ONE_ROW_HALF_MIN_PARAMS; 'fp32' is exact fp32 throughout). Quantized models keep their
     own compute dtype (their kernels choose)."""
     from slm_core.quantize import is_quantized
 
@@ -179,7 +179,7 @@ class Engine(RequestLoop):
             model = model.to(target)
         self.model, self.tokenizer = model, tokenizer
         self.decoder = Decoder(model, slots=slots, max_len=max_len, compile=compile,
-                               one_row_bf16=None if dtype == "auto" else False)
+                               one_row_half=None if dtype == "auto" else False)
         self.threads = threads  # None: every core (one for a small model); the Studio lowers it while a run trains
         weights = sum(t.numel() for t in (*model.parameters(), *model.buffers()))  # a quantized model's are buffers
         self._default_threads = 1 if weights <= ONE_THREAD_MAX_PARAMS else CORES
@@ -190,8 +190,8 @@ class Engine(RequestLoop):
     @property
     def description(self) -> str:
         dtype = str(self.decoder.dtype).replace("torch.", "")
-        if self.decoder.one_row_bf16:
-            dtype += ", bf16 one-row copy"
+        if self.decoder.one_row_half:
+            dtype += f", {self.decoder.half_kind} one-row copy"
         return f"native torch ({dtype}, {self.decoder.slots} slots{', compiled' if self.decoder._compiled else ''})"
 
     @property

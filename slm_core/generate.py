@@ -22,10 +22,10 @@ from slm_core.sampling import SamplingParams, TextStream, sample_next  # noqa: F
 def generate_tokens(model: torch.nn.Module, prompt_ids: list[int], max_new_tokens: int = 128,
                     temperature: float = 0.8, top_k: int = 50, top_p: float = 1.0,
                     repetition_penalty: float = 1.0, seed: Optional[int] = None,
-                    stop_ids: Iterable[int] = (), one_row_bf16: Optional[bool] = None) -> Iterator[int]:
+                    stop_ids: Iterable[int] = (), one_row_half: Optional[bool] = None) -> Iterator[int]:
     """Yield new token ids one at a time (batch 1). Stops at any of stop_ids (not yielded).
 
-    Runs on a static-cache `Decoder` (slm_core.engine) of one slot, sized for this reply; `one_row_bf16` as
+    Runs on a static-cache `Decoder` (slm_core.engine) of one slot, sized for this reply; `one_row_half` as
     the Decoder takes it (False: exact fp32)."""
     core = base_transformer(model)
     if not prompt_ids:
@@ -33,14 +33,14 @@ def generate_tokens(model: torch.nn.Module, prompt_ids: list[int], max_new_token
     params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     # Only as long as this reply can get: an imported model may allow 32k positions.
     decoder = Decoder(model, slots=1, max_len=min(core.config.context_length, len(prompt_ids) + max_new_tokens),
-                      one_row_bf16=one_row_bf16)
+                      one_row_half=one_row_half)
     yield from decode_one(decoder, list(prompt_ids), params, stop_ids)
 
 
 def stream_text(loaded, prompt: str, max_new_tokens: int = 128, temperature: float = 0.8, top_k: int = 50,
                 top_p: float = 1.0, repetition_penalty: float = 1.0, seed: Optional[int] = None,
                 stats: Optional[dict] = None, use_template: bool = True, stop: Iterable[str] = (),
-                one_row_bf16: Optional[bool] = None) -> Iterator[str]:
+                one_row_half: Optional[bool] = None) -> Iterator[str]:
     """Yield clean text deltas as tokens arrive (see slm_core.sampling.TextStream); ends before any of the
     `stop` strings. `stats` (if given) receives tokens, seconds, ttft_s and tokens_per_sec."""
     tokenizer = loaded.tokenizer
@@ -58,7 +58,7 @@ def stream_text(loaded, prompt: str, max_new_tokens: int = 128, temperature: flo
     start, first, count = time.perf_counter(), None, 0
     tokens = generate_tokens(loaded.model, prompt_ids, max_new_tokens, temperature, top_k, top_p,
                              repetition_penalty, seed, stop_ids=getattr(tokenizer, "stop_ids", (tokenizer.eot_id,)),
-                             one_row_bf16=one_row_bf16)
+                             one_row_half=one_row_half)
     for token in tokens:
         count += 1
         first = first or time.perf_counter()

@@ -293,11 +293,12 @@ def _wants_genai(path: Path, loaded: Any) -> bool:
 
 def _native_outpaces_fp32_genai(path: Path) -> bool:
     """Whether native torch decodes this model faster than an fp32 genai export would: on a CPU without native
-    bf16, a model big enough that the native decoder reads its one-row steps from a bf16 copy (slm_core.decoder;
-    100M model, 2 cores: 97 against 71 tokens/s for genai's fp32)."""
+    bf16, a model big enough that the native decoder reads its one-row steps from a half-precision copy
+    (slm_core.decoder; 100M model, 2 cores: 97 against 71 tokens/s for genai's fp32 with a bf16 copy on an Intel
+    CPU; 26-31 against 30-34 with an fp16 one on a slower AMD one)."""
     import torch
 
-    from slm_core.decoder import one_row_bf16_default
+    from slm_core.decoder import one_row_half_default
     from slm_core.errors import SLMError
     from slm_core.estimate import count_parameters
     from slm_core.model_memory import chat_dtype, model_config
@@ -306,7 +307,7 @@ def _native_outpaces_fp32_genai(path: Path) -> bool:
         params = count_parameters(model_config(path)[0])["total"]
     except (SLMError, OSError, ValueError):
         return False
-    return chat_dtype("cpu") == "fp32" and one_row_bf16_default(params, torch.float32, "cpu")
+    return chat_dtype("cpu") == "fp32" and one_row_half_default(params, torch.float32, "cpu")
 
 
 def _load(kind: str, where: Path, tag: str, threads: Optional[int]) -> tuple:

@@ -204,18 +204,36 @@ def _model_with_visible_norms(family: str) -> Transformer:
     return model
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_one_row_steps_from_a_bf16_copy_stay_close_and_everything_else_stays_exact_fp32(family, monkeypatch):
-    # A memory-bound fp32 model decodes its one-row multiplies from a bf16 copy (half the bytes a token): a
-    # one-row step and the last-position head. A prompt's layers (the cache they write) and batched steps
-    # keep the exact fp32 weights, and dtype 'fp32' turns the copy off.
+# How close a step read from each half-precision copy stays to fp32 logits, relative to their largest: fp16 keeps
+# 11 mantissa bits, bf16 8.
+HALF_TOLERANCE = {"fp16": 0.005, "bf16": 0.03}
+
+
+def _half_kind(kind: str, monkeypatch) -> None:
+    """Make Decoders build the `kind` copy: fp16 where this torch has FBGEMM's kernel (x86 builds), else bf16,
+    as on a build without it (ARM)."""
     import slm_core.decoder as decoder_module
 
+    if kind == "bf16":
+        monkeypatch.setattr(decoder_module, "_fp16_packed", lambda w, bias: None)
+    elif decoder_module.half_copy_kind() != "fp16":
+        pytest.skip("this torch build has no FBGEMM fp16 kernel (not x86): Decoders use the bf16 copy")
+
+
+@pytest.mark.parametrize("kind", ["fp16", "bf16"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_one_row_steps_from_a_half_copy_stay_close_and_everything_else_stays_exact_fp32(family, kind, monkeypatch):
+    # A memory-bound fp32 model decodes its one-row multiplies from a half-precision copy (half the bytes a
+    # token): a one-row step and the last-position head. A prompt's layers (the cache they write) and batched
+    # steps keep the exact fp32 weights, and dtype 'fp32' turns the copy off.
+    import slm_core.decoder as decoder_module
+
+    _half_kind(kind, monkeypatch)
     model = _model_with_visible_norms(family)
     prompts = [[1, 2, 3, 4], [5, 6]]
     full = [model(torch.tensor([p + [7]]))[0, -1] for p in prompts]
-    decoder = Decoder(model, slots=2, one_row_bf16=True)
-    assert decoder.one_row_bf16
+    decoder = Decoder(model, slots=2, one_row_half=True)
+    assert decoder.one_row_half and decoder.half_kind == kind
     for slot, prompt in enumerate(prompts):
         expected = model(torch.tensor([prompt]))[0, -1]
         torch.testing.assert_close(decoder.prefill(slot, prompt), expected, atol=0.03 * expected.abs().max().item(),
@@ -226,18 +244,18 @@ def test_one_row_steps_from_a_bf16_copy_stay_close_and_everything_else_stays_exa
     one = decoder.step([0], [7], [4])[0]
     assert one.dtype == torch.float32
     scale = full[0].abs().max().item()
-    torch.testing.assert_close(one, full[0], atol=0.03 * scale, rtol=0)  # bf16's 8-bit mantissa
+    torch.testing.assert_close(one, full[0], atol=HALF_TOLERANCE[kind] * scale, rtol=0)
     assert not torch.equal(one, full[0])  # and it really ran the copy
 
-    assert decoder_module.one_row_bf16_default(decoder_module.ONE_ROW_BF16_MIN_PARAMS, torch.float32, "cpu")
-    assert not decoder_module.one_row_bf16_default(decoder_module.ONE_ROW_BF16_MIN_PARAMS - 1, torch.float32, "cpu")
-    assert not decoder_module.one_row_bf16_default(decoder_module.ONE_ROW_BF16_MIN_PARAMS, torch.bfloat16, "cpu")
-    assert decoder_module.prepared_weight_copies(100_000_000, 768, "fp32", "cpu") == 1.5  # fused + bf16 copies
-    monkeypatch.setattr(decoder_module, "ONE_ROW_BF16_MIN_PARAMS", 0)  # as if this model were 40M+
+    assert decoder_module.one_row_half_default(decoder_module.ONE_ROW_HALF_MIN_PARAMS, torch.float32, "cpu")
+    assert not decoder_module.one_row_half_default(decoder_module.ONE_ROW_HALF_MIN_PARAMS - 1, torch.float32, "cpu")
+    assert not decoder_module.one_row_half_default(decoder_module.ONE_ROW_HALF_MIN_PARAMS, torch.bfloat16, "cpu")
+    assert decoder_module.prepared_weight_copies(100_000_000, 768, "fp32", "cpu") == 1.5  # fused + half copies
+    monkeypatch.setattr(decoder_module, "ONE_ROW_HALF_MIN_PARAMS", 0)  # as if this model were 40M+
     auto, exact = Engine(model, ByteTokenizer(), slots=1), Engine(model, ByteTokenizer(), slots=1, dtype="fp32")
-    assert auto.decoder.one_row_bf16 and "bf16 one-row copy" in auto.description
-    assert not exact.decoder.one_row_bf16 and "bf16" not in exact.description
-    reference = list(decode_one(Decoder(model, 1, one_row_bf16=False), prompts[0], SamplingParams(8, temperature=0)))
+    assert auto.decoder.one_row_half and f"{kind} one-row copy" in auto.description
+    assert not exact.decoder.one_row_half and "one-row copy" not in exact.description
+    reference = list(decode_one(Decoder(model, 1, one_row_half=False), prompts[0], SamplingParams(8, temperature=0)))
     assert list(exact.submit(prompts[0], SamplingParams(8, temperature=0), stop_ids=())) == reference
     auto.close()
     exact.close()
@@ -245,17 +263,18 @@ def test_one_row_steps_from_a_bf16_copy_stay_close_and_everything_else_stays_exa
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_a_big_model_decodes_from_its_bf16_copy_alike_alone_or_batched(family, monkeypatch):
-    # Past FAST_MAX_PARAMS (a 1B model) the bf16 copy is the only one. Its multiplies of up to BIG_BF16_MAX_ROWS
-    # rows read it (fp32 ones of 2-4 rows took 2-5x longer there), so a request decoded beside others gets what
-    # it gets alone; a longer prompt runs the model's own fp32 modules, exactly.
+    # Past FAST_MAX_PARAMS (a 1B model) a bf16 copy is the only one (FBGEMM's fp16 packing would take a minute).
+    # Its multiplies of up to BIG_HALF_MAX_ROWS rows read it (fp32 ones of 2-4 rows took 2-5x longer there), so a
+    # request decoded beside others gets what it gets alone; a longer prompt runs the model's fp32 modules, exactly.
     import slm_core.decoder as decoder_module
 
     monkeypatch.setattr(decoder_module, "FAST_MAX_PARAMS", 0)
     model = _model_with_visible_norms(family)
-    prompts = [list(range(1, 13)), list(range(20, 30))]  # longer than BIG_BF16_MAX_ROWS: prefilled in fp32
-    assert min(map(len, prompts)) > decoder_module.BIG_BF16_MAX_ROWS
+    prompts = [list(range(1, 13)), list(range(20, 30))]  # longer than BIG_HALF_MAX_ROWS: prefilled in fp32
+    assert min(map(len, prompts)) > decoder_module.BIG_HALF_MAX_ROWS
     full = [model(torch.tensor([p + [7]]))[0, -1] for p in prompts]
-    decoder, exact = Decoder(model, slots=2, one_row_bf16=True), Decoder(model, slots=2, one_row_bf16=False)
+    decoder, exact = Decoder(model, slots=2, one_row_half=True), Decoder(model, slots=2, one_row_half=False)
+    assert decoder.half_kind == "bf16"
     for slot, prompt in enumerate(prompts):
         decoder.prefill(slot, prompt)
         exact.prefill(slot, prompt)
@@ -264,7 +283,7 @@ def test_a_big_model_decodes_from_its_bf16_copy_alike_alone_or_batched(family, m
         torch.testing.assert_close(values, exact_values, atol=1e-5, rtol=1e-5)
     together = decoder.step([0, 1], [7, 7], [12, 10])
     for row, expected in zip(together, full):
-        torch.testing.assert_close(row, expected, atol=0.03 * expected.abs().max().item(), rtol=0)
+        torch.testing.assert_close(row, expected, atol=HALF_TOLERANCE["bf16"] * expected.abs().max().item(), rtol=0)
         assert not torch.equal(row, expected)  # the copy, not the fp32 weights
     alone = decoder.step([1], [7], [10])[0]  # position 10 again: the same cache entry rewritten
     torch.testing.assert_close(alone, together[1], atol=1e-4 * together[1].abs().max().item(), rtol=0)
