@@ -68,8 +68,8 @@ def one_row_half_default(n_params: int, dtype: torch.dtype, device) -> bool:
 
 
 def _room_for_half_copy(n_params: int) -> bool:
-    """Whether free memory holds a half-precision copy of the weights (2 bytes a parameter) twice over: a model that
-    barely fits decodes exactly from its own weights rather than risk the process."""
+    """Whether free memory holds a half-precision copy of the weights (2 bytes a parameter) twice over: a model
+    that barely fits decodes exactly from its own weights rather than risk the process."""
     from slm_core.resources import available_memory_mb
 
     free_mb = available_memory_mb("cpu")
