@@ -79,7 +79,7 @@ def test_auto_picks_onnxruntime_genai_when_an_export_is_fresh_and_native_can_be_
     from slm_core import decoder
     from slm_core.model_memory import chat_dtype
 
-    if chat_dtype("cpu") == "fp32":  # a 40M+ model decodes faster natively, from its bf16 one-row copy
+    if chat_dtype("cpu") == "fp32":  # a 40M+ model decodes faster natively, from its half-precision one-row copy
         monkeypatch.setattr(decoder, "ONE_ROW_HALF_MIN_PARAMS", 0)
         assert pick_backend(path, "best", "auto") == ("native", path)
         assert pick_backend(path, "best", "onnx")[0] == "onnx"  # still there when asked for
