@@ -335,7 +335,6 @@ class Decoder:
         self.norm = _norm_fn(core.norm, self.dtype)
         self.head = _Proj([core.lm_head], None, small, one_row)  # the widest one-row multiply of a small model
         self.half_kind = self.head.half_kind  # the one-row copy's precision: "fp16", "bf16" or None (no copy)
-        self.one_row_half = self.half_kind is not None
         embed = core.embed_tokens
         self.embed_w = embed.weight.detach() if type(embed) is torch.nn.Embedding else None
         self.pos_w = core.embed_positions.weight.detach() if cfg.position == "learned" else None
@@ -344,6 +343,11 @@ class Decoder:
         if compile:
             mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs on GPU
             self._compiled = torch.compile(self._static_step, mode=mode, fullgraph=False, dynamic=False)
+
+    @property
+    def one_row_half(self) -> bool:
+        """Whether one-row steps read a half-precision copy."""
+        return self.half_kind is not None
 
     # ---- the two passes -------------------------------------------------------------------------
 

@@ -292,10 +292,10 @@ def _wants_genai(path: Path, loaded: Any) -> bool:
 
 
 def _native_outpaces_fp32_genai(path: Path) -> bool:
-    """Whether native torch decodes this model faster than an fp32 genai export would: on a CPU without native
+    """Whether native torch should decode this model rather than an fp32 genai export: on a CPU without native
     bf16, a model big enough that the native decoder reads its one-row steps from a half-precision copy
-    (slm_core.decoder; 100M model, 2 cores: 97 against 71 tokens/s for genai's fp32 with a bf16 copy on an Intel
-    CPU; 26-31 against 30-34 with an fp16 one on a slower AMD one)."""
+    (slm_core.decoder). Measured on an Intel CPU (100M model, 2 cores: 97 against 71 tokens/s for genai's fp32);
+    on a slower AMD one genai was ahead (30-37 against 26-31), so which is faster depends on the CPU."""
     import torch
 
     from slm_core.decoder import one_row_half_default
