@@ -5,7 +5,7 @@ model (tiny-llama, ~4M) and a ~100M Llama; then `slm serve` with 1, 4 and 8 conc
 Models are random-init (speed does not depend on training) with a BPE tokenizer trained here, exported to
 Hugging Face and onnxruntime-genai folders in a temporary directory. Decode tokens/s counts tokens after
 the first over the time after the first; TTFT is submit → first token. The Studio's native chat path runs in a
-process of its own, as in the Studio (see slm_core.openmp). The Chat page rows are the real page: `launch.py`
+process of its own, as in the Studio (see slm_core.infer.openmp). The Chat page rows are the real page: `launch.py`
 driven over the endpoint its Send button calls, read as the page prints each reply's speed. Targets (issue 9):
 Studio default ≥ 1.0× genai (the default is genai's path for the small model, native for the ~100M one: see the
 note under each table); native ≥ 2× transformers; serve at 4 clients ≥ 2.5× one client.
@@ -36,11 +36,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from slm_core.config import ModelConfig, TokenizerConfig  # noqa: E402
-from slm_core.decoder import half_copy_kind, one_row_half_default  # noqa: E402
-from slm_core.engine import Decoder, decode_one  # noqa: E402
-from slm_core.export import export_model  # noqa: E402
-from slm_core.model import Transformer  # noqa: E402
-from slm_core.sampling import SamplingParams  # noqa: E402
+from slm_core.infer.decoder import half_copy_kind, one_row_half_default  # noqa: E402
+from slm_core.infer.engine import Decoder, decode_one  # noqa: E402
+from slm_core.post.export import export_model  # noqa: E402
+from slm_core.models.model import Transformer  # noqa: E402
+from slm_core.infer.sampling import SamplingParams  # noqa: E402
 
 TEXT = ("Once upon a time there was a little dog named Tom. Tom liked to run in the park with his friend "
         "Sue, a big red cat. One day they found a shiny ball under a tree, and they played until the sun went "
@@ -88,7 +88,7 @@ def chat_row(engine, ids, n) -> tuple[float, float]:
 
 def studio_native_row(hf_dir: Path, ids, n, threads: int) -> tuple[tuple[float, float], str]:
     """The Studio's native chat path, in a process of its own as the Studio is: this one has run torch on its
-    main thread, whose OpenMP team would slow a decode loop thread (slm_core.openmp). ((tok/s, TTFT), engine)."""
+    main thread, whose OpenMP team would slow a decode loop thread (slm_core.infer.openmp). ((tok/s, TTFT), engine)."""
     out = subprocess.run([sys.executable, __file__, "--studio-native-row", str(hf_dir), str(n), str(threads),
                           json.dumps(ids)], capture_output=True, text=True, timeout=600)
     if out.returncode:
@@ -98,7 +98,7 @@ def studio_native_row(hf_dir: Path, ids, n, threads: int) -> tuple[tuple[float, 
 
 
 def _studio_native_child(hf_dir: str, n: int, threads: int, ids: list[int]) -> None:
-    from slm_core.openmp import CORES
+    from slm_core.infer.openmp import CORES
     from studio.chat_session import SLOTS, _load
 
     engine, _, _ = _load("native", Path(hf_dir), "best", threads if threads < CORES else None)  # None: its default
@@ -180,7 +180,7 @@ def genai_own_row(folder, ids, n, threads, text: bool = False) -> tuple[float, f
 
 def studio_row(folder, ids, n, threads) -> tuple[float, float]:
     """The Studio's default chat path for a model with a genai export: OnnxEngine + our text layer."""
-    from slm_core.runtime_onnx import OnnxEngine
+    from slm_core.infer.onnx import OnnxEngine
 
     return chat_row(OnnxEngine(folder, threads=threads), ids, n)
 
@@ -274,7 +274,7 @@ def stream_client(base: str, n: int) -> tuple[float, int]:
 # ---- main ---------------------------------------------------------------------------------------
 
 def build(config: ModelConfig, tokenizer, work: Path, int4: bool) -> dict:
-    from slm_core import runtime_onnx
+    from slm_core.infer import onnx as runtime_onnx
 
     torch.manual_seed(0)
     model = Transformer(config).eval()
@@ -290,7 +290,7 @@ def build(config: ModelConfig, tokenizer, work: Path, int4: bool) -> dict:
 
 
 def quantized(model, method):
-    from slm_core.quantize import quantize_model
+    from slm_core.models.quantized import quantize_model
 
     return quantize_model(copy.deepcopy(model), method, group_size=64)
 
@@ -397,7 +397,7 @@ def main() -> None:
     if args.studio_native_row:
         hf_dir, n, threads, ids = args.studio_native_row
         return _studio_native_child(hf_dir, int(n), int(threads), json.loads(ids))
-    from slm_core.tokenizer import build_tokenizer
+    from slm_core.models.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(TokenizerConfig(kind="bpe", vocab_size=2048), [TEXT], progress=False)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machine: figures are "

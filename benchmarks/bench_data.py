@@ -1,4 +1,4 @@
-"""Corpus preparation at scale: `slm_core.data.prepare_data` side by side with nanoGPT's approach.
+"""Corpus preparation at scale: `slm_core.data.cache.prepare_data` side by side with nanoGPT's approach.
 
     python benchmarks/bench_data.py --mb 200            # generated stories, every case
     python benchmarks/bench_data.py --mb 50 --cases ours-char,nanogpt-char
@@ -36,7 +36,7 @@ CASES = ["ours-gpt2", "nanogpt-gpt2", "ours-bpe", "ours-char", "nanogpt-char"]
 
 
 def write_corpus(folder: Path, mb: int) -> tuple[Path, Path]:
-    from slm_core.corpus import iter_stories
+    from slm_core.data.corpus import iter_stories
 
     txt, jsonl = folder / f"stories-{mb}mb.txt", folder / f"stories-{mb}mb.jsonl"
     if txt.exists() and jsonl.exists():
@@ -59,7 +59,7 @@ def peak_mb() -> tuple[float, float]:
 
 def ours(kind: str, corpus: Path, work: Path, workers: int) -> int:
     from slm_core.config import DataConfig, RunConfig, TokenizerConfig
-    from slm_core.data import prepare_data
+    from slm_core.data.cache import prepare_data
 
     tok = TokenizerConfig(kind=kind, vocab_size=4096, path=str(GPT2_FILES) if kind == "gpt2" else None)
     data = prepare_data(RunConfig(tokenizer=tok, data=DataConfig(source=str(corpus))), cache_dir=work,

@@ -27,8 +27,8 @@ SHIPPED = ["story_ending", "opposites", "arithmetic"]
 
 
 def time_ours(run: str, limit) -> tuple[float, dict]:
-    from slm_core.checkpoint import load_model
-    from slm_core.harness import run_tasks
+    from slm_core.run.checkpoint import load_model
+    from slm_core.post.harness import run_tasks
 
     started = time.perf_counter()
     result = run_tasks(load_model(run), SHIPPED, limit=limit)
@@ -40,10 +40,10 @@ def time_hf_peer(run: str, limit) -> tuple[float, dict]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from slm_core.checkpoint import load_model
-    from slm_core.eval_tasks import task_configs
-    from slm_core.export import export_model
-    from slm_core.harness import _scores
+    from slm_core.run.checkpoint import load_model
+    from slm_core.post.tasks import task_configs
+    from slm_core.post.export import export_model
+    from slm_core.post.harness import _scores
 
     loaded = load_model(run)
     folder = Path(tempfile.mkdtemp(prefix="bench-eval-hf-")) / "hf"
@@ -63,8 +63,8 @@ def _free_port() -> int:
 
 
 def judge_agreement(run: str, url: str, limit: int) -> dict:
-    from slm_core.checkpoint import load_model
-    from slm_core.judge import Endpoint, agreement, judge_replies, load_prompts, model_replies
+    from slm_core.run.checkpoint import load_model
+    from slm_core.post.judge import Endpoint, agreement, judge_replies, load_prompts, model_replies
 
     items = model_replies(load_model(run), load_prompts(None, limit), seed=0)
     runs = [judge_replies(Endpoint(url, temperature=0.7), items, seed=seed) for seed in (0, 1)]
@@ -83,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
 
     ours_s, ours = time_ours(args.run, args.limit)
-    print(f"ours (slm_core.harness adapter): {ours_s:.1f} s")
+    print(f"ours (slm_core.post.harness adapter): {ours_s:.1f} s")
     for name, row in ours.items():
         print(f"  {name}: {row}")
     if not args.skip_peer:

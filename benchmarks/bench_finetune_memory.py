@@ -33,11 +33,11 @@ MODES = ("full", "lora", "qlora-int8", "qlora-int4")
 WORKER = r"""
 import json, sys, time
 import psutil, torch
-from slm_core.checkpoint import load_model
+from slm_core.run.checkpoint import load_model
 from slm_core.config import LoRAConfig, TrainConfig
-from slm_core.lora import apply_lora
-from slm_core.optim import build_optimizer
-from slm_core.qlora import base_weight_bytes, quantize_base
+from slm_core.models.lora import apply_lora
+from slm_core.train.optim import build_optimizer
+from slm_core.models.qlora import base_weight_bytes, quantize_base
 
 mode, folder, context, steps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[sys.argv[6]]

@@ -2,7 +2,7 @@
 
 Each side trains the same shape (12 layers, 768 wide, context 1024) in bf16 with SDPA attention,
 fused AdamW and torch.compile on synthetic tokens, and reports tokens/s (median over the steps after
-warm-up), MFU against the GPU's dense bf16 peak (slm_core.tracking.PEAK_FLOPS), peak allocated
+warm-up), MFU against the GPU's dense bf16 peak (slm_core.train.tracking.PEAK_FLOPS), peak allocated
 memory and the time from launching the process to the end of the first optimizer step (imports,
 compilation and the first step: what a person waits before the run moves).
 
@@ -36,7 +36,7 @@ ITER_LINE = re.compile(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms")
 
 def flops_per_token(vocab: int) -> float:
     from slm_core.config import ModelConfig
-    from slm_core.estimate import flops_per_token as ours
+    from slm_core.models.estimate import flops_per_token as ours
 
     config = ModelConfig(family="gpt2", n_layer=SHAPE["n_layer"], n_head=SHAPE["n_head"], d_model=SHAPE["n_embd"],
                          context_length=SHAPE["block_size"], vocab_size=vocab)
@@ -46,7 +46,7 @@ def flops_per_token(vocab: int) -> float:
 def peak_bf16() -> float | None:
     import torch
 
-    from slm_core.tracking import peak_flops
+    from slm_core.train.tracking import peak_flops
 
     return peak_flops("cuda:0", amp=True) if torch.cuda.is_available() else None  # no GPU: no MFU
 

@@ -1,4 +1,4 @@
-"""The real-model memory estimate (slm_core.model_memory) against what a process really holds.
+"""The real-model memory estimate (slm_core.models.memory) against what a process really holds.
 
 A random checkpoint shaped like Llama-3.2-1B with fewer layers (bench_load's writer: bf16, tied, llama3
 RoPE; default 4 layers, 0.5B parameters) is measured in a fresh process per case: peak RSS (VmHWM)
@@ -7,7 +7,7 @@ above the process's baseline (torch and slm_core imported) next to the estimate'
   load      load_model + one forward (every page touched)     vs load_bytes (the weights as held)
   chat      the chat engine (4 slots) + 32 generated tokens   vs the Chat row
   lora      one LoRA step (r=8, attention; batch 1 x 256)     vs the LoRA row
-  qlora-int8, qlora-int4   the same over a base quantized as slm_core.qlora does   vs the QLoRA rows
+  qlora-int8, qlora-int4   the same over a base quantized as slm_core.models.qlora does   vs the QLoRA rows
   finetune  one full fine-tuning step (AdamW, bf16 weights)   vs the Full fine-tune row
 
 The estimates are tensor peaks; on CPU glibc keeps freed blocks, so RSS may run above them (the page's
@@ -33,7 +33,7 @@ BATCH, CONTEXT = 1, 256
 WORKER = r"""
 import json, sys
 import torch
-from slm_core.checkpoint import load_model
+from slm_core.run.checkpoint import load_model
 case, folder, batch, context = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 def hwm():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
@@ -46,19 +46,19 @@ if case == "load":
     with torch.no_grad():
         model(torch.arange(8)[None])
 elif case == "chat":
-    from slm_core.engine import Engine
-    from slm_core.sampling import SamplingParams
+    from slm_core.infer.engine import Engine
+    from slm_core.infer.sampling import SamplingParams
     engine = Engine(model, loaded.tokenizer, slots=4)
     request = engine.submit(list(range(100, 164)), SamplingParams(max_new_tokens=32, temperature=0.0))
     tokens = [t for t in request]
     engine.close()
 else:
     if case.startswith("qlora"):  # as modes.py builds it: quantize the frozen base, then add the adapters
-        from slm_core.qlora import quantize_base
+        from slm_core.models.qlora import quantize_base
         model = quantize_base(model, case.split("-")[1], "cpu")
     if "lora" in case:
         from slm_core.config import LoRAConfig
-        from slm_core.lora import apply_lora
+        from slm_core.models.lora import apply_lora
         model = apply_lora(model, LoRAConfig(r=8, targets="attention", dropout=0.0))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -110,7 +110,7 @@ def main() -> None:
     params = write_checkpoint(folder, args.layers)
     if args.dtype == "fp32":
         folder = as_fp32(folder)
-    from slm_core.model_memory import MB, estimate, load_bytes
+    from slm_core.models.memory import MB, estimate, load_bytes
 
     est = estimate(str(folder), device="cpu", batch_size=BATCH, context=CONTEXT)
     figures = {"load": load_bytes(folder) / MB, "chat": est["chat"]["mb"],

@@ -22,8 +22,8 @@ WORKER = r"""
 import json, sys
 import peft, psutil  # every mode pays for the same libraries before the baseline is read
 from slm_core.config import load_recipe
-from slm_core.train import train
-from slm_core import runs
+from slm_core.train.loop import train
+from slm_core.run import runs
 config = load_recipe("quickstart-cpu", json.loads(sys.argv[1]))
 baseline = psutil.Process().memory_info().rss / 2**20
 train(config, sys.argv[2], progress=False)

@@ -33,7 +33,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from slm_core import runs  # noqa: E402
+from slm_core.run import runs  # noqa: E402
 from studio.helper import IDLE_S  # noqa: E402
 
 # Page fields the benchmark types in (by their labels), on top of the recipe's values.

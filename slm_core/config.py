@@ -231,7 +231,7 @@ class DistillConfig:
     teacher: Optional[str] = None  # run name/dir, checkpoint dir, or Hugging Face causal-LM folder
     alpha: float = 0.5  # weight of the KD term; 1-alpha goes to cross-entropy on the labels
     temperature: float = 2.0
-    # "shrink this model": the student is the teacher with this many of its layers (slm_core.shrink), sharing
+    # "shrink this model": the student is the teacher with this many of its layers (slm_core.train.shrink), sharing
     # its tokenizer; null (or 0) distills into the recipe's model instead
     shrink_layers: Optional[int] = None
 

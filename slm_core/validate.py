@@ -109,7 +109,7 @@ def check_load_args(source: Any, tag: str, device: Any) -> None:
 def check_runs_dir(path: Optional[str | Path] = None, create: bool = False) -> Path:
     """The runs directory (--runs-dir, $SLM_RUNS_DIR or ./runs): refused if it is a file, and with
     create=True made if missing and proved writable, before a run directory is created in it."""
-    from slm_core.runs import runs_dir
+    from slm_core.run.runs import runs_dir
 
     root = runs_dir(path)
     if root.exists() and not root.is_dir():
@@ -130,7 +130,7 @@ def check_runs_dir(path: Optional[str | Path] = None, create: bool = False) -> P
 def check_model_source(source: Any, field: str, tag: str = "best") -> Path:
     """A run name (in the runs directory), run folder, checkpoint, quantized or HF folder → its folder.
     Cheap: nothing is loaded, only the folders are looked at."""
-    from slm_core.checkpoint import resolve_source
+    from slm_core.run.checkpoint import resolve_source
 
     if str(source).lower().endswith(".gguf") and Path(str(source)).expanduser().is_file():
         return Path(str(source)).expanduser()
@@ -152,7 +152,7 @@ def preflight_train(config: Any, run_dir: str | Path, resume: bool = False) -> N
     """Everything a new (or resumed) run needs that can be checked without building it: called
     before the run directory is created, so a bad input leaves nothing behind."""
     from slm_core.config import RunConfig
-    from slm_core.data_sources import source_kind
+    from slm_core.data.sources import source_kind
 
     if not isinstance(config, RunConfig):
         raise SLMError(f"config must be a RunConfig, got {type(config).__name__}: build one with "

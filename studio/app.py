@@ -23,7 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from slm_core import runs  # noqa: E402
+from slm_core.run import runs  # noqa: E402
 from slm_core.errors import SLMError  # noqa: E402
 from studio.helper import Helper  # noqa: E402
 from studio.runner import Runner  # noqa: E402
@@ -76,7 +76,7 @@ def theme() -> gr.themes.Base:
 
 
 def _header(ctx: StudioContext) -> None:
-    from slm_core.monitor import gpu_info, system_memory
+    from slm_core.train.monitor import gpu_info, system_memory
 
     memory, gpus = system_memory(), gpu_info()
     gpu_text = ", ".join(f"{g['name']} ({g['total_mb'] / 1024:.0f} GB)" for g in gpus) or "no GPU found (training uses the CPU)"

@@ -1,20 +1,20 @@
 """The model the Chat and Compare tabs talk to: loaded lazily, kept between messages, reloaded when its
 checkpoint changes on disk (a run still training writes a new best).
 
-Every chat goes through an inference engine (slm_core.engine.Engine, or slm_core.runtime_onnx.OnnxEngine
+Every chat goes through an inference engine (slm_core.infer.engine.Engine, or slm_core.infer.onnx.OnnxEngine
 for an onnxruntime-genai folder) held in one process-wide pool, so the Chat tab, both sides of Compare
 and every open browser tab share one engine per model, and concurrent replies are decoded together
 instead of waiting for each other. `pick_backend` chooses the fastest runtime that can run the model
 (onnxruntime-genai when the model is, or has, an up-to-date genai export and the package is
 installed; else native torch); the user can override it. Threads are budgeted: one while a training
 run is active in the runs folder, so chat and training do not fight over the same cores. Native models
-load in a short-lived thread (slm_core.openmp: a Gradio worker thread that ran torch would keep an
+load in a short-lived thread (slm_core.infer.openmp: a Gradio worker thread that ran torch would keep an
 OpenMP team beside the decode loop's and slow it).
 
 The one place in studio/ that holds torch objects, and only through slm_core modules imported inside
 functions: importing this module imports no torch. Base models continue the text as typed
 (completion); models tuned with an instruction template get the whole conversation rendered by
-`slm_core.templates.format_prompt`.
+`slm_core.models.templates.format_prompt`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from slm_core.templates import content_text, format_prompt
+from slm_core.models.templates import content_text, format_prompt
 
 BACKENDS = ("auto", "native", "onnx")
 SLOTS = 4  # concurrent replies per model decoded together
@@ -84,12 +84,12 @@ class ChatSession:
         self.lock = threading.Lock()
 
     def resolve(self, source: str) -> Path:
-        """A folder, a run in the runs folder, or a Hub id / GGUF file (slm_core.sources: the cached snapshot,
+        """A folder, a run in the runs folder, or a Hub id / GGUF file (slm_core.models.sources: the cached snapshot,
         downloaded when missing; offline it fails at once naming what the cache holds)."""
         path = Path(source).expanduser()
         if path.is_dir() or (self.runs_dir / source).is_dir():
             return path if path.is_dir() else self.runs_dir / source
-        from slm_core.sources import resolve_external
+        from slm_core.models.sources import resolve_external
 
         return resolve_external(source) or self.runs_dir / source
 
@@ -128,7 +128,7 @@ class ChatSession:
         if loaded is None:  # an onnxruntime-genai folder
             mode = f"chat mode ({self.template} template)" if self.template else "completion mode"
             return f"Loaded `{self.path}`: {mode}." + engine
-        from slm_core.estimate import count_parameters
+        from slm_core.models.estimate import count_parameters
 
         # From the config, not parameters(): a quantized model keeps its int8/int4 weights in buffers, so
         # parameters() would count only its embeddings and norms (an int4 3.5M model read "0.5M").
@@ -145,7 +145,7 @@ class ChatSession:
                stats: dict, backend: Optional[str] = None, system: Optional[str] = None) -> Iterator[str]:
         """Text deltas of the reply; `stats` receives tokens, seconds, ttft_s, tokens_per_sec, engine, and
         system_ignored when a system prompt was given to a model without a chat template (completion mode)."""
-        from slm_core.sampling import SamplingParams
+        from slm_core.infer.sampling import SamplingParams
 
         with self.lock:
             engine, reloaded = self.ensure(source, tag, backend)
@@ -162,7 +162,7 @@ def prompt_ids(tokenizer: Any, template: Optional[str], message: str, history: l
                system: Optional[str] = None) -> tuple[list[int], Optional[list[int]], bool]:
     """(prompt token ids, stop ids or None, system prompt ignored?) for the next reply.
 
-    A Hub model's own Jinja chat template (slm_core.templates) renders the whole conversation, the system
+    A Hub model's own Jinja chat template (slm_core.models.templates) renders the whole conversation, the system
     prompt first, and its end-of-turn tokens stop the reply; a run tuned in a named template renders it
     there; a model with neither continues the message as typed, so a system prompt has nowhere to go."""
     own = bool(getattr(tokenizer, "chat_template", None)) and template in (None, "model")
@@ -231,7 +231,7 @@ _POOL = _EnginePool()
 class _GenaiBuilds:
     """'auto' on a run without a genai export: build one in the background, once per run and checkpoint
     (onnxruntime-genai's builder takes ~30 s on 2 cores), while replies come from native torch. The export
-    lands in <run>/export/onnx (slm_core.export writes it atomically), where `pick_backend` finds it for
+    lands in <run>/export/onnx (slm_core.post.export writes it atomically), where `pick_backend` finds it for
     the next message. A failed build is said once and not retried for that checkpoint."""
 
     def __init__(self):
@@ -258,8 +258,8 @@ class _GenaiBuilds:
 
     def _build(self, key: tuple, path: Path, tag: str) -> None:
         try:
-            from slm_core.checkpoint import load_model
-            from slm_core.export import export_model
+            from slm_core.run.checkpoint import load_model
+            from slm_core.post.export import export_model
 
             loaded = load_model(path, tag=tag)  # its own copy: the chat engine keeps decoding meanwhile
             export_model(loaded.model, loaded.tokenizer, loaded.config, path / "export" / "onnx", "onnx",
@@ -285,7 +285,7 @@ _BUILDS = _GenaiBuilds()
 def _wants_genai(path: Path, loaded: Any) -> bool:
     """A run (not a quantized or foreign folder: exports live under the run) of a family the builder knows,
     with onnxruntime-genai installed."""
-    from slm_core.runtime_onnx import available, can_build
+    from slm_core.infer.onnx import available, can_build
 
     return (loaded is not None and (path / "checkpoints").is_dir() and available()
             and can_build(loaded.config.model) and not _native_outpaces_fp32_genai(path))
@@ -294,14 +294,14 @@ def _wants_genai(path: Path, loaded: Any) -> bool:
 def _native_outpaces_fp32_genai(path: Path) -> bool:
     """Whether native torch should decode this model rather than an fp32 genai export: on a CPU without native
     bf16, a model big enough that the native decoder reads its one-row steps from a half-precision copy
-    (slm_core.decoder). Measured on an Intel CPU (100M model, 2 cores: 97 against 71 tokens/s for genai's fp32);
+    (slm_core.infer.decoder). Measured on an Intel CPU (100M model, 2 cores: 97 against 71 tokens/s for genai's fp32);
     on a slower AMD one genai was ahead (30-37 against 26-31), so which is faster depends on the CPU."""
     import torch
 
-    from slm_core.decoder import one_row_half_default
+    from slm_core.infer.decoder import one_row_half_default
     from slm_core.errors import SLMError
-    from slm_core.estimate import count_parameters
-    from slm_core.model_memory import chat_dtype, model_config
+    from slm_core.models.estimate import count_parameters
+    from slm_core.models.memory import chat_dtype, model_config
 
     try:
         params = count_parameters(model_config(path)[0])["total"]
@@ -313,15 +313,15 @@ def _native_outpaces_fp32_genai(path: Path) -> bool:
 def _load(kind: str, where: Path, tag: str, threads: Optional[int]) -> tuple:
     """(engine, LoadedModel or None, template) for `where`."""
     if kind == "onnx":
-        from slm_core.runtime_onnx import OnnxEngine
+        from slm_core.infer.onnx import OnnxEngine
 
         engine = OnnxEngine(where, threads=threads, slots=SLOTS)
         return engine, None, engine.template
-    from slm_core.checkpoint import load_model
-    from slm_core.engine import Engine
-    from slm_core.openmp import in_fresh_thread
+    from slm_core.run.checkpoint import load_model
+    from slm_core.infer.engine import Engine
+    from slm_core.infer.openmp import in_fresh_thread
 
-    def load() -> tuple:  # not on this (Gradio worker) thread: it would keep an OpenMP team (slm_core.openmp)
+    def load() -> tuple:  # not on this (Gradio worker) thread: it would keep an OpenMP team (slm_core.infer.openmp)
         loaded = load_model(where, tag=tag)
         return Engine(loaded.model, loaded.tokenizer, slots=SLOTS, threads=threads), loaded, loaded.template
 
@@ -332,7 +332,7 @@ def pick_backend(path: Path, tag: str, backend: str = "auto") -> tuple[str, Path
     """('onnx' | 'native', folder to load). auto: onnxruntime-genai where the model is a genai folder, or a
     run whose genai export (export/onnx*) is newer than the checkpoint, and the package is installed; not an
     fp32 export of a model native torch decodes faster (`_native_outpaces_fp32_genai`)."""
-    from slm_core.runtime_onnx import available, is_genai_folder, precision_of
+    from slm_core.infer.onnx import available, is_genai_folder, precision_of
 
     if is_genai_folder(path):
         return "onnx", path
@@ -356,7 +356,7 @@ def pick_backend(path: Path, tag: str, backend: str = "auto") -> tuple[str, Path
 def thread_budget(runs_dir: Path) -> Optional[int]:
     """1 thread while a training run is active (two busy thread pools on the same cores slow both to a
     crawl), else None (the runtime's default: every core)."""
-    from slm_core.runs import list_runs
+    from slm_core.run.runs import list_runs
 
     try:
         busy = any(row.get("state") == "running" for row in list_runs(runs_dir))

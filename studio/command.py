@@ -135,9 +135,9 @@ def train_args(recipe: str, overrides: Iterable[str], name: Optional[str] = None
 
 
 def launch_args(nproc: Any = 1, nnodes: Any = 1, node_rank: Any = 0, rdzv_endpoint: Any = "") -> list[str]:
-    """`--nproc N [--nnodes M --node-rank R --rdzv-endpoint HOST:PORT]` for several processes (slm_core.distributed
+    """`--nproc N [--nnodes M --node-rank R --rdzv-endpoint HOST:PORT]` for several processes (slm_core.train.distributed
     turns them into the torchrun line); [] for one process on one machine. Checked as the CLI checks them."""
-    from slm_core.distributed import torchrun_command
+    from slm_core.train.distributed import torchrun_command
 
     nproc, nnodes, node_rank = (int(v) if not _blank(v) else d for v, d in ((nproc, 1), (nnodes, 1), (node_rank, 0)))
     endpoint = (rdzv_endpoint or "").strip() if nnodes > 1 else ""

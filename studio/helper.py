@@ -101,7 +101,7 @@ class Helper:
 
 def _describe(model: dict, **kwargs) -> dict:
     from slm_core.config import LoRAConfig, RunConfig
-    from slm_core.estimate import describe
+    from slm_core.models.estimate import describe
 
     config = RunConfig.from_dict({"model": model}).model
     lora = kwargs.pop("lora", None)
@@ -145,9 +145,9 @@ def _time_training_steps(config, rows: int, precision: str, grad_checkpointing: 
     import torch
     import torch.nn.functional as F
 
-    from slm_core.model import Transformer
-    from slm_core.estimate import resolve_vocab
-    from slm_core.train import resolve_precision
+    from slm_core.models.model import Transformer
+    from slm_core.models.estimate import resolve_vocab
+    from slm_core.train.loop import resolve_precision
 
     config, _ = resolve_vocab(config)
     dev = torch.device(device)
@@ -174,7 +174,7 @@ def _time_training_steps(config, rows: int, precision: str, grad_checkpointing: 
 
 def _preview(data: dict, n: int = 5) -> dict:
     from slm_core.config import DataConfig
-    from slm_core.data import data_summary, preview
+    from slm_core.data.cache import data_summary, preview
 
     cfg = DataConfig(**data)
     return {"summary": data_summary(cfg), "texts": preview(cfg, n=n)}
@@ -182,7 +182,7 @@ def _preview(data: dict, n: int = 5) -> dict:
 
 def _tokenize(config: dict) -> dict:
     from slm_core.config import RunConfig
-    from slm_core.data import prepare_data
+    from slm_core.data.cache import prepare_data
 
     started = time.perf_counter()
     data = prepare_data(RunConfig.from_dict(config), progress=True, require_windows=False)
@@ -194,7 +194,7 @@ def _tokenize(config: dict) -> dict:
 
 
 def _model_estimate(spec: str, **kwargs) -> dict:
-    from slm_core.model_memory import estimate
+    from slm_core.models.memory import estimate
 
     return estimate(spec, **kwargs)
 
@@ -204,14 +204,14 @@ def _download(spec: str) -> dict:
     pipe) carry the progress, which _report_tqdm forwards to the page."""
     import tqdm.std
 
-    from slm_core.sources import hub_folder
+    from slm_core.models.sources import hub_folder
 
     return {"path": str(hub_folder(spec, progress=tqdm.std.tqdm))}
 
 
 def _shrink_summary(teacher: str, layers: int, runs_dir: Optional[str] = None) -> dict:
-    from slm_core.model_memory import locate, model_config
-    from slm_core.shrink import shrink_summary
+    from slm_core.models.memory import locate, model_config
+    from slm_core.train.shrink import shrink_summary
 
     config, name = model_config(locate(teacher, runs_dir))
     return {**shrink_summary(config, int(layers)), "teacher": name, "teacher_layers": config.n_layer}

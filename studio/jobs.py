@@ -73,12 +73,12 @@ REPORT_FILE = "report.json"  # in each quantized artifact's folder: its row and 
 def quantize(source: str, tag: str = "best", method: str = "int8", group_size: Optional[int] = 64,
              report: bool = True, eval_tokens: int = 20_000) -> dict:
     """Quantize `source` into <run>/quantized/<label>/ (replacing an earlier one of the same label) and,
-    with `report`, measure it against the original side by side (slm_core.quantize.quantization_report)."""
+    with `report`, measure it against the original side by side (slm_core.models.quantized.quantization_report)."""
     import copy
 
-    from slm_core.checkpoint import load_model
-    from slm_core.lora import merge_adapter
-    from slm_core.quantize import check_method, eval_windows_for, quantization_report, quantize_model, save_quantized
+    from slm_core.run.checkpoint import load_model
+    from slm_core.models.lora import merge_adapter
+    from slm_core.models.quantized import check_method, eval_windows_for, quantization_report, quantize_model, save_quantized
 
     group_size = int(group_size) if method == "int4" else None
     check_method(method, group_size)
@@ -99,7 +99,7 @@ def quantize(source: str, tag: str = "best", method: str = "int8", group_size: O
         windows = eval_windows_for(loaded, int(eval_tokens))
         rows = quantization_report(original, {label: quantized}, windows, paths={label: out})
         # Kept beside the artifact: the Quantize tab shows every variant's report side by side, not the last one.
-        from slm_core.runs import atomic_write_json
+        from slm_core.run.runs import atomic_write_json
 
         atomic_write_json(out / REPORT_FILE, {"rows": rows, "measured_at": time.time(), "tag": tag})
     stages.close()
@@ -116,9 +116,9 @@ def evaluate(sources: list[str], tag: str = "best", data: Optional[str] = None, 
     A model that cannot be evaluated gets a row with its `error` instead of stopping the others."""
     from tqdm import tqdm
 
-    from slm_core.checkpoint import load_model
+    from slm_core.run.checkpoint import load_model
     from slm_core.errors import SLMError
-    from slm_core.evaluate import perplexity
+    from slm_core.post.evaluate import perplexity
 
     rows = []
     bar = tqdm(total=len(sources), desc="evaluating", file=sys.stderr, leave=False)
@@ -140,8 +140,8 @@ def evaluate(sources: list[str], tag: str = "best", data: Optional[str] = None, 
 
 def export(source: str, tag: str = "best", fmt: str = "hf", gguf_type: str = "f16") -> dict:
     """Write `source` as `fmt` into <run>/export/<label>/ (replacing an earlier one of the same label)."""
-    from slm_core.checkpoint import load_model
-    from slm_core.export import export_model
+    from slm_core.run.checkpoint import load_model
+    from slm_core.post.export import export_model
 
     stages = _Stages(["loading", "writing"])
     started = time.perf_counter()
@@ -161,14 +161,14 @@ def export(source: str, tag: str = "best", fmt: str = "hf", gguf_type: str = "f1
 
 def report_cards(sources: list[str], tag: str = "best", tasks: Optional[list[str]] = None,
                  limit: Optional[int] = None, judge: Optional[dict] = None) -> dict:
-    """A report card per model (slm_core.report_card), saved beside each model; `judge`: {"url",
+    """A report card per model (slm_core.post.report_card), saved beside each model; `judge`: {"url",
     "model", "key", "prompts", "limit", "seed"} or None. A model that fails gets a row with its
     `error` instead of stopping the others."""
     from tqdm import tqdm
 
     from slm_core.errors import SLMError
-    from slm_core.judge import Endpoint
-    from slm_core.report_card import model_card, save_card, to_markdown
+    from slm_core.post.judge import Endpoint
+    from slm_core.post.report_card import model_card, save_card, to_markdown
 
     settings = None
     if judge and judge.get("url"):

@@ -2,7 +2,7 @@
 share the work (train.strategy: DDP or FSDP), which GPUs they use (CUDA_VISIBLE_DEVICES) and, in a
 "Multi-node" accordion, the flags for a run across machines. Start and "copy as command" read the
 panel through `launch_from`, so the page starts exactly the command it shows. Torch-free: the GPU
-list comes from NVML (slm_core.monitor), and without an NVIDIA GPU the panel says the processes run on
+list comes from NVML (slm_core.train.monitor), and without an NVIDIA GPU the panel says the processes run on
 the CPU, where torch.distributed's gloo backend connects them.
 """
 
@@ -23,7 +23,7 @@ STRATEGIES = [("DDP: a full copy of the model per process", "ddp"),
 
 def build(ctx) -> dict[str, Any]:
     """The panel's components, keyed by LAUNCH_KEYS; train.strategy registers as a config field."""
-    from slm_core.monitor import gpu_info
+    from slm_core.train.monitor import gpu_info
 
     gpus = gpu_info()
     c: dict[str, Any] = {}

@@ -2,11 +2,11 @@
 and its download with progress, without torch in the server.
 
 `hub_choices()` lists the complete causal-LM snapshots in the Hugging Face cache as (label, value)
-pairs whose value is the Hub id, which every model argument accepts (`slm_core.sources`
+pairs whose value is the Hub id, which every model argument accepts (`slm_core.models.sources`
 resolves it to the cached snapshot, offline). `describe_model(folder)` reads config.json and the
 safetensors headers (no weights) to show family, parameters, context, dtype and disk size.
 `details()` adds the memory estimate to chat, LoRA, QLoRA and fine-tune it
-(`slm_core.model_memory.estimate`, run in the helper process), and `download()` fetches a Hub id in
+(`slm_core.models.memory.estimate`, run in the helper process), and `download()` fetches a Hub id in
 a helper process of its own, yielding progress lines the page shows while the server stays free.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from slm_core.errors import SLMError
-from slm_core.sources import cached_snapshot, is_hub_id, list_cached_models, weight_stats
+from slm_core.models.sources import cached_snapshot, is_hub_id, list_cached_models, weight_stats
 from studio.style import mark
 from studio.views import human_count, human_mb
 
@@ -62,7 +62,7 @@ def describe_line(folder: str | Path) -> str:
 # ---- the estimate ---------------------------------------------------------------------------------
 
 def estimate_markdown(est: dict) -> str:
-    """slm_core.model_memory.estimate's result as the picker's details: the model in one line, then what
+    """slm_core.models.memory.estimate's result as the picker's details: the model in one line, then what
     chatting and each way of training it needs, and whether that fits here."""
     f, chat = est["facts"], est["chat"]
     on_gpu = str(est.get("device", "cpu")).startswith("cuda")

@@ -1,6 +1,6 @@
 """The Evaluate tab's report-card panel: benchmark tasks (lm-evaluation-harness), an LLM judge
 reached through any OpenAI-compatible endpoint, and one report card per picked model, side by side,
-downloadable as Markdown and JSON. The work is `slm_core.report_card` in the tab's job process.
+downloadable as Markdown and JSON. The work is `slm_core.post.report_card` in the tab's job process.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from studio.models import source_label
 from studio.security import check_path
 from studio.tabs import message
 
-SHIPPED = ["story_ending", "opposites", "arithmetic"]  # slm_core.eval_tasks.SHIPPED_TASKS (no torch import here)
+SHIPPED = ["story_ending", "opposites", "arithmetic"]  # slm_core.post.tasks.SHIPPED_TASKS (no torch import here)
 
 
 def build(ctx: Any, models: Any, tag: Any) -> None:

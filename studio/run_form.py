@@ -13,7 +13,7 @@ import html
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from slm_core import runqueue
+from slm_core.run import queue as runqueue
 from slm_core.config import list_presets, save_user_recipe
 from slm_core.errors import SLMError
 from studio.command import page_config, recipe_values

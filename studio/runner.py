@@ -5,7 +5,7 @@ The worker is the same entry point as the `slm` command, so the Gradio server ne
 training model: a crash or an out-of-memory kills only the worker, which this module then
 reports as a failed run with the worker's own message. One run at a time: a second start is
 refused while any run in the runs directory is running or paused (including ones started from a
-shell or by an earlier Studio); it can wait in the queue instead (slm_core.runqueue), which the
+shell or by an earlier Studio); it can wait in the queue instead (slm_core.run.queue), which the
 queue worker thread empties one run at a time. Requests go through the run directory's control/ files.
 """
 
@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from slm_core import runqueue, runs
+from slm_core.run import queue as runqueue
+
+from slm_core.run import runs
 from slm_core.config import load_recipe, load_run_config
 from slm_core.errors import SLMError
 from studio.command import resume_args, shell_command, train_args
@@ -67,7 +69,7 @@ class Runner:
         with self._lock:
             self._refuse_if_busy()
             run_dir = runs.resolve_run(name, self.root)
-            # latest.prev: the fallback a resume takes when latest was damaged (slm_core.checkpoint)
+            # latest.prev: the fallback a resume takes when latest was damaged (slm_core.run.checkpoint)
             if not any((run_dir / "checkpoints" / tag / "state.json").exists() for tag in ("latest", "latest.prev")):
                 raise SLMError(f"run '{name}' has no checkpoint to resume from: start it again instead")
             overrides = list(overrides)

@@ -291,7 +291,7 @@ class PathPolicy:
 
     def data_path(self, source: str) -> Optional[Path]:
         """The local path a data source names, or None for the built-in corpora and Hub names."""
-        from slm_core.data_sources import HUB_NAME, TABULAR_SUFFIXES, TEXT_SUFFIXES
+        from slm_core.data.sources import HUB_NAME, TABULAR_SUFFIXES, TEXT_SUFFIXES
 
         source = source.strip()
         if not source or source.startswith("builtin"):

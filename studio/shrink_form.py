@@ -1,5 +1,5 @@
 """"Shrink this model" in the Train tab's distill mode: a student made of N of the teacher's layers
-(`distill.shrink_layers`, slm_core.shrink), with teacher vs student parameters, weight memory and the
+(`distill.shrink_layers`, slm_core.train.shrink), with teacher vs student parameters, weight memory and the
 expected speed-up shown before Start.
 
 The layer count is a run setting like any other (registered under its config key), so Start and

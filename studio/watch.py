@@ -15,7 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
-from slm_core import runs
+from slm_core.run import runs
 
 LOG_TAIL_BYTES = 32_000
 

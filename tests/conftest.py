@@ -40,7 +40,7 @@ TINY_CHAR_MODEL = ["tokenizer.kind=char", "data.max_chars=200000", "model.contex
 def tiny_char_run(tmp_path_factory) -> Path:
     """The run folder of a tiny character model trained on the built-in stories (do not modify it)."""
     from slm_core.config import load_recipe
-    from slm_core.train import train
+    from slm_core.train.loop import train
 
     run_dir = tmp_path_factory.mktemp("tiny-char") / "char"
     old = os.environ.get("SLM_CACHE_DIR")

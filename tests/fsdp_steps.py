@@ -1,7 +1,7 @@
 """Exact FSDP checks shared by tests/test_distributed.py (a helper module, not a test module).
 
 `python -m torch.distributed.run --nproc-per-node=2 tests/fsdp_steps.py OUT` trains a tiny Llama for
-four optimizer steps under slm_core.fsdp (gradient checkpointing on), each rank on its half of the
+four optimizer steps under slm_core.train.fsdp (gradient checkpointing on), each rank on its half of the
 same global batches the test trains one process on, and writes OUT/fsdp.json (the losses), a sharded
 checkpoint after step 2 (OUT/sharded/ and OUT/model.safetensors), and the step-3 loss of a sharded
 model restored from the single-process checkpoint in OUT/plain/ (written by the test first) over steps
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from slm_core.config import ModelConfig, TrainConfig
-from slm_core.model import Transformer
-from slm_core.optim import build_optimizer
+from slm_core.models.model import Transformer
+from slm_core.train.optim import build_optimizer
 
 CONFIG = ModelConfig(family="llama", n_layer=2, n_head=4, n_kv_head=2, d_model=64, context_length=32, vocab_size=300)
 TRAIN = TrainConfig(lr=1e-2, grad_clip=0.5)
@@ -62,7 +62,7 @@ def main(out: Path) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from slm_core import fsdp
+    from slm_core.train import fsdp
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

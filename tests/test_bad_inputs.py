@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from slm_core import runs
+from slm_core.run import runs
 from slm_core.cli import main
 from slm_core.errors import SLMError
 
@@ -70,7 +70,7 @@ def _write_bad_files(d: Path) -> None:
 def world(tmp_path_factory):
     """One trained tiny run in its own runs folder, plus a folder of bad files."""
     from slm_core.config import load_recipe
-    from slm_core.train import train
+    from slm_core.train.loop import train
 
     base = tmp_path_factory.mktemp("bad-inputs")
     cache = tmp_path_factory.getbasetemp() / "slm-cache"
@@ -253,14 +253,14 @@ def test_cli_refuses_bad_input(world, capsys, argv, word, may_leave_failed_run):
 # ---- the Python API ------------------------------------------------------------------------------
 
 def _loaded(w):
-    from slm_core.checkpoint import load_model
+    from slm_core.run.checkpoint import load_model
 
     return load_model(w.tiny)
 
 
 def _train(config_or_overrides, run_dir, **kwargs):
     from slm_core.config import load_recipe
-    from slm_core.train import train
+    from slm_core.train.loop import train
 
     config = (load_recipe("quickstart-cpu", TINY + config_or_overrides) if isinstance(config_or_overrides, list)
               else config_or_overrides)
@@ -269,7 +269,7 @@ def _train(config_or_overrides, run_dir, **kwargs):
 
 def _generate(**kwargs):
     def call(w):
-        from slm_core.generate import complete
+        from slm_core.infer.generate import complete
 
         return complete(_loaded(w), "the cat", seed=0, **{"max_new_tokens": 4, **kwargs})
     return call
@@ -277,7 +277,7 @@ def _generate(**kwargs):
 
 def _perplexity(**kwargs):
     def call(w):
-        from slm_core.evaluate import perplexity
+        from slm_core.post.evaluate import perplexity
 
         return perplexity(_loaded(w), **kwargs)
     return call
@@ -285,7 +285,7 @@ def _perplexity(**kwargs):
 
 def _quantize(method, group_size=64):
     def call(w):
-        from slm_core.quantize import quantize_model
+        from slm_core.models.quantized import quantize_model
 
         return quantize_model(_loaded(w).model, method, group_size)
     return call
@@ -293,7 +293,7 @@ def _quantize(method, group_size=64):
 
 def _export(fmt):
     def call(w):
-        from slm_core.export import export_model
+        from slm_core.post.export import export_model
 
         loaded = _loaded(w)
         return export_model(loaded.model, loaded.tokenizer, loaded.config, w.runs / "export-out", fmt)
@@ -302,7 +302,7 @@ def _export(fmt):
 
 def _load(source, **kwargs):
     def call(w):
-        from slm_core.checkpoint import load_model
+        from slm_core.run.checkpoint import load_model
 
         return load_model(str(source).format(runs=w.runs, data=w.data, tiny=w.tiny), **kwargs)
     return call
@@ -362,7 +362,7 @@ def test_api_refuses_bad_input(world, call, word):
 
 
 def test_sampling_settings_are_never_silently_replaced():
-    from slm_core.sampling import SamplingParams
+    from slm_core.infer.sampling import SamplingParams
 
     SamplingParams(max_new_tokens=0, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0)  # all valid
     for bad in ({"top_p": 0.0}, {"temperature": -1.0}, {"top_k": -3}, {"repetition_penalty": -1.0},
@@ -373,7 +373,7 @@ def test_sampling_settings_are_never_silently_replaced():
 
 def test_eval_warns_when_data_is_shorter_than_one_window(world, tmp_path):
     """Enough tokens to score, fewer than the model's context: a result, with a warning saying so."""
-    from slm_core.evaluate import perplexity
+    from slm_core.post.evaluate import perplexity
 
     text = tmp_path / "shortish.txt"
     text.write_text("the cat sat on the mat. " * 4)  # ~90 train tokens: enough to score, < one window of 128

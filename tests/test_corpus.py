@@ -4,7 +4,7 @@ import re
 import statistics
 import time
 
-from slm_core.corpus import builtin_instructions, builtin_stories
+from slm_core.data.corpus import builtin_instructions, builtin_stories
 
 
 def test_default_stories_are_over_5mb_and_generated_fast():

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from slm_core.config import DataConfig, ModelConfig, RunConfig, TokenizerConfig
-from slm_core.data import data_summary, load_texts, prepare_data, preview, token_dtype
+from slm_core.data.cache import data_summary, load_texts, prepare_data, preview, token_dtype
 from slm_core.errors import SLMError
-from slm_core.templates import format_prompt
-from slm_core.tokenizer import build_tokenizer
+from slm_core.models.templates import format_prompt
+from slm_core.models.tokenizer import build_tokenizer
 
 
 def run_config(source, kind="char", context=16, vocab=300, **data) -> RunConfig:
@@ -394,7 +394,7 @@ def test_preview_summary_and_tokenizing_leave_torch_unloaded(tmp_path):
 
     path = write_jsonl(tmp_path / "rows.jsonl", [{"text": words(i)} for i in range(20)])
     code = (f"import sys; from slm_core.config import DataConfig, RunConfig, TokenizerConfig; "
-            f"from slm_core.data import prepare_data, preview, data_summary; cfg = DataConfig(source={str(path)!r}); "
+            f"from slm_core.data.cache import prepare_data, preview, data_summary; cfg = DataConfig(source={str(path)!r}); "
             f"preview(cfg); data_summary(cfg); prepare_data(RunConfig(data=cfg, tokenizer=TokenizerConfig(kind='char')), "
             f"cache_dir={str(tmp_path / 'c')!r}, progress=False, require_windows=False); "
             f"assert 'torch' not in sys.modules, 'torch was imported'")

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from slm_core import data_prepare
+from slm_core.data import prepare as data_prepare
 from slm_core.cli import main as slm
 from slm_core.config import DataConfig, ModelConfig, RunConfig, TokenizerConfig
-from slm_core.corpus import iter_stories
-from slm_core.data import data_summary, load_texts, prepare_data, prepare_shard, preview
-from slm_core.data_prepare import is_val_document
-from slm_core.data_stream import DocStream, parse_shard
+from slm_core.data.corpus import iter_stories
+from slm_core.data.cache import data_summary, load_texts, prepare_data, prepare_shard, preview
+from slm_core.data.prepare import is_val_document
+from slm_core.data.stream import DocStream, parse_shard
 from slm_core.errors import SLMError
-from slm_core.tokenizer import build_tokenizer
+from slm_core.models.tokenizer import build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,7 +136,7 @@ def test_character_ids_equal_tiktokens_with_byte_fallback(tmp_path, small_chunks
 
 
 def test_gpt2_ids_through_the_pool_equal_tiktoken(tmp_path, small_chunks, shared_data):
-    from slm_core.tokenizer import gpt2_from_files
+    from slm_core.models.tokenizer import gpt2_from_files
 
     path = story_file(tmp_path / "s.txt", 150)
     tokenizer = gpt2_from_files(shared_data / "gpt2")
@@ -184,7 +184,7 @@ def test_limits_stop_the_stream(tmp_path, small_chunks):
 def test_killed_preparation_resumes_from_finished_chunks(tmp_path, monkeypatch):
     path = story_file(tmp_path / "s.txt", 2500)  # ~2.2M characters: 110 chunks of 20k
     cache, env = tmp_path / "cache", dict(os.environ, SLM_DATA_CHUNK_CHARS="20000")
-    code = (f"from slm_core.data import prepare_data; from slm_core.config import *; "
+    code = (f"from slm_core.data.cache import prepare_data; from slm_core.config import *; "
             f"prepare_data(RunConfig(tokenizer=TokenizerConfig(kind='char'), data=DataConfig(source={str(path)!r})),"
             f" cache_dir={str(cache)!r}, progress=False, require_windows=False, workers=1)")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT)
@@ -273,7 +273,7 @@ def test_hub_stream_offline_fails_in_seconds_naming_the_local_alternative(tmp_pa
 MEASURE = """
 import json, resource, sys, time
 from slm_core.config import *
-from slm_core.data import prepare_data
+from slm_core.data.cache import prepare_data
 cfg = RunConfig(tokenizer=TokenizerConfig(kind="bpe", vocab_size=2048, train_chars=2_000_000),
                 data=DataConfig(source=sys.argv[1]))
 started = time.perf_counter()

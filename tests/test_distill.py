@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from slm_core.config import ModelConfig, RunConfig, TokenizerConfig
-from slm_core.distill import DistillLoss, check_compatible, distillation_loss, load_teacher
+from slm_core.train.distill import DistillLoss, check_compatible, distillation_loss, load_teacher
 from slm_core.errors import SLMError
-from slm_core.model import Transformer
+from slm_core.models.model import Transformer
 
 V = 11
 
@@ -167,13 +167,13 @@ def test_hugging_face_folder_with_a_padded_vocab_is_refused(tmp_path):
 
 
 def _char_tokenizer(text):
-    from slm_core.tokenizer import build_tokenizer
+    from slm_core.models.tokenizer import build_tokenizer
 
     return build_tokenizer(TokenizerConfig(kind="char"), texts=[text], progress=False)
 
 
 def test_mismatched_tokenizer_is_refused_before_training():
-    pytest.importorskip("slm_core.tokenizer")
+    pytest.importorskip("slm_core.models.tokenizer")
     student_tok = _char_tokenizer("once upon a time there was a fox")
     teacher_tok = _char_tokenizer("completely different letters: XYZ 123!")
     with pytest.raises(SLMError, match="tokenizer.path"):
@@ -185,8 +185,8 @@ def test_mismatched_tokenizer_is_refused_before_training():
 
 
 def test_studio_checkpoint_teacher_loads_with_its_tokenizer(tmp_path):
-    pytest.importorskip("slm_core.tokenizer")
-    from slm_core.checkpoint import save_checkpoint
+    pytest.importorskip("slm_core.models.tokenizer")
+    from slm_core.run.checkpoint import save_checkpoint
 
     tokenizer = _char_tokenizer("the teacher's own alphabet")
     tokenizer.save(tmp_path / "tok")
@@ -203,8 +203,8 @@ def test_studio_checkpoint_teacher_loads_with_its_tokenizer(tmp_path):
 
 
 def test_a_teacher_exported_with_the_same_tokenizer_is_accepted(tmp_path):
-    pytest.importorskip("slm_core.tokenizer")
-    from slm_core.tokenizer import Tokenizer
+    pytest.importorskip("slm_core.models.tokenizer")
+    from slm_core.models.tokenizer import Tokenizer
 
     tokenizer = _char_tokenizer("shared alphabet for both models")
     folder, _ = _hf_llama_folder(tmp_path, vocab=tokenizer.n_vocab)

@@ -74,7 +74,7 @@ def test_nproc_launches_torchrun_and_ddp_and_fsdp_track_one_process(tmp_path):
     manifest = json.loads((latest / "manifest.json").read_text())["files"]
     assert "model.safetensors" in manifest and any(f.startswith("sharded/") for f in manifest)  # vouched for
     assert not (best / "sharded").exists()  # `best` serves generation and export: the weights alone
-    from slm_core.checkpoint import load_model
+    from slm_core.run.checkpoint import load_model
 
     assert load_model(str(tmp_path / "fsdp")).model.num_parameters() > 0  # downstream reads model.safetensors
 
@@ -121,7 +121,7 @@ def test_a_killed_rank_fails_the_run_with_its_cause(tmp_path):
 
 
 def test_torchrun_command_for_one_machine_and_several():
-    from slm_core.distributed import strip_launch_flags, torchrun_command
+    from slm_core.train.distributed import strip_launch_flags, torchrun_command
     from slm_core.errors import SLMError
 
     argv = ["train", "--nproc", "4", "--preset", "x", "--nnodes=2", "--node-rank", "1", "--rdzv-endpoint", "h:29500",
@@ -156,8 +156,8 @@ def test_a_two_process_run_resumes_on_one_process(tmp_path):
 
 
 def test_failure_message_names_torchruns_first_failing_rank(tmp_path):
-    from slm_core import runs
-    from slm_core.distributed import failure_message
+    from slm_core.run import runs
+    from slm_core.train.distributed import failure_message
 
     summary = ("Root Cause (first observed failure):\n[0]:\n  time      : 2026-11-29_13:47:01\n  host      : box\n"
                "  rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 1234)\n  error_file: <N/A>\n"
@@ -179,9 +179,9 @@ def test_fsdp_steps_equal_one_process_and_checkpoints_move_between_process_count
     shows the optimizer's moments came along: the control with a fresh optimizer misses by far more)."""
     from safetensors.torch import save_file
 
-    from slm_core import fsdp
-    from slm_core.checkpoint import load_weights, state_dict_for_save
-    from slm_core.optim import build_optimizer
+    from slm_core.train import fsdp
+    from slm_core.run.checkpoint import load_weights, state_dict_for_save
+    from slm_core.train.optim import build_optimizer
 
     sys.path.insert(0, os.path.dirname(__file__))
     import fsdp_steps as fs
@@ -223,7 +223,7 @@ def test_a_doctored_shard_index_is_refused_without_running_it(tmp_path):
     """DCP's .metadata is a pickle: a resume reads it with an unpickler that admits only DCP's own classes."""
     import pickle
 
-    from slm_core import fsdp
+    from slm_core.train import fsdp
     from slm_core.errors import SLMError
 
     class Payload:
@@ -240,7 +240,7 @@ def test_a_shard_index_cannot_reach_a_function_through_a_dcp_module(tmp_path):
     """pickle resolves dotted names, so `<a DCP module>.os.system` would pass a check on the module alone."""
     import pickle
 
-    from slm_core import fsdp
+    from slm_core.train import fsdp
     from slm_core.errors import SLMError
 
     module = "torch.distributed.checkpoint.filesystem"

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from slm_core.config import ModelConfig
-from slm_core.engine import Decoder, Engine, decode_one
-from slm_core.model import Transformer
-from slm_core.sampling import SamplingParams, TextStream, clean
+from slm_core.infer.engine import Decoder, Engine, decode_one
+from slm_core.models.model import Transformer
+from slm_core.infer.sampling import SamplingParams, TextStream, clean
 
 
 def tiny(family: str, context: int = 48) -> Transformer:
@@ -212,7 +212,7 @@ HALF_TOLERANCE = {"fp16": 0.005, "bf16": 0.03}
 def _half_kind(kind: str, monkeypatch) -> None:
     """Make Decoders build the `kind` copy: fp16 where this torch has FBGEMM's kernel (x86 builds), else bf16,
     as on a build without it (ARM)."""
-    import slm_core.decoder as decoder_module
+    import slm_core.infer.decoder as decoder_module
 
     if kind == "bf16":
         monkeypatch.setattr(decoder_module, "_fp16_packed", lambda w, bias: None)
@@ -226,7 +226,7 @@ def test_one_row_steps_from_a_half_copy_stay_close_and_everything_else_stays_exa
     # A memory-bound fp32 model decodes its one-row multiplies from a half-precision copy (half the bytes a
     # token): a one-row step and the last-position head. A prompt's layers (the cache they write) and batched
     # steps keep the exact fp32 weights, and dtype 'fp32' turns the copy off.
-    import slm_core.decoder as decoder_module
+    import slm_core.infer.decoder as decoder_module
 
     _half_kind(kind, monkeypatch)
     model = _model_with_visible_norms(family)
@@ -266,7 +266,7 @@ def test_a_big_model_decodes_from_its_bf16_copy_alike_alone_or_batched(family, m
     # Past FAST_MAX_PARAMS (a 1B model) a bf16 copy is the only one (FBGEMM's fp16 packing would take a minute).
     # Its multiplies of up to BIG_HALF_MAX_ROWS rows read it (fp32 ones of 2-4 rows took 2-5x longer there), so a
     # request decoded beside others gets what it gets alone; a longer prompt runs the model's fp32 modules, exactly.
-    import slm_core.decoder as decoder_module
+    import slm_core.infer.decoder as decoder_module
 
     monkeypatch.setattr(decoder_module, "FAST_MAX_PARAMS", 0)
     model = _model_with_visible_norms(family)
@@ -291,10 +291,10 @@ def test_a_big_model_decodes_from_its_bf16_copy_alike_alone_or_batched(family, m
 
 
 def test_an_idle_decode_loop_thread_ends_and_the_next_request_starts_another(monkeypatch):
-    # An idle loop thread ends so that its OpenMP team does not slow other threads' torch work (slm_core.openmp)
+    # An idle loop thread ends so that its OpenMP team does not slow other threads' torch work (slm_core.infer.openmp)
     import time
 
-    import slm_core.engine as engine_module
+    import slm_core.infer.engine as engine_module
 
     monkeypatch.setattr(engine_module, "IDLE_EXIT_S", 0.05)
     model = tiny("llama")
@@ -314,7 +314,7 @@ def test_an_idle_decode_loop_thread_ends_and_the_next_request_starts_another(mon
 
 def test_in_fresh_thread_returns_the_result_and_raises_the_error_in_the_caller():
     from slm_core.errors import SLMError
-    from slm_core.openmp import in_fresh_thread
+    from slm_core.infer.openmp import in_fresh_thread
 
     def load():
         raise SLMError("bad model")

@@ -17,10 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from slm_core import estimate, monitor
+from slm_core.models import estimate
+
+from slm_core.train import monitor
 from slm_core.config import LoRAConfig, ModelConfig, load_model_preset
 from slm_core.errors import SLMError
-from slm_core.model import Transformer
+from slm_core.models.model import Transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
@@ -103,8 +105,8 @@ MEASURE = textwrap.dedent("""
     import psutil, torch
     import torch.nn.functional as F
     from slm_core.config import ModelConfig, TrainConfig, load_model_preset
-    from slm_core.model import Transformer
-    from slm_core.optim import build_optimizer
+    from slm_core.models.model import Transformer
+    from slm_core.train.optim import build_optimizer
 
     torch.set_num_threads(1)
     name, batch, checkpointing = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
@@ -164,10 +166,10 @@ MEASURE_RANKS = textwrap.dedent("""
     import psutil, torch
     import torch.distributed as dist
     import torch.nn.functional as F
-    from slm_core import fsdp
+    from slm_core.train import fsdp
     from slm_core.config import ModelConfig, TrainConfig
-    from slm_core.model import Transformer
-    from slm_core.optim import build_optimizer
+    from slm_core.models.model import Transformer
+    from slm_core.train.optim import build_optimizer
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -402,7 +404,7 @@ def test_the_isolated_benchmark_measures_in_a_subprocess():
 def test_the_preflight_check_counts_the_strategy_and_the_processes_sharing_this_machine(monkeypatch):
     """Inside a torchrun rank (WORLD_SIZE, LOCAL_WORLD_SIZE set) the pre-flight figure is one process's, FSDP
     shards it, and on CPU every local process's share of the RAM is counted before a run is refused."""
-    from slm_core import resources
+    from slm_core.train import preflight as resources
     from slm_core.config import load_recipe
 
     config = load_recipe("quickstart-cpu", ["model.vocab_size=512", "train.device=cpu"])

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from slm_core import quantize as Q
+from slm_core.models import quantized as Q
 from slm_core.config import ModelConfig, RunConfig, TokenizerConfig
 from slm_core.errors import SLMError
-from slm_core.export import export_model
-from slm_core.export_gguf import gguf_tensors, permute_for_llama_cpp, read_gguf
-from slm_core.model import Transformer
+from slm_core.post.export import export_model
+from slm_core.post.export_gguf import gguf_tensors, permute_for_llama_cpp, read_gguf
+from slm_core.models.model import Transformer
 
 transformers = pytest.importorskip("transformers")
 TEXTS = ["the cat sat on the mat, and the dog sat on the log. " * 30, "Once upon a time there was a fox! " * 30]
@@ -20,7 +20,7 @@ TEXTS = ["the cat sat on the mat, and the dog sat on the log. " * 30, "Once upon
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from slm_core.tokenizer import build_tokenizer
+    from slm_core.models.tokenizer import build_tokenizer
 
     return build_tokenizer(TokenizerConfig(kind="bpe", vocab_size=320), TEXTS, progress=False)
 
@@ -113,7 +113,7 @@ def test_gguf_reads_back_with_the_same_tensors_and_metadata(tmp_path, tokenizer,
 
 
 def test_gguf_tokens_spell_the_tokenizers_bytes(tmp_path, tokenizer):
-    from slm_core.tokenizer import bytes_to_unicode
+    from slm_core.models.tokenizer import bytes_to_unicode
 
     model = random_model(tokenizer.n_vocab)
     files = export_model(model, tokenizer, None, tmp_path / "g", "gguf", "f16")
@@ -190,7 +190,7 @@ def test_llama_cpp_runs_the_gguf(tmp_path, tokenizer):
 
 
 def test_character_tokenizers_get_a_llama_cpp_vocabulary(tmp_path):
-    from slm_core.tokenizer import build_tokenizer
+    from slm_core.models.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(TokenizerConfig(kind="char"), ["héllo — wörld\n"], progress=False)
     model = random_model(tokenizer.n_vocab, "gpt2")
@@ -205,9 +205,9 @@ def test_character_tokenizers_get_a_llama_cpp_vocabulary(tmp_path):
 def test_cli_commands_write_artifacts_beside_the_source(tmp_path, tokenizer, capsys):
     import argparse
 
-    from slm_core.export import add_export_parser, cmd_export
-    from slm_core.hf_convert import save_hf_folder
-    from slm_core.quantize import add_quantize_parser, cmd_quantize
+    from slm_core.post.export import add_export_parser, cmd_export
+    from slm_core.models.hf import save_hf_folder
+    from slm_core.models.quantized import add_quantize_parser, cmd_quantize
 
     source = tmp_path / "mymodel"
     save_hf_folder(random_model(tokenizer.n_vocab), tokenizer, source)

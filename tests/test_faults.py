@@ -19,13 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slm_core import runs
-from slm_core.checkpoint import CheckpointWarning, find_checkpoint, load_model, step_of
+from slm_core.run import runs
+from slm_core.run.checkpoint import CheckpointWarning, find_checkpoint, load_model, step_of
 from slm_core.cli import main as slm
 from slm_core.config import load_recipe
 from slm_core.errors import SLMError
-from slm_core.run_lock import RunLock, holder
-from slm_core.train import train
+from slm_core.run.lock import RunLock, holder
+from slm_core.train.loop import train
 
 FORK = multiprocessing.get_context("fork")
 # A 1-layer, 32-wide model on a character vocabulary: a step takes milliseconds.
@@ -271,7 +271,7 @@ def test_write_error_mid_checkpoint_is_explained_and_leaves_no_temporary_folder(
 # ---- out of memory -------------------------------------------------------------------------------------
 
 def test_absurd_model_is_refused_at_once_without_allocating(tmp_path):
-    from slm_core.estimate import count_parameters
+    from slm_core.models.estimate import count_parameters
 
     count_parameters(tiny(1).model)  # torch's first use of the meta device imports ~800 modules: not ours to time
     started = time.perf_counter()
@@ -310,7 +310,7 @@ def test_out_of_memory_is_refused_or_explained_with_settings_that_fit(tmp_path, 
 
 
 def test_resource_errors_are_recognised_and_explained():
-    from slm_core.resources import explain_failure, is_disk_full, is_out_of_memory
+    from slm_core.train.preflight import explain_failure, is_disk_full, is_out_of_memory
 
     config = tiny(8, 2, "train.device=cuda")
     gpu = explain_failure(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), config, 7)

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from slm_core.checkpoint import LoadedModel
+from slm_core.run.checkpoint import LoadedModel
 from slm_core.config import ModelConfig, RunConfig, TokenizerConfig
-from slm_core.generate import generate_tokens, sample_next, stream_text
-from slm_core.model import Transformer
-from slm_core.sampling import clean
+from slm_core.infer.generate import generate_tokens, sample_next, stream_text
+from slm_core.models.model import Transformer
+from slm_core.infer.sampling import clean
 
 
 def tiny(family: str, context: int = 32) -> Transformer:
@@ -75,7 +75,7 @@ def test_repetition_penalty_discourages_seen_tokens():
 
 
 def test_stream_text_equals_decoding_the_generated_ids():
-    from slm_core.tokenizer import build_tokenizer
+    from slm_core.models.tokenizer import build_tokenizer
 
     text = "héllo wörld — 你好 🙂 " * 20
     tokenizer = build_tokenizer(TokenizerConfig(kind="char"), [text], progress=False)

@@ -11,8 +11,8 @@ import torch
 
 from slm_core.config import ModelConfig
 from slm_core.errors import SLMError
-from slm_core.hf_convert import from_hf, hf_architecture, save_hf_folder
-from slm_core.model import Transformer
+from slm_core.models.hf import from_hf, hf_architecture, save_hf_folder
+from slm_core.models.model import Transformer
 
 transformers = pytest.importorskip("transformers")
 IDS = torch.tensor([[3, 17, 42, 8, 99, 5, 61, 23, 7, 12], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
@@ -123,8 +123,8 @@ def test_transformers_checkpoints_run_in_our_model_with_same_logits(tmp_path, ki
 
 
 def test_fixed_base_ntk_rope_is_exported_as_plain_rope_with_the_raised_base():
-    from slm_core.hf_convert import export_rope
-    from slm_core.model import rope_inv_freq
+    from slm_core.models.hf import export_rope
+    from slm_core.models.model import rope_inv_freq
 
     scaled = ModelConfig(family="llama", d_model=64, n_head=4, rope_scaling="dynamic", rope_scaling_factor=4.0)
     theta, scaling = export_rope(scaled)
@@ -171,7 +171,7 @@ def test_unknown_rope_scaling_is_refused_before_weights_load(tmp_path):
 
 
 def test_tokenizer_files_are_written_for_autotokenizer(tmp_path):
-    tokenizer_module = pytest.importorskip("slm_core.tokenizer")
+    tokenizer_module = pytest.importorskip("slm_core.models.tokenizer")
     from slm_core.config import TokenizerConfig
 
     texts = ["the cat sat on the mat. " * 20, "a dog ran in the park! " * 20]

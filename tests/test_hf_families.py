@@ -13,10 +13,10 @@ import json
 import pytest
 import torch
 
-from slm_core.checkpoint import load_model
+from slm_core.run.checkpoint import load_model
 from slm_core.errors import SLMError
-from slm_core.generate import generate_tokens
-from slm_core.hf_convert import from_hf, save_hf_folder
+from slm_core.infer.generate import generate_tokens
+from slm_core.models.hf import from_hf, save_hf_folder
 
 from hf_families import FAMILIES, hf_model
 

@@ -12,11 +12,11 @@ import json
 import pytest
 import torch
 
-from slm_core.checkpoint import load_model
+from slm_core.run.checkpoint import load_model
 from slm_core.config import LoRAConfig, ModelConfig
-from slm_core.hf_convert import save_hf_folder
-from slm_core.lora import apply_lora, load_adapter, save_adapter
-from slm_core.model import Transformer
+from slm_core.models.hf import save_hf_folder
+from slm_core.models.lora import apply_lora, load_adapter, save_adapter
+from slm_core.models.model import Transformer
 
 from hf_families import hf_model
 

@@ -12,8 +12,8 @@ import functools
 import pytest
 
 from slm_core.errors import SLMError
-from slm_core.templates import model_prompt_response
-from slm_core.tokenizer import Tokenizer
+from slm_core.models.templates import model_prompt_response
+from slm_core.models.tokenizer import Tokenizer
 
 from hf_families import tokenizer_copy, vocab_folder
 
@@ -93,7 +93,7 @@ def test_chat_templates_render_as_apply_chat_template(llama3_chat, generation_pr
 
 
 def test_template_helpers_and_errors_work_as_in_transformers(tmp_path):
-    from slm_core.templates import render_chat_template
+    from slm_core.models.templates import render_chat_template
 
     template = ("{% if messages[0]['role'] != 'user' %}{{ raise_exception('first turn must be the user') }}{% endif %}"
                 "{{ strftime_now('%Y') }}|{{ messages | tojson }}")

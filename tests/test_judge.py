@@ -12,9 +12,9 @@ import pytest
 from serving import free_port, start_serve, stop_serve
 from slm_core.config import load_recipe
 from slm_core.errors import SLMError
-from slm_core.judge import (Endpoint, agreement, combine_orders, judge_pairwise, judge_replies, load_prompts,
+from slm_core.post.judge import (Endpoint, agreement, combine_orders, judge_pairwise, judge_replies, load_prompts,
                             parse_score, parse_verdict)
-from slm_core.train import train
+from slm_core.train.loop import train
 
 # Every judge prompt ends with "then one line 'Reason: ...'."; the answer follows it on the next line.
 JUDGE_TEXT = "then one line 'Reason: ...'.\nScore: 7\nVerdict: A\nReason: the reply is clear.\n"

@@ -20,10 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slm_core import runs
-from slm_core.checkpoint import find_checkpoint, step_of
+from slm_core.run import runs
+from slm_core.run.checkpoint import find_checkpoint, step_of
 from slm_core.config import load_recipe
-from slm_core.train import train
+from slm_core.train.loop import train
 
 FORK = multiprocessing.get_context("fork")
 KILLS = 32

@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from slm_core.checkpoint import state_dict_for_save
+from slm_core.run.checkpoint import state_dict_for_save
 from slm_core.config import LoRAConfig, ModelConfig
 from slm_core.errors import SLMError
-from slm_core.lora import (apply_lora, base_transformer, load_adapter, load_adapter_weights, merge_adapter,
+from slm_core.models.lora import (apply_lora, base_transformer, load_adapter, load_adapter_weights, merge_adapter,
                            save_adapter, trainable_summary)
-from slm_core.model import Transformer
+from slm_core.models.model import Transformer
 
 pytest.importorskip("peft")
 
@@ -134,7 +134,7 @@ def test_resume_loads_adapter_weights_into_a_fresh_lora_model(tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_kv_cache_generation_works_through_the_peft_wrapper(family):
-    from slm_core.generate import generate_tokens
+    from slm_core.infer.generate import generate_tokens
 
     peft_model = apply_lora(tiny_model(family), LoRAConfig(r=4, targets="all"))
     train_a_little(peft_model, steps=6)
@@ -165,7 +165,7 @@ def test_gradient_checkpointing_trains_adapters():
 
 def test_lora_on_a_hugging_face_llama_converted_to_our_model(tmp_path):
     transformers = pytest.importorskip("transformers")
-    hf_convert = pytest.importorskip("slm_core.hf_convert", reason="slm_core.hf_convert (helper Q) not there yet")
+    hf_convert = pytest.importorskip("slm_core.models.hf", reason="slm_core.models.hf (helper Q) not there yet")
     config = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
                                       tie_word_embeddings=False)

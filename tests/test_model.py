@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from slm_core.config import ModelConfig, load_model_preset
-from slm_core.model import Attention, Transformer, apply_rope, rope_cos_sin
+from slm_core.models.model import Attention, Transformer, apply_rope, rope_cos_sin
 
 FAMILIES = ["gpt2", "llama"]
 VOCAB = 97

@@ -24,16 +24,16 @@ def llama_1b(tmp_path_factory):
 
 
 def test_a_llama_32_1b_is_described_and_estimated_from_its_headers_alone(llama_1b):
-    from slm_core.estimate import count_parameters
-    from slm_core.model_memory import estimate
-    from slm_core.monitor import cpu_has_native_bf16
+    from slm_core.models.estimate import count_parameters
+    from slm_core.models.memory import estimate
+    from slm_core.train.monitor import cpu_has_native_bf16
 
     est = estimate(str(llama_1b), device="cpu", batch_size=1, context=256)
     facts = est["facts"]
     assert facts["parameters"] == LLAMA_32_1B_PARAMETERS and facts["dtype"] == "bf16"
     assert facts["context"] == 131072 and facts["family"] == "LlamaForCausalLM"
     assert facts["tensor_bytes"] == 2 * LLAMA_32_1B_PARAMETERS
-    from slm_core.model_memory import model_config
+    from slm_core.models.memory import model_config
 
     assert count_parameters(model_config(llama_1b)[0])["total"] == LLAMA_32_1B_PARAMETERS  # header = our model
 
@@ -61,7 +61,7 @@ def test_a_llama_32_1b_is_described_and_estimated_from_its_headers_alone(llama_1
 
 
 def test_a_model_too_large_for_this_machine_is_refused_before_any_weight_is_read(tmp_path, monkeypatch):
-    from slm_core.checkpoint import load_model
+    from slm_core.run.checkpoint import load_model
 
     header_only_folder(tmp_path / "Llama-405B", LLAMA_405B)  # ~800 GB claimed, no data behind the header
     started = time.perf_counter()
@@ -78,7 +78,7 @@ def test_training_on_a_base_too_large_is_refused_with_its_estimate_before_the_ba
     """The run's own training estimate for the real base (batch x context, bf16 weights and AdamW state),
     from config.json, before anything is loaded; a setting that fits passes the same check."""
     from slm_core.config import load_recipe
-    from slm_core.train import train
+    from slm_core.train.loop import train
 
     config = load_recipe("quickstart-cpu", ["train.mode=finetune", f"train.init_from={llama_1b}",
                                             "train.batch_size=64", "model.context_length=2048"])
@@ -86,7 +86,7 @@ def test_training_on_a_base_too_large_is_refused_with_its_estimate_before_the_ba
                                        r"\(batch 64, context 2048\).*QLoRA.*train.force=true"):
         train(config, tmp_path / "run", progress=False)
 
-    from slm_core.resources import preflight
+    from slm_core.train.preflight import preflight
 
     preflight(load_recipe("quickstart-cpu", ["train.mode=lora", f"train.init_from={llama_1b}",
                                              "train.batch_size=1", "model.context_length=64"]))

@@ -5,8 +5,8 @@ import torch
 
 from slm_core.config import ModelConfig, TrainConfig
 from slm_core.errors import SLMError
-from slm_core.model import Transformer
-from slm_core.optim import CombinedOptimizer, Muon, build_optimizer, lr_at, set_lr
+from slm_core.models.model import Transformer
+from slm_core.train.optim import CombinedOptimizer, Muon, build_optimizer, lr_at, set_lr
 
 
 def tiny_model(family="llama"):
@@ -57,7 +57,7 @@ def test_muon_orthogonalises_same_shaped_matrices_together_with_the_same_result(
     """The batched Newton-Schulz (one stack per shape, tall matrices turned wide) moves every weight as
     the one-matrix-at-a-time iteration does: a 2-layer SwiGLU model has 128x32 / 32x128 / 32x32 / 32x64
     hidden matrices, several of each."""
-    from slm_core.optim import newton_schulz
+    from slm_core.train.optim import newton_schulz
 
     model = tiny_model()
     hidden = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n]
@@ -101,7 +101,7 @@ def test_config_refuses_unknown_optimizer_and_schedule():
 
 @pytest.mark.parametrize("kind", ["adamw", "muon"])
 def test_memory_estimate_counts_each_optimizers_state(kind):
-    from slm_core.estimate import training_memory
+    from slm_core.models.estimate import training_memory
 
     model = tiny_model()
     opt = build_optimizer(model, TrainConfig(optimizer=kind), torch.device("cpu"))

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from slm_core.config import list_presets, load_model_preset, load_recipe, preset_description
-from slm_core.estimate import NOMINAL_VOCAB, training_memory
-from slm_core.model import Transformer
+from slm_core.models.estimate import NOMINAL_VOCAB, training_memory
+from slm_core.models.model import Transformer
 
 MODELS = list_presets("models")
 RECIPES = list_presets("recipes")

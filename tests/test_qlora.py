@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from slm_core.checkpoint import load_model
+from slm_core.run.checkpoint import load_model
 from slm_core.config import LoRAConfig, load_recipe
 from slm_core.errors import SLMError
-from slm_core.lora import apply_lora, merge_adapter
-from slm_core.qlora import Int8Embedding, base_weight_bytes, dequantized_weight, quantize_base
+from slm_core.models.lora import apply_lora, merge_adapter
+from slm_core.models.qlora import Int8Embedding, base_weight_bytes, dequantized_weight, quantize_base
 
 from hf_families import LLAMA2_CHAT, hf_model, tokenizer_copy
 
@@ -45,7 +45,7 @@ def _float_twin(quantized: nn.Module, fp: nn.Module) -> nn.Module:
 
 @pytest.mark.parametrize("method,family", [("int4", "llama-3.2"), ("int8", "qwen2.5")])
 def test_qlora_gradients_match_the_float_model_with_the_same_weights(tmp_path, monkeypatch, method, family):
-    monkeypatch.setattr("slm_core.qlora.ROW_BLOCK", 48)  # big matrices go block by block: uneven blocks here
+    monkeypatch.setattr("slm_core.models.qlora.ROW_BLOCK", 48)  # big matrices go block by block: uneven blocks here
     hf_model(family, num_hidden_layers=2, scale=None).save_pretrained(tmp_path / "base")
     fp = load_model(tmp_path / "base").model
     quantized = quantize_base(copy.deepcopy(fp), method)
@@ -94,8 +94,8 @@ def llama2_folder(tmp_path_factory):
 
 @pytest.mark.slow  # ~25-45 s on 2 cores: a 32k-row output layer, evaluation and a checkpoint
 def test_a_qlora_run_lowers_the_loss_and_its_adapter_loads_on_the_float_export(llama2_folder, tmp_path):
-    from slm_core import runs
-    from slm_core.train import train
+    from slm_core.run import runs
+    from slm_core.train.loop import train
 
     config = load_recipe("lora-instructions-cpu", [
         f"train.init_from={llama2_folder}", "lora.quantize_base=int4", "data.max_chars=20000",

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from slm_core import quantize as Q
+from slm_core.models import quantized as Q
 from slm_core.config import ModelConfig, RunConfig
 from slm_core.errors import SLMError
-from slm_core.generate import generate_tokens
-from slm_core.model import Transformer
+from slm_core.infer.generate import generate_tokens
+from slm_core.models.model import Transformer
 
 
 def tiny(family="llama", **overrides) -> Transformer:
@@ -123,7 +123,7 @@ def test_saving_a_float_model_quantizes_on_the_fly_and_leaves_it_untouched(tmp_p
 
 
 def test_checkpoint_loader_opens_quantized_artifacts(tmp_path):
-    from slm_core.checkpoint import load_model
+    from slm_core.run.checkpoint import load_model
 
     model = tiny()
     Q.save_quantized(model, model.config, None, tmp_path / "q8", method="int8")

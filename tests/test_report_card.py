@@ -7,12 +7,12 @@ import shutil
 import pytest
 
 from slm_core import cli
-from slm_core.checkpoint import load_model
-from slm_core.evaluate import perplexity
-from slm_core.export import export_model
-from slm_core.quantize import quantize_model, save_quantized
-from slm_core.report_card import latest_card, model_card, save_card, to_markdown
-from slm_core.runs import run_summary
+from slm_core.run.checkpoint import load_model
+from slm_core.post.evaluate import perplexity
+from slm_core.post.export import export_model
+from slm_core.models.quantized import quantize_model, save_quantized
+from slm_core.post.report_card import latest_card, model_card, save_card, to_markdown
+from slm_core.run.runs import run_summary
 
 
 @pytest.fixture

@@ -1,11 +1,13 @@
-"""The run queue (slm_core.runqueue) and `slm queue`: order, cancel, the one-slot rule, and a queued run
+"""The run queue (slm_core.run.queue) and `slm queue`: order, cancel, the one-slot rule, and a queued run
 trained by `slm queue run`."""
 
 import time
 
 import pytest
 
-from slm_core import runqueue, runs
+from slm_core.run import queue as runqueue
+
+from slm_core.run import runs
 from slm_core.cli import main
 from slm_core.errors import SLMError
 

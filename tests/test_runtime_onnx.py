@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from slm_core.config import ModelConfig, TokenizerConfig
-from slm_core.engine import Engine
+from slm_core.infer.engine import Engine
 from slm_core.errors import SLMError
-from slm_core.export import export_model
-from slm_core.model import Transformer
-from slm_core.sampling import SamplingParams
+from slm_core.post.export import export_model
+from slm_core.models.model import Transformer
+from slm_core.infer.sampling import SamplingParams
 
 TEXT = ("Once upon a time there was a little dog. The dog liked to run and play in the sun. "
         "One day the little dog met a big cat, and they became friends. ") * 40
@@ -19,8 +19,8 @@ TEXT = ("Once upon a time there was a little dog. The dog liked to run and play 
 def genai(tmp_path_factory):
     """(OnnxEngine, native Engine) on the same random-init Llama-shaped model."""
     pytest.importorskip("onnxruntime_genai")
-    from slm_core.runtime_onnx import OnnxEngine
-    from slm_core.tokenizer import build_tokenizer
+    from slm_core.infer.onnx import OnnxEngine
+    from slm_core.models.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(TokenizerConfig(kind="bpe", vocab_size=300), [TEXT], progress=False)
     torch.manual_seed(0)
@@ -63,7 +63,7 @@ def test_genai_sampling_is_seeded_and_stop_strings_cut(genai):
 
 @pytest.mark.slow
 def test_a_paced_stream_of_a_lone_generator_gathers_its_tokens_between_updates(genai):
-    from slm_core.runtime_onnx import GenaiRequest
+    from slm_core.infer.onnx import GenaiRequest
 
     runtime, _ = genai
     ids, greedy = runtime.tokenizer.encode("Once upon a time"), SamplingParams(40, temperature=0)
@@ -80,9 +80,9 @@ def test_a_paced_stream_of_a_lone_generator_gathers_its_tokens_between_updates(g
 def test_requests_overlapping_one_in_flight_are_decoded_in_one_batch_each_with_its_own_answer(genai, monkeypatch):
     import threading
 
-    from slm_core import genai_batch
-    from slm_core.genai_batch import BatchedRequest
-    from slm_core.runtime_onnx import GenaiRequest
+    from slm_core.infer import genai_batch
+    from slm_core.infer.genai_batch import BatchedRequest
+    from slm_core.infer.onnx import GenaiRequest
 
     runtime, native = genai
     if runtime.batcher is None:
@@ -118,7 +118,7 @@ def test_requests_overlapping_one_in_flight_are_decoded_in_one_batch_each_with_i
     again.cancel()
     assert runtime.alone == 0
     # `slm serve`'s engine batches a lone request too (its clients overlap), with `slots` as genai's batch size
-    from slm_core.runtime_onnx import OnnxEngine
+    from slm_core.infer.onnx import OnnxEngine
 
     served = OnnxEngine(runtime.folder, threads=1, slots=8, inline_alone=False)
     lone = served.submit(prompts[2], greedy)
@@ -136,7 +136,7 @@ def test_requests_overlapping_one_in_flight_are_decoded_in_one_batch_each_with_i
 def test_serve_api_on_the_genai_engine(genai):
     from fastapi.testclient import TestClient
 
-    from slm_core.serve import Served, chat_renderer, create_app
+    from slm_core.infer.serve import Served, chat_renderer, create_app
 
     runtime, native = genai
     app = TestClient(create_app(Served(runtime, "tiny-onnx", chat_renderer(None))))
@@ -148,7 +148,7 @@ def test_serve_api_on_the_genai_engine(genai):
 
 
 def test_without_the_package_or_for_gpt2_the_message_says_what_to_do(monkeypatch, tmp_path):
-    from slm_core import runtime_onnx
+    from slm_core.infer import onnx as runtime_onnx
 
     monkeypatch.setattr(runtime_onnx, "available", lambda: False)
     with pytest.raises(SLMError, match="pip install onnxruntime-genai"):

@@ -23,7 +23,7 @@ KEY = "sk-local-test"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(base_url, run_dir) of `slm serve` on a freshly trained tiny run; stopped after the module."""
-    from slm_core.train import train
+    from slm_core.train.loop import train
 
     root = tmp_path_factory.mktemp("serve-runs")
     train(load_recipe("quickstart-cpu", QUICK), root / "tiny", progress=False)
@@ -74,8 +74,8 @@ def test_the_openai_client_lists_completes_and_streams(server):
 
 
 def test_concurrent_streaming_clients_each_get_their_own_greedy_answer(server):
-    from slm_core.checkpoint import load_model
-    from slm_core.generate import complete
+    from slm_core.run.checkpoint import load_model
+    from slm_core.infer.generate import complete
 
     base, run_dir = server
     api = client(base)
@@ -123,7 +123,7 @@ def test_stop_strings_and_plain_http_streaming(server):
 def test_a_paced_stream_gathers_the_tokens_decoded_between_its_events(server):
     from fastapi.testclient import TestClient
 
-    from slm_core.serve import create_app, load_served
+    from slm_core.infer.serve import create_app, load_served
 
     _, run_dir = server
     served = load_served(str(run_dir), dtype="fp32", name="tiny")

@@ -3,7 +3,7 @@
 import pytest
 
 from slm_core.errors import SLMError
-from slm_core.templates import TEMPLATES, default_template, format_prompt, split_prompt_response
+from slm_core.models.templates import TEMPLATES, default_template, format_prompt, split_prompt_response
 
 ALPACA = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
 ALPACA_WITH_INPUT = {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from slm_core.config import TokenizerConfig
-from slm_core.corpus import builtin_stories
+from slm_core.data.corpus import builtin_stories
 from slm_core.errors import SLMError
-from slm_core.tokenizer import EOT, Tokenizer, build_tokenizer, bytes_to_unicode, gpt2_from_files
+from slm_core.models.tokenizer import EOT, Tokenizer, build_tokenizer, bytes_to_unicode, gpt2_from_files
 
 TRICKY = [
     "Hello world",

@@ -1,4 +1,4 @@
-"""slm_core.tracking: TensorBoard event files TensorBoard's own reader reads, a resume that hides the steps
+"""slm_core.train.tracking: TensorBoard event files TensorBoard's own reader reads, a resume that hides the steps
 a crashed attempt logged, bits per byte, and trackers that are optional; real runs whose every rank's
 memory reaches the metrics, and whose W&B (offline) and trackio (local) records their own readers read,
 with no process touching the network."""
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from slm_core import tracking
+from slm_core.train import tracking
 
 
 class ByteTokenizer:

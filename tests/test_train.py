@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from slm_core import runs
-from slm_core.checkpoint import load_model
+from slm_core.run import runs
+from slm_core.run.checkpoint import load_model
 from slm_core.config import load_recipe
 from slm_core.errors import SLMError
-from slm_core.train import train
+from slm_core.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 

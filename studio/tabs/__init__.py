@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from slm_core.runs import list_runs  # not `runs`: studio.tabs.runs is a submodule of this package
+from slm_core.run.runs import list_runs  # not `runs`: studio.tabs.runs is a submodule of this package
 from studio.style import MARKS, mark
 
 # Internal events (refreshes, show/hide, chained .then steps) stay out of the API page and clients.

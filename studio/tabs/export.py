@@ -3,7 +3,7 @@
 how to use them.
 
 The export runs in the tab's own helper process (studio.jobs) and lands in <run>/export/<label>/
-(slm_core.export writes it aside and renames it into place, so a failed export leaves nothing behind).
+(slm_core.post.export writes it aside and renames it into place, so a failed export leaves nothing behind).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ Or pick a real model (Hub id, cache, folder, run) and see what chatting, LoRA, Q
 it need on this machine (studio.model_picker's panel).
 
 The fields register under their config keys (model.n_layer, ...) so the Train tab starts a run of
-exactly this shape. The estimate comes from `slm_core.estimate.describe`, imported inside the
+exactly this shape. The estimate comes from `slm_core.models.estimate.describe`, imported inside the
 handler (it builds the model on torch's meta device); an invalid combination shows its SLMError
 message under the field it names instead of an estimate.
 """
@@ -137,13 +137,13 @@ def estimate_text(helper, preset: Optional[str], fields: dict, train: dict) -> t
                 bad.setdefault("n_head", bad[match.group(1)])
             return "Fix the highlighted field to see the estimate.", bad
         return f"{mark('warn')} {error}", {}
-    from slm_core.monitor import gpu_info, system_memory
+    from slm_core.train.monitor import gpu_info, system_memory
 
     return format_estimate(info, system_memory(), gpu_info()), {}
 
 
 def _describe(helper, config, train: dict) -> dict:
-    """slm_core.estimate.describe in the helper process (it builds the model on torch's meta device)."""
+    """slm_core.models.estimate.describe in the helper process (it builds the model on torch's meta device)."""
     mode = train.get("train.mode") or "pretrain"
     lora = {"r": int(train.get("lora.r") or 8), "targets": train.get("lora.targets") or "attention"} \
         if mode == "lora" else None

@@ -1,6 +1,6 @@
 """Quantize tab: turn a run's checkpoint into an int8 / int4 / int8-dynamic artifact and see what it
 costs and gains against the original: size on disk, memory, validation perplexity, batch-1 tokens/s,
-all measured in one process side by side (slm_core.quantize.quantization_report).
+all measured in one process side by side (slm_core.models.quantized.quantization_report).
 
 The work runs in the tab's own helper process (studio.jobs), so the server never holds torch for it
 and a crash there leaves the page up. The artifact lands in <run>/quantized/<label>/, where Chat,
@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 import gradio as gr
 
 from slm_core.errors import SLMError
-from slm_core.runs import read_json
+from slm_core.run.runs import read_json
 from studio.allow import AllowBox
 from studio.command import runs_dir_flag
 from studio.jobs import JobHelper, progress_to
@@ -26,7 +26,7 @@ from studio.tabs import QUIET, message, run_names
 
 TITLE = "Quantize"
 
-# slm_core.quantize's METHODS and GROUP_SIZES: that module imports torch, the server does not (a test
+# slm_core.models.quantized's METHODS and GROUP_SIZES: that module imports torch, the server does not (a test
 # checks these agree).
 METHODS = ("int8", "int4", "int8-dynamic")
 GROUP_SIZES = (32, 64, 128, 256)

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from slm_core import runs
+from slm_core.run import runs
 from slm_core.errors import SLMError
 from studio import watch
 from studio.plots import loss_figure, overlay_figure

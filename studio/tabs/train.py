@@ -13,7 +13,9 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from slm_core import runqueue, runs
+from slm_core.run import queue as runqueue
+
+from slm_core.run import runs
 from slm_core.config import LORA_TARGETS, list_presets, preset_description
 from slm_core.errors import SLMError
 from studio import launch_form, model_picker, shrink_form, watch

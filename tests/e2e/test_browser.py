@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from slm_core import runs
+from slm_core.run import runs
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -85,7 +85,7 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90)
 
 
 def _stop_leftover_worker(runs_dir: Path) -> None:
-    from slm_core import runs
+    from slm_core.run import runs
 
     for run in runs.list_runs(runs_dir):
         if run["state"] in ("running", "paused"):

@@ -76,8 +76,8 @@ def test_auto_picks_onnxruntime_genai_when_an_export_is_fresh_and_native_can_be_
     slow = "".join(ChatSession(runs_dir, backend="native").stream(
         "Once", [], name, "best", dict(SETTINGS, temperature=0), stats))
     assert "native torch" in stats["engine"] and fast and slow
-    from slm_core import decoder
-    from slm_core.model_memory import chat_dtype
+    from slm_core.infer import decoder
+    from slm_core.models.memory import chat_dtype
 
     if chat_dtype("cpu") == "fp32":  # a 40M+ model decodes faster natively, from its half-precision one-row copy
         monkeypatch.setattr(decoder, "ONE_ROW_HALF_MIN_PARAMS", 0)

@@ -3,7 +3,7 @@
 import os
 import time
 
-from slm_core.templates import format_prompt
+from slm_core.models.templates import format_prompt
 from studio.chat_session import ChatSession, build_prompt
 from studio.tabs.chat import reply
 

@@ -76,7 +76,7 @@ def test_the_processes_panel_becomes_the_exact_torchrun_flags_and_gpu_choice():
     assert line == ("slm train --preset quickstart-cpu --set train.strategy=fsdp --nproc 4 --nnodes 2 "
                     "--node-rank 1 --rdzv-endpoint node0:29500")
     # The line the page shows is what the CLI parses: the launcher's own argv handling keeps it whole.
-    from slm_core.distributed import strip_launch_flags
+    from slm_core.train.distributed import strip_launch_flags
 
     assert strip_launch_flags(shlex.split(line)[1:]) == ["train", "--preset", "quickstart-cpu", "--set",
                                                          "train.strategy=fsdp"]

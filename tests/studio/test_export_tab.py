@@ -74,7 +74,7 @@ def test_a_lora_run_exports_as_base_and_adapter_ggufs_that_llama_cpp_is_told_to_
     from gguf import GGUFReader
 
     from slm_core.config import load_recipe
-    from slm_core.train import train
+    from slm_core.train.loop import train
 
     runs_dir, base = run
     quick = ["data.max_chars=400000", "model.context_length=64", "train.batch_size=4", "train.precision=fp32",

@@ -17,7 +17,7 @@ def run(copy_of_tiny_run, tmp_path_factory):
 
 
 def test_the_tab_offers_what_the_engine_accepts():
-    from slm_core import quantize
+    from slm_core.models import quantized as quantize
 
     assert tab.METHODS == quantize.METHODS and tab.GROUP_SIZES == quantize.GROUP_SIZES
     assert [value for _, value in tab.METHOD_CHOICES] == list(quantize.METHODS)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from slm_core import runs
+from slm_core.run import runs
 from slm_core.errors import SLMError
 from studio import watch
 from studio.plots import training_figure
@@ -139,7 +139,7 @@ def test_a_queued_run_starts_when_the_running_one_ends(runner):
     first = runner.start("quickstart-cpu", steps(4), name="first")
     runner.enqueue("quickstart-cpu", steps(2), name="second")
     runner.enqueue("quickstart-cpu", steps(2), name="third")
-    from slm_core import runqueue
+    from slm_core.run import queue as runqueue
 
     runqueue.remove(runner.root, "third")  # cancelled before its turn
     assert runner.take_next() is None  # "first" holds the slot

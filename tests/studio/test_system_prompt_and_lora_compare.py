@@ -24,7 +24,7 @@ def test_the_system_prompt_is_rendered_by_the_models_own_chat_template():
     sys.path.insert(0, str(REPO / "tests"))
     from hf_families import vocab_folder
 
-    from slm_core.tokenizer import Tokenizer
+    from slm_core.models.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_hf(vocab_folder("qwen2"))  # Qwen2's real tokenizer and chat template
     history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
@@ -40,7 +40,7 @@ def test_the_system_prompt_is_rendered_by_the_models_own_chat_template():
 
 
 def test_a_named_template_takes_the_system_prompt_and_a_base_model_says_it_ignored_it(tiny_run):
-    from slm_core.checkpoint import load_model
+    from slm_core.run.checkpoint import load_model
 
     runs_dir, name = tiny_run
     tokenizer = load_model(runs_dir / name).tokenizer  # a BPE with no chat template: a base model
@@ -59,7 +59,7 @@ def test_a_named_template_takes_the_system_prompt_and_a_base_model_says_it_ignor
 def lora_run(copy_of_tiny_run, tmp_path_factory):
     """(runs_dir, base name, LoRA run name): a 3-step LoRA run on a copy of the session's tiny run."""
     from slm_core.config import load_recipe
-    from slm_core.train import train
+    from slm_core.train.loop import train
 
     runs_dir, base = copy_of_tiny_run(tmp_path_factory.mktemp("lora-compare"))
     os.environ["SLM_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "slm-cache")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from slm_core import runs
+from slm_core.run import runs
 from studio.command import runs_dir_arg, runs_dir_flag, shell_command, train_args
 from studio.style import mark
 from studio.tabs import message
@@ -38,7 +38,7 @@ def test_3_refresh_reads_the_open_runs_panel_again(tiny_run, tmp_path):
     import shutil
 
     root, name = tiny_run
-    from slm_core import run_lock
+    from slm_core.run import lock as run_lock
 
     shutil.copytree(root / name, tmp_path / name)
     (tmp_path / name / run_lock.LOCK_FILE).unlink(missing_ok=True)  # no lock left: the pid says who writes

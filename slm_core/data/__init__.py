@@ -1,0 +1,1 @@
+"""Data: sources, streaming, tokenizing once into a cached token file, the built-in corpus."""

@@ -1,0 +1,1 @@
+"""Inference: sampling, the decoder and engine, runtimes and the OpenAI-compatible server."""

@@ -1,0 +1,449 @@
+"""The native decoder: a static KV cache with one slot per sequence, and the two passes generation needs.
+
+`Decoder` owns the cache (per layer: slots × kv_heads × max_len × head_dim, allocated once). `prefill`
+writes one prompt into one slot; `step` decodes one token for many slots at once, each at its own
+position (a row attends to keys ≤ its position). It runs the model's own weights, but not its generic
+forward: per-token framework overhead (≈ 5–30 µs an op on a loaded 2-core CPU, ~50 ops a layer in
+the plain forward), not arithmetic, is what limits small models at batch 1, so the decode path does
+fewer, larger ops, prepared once:
+
+- q/k/v and gate/up are each one matrix; o_proj and down_proj fold the residual add into their multiply,
+  so a layer is four matrix multiplies and no separate adds. On CPU in fp32 the matrices are prepacked
+  for oneDNN (see `_onednn_packed`): several rows, i.e. several chats batched, then cost little more than
+  one;
+- RoPE is one complex multiply over queries and keys together: the q and k weight columns are permuted
+  within each head from Hugging Face's two-halves layout to interleaved pairs (a permutation applied to
+  both q and k leaves every q·k product, hence attention, unchanged; the cache holds permuted keys);
+- a batch-1 step writes the cache through views (no index tensors) and reads a slice of it;
+- the head runs on the last position only;
+- an fp32 model big enough to stream its weights from memory at every token (40M+ parameters on CPU) reads
+  them from a half-precision copy in one-row multiplies (`_half_copy`: FBGEMM's prepacked fp16, else bf16):
+  half the bytes, fp32 activations and accumulation; prompts and batched steps keep the fp32 matrices. Past
+  FAST_MAX_PARAMS (a 1B model) that copy is the only one made, and batched steps read it too
+  (BIG_HALF_MAX_ROWS).
+
+Quantized and LoRA (peft) linears are called as modules inside the same layer math (`_Proj`), so they
+get every saving but the weight fusion. `compile=True` wraps the batched step in torch.compile over
+static shapes (all slots, the whole cache, a mask), and on CUDA in CUDA graphs, as gpt-fast does.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from slm_core.models.lora import base_transformer
+from slm_core.models.model import RMSNorm, rope_cos_sin
+
+MAX_CACHE = 4096  # positions per slot at most: an imported model may allow 32k
+FAST_MAX_PARAMS = 300_000_000  # fused, prepacked fp32 copies double most weights: small models only
+# Up to here a second, (in, out) copy serves one-row multiplies on one thread, where MKL streams the weights
+# faster than oneDNN (~100M model: 35 vs 28 tokens/s; on two threads oneDNN is ahead, 43 vs 36).
+ONE_ROW_COPY_MAX_PARAMS = 150_000_000
+# From here an fp32 model is several times a CPU's last-level cache, so a one-row step streams every weight
+# from memory and its speed is bytes per token: the one-row copy is then half precision (half the bytes; fp32
+# activations and accumulation), fp16 through FBGEMM where torch has it (x86), else bf16. ~100M model, 2 threads,
+# exact fp32 against the bf16 copy: 42-46 vs 92-99 tokens/s on an Intel AVX2 CPU; on an AMD one, where bf16
+# (no bf16 arithmetic on AVX2) gains less, exact / bf16 / fp16: 19-20 / 25 / 26-31, on 1 thread 20-24 / 17-18 /
+# 22-24. Below it the weights stay cached and fp32 is faster. FBGEMM packs at ~40 ns a weight: 100M, +2.5 s.
+# Past FAST_MAX_PARAMS the copy is bf16 and the only one, fused per projection (half the weights' memory): a
+# Llama-3.2-1B-shaped model, 2 threads, 3.2-3.6 -> 10.9-11.6 tokens/s; it is made only where memory has room.
+ONE_ROW_HALF_MIN_PARAMS = 40_000_000
+# There, multiplies of up to this many rows (a batched step of every slot, a prompt that short) read the bf16
+# copy too: MKL's fp32 ones of 2-4 rows cost 2-5x one row. 1B shape, 2 threads, steps of 2/4/8 rows:
+# 269/417/787 ms against 648/971/858 from fp32 (one row: ~100 ms). A request then decodes alike alone or batched.
+BIG_HALF_MAX_ROWS = 8
+# Prepacking pays from about this width: on a 256-wide model's matrices oneDNN's per-call cost made a
+# 4-row step 20-40% slower than MKL's (measured in place; isolated micro-benchmarks flatter oneDNN).
+ONEDNN_MIN_DIM = 512
+
+
+def one_row_half_default(n_params: int, dtype: torch.dtype, device) -> bool:
+    """Whether an fp32 CPU model decodes its one-row steps from a half-precision copy ('auto'): when it is big
+    enough to be memory-bound (ONE_ROW_HALF_MIN_PARAMS)."""
+    return (dtype == torch.float32 and torch.device(device).type == "cpu"
+            and ONE_ROW_HALF_MIN_PARAMS <= n_params)
+
+
+def _room_for_half_copy(n_params: int) -> bool:
+    """Whether free memory holds a half-precision copy of the weights (2 bytes a parameter) twice over: a model
+    that barely fits decodes exactly from its own weights rather than risk the process."""
+    from slm_core.train.preflight import available_memory_mb
+
+    free_mb = available_memory_mb("cpu")
+    return free_mb is None or free_mb * 2**20 >= 4 * n_params
+
+
+def prepared_weight_copies(n_params: int, d_model: int, dtype: str, device: str) -> float:
+    """How many copies of its linear weights a Decoder makes besides the model's own (for memory estimates,
+    in units of the model's weights): the fused, prepared matrices up to FAST_MAX_PARAMS, plus the one-row
+    copy (fp16 or bf16, half a copy, from ONE_ROW_HALF_MIN_PARAMS; else fp32 next to oneDNN's up to
+    ONE_ROW_COPY_MAX_PARAMS)."""
+    small = n_params <= FAST_MAX_PARAMS
+    if one_row_half_default(n_params, torch.float32 if dtype == "fp32" else torch.bfloat16, device):
+        return 1.5 if small else 0.5
+    packed = dtype == "fp32" and not str(device).startswith("cuda") and d_model >= ONEDNN_MIN_DIM
+    return int(small) + int(small and packed and n_params <= ONE_ROW_COPY_MAX_PARAMS)
+
+
+def _plain(*modules) -> bool:
+    return all(type(m) is torch.nn.Linear for m in modules)  # not quantized, not wrapped by LoRA
+
+
+def _in_out(w: torch.Tensor) -> torch.Tensor:
+    """An (out, in) weight as the (in, out) right operand of x @ W. fp32: a contiguous transposed copy, read
+    in memory order by the one-row multiply (measured ~1.5x faster than F.linear at batch 1). Other dtypes:
+    the transposed view, because the bf16 kernels are 8-28x slower on an (in, out) copy on AVX2 CPUs."""
+    return w.t().contiguous() if w.dtype == torch.float32 else w.t()
+
+
+def _onednn_packed(w: torch.Tensor) -> Optional[torch.Tensor]:
+    """An fp32 (out, in) CPU weight in oneDNN's blocked layout (what inductor's CPU freezing prepares), or None
+    where oneDNN can't take it. MKL's sgemm packs its operand on every call, so a few-row multiply costs
+    almost what one row per call would (4 rows ~3-4x one row, measured at 100M shapes on AVX2): batching
+    several chats gained little. From a prepacked weight 4 rows cost ~1.3-2x one row, and one row of a
+    wide matrix is as fast or faster."""
+    if w.dtype != torch.float32 or w.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return None
+    if min(w.shape) < ONEDNN_MIN_DIM:  # too short a multiply: oneDNN's per-call cost outweighs the gain
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous())
+        probe = torch.ones(2, w.shape[1])
+        torch.testing.assert_close(torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], ""),
+                                   F.linear(probe, w), rtol=1e-4, atol=1e-4)
+        return packed
+    except (RuntimeError, AssertionError, AttributeError):  # an op missing or different in this torch build
+        return None
+
+
+def _fp16_packed(w: torch.Tensor, bias: Optional[torch.Tensor]):
+    """An fp32 (out, in) CPU weight, with its bias, prepacked for FBGEMM's fp16-weight GEMM (fp32 activations
+    and accumulation, the kernel behind dynamic fp16 quantization), or None where this torch build has no such
+    kernel (no FBGEMM: ARM) or it disagrees with F.linear. Against the bf16 copy it keeps 3 more mantissa bits
+    and, on AVX2 CPUs without bf16 arithmetic, multiplies faster (see ONE_ROW_HALF_MIN_PARAMS)."""
+    if w.dtype != torch.float32 or w.device.type != "cpu":
+        return None
+    try:
+        packed = torch.ops.quantized.linear_prepack_fp16(w, bias)
+        probe = torch.linspace(-1, 1, 2 * w.shape[1]).view(2, -1)
+        expected = F.linear(probe, w, bias)
+        torch.testing.assert_close(torch.ops.quantized.linear_dynamic_fp16(probe, packed), expected, rtol=0,
+                                   atol=1e-2 * expected.abs().max().item() + 1e-6)
+        return packed
+    except (RuntimeError, AssertionError, AttributeError, NotImplementedError):
+        return None
+
+
+def half_copy_kind() -> str:
+    """The precision of the one-row copy an fp32 model of up to FAST_MAX_PARAMS gets here: "fp16" or "bf16"."""
+    return "fp16" if _fp16_packed(torch.linspace(-1, 1, 64).view(4, 16), None) is not None else "bf16"
+
+
+def _half_copy(w: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple:
+    """(copy, kind) of an fp32 (out, in) weight for the one-row multiplies: FBGEMM's fp16 (bias packed in)
+    where the build has it, else bf16 (out, in), the layout the bf16 kernels read fast."""
+    packed = _fp16_packed(w, bias)
+    return (packed, "fp16") if packed is not None else (w.to(torch.bfloat16), "bf16")
+
+
+def _bf16_rows(weights: list, perm: Optional[torch.Tensor]) -> torch.Tensor:
+    """The (out, in) weights stacked in one bf16 matrix, rows in `perm` order. Converted straight into one
+    allocation: per-weight bf16 temporaries and a concatenation made preparing a 1B model 1.9x slower (6.7 s),
+    most of it faulting in fresh pages."""
+    first = weights[0]
+    stacked = torch.empty(sum(w.shape[0] for w in weights), first.shape[1], dtype=torch.bfloat16,
+                          device=first.device)
+    row = 0
+    for w in weights:
+        stacked[row:row + w.shape[0]].copy_(w.detach())
+        row += w.shape[0]
+    return stacked if perm is None else stacked[perm]
+
+
+def _stacked_bias(modules: list, perm: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The modules' biases as one vector in `perm` order, or None for bias-free linears."""
+    if modules[0].bias is None:
+        return None
+    b = torch.cat([m.bias.detach() for m in modules])
+    return b if perm is None else b[perm]
+
+
+class _Proj:
+    """y = x @ W (+ b) for x (N, in). Plain linears become one transposed (in, out) matrix (several
+    linears concatenated: one multiply instead of several), optionally with permuted output columns;
+    anything else (quantized, LoRA) is called as its modules and the permutation gathered after.
+    `one_row`: the copy one-row multiplies use besides oneDNN's packing: None, "fp32" or "half" (`_half_copy`;
+    `half_kind` says which: "fp16" or "bf16")."""
+
+    __slots__ = ("w", "packed", "half", "half_kind", "half_rows", "b", "modules", "perm")
+
+    def __init__(self, modules: list, perm: Optional[torch.Tensor], fuse: bool, one_row: Optional[str] = None):
+        self.w = self.packed = self.half = self.half_kind = self.b = self.perm = None
+        self.half_rows = 1  # multiplies of up to this many rows read `half`
+        self.modules = modules
+        if fuse and _plain(*modules):
+            w = torch.cat([m.weight.detach() for m in modules])  # (out, in)
+            w = w if perm is None else w[perm]
+            self.packed, self.b = _onednn_packed(w), _stacked_bias(modules, perm)
+            if one_row == "half" and w.dtype == torch.float32:
+                self.half, self.half_kind = _half_copy(w, self.b)
+            self.w = _in_out(w) if self.packed is None or (one_row == "fp32" and self.half is None) else None
+        elif one_row == "half" and _plain(*modules) and modules[0].weight.dtype == torch.float32:
+            # A model too big for fused fp32 copies still reads its steps of up to BIG_HALF_MAX_ROWS rows from a
+            # fused half-precision one (half a copy), output columns in `perm` order; more rows call the modules.
+            # Always bf16: FBGEMM packs fp16 at ~40 ns a weight on one core (a 1B model: a minute to load).
+            self.perm, self.b, self.half_rows = perm, _stacked_bias(modules, perm), BIG_HALF_MAX_ROWS
+            self.half, self.half_kind = _bf16_rows([m.weight for m in modules], perm), "bf16"
+        else:
+            self.perm = perm
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.half is not None and x.shape[0] <= self.half_rows:
+            if self.half_kind == "fp16":
+                return torch.ops.quantized.linear_dynamic_fp16(x, self.half)  # the bias is packed in
+            y = F.linear(x.to(torch.bfloat16), self.half).float()
+            return y if self.b is None else y.add_(self.b)
+        if self._use_packed(x):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.b, "none", [], "")
+        if self.w is not None:
+            return torch.mm(x, self.w) if self.b is None else torch.addmm(self.b, x, self.w)
+        mods = self.modules
+        y = mods[0](x) if len(mods) == 1 else torch.cat([m(x) for m in mods], dim=-1)
+        return y if self.perm is None else y.index_select(-1, self.perm)
+
+    def _use_packed(self, x: torch.Tensor) -> bool:
+        return self.packed is not None and (self.w is None or x.shape[0] > 1 or torch.get_num_threads() > 1)
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x + proj(y): the residual add folded into the multiply where the weight allows."""
+        if self.half is not None and y.shape[0] <= self.half_rows:
+            return x + self(y)
+        if self._use_packed(y):
+            return torch.ops.mkldnn._linear_pointwise.binary(y, x, self.packed, self.b, "add")
+        if self.w is not None and self.b is None:
+            return torch.addmm(x, y, self.w)
+        return x + self(y)
+
+
+def _norm_fn(norm, dtype: torch.dtype):
+    """x (N, C) → normed: one fused op for LayerNorm; RMSNorm as slm_core.models.model.RMSNorm (fp32 math)."""
+    if not isinstance(norm, RMSNorm):
+        return norm
+    weight, eps = norm.weight.detach(), norm.eps
+    if dtype == torch.float32 and weight.dtype == torch.float32:
+        # mean(x²) = |x|²/C from one vector_norm kernel, + eps in the same addcmul, rsqrt in place on the
+        # (N, 1) scale: measured ~1.5x cheaper than F.rms_norm for one row (within an ulp of RMSNorm).
+        eps_t, inv_c = torch.tensor(eps, device=weight.device), 1.0 / weight.shape[0]
+
+        def rms(x: torch.Tensor) -> torch.Tensor:
+            n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+            return x * torch.addcmul(eps_t, n, n, value=inv_c).rsqrt_() * weight
+
+        return rms
+    return lambda x: weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def _interleave(heads: int, head_dim: int) -> torch.Tensor:
+    """Output columns of `heads` heads reordered from (first halves, second halves) to (x0, x_{D/2}, x1, …)."""
+    half = torch.arange(head_dim // 2)
+    within = torch.stack((half, half + head_dim // 2), dim=1).reshape(-1)  # (D,)
+    return (torch.arange(heads)[:, None] * head_dim + within).reshape(-1)
+
+
+class _Layer:
+    """One block's prepared weights and its decode math over 2-D activations (N = B*T rows, C)."""
+
+    def __init__(self, layer, cfg, fuse: bool, dtype: torch.dtype, rope: bool, device, one_row: Optional[str]):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.H, self.KV, self.D = attn.n_head, attn.n_kv_head, attn.head_dim
+        qk = self.H + self.KV
+        perm = None
+        if rope:  # permute q and k heads to interleaved pairs; v (and everything else) stays
+            perm = torch.cat((_interleave(qk, self.D), torch.arange(qk * self.D, (qk + self.KV) * self.D)))
+            perm = perm.to(device)
+        self.qkv = _Proj([attn.q_proj, attn.k_proj, attn.v_proj], perm, fuse, one_row)
+        self.o = _Proj([attn.o_proj], None, fuse, one_row)
+        self.qk_norm = None
+        if getattr(cfg, "qk_norm", False):  # Qwen3: per-head RMSNorm over (D,), weights permuted like q/k
+            order = _interleave(1, self.D) if rope else torch.arange(self.D)
+            self.qk_norm = [(n.weight.detach()[order.to(device)], n.eps) for n in (attn.q_norm, attn.k_norm)]
+        self.norm1 = _norm_fn(layer.input_layernorm, dtype)
+        self.norm2 = _norm_fn(layer.post_attention_layernorm, dtype)
+        self.swiglu = mlp.swiglu
+        self.up = _Proj([mlp.gate_proj, mlp.up_proj] if mlp.swiglu else [mlp.up_proj], None, fuse, one_row)
+        self.down = _Proj([mlp.down_proj], None, fuse, one_row)
+        self.d_ff = cfg.d_ff
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(self.norm2(x))
+        if self.swiglu:
+            h = F.silu(h[:, :self.d_ff]) * h[:, self.d_ff:]
+        else:
+            h = F.gelu(h, approximate="tanh")  # GPT-2's gelu_new
+        return self.down.add(x, h)
+
+    def split(self, qkv: torch.Tensor, freqs: Optional[torch.Tensor]) -> tuple:
+        """qkv (N, (H+2KV)·D) → q (N, H, D), k (N, KV, D) rotated, v (N, KV, D)."""
+        N, H, KV, D = qkv.shape[0], self.H, self.KV, self.D
+        qk = qkv[:, :(H + KV) * D].view(N, H + KV, D)
+        if self.qk_norm is not None:
+            (wq, eq), (wk, ek) = self.qk_norm
+            qk = torch.cat((wq * F.rms_norm(qk[:, :H].float(), (D,), eps=eq).to(qk.dtype),
+                            wk * F.rms_norm(qk[:, H:].float(), (D,), eps=ek).to(qk.dtype)), dim=1)
+        if freqs is not None:  # freqs (N, 1, D/2) complex: one multiply rotates every q and k head
+            pairs = (qk if qk.dtype == torch.float32 else qk.float()).reshape(N, H + KV, D // 2, 2)
+            qk = torch.view_as_real(torch.view_as_complex(pairs) * freqs).view(N, H + KV, D)
+            qk = qk if qkv.dtype == torch.float32 else qk.to(qkv.dtype)  # bf16: rotated in fp32, cast back
+        return qk[:, :H], qk[:, H:], qkv[:, (H + KV) * D:].view(N, KV, D)
+
+
+class Decoder:
+    """A static KV cache with `slots` rows, and the prefill / batched-step passes that fill it."""
+
+    def __init__(self, model: torch.nn.Module, slots: int = 1, max_len: Optional[int] = None,
+                 compile: bool = False, one_row_half: Optional[bool] = None):
+        """`one_row_half`: one-row steps read a half-precision copy of an fp32 model's matrices (None: by size, see
+        ONE_ROW_HALF_MIN_PARAMS; False keeps every step in exact fp32)."""
+        self.model = model
+        self.core = core = base_transformer(model)
+        cfg = self.config = core.config
+        self.device = core.norm.weight.device  # not the embedding: a quantized model may keep it in int8
+        self.dtype = core.norm.weight.dtype
+        self.slots = slots
+        self.max_len = min(cfg.context_length, max_len or cfg.context_length, MAX_CACHE)
+        shape = (slots, cfg.n_kv_head, self.max_len, cfg.head_dim)
+        self.cache = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                       torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in core.layers]
+        # Per slot views, made once: a batch-1 step writes and reads through them without indexing ops.
+        self.slot_views = [[(k[s], v[s], k[s:s + 1], v[s:s + 1]) for s in range(slots)] for k, v in self.cache]
+        self.freqs = None
+        if cfg.position != "learned":
+            cos, sin = rope_cos_sin(cfg, torch.arange(self.max_len, device=self.device))
+            half = cfg.head_dim // 2  # (max_len, D/2) complex: e^{i·angle} of each interleaved pair
+            self.freqs = torch.complex(cos[:, :half].float(), sin[:, :half].float())
+        self.gqa = cfg.n_kv_head != cfg.n_head
+        n_params = sum(p.numel() for p in core.parameters())
+        small = n_params <= FAST_MAX_PARAMS
+        if one_row_half is None:
+            one_row_half = one_row_half_default(n_params, self.dtype, self.device) and _room_for_half_copy(n_params)
+        one_row = "half" if one_row_half else "fp32" if n_params <= ONE_ROW_COPY_MAX_PARAMS else None
+        self.layers = [_Layer(layer, cfg, small, self.dtype, self.freqs is not None, self.device, one_row)
+                       for layer in core.layers]
+        self.norm = _norm_fn(core.norm, self.dtype)
+        self.head = _Proj([core.lm_head], None, small, one_row)  # the widest one-row multiply of a small model
+        self.half_kind = self.head.half_kind  # the one-row copy's precision: "fp16", "bf16" or None (no copy)
+        embed = core.embed_tokens
+        self.embed_w = embed.weight.detach() if type(embed) is torch.nn.Embedding else None
+        self.pos_w = core.embed_positions.weight.detach() if cfg.position == "learned" else None
+        self.arange = torch.arange(self.max_len, device=self.device)
+        self._compiled = None
+        if compile:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs on GPU
+            self._compiled = torch.compile(self._static_step, mode=mode, fullgraph=False, dynamic=False)
+
+    @property
+    def one_row_half(self) -> bool:
+        """Whether one-row steps read a half-precision copy."""
+        return self.half_kind is not None
+
+    # ---- the two passes -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(self, slot: int, tokens: list[int]) -> torch.Tensor:
+        """Write `tokens` (positions 0..T-1) into `slot`; logits (V,) fp32 of the last position."""
+        T = len(tokens)
+        ids = torch.tensor(tokens, device=self.device)
+        x = self._embed(ids, self.arange[:T])
+        freqs = None if self.freqs is None else self.freqs[:T, None]
+        views = [v[slot] for v in self.slot_views]
+        for layer, (k_slot, v_slot, k_read, v_read) in zip(self.layers, views):
+            q, k, v = layer.split(layer.qkv(layer.norm1(x)), freqs)  # (T, H, D), (T, KV, D), (T, KV, D)
+            k_slot[:, :T].copy_(k.transpose(0, 1))
+            v_slot[:, :T].copy_(v.transpose(0, 1))
+            y = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k_read[:, :, :T], v_read[:, :, :T],
+                                               is_causal=T > 1, enable_gqa=self.gqa)  # (1, H, T, D)
+            x = layer.mlp(layer.o.add(x, y[0].transpose(0, 1).reshape(T, -1)))
+        return self._head(x[-1:])[0].float()
+
+    @torch.inference_mode()
+    def step(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """One new token per slot at its own position → logits (B, V) fp32."""
+        if self._compiled is not None:
+            return self._compiled_step(slots, tokens, positions)
+        if len(slots) == 1:
+            return self._step_one(slots[0], tokens[0], positions[0])
+        B = len(slots)
+        ids = torch.tensor(tokens, device=self.device)
+        pos = torch.tensor(positions, device=self.device)  # (B,)
+        end = max(positions) + 1
+        mask = None
+        if min(positions) + 1 != end:  # rows at different positions: each sees keys <= its own position
+            mask = (self.arange[:end][None] <= pos[:, None])[:, None, None]  # (B, 1, 1, end)
+        rows = torch.tensor(slots, device=self.device)
+        read = slice(slots[0], slots[0] + B) if slots == list(range(slots[0], slots[0] + B)) else rows
+        return self._batched(ids, pos, rows, read, end, mask)
+
+    def _step_one(self, slot: int, token: int, p: int) -> torch.Tensor:
+        """Batch 1, one token: cache writes through views, no index tensors (the `slm generate` path)."""
+        x = self._embed_one(token, p)
+        freqs = None if self.freqs is None else self.freqs[p].view(1, 1, -1)
+        H, end = self.config.n_head, p + 1
+        views = [v[slot] for v in self.slot_views]
+        for layer, (k_slot, v_slot, k_read, v_read) in zip(self.layers, views):
+            q, k, v = layer.split(layer.qkv(layer.norm1(x)), freqs)  # (1, H, D), (1, KV, D), (1, KV, D)
+            k_slot.select(1, p).copy_(k[0])
+            v_slot.select(1, p).copy_(v[0])
+            y = F.scaled_dot_product_attention(q.view(1, H, 1, -1), k_read[:, :, :end], v_read[:, :, :end],
+                                               enable_gqa=self.gqa)  # (1, H, 1, D)
+            x = layer.mlp(layer.o.add(x, y.reshape(1, -1)))
+        return self._head(x).float()
+
+    def _batched(self, ids, pos, rows, read, end: int, mask) -> torch.Tensor:
+        """ids, pos (B,); rows (B,) cache rows to write, `read` the same rows as a slice or index; attention
+        over cache positions [0, end) under `mask` (B, 1, 1, end) → logits (B, V)."""
+        B, H = ids.shape[0], self.config.n_head
+        x = self._embed(ids, pos)
+        freqs = None if self.freqs is None else self.freqs[pos][:, None]  # (B, 1, D/2)
+        for layer, (k_cache, v_cache) in zip(self.layers, self.cache):
+            q, k, v = layer.split(layer.qkv(layer.norm1(x)), freqs)
+            k_cache[rows, :, pos] = k  # advanced indices on dims 0 and 2: (B, KV, D) per (row, position)
+            v_cache[rows, :, pos] = v
+            y = F.scaled_dot_product_attention(q.view(B, H, 1, -1), k_cache[read, :, :end], v_cache[read, :, :end],
+                                               attn_mask=mask, enable_gqa=self.gqa)  # (B, H, 1, D)
+            x = layer.mlp(layer.o.add(x, y.reshape(B, -1)))
+        return self._head(x).float()
+
+    def _embed(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """ids, pos (N,) → (N, C) in the compute dtype."""
+        x = (self.embed_w[ids] if self.embed_w is not None else self.core.embed_tokens(ids)).to(self.dtype)
+        return x if self.pos_w is None else x + self.pos_w[pos].to(self.dtype)
+
+    def _embed_one(self, token: int, p: int) -> torch.Tensor:
+        if self.embed_w is None:
+            return self._embed(torch.tensor([token], device=self.device), self.arange[p:p + 1])
+        x = self.embed_w[token].view(1, -1).to(self.dtype)
+        return x if self.pos_w is None else x + self.pos_w[p].to(self.dtype)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(x))
+
+    # ---- compiled, static shapes ------------------------------------------------------------------
+
+    def _compiled_step(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
+        ids = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+        pos = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+        index = torch.tensor(slots, device=self.device)
+        ids[index] = torch.tensor(tokens, device=self.device)
+        pos[index] = torch.tensor(positions, device=self.device)
+        logits = self._compiled(ids, pos)
+        return logits[index].float()
+
+    def _static_step(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """ids, pos (slots,). Every slot, the whole cache, a mask: one shape for every call, so it compiles
+        once. Idle slots write position 0 of their own row, which the next prefill overwrites."""
+        mask = (self.arange[None] <= pos[:, None])[:, None, None]  # (S, 1, 1, L)
+        rows = torch.arange(self.slots, device=self.device)
+        return self._batched(ids, pos, rows, slice(0, self.slots), self.max_len, mask)

@@ -1,0 +1,429 @@
+"""`slm serve MODEL`: an OpenAI-compatible HTTP server (GET /v1/models, POST /v1/completions,
+POST /v1/chat/completions, server-sent-event streaming) in front of one `slm_core.infer.engine.Engine`.
+
+Every request becomes an engine request; the engine's decode loop batches the decode steps of all
+clients at once, so concurrent clients stream together instead of queueing. The handlers only
+translate: OpenAI fields → `SamplingParams`, engine text → OpenAI JSON. Chat messages are rendered
+with the model's own template (the one it was tuned with; a base model continues the plain text).
+Errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with a 4xx status, and
+never take the server down. FastAPI and uvicorn come with gradio.
+"""
+
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+from slm_core.errors import SLMError
+from slm_core.infer.sampling import SamplingParams
+
+DEFAULT_PORT = 8000
+# On Ctrl-C or SIGTERM, streams still open after this long are cut: without a limit uvicorn waits for every one of
+# them to end (a client that stops reading would hold the server open).
+GRACEFUL_SHUTDOWN_S = 3
+# A stream sends its first text at once, then at most one event per interval carrying every token decoded meanwhile.
+# Each event is Python work, on its stream's thread and the HTTP thread, that holds the GIL the decode loop needs
+# between its ops: one event per token per client cost a 3M model a fifth to a third of its tokens/s (2 cores,
+# 256 tokens; 1, 4 and 8 clients: 330-361, 655-695 and 901-979 tokens/s, against 413-497, 817-976 and 1294-1337
+# at 20 ms). 50 updates a second is smoother than anyone reads.
+STREAM_INTERVAL_S = 0.02
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Served:
+    """What the server needs to answer: the engine, the model's id, how chat messages become a prompt."""
+    engine: Any  # slm_core.infer.engine.Engine or slm_core.infer.onnx.OnnxEngine
+    model_id: str
+    render_chat: Callable[[list], str]
+    api_key: Optional[str] = None
+    created: int = 0
+    stream_interval_s: float = STREAM_INTERVAL_S
+
+
+def chat_renderer(template: Optional[str], tokenizer: Any = None) -> Callable[[list], str]:
+    """messages → prompt text: the model's own Jinja chat template where its tokenizer has one (a Hub
+    model, or a run tuned in it: template 'model'), else our template (slm_core.models.templates); a base
+    model gets the messages' text as is."""
+    from slm_core.models.templates import content_text, format_prompt
+
+    def render(messages: list) -> str:
+        turns = [{"role": str(m.get("role", "user")), "content": content_text(m.get("content"))} for m in messages]
+        if getattr(tokenizer, "chat_template", None) and template in (None, "model"):
+            return tokenizer.apply_chat_template(turns, add_generation_prompt=True)
+        return format_prompt(turns, template)
+
+    return render
+
+
+# ---- request → sampling ------------------------------------------------------------------------------
+
+def _field(body: dict, name: str, kinds, default=None):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise APIError(400, f"'{name}' must be a number, got {value!r}", param=name)
+    if not isinstance(value, kinds):
+        raise APIError(400, f"'{name}' has the wrong type: {value!r}", param=name)
+    return value
+
+
+def sampling_from(body: dict, prompt_len: int, context: int, default_max: Optional[int]) -> SamplingParams:
+    """OpenAI fields (plus vLLM's top_k and repetition_penalty) → SamplingParams, checked."""
+    max_tokens = _field(body, "max_completion_tokens", int, None)
+    max_tokens = _field(body, "max_tokens", int, max_tokens)
+    room = context - prompt_len
+    if room <= 0:
+        raise APIError(400, f"This model's maximum context length is {context} tokens; your prompt has "
+                            f"{prompt_len}. Shorten the prompt.", param="messages", code="context_length_exceeded")
+    if max_tokens is None:
+        max_tokens = room if default_max is None else min(default_max, room)
+    stop = body.get("stop") or ()
+    stop = (stop,) if isinstance(stop, str) else stop
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
+        raise APIError(400, "'stop' must be a string or a list of at most 4 strings", param="stop")
+    top_k = _field(body, "top_k", int, 0)
+    try:  # SamplingParams refuses out-of-range knobs (slm_core.validate); say it in the API's words
+        params = SamplingParams(max_new_tokens=max_tokens,
+                                temperature=float(_field(body, "temperature", (int, float), 1.0)),
+                                top_k=0 if top_k == -1 else top_k,  # vLLM's -1 means off
+                                top_p=float(_field(body, "top_p", (int, float), 1.0)),
+                                repetition_penalty=float(_field(body, "repetition_penalty", (int, float), 1.0)),
+                                seed=_field(body, "seed", int, None), stop=tuple(stop))
+    except SLMError as error:
+        message = str(error).replace("max_new_tokens", "max_tokens")
+        raise APIError(400, message, param=message.split("=")[0] if "=" in message else None) from None
+    if prompt_len + max_tokens > context:
+        raise APIError(400, f"This model's maximum context length is {context} tokens. However, you requested "
+                            f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the "
+                            "completion). Reduce the prompt or max_tokens.", param="max_tokens",
+                       code="context_length_exceeded")
+    if _field(body, "n", int, 1) != 1:
+        raise APIError(400, "only n=1 is supported", param="n")
+    return params
+
+
+# ---- the two generation endpoints --------------------------------------------------------------------
+
+def _prepare(served: Served, body: dict, chat: bool) -> tuple[list[int], SamplingParams]:
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    model = body.get("model")
+    if not model:
+        raise APIError(400, "'model' is required", param="model")
+    if model != served.model_id:
+        raise APIError(404, f"The model '{model}' does not exist; this server serves '{served.model_id}'",
+                       param="model", code="model_not_found")
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and "role" in m for m in messages):
+            raise APIError(400, "'messages' must be a non-empty list of {role, content}", param="messages")
+        prompt = served.render_chat(messages)
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise APIError(400, "'prompt' must be a non-empty string", param="prompt")
+    ids = served.engine.tokenizer.encode(prompt)
+    if not ids:
+        raise APIError(400, "the prompt is empty after tokenization", param="prompt")
+    params = sampling_from(body, len(ids), served.engine.context_length, None if chat else 16)
+    return ids, params
+
+
+def _usage(prompt_len: int, stats: dict) -> dict:
+    done = stats.get("tokens", 0)
+    return {"prompt_tokens": prompt_len, "completion_tokens": done, "total_tokens": prompt_len + done}
+
+
+def _choice(chat: bool, text: Optional[str], finish: Optional[str], stream: bool, first: bool = False) -> dict:
+    if not chat:
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+    if stream:
+        delta = {} if text is None else ({"role": "assistant", "content": text} if first else {"content": text})
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+
+
+def respond(served: Served, body: dict, chat: bool) -> dict:
+    """A whole (non-streamed) completion."""
+    ids, params = _prepare(served, body, chat)
+    stats: dict = {}
+    text = "".join(served.engine.stream(ids, params, stats))
+    return {"id": _new_id(chat), "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": served.model_id,
+            "choices": [_choice(chat, text, stats.get("finish_reason", "stop"), stream=False)],
+            "usage": _usage(len(ids), stats)}
+
+
+def respond_stream(served: Served, body: dict, chat: bool) -> Iterator[str]:
+    """Server-sent events: one chunk per text delta, a last chunk with finish_reason, optionally usage,
+    then [DONE]. The request is validated before the first byte, so errors still get a 4xx."""
+    ids, params = _prepare(served, body, chat)
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    return _events(served, ids, params, chat, include_usage)
+
+
+def _events(served: Served, ids, params, chat: bool, include_usage: bool) -> Iterator[str]:
+    stats: dict = {}
+    base = {"id": _new_id(chat), "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()), "model": served.model_id}
+    first = True
+    if chat:  # OpenAI opens a chat stream with the role
+        yield _sse({**base, "choices": [_choice(chat, "", None, True, first=True)]})
+        first = False
+    for delta in served.engine.stream(ids, params, stats, interval_s=served.stream_interval_s):
+        yield _sse({**base, "choices": [_choice(chat, delta, None, True, first)]})
+    yield _sse({**base, "choices": [_choice(chat, None if chat else "", stats.get("finish_reason", "stop"), True)]})
+    if include_usage:
+        yield _sse({**base, "choices": [], "usage": _usage(len(ids), stats)})
+    yield "data: [DONE]\n\n"
+
+
+async def pump(events: Iterator[str]):
+    """Stream a sync SSE generator from one thread of its own, yielding whatever it has produced since the
+    last write as one piece. Starlette would otherwise hop to its thread pool for every event (an anyio
+    future and two wake-ups per token per client): Python work that holds the GIL the decode loop needs
+    between its ops. A client that goes away stops the producer, whose generator then cancels its request."""
+    import asyncio
+    import threading
+
+    loop, queue, gone = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in events:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+                if gone.is_set():
+                    break
+        except BaseException as error:  # surfaces in the response task, as Starlette's own iteration would
+            loop.call_soon_threadsafe(queue.put_nowait, error)
+        finally:
+            events.close()  # stream_request's finally frees the engine slot
+            loop.call_soon_threadsafe(queue.put_nowait, end)
+
+    threading.Thread(target=produce, name="slm-sse", daemon=True).start()
+    try:
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            text = "".join(i for i in items if isinstance(i, str))
+            if text:
+                yield text
+            for item in items:
+                if item is end:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+    finally:
+        gone.set()
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _new_id(chat: bool) -> str:
+    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+# ---- the app -----------------------------------------------------------------------------------------
+
+def create_app(served: Served):
+    """The FastAPI app for `served` (importable for tests and for mounting elsewhere)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+
+    app = FastAPI(title="SLM Studio OpenAI-compatible server")
+    served.created = served.created or int(time.time())
+
+    @app.exception_handler(APIError)
+    async def api_error(_request, error: APIError):
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request, error: Exception):  # a bug answers 500 in the API's shape; server stays up
+        body = APIError(500, f"internal error: {type(error).__name__}: {error}", kind="server_error").body()
+        return JSONResponse(body, status_code=500)
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        if served.api_key and request.headers.get("authorization", "") != f"Bearer {served.api_key}":
+            error = APIError(401, "Incorrect API key provided.", code="invalid_api_key", kind="authentication_error")
+            return JSONResponse(error.body(), status_code=401)
+        return await call_next(request)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": served.model_id, "object": "model", "created": served.created,
+                                            "owned_by": "slm-studio"}]}
+
+    async def handle(request: Request, chat: bool):
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise APIError(400, f"the request body is not valid JSON: {error}") from None
+        if isinstance(body, dict) and body.get("stream"):
+            events = await run_in_threadpool(respond_stream, served, body, chat)
+            return StreamingResponse(pump(events), media_type="text/event-stream")
+        return await run_in_threadpool(respond, served, body, chat)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await handle(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await handle(request, chat=True)
+
+    return app
+
+
+# ---- command line: `slm serve` -----------------------------------------------------------------------
+
+def add_serve_parser(sub) -> None:
+    parser = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    parser.add_argument("model", help="run name, checkpoint, quantized, Hugging Face or ONNX (genai) folder")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
+    parser.add_argument("--engine", default="native", choices=["native", "onnx", "vllm"],
+                        help="native torch (continuous batching), onnxruntime-genai (a folder from `slm export "
+                             "--format onnx`; chosen by itself for one), or hand over to vLLM")
+    parser.add_argument("--name", default=None, help="model id clients ask for (default: the model's name)")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    parser.add_argument("--slots", type=int, default=8, help="sequences decoded together at most")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="as for `slm generate`: auto (fastest where exact enough), fp32 (exact) or bf16")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for decoding")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow start)")
+    parser.add_argument("--stream-interval-ms", type=float, default=STREAM_INTERVAL_S * 1000,
+                        help="a stream sends at most one event per this many ms, with every token decoded meanwhile "
+                             "(default %(default)g; 0: an event per token, slower with many clients)")
+    parser.add_argument("--runs-dir", default=None)
+
+
+def cmd_serve(args) -> int:
+    from slm_core.run.runs import use_runs_dir
+
+    use_runs_dir(args.runs_dir)
+    if args.api_key is not None and not args.api_key:
+        raise SLMError("--api-key is empty: give a key, or leave the flag out to serve without one")
+    if args.stream_interval_ms < 0:
+        raise SLMError("--stream-interval-ms must be 0 (an event per token) or more")
+    if args.engine == "vllm":
+        return _hand_to_vllm(args)
+    served = load_served(args.model, args.engine, args.checkpoint, args.slots, args.dtype, args.threads,
+                         args.compile, args.name)
+    served.api_key = args.api_key
+    served.stream_interval_s = args.stream_interval_ms / 1000
+    import uvicorn
+
+    print(f"serving '{served.model_id}' ({served.engine.description}) on http://{args.host}:{args.port}/v1",
+          flush=True)
+    app = create_app(served)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    if not hasattr(served.engine, "run_here"):  # onnxruntime-genai runs its own threads
+        uvicorn.Server(config).run()
+        served.engine.close()
+        return 0
+    return _serve_decoding_here(served, uvicorn.Server(config))
+
+
+def _serve_decoding_here(served: Served, server) -> int:
+    """HTTP on a thread of its own, the native decode loop on this thread (the one that loaded the model:
+    see Engine.run_here). Ctrl-C or SIGTERM stops both; a server that cannot start (port taken) ends the loop."""
+    import signal
+    import threading
+
+    engine = served.engine
+    http = threading.Thread(target=server.run, name="slm-http", daemon=True)
+
+    def flag_stop(*_) -> None:
+        # Flags only: a handler runs between two bytecodes of this thread, maybe while it holds the request
+        # queue's lock, which `engine.close()` takes (that deadlocked a SIGTERM). The loop sees `closed`.
+        server.should_exit = True
+        engine.closed = True
+
+    def watch() -> None:
+        http.join()
+        engine.close()
+
+    previous = {sig: signal.signal(sig, flag_stop) for sig in (signal.SIGINT, signal.SIGTERM)}  # as uvicorn.run does
+    http.start()
+    threading.Thread(target=watch, name="slm-http-watch", daemon=True).start()
+    try:
+        engine.run_here()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.should_exit = True
+        engine.close()
+        http.join(timeout=GRACEFUL_SHUTDOWN_S + 5)
+    return 0 if server.started else 1
+
+
+def load_served(model: str, engine: str = "native", tag: str = "best", slots: int = 8, dtype: str = "auto",
+                threads: Optional[int] = None, compile: bool = False, name: Optional[str] = None) -> Served:
+    """Load MODEL into the chosen engine, with its template and id."""
+    from pathlib import Path
+
+    from slm_core.infer.onnx import is_genai_folder
+
+    if engine == "onnx" or is_genai_folder(model):  # an onnxruntime-genai folder runs only there
+        from slm_core.infer.onnx import OnnxEngine
+
+        runtime = OnnxEngine(model, threads=threads, slots=slots, inline_alone=False)  # clients overlap
+        return Served(runtime, name or Path(model).name, chat_renderer(runtime.template, runtime.tokenizer))
+    from slm_core.run.checkpoint import load_model
+    from slm_core.infer.engine import Engine
+
+    loaded = load_model(model, tag=tag)
+    runtime = Engine(loaded.model, loaded.tokenizer, slots=slots, dtype=dtype, compile=compile, threads=threads)
+    return Served(runtime, name or Path(str(model)).name, chat_renderer(loaded.template, loaded.tokenizer))
+
+
+def _hand_to_vllm(args) -> int:
+    """vLLM's own OpenAI server on an HF export of MODEL (exported first when MODEL is not one)."""
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("vllm") is None:
+        raise SLMError("--engine vllm needs vLLM (a CUDA machine: `pip install vllm`); "
+                       "without it, serve with the default --engine native")
+    folder = Path(args.model)
+    if not (folder / "config.json").exists():
+        from slm_core.run.checkpoint import load_model
+        from slm_core.post.export import export_model
+        from slm_core.models.quantized import artifact_dir
+
+        loaded = load_model(args.model, tag=args.checkpoint)
+        folder = artifact_dir(loaded.path, "export", "hf")
+        if not (folder / "config.json").exists():
+            export_model(loaded.model, loaded.tokenizer, loaded.config, folder, "hf", source=str(args.model))
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+               "--served-model-name", args.name or Path(str(args.model)).name, "--host", args.host,
+               "--port", str(args.port)] + (["--api-key", args.api_key] if args.api_key else [])
+    print("handing over to vLLM:", " ".join(command), flush=True)
+    os.execv(sys.executable, command)
+    return 0

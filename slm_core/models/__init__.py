@@ -1,0 +1,1 @@
+"""Models: the network, tokenizers, templates, weight sources and formats, loading."""

@@ -1,0 +1,1 @@
+"""After training: quantization reports, evaluation, report cards and export."""

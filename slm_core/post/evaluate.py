@@ -1,0 +1,155 @@
+"""Perplexity of any model source on any data source, with sliding windows and a stride."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from slm_core.errors import SLMError
+
+MIN_EVAL_TOKENS = 64  # fewer scored tokens than this is noise, not a measurement
+SPLITS = ("all", "train", "val")
+
+
+@torch.inference_mode()
+def perplexity(loaded, source: Optional[str] = None, split: Optional[str] = None, stride: Optional[int] = None,
+               max_tokens: Optional[int] = None, text_column: Optional[str] = None) -> dict:
+    """Token-level perplexity of `loaded` (a LoadedModel) on `source`.
+
+    No source: the model's own validation split (for an HF folder we exported, the data of the run it
+    came from). A source given: all of it ("all"), unless `split` asks for "train" or "val".
+    Windows of the model's context slide by `stride` (default: half a context); each token is scored
+    once, with up to context-stride tokens of history, as in the usual strided evaluation.
+    """
+    from slm_core.data.cache import prepare_data
+    from slm_core.validate import validate_eval
+
+    config = loaded.config
+    context = _context(loaded.model)
+    validate_eval(stride, max_tokens, context)
+    split = split or ("all" if source else "val")
+    if split not in SPLITS:
+        raise SLMError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if source:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=source,
+                                                                      text_column=text_column))
+    else:
+        config = own_data_config(loaded)
+    data = prepare_data(config, tokenizer=loaded.tokenizer, progress=False, require_windows=False)
+    parts = ("train", "val") if split == "all" else (split,)
+    warning = _short_data(sum(getattr(data, f"{p}_tokens") for p in parts), context, split, config.data.source)
+    stride = stride or max(1, context // 2)
+    total_nll, total_tokens, started = 0.0, 0, time.perf_counter()
+    device = next(loaded.model.parameters()).device
+    windows = (w for part in parts for w in data.iter_eval_windows(part, context, stride))
+    for x, y in windows:
+        logits = loaded.model(x.to(device)).float()
+        y = y.to(device)
+        total_nll += F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-100,
+                                     reduction="sum").item()
+        total_tokens += int((y != -100).sum())
+        if max_tokens and total_tokens >= max_tokens:
+            break
+    if total_tokens == 0:
+        raise SLMError("no tokens to evaluate: the data split is empty; use a larger source")
+    loss = total_nll / total_tokens
+    return {"model": str(loaded.path), "data": config.data.source, "split": split, "tokens": total_tokens,
+            "loss": loss, "ppl": math.exp(min(loss, 50.0)), "seconds": time.perf_counter() - started,
+            "warning": warning}
+
+
+def _short_data(n_tokens: int, context: int, split: str, source: str) -> Optional[str]:
+    """Refuse a split too small to mean anything; warn when it is shorter than one context window,
+    where every token is scored with less history than the model can use (a lower bound on quality)."""
+    where = f"the {split} split of {source!r}"
+    hint = "give more text" + (", or --split train" if split == "val" else "")
+    if n_tokens - 1 < MIN_EVAL_TOKENS:
+        raise SLMError(f"{where} holds only {n_tokens} tokens, too few for a meaningful perplexity "
+                       f"(at least {MIN_EVAL_TOKENS + 1} needed): {hint}")
+    if n_tokens < context + 1:
+        return (f"{where} holds {n_tokens} tokens, less than one window of the model's context ({context}); "
+                f"the perplexity sees less history than the model can use: {hint}")
+    return None
+
+
+def own_data_config(loaded):
+    """The config whose data is the model's own. A Hugging Face folder carries no data settings (its
+    config is the defaults); one we exported names its origin in export.json: use the origin run's
+    data, so "own validation data" is the same text for a run and its export."""
+    from pathlib import Path
+
+    from slm_core.run.checkpoint import resolve_source
+    from slm_core.config import load_run_config
+    from slm_core.run.runs import read_json
+
+    origin = (read_json(Path(loaded.path) / "export.json", default=None) or {}).get("source")
+    if loaded.kind != "hf" or not origin:
+        return loaded.config
+    try:
+        origin_config = load_run_config(resolve_source(origin) / "config.yaml")
+    except (SLMError, OSError):
+        return loaded.config  # the origin run was deleted or moved: the folder's own defaults
+    return dataclasses.replace(loaded.config, data=origin_config.data)
+
+
+def _context(model: torch.nn.Module) -> int:
+    from slm_core.models.lora import base_transformer
+
+    return base_transformer(model).config.context_length
+
+
+def add_eval_parser(sub) -> None:
+    parser = sub.add_parser("eval", help="perplexity of one or more models on a data source")
+    parser.add_argument("models", nargs="+", help="run names, checkpoint, quantized or Hugging Face folders")
+    parser.add_argument("--data", default=None, help="data source (default: each model's own validation data)")
+    parser.add_argument("--text-column", default=None)
+    parser.add_argument("--split", default=None, choices=list(SPLITS),
+                        help="default: 'val' of the model's own data; 'all' of a --data source")
+    parser.add_argument("--stride", type=int, default=None, help="window stride in tokens (default: context/2)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="stop after scoring this many tokens")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    parser.add_argument("--runs-dir", default=None)
+    beyond = parser.add_argument_group("beyond perplexity (a report card per model; see slm_core.post.report_card)")
+    beyond.add_argument("--tasks", default=None, help="comma-separated benchmark tasks: shipped ones "
+                        "(story_ending, opposites, arithmetic), JSONL files of your own, or lm-eval task names")
+    beyond.add_argument("--limit", type=int, default=None, help="at most this many items per task")
+    beyond.add_argument("--judge", default=None, metavar="URL", help="an OpenAI-compatible endpoint, e.g. "
+                        "http://127.0.0.1:8000/v1 (slm serve), http://127.0.0.1:11434/v1 (Ollama)")
+    beyond.add_argument("--judge-model", default="", help="the judge's model name (default: the first it lists)")
+    beyond.add_argument("--judge-key", default=None, help="API key (default: $OPENAI_API_KEY if set)")
+    beyond.add_argument("--judge-prompts", default=None, help="JSONL of prompts (default: held-out built-in instructions)")
+    beyond.add_argument("--judge-limit", type=int, default=20, help="how many prompts to judge")
+    beyond.add_argument("--judge-seeds", default="0", help="one seed, or two (0,1) to report the agreement of two runs")
+    beyond.add_argument("--judge-timeout", type=float, default=60.0, help="seconds to wait for one judge reply")
+    beyond.add_argument("--judge-temperature", type=float, default=0.0,
+                        help="the judge's sampling temperature (seeds only matter above 0)")
+    beyond.add_argument("--pairwise", action="store_true", help="judge two models against each other (A vs B, "
+                        "each pair shown in both orders)")
+    beyond.add_argument("--card", action="store_true", help="write a report card per model (implied by --tasks/--judge)")
+
+
+def cmd_eval(args) -> int:
+    from slm_core.run.checkpoint import load_model
+    from slm_core.run.runs import use_runs_dir
+    from slm_core.validate import check_runs_dir, validate_eval
+
+    validate_eval(args.stride, args.max_tokens)
+    use_runs_dir(check_runs_dir(args.runs_dir))
+    if args.tasks or args.judge or args.card or args.pairwise:
+        from slm_core.post.report_card import cmd_card
+
+        return cmd_card(args)
+    print(f"{'model':<48}{'tokens':>10}{'loss':>9}{'ppl':>10}{'sec':>8}")
+    for source in args.models:
+        loaded = load_model(source, tag=args.checkpoint)
+        row = perplexity(loaded, args.data, args.split, args.stride, args.max_tokens, args.text_column)
+        print(f"{source[-47:]:<48}{row['tokens']:>10,}{row['loss']:>9.4f}{row['ppl']:>10.3f}{row['seconds']:>8.1f}")
+        if row.get("warning"):
+            print(f"warning: {row['warning']}", file=sys.stderr)
+    return 0

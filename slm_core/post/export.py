@@ -1,0 +1,198 @@
+"""Export a model to other runtimes: a Hugging Face folder, GGUF (llama.cpp / Ollama) or ONNX.
+
+`export_model` is the one entry point: it turns whatever was loaded (a plain model, a LoRA model,
+a quantized model) into a plain float Transformer, writes the chosen format into a hidden
+temporary folder beside `out_dir` and renames it into place, so a failed export leaves nothing
+half-written. The format writers live in hf_convert.py (HF), export_gguf.py (GGUF) and here (ONNX).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from slm_core.errors import SLMError
+from slm_core.models.quantized import replace_dir
+
+FORMATS = ("hf", "gguf", "gguf-lora", "onnx", "onnx-graph")  # onnx: onnxruntime-genai folder; onnx-graph: plain
+# logits graph; gguf-lora: a LoRA run as its base GGUF + llama.cpp LoRA adapter GGUF (export_gguf_lora.py)
+INFO_FILE = "export.json"
+
+
+def plain_float_model(model: torch.nn.Module) -> torch.nn.Module:
+    """LoRA merged, quantized weights dequantized (the rounded values), fp32, CPU, eval mode."""
+    from slm_core.models.quantized import _plain_transformer, dequantize_model, is_quantized
+
+    model = _plain_transformer(model)  # merges a LoRA adapter
+    if is_quantized(model):
+        model = dequantize_model(model)
+    return model.to("cpu", torch.float32).eval()
+
+
+def export_onnx(model: torch.nn.Module, path: str | Path) -> Path:
+    """input_ids (batch, sequence) int64 → logits (batch, sequence, vocab), both axes dynamic."""
+    config = model.config
+    try:
+        import onnx  # noqa: F401  (the exporter needs both)
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise SLMError(f"ONNX export needs the onnx and onnxscript packages ({exc}): pip install onnx onnxscript") from exc
+    path = Path(path)
+    example = torch.zeros(2, min(8, config.context_length), dtype=torch.long)  # >1 on both axes: stays symbolic
+    shapes = {"input_ids": {0: torch.export.Dim("batch", min=1, max=4096),
+                            1: torch.export.Dim("sequence", min=1, max=config.context_length)}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter deprecation chatter; failures still raise
+        torch.onnx.export(_LogitsOnly(model), (example,), str(path), input_names=["input_ids"],
+                          output_names=["logits"], dynamo=True, dynamic_shapes=shapes, verbose=False)
+    return path
+
+
+class _LogitsOnly(torch.nn.Module):
+    """The graph ONNX sees: one input, no KV cache."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)
+
+
+def _template_and_name(config, model) -> tuple[Optional[str], str]:
+    template = getattr(getattr(config, "data", None), "template", None)
+    model_config = getattr(config, "model", None) or config or model.config
+    return template, getattr(model_config, "name", None) or model.config.name
+
+
+def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path, fmt: str = "hf",
+                 gguf_type: str = "f16", source: Optional[str] = None, overwrite: bool = False,
+                 onnx_precision: str = "fp32", onnx_device: str = "cpu") -> list[Path]:
+    """Write `model` as `fmt` ('hf' | 'gguf' | 'onnx') into out_dir; returns the written file paths.
+
+    hf: config.json, model.safetensors, generation_config.json, tokenizer files (transformers loads it).
+    gguf: <name>-<gguf_type>.gguf (gguf_type 'f32' | 'f16' | 'q8_0') with tokenizer metadata, plus an
+    Ollama Modelfile. gguf-lora (a LoRA model): the base's GGUF, llama.cpp's LoRA adapter GGUF and a Modelfile
+    with ADAPTER. onnx: onnxruntime-genai's runtime-ready folder (KV-cache graph, genai_config.json,
+    tokenizer; onnx_precision fp32 | int8 | int4 | fp16 on onnx_device cpu | cuda), built by its own model
+    builder (slm_core.infer.onnx). onnx-graph: a plain model.onnx (input_ids → logits, no cache) plus the
+    tokenizer as HF tokenizer.json. Every format also
+    gets export.json (format, type, source, time). `config`: RunConfig, ModelConfig or None."""
+    if fmt not in FORMATS:
+        raise SLMError(f"export format {fmt!r} is unknown: use one of {', '.join(FORMATS)}")
+    if fmt != "gguf-lora":  # gguf-lora keeps base and adapter apart
+        model = plain_float_model(model)
+    template, name = _template_and_name(config, model)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise SLMError(f"{out_dir} already exists and is not empty: choose another output folder or allow overwrite")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    try:
+        if fmt == "gguf-lora":
+            from slm_core.post.export_gguf_lora import write_lora_bundle
+
+            files = write_lora_bundle(model, tokenizer, tmp, gguf_type, name, template)
+        elif fmt == "onnx":
+            from slm_core.infer.onnx import build_genai_folder
+
+            files = build_genai_folder(model, tokenizer, tmp, onnx_precision, onnx_device, template)
+        else:
+            files = _write(model, tokenizer, tmp, fmt, gguf_type, name, template)
+        if fmt == "hf":
+            from slm_core.post.report_card import card_of_source, write_model_card
+
+            card = card_of_source(source)
+            if card is not None:  # the source's newest report card becomes the export's model card
+                files.append(write_model_card(tmp, card, name=out_dir.name))
+        info = {"format": fmt, "gguf_type": gguf_type if fmt.startswith("gguf") else None, "name": name,
+                "onnx_precision": onnx_precision if fmt == "onnx" else None,
+                "source": None if source is None else str(source), "template": template,
+                "files": [p.relative_to(tmp).as_posix() for p in files], "created_at": time.time()}
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
+        files.append(tmp / INFO_FILE)
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [out_dir / p.relative_to(tmp) for p in files]
+
+
+def _write(model, tokenizer, folder: Path, fmt: str, gguf_type: str, name: str,
+           template: Optional[str]) -> list[Path]:
+    if fmt == "hf":
+        from slm_core.models.hf import save_hf_folder
+
+        return save_hf_folder(model, tokenizer, folder, template=template)
+    if fmt == "gguf":
+        from slm_core.post.export_gguf import write_gguf
+
+        gguf_path = write_gguf(model, tokenizer, folder / f"{_safe(name)}-{gguf_type}.gguf", gguf_type, name)
+        return [gguf_path, _ollama_modelfile(folder, gguf_path.name, template)]
+    files = [export_onnx(model, folder / "model.onnx")]  # onnx-graph
+    files += [p for p in folder.iterdir() if p.name.startswith("model.onnx") and p not in files]  # external data
+    if tokenizer is not None:
+        before = set(folder.iterdir())
+        tokenizer.save_hf(folder)
+        files += sorted(set(folder.iterdir()) - before)
+    return files
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
+
+
+def _ollama_modelfile(folder: Path, gguf_name: str, template: Optional[str]) -> Path:
+    """`ollama create NAME -f Modelfile` imports the GGUF; the prompt template matches training."""
+    lines = [f"FROM ./{gguf_name}", 'PARAMETER stop "<|endoftext|>"']
+    if template:
+        from slm_core.models.templates import format_prompt
+
+        prompt = format_prompt({"instruction": "{{ .Prompt }}", "input": ""}, template)
+        lines.append(f'TEMPLATE """{prompt}{{{{ .Response }}}}"""')
+        if template == "chatml":
+            lines.append('PARAMETER stop "<|im_end|>"')
+    path = folder / "Modelfile"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---- command line: `slm export` -------------------------------------------------------------------
+
+def add_export_parser(sub) -> None:
+    parser = sub.add_parser("export", help="export a model as a Hugging Face folder, GGUF (llama.cpp / Ollama) or ONNX")
+    parser.add_argument("model", help="run name, checkpoint, quantized or Hugging Face folder")
+    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="gguf")
+    parser.add_argument("--gguf-type", default="f16", choices=["f32", "f16", "q8_0"])
+    parser.add_argument("--onnx-precision", default="fp32", choices=["fp32", "int8", "int4", "fp16"],
+                        help="weights of the onnxruntime-genai folder (--format onnx); fp16 needs --onnx-device cuda")
+    parser.add_argument("--onnx-device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out", default=None, help="output folder (default: <run>/export/<format>)")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--runs-dir", default=None)
+
+
+def cmd_export(args) -> int:
+    from slm_core.run.checkpoint import load_model
+    from slm_core.models.quantized import artifact_dir
+    from slm_core.run.runs import use_runs_dir
+    from slm_core.validate import check_runs_dir
+
+    use_runs_dir(check_runs_dir(args.runs_dir))
+    loaded = load_model(args.model, tag=args.checkpoint)
+    label = args.fmt + (f"-{args.gguf_type}" if args.fmt.startswith("gguf") else "")
+    label += f"-{args.onnx_precision}" if args.fmt == "onnx" and args.onnx_precision != "fp32" else ""
+    out = Path(args.out) if args.out else artifact_dir(loaded.path, "export", label)
+    for path in export_model(loaded.model, loaded.tokenizer, loaded.config, out, args.fmt, args.gguf_type,
+                             source=str(args.model), overwrite=args.overwrite,
+                             onnx_precision=args.onnx_precision, onnx_device=args.onnx_device):
+        print(path)
+    return 0

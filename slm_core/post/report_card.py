@@ -1,0 +1,299 @@
+"""A report card per model: perplexity on its own validation data and on a common text, benchmark
+task scores, judge scores, parameters, size on disk and decoding speed — side by side for the
+models picked (a base, its LoRA, its student, their int8/int4), as JSON, as Markdown, and in the
+model card (README.md) of a Hugging Face export.
+
+Cards are saved in the model's folder under evals/ (report-<time>.json/.md); a card made for an
+HF export also rewrites that folder's README.md, and an export made later copies the source's
+newest card into its README.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from slm_core.errors import SLMError
+
+COMMON_TEXT = "builtin"  # the built-in stories: every model can be scored on the same text
+CARD_README = "README.md"
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".onnx", ".bin", ".data")
+SPEED_PROMPT = "Once upon a time"
+
+
+def _parameters(loaded) -> int:
+    """Parameters of the model as trained: a quantized model counts its original weights, not its
+    packed int4 bytes, and a LoRA model counts base plus adapter."""
+    from slm_core.models.estimate import count_parameters
+    from slm_core.models.lora import base_transformer
+
+    core = base_transformer(loaded.model)
+    counted = count_parameters(core.config)["total"]
+    adapter = sum(p.numel() for n, p in loaded.model.named_parameters() if "lora_" in n)
+    return int(counted + adapter)
+
+
+def _size_on_disk(path: Path) -> int:
+    """Bytes of the weight files where the model was loaded from (not optimizer state)."""
+    path = Path(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files if p.suffix in WEIGHT_SUFFIXES or p.parent.name == "adapter")
+
+
+def _decode_speed(loaded, tokens: int = 64) -> float:
+    from slm_core.infer.generate import stream_text
+
+    stats: dict = {}
+    for _ in stream_text(loaded, SPEED_PROMPT, max_new_tokens=tokens, temperature=0.0, seed=0, stats=stats,
+                         use_template=False):
+        pass
+    return float(stats.get("tokens_per_sec") or 0.0)
+
+
+def model_card(source: str, tag: str = "best", tasks: Optional[list[str]] = None, task_limit: Optional[int] = None,
+               judge: Optional[dict] = None, eval_tokens: int = 20_000,
+               on_progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Everything measured about one model. `judge`: {"endpoint": Endpoint, "prompts": str|None,
+    "limit": int, "seed": int} or None to skip judging."""
+    from slm_core.run.checkpoint import load_model
+    from slm_core.post.evaluate import perplexity
+
+    say = on_progress or (lambda text: None)
+    loaded = load_model(source, tag=tag)
+    say(f"{source}: perplexity")
+    own = perplexity(loaded, max_tokens=eval_tokens)
+    common = perplexity(loaded, COMMON_TEXT, split="val", max_tokens=eval_tokens)
+    card = {"model": str(source), "path": str(loaded.path), "kind": loaded.kind, "parameters": _parameters(loaded),
+            "size_bytes": _size_on_disk(loaded.path), "ppl_own": own["ppl"], "own_data": own["data"],
+            "ppl_common": common["ppl"], "common_data": COMMON_TEXT, "made": time.strftime("%Y-%m-%d %H:%M:%S")}
+    say(f"{source}: decoding speed")
+    card["tokens_per_sec"] = _decode_speed(loaded)
+    if tasks:
+        from slm_core.post.harness import run_tasks
+
+        say(f"{source}: tasks {', '.join(tasks)}")
+        card["tasks"] = run_tasks(loaded, tasks, limit=task_limit, on_progress=say)["tasks"]
+    if judge:
+        card["judge"] = _judge(loaded, judge, say)
+    return card
+
+
+def _judge(loaded, settings: dict, say: Callable[[str], None]) -> dict:
+    from slm_core.post.judge import judge_replies, load_prompts, model_replies
+
+    seed = int(settings.get("seed", 0))
+    items = load_prompts(settings.get("prompts"), int(settings.get("limit", 20)))
+    say(f"replying to {len(items)} judge prompts")
+    items = model_replies(loaded, items, seed=seed)
+    say(f"judging {len(items)} replies at {settings['endpoint'].base_url}")
+    return judge_replies(settings["endpoint"], items, settings.get("rubric"), seed=seed)
+
+
+def save_card(card: dict) -> dict:
+    """Write the card under the model's evals/ folder (and an HF export's README); returns the paths."""
+    from slm_core.run.runs import atomic_write_json, atomic_write_text
+
+    folder = _card_home(Path(card["path"]))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (folder / "evals").mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / "evals" / f"report-{stamp}.json", folder / "evals" / f"report-{stamp}.md"
+    atomic_write_json(json_path, card)
+    atomic_write_text(md_path, to_markdown([card]))
+    paths = {"json": str(json_path), "markdown": str(md_path)}
+    if card.get("kind") == "hf":
+        paths["readme"] = str(write_model_card(folder, card))
+    return paths
+
+
+def _card_home(path: Path) -> Path:
+    """A run's card lives in the run folder, not inside one of its checkpoints."""
+    return path.parent.parent if path.parent.name == "checkpoints" else path
+
+
+def latest_card(folder: str | Path) -> Optional[dict]:
+    reports = sorted((Path(folder) / "evals").glob("report-*.json"))
+    if not reports:
+        return None
+    try:
+        return json.loads(reports[-1].read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def card_of_source(source: Optional[str]) -> Optional[dict]:
+    """The newest report card of a model source (a run name, a run or model folder), if it has one."""
+    from slm_core.run.runs import resolve_run
+
+    if not source:
+        return None
+    candidates = [Path(source)]
+    try:
+        candidates.append(resolve_run(source))
+    except (SLMError, OSError, ValueError):
+        pass
+    for path in candidates:
+        if path.exists():
+            card = latest_card(_card_home(path if path.is_dir() else path.parent))
+            if card is not None:
+                return card
+    return None
+
+
+def write_model_card(folder: str | Path, card: dict, name: Optional[str] = None) -> Path:
+    """README.md of an HF folder: front matter the Hub reads, then the card's tables."""
+    from slm_core.run.runs import atomic_write_text
+
+    folder = Path(folder)
+    name = name or folder.name
+    text = (f"---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags:\n- slm-studio\n---\n\n"
+            f"# {name}\n\nTrained with SLM Studio. Evaluation report card:\n\n{to_markdown([card])}")
+    path = folder / CARD_README
+    atomic_write_text(path, text)
+    return path
+
+
+def primary_metric(row: dict) -> tuple[str, float]:
+    """The one number a table shows for a task: accuracy where there is one, else exact match."""
+    for key in ("acc_norm", "acc", "exact_match", "f1", "bleu"):
+        if key in row:
+            return key, row[key]
+    numeric = [(k, v) for k, v in row.items() if k != "samples" and not k.endswith("_stderr")]
+    return numeric[0] if numeric else ("-", float("nan"))
+
+
+def card_summary(card: Optional[dict]) -> str:
+    """One line for a runs table: each task's headline score and the judge's mean scores."""
+    if not card:
+        return ""
+    parts = [f"{name.removeprefix('slm_')} {primary_metric(row)[1]:.2f}" for name, row in (card.get("tasks") or {}).items()]
+    means = [v for v in ((card.get("judge") or {}).get("means") or {}).values() if v is not None]
+    if means:
+        parts.append(f"judge {sum(means) / len(means):.1f}/10")
+    return " · ".join(parts)
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def to_markdown(cards: list[dict]) -> str:
+    """One table of the headline numbers, then task and judge tables when any card has them."""
+    if not cards:
+        raise SLMError("no report cards to show: evaluate at least one model")
+    lines = ["| model | parameters | size MB | ppl (own data) | ppl (common text) | tokens/s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for c in cards:
+        lines.append(f"| {c['model']} | {c['parameters']:,} | {c['size_bytes'] / 1e6:.2f} | {_fmt(c['ppl_own'])} "
+                     f"| {_fmt(c['ppl_common'])} | {_fmt(c.get('tokens_per_sec'), '.0f')} |")
+    lines += _task_table(cards) + _judge_table(cards)
+    return "\n".join(lines) + "\n"
+
+
+def _task_table(cards: list[dict]) -> list[str]:
+    names = sorted({t for c in cards for t in (c.get("tasks") or {})})
+    if not names:
+        return []
+    lines = ["", "| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for c in cards:
+        cells = []
+        for name in names:
+            row = (c.get("tasks") or {}).get(name)
+            metric, value = primary_metric(row) if row else ("", None)
+            cells.append(f"{value:.3f} ({metric})" if row else "-")
+        lines.append(f"| {c['model']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _judge_table(cards: list[dict]) -> list[str]:
+    judged = [c for c in cards if c.get("judge")]
+    if not judged:
+        return []
+    criteria = list(judged[0]["judge"]["means"])
+    lines = ["", "| model | " + " | ".join(criteria) + " | unscored | judge |", "|---|" + "---:|" * len(criteria) + "---:|---|"]
+    for c in judged:
+        j = c["judge"]
+        means = " | ".join(_fmt(j["means"].get(k), ".2f") for k in criteria)
+        lines.append(f"| {c['model']} | {means} | {j['unscored']} | {j['endpoint'].get('model')} @ {j['endpoint'].get('base_url')} |")
+    return lines
+
+
+# ---- `slm eval --tasks/--judge/--card/--pairwise` --------------------------------------------------
+
+def judge_settings(args) -> Optional[dict]:
+    """The --judge* flags as model_card's `judge` argument (None without --judge)."""
+    import os
+
+    from slm_core.post.judge import Endpoint
+
+    if not args.judge:
+        return None
+    seeds = _seeds(args.judge_seeds)
+    endpoint = Endpoint(args.judge, args.judge_model, args.judge_key or os.environ.get("OPENAI_API_KEY"),
+                        timeout_s=args.judge_timeout, temperature=args.judge_temperature)
+    if not 0 <= endpoint.temperature <= 2:
+        raise SLMError(f"--judge-temperature {endpoint.temperature} is out of range: use 0 (greedy) to 2")
+    return {"endpoint": endpoint, "prompts": args.judge_prompts, "limit": args.judge_limit, "seed": seeds[0],
+            "seeds": seeds}
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not 1 <= len(seeds) <= 2:
+        raise SLMError(f"--judge-seeds {text!r}: give one seed or two separated by a comma (e.g. 0,1)")
+    return seeds
+
+
+def cmd_card(args) -> int:
+    if args.limit is not None and args.limit <= 0:
+        raise SLMError(f"--limit must be a positive number of items, got {args.limit}")
+    judge = judge_settings(args)
+    if args.pairwise:
+        return _cmd_pairwise(args, judge)
+    tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
+    cards = []
+    for source in args.models:
+        card = model_card(source, args.checkpoint, tasks, args.limit, judge, args.max_tokens or 20_000,
+                          on_progress=lambda text: print(text, flush=True))
+        if judge and len(judge["seeds"]) == 2:
+            card["judge_agreement"] = _second_judging(source, args.checkpoint, judge, card["judge"])
+        card["files"] = save_card(card)
+        cards.append(card)
+    print(to_markdown(cards))
+    for card in cards:
+        if card.get("judge_agreement"):
+            a = card["judge_agreement"]
+            print(f"{card['model']}: two judge runs agree exactly on {_fmt(a['exact'], '.0%')}, within one point "
+                  f"on {_fmt(a['within_1'], '.0%')} of {a['pairs']} scores (Spearman {_fmt(a['spearman'], '.2f')})")
+        print(f"saved {card['files']['json']}")
+    return 0
+
+
+def _second_judging(source: str, tag: str, judge: dict, first: dict) -> dict:
+    """The same replies judged again with the second seed: how much the judge agrees with itself."""
+    from slm_core.post.judge import agreement, judge_replies
+
+    items = [{"prompt": j["prompt"], "reply": j["reply"]} for j in first["judgements"]]
+    second = judge_replies(judge["endpoint"], items, first["rubric"], seed=judge["seeds"][1])
+    return agreement(first, second)
+
+
+def _cmd_pairwise(args, judge: Optional[dict]) -> int:
+    from slm_core.run.checkpoint import load_model
+    from slm_core.post.judge import judge_pairwise, load_prompts, model_replies
+
+    if not judge or len(args.models) != 2:
+        raise SLMError("--pairwise compares exactly two models with a judge: slm eval A B --pairwise --judge URL")
+    items = load_prompts(judge["prompts"], judge["limit"])
+    replies = [model_replies(load_model(m, tag=args.checkpoint), items, seed=judge["seed"]) for m in args.models]
+    pairs = [{"prompt": a["prompt"], "a": a["reply"], "b": b["reply"]} for a, b in zip(*replies)]
+    result = judge_pairwise(judge["endpoint"], pairs, seed=judge["seed"])
+    result["models"] = {"A": args.models[0], "B": args.models[1]}
+    counts = result["counts"]
+    print(f"A = {args.models[0]}, B = {args.models[1]}: A wins {counts['A']}, B wins {counts['B']}, "
+          f"ties {counts['tie']}, unscored {counts['unscored']} (each pair judged in both orders)")
+    return 0

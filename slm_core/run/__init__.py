@@ -1,0 +1,1 @@
+"""Runs: the run directory, its lock, the queue and checkpoints."""

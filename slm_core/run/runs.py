@@ -1,0 +1,283 @@
+"""The run directory: the only interface between a training worker and everything watching it.
+
+Layout of `<runs_dir>/<name>/`:
+    config.yaml        the resolved RunConfig (model.vocab_size filled in)
+    status.json        state (queued|running|paused|finished|stopped|failed), step, error, pid, timings, lineage
+    metrics.jsonl      one JSON object per line: kind=train (every optimizer step), kind=eval, or
+                       kind=event (event=paused|continued|stopped|resumed|checkpoint|best|...: plot markers)
+    tensorboard/       the same numbers as TensorBoard event files (slm_core.train.tracking)
+    samples.jsonl      the fixed prompts generated at every evaluation
+    log.txt            the worker's output (written by whoever launched it)
+    tokenizer/         the tokenizer, saved
+    data.json          data fingerprint and token counts
+    checkpoints/{latest,best}/   weights (safetensors), trainer state, config, tokenizer, manifest.json
+    checkpoints/latest.prev/     the checkpoint before latest: the fallback when latest is damaged
+    run.lock           held (flock) by the one process writing the run; pid and host inside (run_lock.py)
+    control/{stop,pause,save}    requests to the worker: it polls for these files
+
+Imports no torch, so the Studio reads runs cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from slm_core.errors import SLMError
+
+TERMINAL_STATES = ("finished", "stopped", "failed")
+CONTROL_REQUESTS = ("stop", "pause", "save")
+
+
+def runs_dir(path: Optional[str | Path] = None) -> Path:
+    """--runs-dir, else $SLM_RUNS_DIR, else ./runs."""
+    return Path(path or os.environ.get("SLM_RUNS_DIR") or "runs").expanduser().resolve()
+
+
+def use_runs_dir(path: Optional[str | Path]) -> None:
+    """A subcommand's --runs-dir: later run-name lookups (load_model, resolve_run) use it."""
+    if path:
+        os.environ["SLM_RUNS_DIR"] = str(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every complete line; a line being appended right now (no newline yet) is skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in text.splitlines(keepends=True):
+        if line.endswith("\n") and line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def valid_run_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name or ""):
+        raise SLMError(f"run name {name!r} is invalid: use letters, digits, '.', '_' or '-' (at most 100)")
+    return name
+
+
+def new_run_name(prefix: str, root: Path) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{prefix}-{stamp}"
+    suffix = 1
+    while (root / name).exists():
+        suffix += 1
+        name = f"{prefix}-{stamp}-{suffix}"
+    return name
+
+
+def resolve_run(name_or_path: str | Path, root: Optional[str | Path] = None) -> Path:
+    """A run name (looked up in the runs dir) or a path to a run directory."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    candidate = runs_dir(root) / str(name_or_path)
+    if candidate.is_dir():
+        return candidate
+    raise SLMError(f"no run named '{name_or_path}' in {runs_dir(root)}; `slm runs` lists them")
+
+
+def read_status(run_dir: str | Path) -> dict:
+    status = read_json(Path(run_dir) / "status.json", default={}) or {}
+    state = status.get("state")
+    # The writer's lock outranks the file: a run another process holds is running (e.g. a shell
+    # `slm resume` still loading data, whose status.json still says how the last attempt ended).
+    from slm_core.run import lock as run_lock
+
+    who = run_lock.holder(run_dir)
+    if who is not None and not run_lock.is_self(who):
+        if state not in ("running", "paused"):
+            status.update(state="running", error=None)
+        status["pid"], status["host"] = who.get("pid", status.get("pid")), who.get("host")
+        return status
+    # A worker that died without writing its last word (killed -9, machine reset) is not "running":
+    # its lock is free (the kernel drops it with the process) or, for runs without one, its pid is gone.
+    unlocked = who is None and (Path(run_dir) / run_lock.LOCK_FILE).exists()
+    if (unlocked and state in ("running", "paused")) or (
+            state in ("running", "paused", "queued") and status.get("pid") and not _pid_alive(status["pid"])):
+        status["state"] = "failed"
+        status.setdefault("error", None)
+        status["error"] = status["error"] or "the worker process ended without reporting (killed or crashed); resume continues from the last checkpoint"
+    return status
+
+
+def write_status(run_dir: str | Path, **fields: Any) -> dict:
+    path = Path(run_dir) / "status.json"
+    status = read_json(path, default={}) or {}
+    status.update(fields)
+    status["updated_at"] = time.time()
+    atomic_write_json(path, status)
+    return status
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OSError):
+        return True
+    # A zombie (exited, not yet reaped by its parent) counts as dead.
+    try:
+        with open(f"/proc/{int(pid)}/stat") as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
+
+
+def read_samples(run_dir: str | Path) -> list[dict]:
+    return read_jsonl(Path(run_dir) / "samples.jsonl")
+
+
+def drop_rows_after(path: str | Path, step: int) -> int:
+    """Rewrite a JSON Lines log without the rows of steps after `step` (atomically), so the steps a
+    resume redoes appear once. A half-written last line goes too. Returns how many rows were dropped."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        return 0
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line) if line.endswith("\n") else None
+        except json.JSONDecodeError:
+            row = None
+        if row is None or (isinstance(row, dict) and isinstance(row.get("step"), (int, float)) and row["step"] > step):
+            continue
+        kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(kept))
+    return len(lines) - len(kept)
+
+
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """One line per event, flushed at once so a watcher sees it and a kill loses at most this line."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row, default=float) + "\n")
+        handle.flush()
+
+
+def request(run_dir: str | Path, what: str) -> None:
+    """Ask a running worker to stop, pause, resume (un-pause) or save a checkpoint now."""
+    control = Path(run_dir) / "control"
+    control.mkdir(parents=True, exist_ok=True)
+    if what == "resume":
+        (control / "pause").unlink(missing_ok=True)
+        return
+    if what not in CONTROL_REQUESTS:
+        raise SLMError(f"unknown request {what!r}: use stop, pause, resume or save")
+    (control / what).touch()
+
+
+def take_request(run_dir: str | Path, what: str, consume: bool = True) -> bool:
+    path = Path(run_dir) / "control" / what
+    if not path.exists():
+        return False
+    if consume:
+        path.unlink(missing_ok=True)
+    return True
+
+
+def run_summary(run_dir: Path) -> dict:
+    status = read_status(run_dir)
+    config = _read_yaml(run_dir / "config.yaml")
+    model, train = config.get("model") or {}, config.get("train") or {}
+    started, updated = status.get("started_at"), status.get("updated_at")
+    return {
+        "name": run_dir.name,
+        "path": str(run_dir),
+        "state": status.get("state", "unknown"),
+        "kind": status.get("kind", "train"),
+        "mode": status.get("mode", train.get("mode")),
+        "preset": status.get("preset") or config.get("preset"),
+        "model": model.get("name"),
+        "step": status.get("step", 0),
+        "max_steps": status.get("max_steps", train.get("max_steps")),
+        "tokens": status.get("tokens", 0),
+        "best_val_loss": status.get("best_val_loss"),
+        "best_step": status.get("best_step"),
+        "duration_s": (updated - started) if started and updated else None,
+        "parent": status.get("parent"),
+        "error": status.get("error"),
+        "started_at": started,
+        "scores": _scores(run_dir),
+    }
+
+
+def _scores(run_dir: Path) -> str:
+    """The newest report card's task and judge scores in one line ('' when there is none)."""
+    from slm_core.post.report_card import card_summary, latest_card
+
+    return card_summary(latest_card(run_dir))
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (FileNotFoundError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def list_runs(root: Optional[str | Path] = None) -> list[dict]:
+    """Every run directory (one holding status.json), newest first."""
+    base = runs_dir(root)
+    if not base.is_dir():
+        return []
+    rows = [run_summary(p) for p in base.iterdir() if (p / "status.json").exists()]
+    return sorted(rows, key=lambda r: r.get("started_at") or 0, reverse=True)
+
+
+def delete_run(run_dir: str | Path) -> None:
+    run_dir = Path(run_dir)
+    if not (run_dir / "status.json").exists():
+        raise SLMError(f"{run_dir} is not a run directory; refusing to delete it")
+    if read_status(run_dir).get("state") in ("running", "paused"):
+        raise SLMError(f"run '{run_dir.name}' is still running: stop it first")
+    shutil.rmtree(run_dir)

@@ -1,0 +1,1 @@
+"""Training: the loop, its modes, optimizers, distillation, monitoring and pre-flight checks."""

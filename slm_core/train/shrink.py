@@ -1,0 +1,136 @@
+""""Shrink this model": a student built from a teacher's config with fewer layers, initialised from
+a subset of the teacher's layers, ready to be distilled from that teacher (same tokenizer, same
+vocabulary, so distillation needs no vocabulary mapping).
+
+Keeping whole teacher layers (the first and last always, the rest evenly spaced) starts the student
+far closer to the teacher than a random init: the embeddings, the final norm, the output layer and
+each kept block are the teacher's own (layer-dropping as in DistilBERT / "shortened Llama").
+`shrink_summary` gives what the Studio shows before launch: parameters, weight memory and the
+expected speed-up (per-token compute scales with the non-embedding parameters).
+
+In a run, `distill.shrink_layers: N` with `distill.teacher` makes the student `shrunk_base(teacher, N)`
+(slm_core.train.modes); `slm shrink TEACHER --layers N` is that run from the shrink-cpu recipe, with the
+summary printed before it starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from slm_core.errors import SLMError
+
+
+def pick_layers(n_teacher: int, n_student: int) -> list[int]:
+    """n_student teacher layer indices, evenly spaced, first and last included."""
+    if not 1 <= n_student <= n_teacher:
+        raise SLMError(f"a student needs between 1 and {n_teacher} layers (the teacher's count); got {n_student}")
+    if n_student == 1:
+        return [n_teacher - 1]
+    return sorted({round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)})
+
+
+def student_config(teacher_config, n_layer: int):
+    """The teacher's ModelConfig with n_layer layers (and a name saying so); the HF source config is
+    kept so an export writes the same rope/bos/eos fields with the new depth."""
+    return dataclasses.replace(teacher_config, n_layer=n_layer, name=f"{teacher_config.name}-{n_layer}L")
+
+
+def shrink(teacher: torch.nn.Module, n_layer: int, layers: Optional[list[int]] = None) -> torch.nn.Module:
+    """A new Transformer of n_layer blocks copied from `teacher`'s blocks `layers` (default: pick_layers)."""
+    from slm_core.models.model import Transformer
+
+    config = teacher.config
+    layers = layers or pick_layers(config.n_layer, n_layer)
+    if len(layers) != n_layer or any(not 0 <= i < config.n_layer for i in layers):
+        raise SLMError(f"layers {layers} must name {n_layer} of the teacher's layers 0..{config.n_layer - 1}")
+    teacher_state = teacher.state_dict()
+    state = {k: v for k, v in teacher_state.items() if not k.startswith("layers.")}
+    for new, old in enumerate(layers):
+        prefix = f"layers.{old}."
+        state.update({f"layers.{new}.{k[len(prefix):]}": v for k, v in teacher_state.items() if k.startswith(prefix)})
+    with torch.device("meta"):
+        student = Transformer(student_config(config, n_layer))
+    student.load_state_dict({k: v.detach().clone() for k, v in state.items()}, assign=True)
+    student.tie_weights()
+    return student
+
+
+def shrink_summary(teacher_config, n_layer: int, bytes_per_param: int = 2) -> dict:
+    """Teacher vs student: parameters, weight memory (bf16 by default) and expected decode speed-up."""
+    from slm_core.models.estimate import count_parameters
+
+    teacher = count_parameters(teacher_config)
+    student = count_parameters(student_config(teacher_config, n_layer))
+    # Per-token compute ~ 2 x (blocks + output layer); the input embedding is a lookup.
+    compute = lambda c: c["non_embedding"] + c["lm_head_matmul"]  # noqa: E731
+    return {"teacher_params": teacher["total"], "student_params": student["total"],
+            "teacher_weights_mb": teacher["total"] * bytes_per_param / 2**20,
+            "student_weights_mb": student["total"] * bytes_per_param / 2**20,
+            "expected_speedup": compute(teacher) / max(compute(student), 1),
+            "layers": pick_layers(teacher_config.n_layer, n_layer)}
+
+
+def shrunk_base(teacher: torch.nn.Module, tokenizer, n_layer: int, source=None):
+    """The student for a distill run with distill.shrink_layers: the shrunk teacher as a LoadedModel
+    (what modes.py takes a base model as), with the teacher's tokenizer."""
+    from slm_core.run.checkpoint import LoadedModel
+    from slm_core.config import RunConfig
+    from slm_core.models.quantized import is_quantized
+
+    if not hasattr(teacher, "layers") or is_quantized(teacher):
+        raise SLMError(f"the teacher {source} cannot be shrunk (it is quantized or not a model this engine builds): "
+                       f"use the float model or run it was made from")
+    if tokenizer is None:
+        raise SLMError(f"the teacher {source} has no tokenizer (tokenizer.json), and a shrunk student uses the "
+                       f"teacher's: add the tokenizer files to the teacher's folder")
+    student = shrink(teacher, n_layer)
+    student.requires_grad_(True)
+    return LoadedModel(student, tokenizer, RunConfig(model=student.config), Path(str(source or ".")), kind="shrunk")
+
+
+# ---- command line: `slm shrink` -------------------------------------------------------------------
+
+def add_shrink_parser(sub) -> None:
+    from slm_core.cli import _add_launch_flags, _add_overrides, _add_run_location
+
+    parser = sub.add_parser("shrink", help="shrink a model: a student made of N of the teacher's layers, "
+                                           "distilled from the teacher (same tokenizer)")
+    parser.add_argument("teacher", help="run name, checkpoint folder, Hugging Face folder or cached Hub id")
+    parser.add_argument("--layers", type=int, required=True, help="the student's layer count")
+    parser.add_argument("--name", help="run name (default: shrink-cpu-<timestamp>)")
+    parser.add_argument("--steps", type=int, default=None, help="distillation steps (default: the recipe's)")
+    parser.add_argument("--preset", default="shrink-cpu", help="recipe for the distillation settings")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_location(parser)
+    _add_overrides(parser)
+    _add_launch_flags(parser)
+
+
+def cmd_shrink(args) -> int:
+    from slm_core.cli import _human, cmd_train
+    from slm_core.models.memory import locate, model_config
+
+    teacher_config, name = model_config(locate(args.teacher, args.runs_dir))
+    summary = shrink_summary(teacher_config, args.layers)  # checks the layer count too
+    print(format_summary(name, teacher_config.n_layer, summary, _human), flush=True)
+    if args.steps is not None and args.steps < 1:
+        raise SLMError(f"--steps={args.steps} is invalid: give a positive number of steps")
+    args.overrides = [f"distill.teacher={args.teacher}", f"distill.shrink_layers={args.layers}",
+                      *([f"train.max_steps={args.steps}"] if args.steps else []), *args.overrides]
+    args.config, args.mode = None, "distill"
+    return cmd_train(args)
+
+
+def format_summary(name: str, teacher_layers: int, info: dict, human) -> str:
+    """Teacher vs student, as printed before `slm shrink` starts."""
+    return "\n".join([
+        f"shrinking {name}: {teacher_layers} → {len(info['layers'])} layers (keeping the teacher's "
+        f"{', '.join(map(str, info['layers']))})",
+        f"{'':<12}{'teacher':>12}{'student':>12}",
+        f"{'parameters':<12}{human(info['teacher_params']):>12}{human(info['student_params']):>12}",
+        f"{'bf16 memory':<12}{info['teacher_weights_mb']:>9.0f} MB{info['student_weights_mb']:>9.0f} MB",
+        f"expected speed-up per token: {info['expected_speedup']:.2f}x"])
