@@ -36,7 +36,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from slm_core.config import ModelConfig, TokenizerConfig  # noqa: E402
-from slm_core.infer.decoder import half_copy_kind, one_row_half_default  # noqa: E402
+from slm_core.infer.decoder import half_copy_kind  # noqa: E402
+from slm_core.models.decoding import one_row_half_default
 from slm_core.infer.engine import Decoder, decode_one  # noqa: E402
 from slm_core.post.export import export_model  # noqa: E402
 from slm_core.models.model import Transformer  # noqa: E402

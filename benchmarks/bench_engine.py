@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from slm_core.config import ModelConfig
 from slm_core.infer.generate import generate_tokens
 from slm_core.models.model import Transformer
-from slm_core.train.monitor import cpu_has_native_bf16
+from slm_core.system import cpu_has_native_bf16
 
 
 def shapes(family: str) -> ModelConfig:

@@ -27,7 +27,7 @@ SHIPPED = ["story_ending", "opposites", "arithmetic"]
 
 
 def time_ours(run: str, limit) -> tuple[float, dict]:
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
     from slm_core.post.harness import run_tasks
 
     started = time.perf_counter()
@@ -40,7 +40,7 @@ def time_hf_peer(run: str, limit) -> tuple[float, dict]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
     from slm_core.post.tasks import task_configs
     from slm_core.post.export import export_model
     from slm_core.post.harness import _scores
@@ -63,7 +63,7 @@ def _free_port() -> int:
 
 
 def judge_agreement(run: str, url: str, limit: int) -> dict:
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
     from slm_core.post.judge import Endpoint, agreement, judge_replies, load_prompts, model_replies
 
     items = model_replies(load_model(run), load_prompts(None, limit), seed=0)

@@ -33,7 +33,7 @@ MODES = ("full", "lora", "qlora-int8", "qlora-int4")
 WORKER = r"""
 import json, sys, time
 import psutil, torch
-from slm_core.run.checkpoint import load_model
+from slm_core.models.load import load_model
 from slm_core.config import LoRAConfig, TrainConfig
 from slm_core.models.lora import apply_lora
 from slm_core.train.optim import build_optimizer

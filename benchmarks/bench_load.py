@@ -31,7 +31,7 @@ import json, sys, time
 import torch
 which, folder = sys.argv[1], sys.argv[2]
 if which == "ours":
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
 else:
     import transformers
 def hwm():

@@ -33,7 +33,7 @@ BATCH, CONTEXT = 1, 256
 WORKER = r"""
 import json, sys
 import torch
-from slm_core.run.checkpoint import load_model
+from slm_core.models.load import load_model
 case, folder, batch, context = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 def hwm():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024

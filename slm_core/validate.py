@@ -15,9 +15,7 @@ import json
 import logging
 import math
 import numbers
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -88,92 +86,6 @@ def check_device(device: Any, allow_auto: bool = False) -> None:
             if index >= count:
                 have = f"only {count} GPU(s)" if count else "no CUDA GPU"
                 raise SLMError(f"device {text!r} is not available: this machine has {have}; use cpu")
-
-
-def _plain_file(source: Any) -> bool:
-    """A file that is not a model by itself (a .gguf file may be one)."""
-    path = Path(str(source)).expanduser()
-    return path.is_file() and path.suffix.lower() != ".gguf"
-
-
-def check_load_args(source: Any, tag: str, device: Any) -> None:
-    """load_model's arguments: a source that is not a file, a known tag, a device this machine has."""
-    if source is None or not str(source).strip():
-        raise SLMError("no model given: name a run, or a checkpoint, quantized or Hugging Face model folder")
-    if _plain_file(source):
-        raise SLMError(f"{source} is a file: give a run name, or the model folder that holds it")
-    check_tag(tag)
-    check_device(device)
-
-
-def check_runs_dir(path: Optional[str | Path] = None, create: bool = False) -> Path:
-    """The runs directory (--runs-dir, $SLM_RUNS_DIR or ./runs): refused if it is a file, and with
-    create=True made if missing and proved writable, before a run directory is created in it."""
-    from slm_core.run.runs import runs_dir
-
-    root = runs_dir(path)
-    if root.exists() and not root.is_dir():
-        raise SLMError(f"the runs directory {root} is a file, not a folder: point --runs-dir (or $SLM_RUNS_DIR) "
-                       "at a folder")
-    if create:
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(dir=root, prefix=".write-test-")
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as error:
-            raise SLMError(f"cannot write to the runs directory {root} ({error.strerror or error}): choose another "
-                           "--runs-dir or fix its permissions") from None
-    return root
-
-
-def check_model_source(source: Any, field: str, tag: str = "best") -> Path:
-    """A run name (in the runs directory), run folder, checkpoint, quantized or HF folder → its folder.
-    Cheap: nothing is loaded, only the folders are looked at."""
-    from slm_core.run.checkpoint import resolve_source
-
-    if str(source).lower().endswith(".gguf") and Path(str(source)).expanduser().is_file():
-        return Path(str(source)).expanduser()
-    if _plain_file(source):
-        raise SLMError(f"{field}={source!r} is a file: give a run name, or a checkpoint, quantized or Hugging Face "
-                       "model folder")
-    try:
-        folder = resolve_source(str(source), tag)
-    except SLMError as error:  # names the runs directory it looked in; say which setting it came from
-        raise SLMError(f"{field}={source!r}: {error}") from None
-    known = ("quantization.json", "config.yaml", "config.json")
-    if not any((folder / name).exists() for name in known):
-        raise SLMError(f"{field}={source!r}: {folder} holds no model (no config.yaml or config.json); give a run "
-                       "name, or a checkpoint, quantized or Hugging Face model folder")
-    return folder
-
-
-def preflight_train(config: Any, run_dir: str | Path, resume: bool = False) -> None:
-    """Everything a new (or resumed) run needs that can be checked without building it: called
-    before the run directory is created, so a bad input leaves nothing behind."""
-    from slm_core.config import RunConfig
-    from slm_core.data.sources import source_kind
-
-    if not isinstance(config, RunConfig):
-        raise SLMError(f"config must be a RunConfig, got {type(config).__name__}: build one with "
-                       "slm_core.config.load_recipe(name) or load_run_config(path)")
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SLMError(f"the run directory {run_dir} is a file: give a folder path")
-    if resume and not (run_dir / "config.yaml").exists():
-        raise SLMError(f"{run_dir} is not a run to resume (no config.yaml): start it with `slm train`")
-    check_runs_dir(run_dir.parent, create=True)
-    config.check_ready()
-    if config.train.device != "auto":
-        check_device(config.train.device)
-    if config.train.mode in ("lora", "finetune") or (config.train.mode == "distill" and config.train.init_from):
-        check_model_source(config.train.init_from, "train.init_from")
-    if config.train.mode == "distill":
-        check_model_source(config.distill.teacher, "distill.teacher")
-    source_kind(config.data.source)  # a missing local file is named now, not after a failed run
-    if config.tokenizer.path and not Path(config.tokenizer.path).expanduser().exists():
-        raise SLMError(f"tokenizer.path={config.tokenizer.path!r} does not exist: give a saved tokenizer folder "
-                       "(or the folder with vocab.bpe + encoder.json for kind=gpt2), or leave it unset")
 
 
 @contextlib.contextmanager

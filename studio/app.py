@@ -76,7 +76,7 @@ def theme() -> gr.themes.Base:
 
 
 def _header(ctx: StudioContext) -> None:
-    from slm_core.train.monitor import gpu_info, system_memory
+    from slm_core.system import gpu_info, system_memory
 
     memory, gpus = system_memory(), gpu_info()
     gpu_text = ", ".join(f"{g['name']} ({g['total_mb'] / 1024:.0f} GB)" for g in gpus) or "no GPU found (training uses the CPU)"

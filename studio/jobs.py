@@ -76,9 +76,10 @@ def quantize(source: str, tag: str = "best", method: str = "int8", group_size: O
     with `report`, measure it against the original side by side (slm_core.models.quantized.quantization_report)."""
     import copy
 
-    from slm_core.run.checkpoint import load_model
-    from slm_core.models.lora import merge_adapter
-    from slm_core.models.quantized import check_method, eval_windows_for, quantization_report, quantize_model, save_quantized
+    from slm_core.models.load import load_model
+    from slm_core.models.model import merge_adapter
+    from slm_core.models.quantized import check_method, quantize_model, save_quantized
+    from slm_core.post.quantize import eval_windows_for, quantization_report
 
     group_size = int(group_size) if method == "int4" else None
     check_method(method, group_size)
@@ -99,7 +100,7 @@ def quantize(source: str, tag: str = "best", method: str = "int8", group_size: O
         windows = eval_windows_for(loaded, int(eval_tokens))
         rows = quantization_report(original, {label: quantized}, windows, paths={label: out})
         # Kept beside the artifact: the Quantize tab shows every variant's report side by side, not the last one.
-        from slm_core.run.runs import atomic_write_json
+        from slm_core.fsio import atomic_write_json
 
         atomic_write_json(out / REPORT_FILE, {"rows": rows, "measured_at": time.time(), "tag": tag})
     stages.close()
@@ -116,7 +117,7 @@ def evaluate(sources: list[str], tag: str = "best", data: Optional[str] = None, 
     A model that cannot be evaluated gets a row with its `error` instead of stopping the others."""
     from tqdm import tqdm
 
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
     from slm_core.errors import SLMError
     from slm_core.post.evaluate import perplexity
 
@@ -140,7 +141,7 @@ def evaluate(sources: list[str], tag: str = "best", data: Optional[str] = None, 
 
 def export(source: str, tag: str = "best", fmt: str = "hf", gguf_type: str = "f16") -> dict:
     """Write `source` as `fmt` into <run>/export/<label>/ (replacing an earlier one of the same label)."""
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
     from slm_core.post.export import export_model
 
     stages = _Stages(["loading", "writing"])

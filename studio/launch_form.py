@@ -23,7 +23,7 @@ STRATEGIES = [("DDP: a full copy of the model per process", "ddp"),
 
 def build(ctx) -> dict[str, Any]:
     """The panel's components, keyed by LAUNCH_KEYS; train.strategy registers as a config field."""
-    from slm_core.train.monitor import gpu_info
+    from slm_core.system import gpu_info
 
     gpus = gpu_info()
     c: dict[str, Any] = {}

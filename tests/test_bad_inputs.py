@@ -253,7 +253,7 @@ def test_cli_refuses_bad_input(world, capsys, argv, word, may_leave_failed_run):
 # ---- the Python API ------------------------------------------------------------------------------
 
 def _loaded(w):
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
 
     return load_model(w.tiny)
 
@@ -302,7 +302,7 @@ def _export(fmt):
 
 def _load(source, **kwargs):
     def call(w):
-        from slm_core.run.checkpoint import load_model
+        from slm_core.models.load import load_model
 
         return load_model(str(source).format(runs=w.runs, data=w.data, tiny=w.tiny), **kwargs)
     return call

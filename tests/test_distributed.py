@@ -74,7 +74,7 @@ def test_nproc_launches_torchrun_and_ddp_and_fsdp_track_one_process(tmp_path):
     manifest = json.loads((latest / "manifest.json").read_text())["files"]
     assert "model.safetensors" in manifest and any(f.startswith("sharded/") for f in manifest)  # vouched for
     assert not (best / "sharded").exists()  # `best` serves generation and export: the weights alone
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
 
     assert load_model(str(tmp_path / "fsdp")).model.num_parameters() > 0  # downstream reads model.safetensors
 

@@ -205,9 +205,9 @@ def test_character_tokenizers_get_a_llama_cpp_vocabulary(tmp_path):
 def test_cli_commands_write_artifacts_beside_the_source(tmp_path, tokenizer, capsys):
     import argparse
 
-    from slm_core.post.export import add_export_parser, cmd_export
+    from slm_core.cli.export import add_export_parser, cmd_export
     from slm_core.models.hf import save_hf_folder
-    from slm_core.models.quantized import add_quantize_parser, cmd_quantize
+    from slm_core.cli.quantize import add_quantize_parser, cmd_quantize
 
     source = tmp_path / "mymodel"
     save_hf_folder(random_model(tokenizer.n_vocab), tokenizer, source)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from slm_core.run.checkpoint import LoadedModel
+from slm_core.models.load import LoadedModel
 from slm_core.config import ModelConfig, RunConfig, TokenizerConfig
 from slm_core.infer.generate import generate_tokens, sample_next, stream_text
 from slm_core.models.model import Transformer

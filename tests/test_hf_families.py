@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from slm_core.run.checkpoint import load_model
+from slm_core.models.load import load_model
 from slm_core.errors import SLMError
 from slm_core.infer.generate import generate_tokens
 from slm_core.models.hf import from_hf, save_hf_folder

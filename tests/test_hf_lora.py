@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from slm_core.run.checkpoint import load_model
+from slm_core.models.load import load_model
 from slm_core.config import LoRAConfig, ModelConfig
 from slm_core.models.hf import save_hf_folder
 from slm_core.models.lora import apply_lora, load_adapter, save_adapter

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from slm_core.run.checkpoint import load_model
+from slm_core.models.load import load_model
 from slm_core.train.distill import distillation_loss
 from slm_core.errors import SLMError
 from slm_core.models.hf import save_hf_folder

@@ -26,7 +26,7 @@ def llama_1b(tmp_path_factory):
 def test_a_llama_32_1b_is_described_and_estimated_from_its_headers_alone(llama_1b):
     from slm_core.models.estimate import count_parameters
     from slm_core.models.memory import estimate
-    from slm_core.train.monitor import cpu_has_native_bf16
+    from slm_core.system import cpu_has_native_bf16
 
     est = estimate(str(llama_1b), device="cpu", batch_size=1, context=256)
     facts = est["facts"]
@@ -61,7 +61,7 @@ def test_a_llama_32_1b_is_described_and_estimated_from_its_headers_alone(llama_1
 
 
 def test_a_model_too_large_for_this_machine_is_refused_before_any_weight_is_read(tmp_path, monkeypatch):
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
 
     header_only_folder(tmp_path / "Llama-405B", LLAMA_405B)  # ~800 GB claimed, no data behind the header
     started = time.perf_counter()

@@ -123,7 +123,7 @@ def test_saving_a_float_model_quantizes_on_the_fly_and_leaves_it_untouched(tmp_p
 
 
 def test_checkpoint_loader_opens_quantized_artifacts(tmp_path):
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
 
     model = tiny()
     Q.save_quantized(model, model.config, None, tmp_path / "q8", method="int8")

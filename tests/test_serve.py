@@ -74,7 +74,7 @@ def test_the_openai_client_lists_completes_and_streams(server):
 
 
 def test_concurrent_streaming_clients_each_get_their_own_greedy_answer(server):
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
     from slm_core.infer.generate import complete
 
     base, run_dir = server

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from slm_core.run.checkpoint import load_model
+from slm_core.models.load import load_model
 from slm_core.errors import SLMError
 from slm_core.models.sources import is_hub_id, list_cached_models
 

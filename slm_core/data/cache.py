@@ -40,6 +40,10 @@ from slm_core.data.stream import DocStream
 from slm_core.errors import SLMError
 from slm_core.models.templates import default_template, split_prompt_response
 
+import torch
+
+from slm_core.fsio import atomic_write_bytes
+
 FORMAT_VERSION = 2  # 2: streamed chunks, documents split by content hash, text files split into documents
 ALIAS_FILE = "alias.json"
 TOKENIZER_DIR = "tokenizer"
@@ -228,7 +232,7 @@ def prepare_data(config: RunConfig, tokenizer=None, cache_dir=None, progress: bo
             data = _build_cache(cfg, template, tokenizer, root / real, root, progress, workers)
             if real != asked:
                 (root / asked).mkdir(parents=True, exist_ok=True)
-                _atomic_write(root / asked / ALIAS_FILE, json.dumps({"fingerprint": real}).encode())
+                atomic_write_bytes(root / asked / ALIAS_FILE, json.dumps({"fingerprint": real}).encode())
     if require_windows:
         data.check_windows(config.model.context_length)
     return data
@@ -283,14 +287,8 @@ def _build_cache(cfg: DataConfig, template: Optional[str], tokenizer, directory:
                 "is_instruction": template is not None, "template": template, "source": cfg.source,
                 "kind": stream.kind, "shard": list(shard) if shard else None, "tokenizer": tokenizer.fingerprint(),
                 "n_vocab": tokenizer.n_vocab, "eot_id": tokenizer.eot_id}
-        _atomic_write(directory / "meta.json", json.dumps(meta, indent=1).encode())
+        atomic_write_bytes(directory / "meta.json", json.dumps(meta, indent=1).encode())
     return PreparedData(tokenizer, directory, meta)
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
 
 
 # ---- shards: many machines, one corpus ------------------------------------------------------------

@@ -31,7 +31,6 @@ from slm_core.errors import SLMError
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text", ".rst")
 TABULAR_SUFFIXES = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv", ".tsv": "csv",
                     ".parquet": "parquet"}
-DOC_SEPARATOR = "<|endoftext|>"  # TinyStories-style text dumps separate stories with this marker
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
 OFFLINE_HINT = ("use a local source instead: a .txt/.md file, a folder of them, a JSONL/CSV/Parquet file, "
                 "a save_to_disk folder, 'builtin' (built-in stories) or 'builtin:instructions'")
@@ -193,7 +192,7 @@ def _check_uniform(items: list, source: str) -> bool:
 def read_text_file(path: Path, max_chars: Optional[int] = None, split: str = "paragraph") -> list[str]:
     """One text file as documents, split as data.split says (see slm_core.data.stream), reading only
     as far as `max_chars` characters need."""
-    from slm_core.data.stream import iter_text_file
+    from slm_core.data.text import iter_text_file
 
     docs, chars = [], 0
     for _, text in iter_text_file(path, split):

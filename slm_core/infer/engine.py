@@ -57,7 +57,7 @@ def pick_dtype(model: torch.nn.Module, dtype: str = "auto") -> torch.dtype:
     device = next(model.parameters()).device
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    from slm_core.train.monitor import cpu_has_native_bf16
+    from slm_core.system import cpu_has_native_bf16
 
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 

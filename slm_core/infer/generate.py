@@ -14,7 +14,7 @@ import torch
 
 from slm_core.infer.engine import Decoder, decode_one
 from slm_core.errors import SLMError
-from slm_core.models.lora import base_transformer
+from slm_core.models.model import base_transformer
 from slm_core.infer.sampling import SamplingParams, TextStream, sample_next  # noqa: F401  (sample_next: public here too)
 
 

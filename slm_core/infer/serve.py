@@ -298,55 +298,6 @@ def create_app(served: Served):
 
 # ---- command line: `slm serve` -----------------------------------------------------------------------
 
-def add_serve_parser(sub) -> None:
-    parser = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
-    parser.add_argument("model", help="run name, checkpoint, quantized, Hugging Face or ONNX (genai) folder")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
-    parser.add_argument("--engine", default="native", choices=["native", "onnx", "vllm"],
-                        help="native torch (continuous batching), onnxruntime-genai (a folder from `slm export "
-                             "--format onnx`; chosen by itself for one), or hand over to vLLM")
-    parser.add_argument("--name", default=None, help="model id clients ask for (default: the model's name)")
-    parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    parser.add_argument("--slots", type=int, default=8, help="sequences decoded together at most")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="as for `slm generate`: auto (fastest where exact enough), fp32 (exact) or bf16")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for decoding")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow start)")
-    parser.add_argument("--stream-interval-ms", type=float, default=STREAM_INTERVAL_S * 1000,
-                        help="a stream sends at most one event per this many ms, with every token decoded meanwhile "
-                             "(default %(default)g; 0: an event per token, slower with many clients)")
-    parser.add_argument("--runs-dir", default=None)
-
-
-def cmd_serve(args) -> int:
-    from slm_core.run.runs import use_runs_dir
-
-    use_runs_dir(args.runs_dir)
-    if args.api_key is not None and not args.api_key:
-        raise SLMError("--api-key is empty: give a key, or leave the flag out to serve without one")
-    if args.stream_interval_ms < 0:
-        raise SLMError("--stream-interval-ms must be 0 (an event per token) or more")
-    if args.engine == "vllm":
-        return _hand_to_vllm(args)
-    served = load_served(args.model, args.engine, args.checkpoint, args.slots, args.dtype, args.threads,
-                         args.compile, args.name)
-    served.api_key = args.api_key
-    served.stream_interval_s = args.stream_interval_ms / 1000
-    import uvicorn
-
-    print(f"serving '{served.model_id}' ({served.engine.description}) on http://{args.host}:{args.port}/v1",
-          flush=True)
-    app = create_app(served)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-    if not hasattr(served.engine, "run_here"):  # onnxruntime-genai runs its own threads
-        uvicorn.Server(config).run()
-        served.engine.close()
-        return 0
-    return _serve_decoding_here(served, uvicorn.Server(config))
-
 
 def _serve_decoding_here(served: Served, server) -> int:
     """HTTP on a thread of its own, the native decode loop on this thread (the one that loaded the model:
@@ -393,7 +344,7 @@ def load_served(model: str, engine: str = "native", tag: str = "best", slots: in
 
         runtime = OnnxEngine(model, threads=threads, slots=slots, inline_alone=False)  # clients overlap
         return Served(runtime, name or Path(model).name, chat_renderer(runtime.template, runtime.tokenizer))
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
     from slm_core.infer.engine import Engine
 
     loaded = load_model(model, tag=tag)
@@ -401,29 +352,3 @@ def load_served(model: str, engine: str = "native", tag: str = "best", slots: in
     return Served(runtime, name or Path(str(model)).name, chat_renderer(loaded.template, loaded.tokenizer))
 
 
-def _hand_to_vllm(args) -> int:
-    """vLLM's own OpenAI server on an HF export of MODEL (exported first when MODEL is not one)."""
-    import importlib.util
-    import os
-    import sys
-    from pathlib import Path
-
-    if importlib.util.find_spec("vllm") is None:
-        raise SLMError("--engine vllm needs vLLM (a CUDA machine: `pip install vllm`); "
-                       "without it, serve with the default --engine native")
-    folder = Path(args.model)
-    if not (folder / "config.json").exists():
-        from slm_core.run.checkpoint import load_model
-        from slm_core.post.export import export_model
-        from slm_core.models.quantized import artifact_dir
-
-        loaded = load_model(args.model, tag=args.checkpoint)
-        folder = artifact_dir(loaded.path, "export", "hf")
-        if not (folder / "config.json").exists():
-            export_model(loaded.model, loaded.tokenizer, loaded.config, folder, "hf", source=str(args.model))
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
-               "--served-model-name", args.name or Path(str(args.model)).name, "--host", args.host,
-               "--port", str(args.port)] + (["--api-key", args.api_key] if args.api_key else [])
-    print("handing over to vLLM:", " ".join(command), flush=True)
-    os.execv(sys.executable, command)
-    return 0

@@ -21,6 +21,7 @@ import dataclasses
 import time
 from typing import Optional
 
+from slm_core import system
 from slm_core.config import LoRAConfig, ModelConfig
 from slm_core.errors import SLMError
 
@@ -136,9 +137,7 @@ def _default_device() -> str:
     the Studio's server process never initialises CUDA just to draw an estimate."""
     import torch
 
-    from slm_core.train import monitor
-
-    return "cuda" if torch.backends.cuda.is_built() and monitor.gpu_info() else "cpu"
+    return "cuda" if torch.backends.cuda.is_built() and system.gpu_info() else "cpu"
 
 
 def uses_autocast(precision: str, device: str = "cpu") -> bool:
@@ -152,7 +151,7 @@ def uses_autocast(precision: str, device: str = "cpu") -> bool:
         return precision != "fp32"
     if str(device).startswith("cuda"):
         return True
-    from slm_core.train.monitor import cpu_has_native_bf16
+    from slm_core.system import cpu_has_native_bf16
 
     return cpu_has_native_bf16()
 
@@ -468,8 +467,6 @@ def describe(config: ModelConfig, batch_size: int = 8, precision: str = "auto", 
      short benchmark), "notes"}. mode 'lora' needs `lora` (its rank and targets set what trains);
     mode 'distill' takes the teacher's ModelConfig when known.
     """
-    from slm_core.train import monitor
-
     device = str(device or _default_device())
     params = count_parameters(config)
     fraction = 1.0
@@ -484,10 +481,10 @@ def describe(config: ModelConfig, batch_size: int = 8, precision: str = "auto", 
                                strategy=strategy, world_size=max(1, int(nproc)))
     slack = 1.0 if device.startswith("cuda") else CPU_ALLOCATOR_SLACK * max(1, int(nproc))
     if device.startswith("cuda"):
-        gpus = monitor.gpu_info()
+        gpus = system.gpu_info()
         available = gpus[0]["free_mb"] if gpus else None
     else:
-        available = monitor.system_memory()["available_mb"]
+        available = system.system_memory()["available_mb"]
     info = {
         "params": params, "training": training,
         "inference": inference_memory(config, dtype="fp32"),

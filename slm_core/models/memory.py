@@ -35,7 +35,7 @@ def locate(spec: str, runs_dir: Optional[str | Path] = None) -> Path:
     """The local folder holding `spec`'s config and weights, without downloading or converting anything:
     a Hub id already in the Hugging Face cache, a Hugging Face folder, a run (its best checkpoint) or a
     checkpoint folder."""
-    from slm_core.run.checkpoint import resolve_source
+    from slm_core.models.sources import resolve_source
 
     spec = str(spec).strip()
     if is_hub_id(spec) and not (runs_dir and (Path(runs_dir) / spec).is_dir()):
@@ -102,7 +102,7 @@ def chat_dtype(device: str) -> str:
     """The dtype the chat engine computes in ('auto': bf16 where native, else fp32; see engine.pick_dtype)."""
     if device.startswith("cuda"):
         return "bf16"
-    from slm_core.train.monitor import cpu_has_native_bf16
+    from slm_core.system import cpu_has_native_bf16
 
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
@@ -168,7 +168,7 @@ def estimate(spec: str, runs_dir: Optional[str | Path] = None, device: Optional[
     model's, capped at 2048) and `batch_size` sequences per step."""
     from slm_core.config import LoRAConfig
     from slm_core.models.estimate import CPU_ALLOCATOR_SLACK, fits, inference_memory
-    from slm_core.train.preflight import available_memory_mb
+    from slm_core.system import available_memory_mb
 
     folder = locate(spec, runs_dir)
     info = facts(folder)
@@ -184,7 +184,7 @@ def estimate(spec: str, runs_dir: Optional[str | Path] = None, device: Optional[
     one = inference_memory(config, batch=1, context=cache, dtype=dtype)
     # The engine keeps a KV cache per slot, computes the logits of the last position only, and runs a small
     # model from prepared copies of its matrices (slm_core.infer.decoder).
-    from slm_core.infer.decoder import prepared_weight_copies  # imports torch: only when estimating
+    from slm_core.models.decoding import prepared_weight_copies  # imports torch: only when estimating
 
     copies = prepared_weight_copies(params, config.d_model, dtype, device)
     chat_mb = (one["weights_mb"] * (1 + copies) + CHAT_SLOTS * one["kv_cache_mb"] + one["activations_mb"]
@@ -233,7 +233,8 @@ def load_bytes(folder: Path, dtype: Optional[str] = None) -> Optional[int]:
 def check_fits(folder: Path, device: str = "cpu", dtype: Optional[str] = None, force: bool = False) -> None:
     """Refuse, before a weight is read, to load a model whose weights alone exceed the free memory of
     `device` (RAM, a container's limit, or the GPU). force or SLM_FORCE=1 skips the check."""
-    from slm_core.train.preflight import _size, available_memory_mb
+    from slm_core.system import format_mb
+    from slm_core.system import available_memory_mb
 
     if force or os.environ.get(FORCE_ENV, "").lower() in ("1", "true", "yes", "on"):
         return
@@ -242,8 +243,8 @@ def check_fits(folder: Path, device: str = "cpu", dtype: Optional[str] = None, f
     if needed is None or available is None or needed / MB <= available:
         return
     where = "the GPU" if str(device).startswith("cuda") else "this machine"
-    raise SLMError(f"refusing to load {folder.name}: its weights need about {_size(needed / MB)} and {where} has "
-                   f"{_size(available)} free. Pick a smaller model, or an int8/int4 version of it (`slm quantize` "
+    raise SLMError(f"refusing to load {folder.name}: its weights need about {format_mb(needed / MB)} and {where} has "
+                   f"{format_mb(available)} free. Pick a smaller model, or an int8/int4 version of it (`slm quantize` "
                    f"on a machine where it fits); set {FORCE_ENV}=1 (or train.force=true) to try anyway")
 
 

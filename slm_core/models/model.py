@@ -254,3 +254,38 @@ class Transformer(nn.Module):
             else:
                 x = layer(x, rope, input_pos, end)
         return self.lm_head(self.norm(x))
+
+
+def is_peft(model: nn.Module) -> bool:
+    # Duck-typed so callers need not import peft just to ask.
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Strip DDP (`.module`) and torch.compile (`._orig_mod`) wrappers; a peft model stays a peft model."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def base_transformer(model: nn.Module) -> nn.Module:
+    """The Transformer underneath any wrapper: where `setup_kv_cache`/`clear_kv_cache` and `.config` live.
+
+    Under peft the LoRA layers are injected into this very module, so calling it (or the peft
+    wrapper, which forwards `input_pos=` unchanged) runs base + adapter, unmerged.
+    """
+    model = unwrap(model)
+    return model.get_base_model() if is_peft(model) else model
+
+
+def merge_adapter(model: nn.Module) -> nn.Module:
+    """Fold the adapter into the base weights → a plain Transformer (for a standalone checkpoint,
+    quantization or export). Consumes the peft model: its base is the returned module."""
+    model = unwrap(model)
+    if not is_peft(model):
+        return model
+    return model.merge_and_unload()

@@ -30,24 +30,23 @@ Norms, biases and GPT-2's position table stay in floating point.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from slm_core.errors import SLMError
+from slm_core.run.manifest import WEIGHTS
 
 METHODS = ("int8", "int4", "int8-dynamic")
 GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel accepts
 META_FILE = "quantization.json"
-WEIGHTS = "model.safetensors"
 FORMAT = "slm-quantized"
 VERSION = 1
 # Switch for tests and benchmarks: False forces the dequantize-then-matmul path everywhere.
@@ -276,7 +275,7 @@ def check_method(method: str, group_size: Optional[int]) -> None:
 
 def _plain_transformer(model: nn.Module) -> nn.Module:
     """A LoRA model is merged first (consuming the peft wrapper); anything else must be our Transformer."""
-    from slm_core.models.lora import merge_adapter
+    from slm_core.models.model import merge_adapter
 
     model = merge_adapter(model)  # a plain model comes back unchanged
     if not hasattr(model, "config") or not hasattr(model, "embed_tokens"):
@@ -528,170 +527,7 @@ def read_quantization_meta(path: str | Path) -> dict:
     return meta
 
 
-def load_quantized(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a quantized artifact (from its metadata, no original needed) → checkpoint.LoadedModel."""
-    from safetensors.torch import load_file
-
-    from slm_core.run.checkpoint import LoadedModel
-    from slm_core.config import load_run_config
-    from slm_core.models.model import Transformer
-
-    path = Path(path)
-    meta = read_quantization_meta(path)
-    if meta["method"] == "int8-dynamic" and torch.device(device).type != "cpu":
-        raise SLMError("int8-dynamic models run on CPU only (torch.ao dynamic kernels); use int8 or int4 on a GPU")
-    config = load_run_config(path / "config.yaml")
-    with torch.device("meta"):  # skip random init: every tensor comes from the file
-        model = Transformer(config.model)
-    install_quantized(model, load_file(str(path / WEIGHTS)), meta["modules"], meta["method"], meta["group_size"])
-    model.quantization["source"] = meta.get("source")
-    tokenizer = None
-    if (path / "tokenizer").is_dir():
-        from slm_core.models.tokenizer import Tokenizer
-
-        tokenizer = Tokenizer.load(path / "tokenizer")
-    model.to(device).eval()
-    return LoadedModel(model, tokenizer, config, path, template=config.data.template, kind="quantized")
-
-
 # ---- measuring: size, memory, perplexity, speed, side by side -------------------------------------
-
-def method_label(model: nn.Module) -> str:
-    info = getattr(model, "quantization", None)
-    if not info:
-        return str(next(model.parameters()).dtype).replace("torch.", "").replace("float", "fp")
-    return info["method"] + (f"-g{info['group_size']}" if info.get("group_size") else "")
-
-
-def model_memory_bytes(model: nn.Module) -> int:
-    """Bytes the model's tensors hold in memory: parameters and buffers (shared storage once), the int4
-    kernel's own layout where built, and torch.ao's packed int8 weights (counted at 1 byte/weight)."""
-    seen, total = set(), 0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        storage = tensor.untyped_storage()
-        if tensor.device.type != "meta" and storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            total += storage.nbytes()
-    for module in model.modules():
-        if isinstance(module, WeightOnlyInt4Linear) and module._kernel is not None:
-            total += sum(t.numel() * t.element_size() for t in module._kernel)
-        elif _is_dynamic(module):
-            qweight, bias = module.weight(), module.bias()
-            total += qweight.numel() + qweight.shape[0] * 16 + (0 if bias is None else bias.numel() * 4)
-    return total
-
-
-def weights_file_bytes(model: nn.Module) -> int:
-    """Size of the weights file this model saves to (model.safetensors), measured by writing it."""
-    from safetensors.torch import save_file
-
-    if is_quantized(model):
-        tensors = quantized_state(model)[0]
-    else:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        if model.config.tie_embeddings:
-            tensors.pop("lm_head.weight", None)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_file(tensors, f"{tmp}/{WEIGHTS}")
-        return Path(f"{tmp}/{WEIGHTS}").stat().st_size
-
-
-def as_windows(eval_windows, batch: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) pairs from a LongTensor of windows (N, T+1) or an iterable of (x, y) (y = -100: not scored)."""
-    if isinstance(eval_windows, torch.Tensor):
-        w = eval_windows.long()
-        return [(w[i:i + batch, :-1], w[i:i + batch, 1:]) for i in range(0, len(w), batch)]
-    return [(x, y) for x, y in eval_windows]
-
-
-@torch.inference_mode()
-def windows_perplexity(model: nn.Module, windows: list) -> float:
-    device = next(model.parameters()).device
-    nll, count = 0.0, 0
-    for x, y in windows:
-        logits = model(x.to(device)).float()  # (B, T, V)
-        y = y.to(device)
-        nll += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum").item()
-        count += int((y != -100).sum())
-    if count == 0:
-        raise SLMError("no tokens to evaluate in the given windows; use a larger validation split")
-    return math.exp(min(nll / count, 50.0))
-
-
-def decode_tokens_per_sec(model: nn.Module, prompt_ids: list[int], new_tokens: int = 64) -> float:
-    """Batch-1 greedy generation speed over the KV cache (prefill of the prompt included)."""
-    from slm_core.infer.generate import generate_tokens
-
-    start = time.perf_counter()
-    produced = sum(1 for _ in generate_tokens(model, prompt_ids, new_tokens, temperature=0.0, seed=0))
-    return produced / max(time.perf_counter() - start, 1e-9)
-
-
-def _peak_cuda_mb(model: nn.Module, prompt_ids: list[int], new_tokens: int) -> Optional[float]:
-    if next(model.parameters()).device.type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    decode_tokens_per_sec(model, prompt_ids, new_tokens)
-    return torch.cuda.max_memory_allocated() / 2**20
-
-
-def quantization_report(original: nn.Module, quantized, eval_windows=None, *, prompt_ids: Optional[list] = None,
-                        new_tokens: int = 64, repeats: int = 3, paths: Optional[dict] = None,
-                        eval_fn: Optional[Callable[[nn.Module], float]] = None) -> list[dict]:
-    """Size, memory, perplexity and decode speed of the original and each quantized model, measured in
-    this process side by side (speed: the best of `repeats` interleaved rounds, which evens out noise
-    from other work on the machine). `quantized`: a model or {label: model}; `paths`: {label: artifact
-    folder or file} to read disk sizes from (else each model's weights are written to a temp file).
-    Perplexity comes from `eval_fn(model)` or from `eval_windows` (see `as_windows`); memory is the
-    tensors held (`model_memory_bytes`), plus peak allocation during generation on CUDA.
-    Returns rows (dicts) with ratios against the first row, the original."""
-    models = {method_label(original): original}
-    models.update(quantized if isinstance(quantized, dict) else {method_label(quantized): quantized})
-    windows = as_windows(eval_windows) if eval_windows is not None else None
-    if prompt_ids is None:
-        prompt_ids = windows[0][0][0, :16].tolist() if windows else [0] * 8
-    rows = {label: _static_row(label, model, paths) for label, model in models.items()}
-    for label, model in models.items():
-        ppl = eval_fn(model) if eval_fn else (windows_perplexity(model, windows) if windows else None)
-        rows[label]["ppl"] = ppl
-        decode_tokens_per_sec(model, prompt_ids, 4)  # warm-up: first-call allocations, kernel layouts
-        rows[label]["peak_mem_mb"] = _peak_cuda_mb(model, prompt_ids, new_tokens)
-        rows[label]["memory_mb"] = model_memory_bytes(model) / 2**20  # after warm-up: caches built
-    speeds = {label: 0.0 for label in models}
-    for _ in range(max(1, repeats)):
-        for label, model in models.items():
-            speeds[label] = max(speeds[label], decode_tokens_per_sec(model, prompt_ids, new_tokens))
-    base = rows[next(iter(rows))]
-    for label, row in rows.items():
-        row["tokens_per_sec"] = speeds[label]
-        row["speedup"] = speeds[label] / speeds[next(iter(rows))]
-        row["size_ratio"] = row["disk_mb"] / base["disk_mb"]
-        row["memory_ratio"] = row["memory_mb"] / base["memory_mb"]
-        row["ppl_delta"] = None if row["ppl"] is None else row["ppl"] - base["ppl"]
-    return list(rows.values())
-
-
-def _static_row(label: str, model: nn.Module, paths: Optional[dict]) -> dict:
-    info = getattr(model, "quantization", None) or {}
-    path = Path(paths[label]) if paths and label in paths else None
-    if path is not None and path.is_dir():
-        path = path / WEIGHTS
-    size = path.stat().st_size if path is not None else weights_file_bytes(model)
-    return {"model": label, "method": info.get("method", "none"), "group_size": info.get("group_size"),
-            "disk_mb": size / 2**20}
-
-
-def format_report(rows: list[dict]) -> str:
-    """A plain-text table of quantization_report rows, for the CLI."""
-    lines = [f"{'model':<14}{'disk MB':>9}{'size':>7}{'mem MB':>9}{'mem':>7}{'val ppl':>10}{'Δppl':>9}"
-             f"{'tok/s':>9}{'speed':>7}"]
-    for r in rows:
-        ppl = f"{r['ppl']:>10.4f}" if r["ppl"] is not None else f"{'-':>10}"
-        delta = f"{r['ppl_delta']:>+9.4f}" if r["ppl_delta"] is not None else f"{'-':>9}"
-        lines.append(f"{r['model']:<14}{r['disk_mb']:>9.2f}{r['size_ratio']:>6.2f}x{r['memory_mb']:>9.2f}"
-                     f"{r['memory_ratio']:>6.2f}x{ppl}{delta}{r['tokens_per_sec']:>9.1f}{r['speedup']:>6.2f}x")
-    return "\n".join(lines)
 
 
 # ---- command line: `slm quantize` -----------------------------------------------------------------
@@ -705,57 +541,3 @@ def artifact_dir(source_path: Path, kind: str, label: str) -> Path:
     return source_path.with_name(f"{source_path.name}-{label}")
 
 
-def eval_windows_for(loaded, max_tokens: int = 20_000) -> list:
-    """Non-overlapping validation windows of the model's own data (its config's data source)."""
-    from slm_core.data.cache import prepare_data
-
-    data = prepare_data(loaded.config, tokenizer=loaded.tokenizer, progress=False)
-    context = loaded.model.config.context_length
-    windows, total = [], 0
-    for x, y in data.iter_eval_windows("val", context, context):
-        windows.append((x, y))
-        total += x.numel()
-        if total >= max_tokens:
-            break
-    return windows
-
-
-def add_quantize_parser(sub) -> None:
-    parser = sub.add_parser("quantize", help="quantize a model (int8 / int4 / int8-dynamic), optionally with a report")
-    parser.add_argument("model", help="run name, checkpoint folder or Hugging Face folder")
-    parser.add_argument("--method", choices=METHODS, default="int8")
-    parser.add_argument("--group-size", type=int, default=64, choices=GROUP_SIZES, help="int4 group size")
-    parser.add_argument("--out", default=None, help="output folder (default: <run>/quantized/<method>)")
-    parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    parser.add_argument("--report", action="store_true",
-                        help="compare with the original: file size, memory, validation perplexity, tokens/s")
-    parser.add_argument("--eval-tokens", type=int, default=20_000, help="validation tokens for the report")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--runs-dir", default=None)
-
-
-def cmd_quantize(args) -> int:
-    import copy
-
-    from slm_core.run.checkpoint import load_model
-    from slm_core.run.runs import use_runs_dir
-    from slm_core.validate import check_runs_dir
-
-    if args.eval_tokens < 1:
-        raise SLMError(f"--eval-tokens={args.eval_tokens} is invalid: give a positive number of tokens")
-    use_runs_dir(check_runs_dir(args.runs_dir))
-    loaded = load_model(args.model, tag=args.checkpoint)
-    group_size = args.group_size if args.method == "int4" else None
-    label = args.method + (f"-g{group_size}" if group_size else "")
-    out = Path(args.out) if args.out else artifact_dir(loaded.path, "quantized", label)
-    from slm_core.models.lora import merge_adapter
-
-    original = merge_adapter(loaded.model)  # a LoRA run: quantize (and measure) the merged model
-    quantized = quantize_model(copy.deepcopy(original) if args.report else original, args.method, group_size)
-    save_quantized(quantized, loaded.config, loaded.tokenizer, out, source=str(args.model), overwrite=args.overwrite)
-    print(f"wrote {out}")
-    if args.report:
-        windows = eval_windows_for(loaded, args.eval_tokens)
-        rows = quantization_report(original, {label: quantized}, windows, paths={label: out})
-        print(format_report(rows))
-    return 0

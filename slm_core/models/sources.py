@@ -28,6 +28,11 @@ from typing import Any, Optional
 
 from slm_core.errors import SLMError
 
+from slm_core.run.manifest import MANIFEST
+from slm_core.run.manifest import find_checkpoint
+from slm_core.run.manifest import verify_checkpoint
+from slm_core.run.runs import resolve_run
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 # What a causal LM needs from a repo: no pickles, no ONNX/GGUF/flax copies, no original/ consolidated.pth.
 ALLOW_PATTERNS = ["config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
@@ -269,3 +274,29 @@ def gguf_folder(path: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def resolve_source(source: str | Path, tag: str = "best") -> Path:
+    """A run name/dir, a checkpoint dir, a quantized artifact, a Hugging Face folder, a .gguf file or a
+    Hub id (from the Hugging Face cache, else downloaded: slm_core.models.sources) → a folder."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        try:
+            path = resolve_run(source)
+        except SLMError:
+            from slm_core.models.sources import resolve_external
+
+            path = resolve_external(str(source))
+            if path is None:
+                raise
+    if (path / "status.json").exists() and (path / "checkpoints").is_dir():
+        ckpt = find_checkpoint(path, tag)
+        if ckpt is None:
+            raise SLMError(f"run '{path.name}' has no checkpoint yet; train it first or wait for the first save")
+        return ckpt
+    if (path / MANIFEST).exists():  # a checkpoint folder named directly: no fallback, but a clear word
+        problem = verify_checkpoint(path)
+        if problem:
+            raise SLMError(f"checkpoint {path} is damaged: {problem}; load its run instead to fall back to "
+                           f"the previous good checkpoint")
+    return path

@@ -34,7 +34,7 @@ import tiktoken
 
 from slm_core.config import TokenizerConfig
 from slm_core.errors import SLMError
-from slm_core.run.runs import atomic_write_json, atomic_write_text
+from slm_core.fsio import atomic_write_json, atomic_write_text
 
 EOT = "<|endoftext|>"
 META_FILE = "slm_tokenizer.json"

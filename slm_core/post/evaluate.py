@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from typing import Optional
 
@@ -84,7 +83,7 @@ def own_data_config(loaded):
     data, so "own validation data" is the same text for a run and its export."""
     from pathlib import Path
 
-    from slm_core.run.checkpoint import resolve_source
+    from slm_core.models.sources import resolve_source
     from slm_core.config import load_run_config
     from slm_core.run.runs import read_json
 
@@ -99,57 +98,8 @@ def own_data_config(loaded):
 
 
 def _context(model: torch.nn.Module) -> int:
-    from slm_core.models.lora import base_transformer
+    from slm_core.models.model import base_transformer
 
     return base_transformer(model).config.context_length
 
 
-def add_eval_parser(sub) -> None:
-    parser = sub.add_parser("eval", help="perplexity of one or more models on a data source")
-    parser.add_argument("models", nargs="+", help="run names, checkpoint, quantized or Hugging Face folders")
-    parser.add_argument("--data", default=None, help="data source (default: each model's own validation data)")
-    parser.add_argument("--text-column", default=None)
-    parser.add_argument("--split", default=None, choices=list(SPLITS),
-                        help="default: 'val' of the model's own data; 'all' of a --data source")
-    parser.add_argument("--stride", type=int, default=None, help="window stride in tokens (default: context/2)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="stop after scoring this many tokens")
-    parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    parser.add_argument("--runs-dir", default=None)
-    beyond = parser.add_argument_group("beyond perplexity (a report card per model; see slm_core.post.report_card)")
-    beyond.add_argument("--tasks", default=None, help="comma-separated benchmark tasks: shipped ones "
-                        "(story_ending, opposites, arithmetic), JSONL files of your own, or lm-eval task names")
-    beyond.add_argument("--limit", type=int, default=None, help="at most this many items per task")
-    beyond.add_argument("--judge", default=None, metavar="URL", help="an OpenAI-compatible endpoint, e.g. "
-                        "http://127.0.0.1:8000/v1 (slm serve), http://127.0.0.1:11434/v1 (Ollama)")
-    beyond.add_argument("--judge-model", default="", help="the judge's model name (default: the first it lists)")
-    beyond.add_argument("--judge-key", default=None, help="API key (default: $OPENAI_API_KEY if set)")
-    beyond.add_argument("--judge-prompts", default=None, help="JSONL of prompts (default: held-out built-in instructions)")
-    beyond.add_argument("--judge-limit", type=int, default=20, help="how many prompts to judge")
-    beyond.add_argument("--judge-seeds", default="0", help="one seed, or two (0,1) to report the agreement of two runs")
-    beyond.add_argument("--judge-timeout", type=float, default=60.0, help="seconds to wait for one judge reply")
-    beyond.add_argument("--judge-temperature", type=float, default=0.0,
-                        help="the judge's sampling temperature (seeds only matter above 0)")
-    beyond.add_argument("--pairwise", action="store_true", help="judge two models against each other (A vs B, "
-                        "each pair shown in both orders)")
-    beyond.add_argument("--card", action="store_true", help="write a report card per model (implied by --tasks/--judge)")
-
-
-def cmd_eval(args) -> int:
-    from slm_core.run.checkpoint import load_model
-    from slm_core.run.runs import use_runs_dir
-    from slm_core.validate import check_runs_dir, validate_eval
-
-    validate_eval(args.stride, args.max_tokens)
-    use_runs_dir(check_runs_dir(args.runs_dir))
-    if args.tasks or args.judge or args.card or args.pairwise:
-        from slm_core.post.report_card import cmd_card
-
-        return cmd_card(args)
-    print(f"{'model':<48}{'tokens':>10}{'loss':>9}{'ppl':>10}{'sec':>8}")
-    for source in args.models:
-        loaded = load_model(source, tag=args.checkpoint)
-        row = perplexity(loaded, args.data, args.split, args.stride, args.max_tokens, args.text_column)
-        print(f"{source[-47:]:<48}{row['tokens']:>10,}{row['loss']:>9.4f}{row['ppl']:>10.3f}{row['seconds']:>8.1f}")
-        if row.get("warning"):
-            print(f"warning: {row['warning']}", file=sys.stderr)
-    return 0

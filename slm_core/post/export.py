@@ -21,6 +21,9 @@ import torch
 from slm_core.errors import SLMError
 from slm_core.models.quantized import replace_dir
 
+from slm_core.post.export_gguf import _ollama_modelfile
+from slm_core.post.export_gguf import _safe
+
 FORMATS = ("hf", "gguf", "gguf-lora", "onnx", "onnx-graph")  # onnx: onnxruntime-genai folder; onnx-graph: plain
 # logits graph; gguf-lora: a LoRA run as its base GGUF + llama.cpp LoRA adapter GGUF (export_gguf_lora.py)
 INFO_FILE = "export.json"
@@ -145,54 +148,6 @@ def _write(model, tokenizer, folder: Path, fmt: str, gguf_type: str, name: str,
     return files
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
-
-
-def _ollama_modelfile(folder: Path, gguf_name: str, template: Optional[str]) -> Path:
-    """`ollama create NAME -f Modelfile` imports the GGUF; the prompt template matches training."""
-    lines = [f"FROM ./{gguf_name}", 'PARAMETER stop "<|endoftext|>"']
-    if template:
-        from slm_core.models.templates import format_prompt
-
-        prompt = format_prompt({"instruction": "{{ .Prompt }}", "input": ""}, template)
-        lines.append(f'TEMPLATE """{prompt}{{{{ .Response }}}}"""')
-        if template == "chatml":
-            lines.append('PARAMETER stop "<|im_end|>"')
-    path = folder / "Modelfile"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 # ---- command line: `slm export` -------------------------------------------------------------------
 
-def add_export_parser(sub) -> None:
-    parser = sub.add_parser("export", help="export a model as a Hugging Face folder, GGUF (llama.cpp / Ollama) or ONNX")
-    parser.add_argument("model", help="run name, checkpoint, quantized or Hugging Face folder")
-    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="gguf")
-    parser.add_argument("--gguf-type", default="f16", choices=["f32", "f16", "q8_0"])
-    parser.add_argument("--onnx-precision", default="fp32", choices=["fp32", "int8", "int4", "fp16"],
-                        help="weights of the onnxruntime-genai folder (--format onnx); fp16 needs --onnx-device cuda")
-    parser.add_argument("--onnx-device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", default=None, help="output folder (default: <run>/export/<format>)")
-    parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--runs-dir", default=None)
 
-
-def cmd_export(args) -> int:
-    from slm_core.run.checkpoint import load_model
-    from slm_core.models.quantized import artifact_dir
-    from slm_core.run.runs import use_runs_dir
-    from slm_core.validate import check_runs_dir
-
-    use_runs_dir(check_runs_dir(args.runs_dir))
-    loaded = load_model(args.model, tag=args.checkpoint)
-    label = args.fmt + (f"-{args.gguf_type}" if args.fmt.startswith("gguf") else "")
-    label += f"-{args.onnx_precision}" if args.fmt == "onnx" and args.onnx_precision != "fp32" else ""
-    out = Path(args.out) if args.out else artifact_dir(loaded.path, "export", label)
-    for path in export_model(loaded.model, loaded.tokenizer, loaded.config, out, args.fmt, args.gguf_type,
-                             source=str(args.model), overwrite=args.overwrite,
-                             onnx_precision=args.onnx_precision, onnx_device=args.onnx_device):
-        print(path)
-    return 0

@@ -284,3 +284,22 @@ def read_gguf(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     tensors = {t.name: np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
                for t in reader.tensors}
     return fields, tensors
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
+
+
+def _ollama_modelfile(folder: Path, gguf_name: str, template: Optional[str]) -> Path:
+    """`ollama create NAME -f Modelfile` imports the GGUF; the prompt template matches training."""
+    lines = [f"FROM ./{gguf_name}", 'PARAMETER stop "<|endoftext|>"']
+    if template:
+        from slm_core.models.templates import format_prompt
+
+        prompt = format_prompt({"instruction": "{{ .Prompt }}", "input": ""}, template)
+        lines.append(f'TEMPLATE """{prompt}{{{{ .Response }}}}"""')
+        if template == "chatml":
+            lines.append('PARAMETER stop "<|im_end|>"')
+    path = folder / "Modelfile"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -132,9 +132,9 @@ def write_lora_bundle(model, tokenizer, folder: Path, gguf_type: str, name: str,
                       template: Optional[str]) -> list[Path]:
     """The base model's GGUF, the adapter's GGUF and an Ollama Modelfile using both (FROM + ADAPTER).
     `model` is a LoRA model (peft); it is consumed (the adapter is unloaded to reach the bare base)."""
-    from slm_core.post.export import _ollama_modelfile, _safe
+    from slm_core.post.export_gguf import _ollama_modelfile, _safe
     from slm_core.post.export_gguf import write_gguf
-    from slm_core.models.lora import is_peft, unwrap
+    from slm_core.models.model import is_peft, unwrap
 
     model = unwrap(model)
     if not is_peft(model):

@@ -84,7 +84,7 @@ def harness_model(loaded, batch_size: int = 16, on_request: Optional[Callable[[i
 
 
 def _core(model: torch.nn.Module) -> torch.nn.Module:
-    from slm_core.models.lora import base_transformer
+    from slm_core.models.model import base_transformer
 
     return base_transformer(model)
 

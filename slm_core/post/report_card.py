@@ -10,12 +10,14 @@ newest card into its README.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 from slm_core.errors import SLMError
+
+from slm_core.run.runs import latest_card
+from slm_core.run.runs import primary_metric
 
 COMMON_TEXT = "builtin"  # the built-in stories: every model can be scored on the same text
 CARD_README = "README.md"
@@ -27,7 +29,7 @@ def _parameters(loaded) -> int:
     """Parameters of the model as trained: a quantized model counts its original weights, not its
     packed int4 bytes, and a LoRA model counts base plus adapter."""
     from slm_core.models.estimate import count_parameters
-    from slm_core.models.lora import base_transformer
+    from slm_core.models.model import base_transformer
 
     core = base_transformer(loaded.model)
     counted = count_parameters(core.config)["total"]
@@ -57,7 +59,7 @@ def model_card(source: str, tag: str = "best", tasks: Optional[list[str]] = None
                on_progress: Optional[Callable[[str], None]] = None) -> dict:
     """Everything measured about one model. `judge`: {"endpoint": Endpoint, "prompts": str|None,
     "limit": int, "seed": int} or None to skip judging."""
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
     from slm_core.post.evaluate import perplexity
 
     say = on_progress or (lambda text: None)
@@ -93,7 +95,7 @@ def _judge(loaded, settings: dict, say: Callable[[str], None]) -> dict:
 
 def save_card(card: dict) -> dict:
     """Write the card under the model's evals/ folder (and an HF export's README); returns the paths."""
-    from slm_core.run.runs import atomic_write_json, atomic_write_text
+    from slm_core.fsio import atomic_write_json, atomic_write_text
 
     folder = _card_home(Path(card["path"]))
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -110,16 +112,6 @@ def save_card(card: dict) -> dict:
 def _card_home(path: Path) -> Path:
     """A run's card lives in the run folder, not inside one of its checkpoints."""
     return path.parent.parent if path.parent.name == "checkpoints" else path
-
-
-def latest_card(folder: str | Path) -> Optional[dict]:
-    reports = sorted((Path(folder) / "evals").glob("report-*.json"))
-    if not reports:
-        return None
-    try:
-        return json.loads(reports[-1].read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def card_of_source(source: Optional[str]) -> Optional[dict]:
@@ -143,7 +135,7 @@ def card_of_source(source: Optional[str]) -> Optional[dict]:
 
 def write_model_card(folder: str | Path, card: dict, name: Optional[str] = None) -> Path:
     """README.md of an HF folder: front matter the Hub reads, then the card's tables."""
-    from slm_core.run.runs import atomic_write_text
+    from slm_core.fsio import atomic_write_text
 
     folder = Path(folder)
     name = name or folder.name
@@ -152,26 +144,6 @@ def write_model_card(folder: str | Path, card: dict, name: Optional[str] = None)
     path = folder / CARD_README
     atomic_write_text(path, text)
     return path
-
-
-def primary_metric(row: dict) -> tuple[str, float]:
-    """The one number a table shows for a task: accuracy where there is one, else exact match."""
-    for key in ("acc_norm", "acc", "exact_match", "f1", "bleu"):
-        if key in row:
-            return key, row[key]
-    numeric = [(k, v) for k, v in row.items() if k != "samples" and not k.endswith("_stderr")]
-    return numeric[0] if numeric else ("-", float("nan"))
-
-
-def card_summary(card: Optional[dict]) -> str:
-    """One line for a runs table: each task's headline score and the judge's mean scores."""
-    if not card:
-        return ""
-    parts = [f"{name.removeprefix('slm_')} {primary_metric(row)[1]:.2f}" for name, row in (card.get("tasks") or {}).items()]
-    means = [v for v in ((card.get("judge") or {}).get("means") or {}).values() if v is not None]
-    if means:
-        parts.append(f"judge {sum(means) / len(means):.1f}/10")
-    return " · ".join(parts)
 
 
 def _fmt(value, spec: str = ".3f") -> str:
@@ -248,31 +220,6 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def cmd_card(args) -> int:
-    if args.limit is not None and args.limit <= 0:
-        raise SLMError(f"--limit must be a positive number of items, got {args.limit}")
-    judge = judge_settings(args)
-    if args.pairwise:
-        return _cmd_pairwise(args, judge)
-    tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
-    cards = []
-    for source in args.models:
-        card = model_card(source, args.checkpoint, tasks, args.limit, judge, args.max_tokens or 20_000,
-                          on_progress=lambda text: print(text, flush=True))
-        if judge and len(judge["seeds"]) == 2:
-            card["judge_agreement"] = _second_judging(source, args.checkpoint, judge, card["judge"])
-        card["files"] = save_card(card)
-        cards.append(card)
-    print(to_markdown(cards))
-    for card in cards:
-        if card.get("judge_agreement"):
-            a = card["judge_agreement"]
-            print(f"{card['model']}: two judge runs agree exactly on {_fmt(a['exact'], '.0%')}, within one point "
-                  f"on {_fmt(a['within_1'], '.0%')} of {a['pairs']} scores (Spearman {_fmt(a['spearman'], '.2f')})")
-        print(f"saved {card['files']['json']}")
-    return 0
-
-
 def _second_judging(source: str, tag: str, judge: dict, first: dict) -> dict:
     """The same replies judged again with the second seed: how much the judge agrees with itself."""
     from slm_core.post.judge import agreement, judge_replies
@@ -283,7 +230,7 @@ def _second_judging(source: str, tag: str, judge: dict, first: dict) -> dict:
 
 
 def _cmd_pairwise(args, judge: Optional[dict]) -> int:
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
     from slm_core.post.judge import judge_pairwise, load_prompts, model_replies
 
     if not judge or len(args.models) != 2:

@@ -110,7 +110,7 @@ def tasks_dir() -> Path:
 
 def shipped_task_file(name: str) -> Path:
     """The task's JSONL, generated on first use (atomically: a kill never leaves half a file)."""
-    from slm_core.run.runs import atomic_write_text
+    from slm_core.fsio import atomic_write_text
 
     make_items, _ = SHIPPED_TASKS[name]
     path = tasks_dir() / f"{name}-v{TASK_VERSION}.jsonl"

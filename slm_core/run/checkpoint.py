@@ -18,44 +18,30 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import warnings
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Callable, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from slm_core.config import RunConfig, load_run_config
+from slm_core.config import RunConfig
 from slm_core.errors import SLMError
-from slm_core.run.runs import atomic_write_json, read_json, resolve_run
+from slm_core.fsio import atomic_write_json
+from slm_core.run.runs import read_json
 
-WEIGHTS = "model.safetensors"
-MANIFEST = "manifest.json"
-TRAINER_STATE = "trainer_state.pt"
-SHARDS = "sharded"  # FSDP's torch.distributed.checkpoint folder: model + optimizer shards (slm_core.train.fsdp)
-PREVIOUS = ".prev"  # latest.prev: the checkpoint before latest, kept as a fallback
-_CHUNK = 16 * 1024 * 1024
+from slm_core.run.manifest import MANIFEST
+from slm_core.run.manifest import PREVIOUS
+from slm_core.run.manifest import SHARDS
+from slm_core.run.manifest import TRAINER_STATE
+from slm_core.run.manifest import _resume_only
+from slm_core.run.manifest import _size_or_zero
+from slm_core.run.manifest import last_good_step
+from slm_core.run.manifest import write_manifest
+
+from slm_core.fsio import fsync_dir
+from slm_core.run.manifest import WEIGHTS
+
 MB = 1024 * 1024
-
-
-class CheckpointWarning(UserWarning):
-    """A damaged checkpoint was skipped in favour of an older good one."""
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    tokenizer: Any
-    config: RunConfig
-    path: Path
-    template: Optional[str] = None  # instruction template the model was tuned with, if any
-    kind: str = "checkpoint"  # checkpoint | quantized | hf
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
 
 def state_dict_for_save(model: torch.nn.Module) -> dict:
@@ -89,8 +75,10 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 def save_checkpoint(ckpt_root: Path, tag: str, model: torch.nn.Module, config: RunConfig, tokenizer_dir: Path,
                     state: dict, trainer_state: Optional[dict] = None, weights: Optional[dict] = None,
-                    shards: Optional[Path] = None) -> Path:
-    """Write checkpoints/<tag>/ atomically. `model` is the plain Transformer or a peft model (adapter only).
+                    shards: Optional[Path] = None,
+                    write_adapter: Optional[Callable[[torch.nn.Module, Path], None]] = None) -> Path:
+    """Write checkpoints/<tag>/ atomically. `model` is the plain Transformer, or a peft model whose adapter
+    alone is written by `write_adapter(model, folder)` (a LoRA run's trainer passes it).
     Under FSDP (slm_core.train.fsdp) the consolidated `weights` come ready and the `shards` folder written by
     every rank is moved in as sharded/, covered by the manifest like the rest.
 
@@ -99,6 +87,8 @@ def save_checkpoint(ckpt_root: Path, tag: str, model: torch.nn.Module, config: R
     ckpt_root.mkdir(parents=True, exist_ok=True)
     keep_previous = tag == "latest"
     lora = config.train.mode == "lora"
+    if lora and write_adapter is None:
+        raise ValueError("a LoRA run's checkpoint needs write_adapter (slm_core.models.lora.save_adapter)")
     if weights is None and not lora:
         weights = state_dict_for_save(model)
     needed = (_tensor_bytes(weights) if weights is not None else
@@ -114,9 +104,7 @@ def save_checkpoint(ckpt_root: Path, tag: str, model: torch.nn.Module, config: R
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{tag}-"))
     try:
         if lora:
-            from slm_core.models.lora import save_adapter
-
-            save_adapter(model, tmp / "adapter", base=config.train.init_from)
+            write_adapter(model, tmp / "adapter")
         else:
             save_file(weights, str(tmp / WEIGHTS))
         (tmp / "config.yaml").write_text(config.to_yaml())
@@ -130,7 +118,7 @@ def save_checkpoint(ckpt_root: Path, tag: str, model: torch.nn.Module, config: R
         _swap_in(tmp, ckpt_root / tag, keep_previous)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        from slm_core.train.preflight import DiskFullError, is_disk_full
+        from slm_core.system import DiskFullError, is_disk_full
 
         if is_disk_full(error) and not isinstance(error, DiskFullError):
             raise _disk_full(ckpt_root, tag, needed, _write_failure(error)) from error
@@ -172,7 +160,7 @@ def _check_free_space(ckpt_root: Path, tag: str, needed: int) -> None:
 
 
 def _disk_full(ckpt_root: Path, tag: str, needed: int, detail: str = ""):
-    from slm_core.train.preflight import DiskFullError
+    from slm_core.system import DiskFullError
 
     free = shutil.disk_usage(ckpt_root).free / MB
     good = last_good_step(ckpt_root.parent)
@@ -206,7 +194,7 @@ def _swap_in(new: Path, target: Path, keep_previous: bool = False) -> None:
             shutil.rmtree(old, ignore_errors=True)
             target.rename(old)
     new.rename(target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     for trash in target.parent.glob(f".trash-{target.name}-*"):
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -228,170 +216,17 @@ def copy_checkpoint(ckpt_root: Path, src_tag: str, dst_tag: str) -> None:
         _swap_in(tmp, ckpt_root / dst_tag)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        from slm_core.train.preflight import is_disk_full
+        from slm_core.system import is_disk_full
 
         if is_disk_full(error):
             raise _disk_full(ckpt_root, dst_tag, _folder_bytes(source), _write_failure(error)) from error
         raise
 
 
-def _size_or_zero(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
 # ---- the manifest ------------------------------------------------------------------------------
-
-def _checksum(path: Path, sync: bool = False) -> str:
-    crc = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-        if sync:  # the bytes reach the disk before the manifest vouches for them (power loss)
-            os.fsync(handle.fileno())
-    return f"{crc:08x}"
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_manifest(folder: Path) -> None:
-    """manifest.json: {"format": 1, "checksum": "crc32", "files": {relative path: {"size", "crc32"}}}."""
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
-        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "crc32": _checksum(path, sync=True)}
-    for sub in {p.parent for p in folder.rglob("*") if p.is_file()}:
-        _fsync_dir(sub)
-    atomic_write_json(folder / MANIFEST, {"format": 1, "checksum": "crc32", "files": files})
-
-
-def verify_checkpoint(folder: Path, need_trainer_state: bool = False) -> Optional[str]:
-    """None if the manifest vouches for the folder, else what is wrong, naming the file.
-
-    The trainer state (the largest file) is checked only when it will be read (resume). A folder
-    written before manifests existed passes if its state.json parses (its loaders still catch damage)."""
-    folder = Path(folder)
-    manifest = read_json(folder / MANIFEST)
-    if manifest is None:
-        if (folder / MANIFEST).exists():
-            return f"{folder / MANIFEST} is damaged"
-        if not (folder / "state.json").exists():
-            return f"{folder} is incomplete (no {MANIFEST}: it was being written when the writer stopped)"
-        state = read_json(folder / "state.json")
-        if not isinstance(state, dict) or "step" not in state:
-            return f"{folder / 'state.json'} is empty or damaged"
-        if need_trainer_state and not (folder / TRAINER_STATE).exists():
-            return f"{folder / TRAINER_STATE} is missing"
-        return None
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict):
-        return f"{folder / MANIFEST} is damaged"
-    if need_trainer_state and TRAINER_STATE not in files:
-        return f"{folder / TRAINER_STATE} is missing"
-    for name, entry in files.items():
-        if _resume_only(name) and not need_trainer_state:
-            continue
-        problem = _check_file(folder / name, entry)
-        if problem:
-            return problem
-    return None
-
-
-def _resume_only(name: str) -> bool:
-    """Files only a resume reads (the largest): checked when resuming, left out of `best`."""
-    return name == TRAINER_STATE or name.startswith(f"{SHARDS}/")
-
-
-def _check_file(path: Path, entry: dict) -> Optional[str]:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return f"{path} is missing"
-    if size != entry.get("size"):
-        return f"{path} is {'truncated' if size < entry.get('size', 0) else 'the wrong size'} " \
-               f"({size} of {entry.get('size')} bytes)"
-    if _checksum(path) != entry.get("crc32"):
-        return f"{path} is corrupt (its checksum does not match the manifest)"
-    return None
 
 
 # ---- finding a good checkpoint ------------------------------------------------------------------
-
-def _candidates(run_dir: Path, tag: str, need_trainer_state: bool) -> list[Path]:
-    root = run_dir / "checkpoints"
-    names = ("latest",) if need_trainer_state else dict.fromkeys((tag, "latest", "best"))
-    # ".old": the name the previous checkpoint had before `.prev` (runs written by older versions).
-    return [root / f"{name}{suffix}" for name in names for suffix in ("", PREVIOUS, ".old")]
-
-
-def find_checkpoint(run_dir: Path, tag: str = "best", need_trainer_state: bool = False) -> Optional[Path]:
-    """The first checkpoint its manifest vouches for, in the order tag, tag.prev, latest, latest.prev,
-    best. Damaged ones are skipped with a CheckpointWarning naming the file; None when the run has
-    no checkpoint at all; SLMError when every checkpoint it has is damaged."""
-    damaged = []
-    for candidate in _candidates(Path(run_dir), tag, need_trainer_state):
-        if not candidate.is_dir():
-            continue
-        problem = verify_checkpoint(candidate, need_trainer_state)
-        if problem is None:
-            if damaged:
-                warnings.warn(f"skipped damaged checkpoint(s): {'; '.join(damaged)}; using {candidate} "
-                              f"(step {step_of(candidate)})", CheckpointWarning, stacklevel=2)
-            return candidate
-        damaged.append(problem)
-    if damaged:
-        raise SLMError(f"no good checkpoint left in run '{Path(run_dir).name}': {'; '.join(damaged)}. "
-                       f"Start the run again (or restore the files from a backup)")
-    return None
-
-
-def step_of(ckpt_dir: Path) -> Optional[int]:
-    state = read_json(Path(ckpt_dir) / "state.json")
-    return state.get("step") if isinstance(state, dict) else None
-
-
-def last_good_step(run_dir: Path) -> Optional[int]:
-    """The step of the newest checkpoint a resume would use (sizes checked only: this runs in error paths)."""
-    for candidate in _candidates(Path(run_dir), "latest", need_trainer_state=True):
-        manifest = read_json(candidate / MANIFEST)
-        if isinstance(manifest, dict) and all(_size_or_zero(candidate / name) == entry.get("size")
-                                              for name, entry in manifest.get("files", {}).items()):
-            return step_of(candidate)
-    return None
-
-
-def clean_stale(run_dir: Path) -> list[str]:
-    """Remove temporary folders a killed writer left in checkpoints/ (call only while holding the
-    run lock). A complete one whose target is missing (killed between the swap's two renames) is
-    promoted instead: it is the newest good checkpoint. Returns what was removed."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    for tag in ("latest", "best"):
-        if (root / tag).exists():
-            continue
-        complete = [p for p in root.glob(f".{tag}-*") if p.is_dir()
-                    and verify_checkpoint(p, need_trainer_state=tag == "latest") is None]
-        if complete:
-            max(complete, key=lambda p: step_of(p) or -1).rename(root / tag)
-    removed = []
-    for stale in root.iterdir():
-        if stale.name.startswith(".") and stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-            removed.append(stale.name)
-    return removed
 
 
 def load_trainer_state(ckpt_dir: Path) -> dict:
@@ -402,84 +237,3 @@ def load_trainer_state(ckpt_dir: Path) -> dict:
                        f"to resume from the checkpoint before it") from error
 
 
-def resolve_source(source: str | Path, tag: str = "best") -> Path:
-    """A run name/dir, a checkpoint dir, a quantized artifact, a Hugging Face folder, a .gguf file or a
-    Hub id (from the Hugging Face cache, else downloaded: slm_core.models.sources) → a folder."""
-    path = Path(source).expanduser()
-    if not path.is_dir():
-        try:
-            path = resolve_run(source)
-        except SLMError:
-            from slm_core.models.sources import resolve_external
-
-            path = resolve_external(str(source))
-            if path is None:
-                raise
-    if (path / "status.json").exists() and (path / "checkpoints").is_dir():
-        ckpt = find_checkpoint(path, tag)
-        if ckpt is None:
-            raise SLMError(f"run '{path.name}' has no checkpoint yet; train it first or wait for the first save")
-        return ckpt
-    if (path / MANIFEST).exists():  # a checkpoint folder named directly: no fallback, but a clear word
-        problem = verify_checkpoint(path)
-        if problem:
-            raise SLMError(f"checkpoint {path} is damaged: {problem}; load its run instead to fall back to "
-                           f"the previous good checkpoint")
-    return path
-
-
-def load_model(source: str | Path, tag: str = "best", device: str | torch.device = "cpu",
-               dtype: Optional[torch.dtype] = None, force: bool = False) -> LoadedModel:
-    """Load any model source for generation, evaluation, quantization or export (eval mode).
-    A model whose weights exceed the device's free memory is refused first (force or SLM_FORCE=1: try)."""
-    from slm_core.models.memory import check_fits
-    from slm_core.validate import check_load_args
-
-    check_load_args(source, tag, device)
-    path = resolve_source(source, tag)
-    check_fits(path, str(device), str(dtype).removeprefix("torch.") if dtype else None, force=force)
-    if (path / "quantization.json").exists():
-        from slm_core.models.quantized import load_quantized
-
-        loaded = load_quantized(path, device=device)
-    elif (path / "config.yaml").exists():
-        loaded = _load_native(path)
-    elif (path / "config.json").exists():
-        loaded = _load_hf(path)
-    else:
-        raise SLMError(f"{path} holds no model: expected a run, a checkpoint folder (config.yaml + "
-                       f"{WEIGHTS}), a quantized model or a Hugging Face folder (config.json + safetensors)")
-    loaded.model.to(device=device, dtype=dtype) if dtype else loaded.model.to(device)
-    loaded.model.eval()
-    return loaded
-
-
-def _load_native(path: Path) -> LoadedModel:
-    from slm_core.models.model import Transformer
-    from slm_core.models.tokenizer import Tokenizer
-
-    config = load_run_config(path / "config.yaml")
-    tokenizer = Tokenizer.load(path / "tokenizer")
-    if (path / "adapter").is_dir():  # LoRA: the base model plus the adapter, unmerged
-        from slm_core.models.lora import load_adapter
-
-        base = load_model(config.train.init_from, tag="best")
-        model = load_adapter(base.model, path / "adapter")
-    else:
-        model = Transformer(config.model)
-        load_weights(model, path / WEIGHTS)
-    return LoadedModel(model, tokenizer, config, path, template=config.data.template)
-
-
-def _load_hf(path: Path) -> LoadedModel:
-    from slm_core.models.hf import load_hf_model
-    from slm_core.models.tokenizer import Tokenizer
-
-    model = load_hf_model(path)  # meta-device build + memory-mapped weights: one copy in memory
-    model_config = model.config
-    tokenizer = Tokenizer.from_hf(path) if (path / "tokenizer.json").exists() else None
-    if tokenizer is not None and tokenizer.n_vocab > model_config.vocab_size:  # fewer is fine: padded rows
-        raise SLMError(f"the tokenizer in {path} has {tokenizer.n_vocab} tokens but the model's embedding only "
-                       f"{model_config.vocab_size} rows: the folder mixes two models; download it again")
-    template = (read_json(path / "slm_studio.json", default={}) or {}).get("template")
-    return LoadedModel(model, tokenizer, RunConfig(model=model_config), path, template=template, kind="hf")

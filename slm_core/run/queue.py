@@ -142,35 +142,6 @@ def train_argv(entry: dict, root: Path) -> list[str]:
 
 # ---- the command ------------------------------------------------------------------------------
 
-def add_queue_parser(sub) -> None:
-    parser = sub.add_parser("queue", help="runs waiting for the training slot: list, add, remove, move, run")
-    parser.add_argument("action", nargs="?", default="list", choices=["list", "add", "remove", "move", "run"])
-    parser.add_argument("name", nargs="?", help="the queued run (remove, move)")
-    parser.add_argument("--preset", default="quickstart-cpu", help="recipe to queue (add)")
-    parser.add_argument("--name", dest="run_name", help="name of the queued run (add; default <recipe>-<time>)")
-    parser.add_argument("--to", type=int, default=0, help="new position, 0 = next (move)")
-    parser.add_argument("--runs-dir", default=None, help="where runs live (default: $SLM_RUNS_DIR or ./runs)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-
-
-def cmd_queue(args) -> int:
-    root = runs.runs_dir(args.runs_dir)
-    if args.action == "add":
-        entry = add(root, args.preset, args.overrides, args.run_name)
-        print(f"queued {entry['name']} (position {len(entries(root))})")
-    elif args.action in ("remove", "move"):
-        if not args.name:
-            raise SLMError(f"`slm queue {args.action}` needs the queued run's name (`slm queue` lists them)")
-        if args.action == "remove":
-            print(f"removed {remove(root, args.name)['name']} from the queue")
-        else:
-            print(f"{args.name} is now at position {move(root, args.name, args.to)}")
-    elif args.action == "run":
-        return run_queue(root)
-    else:
-        _print_queue(root)
-    return 0
-
 
 def _print_queue(root: Path) -> None:
     waiting = entries(root)

@@ -31,6 +31,10 @@ from typing import Any, Optional
 
 from slm_core.errors import SLMError
 
+from slm_core.system import pid_alive
+from slm_core.fsio import atomic_write_json
+from slm_core.fsio import atomic_write_text
+
 TERMINAL_STATES = ("finished", "stopped", "failed")
 CONTROL_REQUESTS = ("stop", "pause", "save")
 
@@ -44,26 +48,6 @@ def use_runs_dir(path: Optional[str | Path]) -> None:
     """A subcommand's --runs-dir: later run-name lookups (load_model, resolve_run) use it."""
     if path:
         os.environ["SLM_RUNS_DIR"] = str(path)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
@@ -133,7 +117,7 @@ def read_status(run_dir: str | Path) -> dict:
     # its lock is free (the kernel drops it with the process) or, for runs without one, its pid is gone.
     unlocked = who is None and (Path(run_dir) / run_lock.LOCK_FILE).exists()
     if (unlocked and state in ("running", "paused")) or (
-            state in ("running", "paused", "queued") and status.get("pid") and not _pid_alive(status["pid"])):
+            state in ("running", "paused", "queued") and status.get("pid") and not pid_alive(status["pid"])):
         status["state"] = "failed"
         status.setdefault("error", None)
         status["error"] = status["error"] or "the worker process ended without reporting (killed or crashed); resume continues from the last checkpoint"
@@ -147,21 +131,6 @@ def write_status(run_dir: str | Path, **fields: Any) -> dict:
     status["updated_at"] = time.time()
     atomic_write_json(path, status)
     return status
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, OSError):
-        return True
-    # A zombie (exited, not yet reaped by its parent) counts as dead.
-    try:
-        with open(f"/proc/{int(pid)}/stat") as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -250,7 +219,7 @@ def run_summary(run_dir: Path) -> dict:
 
 def _scores(run_dir: Path) -> str:
     """The newest report card's task and judge scores in one line ('' when there is none)."""
-    from slm_core.post.report_card import card_summary, latest_card
+    from slm_core.run.runs import card_summary, latest_card
 
     return card_summary(latest_card(run_dir))
 
@@ -281,3 +250,54 @@ def delete_run(run_dir: str | Path) -> None:
     if read_status(run_dir).get("state") in ("running", "paused"):
         raise SLMError(f"run '{run_dir.name}' is still running: stop it first")
     shutil.rmtree(run_dir)
+
+
+def check_runs_dir(path: Optional[str | Path] = None, create: bool = False) -> Path:
+    """The runs directory (--runs-dir, $SLM_RUNS_DIR or ./runs): refused if it is a file, and with
+    create=True made if missing and proved writable, before a run directory is created in it."""
+    from slm_core.run.runs import runs_dir
+
+    root = runs_dir(path)
+    if root.exists() and not root.is_dir():
+        raise SLMError(f"the runs directory {root} is a file, not a folder: point --runs-dir (or $SLM_RUNS_DIR) "
+                       "at a folder")
+    if create:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=root, prefix=".write-test-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as error:
+            raise SLMError(f"cannot write to the runs directory {root} ({error.strerror or error}): choose another "
+                           "--runs-dir or fix its permissions") from None
+    return root
+
+
+def latest_card(folder: str | Path) -> Optional[dict]:
+    reports = sorted((Path(folder) / "evals").glob("report-*.json"))
+    if not reports:
+        return None
+    try:
+        return json.loads(reports[-1].read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def primary_metric(row: dict) -> tuple[str, float]:
+    """The one number a table shows for a task: accuracy where there is one, else exact match."""
+    for key in ("acc_norm", "acc", "exact_match", "f1", "bleu"):
+        if key in row:
+            return key, row[key]
+    numeric = [(k, v) for k, v in row.items() if k != "samples" and not k.endswith("_stderr")]
+    return numeric[0] if numeric else ("-", float("nan"))
+
+
+def card_summary(card: Optional[dict]) -> str:
+    """One line for a runs table: each task's headline score and the judge's mean scores."""
+    if not card:
+        return ""
+    parts = [f"{name.removeprefix('slm_')} {primary_metric(row)[1]:.2f}" for name, row in (card.get("tasks") or {}).items()]
+    means = [v for v in ((card.get("judge") or {}).get("means") or {}).values() if v is not None]
+    if means:
+        parts.append(f"judge {sum(means) / len(means):.1f}/10")
+    return " · ".join(parts)

@@ -134,8 +134,8 @@ def load_teacher(source, device="cpu", dtype: Optional[torch.dtype] = None, nati
     if _is_hf_folder(source) and not native:
         teacher, tokenizer = _load_hf_teacher(Path(str(source)).expanduser(), dtype)
     else:
-        from slm_core.run.checkpoint import load_model
-        from slm_core.models.lora import merge_adapter
+        from slm_core.models.load import load_model
+        from slm_core.models.model import merge_adapter
 
         loaded = load_model(source, tag="best")
         # A LoRA run loads as base + adapter: fold the adapter in once, since the teacher never trains.
@@ -174,7 +174,7 @@ def _load_hf_teacher(folder: Path, dtype: Optional[torch.dtype]):
 
 def _load_hf_teacher_native(folder: Path, dtype: Optional[torch.dtype]):
     """Without transformers: our own converter still reads GPT-2 and Llama-family folders."""
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
 
     try:
         loaded = load_model(folder, dtype=dtype)

@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from slm_core.run.checkpoint import SHARDS
+from slm_core.run.manifest import SHARDS
 from slm_core.errors import SLMError
 
 
@@ -169,7 +169,8 @@ def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: Path
     if full_optimizer_state is None:
         raise SLMError(f"{ckpt} holds no optimizer state (neither {SHARDS}/ nor trainer_state.pt's); "
                        f"start the run again")
-    from slm_core.run.checkpoint import WEIGHTS, read_weights
+    from slm_core.run.manifest import WEIGHTS
+    from slm_core.run.checkpoint import read_weights
 
     # A single process or DDP wrote it: full weights on every rank, each keeps its own shard.
     weights = read_weights(ckpt / WEIGHTS, getattr(model.config, "tie_embeddings", False))

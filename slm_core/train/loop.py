@@ -24,16 +24,20 @@ import torch
 import torch.nn.functional as F
 
 from slm_core.run import runs
-from slm_core.run.checkpoint import clean_stale, copy_checkpoint, find_checkpoint, load_trainer_state, save_checkpoint
+from slm_core.run.manifest import clean_stale, find_checkpoint
+from slm_core.run.checkpoint import copy_checkpoint, load_trainer_state, save_checkpoint
 from slm_core.config import RunConfig
 from slm_core.errors import SLMError
 from slm_core.train.modes import build_for_mode
-from slm_core.train.monitor import cpu_has_native_bf16, gather_rank_memory, process_sample, rank_memory_due
+from slm_core.system import cpu_has_native_bf16
+from slm_core.train.monitor import gather_rank_memory, process_sample, rank_memory_due
 from slm_core.train.optim import build_optimizer, lr_at, set_lr
 from slm_core.train.preflight import explain_failure
 from slm_core.train.preflight import preflight as preflight_memory
 from slm_core.run.lock import RunLock
 from slm_core.train.tracking import Trackers
+
+from slm_core.models.lora import save_adapter
 
 @dataclass
 class Dist:
@@ -228,7 +232,7 @@ class Trainer:
         return sum(losses) / len(losses)
 
     def write_samples(self) -> None:
-        from slm_core.run.checkpoint import LoadedModel
+        from slm_core.models.load import LoadedModel
         from slm_core.infer.generate import complete
 
         model, autocast = self.raw_model, self.autocast
@@ -273,8 +277,11 @@ class Trainer:
                                      self.run_dir / "tokenizer", meta, trainer_state)
             else:
                 save_checkpoint(self.run_dir / "checkpoints", tag, self.raw_model, self.config,
-                                self.run_dir / "tokenizer", meta, trainer_state)
+                                self.run_dir / "tokenizer", meta, trainer_state, write_adapter=self._write_adapter)
         self._event("checkpoint", tag=tag)
+
+    def _write_adapter(self, model: torch.nn.Module, folder: Path) -> None:
+        save_adapter(model, folder, base=self.config.train.init_from)
 
     def _restore(self) -> None:
         # The newest checkpoint its manifest vouches for (a damaged one is skipped with a warning).
@@ -578,7 +585,7 @@ def _progress_bar(enabled: bool, total: int, initial: int):
 def train(config: RunConfig, run_dir: str | Path, callback: Optional[Callable[[dict], None]] = None,
           resume: bool = False, progress: bool = True) -> dict:
     """Train (or resume) the run in `run_dir`. Returns the final step, tokens, best val loss, state."""
-    from slm_core.validate import preflight_train
+    from slm_core.train.preflight import preflight_train
 
     run_dir = Path(run_dir)
     preflight_train(config, run_dir, resume)  # bad inputs are refused before the run directory exists

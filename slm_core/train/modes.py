@@ -65,7 +65,7 @@ def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resum
 
 
 def _load_base(source: str, force: bool = False):
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
 
     base = load_model(source, tag="best", force=force)  # refused before loading when it cannot fit
     if base.tokenizer is None:
@@ -129,7 +129,7 @@ def _build_model(config: RunConfig, base, device: torch.device) -> torch.nn.Modu
     from slm_core.models.model import Transformer
 
     if base is not None:
-        from slm_core.models.lora import merge_adapter
+        from slm_core.models.model import merge_adapter
 
         model = merge_adapter(base.model)  # a LoRA run as the base: fold its adapter in first
         model.config = config.model  # the same shape; new dropout/context
@@ -164,7 +164,7 @@ def _build_model(config: RunConfig, base, device: torch.device) -> torch.nn.Modu
 
 
 def _half_weights_are_slow(model: torch.nn.Module, device: torch.device) -> bool:
-    from slm_core.train.monitor import cpu_has_native_bf16
+    from slm_core.system import cpu_has_native_bf16
 
     half = any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
     return half and device.type == "cpu" and not cpu_has_native_bf16()

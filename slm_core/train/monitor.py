@@ -9,70 +9,15 @@ allocator only when the training device is CUDA, importing torch there and nowhe
 from __future__ import annotations
 
 import math
-import os
-from typing import Any, Optional
+from typing import Any
 
-import psutil
+
+from slm_core.system import _process
 
 MB = 1024 * 1024
 # What each rank reports of itself (the GPU's total is a fact of the device, logged by rank 0 alone).
 RANK_MEMORY_KEYS = ("ram_mb", "gpu_mem_allocated_mb", "gpu_mem_reserved_mb", "gpu_mem_peak_mb")
 RANK_MEMORY_EVERY = 10  # steps between gathers: one tiny collective every 10 steps, never one a step
-
-_NVML_OK: Optional[bool] = None  # None: not tried yet; the answer never changes within a process
-_PROCESS: Optional[psutil.Process] = None
-
-
-def _nvml() -> Any:
-    """The initialised pynvml module, or None where there is no NVIDIA driver (tried once per process)."""
-    global _NVML_OK
-    try:
-        import pynvml
-    except ImportError:
-        _NVML_OK = False
-        return None
-    if _NVML_OK is None:
-        try:
-            pynvml.nvmlInit()
-            _NVML_OK = True
-        except pynvml.NVMLError:  # NVMLError_LibraryNotFound on machines without a GPU driver
-            _NVML_OK = False
-    return pynvml if _NVML_OK else None
-
-
-def _process() -> psutil.Process:
-    # One Process object for the life of the process: cpu_percent(interval=None) reports the
-    # usage since the previous call on the same object, so a fresh object would always say 0.
-    global _PROCESS
-    if _PROCESS is None or _PROCESS.pid != os.getpid():  # a forked worker gets its own
-        _PROCESS = psutil.Process()
-        _PROCESS.cpu_percent(interval=None)
-    return _PROCESS
-
-
-def system_memory() -> dict:
-    """Host RAM and CPUs: {"total_mb", "available_mb", "used_percent", "cpu_count"}."""
-    mem = psutil.virtual_memory()
-    return {"total_mb": mem.total / MB, "available_mb": mem.available / MB,
-            "used_percent": float(mem.percent), "cpu_count": psutil.cpu_count(logical=True) or 1}
-
-
-def gpu_info() -> list[dict]:
-    """One dict per NVIDIA GPU: {"index", "name", "total_mb", "used_mb", "free_mb"}; [] without a GPU."""
-    nvml = _nvml()
-    if nvml is None:
-        return []
-    devices = []
-    try:
-        for index in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            name = nvml.nvmlDeviceGetName(handle)
-            mem = nvml.nvmlDeviceGetMemoryInfo(handle)
-            devices.append({"index": index, "name": name.decode() if isinstance(name, bytes) else str(name),
-                            "total_mb": mem.total / MB, "used_mb": mem.used / MB, "free_mb": mem.free / MB})
-    except nvml.NVMLError:  # a GPU that vanished or a driver hiccup: report what we have
-        pass
-    return devices
 
 
 def process_sample(device: Any = None) -> dict:
@@ -133,11 +78,3 @@ def gather_rank_memory(sample: dict, device: Any) -> dict:
     return out
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX: where bf16 matrix multiplies beat fp32 on the CPU (elsewhere they are slower)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags

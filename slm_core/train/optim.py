@@ -56,7 +56,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
 
 def newton_schulz_dtype(device: torch.device) -> torch.dtype:
     """bf16 where matrix multiplies run it natively (CUDA, AVX-512 BF16 / AMX CPUs), else fp32."""
-    from slm_core.train.monitor import cpu_has_native_bf16
+    from slm_core.system import cpu_has_native_bf16
 
     return torch.bfloat16 if device.type == "cuda" or cpu_has_native_bf16() else torch.float32
 

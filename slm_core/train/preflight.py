@@ -8,102 +8,34 @@ torch is imported lazily (only to recognise its error types), so the check itsel
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
-import resource
 from pathlib import Path
 from typing import Optional
 
 from slm_core.config import RunConfig
 from slm_core.errors import SLMError
 
+from slm_core.models.load import check_model_source
+from slm_core.run.runs import check_runs_dir
+from slm_core.system import DiskFullError
+from slm_core.system import available_memory_mb
+from slm_core.system import is_disk_full
+from slm_core.system import is_out_of_memory
+from slm_core.validate import check_device
+from typing import Any
+
+from slm_core.system import format_mb
+
 MB = 1024 * 1024
 # Refuse up front only when the estimate exceeds what is available by this much: the estimate is a
 # model, not a measurement, and a run that merely might not fit should be allowed to try.
 REFUSE_FACTOR = 1.5
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-# How full disks surface through libraries that wrap the OS error: torch.save's zip writer
-# ("[enforce fail at inline_container.cc] unexpected pos"), safetensors' Rust I/O error, plain text.
-_DISK_TEXT = ("unexpected pos", "inline_container", "No space left on device", "File too large",
-              "Disk quota exceeded", "os error 28", "os error 27", "os error 122")
 # Free memory per device as the pre-flight check saw it, before the model was built: what an
 # out-of-memory explanation should compare with (measured afterwards, the run's own use hides it).
 _AVAILABLE_AT_START: dict = {}
-_OOM_TEXT = ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory", "out of memory",
-             "Cannot allocate memory", "not enough memory")
-
-
-class DiskFullError(SLMError):
-    """A checkpoint or log could not be written for lack of space (the message names how much)."""
-
-
-def is_disk_full(error: BaseException) -> bool:
-    if isinstance(error, DiskFullError):
-        return True
-    if isinstance(error, OSError) and error.errno in _DISK_ERRNOS:
-        return True
-    return any(t in str(error) for t in _DISK_TEXT) and not is_out_of_memory(error)
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    return isinstance(error, RuntimeError) and any(t in str(error) for t in _OOM_TEXT)
-
-
-def free_disk_mb(path: Path) -> float:
-    import shutil
-
-    return shutil.disk_usage(path).free / MB
 
 
 # ---- memory available ------------------------------------------------------------------------
-
-def available_memory_mb(device: str) -> Optional[float]:
-    """Free memory on `device` in MB (None if unknown). On CPU the least of the host's available
-    RAM, a container's (cgroup) limit and this process's address-space limit (RLIMIT_AS)."""
-    from slm_core.train import monitor
-
-    if device.startswith("cuda"):
-        gpus = monitor.gpu_info()
-        index = int(device.split(":")[1]) if ":" in device else 0
-        return gpus[index]["free_mb"] if len(gpus) > index else None
-    candidates = [monitor.system_memory()["available_mb"]]
-    limit, used = _cgroup_memory()
-    if limit is not None:
-        candidates.append((limit - used) / MB)
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
-        candidates.append((soft - _vm_size()) / MB)
-    return max(0.0, min(candidates))
-
-
-def _cgroup_memory() -> tuple[Optional[int], int]:
-    """(limit, usage) in bytes of this process's cgroup (v2, else v1); (None, 0) when unlimited."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            raw = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if raw == "max" or int(raw) >= 1 << 60:  # v1 says "unlimited" with a huge number
-            return None, 0
-        return int(raw), usage
-    return None, 0
-
-
-def _vm_size() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 # ---- the estimate and what would fit -----------------------------------------------------------
@@ -153,7 +85,7 @@ def fitting_settings(config: RunConfig, device: str, available_mb: float, limit:
         candidate = dataclasses.replace(config, **sections)
         ok = fits(training_estimate_mb(candidate, device)["total_mb"] * slack, available_mb)
         if ok and len(found) < limit:
-            found.append(f"{label} (~{_size(training_estimate_mb(candidate, device)['total_mb'])})")
+            found.append(f"{label} (~{format_mb(training_estimate_mb(candidate, device)['total_mb'])})")
         return ok
 
     train, model = config.train, config.model
@@ -179,27 +111,23 @@ def fitting_settings(config: RunConfig, device: str, available_mb: float, limit:
     return found
 
 
-def _size(mb: float) -> str:
-    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
-
-
 def _breakdown(estimate: dict) -> str:
     parts = [(k[:-3], estimate[k]) for k in ("weights_mb", "gradients_mb", "optimizer_mb", "activations_mb",
                                             "logits_mb") if estimate.get(k, 0) >= 1]
-    return ", ".join(f"{name} {_size(mb)}" for name, mb in parts)
+    return ", ".join(f"{name} {format_mb(mb)}" for name, mb in parts)
 
 
 def memory_advice(config: RunConfig, device: str, available_mb: Optional[float]) -> str:
     """'needs ~X (breakdown) but D has Y free; settings that fit: ...' for messages."""
     estimate = training_estimate_mb(config, device)
     where = "the GPU" if device.startswith("cuda") else "this machine"
-    text = f"training this model needs about {_size(estimate['total_mb'])} ({_breakdown(estimate)})"
+    text = f"training this model needs about {format_mb(estimate['total_mb'])} ({_breakdown(estimate)})"
     if _world_size() > 1:  # per process: say so, and how the strategy counts
         text += f" per process ({estimate['strategy']} over {_world_size()} processes"
         text += f", {_processes_here(device)} on this machine)" if _processes_here(device) > 1 else ")"
     if available_mb is None:
         return text
-    text += f" and {where} has {_size(available_mb)} free"
+    text += f" and {where} has {format_mb(available_mb)} free"
     fitting = fitting_settings(config, device, available_mb)
     if fitting:
         return text + "; settings that would fit: " + "; ".join(fitting)
@@ -243,9 +171,9 @@ def _base_preflight(config: RunConfig, device: str) -> None:
     if found is None or found[0] <= REFUSE_FACTOR * available:
         return
     where = "the GPU" if device.startswith("cuda") else "this machine"
-    raise SLMError(f"refusing to start: {found[1]} of {config.train.init_from} needs about {_size(found[0])} "
+    raise SLMError(f"refusing to start: {found[1]} of {config.train.init_from} needs about {format_mb(found[0])} "
                    f"(batch {config.train.batch_size}, context {config.model.context_length}) and {where} has "
-                   f"{_size(available)} free. Use QLoRA (train.mode=lora lora.quantize_base=int4), a smaller "
+                   f"{format_mb(available)} free. Use QLoRA (train.mode=lora lora.quantize_base=int4), a smaller "
                    f"train.batch_size or model.context_length, train.grad_checkpointing=true, or a smaller "
                    f"model; set train.force=true to try anyway")
 
@@ -268,3 +196,31 @@ def explain_failure(error: BaseException, config: Optional[RunConfig], step: int
         return (f"the disk is full ({error}){f' writing {where}' if where else ''} at step {step}; free some space, "
                 f"then resume the run (the last complete checkpoint is kept)")
     return None
+
+
+def preflight_train(config: Any, run_dir: str | Path, resume: bool = False) -> None:
+    """Everything a new (or resumed) run needs that can be checked without building it: called
+    before the run directory is created, so a bad input leaves nothing behind."""
+    from slm_core.config import RunConfig
+    from slm_core.data.sources import source_kind
+
+    if not isinstance(config, RunConfig):
+        raise SLMError(f"config must be a RunConfig, got {type(config).__name__}: build one with "
+                       "slm_core.config.load_recipe(name) or load_run_config(path)")
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SLMError(f"the run directory {run_dir} is a file: give a folder path")
+    if resume and not (run_dir / "config.yaml").exists():
+        raise SLMError(f"{run_dir} is not a run to resume (no config.yaml): start it with `slm train`")
+    check_runs_dir(run_dir.parent, create=True)
+    config.check_ready()
+    if config.train.device != "auto":
+        check_device(config.train.device)
+    if config.train.mode in ("lora", "finetune") or (config.train.mode == "distill" and config.train.init_from):
+        check_model_source(config.train.init_from, "train.init_from")
+    if config.train.mode == "distill":
+        check_model_source(config.distill.teacher, "distill.teacher")
+    source_kind(config.data.source)  # a missing local file is named now, not after a failed run
+    if config.tokenizer.path and not Path(config.tokenizer.path).expanduser().exists():
+        raise SLMError(f"tokenizer.path={config.tokenizer.path!r} does not exist: give a saved tokenizer folder "
+                       "(or the folder with vocab.bpe + encoder.json for kind=gpt2), or leave it unset")

@@ -77,7 +77,7 @@ def shrink_summary(teacher_config, n_layer: int, bytes_per_param: int = 2) -> di
 def shrunk_base(teacher: torch.nn.Module, tokenizer, n_layer: int, source=None):
     """The student for a distill run with distill.shrink_layers: the shrunk teacher as a LoadedModel
     (what modes.py takes a base model as), with the teacher's tokenizer."""
-    from slm_core.run.checkpoint import LoadedModel
+    from slm_core.models.load import LoadedModel
     from slm_core.config import RunConfig
     from slm_core.models.quantized import is_quantized
 
@@ -93,36 +93,6 @@ def shrunk_base(teacher: torch.nn.Module, tokenizer, n_layer: int, source=None):
 
 
 # ---- command line: `slm shrink` -------------------------------------------------------------------
-
-def add_shrink_parser(sub) -> None:
-    from slm_core.cli import _add_launch_flags, _add_overrides, _add_run_location
-
-    parser = sub.add_parser("shrink", help="shrink a model: a student made of N of the teacher's layers, "
-                                           "distilled from the teacher (same tokenizer)")
-    parser.add_argument("teacher", help="run name, checkpoint folder, Hugging Face folder or cached Hub id")
-    parser.add_argument("--layers", type=int, required=True, help="the student's layer count")
-    parser.add_argument("--name", help="run name (default: shrink-cpu-<timestamp>)")
-    parser.add_argument("--steps", type=int, default=None, help="distillation steps (default: the recipe's)")
-    parser.add_argument("--preset", default="shrink-cpu", help="recipe for the distillation settings")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_run_location(parser)
-    _add_overrides(parser)
-    _add_launch_flags(parser)
-
-
-def cmd_shrink(args) -> int:
-    from slm_core.cli import _human, cmd_train
-    from slm_core.models.memory import locate, model_config
-
-    teacher_config, name = model_config(locate(args.teacher, args.runs_dir))
-    summary = shrink_summary(teacher_config, args.layers)  # checks the layer count too
-    print(format_summary(name, teacher_config.n_layer, summary, _human), flush=True)
-    if args.steps is not None and args.steps < 1:
-        raise SLMError(f"--steps={args.steps} is invalid: give a positive number of steps")
-    args.overrides = [f"distill.teacher={args.teacher}", f"distill.shrink_layers={args.layers}",
-                      *([f"train.max_steps={args.steps}"] if args.steps else []), *args.overrides]
-    args.config, args.mode = None, "distill"
-    return cmd_train(args)
 
 
 def format_summary(name: str, teacher_layers: int, info: dict, human) -> str:

@@ -137,7 +137,7 @@ def estimate_text(helper, preset: Optional[str], fields: dict, train: dict) -> t
                 bad.setdefault("n_head", bad[match.group(1)])
             return "Fix the highlighted field to see the estimate.", bad
         return f"{mark('warn')} {error}", {}
-    from slm_core.train.monitor import gpu_info, system_memory
+    from slm_core.system import gpu_info, system_memory
 
     return format_estimate(info, system_memory(), gpu_info()), {}
 

@@ -64,7 +64,7 @@ def test_the_model_tab_says_the_training_figure_is_per_process_under_several():
     """The Train tab's Processes and Strategy reach the Model tab's estimate: FSDP over 2 halves the sharded
     parts, and the table says the figure is one process's."""
     from slm_core.models import estimate
-    from slm_core.train.monitor import system_memory
+    from slm_core.system import system_memory
     from studio.tabs.model import format_estimate
 
     config = load_model_preset("tiny-llama")

@@ -40,7 +40,7 @@ def test_the_system_prompt_is_rendered_by_the_models_own_chat_template():
 
 
 def test_a_named_template_takes_the_system_prompt_and_a_base_model_says_it_ignored_it(tiny_run):
-    from slm_core.run.checkpoint import load_model
+    from slm_core.models.load import load_model
 
     runs_dir, name = tiny_run
     tokenizer = load_model(runs_dir / name).tokenizer  # a BPE with no chat template: a base model

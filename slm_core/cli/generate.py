@@ -1,0 +1,57 @@
+"""`slm generate`: stream a completion from a model."""
+
+from __future__ import annotations
+
+from slm_core.cli.flags import _add_run_location
+import sys
+
+
+def add_generate_parser(sub) -> None:
+    parser = sub.add_parser("generate", help="generate text from a run, checkpoint or exported model")
+    parser.add_argument("model", help="run name, checkpoint folder, quantized or Hugging Face folder, .gguf file, "
+                                      "or Hub id (org/name: the Hugging Face cache, else downloaded)")
+    parser.add_argument("--prompt", default="Once upon a time")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--raw", action="store_true", help="do not apply the model's instruction template")
+    parser.add_argument("--stop", action="append", default=[], help="end the text before this string (repeatable)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="weights for decoding; auto: bf16 where the CPU/GPU computes it natively, else fp32 with "
+                             "an fp16 (or bf16) copy for the one-row steps of models from 40M parameters; fp32: exact")
+    _add_run_location(parser)
+
+
+def cmd_generate(args) -> int:
+    from slm_core.models.load import load_model
+    from slm_core.infer.generate import stream_text
+    from slm_core.run.runs import use_runs_dir
+    from slm_core.validate import check_device, validate_sampling
+    from slm_core.run.runs import check_runs_dir
+
+    validate_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    check_device(args.device)
+    use_runs_dir(check_runs_dir(args.runs_dir))
+    loaded = load_model(args.model, tag=args.checkpoint, device=args.device)
+    from slm_core.infer.engine import pick_dtype
+    from slm_core.models.quantized import is_quantized
+
+    if not is_quantized(loaded.model):
+        loaded.model.to(pick_dtype(loaded.model, args.dtype))
+    stats: dict = {}
+    templated = loaded.template or getattr(loaded.tokenizer, "chat_template", None)  # a chat reply, not a continuation
+    sys.stdout.write(args.prompt if not templated or args.raw else "")
+    for delta in stream_text(loaded, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                             args.repetition_penalty, args.seed, stats=stats, use_template=not args.raw,
+                             stop=tuple(args.stop), one_row_half=None if args.dtype == "auto" else False):
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    ttft = stats.get("ttft_s")
+    print(f"\n[{stats.get('tokens', 0)} tokens, {stats.get('tokens_per_sec', 0):.1f} tokens/s"
+          + (f", first token {ttft * 1000:.0f} ms" if ttft is not None else "") + "]", file=sys.stderr)
+    return 0
