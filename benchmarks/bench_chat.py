@@ -37,11 +37,11 @@ import torch  # noqa: E402
 
 from slm_core.config import ModelConfig, TokenizerConfig  # noqa: E402
 from slm_core.infer.decoder import half_copy_kind  # noqa: E402
-from slm_core.models.decoding import one_row_half_default
 from slm_core.infer.engine import Decoder, decode_one  # noqa: E402
-from slm_core.post.export import export_model  # noqa: E402
-from slm_core.models.model import Transformer  # noqa: E402
 from slm_core.infer.sampling import SamplingParams  # noqa: E402
+from slm_core.models.decoding import one_row_half_default
+from slm_core.models.model import Transformer  # noqa: E402
+from slm_core.post.export import export_model  # noqa: E402
 
 TEXT = ("Once upon a time there was a little dog named Tom. Tom liked to run in the park with his friend "
         "Sue, a big red cat. One day they found a shiny ball under a tree, and they played until the sun went "

@@ -41,9 +41,9 @@ def time_hf_peer(run: str, limit) -> tuple[float, dict]:
     from lm_eval.tasks import TaskManager
 
     from slm_core.models.load import load_model
-    from slm_core.post.tasks import task_configs
     from slm_core.post.export import export_model
     from slm_core.post.harness import _scores
+    from slm_core.post.tasks import task_configs
 
     loaded = load_model(run)
     folder = Path(tempfile.mkdtemp(prefix="bench-eval-hf-")) / "hf"

@@ -27,8 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from slm_core.config import list_presets, preset_description  # noqa: E402
 from bench_time_to_quality import _children_cpu, load_average  # noqa: E402  (a sibling script)
+
+from slm_core.config import list_presets, preset_description  # noqa: E402
 
 STATED = re.compile(r"measured (?:about )?([\d.]+) ?(min|s)\b", re.IGNORECASE)
 BASE = "quickstart-cpu"  # what finetune / LoRA / distillation start from

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 from pathlib import Path
 from typing import Any, Optional
-
-import resource
 
 import psutil
 

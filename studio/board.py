@@ -10,8 +10,8 @@ process is gone however it ended (a SIGTERM skips atexit).
 from __future__ import annotations
 
 import atexit
-import os
 import importlib.util
+import os
 import shutil
 import socket
 import subprocess

@@ -298,8 +298,8 @@ def _native_outpaces_fp32_genai(path: Path) -> bool:
     on a slower AMD one genai was ahead (30-37 against 26-31), so which is faster depends on the CPU."""
     import torch
 
-    from slm_core.models.decoding import one_row_half_default
     from slm_core.errors import SLMError
+    from slm_core.models.decoding import one_row_half_default
     from slm_core.models.estimate import count_parameters
     from slm_core.models.memory import chat_dtype, model_config
 
@@ -317,9 +317,9 @@ def _load(kind: str, where: Path, tag: str, threads: Optional[int]) -> tuple:
 
         engine = OnnxEngine(where, threads=threads, slots=SLOTS)
         return engine, None, engine.template
-    from slm_core.models.load import load_model
     from slm_core.infer.engine import Engine
     from slm_core.infer.openmp import in_fresh_thread
+    from slm_core.models.load import load_model
 
     def load() -> tuple:  # not on this (Gradio worker) thread: it would keep an OpenMP team (slm_core.infer.openmp)
         loaded = load_model(where, tag=tag)

@@ -68,9 +68,7 @@ def recipe_model_preset(recipe: str) -> Optional[str]:
     """The model preset a recipe builds on (`model: NAME` or `model: {preset: NAME, ...}`), if any."""
     import yaml
 
-    from slm_core.config import PRESETS_DIR
-
-    from slm_core.config import list_presets, user_recipes_dir
+    from slm_core.config import PRESETS_DIR, list_presets, user_recipes_dir
 
     path = PRESETS_DIR / "recipes" / f"{recipe}.yaml"
     if not path.exists():

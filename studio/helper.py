@@ -145,8 +145,8 @@ def _time_training_steps(config, rows: int, precision: str, grad_checkpointing: 
     import torch
     import torch.nn.functional as F
 
-    from slm_core.models.model import Transformer
     from slm_core.models.estimate import resolve_vocab
+    from slm_core.models.model import Transformer
     from slm_core.train.loop import resolve_precision
 
     config, _ = resolve_vocab(config)

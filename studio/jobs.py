@@ -117,8 +117,8 @@ def evaluate(sources: list[str], tag: str = "best", data: Optional[str] = None, 
     A model that cannot be evaluated gets a row with its `error` instead of stopping the others."""
     from tqdm import tqdm
 
-    from slm_core.models.load import load_model
     from slm_core.errors import SLMError
+    from slm_core.models.load import load_model
     from slm_core.post.evaluate import perplexity
 
     rows = []

@@ -13,9 +13,9 @@ import html
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from slm_core.run import queue as runqueue
 from slm_core.config import list_presets, save_user_recipe
 from slm_core.errors import SLMError
+from slm_core.run import queue as runqueue
 from studio.command import page_config, recipe_values
 
 

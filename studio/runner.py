@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from slm_core.run import queue as runqueue
-
-from slm_core.run import runs
 from slm_core.config import load_recipe, load_run_config
 from slm_core.errors import SLMError
+from slm_core.run import queue as runqueue
+from slm_core.run import runs
 from studio.command import resume_args, shell_command, train_args
 from studio.views import error_from_log
 

@@ -20,9 +20,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from slm_core.run import runs
 from slm_core.cli import main
 from slm_core.errors import SLMError
+from slm_core.run import runs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from slm_core.data import prepare as data_prepare
 from slm_core.cli import main as slm
 from slm_core.config import DataConfig, ModelConfig, RunConfig, TokenizerConfig
-from slm_core.data.corpus import iter_stories
+from slm_core.data import prepare as data_prepare
 from slm_core.data.cache import data_summary, load_texts, prepare_data, prepare_shard, preview
+from slm_core.data.corpus import iter_stories
 from slm_core.data.prepare import is_val_document
 from slm_core.data.stream import DocStream, parse_shard
 from slm_core.errors import SLMError

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from slm_core.config import ModelConfig, RunConfig, TokenizerConfig
-from slm_core.train.distill import DistillLoss, check_compatible, distillation_loss, load_teacher
 from slm_core.errors import SLMError
 from slm_core.models.model import Transformer
+from slm_core.train.distill import DistillLoss, check_compatible, distillation_loss, load_teacher
 
 V = 11
 

@@ -121,8 +121,8 @@ def test_a_killed_rank_fails_the_run_with_its_cause(tmp_path):
 
 
 def test_torchrun_command_for_one_machine_and_several():
-    from slm_core.train.distributed import strip_launch_flags, torchrun_command
     from slm_core.errors import SLMError
+    from slm_core.train.distributed import strip_launch_flags, torchrun_command
 
     argv = ["train", "--nproc", "4", "--preset", "x", "--nnodes=2", "--node-rank", "1", "--rdzv-endpoint", "h:29500",
             "--set", "train.lr=1e-3"]
@@ -179,8 +179,8 @@ def test_fsdp_steps_equal_one_process_and_checkpoints_move_between_process_count
     shows the optimizer's moments came along: the control with a fresh optimizer misses by far more)."""
     from safetensors.torch import save_file
 
-    from slm_core.train import fsdp
     from slm_core.run.checkpoint import load_weights, state_dict_for_save
+    from slm_core.train import fsdp
     from slm_core.train.optim import build_optimizer
 
     sys.path.insert(0, os.path.dirname(__file__))
@@ -223,8 +223,8 @@ def test_a_doctored_shard_index_is_refused_without_running_it(tmp_path):
     """DCP's .metadata is a pickle: a resume reads it with an unpickler that admits only DCP's own classes."""
     import pickle
 
-    from slm_core.train import fsdp
     from slm_core.errors import SLMError
+    from slm_core.train import fsdp
 
     class Payload:
         def __reduce__(self):
@@ -238,10 +238,9 @@ def test_a_doctored_shard_index_is_refused_without_running_it(tmp_path):
 
 def test_a_shard_index_cannot_reach_a_function_through_a_dcp_module(tmp_path):
     """pickle resolves dotted names, so `<a DCP module>.os.system` would pass a check on the module alone."""
-    import pickle
 
-    from slm_core.train import fsdp
     from slm_core.errors import SLMError
+    from slm_core.train import fsdp
 
     module = "torch.distributed.checkpoint.filesystem"
     command = f"touch {tmp_path / 'ran'}".encode()

@@ -9,8 +9,8 @@ import torch
 
 from slm_core.config import ModelConfig
 from slm_core.infer.engine import Decoder, Engine, decode_one
-from slm_core.models.model import Transformer
 from slm_core.infer.sampling import SamplingParams, TextStream, clean
+from slm_core.models.model import Transformer
 
 
 def tiny(family: str, context: int = 48) -> Transformer:

@@ -17,12 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from slm_core.models import estimate
-
-from slm_core.train import monitor
 from slm_core.config import LoRAConfig, ModelConfig, load_model_preset
 from slm_core.errors import SLMError
+from slm_core.models import estimate
 from slm_core.models.model import Transformer
+from slm_core.train import monitor
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
@@ -404,8 +403,8 @@ def test_the_isolated_benchmark_measures_in_a_subprocess():
 def test_the_preflight_check_counts_the_strategy_and_the_processes_sharing_this_machine(monkeypatch):
     """Inside a torchrun rank (WORLD_SIZE, LOCAL_WORLD_SIZE set) the pre-flight figure is one process's, FSDP
     shards it, and on CPU every local process's share of the RAM is counted before a run is refused."""
-    from slm_core.train import preflight as resources
     from slm_core.config import load_recipe
+    from slm_core.train import preflight as resources
 
     config = load_recipe("quickstart-cpu", ["model.vocab_size=512", "train.device=cpu"])
     fsdp = load_recipe("quickstart-cpu", ["model.vocab_size=512", "train.device=cpu", "train.strategy=fsdp"])

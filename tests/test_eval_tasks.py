@@ -10,9 +10,9 @@ import torch
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is the optional 'eval' extra")
 
-from slm_core.models.load import load_model  # noqa: E402
 from slm_core.errors import SLMError  # noqa: E402
 from slm_core.infer.generate import complete  # noqa: E402
+from slm_core.models.load import load_model  # noqa: E402
 from slm_core.post.harness import _encode_pair, _score_pairs, harness_model, run_tasks  # noqa: E402
 
 

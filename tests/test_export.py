@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from slm_core.models import quantized as Q
 from slm_core.config import ModelConfig, RunConfig, TokenizerConfig
 from slm_core.errors import SLMError
+from slm_core.models import quantized as Q
+from slm_core.models.model import Transformer
 from slm_core.post.export import export_model
 from slm_core.post.export_gguf import gguf_tensors, permute_for_llama_cpp, read_gguf
-from slm_core.models.model import Transformer
 
 transformers = pytest.importorskip("transformers")
 TEXTS = ["the cat sat on the mat, and the dog sat on the log. " * 30, "Once upon a time there was a fox! " * 30]
@@ -206,8 +206,8 @@ def test_cli_commands_write_artifacts_beside_the_source(tmp_path, tokenizer, cap
     import argparse
 
     from slm_core.cli.export import add_export_parser, cmd_export
-    from slm_core.models.hf import save_hf_folder
     from slm_core.cli.quantize import add_quantize_parser, cmd_quantize
+    from slm_core.models.hf import save_hf_folder
 
     source = tmp_path / "mymodel"
     save_hf_folder(random_model(tokenizer.n_vocab), tokenizer, source)

@@ -10,10 +10,10 @@ import torch
 
 from slm_core.config import LoRAConfig, ModelConfig
 from slm_core.errors import SLMError
-from slm_core.post.export import export_model
-from slm_core.post.export_gguf import gguf_tensors, read_gguf
 from slm_core.models.lora import apply_lora
 from slm_core.models.model import Transformer
+from slm_core.post.export import export_model
+from slm_core.post.export_gguf import gguf_tensors, read_gguf
 
 pytest.importorskip("gguf")
 pytest.importorskip("peft")

@@ -19,14 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slm_core.run import runs
-from slm_core.run.manifest import CheckpointWarning
-from slm_core.run.manifest import find_checkpoint, step_of
-from slm_core.models.load import load_model
 from slm_core.cli import main as slm
 from slm_core.config import load_recipe
 from slm_core.errors import SLMError
+from slm_core.models.load import load_model
+from slm_core.run import runs
 from slm_core.run.lock import RunLock, holder
+from slm_core.run.manifest import CheckpointWarning, find_checkpoint, step_of
 from slm_core.train.loop import train
 
 FORK = multiprocessing.get_context("fork")
@@ -312,8 +311,8 @@ def test_out_of_memory_is_refused_or_explained_with_settings_that_fit(tmp_path, 
 
 
 def test_resource_errors_are_recognised_and_explained():
-    from slm_core.train.preflight import explain_failure
     from slm_core.system import is_disk_full, is_out_of_memory
+    from slm_core.train.preflight import explain_failure
 
     config = tiny(8, 2, "train.device=cuda")
     gpu = explain_failure(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), config, 7)

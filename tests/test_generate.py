@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from slm_core.models.load import LoadedModel
 from slm_core.config import ModelConfig, RunConfig, TokenizerConfig
 from slm_core.infer.generate import generate_tokens, sample_next, stream_text
-from slm_core.models.model import Transformer
 from slm_core.infer.sampling import clean
+from slm_core.models.load import LoadedModel
+from slm_core.models.model import Transformer
 
 
 def tiny(family: str, context: int = 32) -> Transformer:

@@ -12,13 +12,12 @@ import json
 
 import pytest
 import torch
+from hf_families import FAMILIES, hf_model
 
-from slm_core.models.load import load_model
 from slm_core.errors import SLMError
 from slm_core.infer.generate import generate_tokens
 from slm_core.models.hf import from_hf, save_hf_folder
-
-from hf_families import FAMILIES, hf_model
+from slm_core.models.load import load_model
 
 transformers = pytest.importorskip("transformers")
 IDS = torch.tensor([[3, 17, 42, 8, 99, 5, 61, 23, 7, 12], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])

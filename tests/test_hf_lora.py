@@ -11,14 +11,13 @@ import json
 
 import pytest
 import torch
+from hf_families import hf_model
 
-from slm_core.models.load import load_model
 from slm_core.config import LoRAConfig, ModelConfig
 from slm_core.models.hf import save_hf_folder
+from slm_core.models.load import load_model
 from slm_core.models.lora import apply_lora, load_adapter, save_adapter
 from slm_core.models.model import Transformer
-
-from hf_families import hf_model
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
+from hf_families import hf_model
 
-from slm_core.models.load import load_model
-from slm_core.train.distill import distillation_loss
 from slm_core.errors import SLMError
 from slm_core.models.hf import save_hf_folder
+from slm_core.models.load import load_model
+from slm_core.train.distill import distillation_loss
 from slm_core.train.shrink import pick_layers, shrink, shrink_summary
-
-from hf_families import hf_model
 
 transformers = pytest.importorskip("transformers")
 IDS = torch.tensor([[3, 17, 42, 8, 99, 5, 61, 23, 7, 12]])
@@ -73,9 +72,9 @@ def llama2_teacher(tmp_path_factory):
 @pytest.mark.slow  # ~30 s on 2 cores: a 32k-row output layer for teacher and student
 def test_slm_shrink_prints_the_plan_then_distills_a_student_that_loads_and_generates(llama2_teacher, tmp_path,
                                                                                      capsys):
-    from slm_core.run import runs
     from slm_core.cli import main
     from slm_core.infer.generate import complete
+    from slm_core.run import runs
 
     small = ["data.max_chars=20000", "model.context_length=64", "train.batch_size=4", "train.eval_interval=12",
              "train.ckpt_interval=12", "train.eval_batches=2", "train.lr=0.01", "train.warmup_steps=0",

@@ -10,12 +10,11 @@ same text and ids.
 import functools
 
 import pytest
+from hf_families import tokenizer_copy, vocab_folder
 
 from slm_core.errors import SLMError
 from slm_core.models.templates import model_prompt_response
 from slm_core.models.tokenizer import Tokenizer
-
-from hf_families import tokenizer_copy, vocab_folder
 
 transformers = pytest.importorskip("transformers")
 

@@ -5,14 +5,13 @@ import json
 
 import numpy as np
 import pytest
+from hf_families import LLAMA2_CHAT, hf_model, tokenizer_copy
 
-from slm_core.run import runs
 from slm_core.config import load_recipe
 from slm_core.data.cache import prepare_data
 from slm_core.models.tokenizer import Tokenizer
+from slm_core.run import runs
 from slm_core.train.loop import train
-
-from hf_families import LLAMA2_CHAT, hf_model, tokenizer_copy
 
 pytest.importorskip("transformers")
 

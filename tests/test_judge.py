@@ -8,12 +8,20 @@ import json
 import time
 
 import pytest
-
 from serving import free_port, start_serve, stop_serve
+
 from slm_core.config import load_recipe
 from slm_core.errors import SLMError
-from slm_core.post.judge import (Endpoint, agreement, combine_orders, judge_pairwise, judge_replies, load_prompts,
-                            parse_score, parse_verdict)
+from slm_core.post.judge import (
+    Endpoint,
+    agreement,
+    combine_orders,
+    judge_pairwise,
+    judge_replies,
+    load_prompts,
+    parse_score,
+    parse_verdict,
+)
 from slm_core.train.loop import train
 
 # Every judge prompt ends with "then one line 'Reason: ...'."; the answer follows it on the next line.

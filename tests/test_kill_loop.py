@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from slm_core.config import load_recipe
 from slm_core.run import runs
 from slm_core.run.manifest import find_checkpoint, step_of
-from slm_core.config import load_recipe
 from slm_core.train.loop import train
 
 FORK = multiprocessing.get_context("fork")

@@ -7,12 +7,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from slm_core.run.checkpoint import state_dict_for_save
 from slm_core.config import LoRAConfig, ModelConfig
 from slm_core.errors import SLMError
 from slm_core.models.lora import apply_lora, load_adapter, load_adapter_weights, save_adapter, trainable_summary
-from slm_core.models.model import base_transformer, merge_adapter
-from slm_core.models.model import Transformer
+from slm_core.models.model import Transformer, base_transformer, merge_adapter
+from slm_core.run.checkpoint import state_dict_for_save
 
 pytest.importorskip("peft")
 

@@ -9,15 +9,14 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from hf_families import LLAMA2_CHAT, hf_model, tokenizer_copy
 
-from slm_core.models.load import load_model
 from slm_core.config import LoRAConfig, load_recipe
 from slm_core.errors import SLMError
+from slm_core.models.load import load_model
 from slm_core.models.lora import apply_lora
 from slm_core.models.model import merge_adapter
 from slm_core.models.qlora import Int8Embedding, base_weight_bytes, dequantized_weight, quantize_base
-
-from hf_families import LLAMA2_CHAT, hf_model, tokenizer_copy
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from slm_core.models import quantized as Q
 from slm_core.config import ModelConfig, RunConfig
 from slm_core.errors import SLMError
 from slm_core.infer.generate import generate_tokens
+from slm_core.models import quantized as Q
 from slm_core.models.model import Transformer
 
 

@@ -8,12 +8,11 @@ import pytest
 
 from slm_core import cli
 from slm_core.models.load import load_model
+from slm_core.models.quantized import quantize_model, save_quantized
 from slm_core.post.evaluate import perplexity
 from slm_core.post.export import export_model
-from slm_core.models.quantized import quantize_model, save_quantized
-from slm_core.run.runs import latest_card
 from slm_core.post.report_card import model_card, save_card, to_markdown
-from slm_core.run.runs import run_summary
+from slm_core.run.runs import latest_card, run_summary
 
 
 @pytest.fixture

@@ -5,11 +5,10 @@ import time
 
 import pytest
 
-from slm_core.run import queue as runqueue
-
-from slm_core.run import runs
 from slm_core.cli import main
 from slm_core.errors import SLMError
+from slm_core.run import queue as runqueue
+from slm_core.run import runs
 
 TINY = ["data.max_chars=400000", "tokenizer.vocab_size=512", "model.context_length=64", "model.n_layer=1",
         "train.batch_size=4", "train.precision=fp32", "train.eval_batches=1", "train.sample_tokens=2",

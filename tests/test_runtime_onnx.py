@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from slm_core.config import ModelConfig, TokenizerConfig
-from slm_core.infer.engine import Engine
 from slm_core.errors import SLMError
-from slm_core.post.export import export_model
-from slm_core.models.model import Transformer
+from slm_core.infer.engine import Engine
 from slm_core.infer.sampling import SamplingParams
+from slm_core.models.model import Transformer
+from slm_core.post.export import export_model
 
 TEXT = ("Once upon a time there was a little dog. The dog liked to run and play in the sun. "
         "One day the little dog met a big cat, and they became friends. ") * 40

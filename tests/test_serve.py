@@ -9,8 +9,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from serving import start_serve, stop_serve
+
 from slm_core.config import load_recipe
 
 QUICK = ["data.max_chars=400000", "tokenizer.vocab_size=512", "model.context_length=64", "model.vocab_size=null",
@@ -74,8 +74,8 @@ def test_the_openai_client_lists_completes_and_streams(server):
 
 
 def test_concurrent_streaming_clients_each_get_their_own_greedy_answer(server):
-    from slm_core.models.load import load_model
     from slm_core.infer.generate import complete
+    from slm_core.models.load import load_model
 
     base, run_dir = server
     api = client(base)

@@ -7,12 +7,11 @@ import time
 
 import pytest
 import torch
-
-from slm_core.models.load import load_model
-from slm_core.errors import SLMError
-from slm_core.models.sources import is_hub_id, list_cached_models
-
 from hf_families import hf_model
+
+from slm_core.errors import SLMError
+from slm_core.models.load import load_model
+from slm_core.models.sources import is_hub_id, list_cached_models
 
 pytest.importorskip("transformers")
 IDS = torch.tensor([[3, 17, 42, 8, 99, 5]])
@@ -75,9 +74,9 @@ def test_hub_ids_are_told_apart_from_paths_and_runs(tmp_path):
 def test_a_gguf_file_loads_through_transformers_gguf_reader(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
     from slm_core.config import ModelConfig, TokenizerConfig
-    from slm_core.post.export_gguf import write_gguf
     from slm_core.models.model import Transformer
     from slm_core.models.tokenizer import build_tokenizer
+    from slm_core.post.export_gguf import write_gguf
 
     monkeypatch.setenv("SLM_MODELS_DIR", str(tmp_path / "models"))
     tokenizer = build_tokenizer(TokenizerConfig(kind="bpe", vocab_size=300),

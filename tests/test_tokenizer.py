@@ -253,7 +253,8 @@ def test_from_hf_runs_a_hugging_face_folder(bpe, tmp_path):
 
 def test_from_hf_handles_sentencepiece_style_byte_fallback(tmp_path):
     """Llama-2-style tokenizers: '▁' for spaces and <0xNN> byte tokens for unseen characters."""
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
     hf = HFTokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
     hf.normalizer = normalizers.Replace(" ", "\u2581")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from slm_core.run import runs
-from slm_core.models.load import load_model
 from slm_core.config import load_recipe
 from slm_core.errors import SLMError
+from slm_core.models.load import load_model
+from slm_core.run import runs
 from slm_core.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]

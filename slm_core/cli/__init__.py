@@ -10,7 +10,19 @@ import argparse
 import sys
 from typing import Callable
 
-from slm_core.cli import data, evaluate, export, generate, presets, quantize, queue, runs, serve, shrink, train
+from slm_core.cli import (
+    data,
+    evaluate,
+    export,
+    generate,
+    presets,
+    quantize,
+    queue,
+    runs,
+    serve,
+    shrink,
+    train,
+)
 from slm_core.errors import SLMError
 
 COMMANDS: dict[str, tuple[Callable, Callable]] = {

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import time
 
+from slm_core.config import load_recipe, load_run_config
+from slm_core.data.cache import prepare_data, prepare_shard
+from slm_core.data.stream import parse_shard
+
 
 def add_data_parser(sub) -> None:
     parser = sub.add_parser("data", help="prepare token files from a corpus (one shard per machine if asked)")
@@ -28,10 +32,6 @@ def add_data_parser(sub) -> None:
 
 
 def cmd_data(args) -> int:
-    from slm_core.config import load_recipe, load_run_config
-    from slm_core.data.cache import prepare_data, prepare_shard
-    from slm_core.data.stream import parse_shard
-
     overrides = list(args.overrides) + [f"data.source={args.source}"]
     config = (load_run_config(args.config).with_overrides(overrides) if args.config
               else load_recipe(args.preset, overrides))

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from slm_core.errors import SLMError
-from slm_core.post.evaluate import SPLITS
-from slm_core.post.evaluate import perplexity
-from slm_core.post.report_card import _cmd_pairwise
-from slm_core.post.report_card import _fmt
-from slm_core.post.report_card import _second_judging
-from slm_core.post.report_card import judge_settings
-from slm_core.post.report_card import model_card
-from slm_core.post.report_card import save_card
-from slm_core.post.report_card import to_markdown
 import sys
+
+from slm_core.errors import SLMError
+from slm_core.models.load import load_model
+from slm_core.post.evaluate import SPLITS, perplexity
+from slm_core.post.report_card import (
+    _cmd_pairwise,
+    _fmt,
+    _second_judging,
+    judge_settings,
+    model_card,
+    save_card,
+    to_markdown,
+)
+from slm_core.run.runs import check_runs_dir, use_runs_dir
+from slm_core.validate import validate_eval
 
 
 def add_eval_parser(sub) -> None:
@@ -46,16 +51,9 @@ def add_eval_parser(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from slm_core.models.load import load_model
-    from slm_core.run.runs import use_runs_dir
-    from slm_core.run.runs import check_runs_dir
-    from slm_core.validate import validate_eval
-
     validate_eval(args.stride, args.max_tokens)
     use_runs_dir(check_runs_dir(args.runs_dir))
     if args.tasks or args.judge or args.card or args.pairwise:
-        from slm_core.cli.evaluate import cmd_card
-
         return cmd_card(args)
     print(f"{'model':<48}{'tokens':>10}{'loss':>9}{'ppl':>10}{'sec':>8}")
     for source in args.models:

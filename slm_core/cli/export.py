@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from slm_core.post.export import FORMATS
-from slm_core.post.export import export_model
+
+from slm_core.models.load import load_model
+from slm_core.models.quantized import artifact_dir
+from slm_core.post.export import FORMATS, export_model
+from slm_core.run.runs import check_runs_dir, use_runs_dir
 
 
 def add_export_parser(sub) -> None:
@@ -22,11 +25,6 @@ def add_export_parser(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from slm_core.models.load import load_model
-    from slm_core.models.quantized import artifact_dir
-    from slm_core.run.runs import use_runs_dir
-    from slm_core.run.runs import check_runs_dir
-
     use_runs_dir(check_runs_dir(args.runs_dir))
     loaded = load_model(args.model, tag=args.checkpoint)
     label = args.fmt + (f"-{args.gguf_type}" if args.fmt.startswith("gguf") else "")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from slm_core.config import list_presets, load_model_preset, preset_description
+from slm_core.models.estimate import describe
+
 
 def add_presets_parser(sub) -> None:
     parser = sub.add_parser("presets", help="list model and recipe presets with parameters and memory")
@@ -9,9 +12,6 @@ def add_presets_parser(sub) -> None:
 
 
 def cmd_presets(args) -> int:
-    from slm_core.config import list_presets, load_model_preset, preset_description
-    from slm_core.models.estimate import describe
-
     print(f"{'model preset':<18}{'family':<8}{'params':>10}{'train mem':>12}{'infer mem':>12}  description")
     for name in list_presets("models"):
         config = load_model_preset(name)

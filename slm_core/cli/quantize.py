@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 from slm_core.errors import SLMError
-from slm_core.models.quantized import GROUP_SIZES, METHODS
-from slm_core.models.quantized import artifact_dir
-from slm_core.models.quantized import quantize_model
-from slm_core.models.quantized import save_quantized
-from slm_core.post.quantize import eval_windows_for
-from slm_core.post.quantize import format_report
-from slm_core.post.quantize import quantization_report
+from slm_core.models.load import load_model
+from slm_core.models.model import merge_adapter
+from slm_core.models.quantized import (
+    GROUP_SIZES,
+    METHODS,
+    artifact_dir,
+    quantize_model,
+    save_quantized,
+)
+from slm_core.post.quantize import eval_windows_for, format_report, quantization_report
+from slm_core.run.runs import check_runs_dir, use_runs_dir
 
 
 def add_quantize_parser(sub) -> None:
@@ -30,9 +35,6 @@ def add_quantize_parser(sub) -> None:
 def cmd_quantize(args) -> int:
     import copy
 
-    from slm_core.models.load import load_model
-    from slm_core.run.runs import use_runs_dir
-    from slm_core.run.runs import check_runs_dir
 
     if args.eval_tokens < 1:
         raise SLMError(f"--eval-tokens={args.eval_tokens} is invalid: give a positive number of tokens")
@@ -41,7 +43,6 @@ def cmd_quantize(args) -> int:
     group_size = args.group_size if args.method == "int4" else None
     label = args.method + (f"-g{group_size}" if group_size else "")
     out = Path(args.out) if args.out else artifact_dir(loaded.path, "quantized", label)
-    from slm_core.models.model import merge_adapter
 
     original = merge_adapter(loaded.model)  # a LoRA run: quantize (and measure) the merged model
     quantized = quantize_model(copy.deepcopy(original) if args.report else original, args.method, group_size)

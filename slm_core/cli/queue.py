@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from slm_core.errors import SLMError
 from slm_core.run import runs
-from slm_core.run.queue import _print_queue
-from slm_core.run.queue import add
-from slm_core.run.queue import entries
-from slm_core.run.queue import move
-from slm_core.run.queue import remove
-from slm_core.run.queue import run_queue
+from slm_core.run.queue import _print_queue, add, entries, move, remove, run_queue
 
 
 def add_queue_parser(sub) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from slm_core.cli.flags import _add_run_location
+from slm_core.run.runs import check_runs_dir, list_runs
 
 
 def add_runs_parser(sub) -> None:
@@ -11,9 +12,6 @@ def add_runs_parser(sub) -> None:
 
 
 def cmd_runs(args) -> int:
-    from slm_core.run.runs import list_runs
-    from slm_core.run.runs import check_runs_dir
-
     rows = list_runs(check_runs_dir(args.runs_dir))
     if not rows:
         print("no runs yet: `slm train` starts one")

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from slm_core.errors import SLMError
-from slm_core.infer.serve import DEFAULT_PORT
-from slm_core.infer.serve import GRACEFUL_SHUTDOWN_S
-from slm_core.infer.serve import STREAM_INTERVAL_S
-from slm_core.infer.serve import _serve_decoding_here
-from slm_core.infer.serve import create_app
-from slm_core.infer.serve import load_served
+from slm_core.infer.serve import (
+    DEFAULT_PORT,
+    GRACEFUL_SHUTDOWN_S,
+    STREAM_INTERVAL_S,
+    _serve_decoding_here,
+    create_app,
+    load_served,
+)
+from slm_core.models.load import load_model
+from slm_core.models.quantized import artifact_dir
+from slm_core.post.export import export_model
+from slm_core.run.runs import use_runs_dir
 
 
 def add_serve_parser(sub) -> None:
@@ -34,8 +40,6 @@ def add_serve_parser(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from slm_core.run.runs import use_runs_dir
-
     use_runs_dir(args.runs_dir)
     if args.api_key is not None and not args.api_key:
         raise SLMError("--api-key is empty: give a key, or leave the flag out to serve without one")
@@ -73,10 +77,6 @@ def _hand_to_vllm(args) -> int:
                        "without it, serve with the default --engine native")
     folder = Path(args.model)
     if not (folder / "config.json").exists():
-        from slm_core.models.load import load_model
-        from slm_core.post.export import export_model
-        from slm_core.models.quantized import artifact_dir
-
         loaded = load_model(args.model, tag=args.checkpoint)
         folder = artifact_dir(loaded.path, "export", "hf")
         if not (folder / "config.json").exists():

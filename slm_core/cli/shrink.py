@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from slm_core.cli.flags import _add_launch_flags, _add_overrides, _add_run_location
+from slm_core.cli.presets import _human
+from slm_core.cli.train import cmd_train
 from slm_core.errors import SLMError
-from slm_core.train.shrink import format_summary
-from slm_core.train.shrink import shrink_summary
+from slm_core.models.memory import locate, model_config
+from slm_core.train.shrink import format_summary, shrink_summary
 
 
 def add_shrink_parser(sub) -> None:
-    from slm_core.cli.flags import _add_launch_flags, _add_overrides, _add_run_location
-
     parser = sub.add_parser("shrink", help="shrink a model: a student made of N of the teacher's layers, "
                                            "distilled from the teacher (same tokenizer)")
     parser.add_argument("teacher", help="run name, checkpoint folder, Hugging Face folder or cached Hub id")
@@ -24,10 +25,6 @@ def add_shrink_parser(sub) -> None:
 
 
 def cmd_shrink(args) -> int:
-    from slm_core.cli.presets import _human
-    from slm_core.cli.train import cmd_train
-    from slm_core.models.memory import locate, model_config
-
     teacher_config, name = model_config(locate(args.teacher, args.runs_dir))
     summary = shrink_summary(teacher_config, args.layers)  # checks the layer count too
     print(format_summary(name, teacher_config.n_layer, summary, _human), flush=True)

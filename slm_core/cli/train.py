@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from slm_core.cli.flags import _add_launch_flags
-from slm_core.cli.flags import _add_overrides
-from slm_core.cli.flags import _add_run_location
-from slm_core.errors import SLMError
-from typing import Optional
 import os
+from typing import Optional
+
+from slm_core.cli.flags import _add_launch_flags, _add_overrides, _add_run_location
+from slm_core.config import load_recipe, load_run_config
+from slm_core.errors import SLMError
+from slm_core.run import runs
+from slm_core.run.runs import check_runs_dir
+from slm_core.train import distributed
+from slm_core.train.fsdp import check_supported
+from slm_core.train.loop import train
+from slm_core.train.preflight import preflight_train
 
 
 def add_train_parser(sub) -> None:
@@ -26,16 +32,12 @@ def add_train_parser(sub) -> None:
 
 def _check_strategy(config, args) -> None:
     """What train.strategy=fsdp cannot do is refused before torchrun starts any process."""
-    from slm_core.train.fsdp import check_supported
-
     check_supported(config, max(args.nproc, 1) * max(args.nnodes, 1))
 
 
 def _relaunch(args, run_dir, extra: list[str]) -> Optional[int]:
     """Under `--nproc N` / `--nnodes M` (and not already a torchrun rank): run the same command through
     torchrun and return its exit code; None means carry on in this process."""
-    from slm_core.train import distributed
-
     if (args.nproc > 1 or args.nnodes > 1) and not distributed.under_torchrun():
         entry = distributed.strip_launch_flags(args.argv) + extra  # every rank must agree on the run folder
         return distributed.launch(entry, run_dir, args.nproc, args.nnodes, args.node_rank, args.rdzv_endpoint)
@@ -43,12 +45,6 @@ def _relaunch(args, run_dir, extra: list[str]) -> Optional[int]:
 
 
 def cmd_train(args) -> int:
-    from slm_core.run import runs
-    from slm_core.config import load_recipe, load_run_config
-    from slm_core.train.loop import train
-    from slm_core.run.runs import check_runs_dir
-    from slm_core.train.preflight import preflight_train
-
     overrides = list(args.overrides) + ([f"train.mode={args.mode}"] if args.mode else [])
     if args.config:
         config = load_run_config(args.config).with_overrides(overrides)
@@ -80,11 +76,6 @@ def add_resume_parser(sub) -> None:
 
 
 def cmd_resume(args) -> int:
-    from slm_core.run import runs
-    from slm_core.config import load_run_config
-    from slm_core.train.loop import train
-    from slm_core.run.runs import check_runs_dir
-
     runs.use_runs_dir(args.runs_dir)
     run_dir = runs.resolve_run(args.run, check_runs_dir(args.runs_dir))
     if not (run_dir / "config.yaml").exists():

@@ -33,16 +33,20 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
+import torch
 
 from slm_core.config import DataConfig, RunConfig, TokenizerConfig
+from slm_core.data.prepare import build_token_files
 from slm_core.data.sources import Documents, read_documents, source_identity
 from slm_core.data.stream import DocStream
 from slm_core.errors import SLMError
-from slm_core.models.templates import default_template, split_prompt_response
-
-import torch
-
 from slm_core.fsio import atomic_write_bytes
+from slm_core.models.templates import (
+    default_template,
+    model_prompt_response,
+    split_prompt_response,
+)
+from slm_core.models.tokenizer import Tokenizer, build_tokenizer
 
 FORMAT_VERSION = 2  # 2: streamed chunks, documents split by content hash, text files split into documents
 ALIAS_FILE = "alias.json"
@@ -137,8 +141,6 @@ def data_summary(data_cfg: DataConfig, max_seconds: float = SUMMARY_SECONDS) -> 
 def iter_examples(cfg: DataConfig, template: Optional[str], stream: DocStream, tokenizer=None) -> Iterator:
     """The stream's documents as training examples: strings, or (prompt, response) pairs.
     template 'model': rendered by the tokenizer's own chat template (slm_core.models.templates)."""
-    from slm_core.models.templates import model_prompt_response
-
     for item in stream:
         if isinstance(item, str):
             yield item
@@ -160,8 +162,6 @@ def _first_template(cfg: DataConfig, root: Path) -> Optional[str]:
 
 def _tokenizer_for(tok_cfg: TokenizerConfig, cfg: DataConfig, root: Path, progress: bool):
     """The tokenizer config asks for; a vocabulary trained on this source is reused from the cache."""
-    from slm_core.models.tokenizer import Tokenizer, build_tokenizer
-
     if tok_cfg.kind == "gpt2" or tok_cfg.path:
         return build_tokenizer(tok_cfg, None, progress=progress)
     key = _digest({"source": source_identity(cfg), "text_column": cfg.text_column, "template": cfg.template,
@@ -264,8 +264,6 @@ def _locked(directory: Path):
 
 def _build_cache(cfg: DataConfig, template: Optional[str], tokenizer, directory: Path, root: Path,
                  progress: bool, workers: Optional[int], shard: Optional[tuple[int, int]] = None) -> "PreparedData":
-    from slm_core.data.prepare import build_token_files
-
     with _locked(directory):
         done = PreparedData.open(directory, tokenizer)
         if done is not None:  # another process finished it while this one waited
@@ -304,8 +302,6 @@ def prepare_shard(config: RunConfig, shard: tuple[int, int], out_dir: str | Path
     Each machine trains the same vocabulary (the first tokenizer.train_chars characters of the whole
     corpus), then reads only its part of the source. The folder, once every shard is there, is a
     data.source that training reads as one corpus."""
-    from slm_core.models.tokenizer import Tokenizer
-
     out, root = Path(out_dir).expanduser(), cache_root(cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = config.data
@@ -338,8 +334,6 @@ def token_folder(source: str) -> Optional[Path]:
 
 def open_token_folder(folder: Path, tokenizer=None) -> "PreparedData":
     """A prepared cache or a folder of shards as one corpus; every shard i/N must be finished."""
-    from slm_core.models.tokenizer import Tokenizer
-
     dirs = [folder] if (folder / "meta.json").exists() else sorted(folder.glob("shard-*-of-*"))
     if tokenizer is None:
         where = folder / TOKENIZER_DIR if (folder / TOKENIZER_DIR).is_dir() else None

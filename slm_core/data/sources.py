@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from slm_core.config import DataConfig
+from slm_core.data.corpus import builtin_instructions, builtin_stories
+from slm_core.data.text import iter_text_file
 from slm_core.errors import SLMError
+from slm_core.validate import explain_json_error, quiet_logger
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text", ".rst")
 TABULAR_SUFFIXES = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv", ".tsv": "csv",
@@ -120,12 +123,8 @@ def read_documents(cfg: DataConfig, limit: Optional[int] = None, hf_cache: Optio
     kind, detail = source_kind(cfg.source)
     cap = _Cap(cfg.max_chars, limit)
     if kind == "builtin":
-        from slm_core.data.corpus import builtin_stories
-
         docs = Documents(kind, cap.take(builtin_stories(n_chars=cfg.max_chars or 6_000_000, seed=0)))
     elif kind == "builtin:instructions":
-        from slm_core.data.corpus import builtin_instructions
-
         docs = Documents(kind, cap.take(builtin_instructions(seed=0)), columns=["instruction", "input", "output"])
     elif kind == "text":
         docs = Documents(kind, cap.take(read_text_file(detail, cap.remaining_chars(), cfg.split)))
@@ -192,8 +191,6 @@ def _check_uniform(items: list, source: str) -> bool:
 def read_text_file(path: Path, max_chars: Optional[int] = None, split: str = "paragraph") -> list[str]:
     """One text file as documents, split as data.split says (see slm_core.data.stream), reading only
     as far as `max_chars` characters need."""
-    from slm_core.data.text import iter_text_file
-
     docs, chars = [], 0
     for _, text in iter_text_file(path, split):
         if max_chars is not None and chars >= max_chars:
@@ -232,7 +229,6 @@ def load_tabular(path: Path, hf_cache: Optional[Path] = None):
     builder = TABULAR_SUFFIXES[path.suffix.lower()]
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     _check_not_binary(path, builder)
-    from slm_core.validate import explain_json_error, quiet_logger
 
     try:
         with quiet_logger("datasets"):  # it logs a parse failure with a traceback; the SLMError below says it

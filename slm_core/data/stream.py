@@ -21,12 +21,23 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from slm_core.config import DataConfig
-from slm_core.data.sources import (OFFLINE_HINT, TABULAR_SUFFIXES, _data_files, _instruction_record,
-                                   _load_saved, _pick_split, _root_cause, _as_text, hub_offline_reason,
-                                   load_tabular, pick_column, source_kind)
-from slm_core.errors import SLMError
-
+from slm_core.data.corpus import iter_instructions, iter_stories
+from slm_core.data.sources import (
+    OFFLINE_HINT,
+    TABULAR_SUFFIXES,
+    _as_text,
+    _data_files,
+    _instruction_record,
+    _load_saved,
+    _pick_split,
+    _root_cause,
+    hub_offline_reason,
+    load_tabular,
+    pick_column,
+    source_kind,
+)
 from slm_core.data.text import iter_text_file
+from slm_core.errors import SLMError
 
 BUILTIN_CHARS = 6_000_000  # the built-in stories' size unless data.max_chars says otherwise
 INSTRUCTIONS = 4000  # records in 'builtin:instructions'
@@ -97,8 +108,6 @@ class DocStream:
         if kind == "builtin":
             yield from _builtin_stories(cfg.max_chars or BUILTIN_CHARS, self.shard)
         elif kind == "builtin:instructions":
-            from slm_core.data.corpus import iter_instructions
-
             self.columns = ["instruction", "input", "output"]
             yield from itertools.islice(iter_instructions(seed=0, n=INSTRUCTIONS), *_span(INSTRUCTIONS, self.shard))
         elif kind == "text":
@@ -163,8 +172,6 @@ def _batch_items(batch: dict, column: Optional[str], where: str) -> Iterator:
 
 
 def _builtin_stories(n_chars: int, shard) -> Iterator[str]:
-    from slm_core.data.corpus import iter_stories
-
     lo, hi = _span(n_chars, shard)
     position = 0  # characters before this story: a story belongs to the shard where it starts
     for text in iter_stories(seed=0):

@@ -34,13 +34,14 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from slm_core.models.model import base_transformer
-from slm_core.models.model import RMSNorm, rope_cos_sin
-
-from slm_core.models.decoding import FAST_MAX_PARAMS
-from slm_core.models.decoding import ONEDNN_MIN_DIM
-from slm_core.models.decoding import ONE_ROW_COPY_MAX_PARAMS
-from slm_core.models.decoding import one_row_half_default
+from slm_core.models.decoding import (
+    FAST_MAX_PARAMS,
+    ONE_ROW_COPY_MAX_PARAMS,
+    ONEDNN_MIN_DIM,
+    one_row_half_default,
+)
+from slm_core.models.model import RMSNorm, base_transformer, rope_cos_sin
+from slm_core.system import available_memory_mb
 
 MAX_CACHE = 4096  # positions per slot at most: an imported model may allow 32k
 # There, multiplies of up to this many rows (a batched step of every slot, a prompt that short) read the bf16
@@ -52,8 +53,6 @@ BIG_HALF_MAX_ROWS = 8
 def _room_for_half_copy(n_params: int) -> bool:
     """Whether free memory holds a half-precision copy of the weights (2 bytes a parameter) twice over: a model
     that barely fits decodes exactly from its own weights rather than risk the process."""
-    from slm_core.system import available_memory_mb
-
     free_mb = available_memory_mb("cpu")
     return free_mb is None or free_mb * 2**20 >= 4 * n_params
 

@@ -21,11 +21,13 @@ from typing import Iterator, Optional
 
 import torch
 
-from slm_core.infer.decoder import Decoder
 from slm_core.errors import SLMError
+from slm_core.infer.decoder import Decoder
 from slm_core.infer.openmp import CORES
 from slm_core.infer.requests import QueuedRequest, RequestLoop
 from slm_core.infer.sampling import SamplingParams, TextStream, sample_next
+from slm_core.models.quantized import is_quantized
+from slm_core.system import cpu_has_native_bf16
 
 DEFAULT_SLOTS = 8
 # Up to here a model's multiplies are too short to split (a 256-wide one takes ~20 µs) and its weights stay
@@ -44,8 +46,6 @@ def pick_dtype(model: torch.nn.Module, dtype: str = "auto") -> torch.dtype:
     fp32 (where the decoder still reads a memory-bound model's one-row steps from a half-precision copy: see
     slm_core.infer.decoder.ONE_ROW_HALF_MIN_PARAMS; 'fp32' is exact fp32 throughout). Quantized models keep their
     own compute dtype (their kernels choose)."""
-    from slm_core.models.quantized import is_quantized
-
     if dtype in ("fp32", "float32"):
         return torch.float32
     if dtype in ("bf16", "bfloat16"):
@@ -57,7 +57,6 @@ def pick_dtype(model: torch.nn.Module, dtype: str = "auto") -> torch.dtype:
     device = next(model.parameters()).device
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    from slm_core.system import cpu_has_native_bf16
 
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
@@ -173,7 +172,6 @@ class Engine(RequestLoop):
                  threads: Optional[int] = None):
         super().__init__()
         target = pick_dtype(model, dtype)
-        from slm_core.models.quantized import is_quantized
 
         if not is_quantized(model) and next(model.parameters()).dtype != target:
             model = model.to(target)

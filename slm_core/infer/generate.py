@@ -12,10 +12,11 @@ from typing import Iterable, Iterator, Optional
 
 import torch
 
-from slm_core.infer.engine import Decoder, decode_one
 from slm_core.errors import SLMError
-from slm_core.models.model import base_transformer
+from slm_core.infer.engine import Decoder, decode_one
 from slm_core.infer.sampling import SamplingParams, TextStream, sample_next  # noqa: F401  (sample_next: public here too)
+from slm_core.models.model import base_transformer
+from slm_core.models.templates import format_prompt
 
 
 @torch.inference_mode()
@@ -49,8 +50,6 @@ def stream_text(loaded, prompt: str, max_new_tokens: int = 128, temperature: flo
         prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                                    tokenize=True)
     elif use_template and loaded.template:
-        from slm_core.models.templates import format_prompt
-
         prompt_ids = tokenizer.encode(format_prompt({"instruction": prompt, "input": ""}, loaded.template))
     else:
         prompt_ids = tokenizer.encode(prompt)

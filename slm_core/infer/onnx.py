@@ -34,8 +34,12 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from slm_core.errors import SLMError
+from slm_core.infer import genai_batch
+from slm_core.infer.engine import stream_request
 from slm_core.infer.requests import RequestHandle
 from slm_core.infer.sampling import SamplingParams
+from slm_core.models.hf import save_hf_folder
+from slm_core.models.tokenizer import Tokenizer
 
 PRECISIONS = ("fp32", "int4", "int8", "fp16")
 CONFIG = "genai_config.json"
@@ -77,7 +81,6 @@ def build_genai_folder(model, tokenizer, folder: Path, precision: str = "fp32", 
                        "export --format onnx-graph (a plain logits graph) or chat with the native engine")
     if tokenizer is None:
         raise SLMError("this model has no tokenizer to export; onnxruntime-genai needs one")
-    from slm_core.models.hf import save_hf_folder
 
     work = Path(tempfile.mkdtemp(prefix="slm-genai-"))
     try:
@@ -131,7 +134,6 @@ class OnnxEngine:
         self.inline_alone = inline_alone
         self.alone = 0  # requests on their own Generator not yet finished
         self._lock = threading.Lock()
-        from slm_core.infer import genai_batch
 
         # genai's own continuous-batching engine where this version has one (0.18+); else a Generator each
         self.batcher = genai_batch.GenaiBatcher(og, self.model, self.context_length) if genai_batch.supported(og) \
@@ -169,8 +171,6 @@ class OnnxEngine:
 
     def stream(self, prompt_ids: list[int], params: SamplingParams, stats: Optional[dict] = None,
                stop_ids=None, interval_s: float = 0.0) -> Iterator[str]:
-        from slm_core.infer.engine import stream_request
-
         yield from stream_request(self.submit(prompt_ids, params, stop_ids), self.tokenizer, params, stats,
                                   interval_s)
 
@@ -237,8 +237,6 @@ class _GenaiTokenizer:
     """The exported tokenizer.json through our Tokenizer (same ids and bytes as the native path)."""
 
     def __init__(self, folder: Path, eot_id: int):
-        from slm_core.models.tokenizer import Tokenizer
-
         self._tok = Tokenizer.from_hf(folder)
         self.eot_id = eot_id
         self.chat_template = getattr(self._tok, "chat_template", None)  # a Hub model's own, if it has one

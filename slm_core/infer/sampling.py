@@ -12,12 +12,16 @@ could be the start of a stop string is held back until it is known not to be one
 from __future__ import annotations
 
 import codecs
-import time
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+
+from slm_core.validate import (
+    validate_sampling,  # out-of-range knobs are refused, never clamped
+)
 
 
 @dataclass
@@ -31,8 +35,6 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)  # stop strings (not part of the reply)
 
     def __post_init__(self) -> None:
-        from slm_core.validate import validate_sampling  # out-of-range knobs are refused, never clamped
-
         validate_sampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.repetition_penalty)
 
     @property

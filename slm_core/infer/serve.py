@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 from slm_core.errors import SLMError
+from slm_core.infer.engine import Engine
+from slm_core.infer.onnx import OnnxEngine, is_genai_folder
 from slm_core.infer.sampling import SamplingParams
+from slm_core.models.load import load_model
+from slm_core.models.templates import content_text, format_prompt
 
 DEFAULT_PORT = 8000
 # On Ctrl-C or SIGTERM, streams still open after this long are cut: without a limit uvicorn waits for every one of
@@ -56,8 +60,6 @@ def chat_renderer(template: Optional[str], tokenizer: Any = None) -> Callable[[l
     """messages → prompt text: the model's own Jinja chat template where its tokenizer has one (a Hub
     model, or a run tuned in it: template 'model'), else our template (slm_core.models.templates); a base
     model gets the messages' text as is."""
-    from slm_core.models.templates import content_text, format_prompt
-
     def render(messages: list) -> str:
         turns = [{"role": str(m.get("role", "user")), "content": content_text(m.get("content"))} for m in messages]
         if getattr(tokenizer, "chat_template", None) and template in (None, "model"):
@@ -337,15 +339,10 @@ def load_served(model: str, engine: str = "native", tag: str = "best", slots: in
     """Load MODEL into the chosen engine, with its template and id."""
     from pathlib import Path
 
-    from slm_core.infer.onnx import is_genai_folder
 
     if engine == "onnx" or is_genai_folder(model):  # an onnxruntime-genai folder runs only there
-        from slm_core.infer.onnx import OnnxEngine
-
         runtime = OnnxEngine(model, threads=threads, slots=slots, inline_alone=False)  # clients overlap
         return Served(runtime, name or Path(model).name, chat_renderer(runtime.template, runtime.tokenizer))
-    from slm_core.models.load import load_model
-    from slm_core.infer.engine import Engine
 
     loaded = load_model(model, tag=tag)
     runtime = Engine(loaded.model, loaded.tokenizer, slots=slots, dtype=dtype, compile=compile, threads=threads)

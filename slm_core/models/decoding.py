@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-
 FAST_MAX_PARAMS = 300_000_000  # fused, prepacked fp32 copies double most weights: small models only
 
 

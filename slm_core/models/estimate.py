@@ -24,6 +24,8 @@ from typing import Optional
 from slm_core import system
 from slm_core.config import LoRAConfig, ModelConfig
 from slm_core.errors import SLMError
+from slm_core.models.model import Transformer
+from slm_core.system import cpu_has_native_bf16
 
 MB = 1024 * 1024
 # Used when model.vocab_size is still None (the tokenizer decides it): a character vocabulary.
@@ -69,7 +71,6 @@ def count_parameters(config: ModelConfig) -> dict:
 def _count_parameters(config: ModelConfig) -> dict:
     import torch
 
-    from slm_core.models.model import Transformer
 
     # Blocks are identical, so two suffice: the count takes milliseconds even for n_layer=100000
     # (the memory pre-flight check refuses such a shape before anything is built).
@@ -151,7 +152,6 @@ def uses_autocast(precision: str, device: str = "cpu") -> bool:
         return precision != "fp32"
     if str(device).startswith("cuda"):
         return True
-    from slm_core.system import cpu_has_native_bf16
 
     return cpu_has_native_bf16()
 

@@ -29,6 +29,8 @@ import torch
 
 from slm_core.config import ModelConfig
 from slm_core.errors import SLMError
+from slm_core.models.model import Transformer
+from slm_core.models.sources import weight_files
 
 SUPPORTED_ARCHITECTURES = ("GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                            "Qwen3ForCausalLM")
@@ -402,8 +404,6 @@ def load_hf_model(folder: str | Path, dtype: Optional[torch.dtype] = None, name:
 def model_from_state(config: ModelConfig, state: dict, dtype: Optional[torch.dtype] = None):
     """Build on the meta device (no random init, no allocation) and assign `state`'s tensors as the
     parameters. dtype None: the embedding's dtype; any tensor in another dtype is converted."""
-    from slm_core.models.model import Transformer
-
     with torch.device("meta"):
         model = Transformer(config)
     dtype = dtype or state["embed_tokens.weight"].dtype
@@ -423,7 +423,6 @@ def read_safetensors_folder(folder: Path) -> dict:
     """All tensors of model.safetensors or of the shards named in model.safetensors.index.json."""
     from safetensors.torch import load_file
 
-    from slm_core.models.sources import weight_files
 
     files = weight_files(folder)
     if not files:

@@ -5,21 +5,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from slm_core.config import RunConfig
-from slm_core.config import load_run_config
-from slm_core.errors import SLMError
-from slm_core.run.manifest import WEIGHTS
-from slm_core.run.checkpoint import load_weights
-from slm_core.run.runs import read_json
-from slm_core.validate import check_device
-from slm_core.validate import check_tag
-from typing import Any
-from typing import Optional
+from typing import Any, Optional
+
 import torch
 
-from slm_core.models.quantized import install_quantized
-from slm_core.models.quantized import read_quantization_meta
+from slm_core.config import RunConfig, load_run_config
+from slm_core.errors import SLMError
+from slm_core.models.hf import load_hf_model
+from slm_core.models.lora import load_adapter
+from slm_core.models.memory import check_fits
+from slm_core.models.model import Transformer
+from slm_core.models.quantized import install_quantized, read_quantization_meta
 from slm_core.models.sources import resolve_source
+from slm_core.models.tokenizer import Tokenizer
+from slm_core.run.checkpoint import load_weights
+from slm_core.run.manifest import WEIGHTS
+from slm_core.run.runs import read_json
+from slm_core.validate import check_device, check_tag
 
 
 @dataclass
@@ -40,15 +42,10 @@ def load_model(source: str | Path, tag: str = "best", device: str | torch.device
                dtype: Optional[torch.dtype] = None, force: bool = False) -> LoadedModel:
     """Load any model source for generation, evaluation, quantization or export (eval mode).
     A model whose weights exceed the device's free memory is refused first (force or SLM_FORCE=1: try)."""
-    from slm_core.models.memory import check_fits
-    from slm_core.models.load import check_load_args
-
     check_load_args(source, tag, device)
     path = resolve_source(source, tag)
     check_fits(path, str(device), str(dtype).removeprefix("torch.") if dtype else None, force=force)
     if (path / "quantization.json").exists():
-        from slm_core.models.load import load_quantized
-
         loaded = load_quantized(path, device=device)
     elif (path / "config.yaml").exists():
         loaded = _load_native(path)
@@ -63,14 +60,9 @@ def load_model(source: str | Path, tag: str = "best", device: str | torch.device
 
 
 def _load_native(path: Path) -> LoadedModel:
-    from slm_core.models.model import Transformer
-    from slm_core.models.tokenizer import Tokenizer
-
     config = load_run_config(path / "config.yaml")
     tokenizer = Tokenizer.load(path / "tokenizer")
     if (path / "adapter").is_dir():  # LoRA: the base model plus the adapter, unmerged
-        from slm_core.models.lora import load_adapter
-
         base = load_model(config.train.init_from, tag="best")
         model = load_adapter(base.model, path / "adapter")
     else:
@@ -80,9 +72,6 @@ def _load_native(path: Path) -> LoadedModel:
 
 
 def _load_hf(path: Path) -> LoadedModel:
-    from slm_core.models.hf import load_hf_model
-    from slm_core.models.tokenizer import Tokenizer
-
     model = load_hf_model(path)  # meta-device build + memory-mapped weights: one copy in memory
     model_config = model.config
     tokenizer = Tokenizer.from_hf(path) if (path / "tokenizer.json").exists() else None
@@ -112,8 +101,6 @@ def check_load_args(source: Any, tag: str, device: Any) -> None:
 def check_model_source(source: Any, field: str, tag: str = "best") -> Path:
     """A run name (in the runs directory), run folder, checkpoint, quantized or HF folder → its folder.
     Cheap: nothing is loaded, only the folders are looked at."""
-    from slm_core.models.sources import resolve_source
-
     if str(source).lower().endswith(".gguf") and Path(str(source)).expanduser().is_file():
         return Path(str(source)).expanduser()
     if _plain_file(source):
@@ -134,9 +121,6 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild a quantized artifact (from its metadata, no original needed) → checkpoint.LoadedModel."""
     from safetensors.torch import load_file
 
-    from slm_core.models.load import LoadedModel
-    from slm_core.config import load_run_config
-    from slm_core.models.model import Transformer
 
     path = Path(path)
     meta = read_quantization_meta(path)
@@ -149,8 +133,6 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu"):
     model.quantization["source"] = meta.get("source")
     tokenizer = None
     if (path / "tokenizer").is_dir():
-        from slm_core.models.tokenizer import Tokenizer
-
         tokenizer = Tokenizer.load(path / "tokenizer")
     model.to(device).eval()
     return LoadedModel(model, tokenizer, config, path, template=config.data.template, kind="quantized")

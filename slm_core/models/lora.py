@@ -27,11 +27,8 @@ from typing import Optional
 import torch.nn as nn
 
 from slm_core.errors import SLMError
-
-from slm_core.models.model import base_transformer
-from slm_core.models.model import is_peft
-from slm_core.models.model import merge_adapter
-from slm_core.models.model import unwrap
+from slm_core.models.model import base_transformer, is_peft, merge_adapter, unwrap
+from slm_core.models.quantized import QUANTIZED_TYPES
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -44,8 +41,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 def _is_linear(module: nn.Module) -> bool:
     """nn.Linear, or a QLoRA base's weight-only int8/int4 linear (slm_core.models.qlora wraps those)."""
-    from slm_core.models.quantized import QUANTIZED_TYPES
-
     return isinstance(module, (nn.Linear, *QUANTIZED_TYPES))
 
 
@@ -89,7 +84,7 @@ def apply_lora(model: nn.Module, lora_cfg) -> nn.Module:
     config = peft.LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                              target_modules=targets, bias="none")
     if getattr(model, "qlora", None):  # a base quantize_base made int8/int4: peft needs our LoRA layer for it
-        from slm_core.models.qlora import register_quantized_layers
+        from slm_core.models.qlora import register_quantized_layers  # subclasses peft's layer: imports peft
 
         register_quantized_layers(config)
     peft_model = peft.get_peft_model(model, config)  # freezes every non-LoRA parameter
@@ -104,7 +99,7 @@ def trainable_summary(model: nn.Module) -> dict:
         if param.requires_grad:
             trainable += param.numel()
     if getattr(base_transformer(model), "qlora", None):  # a QLoRA base keeps its weights in buffers
-        from slm_core.models.qlora import quantized_weight_count
+        from slm_core.models.qlora import quantized_weight_count  # imports peft: only for a QLoRA base
 
         total += quantized_weight_count(base_transformer(model))
     return {"trainable": trainable, "total": total, "frozen": total - trainable,

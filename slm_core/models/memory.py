@@ -18,8 +18,27 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from slm_core.config import LoRAConfig, load_run_config
 from slm_core.errors import SLMError
-from slm_core.models.sources import cached_snapshot, is_hub_id, weight_stats
+from slm_core.models.decoding import prepared_weight_copies
+from slm_core.models.estimate import (
+    CPU_ALLOCATOR_SLACK,
+    _default_device,
+    count_parameters,
+    fits,
+    inference_memory,
+    linear_weight_count,
+    lora_parameters,
+    training_memory,
+)
+from slm_core.models.hf import config_from_hf, display_name, read_hf_config
+from slm_core.models.sources import (
+    cached_snapshot,
+    is_hub_id,
+    resolve_source,
+    weight_stats,
+)
+from slm_core.system import available_memory_mb, cpu_has_native_bf16, format_mb
 
 MB = 1024 * 1024
 CHAT_SLOTS = 4  # concurrent replies the Studio's chat engine holds a KV cache for (studio.chat_session.SLOTS)
@@ -35,8 +54,6 @@ def locate(spec: str, runs_dir: Optional[str | Path] = None) -> Path:
     """The local folder holding `spec`'s config and weights, without downloading or converting anything:
     a Hub id already in the Hugging Face cache, a Hugging Face folder, a run (its best checkpoint) or a
     checkpoint folder."""
-    from slm_core.models.sources import resolve_source
-
     spec = str(spec).strip()
     if is_hub_id(spec) and not (runs_dir and (Path(runs_dir) / spec).is_dir()):
         repo_id, _, revision = spec.partition("@")
@@ -57,13 +74,9 @@ def locate(spec: str, runs_dir: Optional[str | Path] = None) -> Path:
 def model_config(folder: Path):
     """(ModelConfig, display name) of a Hugging Face folder or a checkpoint folder (config.yaml)."""
     if (folder / "config.json").exists() and not (folder / "config.yaml").exists():
-        from slm_core.models.hf import config_from_hf, display_name, read_hf_config
-
         name = display_name(folder)
         return config_from_hf(read_hf_config(folder), name), name
     if (folder / "config.yaml").exists():
-        from slm_core.config import load_run_config
-
         config = load_run_config(folder / "config.yaml")
         if config.train.mode == "lora" and (folder / "adapter").is_dir() and config.train.init_from:
             return model_config(locate(config.train.init_from))[0], _run_name(folder)
@@ -81,8 +94,6 @@ def facts(folder: Path) -> dict:
     config, name = model_config(folder)
     stats = weight_stats(folder)
     if not stats["parameters"]:  # a LoRA checkpoint keeps only its adapter: count the base's shape
-        from slm_core.models.estimate import count_parameters
-
         stats = {**stats, "parameters": count_parameters(config)["total"]}
     raw = config.hf_config or {}
     family = (raw.get("architectures") or [raw.get("model_type") or f"{config.family}-style run"])[0]
@@ -102,7 +113,6 @@ def chat_dtype(device: str) -> str:
     """The dtype the chat engine computes in ('auto': bf16 where native, else fp32; see engine.pick_dtype)."""
     if device.startswith("cuda"):
         return "bf16"
-    from slm_core.system import cpu_has_native_bf16
 
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
@@ -115,8 +125,6 @@ def quantized_base_bytes(config, params: int, held: int, method: str) -> tuple[f
     output layer as two fp32 (vocab, d) temporaries (measured: +2.0 GB at Llama-3.2's 128k x 2048 head, benchmarks/bench_model_memory.py).
     Left out: the checkpoint's memory-mapped pages the loader touched while quantizing, which stay mapped
     (they count in RSS, but are file-backed: the kernel takes them back under pressure)."""
-    from slm_core.models.estimate import linear_weight_count
-
     d, f, vocab = config.d_model, config.d_ff, config.vocab_size
     block = linear_weight_count(config) - vocab * d
     tables = 1 if config.tie_embeddings else 2
@@ -138,8 +146,6 @@ def training_rows(config, params: int, held: int, device: str, batch_size: int, 
     8-byte AdamW state); those terms are replaced by what this checkpoint's dtype makes them. Both of
     its candidate peaks contain the weights and the optimizer state; the optimizer-step peak also all
     the gradients."""
-    from slm_core.models.estimate import lora_parameters, training_memory
-
     added = lora_parameters(config, lora)
     rows = []
     lora_mem = training_memory(config, batch_size, precision, grad_checkpointing, added / params, context=context,
@@ -166,10 +172,6 @@ def estimate(spec: str, runs_dir: Optional[str | Path] = None, device: Optional[
     {"facts", "device", "available_mb", "chat": {...}, "training": [rows], "context", "notes"}; each row has
     "mb" and "fits" (None when the free memory is unknown). Training uses `context` tokens (default: the
     model's, capped at 2048) and `batch_size` sequences per step."""
-    from slm_core.config import LoRAConfig
-    from slm_core.models.estimate import CPU_ALLOCATOR_SLACK, fits, inference_memory
-    from slm_core.system import available_memory_mb
-
     folder = locate(spec, runs_dir)
     info = facts(folder)
     config = info.pop("config")
@@ -184,7 +186,6 @@ def estimate(spec: str, runs_dir: Optional[str | Path] = None, device: Optional[
     one = inference_memory(config, batch=1, context=cache, dtype=dtype)
     # The engine keeps a KV cache per slot, computes the logits of the last position only, and runs a small
     # model from prepared copies of its matrices (slm_core.infer.decoder).
-    from slm_core.models.decoding import prepared_weight_copies  # imports torch: only when estimating
 
     copies = prepared_weight_copies(params, config.d_model, dtype, device)
     chat_mb = (one["weights_mb"] * (1 + copies) + CHAT_SLOTS * one["kv_cache_mb"] + one["activations_mb"]
@@ -208,8 +209,6 @@ def estimate(spec: str, runs_dir: Optional[str | Path] = None, device: Optional[
 
 
 def _device() -> str:
-    from slm_core.models.estimate import _default_device
-
     return _default_device()
 
 
@@ -233,9 +232,6 @@ def load_bytes(folder: Path, dtype: Optional[str] = None) -> Optional[int]:
 def check_fits(folder: Path, device: str = "cpu", dtype: Optional[str] = None, force: bool = False) -> None:
     """Refuse, before a weight is read, to load a model whose weights alone exceed the free memory of
     `device` (RAM, a container's limit, or the GPU). force or SLM_FORCE=1 skips the check."""
-    from slm_core.system import format_mb
-    from slm_core.system import available_memory_mb
-
     if force or os.environ.get(FORCE_ENV, "").lower() in ("1", "true", "yes", "on"):
         return
     needed = load_bytes(folder, dtype)

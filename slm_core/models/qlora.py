@@ -32,8 +32,13 @@ import torch.nn.functional as F
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
 from slm_core.errors import SLMError
-from slm_core.models.quantized import (WeightOnlyInt4Linear, WeightOnlyInt8Linear, dequantize_int8, quantize_int4,
-                               quantize_int8)
+from slm_core.models.quantized import (
+    WeightOnlyInt4Linear,
+    WeightOnlyInt8Linear,
+    dequantize_int8,
+    quantize_int4,
+    quantize_int8,
+)
 
 METHODS = ("none", "int8", "int4")
 GROUP_SIZE = 64

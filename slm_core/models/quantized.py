@@ -41,7 +41,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slm_core.config import ModelConfig, RunConfig
 from slm_core.errors import SLMError
+from slm_core.models.model import Transformer, merge_adapter
 from slm_core.run.manifest import WEIGHTS
 
 METHODS = ("int8", "int4", "int8-dynamic")
@@ -275,8 +277,6 @@ def check_method(method: str, group_size: Optional[int]) -> None:
 
 def _plain_transformer(model: nn.Module) -> nn.Module:
     """A LoRA model is merged first (consuming the peft wrapper); anything else must be our Transformer."""
-    from slm_core.models.model import merge_adapter
-
     model = merge_adapter(model)  # a plain model comes back unchanged
     if not hasattr(model, "config") or not hasattr(model, "embed_tokens"):
         raise SLMError(f"cannot quantize a {type(model).__name__}: load a model with slm_core.run.checkpoint.load_model")
@@ -427,8 +427,6 @@ def dequantized_state(tensors: dict, modules: dict) -> dict:
 
 def dequantize_model(model: nn.Module) -> nn.Module:
     """A plain float Transformer with the quantized model's (rounded) weights: for HF / GGUF / ONNX export."""
-    from slm_core.models.model import Transformer
-
     tensors, modules = quantized_state(model)
     state = dequantized_state(tensors, modules)
     plain = Transformer(model.config)
@@ -499,16 +497,12 @@ def replace_dir(new: Path, target: Path) -> None:
 
 
 def _plain_config(config, model):
-    from slm_core.config import ModelConfig
-
     if isinstance(config, ModelConfig):
         return config
     return config.model if config is not None else model.config
 
 
 def _run_config(config, model):
-    from slm_core.config import ModelConfig, RunConfig
-
     if isinstance(config, RunConfig):
         return config
     return RunConfig(model=config if isinstance(config, ModelConfig) else model.config)

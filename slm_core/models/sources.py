@@ -27,10 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from slm_core.errors import SLMError
-
-from slm_core.run.manifest import MANIFEST
-from slm_core.run.manifest import find_checkpoint
-from slm_core.run.manifest import verify_checkpoint
+from slm_core.run.manifest import MANIFEST, find_checkpoint, verify_checkpoint
 from slm_core.run.runs import resolve_run
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
@@ -199,8 +196,13 @@ def hub_folder(spec: str, progress: Any = True) -> Path:
 
 def _download(repo_id: str, revision: str, progress: Any) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
@@ -284,8 +286,6 @@ def resolve_source(source: str | Path, tag: str = "best") -> Path:
         try:
             path = resolve_run(source)
         except SLMError:
-            from slm_core.models.sources import resolve_external
-
             path = resolve_external(str(source))
             if path is None:
                 raise

@@ -35,6 +35,7 @@ import tiktoken
 from slm_core.config import TokenizerConfig
 from slm_core.errors import SLMError
 from slm_core.fsio import atomic_write_json, atomic_write_text
+from slm_core.models.templates import format_prompt, render_chat_template
 
 EOT = "<|endoftext|>"
 META_FILE = "slm_tokenizer.json"
@@ -173,8 +174,6 @@ class Tokenizer:
         """Render chat messages as transformers' `apply_chat_template` does (text, or ids with
         tokenize=True). Without a Jinja template of its own, `template` names one of ours
         ('chatml' | 'alpaca', ending with the answer header)."""
-        from slm_core.models.templates import format_prompt, render_chat_template
-
         if self.chat_template:
             text = render_chat_template(self.chat_template, list(messages), add_generation_prompt,
                                         special_tokens=self.special_tokens, **variables)
@@ -336,7 +335,8 @@ def _merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
 
 def _hf_byte_level(tok: Tokenizer):
     """gpt2 / bpe as a byte-level HF BPE: GPT-2's vocab.json/merges.txt layout, tiktoken's ids."""
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer as HFTokenizer
 
     table = bytes_to_unicode()
     as_str = lambda token: "".join(table[b] for b in token)  # noqa: E731
@@ -354,7 +354,8 @@ def _hf_byte_level(tok: Tokenizer):
 def _hf_char(tok: Tokenizer):
     """char as an HF BPE without merges: known characters are tokens, anything else falls back to
     sentencepiece-style <0xNN> byte tokens, which have our byte-fallback ids."""
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models
+    from tokenizers import AddedToken, decoders, models
+    from tokenizers import Tokenizer as HFTokenizer
 
     n_chars = tok.meta.get("n_chars", 0)
     vocab = {(token.decode("utf-8") if rank < n_chars else f"<0x{token[0]:02X}>"): rank
@@ -511,7 +512,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096, progress: bool = Tru
               max_chars: int = MAX_TRAIN_CHARS) -> Tokenizer:
     """A byte-level BPE of `vocab_size` ids in all (the 256 bytes, merges, and <|endoftext|> last),
     trained by Hugging Face `tokenizers` and run by tiktoken with the same ids."""
-    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
 
     if not 256 <= vocab_size <= 65536:
         raise SLMError(f"tokenizer.vocab_size={vocab_size} is invalid: a trained BPE needs 256..65536 tokens")

@@ -10,7 +10,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from slm_core.config import load_run_config
+from slm_core.data.cache import prepare_data
 from slm_core.errors import SLMError
+from slm_core.models.model import base_transformer
+from slm_core.models.sources import resolve_source
+from slm_core.run.runs import read_json
+from slm_core.validate import validate_eval
 
 MIN_EVAL_TOKENS = 64  # fewer scored tokens than this is noise, not a measurement
 SPLITS = ("all", "train", "val")
@@ -26,9 +32,6 @@ def perplexity(loaded, source: Optional[str] = None, split: Optional[str] = None
     Windows of the model's context slide by `stride` (default: half a context); each token is scored
     once, with up to context-stride tokens of history, as in the usual strided evaluation.
     """
-    from slm_core.data.cache import prepare_data
-    from slm_core.validate import validate_eval
-
     config = loaded.config
     context = _context(loaded.model)
     validate_eval(stride, max_tokens, context)
@@ -83,9 +86,6 @@ def own_data_config(loaded):
     data, so "own validation data" is the same text for a run and its export."""
     from pathlib import Path
 
-    from slm_core.models.sources import resolve_source
-    from slm_core.config import load_run_config
-    from slm_core.run.runs import read_json
 
     origin = (read_json(Path(loaded.path) / "export.json", default=None) or {}).get("source")
     if loaded.kind != "hf" or not origin:
@@ -98,8 +98,6 @@ def own_data_config(loaded):
 
 
 def _context(model: torch.nn.Module) -> int:
-    from slm_core.models.model import base_transformer
-
     return base_transformer(model).config.context_length
 
 

@@ -19,10 +19,17 @@ from typing import Optional
 import torch
 
 from slm_core.errors import SLMError
-from slm_core.models.quantized import replace_dir
-
-from slm_core.post.export_gguf import _ollama_modelfile
-from slm_core.post.export_gguf import _safe
+from slm_core.infer.onnx import build_genai_folder
+from slm_core.models.hf import save_hf_folder
+from slm_core.models.quantized import (
+    _plain_transformer,
+    dequantize_model,
+    is_quantized,
+    replace_dir,
+)
+from slm_core.post.export_gguf import _ollama_modelfile, _safe, write_gguf
+from slm_core.post.export_gguf_lora import write_lora_bundle
+from slm_core.post.report_card import card_of_source, write_model_card
 
 FORMATS = ("hf", "gguf", "gguf-lora", "onnx", "onnx-graph")  # onnx: onnxruntime-genai folder; onnx-graph: plain
 # logits graph; gguf-lora: a LoRA run as its base GGUF + llama.cpp LoRA adapter GGUF (export_gguf_lora.py)
@@ -31,8 +38,6 @@ INFO_FILE = "export.json"
 
 def plain_float_model(model: torch.nn.Module) -> torch.nn.Module:
     """LoRA merged, quantized weights dequantized (the rounded values), fp32, CPU, eval mode."""
-    from slm_core.models.quantized import _plain_transformer, dequantize_model, is_quantized
-
     model = _plain_transformer(model)  # merges a LoRA adapter
     if is_quantized(model):
         model = dequantize_model(model)
@@ -100,18 +105,12 @@ def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path,
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:
         if fmt == "gguf-lora":
-            from slm_core.post.export_gguf_lora import write_lora_bundle
-
             files = write_lora_bundle(model, tokenizer, tmp, gguf_type, name, template)
         elif fmt == "onnx":
-            from slm_core.infer.onnx import build_genai_folder
-
             files = build_genai_folder(model, tokenizer, tmp, onnx_precision, onnx_device, template)
         else:
             files = _write(model, tokenizer, tmp, fmt, gguf_type, name, template)
         if fmt == "hf":
-            from slm_core.post.report_card import card_of_source, write_model_card
-
             card = card_of_source(source)
             if card is not None:  # the source's newest report card becomes the export's model card
                 files.append(write_model_card(tmp, card, name=out_dir.name))
@@ -131,12 +130,8 @@ def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path,
 def _write(model, tokenizer, folder: Path, fmt: str, gguf_type: str, name: str,
            template: Optional[str]) -> list[Path]:
     if fmt == "hf":
-        from slm_core.models.hf import save_hf_folder
-
         return save_hf_folder(model, tokenizer, folder, template=template)
     if fmt == "gguf":
-        from slm_core.post.export_gguf import write_gguf
-
         gguf_path = write_gguf(model, tokenizer, folder / f"{_safe(name)}-{gguf_type}.gguf", gguf_type, name)
         return [gguf_path, _ollama_modelfile(folder, gguf_path.name, template)]
     files = [export_onnx(model, folder / "model.onnx")]  # onnx-graph

@@ -28,14 +28,18 @@ import numpy as np
 import torch
 
 from slm_core.errors import SLMError
+from slm_core.models.hf import export_rope, hf_architecture
+from slm_core.models.templates import format_prompt
+from slm_core.models.tokenizer import (
+    _merges_from_ranks,  # tiktoken ranks → BPE merges (helper T's)
+    bytes_to_unicode,
+)
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
 
 
 def gguf_architecture(config) -> str:
     """'llama' | 'qwen2' | 'gpt2', or SLMError naming what llama.cpp has no graph for."""
-    from slm_core.models.hf import hf_architecture
-
     hf = hf_architecture(config)  # raises if the model fits no standard family at all
     if hf == "GPT2LMHeadModel":
         return "gpt2"
@@ -121,7 +125,6 @@ def _encode(array: np.ndarray, gguf_type: str):
 def _add_hparams(writer, config, arch: str) -> None:
     import gguf
 
-    from slm_core.models.hf import export_rope
 
     writer.add_context_length(config.context_length)
     writer.add_embedding_length(config.d_model)
@@ -193,13 +196,10 @@ def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[s
     """(tokens, token types, merges) for llama.cpp's byte-level BPE, in id order, padded to vocab_size."""
     import gguf
 
-    from slm_core.models.tokenizer import bytes_to_unicode
 
     if tokenizer.kind == "hf":
         tokens, types, merges = _hf_vocab(tokenizer)
     else:
-        from slm_core.models.tokenizer import _merges_from_ranks  # tiktoken ranks → BPE merges (helper T's)
-
         table = bytes_to_unicode()
         by_id = {rank: token for token, rank in tokenizer.ranks.items()}
         tokens = [_byte_level(by_id[i], table) for i in range(len(by_id))]
@@ -294,8 +294,6 @@ def _ollama_modelfile(folder: Path, gguf_name: str, template: Optional[str]) -> 
     """`ollama create NAME -f Modelfile` imports the GGUF; the prompt template matches training."""
     lines = [f"FROM ./{gguf_name}", 'PARAMETER stop "<|endoftext|>"']
     if template:
-        from slm_core.models.templates import format_prompt
-
         prompt = format_prompt({"instruction": "{{ .Prompt }}", "input": ""}, template)
         lines.append(f'TEMPLATE """{prompt}{{{{ .Response }}}}"""')
         if template == "chatml":

@@ -22,6 +22,15 @@ from typing import Optional
 import torch
 
 from slm_core.errors import SLMError
+from slm_core.models.model import is_peft, unwrap
+from slm_core.post.export_gguf import (
+    _ollama_modelfile,
+    _safe,
+    gguf_architecture,
+    gguf_writer,
+    permute_for_llama_cpp,
+    write_gguf,
+)
 
 LORA_GGUF_TYPES = ("f32", "f16")
 
@@ -48,8 +57,6 @@ def _gguf_name(ours: str, arch: str) -> Optional[str]:
 def lora_gguf_tensors(model_config, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
                       arch: str) -> dict[str, torch.Tensor]:
     """{our module name: (A (r, in), B (out, r))} → {GGUF name: tensor}, ready for llama.cpp."""
-    from slm_core.post.export_gguf import permute_for_llama_cpp
-
     out, fused = {}, {}
     for module, (a, b) in sorted(pairs.items()):
         name = _gguf_name(module, arch)
@@ -111,7 +118,6 @@ def write_lora_gguf(model_config, pairs: dict, alpha: float, path: str | Path, g
     """Write the adapter GGUF; returns its path."""
     import gguf
 
-    from slm_core.post.export_gguf import gguf_architecture, gguf_writer
 
     arch = gguf_architecture(model_config)
     tensors = lora_gguf_tensors(model_config, pairs, arch)
@@ -132,10 +138,6 @@ def write_lora_bundle(model, tokenizer, folder: Path, gguf_type: str, name: str,
                       template: Optional[str]) -> list[Path]:
     """The base model's GGUF, the adapter's GGUF and an Ollama Modelfile using both (FROM + ADAPTER).
     `model` is a LoRA model (peft); it is consumed (the adapter is unloaded to reach the bare base)."""
-    from slm_core.post.export_gguf import _ollama_modelfile, _safe
-    from slm_core.post.export_gguf import write_gguf
-    from slm_core.models.model import is_peft, unwrap
-
     model = unwrap(model)
     if not is_peft(model):
         raise SLMError("--format gguf-lora needs a LoRA run (base + adapter); export this model with --format gguf")

@@ -22,6 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from slm_core.errors import SLMError
+from slm_core.infer.generate import complete
+from slm_core.models.model import base_transformer
+from slm_core.models.templates import format_prompt
+from slm_core.post.tasks import SHIPPED_TASKS, task_configs
 
 INSTALL_HINT = "benchmark tasks need lm-evaluation-harness: pip install 'slm-studio[eval]' (or pip install lm-eval)"
 
@@ -50,8 +54,6 @@ def harness_model(loaded, batch_size: int = 16, on_request: Optional[Callable[[i
             return str(getattr(loaded.tokenizer, "name", "slm"))
 
         def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
-            from slm_core.models.templates import format_prompt
-
             return format_prompt(chat_history, loaded.template)
 
         def loglikelihood(self, requests) -> list[tuple[float, bool]]:
@@ -84,8 +86,6 @@ def harness_model(loaded, batch_size: int = 16, on_request: Optional[Callable[[i
 
 
 def _core(model: torch.nn.Module) -> torch.nn.Module:
-    from slm_core.models.model import base_transformer
-
     return base_transformer(model)
 
 
@@ -140,8 +140,6 @@ def _rolling_logprob(model, tokens: list[int], context: int) -> float:
 
 
 def _generate_until(loaded, context: str, kwargs: dict) -> str:
-    from slm_core.infer.generate import complete
-
     until = kwargs.pop("until", None) or []
     until = [until] if isinstance(until, str) else list(until)
     sampling = bool(kwargs.get("do_sample")) and float(kwargs.get("temperature", 0) or 0) > 0
@@ -157,8 +155,6 @@ def run_tasks(loaded, tasks: Iterable[str], limit: Optional[int] = None, num_few
 
     Returns {"tasks": {name: {metric: value, metric_stderr: value, "samples": n}}, "seconds": s, ...}.
     """
-    from slm_core.post.tasks import task_configs
-
     _lm_base()
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -187,8 +183,6 @@ def run_tasks(loaded, tasks: Iterable[str], limit: Optional[int] = None, num_few
 
 
 def _shipped() -> list[str]:
-    from slm_core.post.tasks import SHIPPED_TASKS
-
     return list(SHIPPED_TASKS)
 
 

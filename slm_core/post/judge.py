@@ -17,7 +17,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
+from slm_core.data.corpus import builtin_instructions
 from slm_core.errors import SLMError
+from slm_core.infer.generate import complete
 
 RUBRIC = {
     "helpfulness": "Does the reply address what was asked and give the user what they need?",
@@ -260,8 +262,6 @@ def load_prompts(source: Optional[str] = None, limit: int = 20) -> list[dict]:
     if limit <= 0:
         raise SLMError(f"the number of judge prompts must be positive, got {limit}")
     if not source or source == "builtin":
-        from slm_core.data.corpus import builtin_instructions
-
         return [{"prompt": _instruction_text(r), "reference": r["output"]}
                 for r in builtin_instructions(seed=90_001, n=limit)]
     return _prompts_from_file(source, limit)
@@ -301,8 +301,6 @@ def _prompts_from_file(source: str, limit: int) -> list[dict]:
 def model_replies(loaded, items: list[dict], max_new_tokens: int = 128, temperature: float = 0.7, seed: int = 0,
                   on_progress: Optional[Callable[[int, int], None]] = None) -> list[dict]:
     """Each item with the model's reply added (its own chat template, a fixed seed per item)."""
-    from slm_core.infer.generate import complete
-
     out = []
     for i, item in enumerate(items):
         reply = complete(loaded, item["prompt"], max_new_tokens=max_new_tokens, temperature=temperature,

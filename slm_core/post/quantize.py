@@ -3,20 +3,26 @@ validation perplexity and decode speed (`slm quantize --report`, the Quantize ta
 
 from __future__ import annotations
 
-from pathlib import Path
-from slm_core.errors import SLMError
-from slm_core.models.quantized import WEIGHTS, WeightOnlyInt4Linear
-from slm_core.models.quantized import _is_dynamic
-from slm_core.models.quantized import is_quantized
-from slm_core.models.quantized import quantized_state
-from typing import Callable
-from typing import Optional
 import math
 import tempfile
 import time
+from pathlib import Path
+from typing import Callable, Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from slm_core.data.cache import prepare_data
+from slm_core.errors import SLMError
+from slm_core.infer.generate import generate_tokens
+from slm_core.models.quantized import (
+    WEIGHTS,
+    WeightOnlyInt4Linear,
+    _is_dynamic,
+    is_quantized,
+    quantized_state,
+)
 
 
 def method_label(model: nn.Module) -> str:
@@ -83,8 +89,6 @@ def windows_perplexity(model: nn.Module, windows: list) -> float:
 
 def decode_tokens_per_sec(model: nn.Module, prompt_ids: list[int], new_tokens: int = 64) -> float:
     """Batch-1 greedy generation speed over the KV cache (prefill of the prompt included)."""
-    from slm_core.infer.generate import generate_tokens
-
     start = time.perf_counter()
     produced = sum(1 for _ in generate_tokens(model, prompt_ids, new_tokens, temperature=0.0, seed=0))
     return produced / max(time.perf_counter() - start, 1e-9)
@@ -159,8 +163,6 @@ def format_report(rows: list[dict]) -> str:
 
 def eval_windows_for(loaded, max_tokens: int = 20_000) -> list:
     """Non-overlapping validation windows of the model's own data (its config's data source)."""
-    from slm_core.data.cache import prepare_data
-
     data = prepare_data(loaded.config, tokenizer=loaded.tokenizer, progress=False)
     context = loaded.model.config.context_length
     windows, total = [], 0

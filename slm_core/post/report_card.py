@@ -15,9 +15,22 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from slm_core.errors import SLMError
-
-from slm_core.run.runs import latest_card
-from slm_core.run.runs import primary_metric
+from slm_core.fsio import atomic_write_json, atomic_write_text
+from slm_core.infer.generate import stream_text
+from slm_core.models.estimate import count_parameters
+from slm_core.models.load import load_model
+from slm_core.models.model import base_transformer
+from slm_core.post.evaluate import perplexity
+from slm_core.post.harness import run_tasks
+from slm_core.post.judge import (
+    Endpoint,
+    agreement,
+    judge_pairwise,
+    judge_replies,
+    load_prompts,
+    model_replies,
+)
+from slm_core.run.runs import latest_card, primary_metric, resolve_run
 
 COMMON_TEXT = "builtin"  # the built-in stories: every model can be scored on the same text
 CARD_README = "README.md"
@@ -28,9 +41,6 @@ SPEED_PROMPT = "Once upon a time"
 def _parameters(loaded) -> int:
     """Parameters of the model as trained: a quantized model counts its original weights, not its
     packed int4 bytes, and a LoRA model counts base plus adapter."""
-    from slm_core.models.estimate import count_parameters
-    from slm_core.models.model import base_transformer
-
     core = base_transformer(loaded.model)
     counted = count_parameters(core.config)["total"]
     adapter = sum(p.numel() for n, p in loaded.model.named_parameters() if "lora_" in n)
@@ -45,8 +55,6 @@ def _size_on_disk(path: Path) -> int:
 
 
 def _decode_speed(loaded, tokens: int = 64) -> float:
-    from slm_core.infer.generate import stream_text
-
     stats: dict = {}
     for _ in stream_text(loaded, SPEED_PROMPT, max_new_tokens=tokens, temperature=0.0, seed=0, stats=stats,
                          use_template=False):
@@ -59,9 +67,6 @@ def model_card(source: str, tag: str = "best", tasks: Optional[list[str]] = None
                on_progress: Optional[Callable[[str], None]] = None) -> dict:
     """Everything measured about one model. `judge`: {"endpoint": Endpoint, "prompts": str|None,
     "limit": int, "seed": int} or None to skip judging."""
-    from slm_core.models.load import load_model
-    from slm_core.post.evaluate import perplexity
-
     say = on_progress or (lambda text: None)
     loaded = load_model(source, tag=tag)
     say(f"{source}: perplexity")
@@ -73,8 +78,6 @@ def model_card(source: str, tag: str = "best", tasks: Optional[list[str]] = None
     say(f"{source}: decoding speed")
     card["tokens_per_sec"] = _decode_speed(loaded)
     if tasks:
-        from slm_core.post.harness import run_tasks
-
         say(f"{source}: tasks {', '.join(tasks)}")
         card["tasks"] = run_tasks(loaded, tasks, limit=task_limit, on_progress=say)["tasks"]
     if judge:
@@ -83,8 +86,6 @@ def model_card(source: str, tag: str = "best", tasks: Optional[list[str]] = None
 
 
 def _judge(loaded, settings: dict, say: Callable[[str], None]) -> dict:
-    from slm_core.post.judge import judge_replies, load_prompts, model_replies
-
     seed = int(settings.get("seed", 0))
     items = load_prompts(settings.get("prompts"), int(settings.get("limit", 20)))
     say(f"replying to {len(items)} judge prompts")
@@ -95,8 +96,6 @@ def _judge(loaded, settings: dict, say: Callable[[str], None]) -> dict:
 
 def save_card(card: dict) -> dict:
     """Write the card under the model's evals/ folder (and an HF export's README); returns the paths."""
-    from slm_core.fsio import atomic_write_json, atomic_write_text
-
     folder = _card_home(Path(card["path"]))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (folder / "evals").mkdir(parents=True, exist_ok=True)
@@ -116,8 +115,6 @@ def _card_home(path: Path) -> Path:
 
 def card_of_source(source: Optional[str]) -> Optional[dict]:
     """The newest report card of a model source (a run name, a run or model folder), if it has one."""
-    from slm_core.run.runs import resolve_run
-
     if not source:
         return None
     candidates = [Path(source)]
@@ -135,8 +132,6 @@ def card_of_source(source: Optional[str]) -> Optional[dict]:
 
 def write_model_card(folder: str | Path, card: dict, name: Optional[str] = None) -> Path:
     """README.md of an HF folder: front matter the Hub reads, then the card's tables."""
-    from slm_core.fsio import atomic_write_text
-
     folder = Path(folder)
     name = name or folder.name
     text = (f"---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags:\n- slm-studio\n---\n\n"
@@ -197,7 +192,6 @@ def judge_settings(args) -> Optional[dict]:
     """The --judge* flags as model_card's `judge` argument (None without --judge)."""
     import os
 
-    from slm_core.post.judge import Endpoint
 
     if not args.judge:
         return None
@@ -222,17 +216,12 @@ def _seeds(text: str) -> list[int]:
 
 def _second_judging(source: str, tag: str, judge: dict, first: dict) -> dict:
     """The same replies judged again with the second seed: how much the judge agrees with itself."""
-    from slm_core.post.judge import agreement, judge_replies
-
     items = [{"prompt": j["prompt"], "reply": j["reply"]} for j in first["judgements"]]
     second = judge_replies(judge["endpoint"], items, first["rubric"], seed=judge["seeds"][1])
     return agreement(first, second)
 
 
 def _cmd_pairwise(args, judge: Optional[dict]) -> int:
-    from slm_core.models.load import load_model
-    from slm_core.post.judge import judge_pairwise, load_prompts, model_replies
-
     if not judge or len(args.models) != 2:
         raise SLMError("--pairwise compares exactly two models with a judge: slm eval A B --pairwise --judge URL")
     items = load_prompts(judge["prompts"], judge["limit"])

@@ -24,7 +24,9 @@ import random
 from pathlib import Path
 from typing import Callable
 
+from slm_core.data.corpus import OPPOSITES, _story
 from slm_core.errors import SLMError
+from slm_core.fsio import atomic_write_text
 
 TASK_VERSION = 1  # bump when a shipped task's items change
 SHIPPED_ITEMS = 200
@@ -36,8 +38,6 @@ EXACT_MATCH = [{"metric": "exact_match", "aggregation": "mean", "higher_is_bette
 
 
 def _story_ending_items(n: int, seed: int = 104_729) -> list[dict]:
-    from slm_core.data.corpus import _story
-
     rng = random.Random(seed)
     stories = [_story(rng, short=True)[0].split("\n\n") for _ in range(n * 2)]
     stories = [s for s in stories if len(s) >= 3][:n]
@@ -52,8 +52,6 @@ def _story_ending_items(n: int, seed: int = 104_729) -> list[dict]:
 
 
 def _opposites_items(n: int, seed: int = 130_363) -> list[dict]:
-    from slm_core.data.corpus import OPPOSITES
-
     rng = random.Random(seed)
     words = sorted({w for pair in OPPOSITES for w in pair})
     items = []
@@ -110,8 +108,6 @@ def tasks_dir() -> Path:
 
 def shipped_task_file(name: str) -> Path:
     """The task's JSONL, generated on first use (atomically: a kill never leaves half a file)."""
-    from slm_core.fsio import atomic_write_text
-
     make_items, _ = SHIPPED_TASKS[name]
     path = tasks_dir() / f"{name}-v{TASK_VERSION}.jsonl"
     if not path.exists():

@@ -26,20 +26,20 @@ from safetensors.torch import load_file, save_file
 
 from slm_core.config import RunConfig
 from slm_core.errors import SLMError
-from slm_core.fsio import atomic_write_json
+from slm_core.fsio import atomic_write_json, fsync_dir
+from slm_core.run.manifest import (
+    MANIFEST,
+    PREVIOUS,
+    SHARDS,
+    TRAINER_STATE,
+    WEIGHTS,
+    _resume_only,
+    _size_or_zero,
+    last_good_step,
+    write_manifest,
+)
 from slm_core.run.runs import read_json
-
-from slm_core.run.manifest import MANIFEST
-from slm_core.run.manifest import PREVIOUS
-from slm_core.run.manifest import SHARDS
-from slm_core.run.manifest import TRAINER_STATE
-from slm_core.run.manifest import _resume_only
-from slm_core.run.manifest import _size_or_zero
-from slm_core.run.manifest import last_good_step
-from slm_core.run.manifest import write_manifest
-
-from slm_core.fsio import fsync_dir
-from slm_core.run.manifest import WEIGHTS
+from slm_core.system import DiskFullError, is_disk_full
 
 MB = 1024 * 1024
 
@@ -118,7 +118,6 @@ def save_checkpoint(ckpt_root: Path, tag: str, model: torch.nn.Module, config: R
         _swap_in(tmp, ckpt_root / tag, keep_previous)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        from slm_core.system import DiskFullError, is_disk_full
 
         if is_disk_full(error) and not isinstance(error, DiskFullError):
             raise _disk_full(ckpt_root, tag, needed, _write_failure(error)) from error
@@ -160,8 +159,6 @@ def _check_free_space(ckpt_root: Path, tag: str, needed: int) -> None:
 
 
 def _disk_full(ckpt_root: Path, tag: str, needed: int, detail: str = ""):
-    from slm_core.system import DiskFullError
-
     free = shutil.disk_usage(ckpt_root).free / MB
     good = last_good_step(ckpt_root.parent)
     last = f"last good checkpoint: step {good}" if good is not None else "no checkpoint saved yet"
@@ -216,7 +213,6 @@ def copy_checkpoint(ckpt_root: Path, src_tag: str, dst_tag: str) -> None:
         _swap_in(tmp, ckpt_root / dst_tag)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        from slm_core.system import is_disk_full
 
         if is_disk_full(error):
             raise _disk_full(ckpt_root, dst_tag, _folder_bytes(source), _write_failure(error)) from error

@@ -3,17 +3,16 @@ verifying and cleaning checkpoints reads folders only (no torch), so the Studio'
 
 from __future__ import annotations
 
-from pathlib import Path
-from slm_core.errors import SLMError
-from slm_core.fsio import atomic_write_json
-from slm_core.fsio import fsync_dir
-from slm_core.run.runs import read_json
-from typing import Optional
 import os
 import shutil
 import warnings
 import zlib
+from pathlib import Path
+from typing import Optional
 
+from slm_core.errors import SLMError
+from slm_core.fsio import atomic_write_json, fsync_dir
+from slm_core.run.runs import read_json
 
 WEIGHTS = "model.safetensors"
 

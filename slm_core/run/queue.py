@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from slm_core.run import runs
+from slm_core.config import load_recipe
 from slm_core.errors import SLMError
+from slm_core.run import runs
 
 QUEUE_FILE = "queue.json"
 LIVE_STATES = ("running", "paused")
@@ -62,8 +63,6 @@ def signature(root: Optional[str | Path] = None) -> Optional[tuple]:
 
 def add(root: Optional[str | Path], recipe: str, overrides: list[str] = (), name: Optional[str] = None) -> dict:
     """Queue a run (its settings are checked now, not when its turn comes). Returns the entry."""
-    from slm_core.config import load_recipe
-
     root = runs.runs_dir(root)
     overrides = list(overrides)
     config = load_recipe(recipe, overrides)

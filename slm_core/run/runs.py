@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from slm_core.errors import SLMError
-
+from slm_core.fsio import atomic_write_json, atomic_write_text
+from slm_core.run import lock as run_lock
 from slm_core.system import pid_alive
-from slm_core.fsio import atomic_write_json
-from slm_core.fsio import atomic_write_text
 
 TERMINAL_STATES = ("finished", "stopped", "failed")
 CONTROL_REQUESTS = ("stop", "pause", "save")
@@ -105,7 +104,6 @@ def read_status(run_dir: str | Path) -> dict:
     state = status.get("state")
     # The writer's lock outranks the file: a run another process holds is running (e.g. a shell
     # `slm resume` still loading data, whose status.json still says how the last attempt ended).
-    from slm_core.run import lock as run_lock
 
     who = run_lock.holder(run_dir)
     if who is not None and not run_lock.is_self(who):
@@ -219,8 +217,6 @@ def run_summary(run_dir: Path) -> dict:
 
 def _scores(run_dir: Path) -> str:
     """The newest report card's task and judge scores in one line ('' when there is none)."""
-    from slm_core.run.runs import card_summary, latest_card
-
     return card_summary(latest_card(run_dir))
 
 
@@ -255,8 +251,6 @@ def delete_run(run_dir: str | Path) -> None:
 def check_runs_dir(path: Optional[str | Path] = None, create: bool = False) -> Path:
     """The runs directory (--runs-dir, $SLM_RUNS_DIR or ./runs): refused if it is a file, and with
     create=True made if missing and proved writable, before a run directory is created in it."""
-    from slm_core.run.runs import runs_dir
-
     root = runs_dir(path)
     if root.exists() and not root.is_dir():
         raise SLMError(f"the runs directory {root} is a file, not a folder: point --runs-dir (or $SLM_RUNS_DIR) "

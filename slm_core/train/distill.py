@@ -23,6 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slm_core.errors import SLMError
+from slm_core.models.load import load_model
+from slm_core.models.model import merge_adapter
+from slm_core.models.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
 
@@ -134,9 +137,6 @@ def load_teacher(source, device="cpu", dtype: Optional[torch.dtype] = None, nati
     if _is_hf_folder(source) and not native:
         teacher, tokenizer = _load_hf_teacher(Path(str(source)).expanduser(), dtype)
     else:
-        from slm_core.models.load import load_model
-        from slm_core.models.model import merge_adapter
-
         loaded = load_model(source, tag="best")
         # A LoRA run loads as base + adapter: fold the adapter in once, since the teacher never trains.
         teacher, tokenizer = merge_adapter(loaded.model), loaded.tokenizer
@@ -166,16 +166,12 @@ def _load_hf_teacher(folder: Path, dtype: Optional[torch.dtype]):
                        f"or at a Studio run") from exc
     tokenizer = None
     if (folder / "tokenizer.json").exists():
-        from slm_core.models.tokenizer import Tokenizer
-
         tokenizer = Tokenizer.from_hf(folder)
     return HFTeacher(hf_model), tokenizer
 
 
 def _load_hf_teacher_native(folder: Path, dtype: Optional[torch.dtype]):
     """Without transformers: our own converter still reads GPT-2 and Llama-family folders."""
-    from slm_core.models.load import load_model
-
     try:
         loaded = load_model(folder, dtype=dtype)
     except Exception as exc:  # any failure here means: this architecture needs transformers

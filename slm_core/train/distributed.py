@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from slm_core.run import runs
 from slm_core.errors import SLMError
+from slm_core.run import runs
 
 LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint")
 

@@ -27,8 +27,11 @@ from typing import Optional
 
 import torch
 
-from slm_core.run.manifest import SHARDS
 from slm_core.errors import SLMError
+from slm_core.models.model import Transformer
+from slm_core.run import checkpoint
+from slm_core.run.checkpoint import read_weights
+from slm_core.run.manifest import SHARDS, WEIGHTS
 
 
 def uses_fsdp(config, world_size: int) -> bool:
@@ -92,7 +95,10 @@ def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 def full_weights(model: torch.nn.Module) -> dict:
     """The consolidated state dict for model.safetensors: on rank 0 contiguous CPU tensors (a tied head
     stored once, as checkpoint.state_dict_for_save does), on the other ranks {}. Collective."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     state = {k: v.contiguous() for k, v in state.items()}
@@ -103,8 +109,6 @@ def full_weights(model: torch.nn.Module) -> dict:
 
 def whole_copy(model: torch.nn.Module) -> Optional[torch.nn.Module]:
     """An unsharded CPU copy of the model on rank 0 (None elsewhere), e.g. to sample from. Collective."""
-    from slm_core.models.model import Transformer
-
     weights = full_weights(model)
     if not weights:
         return None
@@ -134,7 +138,6 @@ def save_checkpoint(ckpt_root: Path, tag: str, model: torch.nn.Module, optimizer
     moves the shards into the checkpoint it writes, before the manifest that vouches for all of it."""
     import torch.distributed as dist
 
-    from slm_core.run import checkpoint
 
     stage = Path(ckpt_root) / f".{tag}-{SHARDS}"  # a dot folder: clean_stale removes one a kill left
     if dist.get_rank() == 0:
@@ -154,8 +157,13 @@ def save_checkpoint(ckpt_root: Path, tag: str, model: torch.nn.Module, optimizer
 def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: Path,
             full_optimizer_state: Optional[dict]) -> None:
     """Load a checkpoint into a sharded model and its optimizer, whatever process count wrote it."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
-                                                         set_optimizer_state_dict, set_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+        set_state_dict,
+    )
 
     ckpt = Path(ckpt)
     if (ckpt / SHARDS).is_dir():  # FSDP on any number of ranks wrote it: DCP reshards to ours
@@ -169,8 +177,6 @@ def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: Path
     if full_optimizer_state is None:
         raise SLMError(f"{ckpt} holds no optimizer state (neither {SHARDS}/ nor trainer_state.pt's); "
                        f"start the run again")
-    from slm_core.run.manifest import WEIGHTS
-    from slm_core.run.checkpoint import read_weights
 
     # A single process or DDP wrote it: full weights on every rank, each keeps its own shard.
     weights = read_weights(ckpt / WEIGHTS, getattr(model.config, "tie_embeddings", False))
@@ -182,10 +188,12 @@ def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: Path
 def load_sharded_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: Path) -> None:
     """A DDP or single-process resume of an FSDP checkpoint: its optimizer shards, gathered by DCP into
     this process's whole optimizer (the weights come from model.safetensors)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
-
     import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
 
     state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
     with warnings.catch_warnings():  # one process: DCP warns that it assumes so, which is the point

@@ -23,21 +23,32 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from slm_core.run import runs
-from slm_core.run.manifest import clean_stale, find_checkpoint
-from slm_core.run.checkpoint import copy_checkpoint, load_trainer_state, save_checkpoint
 from slm_core.config import RunConfig
 from slm_core.errors import SLMError
-from slm_core.train.modes import build_for_mode
+from slm_core.infer.generate import complete
+from slm_core.models.estimate import flops_per_token
+from slm_core.models.load import LoadedModel
+from slm_core.models.lora import load_adapter_weights, save_adapter
+from slm_core.run import runs
+from slm_core.run.checkpoint import (
+    copy_checkpoint,
+    load_trainer_state,
+    load_weights,
+    save_checkpoint,
+)
+from slm_core.run.lock import RunLock
+from slm_core.run.manifest import clean_stale, find_checkpoint
 from slm_core.system import cpu_has_native_bf16
+from slm_core.train import fsdp, tracking
+from slm_core.train.distributed import write_rank_error
+from slm_core.train.fsdp import whole_copy
+from slm_core.train.modes import build_for_mode
 from slm_core.train.monitor import gather_rank_memory, process_sample, rank_memory_due
 from slm_core.train.optim import build_optimizer, lr_at, set_lr
-from slm_core.train.preflight import explain_failure
+from slm_core.train.preflight import explain_failure, preflight_train
 from slm_core.train.preflight import preflight as preflight_memory
-from slm_core.run.lock import RunLock
-from slm_core.train.tracking import Trackers
+from slm_core.train.tracking import Trackers, bits_per_byte
 
-from slm_core.models.lora import save_adapter
 
 @dataclass
 class Dist:
@@ -129,7 +140,6 @@ class Trainer:
         self.loss_fn = built.loss_fn or cross_entropy_loss
         self.parent = built.parent
         self.raw_model = self.model
-        from slm_core.train import fsdp
 
         fsdp.check_supported(self.config, self.dist.world_size)
         self.fsdp = fsdp.uses_fsdp(self.config, self.dist.world_size)
@@ -232,13 +242,8 @@ class Trainer:
         return sum(losses) / len(losses)
 
     def write_samples(self) -> None:
-        from slm_core.models.load import LoadedModel
-        from slm_core.infer.generate import complete
-
         model, autocast = self.raw_model, self.autocast
         if self.fsdp:  # every rank gives its shards; rank 0 samples from a whole copy (on the CPU, beside the GPU)
-            from slm_core.train.fsdp import whole_copy
-
             model, autocast = whole_copy(self.raw_model), contextlib.nullcontext
             if not self.dist.is_main:
                 return
@@ -271,8 +276,6 @@ class Trainer:
                 "best_step": s.best_step, "evals_since_best": s.evals_since_best, "elapsed_s": s.elapsed_s}
         with self._timed("ckpt_s"):
             if self.fsdp:
-                from slm_core.train import fsdp
-
                 fsdp.save_checkpoint(self.run_dir / "checkpoints", tag, self.raw_model, self.optimizer, self.config,
                                      self.run_dir / "tokenizer", meta, trainer_state)
             else:
@@ -288,16 +291,12 @@ class Trainer:
         ckpt = find_checkpoint(self.run_dir, "latest", need_trainer_state=True)
         if ckpt is None:
             raise SLMError(f"run '{self.run_dir.name}' has no checkpoint to resume from; start it again instead")
-        from slm_core.train import fsdp
-        from slm_core.run.checkpoint import load_weights
 
         saved = load_trainer_state(ckpt)
         if self.fsdp:  # written by any process count and strategy: fsdp.restore reads what it needs
             fsdp.restore(self.raw_model, self.optimizer, ckpt, saved.get("optimizer"))
         else:
             if (ckpt / "adapter").is_dir():
-                from slm_core.models.lora import load_adapter_weights
-
                 load_adapter_weights(self.raw_model, ckpt / "adapter")
             else:
                 load_weights(self.raw_model, ckpt / "model.safetensors")
@@ -345,9 +344,6 @@ class Trainer:
     def _open_trackers(self, resume_step: int) -> None:
         """TensorBoard (and W&B / trackio when asked for) beside metrics.jsonl; the telemetry they and
         the Studio share: bytes per validation token (for bits per byte) and the device's peak FLOP/s."""
-        from slm_core.train import tracking
-        from slm_core.models.estimate import flops_per_token
-
         self.trackers = tracking.Trackers(self.run_dir, self.run_dir.name, self.config.to_dict(), resume_step,
                                           names=None if self.dist.is_main else [])
         self.bytes_per_token = tracking.bytes_per_token(self.tokenizer, self.data.tokens("val"))
@@ -470,7 +466,6 @@ class Trainer:
         with self._timed("eval_s"):
             val_loss = self.evaluate()
         s.last_val_loss = val_loss
-        from slm_core.train.tracking import bits_per_byte
 
         bpb = bits_per_byte(val_loss, self.bytes_per_token)
         self._log({"kind": "eval", "step": s.step, "tokens": s.tokens, "val_loss": val_loss,
@@ -540,8 +535,6 @@ class Trainer:
             if self.dist.is_main:
                 traceback.print_exc()
         if not self.dist.is_main:  # only rank 0 writes status.json: leave the cause for the launcher
-            from slm_core.train.distributed import write_rank_error
-
             with contextlib.suppress(OSError):
                 write_rank_error(self.run_dir, self.dist.rank, message)
         try:
@@ -585,8 +578,6 @@ def _progress_bar(enabled: bool, total: int, initial: int):
 def train(config: RunConfig, run_dir: str | Path, callback: Optional[Callable[[dict], None]] = None,
           resume: bool = False, progress: bool = True) -> dict:
     """Train (or resume) the run in `run_dir`. Returns the final step, tokens, best val loss, state."""
-    from slm_core.train.preflight import preflight_train
-
     run_dir = Path(run_dir)
     preflight_train(config, run_dir, resume)  # bad inputs are refused before the run directory exists
     preflight_memory(config)  # so is a model far beyond the device's memory (train.force=true overrides)

@@ -15,9 +15,18 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from slm_core.run import runs
 from slm_core.config import RunConfig
+from slm_core.data.cache import prepare_data
 from slm_core.errors import SLMError
+from slm_core.models.load import load_model
+from slm_core.models.lora import apply_lora, trainable_summary
+from slm_core.models.model import Transformer, merge_adapter
+from slm_core.models.tokenizer import Tokenizer
+from slm_core.run import runs
+from slm_core.system import cpu_has_native_bf16
+from slm_core.train.distill import DistillLoss, check_compatible, load_teacher
+from slm_core.train.preflight import preflight
+from slm_core.train.shrink import shrunk_base
 
 
 @dataclass
@@ -38,13 +47,9 @@ def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resum
     if mode in ("lora", "finetune") or (mode == "distill" and config.train.init_from):
         base = _load_base(config.train.init_from, config.train.force)
     if mode == "distill":
-        from slm_core.train.distill import load_teacher
-
         shrinking = bool(config.distill.shrink_layers)  # the student is cut from our own copy of the teacher
         teacher, teacher_tokenizer = load_teacher(config.distill.teacher, device, native=shrinking)
         if shrinking:
-            from slm_core.train.shrink import shrunk_base
-
             base = shrunk_base(teacher, teacher_tokenizer, config.distill.shrink_layers, config.distill.teacher)
     tokenizer = _choose_tokenizer(config, run_dir, resume, base, teacher_tokenizer)
     if base is not None and config.data.template is None and getattr(tokenizer, "chat_template", None):
@@ -53,7 +58,6 @@ def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resum
     data = _prepare(config, tokenizer, progress)
     tokenizer = data.tokenizer
     config = _resolve_config(config, base, tokenizer, data)
-    from slm_core.train.preflight import preflight
 
     preflight(config, resolved=True)  # the final shape: refuse one far beyond the device's memory
     model = _build_model(config, base, device)
@@ -65,8 +69,6 @@ def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resum
 
 
 def _load_base(source: str, force: bool = False):
-    from slm_core.models.load import load_model
-
     base = load_model(source, tag="best", force=force)  # refused before loading when it cannot fit
     if base.tokenizer is None:
         raise SLMError(f"the base model {source} has no tokenizer (tokenizer.json); add one to the folder")
@@ -77,8 +79,6 @@ def _load_base(source: str, force: bool = False):
 
 def _choose_tokenizer(config: RunConfig, run_dir: Path, resume: bool, base, teacher_tokenizer):
     """Resume: the run's own. Fine-tune/LoRA: the base model's. Distill: the teacher's unless one is named."""
-    from slm_core.models.tokenizer import Tokenizer
-
     if resume and (run_dir / "tokenizer").is_dir():
         return Tokenizer.load(run_dir / "tokenizer")
     if base is not None:
@@ -101,8 +101,6 @@ def _barrier() -> None:
 
 def _prepare(config: RunConfig, tokenizer, progress: bool):
     """Rank 0 tokenizes (and trains the BPE) first; the other ranks then read its cache."""
-    from slm_core.data.cache import prepare_data
-
     if not _is_main_rank():
         _barrier()
     data = prepare_data(config, tokenizer=tokenizer, progress=progress and _is_main_rank())
@@ -126,11 +124,7 @@ def _resolve_config(config: RunConfig, base, tokenizer, data) -> RunConfig:
 
 
 def _build_model(config: RunConfig, base, device: torch.device) -> torch.nn.Module:
-    from slm_core.models.model import Transformer
-
     if base is not None:
-        from slm_core.models.model import merge_adapter
-
         model = merge_adapter(base.model)  # a LoRA run as the base: fold its adapter in first
         model.config = config.model  # the same shape; new dropout/context
         for module in model.modules():
@@ -144,17 +138,13 @@ def _build_model(config: RunConfig, base, device: torch.device) -> torch.nn.Modu
         # A Hub base arrives in bf16; on a CPU without bf16 units its backward matmuls run 10-100x slower than fp32.
         model.float()
     if qlora:  # QLoRA: quantize before the move
-        from slm_core.models.qlora import base_weight_bytes, quantize_base
+        from slm_core.models.qlora import base_weight_bytes, quantize_base  # imports peft (seconds): QLoRA only
 
         model = quantize_base(model, config.lora.quantize_base, device)
         print(f"QLoRA: base held in {config.lora.quantize_base} ({model.qlora['backend']}), "
               f"{base_weight_bytes(model) / 2**20:,.1f} MB of weights", flush=True)
     model.to(device)
     if config.train.mode == "lora":
-        from slm_core.models.lora import apply_lora
-
-        from slm_core.models.lora import trainable_summary
-
         model = apply_lora(model, config.lora)
         counts = trainable_summary(model)
         print(f"LoRA: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
@@ -164,15 +154,11 @@ def _build_model(config: RunConfig, base, device: torch.device) -> torch.nn.Modu
 
 
 def _half_weights_are_slow(model: torch.nn.Module, device: torch.device) -> bool:
-    from slm_core.system import cpu_has_native_bf16
-
     half = any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
     return half and device.type == "cpu" and not cpu_has_native_bf16()
 
 
 def _distill_loss(config: RunConfig, teacher, teacher_tokenizer, tokenizer):
-    from slm_core.train.distill import DistillLoss, check_compatible
-
     teacher_vocab = _vocab_of(teacher)
     check_compatible(tokenizer, teacher_tokenizer, config.model.vocab_size, teacher_vocab)
     return DistillLoss(teacher, alpha=config.distill.alpha, temperature=config.distill.temperature)

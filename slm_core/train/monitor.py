@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-
 from slm_core.system import _process
 
 MB = 1024 * 1024

@@ -8,6 +8,8 @@ import math
 import torch
 
 from slm_core.config import TrainConfig
+from slm_core.errors import SLMError
+from slm_core.system import cpu_has_native_bf16
 
 
 def _split_params(model: torch.nn.Module) -> dict[str, list]:
@@ -56,8 +58,6 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
 
 def newton_schulz_dtype(device: torch.device) -> torch.dtype:
     """bf16 where matrix multiplies run it natively (CUDA, AVX-512 BF16 / AMX CPUs), else fp32."""
-    from slm_core.system import cpu_has_native_bf16
-
     return torch.bfloat16 if device.type == "cuda" or cpu_has_native_bf16() else torch.float32
 
 
@@ -128,7 +128,9 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        from torch.optim._muon import _adjust_lr  # torch's own lr scaling ("original" / "match_rms_adamw")
+        from torch.optim._muon import (
+            _adjust_lr,  # torch's own lr scaling ("original" / "match_rms_adamw")
+        )
 
         for group in self.param_groups:
             lr, momentum = float(group["lr"]), group["momentum"]
@@ -175,8 +177,6 @@ class CombinedOptimizer:
         return {name: opt.state_dict() for name, opt in self.named.items()}
 
     def load_state_dict(self, state: dict) -> None:
-        from slm_core.errors import SLMError
-
         if set(state) != set(self.named):
             raise SLMError("the checkpoint's optimizer state is for another train.optimizer; resume with the "
                            "optimizer the run started with")

@@ -10,21 +10,30 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from slm_core.config import RunConfig
+from slm_core.data.sources import source_kind
 from slm_core.errors import SLMError
-
+from slm_core.models.estimate import (
+    CPU_ALLOCATOR_SLACK,
+    _default_device,
+    count_parameters,
+    fits,
+    lora_parameters,
+    training_memory,
+)
 from slm_core.models.load import check_model_source
+from slm_core.models.memory import base_training_mb
 from slm_core.run.runs import check_runs_dir
-from slm_core.system import DiskFullError
-from slm_core.system import available_memory_mb
-from slm_core.system import is_disk_full
-from slm_core.system import is_out_of_memory
+from slm_core.system import (
+    DiskFullError,
+    available_memory_mb,
+    format_mb,
+    is_disk_full,
+    is_out_of_memory,
+)
 from slm_core.validate import check_device
-from typing import Any
-
-from slm_core.system import format_mb
 
 MB = 1024 * 1024
 # Refuse up front only when the estimate exceeds what is available by this much: the estimate is a
@@ -44,16 +53,12 @@ def estimate_device(config: RunConfig) -> str:
     """Where the run will train, as estimate.py names devices ("cpu" | "cuda" | "cuda:N")."""
     pref = config.train.device
     if pref == "auto":
-        from slm_core.models.estimate import _default_device
-
         return _default_device()
     return pref
 
 
 def training_estimate_mb(config: RunConfig, device: str) -> dict:
     """estimate.training_memory for this run's model and settings (LoRA trains a fraction)."""
-    from slm_core.models.estimate import count_parameters, lora_parameters, training_memory
-
     train, fraction = config.train, 1.0
     if train.mode == "lora":
         fraction = min(1.0, lora_parameters(config.model, config.lora) / count_parameters(config.model)["total"])
@@ -75,8 +80,6 @@ def _processes_here(device: str) -> int:
 
 def fitting_settings(config: RunConfig, device: str, available_mb: float, limit: int = 3) -> list[str]:
     """Up to `limit` override sets (as --set text) under which the estimate fits `available_mb`."""
-    from slm_core.models.estimate import CPU_ALLOCATOR_SLACK, fits
-
     slack = (1.0 if device.startswith("cuda") else CPU_ALLOCATOR_SLACK) * _processes_here(device)
     found: list[str] = []
 
@@ -165,7 +168,6 @@ def _base_preflight(config: RunConfig, device: str) -> None:
     available = _AVAILABLE_AT_START.get(device)
     if not config.train.init_from or available is None or getattr(config.train, "force", False):
         return
-    from slm_core.models.memory import base_training_mb
 
     found = base_training_mb(config, device)
     if found is None or found[0] <= REFUSE_FACTOR * available:
@@ -201,9 +203,6 @@ def explain_failure(error: BaseException, config: Optional[RunConfig], step: int
 def preflight_train(config: Any, run_dir: str | Path, resume: bool = False) -> None:
     """Everything a new (or resumed) run needs that can be checked without building it: called
     before the run directory is created, so a bad input leaves nothing behind."""
-    from slm_core.config import RunConfig
-    from slm_core.data.sources import source_kind
-
     if not isinstance(config, RunConfig):
         raise SLMError(f"config must be a RunConfig, got {type(config).__name__}: build one with "
                        "slm_core.config.load_recipe(name) or load_run_config(path)")

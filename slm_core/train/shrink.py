@@ -21,7 +21,12 @@ from typing import Optional
 
 import torch
 
+from slm_core.config import RunConfig
 from slm_core.errors import SLMError
+from slm_core.models.estimate import count_parameters
+from slm_core.models.load import LoadedModel
+from slm_core.models.model import Transformer
+from slm_core.models.quantized import is_quantized
 
 
 def pick_layers(n_teacher: int, n_student: int) -> list[int]:
@@ -41,8 +46,6 @@ def student_config(teacher_config, n_layer: int):
 
 def shrink(teacher: torch.nn.Module, n_layer: int, layers: Optional[list[int]] = None) -> torch.nn.Module:
     """A new Transformer of n_layer blocks copied from `teacher`'s blocks `layers` (default: pick_layers)."""
-    from slm_core.models.model import Transformer
-
     config = teacher.config
     layers = layers or pick_layers(config.n_layer, n_layer)
     if len(layers) != n_layer or any(not 0 <= i < config.n_layer for i in layers):
@@ -61,8 +64,6 @@ def shrink(teacher: torch.nn.Module, n_layer: int, layers: Optional[list[int]] =
 
 def shrink_summary(teacher_config, n_layer: int, bytes_per_param: int = 2) -> dict:
     """Teacher vs student: parameters, weight memory (bf16 by default) and expected decode speed-up."""
-    from slm_core.models.estimate import count_parameters
-
     teacher = count_parameters(teacher_config)
     student = count_parameters(student_config(teacher_config, n_layer))
     # Per-token compute ~ 2 x (blocks + output layer); the input embedding is a lookup.
@@ -77,10 +78,6 @@ def shrink_summary(teacher_config, n_layer: int, bytes_per_param: int = 2) -> di
 def shrunk_base(teacher: torch.nn.Module, tokenizer, n_layer: int, source=None):
     """The student for a distill run with distill.shrink_layers: the shrunk teacher as a LoadedModel
     (what modes.py takes a base model as), with the teacher's tokenizer."""
-    from slm_core.models.load import LoadedModel
-    from slm_core.config import RunConfig
-    from slm_core.models.quantized import is_quantized
-
     if not hasattr(teacher, "layers") or is_quantized(teacher):
         raise SLMError(f"the teacher {source} cannot be shrunk (it is quantized or not a model this engine builds): "
                        f"use the float model or run it was made from")

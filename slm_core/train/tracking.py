@@ -128,7 +128,9 @@ class Trackers:
         return (["tensorboard"] if self._tb is not None else []) + list(self._others)
 
     def _open_tensorboard(self, resume_step: int) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+        from torch.utils.tensorboard import (
+            SummaryWriter,  # needs the tensorboard package
+        )
 
         # purge_step: after a resume from step N, the steps a crashed attempt logged past N are hidden
         # (TensorBoard drops earlier-written events at steps >= purge_step).

@@ -14,10 +14,10 @@ from typing import Any, Callable, Optional
 import gradio as gr
 
 from slm_core.errors import SLMError
+from studio import report_panel
 from studio.allow import AllowBox
 from studio.command import runs_dir_flag
 from studio.jobs import JobHelper, progress_to
-from studio import report_panel
 from studio.models import model_sources, source_label
 from studio.security import check_path
 from studio.tabs import QUIET, message

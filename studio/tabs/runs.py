@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from slm_core.run import runs
 from slm_core.errors import SLMError
+from slm_core.run import runs
 from studio import watch
 from studio.plots import loss_figure, overlay_figure
 from studio.security import check_path

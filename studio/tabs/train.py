@@ -13,20 +13,27 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from slm_core.run import queue as runqueue
-
-from slm_core.run import runs
 from slm_core.config import LORA_TARGETS, list_presets, preset_description
 from slm_core.errors import SLMError
+from slm_core.run import queue as runqueue
+from slm_core.run import runs
 from studio import launch_form, model_picker, shrink_form, watch
-from studio.command import page_overrides, recipe_values, runs_dir_arg, shell_command, train_args
 from studio.allow import AllowBox
+from studio.command import page_overrides, recipe_values, runs_dir_arg, shell_command, train_args
 from studio.plots import training_figure
 from studio.run_form import clone_name, queue_markdown, recipe_choices, run_settings, save_recipe
 from studio.security import FIELD_KINDS, check_fields, check_path
 from studio.tabs import QUIET, message, run_names, set_initial
-from studio.views import (failure_note, log_tail, overfitting_note, progress_html, sample_diff_html, sample_steps,
-                          sample_timeline_html, status_markdown)
+from studio.views import (
+    failure_note,
+    log_tail,
+    overfitting_note,
+    progress_html,
+    sample_diff_html,
+    sample_steps,
+    sample_timeline_html,
+    status_markdown,
+)
 
 TITLE = "Train"
 DEFAULT_RECIPE = "quickstart-cpu"

@@ -6,8 +6,7 @@ import pytest
 
 from slm_core.config import load_recipe
 from slm_core.errors import SLMError
-from studio.command import (model_from_fields, page_config, page_overrides, recipe_values, shell_command,
-                            train_args)
+from studio.command import model_from_fields, page_config, page_overrides, recipe_values, shell_command, train_args
 
 KEYS = ["model.family", "model.n_layer", "model.n_head", "model.n_kv_head", "model.d_model", "model.d_ff",
         "model.context_length", "model.vocab_size", "model.dropout", "data.source", "data.text_column",

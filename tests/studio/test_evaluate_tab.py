@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from studio.style import mark
 from studio.models import model_sources
+from studio.style import mark
 from studio.tabs import evaluate as tab
 
 

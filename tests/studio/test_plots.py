@@ -2,8 +2,7 @@
 
 import math
 
-from studio.plots import (latest_attempt, loss_figure, overlay_figure, run_events, split_rows, thin,
-                          training_figure)
+from studio.plots import latest_attempt, loss_figure, overlay_figure, run_events, split_rows, thin, training_figure
 
 
 def train_row(step, loss, **extra):

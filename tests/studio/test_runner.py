@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from slm_core.run import runs
 from slm_core.errors import SLMError
+from slm_core.run import runs
 from studio import watch
 from studio.plots import training_figure
 from studio.runner import Runner

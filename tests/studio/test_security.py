@@ -25,8 +25,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 
 from slm_core.errors import SLMError  # noqa: E402
-from studio.security import (LoginLimiter, PathPolicy, StudioGuard, check_value, launch_problem,  # noqa: E402
-                             session_allow_ok)
+from studio.security import LoginLimiter, PathPolicy, StudioGuard, check_value, launch_problem, session_allow_ok  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "TOPSECRET-7f3a9"

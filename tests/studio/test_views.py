@@ -1,7 +1,16 @@
 """Status, notes, samples and logs as the tabs show them."""
 
-from studio.views import (config_diff, error_from_log, failure_note, log_tail, overfitting_note, progress_html,
-                          runs_table, sample_timeline_html, status_markdown)
+from studio.views import (
+    config_diff,
+    error_from_log,
+    failure_note,
+    log_tail,
+    overfitting_note,
+    progress_html,
+    runs_table,
+    sample_timeline_html,
+    status_markdown,
+)
 
 
 def train_row(step, loss):
