@@ -181,5 +181,28 @@ _NVML_OK: Optional[bool] = None  # None: not tried yet; the answer never changes
 _PROCESS: Optional[psutil.Process] = None
 
 
-def format_mb(mb: float) -> str:
+# ---- sizes and counts in words --------------------------------------------------------------------
+
+def format_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def format_mb(mb: Optional[float]) -> str:
+    if mb is None:
+        return "-"
     return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
+
+
+def format_count(n: Optional[float]) -> str:
+    """1.2K, 3.4M, 1.0B: parameter and token counts."""
+    if n is None:
+        return "-"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{int(n)}"

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import gradio as gr
 
 from slm_core.errors import SLMError
+from slm_core.system import format_mb
 from studio.command import gpu_env, launch_args
-from studio.views import human_mb
 
 LAUNCH_KEYS = ("nproc", "gpus", "nnodes", "node_rank", "rdzv_endpoint")
 STRATEGIES = [("DDP: a full copy of the model per process", "ddp"),
@@ -33,7 +33,7 @@ def build(ctx) -> dict[str, Any]:
                                    info="one per GPU" if gpus else "on this CPU; they split its cores")
             ctx.fields["train.strategy"] = gr.Radio(STRATEGIES, value="ddp", label="Strategy (2+ processes)",
                                                     elem_id="train-strategy")
-        c["gpus"] = gr.CheckboxGroup([(f"GPU {g['index']}: {g['name']} ({human_mb(g['free_mb'])} free)", g["index"])
+        c["gpus"] = gr.CheckboxGroup([(f"GPU {g['index']}: {g['name']} ({format_mb(g['free_mb'])} free)", g["index"])
                                       for g in gpus], value=[], label="GPUs (none ticked: all of them)",
                                      visible=bool(gpus), elem_id="train-gpus")
         gr.Markdown(gpu_note(gpus), elem_classes="slm-note", elem_id="train-gpu-note")

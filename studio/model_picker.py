@@ -20,8 +20,8 @@ from typing import Any, Iterator, Optional
 
 from slm_core.errors import SLMError
 from slm_core.models.sources import cached_snapshot, is_hub_id, list_cached_models, weight_stats
+from slm_core.system import format_bytes, format_count, format_mb
 from studio.style import mark
-from studio.views import human_count, human_mb
 
 TRAINING_LABELS = {"lora": "LoRA", "qlora-int8": "QLoRA, int8 base", "qlora-int4": "QLoRA, int4 base",
                    "finetune": "Full fine-tune"}
@@ -67,23 +67,23 @@ def estimate_markdown(est: dict) -> str:
     f, chat = est["facts"], est["chat"]
     on_gpu = str(est.get("device", "cpu")).startswith("cuda")
     where = "the GPU" if on_gpu else "RAM"
-    free = f"{human_mb(est['available_mb'])} free in {where}" if est.get("available_mb") is not None \
+    free = f"{format_mb(est['available_mb'])} free in {where}" if est.get("available_mb") is not None \
         else f"free {where} unknown"
 
     def fit(ok: Optional[bool]) -> str:
         return "—" if ok is None else (f"{mark('ok')} fits" if ok else f"{mark('error')} does not fit")
 
-    head = (f"**{f['name']}** · {f['family']} · {human_count(f['parameters'])} parameters · context "
+    head = (f"**{f['name']}** · {f['family']} · {format_count(f['parameters'])} parameters · context "
             f"{f['context']:,} · {f['dtype']} · {f['disk_bytes'] / 1e9:.2f} GB on disk")
     rows = [(f"Chat ({chat['dtype']} weights, KV cache of {chat['cache']:,} tokens × {chat['slots']} "
              f"conversations)", chat["mb"], chat["fits"])]
     for row in est["training"]:
         label = TRAINING_LABELS.get(row["what"], row["what"])
         if row["what"] != "finetune":
-            label += f" ({human_count(row['trainable'])} trainable)"
+            label += f" ({format_count(row['trainable'])} trainable)"
         rows.append((label, row["mb"], row["fits"]))
     table = "| On this machine | Memory | " + free + " |\n|---|---|---|\n"
-    table += "\n".join(f"| {what} | **{human_mb(mb)}** | {fit(ok)} |" for what, mb, ok in rows)
+    table += "\n".join(f"| {what} | **{format_mb(mb)}** | {fit(ok)} |" for what, mb, ok in rows)
     setting = (f"Training figures: batch {est['batch_size']} × context {est['context']:,} tokens, "
                f"{'the GPU' if on_gpu else 'CPU'}; lower them (Train tab) to need less.")
     notes = " ".join([setting, *est.get("notes", [])])
@@ -115,10 +115,6 @@ def details(helper, spec: Optional[str], runs_dir: Path, train: Optional[dict] =
 
 # ---- the download -------------------------------------------------------------------------------
 
-def _size(n: float) -> str:
-    return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
-
-
 def progress_text(spec: str, bars: dict[str, dict]) -> str:
     """One line from huggingface_hub's progress bars (by description, their latest {n, total, desc}): the
     bytes written of the total announced so far, and the files done of those fetched."""
@@ -129,9 +125,9 @@ def progress_text(spec: str, bars: dict[str, dict]) -> str:
     parts = []
     if size and size.get("total"):
         done, total = size.get("n") or 0, size["total"]
-        parts.append(f"{_size(done)} of {_size(total)} ({100 * done / total:.0f}%)")
+        parts.append(f"{format_bytes(done)} of {format_bytes(total)} ({100 * done / total:.0f}%)")
     elif size and size.get("n"):
-        parts.append(f"{_size(size['n'])}")
+        parts.append(f"{format_bytes(size['n'])}")
     if files and files.get("total"):
         parts.append(f"{int(files.get('n') or 0)} of {int(files['total'])} files done")
     what = " · ".join(parts) or "asking the Hub for the file list…"

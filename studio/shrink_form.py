@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 from slm_core.errors import SLMError
+from slm_core.system import format_count, format_mb
 from studio.style import mark
-from studio.views import human_count, human_mb
 
 KEY = "distill.shrink_layers"
 
@@ -24,8 +24,8 @@ def summary_markdown(info: dict) -> str:
     """shrink_summary's figures (plus the teacher's name and depth) as a teacher-vs-student table."""
     layers = info["layers"]
     rows = [("Layers", f"{info['teacher_layers']}", f"{len(layers)} (teacher's {', '.join(map(str, layers))})"),
-            ("Parameters", human_count(info["teacher_params"]), human_count(info["student_params"])),
-            ("Weights in bf16", human_mb(info["teacher_weights_mb"]), human_mb(info["student_weights_mb"]))]
+            ("Parameters", format_count(info["teacher_params"]), format_count(info["student_params"])),
+            ("Weights in bf16", format_mb(info["teacher_weights_mb"]), format_mb(info["student_weights_mb"]))]
     table = "| | Teacher | Student |\n|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
     return (f"Shrinking **{info['teacher']}**: expected speed-up **{info['expected_speedup']:.1f}×** per token "
             f"(compute scales with the blocks and the output layer).\n\n{table}\n\n_The student starts from the "

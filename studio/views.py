@@ -12,20 +12,12 @@ import re
 import time
 from typing import Any, Optional
 
+from slm_core.system import format_count
 from studio.plots import OOM_ADVICE, OVERFIT_EVALS, split_rows
 from studio.style import mark
 
 STATE_COLORS = {"running": "#2563eb", "paused": "#d97706", "finished": "#059669", "stopped": "#6b7280",
                 "failed": "#dc2626", "queued": "#6b7280", "starting": "#6b7280"}
-
-
-def human_count(n: Optional[float]) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return f"{int(n)}"
 
 
 def human_duration(seconds: Optional[float]) -> str:
@@ -37,12 +29,6 @@ def human_duration(seconds: Optional[float]) -> str:
     if hours:
         return f"{hours}h {minutes:02d}m"
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
-
-
-def human_mb(mb: Optional[float]) -> str:
-    if mb is None:
-        return "-"
-    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
 
 
 # ---- the live run ----------------------------------------------------------------------------
@@ -223,7 +209,7 @@ def runs_table(summaries: list[dict]) -> list[list[Any]]:
         started = r.get("started_at")
         rows.append([
             r.get("name"), r.get("state"), r.get("mode") or "-", r.get("preset") or "-",
-            f"{r.get('step') or 0:,} / {r.get('max_steps') or '?'}", human_count(r.get("tokens") or 0),
+            f"{r.get('step') or 0:,} / {r.get('max_steps') or '?'}", format_count(r.get("tokens") or 0),
             f"{best:.4f}" if best is not None else "-", human_duration(r.get("duration_s")),
             r.get("parent") or "-",
             time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "-",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from slm_core.config import list_presets, load_model_preset, preset_description
 from slm_core.models.estimate import describe
+from slm_core.system import format_count, format_mb
 
 
 def add_presets_parser(sub) -> None:
@@ -16,8 +17,8 @@ def cmd_presets(args) -> int:
     for name in list_presets("models"):
         config = load_model_preset(name)
         info = describe(config, batch_size=args.batch_size, precision="bf16")
-        print(f"{name:<18}{config.family:<8}{_human(info['params']['total']):>10}"
-              f"{_mb(info['training']['total_mb']):>12}{_mb(info['inference']['total_mb']):>12}  "
+        print(f"{name:<18}{config.family:<8}{format_count(info['params']['total']):>10}"
+              f"{format_mb(info['training']['total_mb']):>12}{format_mb(info['inference']['total_mb']):>12}  "
               f"{preset_description('models', name)[:70]}")
     print(f"\n(training memory at batch {args.batch_size}, full context, bf16 autocast with fp32 master weights)\n")
     print(f"{'recipe':<24}description")
@@ -26,12 +27,3 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def _human(n: float) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return str(int(n))
-
-
-def _mb(mb: float) -> str:
-    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from slm_core.cli.flags import _add_launch_flags, _add_overrides, _add_run_location
-from slm_core.cli.presets import _human
 from slm_core.cli.train import cmd_train
 from slm_core.errors import SLMError
 from slm_core.models.memory import locate, model_config
+from slm_core.system import format_count
 from slm_core.train.shrink import format_summary, shrink_summary
 
 
@@ -27,7 +27,7 @@ def add_shrink_parser(sub) -> None:
 def cmd_shrink(args) -> int:
     teacher_config, name = model_config(locate(args.teacher, args.runs_dir))
     summary = shrink_summary(teacher_config, args.layers)  # checks the layer count too
-    print(format_summary(name, teacher_config.n_layer, summary, _human), flush=True)
+    print(format_summary(name, teacher_config.n_layer, summary, format_count), flush=True)
     if args.steps is not None and args.steps < 1:
         raise SLMError(f"--steps={args.steps} is invalid: give a positive number of steps")
     args.overrides = [f"distill.teacher={args.teacher}", f"distill.shrink_layers={args.layers}",

@@ -30,10 +30,9 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
-import torch
 
 from slm_core.config import DataConfig, RunConfig, TokenizerConfig
 from slm_core.data.prepare import build_token_files
@@ -47,6 +46,9 @@ from slm_core.models.templates import (
     split_prompt_response,
 )
 from slm_core.models.tokenizer import Tokenizer, build_tokenizer
+
+if TYPE_CHECKING:  # the Studio previews and tokenizes without loading torch
+    import torch
 
 FORMAT_VERSION = 2  # 2: streamed chunks, documents split by content hash, text files split into documents
 ALIAS_FILE = "alias.json"

@@ -25,9 +25,8 @@ from slm_core import system
 from slm_core.config import LoRAConfig, ModelConfig
 from slm_core.errors import SLMError
 from slm_core.models.model import Transformer
-from slm_core.system import cpu_has_native_bf16
+from slm_core.system import MB, cpu_has_native_bf16
 
-MB = 1024 * 1024
 # Used when model.vocab_size is still None (the tokenizer decides it): a character vocabulary.
 NOMINAL_VOCAB = 256
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")

@@ -38,9 +38,8 @@ from slm_core.models.sources import (
     resolve_source,
     weight_stats,
 )
-from slm_core.system import available_memory_mb, cpu_has_native_bf16, format_mb
+from slm_core.system import MB, available_memory_mb, cpu_has_native_bf16, format_mb
 
-MB = 1024 * 1024
 CHAT_SLOTS = 4  # concurrent replies the Studio's chat engine holds a KV cache for (studio.chat_session.SLOTS)
 CHAT_CACHE = 4096  # positions per slot at most (slm_core.infer.engine.MAX_CACHE)
 INT4_GROUP = 64  # slm_core.models.qlora.GROUP_SIZE: one fp32 scale and zero per 64 weights

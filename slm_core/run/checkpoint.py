@@ -39,9 +39,7 @@ from slm_core.run.manifest import (
     write_manifest,
 )
 from slm_core.run.runs import read_json
-from slm_core.system import DiskFullError, is_disk_full
-
-MB = 1024 * 1024
+from slm_core.system import MB, DiskFullError, is_disk_full
 
 
 def state_dict_for_save(model: torch.nn.Module) -> dict:

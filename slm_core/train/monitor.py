@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from slm_core.system import _process
+from slm_core.system import MB, _process
 
-MB = 1024 * 1024
 # What each rank reports of itself (the GPU's total is a fact of the device, logged by rank 0 alone).
 RANK_MEMORY_KEYS = ("ram_mb", "gpu_mem_allocated_mb", "gpu_mem_reserved_mb", "gpu_mem_peak_mb")
 RANK_MEMORY_EVERY = 10  # steps between gathers: one tiny collective every 10 steps, never one a step

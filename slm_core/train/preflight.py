@@ -35,7 +35,6 @@ from slm_core.system import (
 )
 from slm_core.validate import check_device
 
-MB = 1024 * 1024
 # Refuse up front only when the estimate exceeds what is available by this much: the estimate is a
 # model, not a measurement, and a run that merely might not fit should be allowed to try.
 REFUSE_FACTOR = 1.5

@@ -21,10 +21,10 @@ import gradio as gr
 
 from slm_core.config import DataConfig, RunConfig, TokenizerConfig
 from slm_core.errors import SLMError
+from slm_core.system import format_count
 from studio.allow import AllowBox
 from studio.security import check_fields, check_path
 from studio.tabs import PRIVATE, QUIET, message
-from studio.views import human_count
 
 TITLE = "Data"
 KINDS = ["Built-in stories", "Built-in instructions", "Local file or folder", "Upload", "Hugging Face Hub"]
@@ -156,7 +156,7 @@ def preview(helper, source: str, column: str, template: str, max_chars: Any, spl
     kind = "instruction records" + (f" ({info['template']} template)" if info.get("template") else "") \
         if info.get("is_instruction") else "documents"
     at_least = "" if info.get("complete", True) else "at least "  # counting stops after a while on huge corpora
-    text = (f"**{at_least}{info['n_documents']:,} {kind}**, {human_count(info['n_chars'])} characters "
+    text = (f"**{at_least}{info['n_documents']:,} {kind}**, {format_count(info['n_chars'])} characters "
             f"(kind: {info['kind']}). Token counts appear after tokenizing.")
     columns = info.get("columns") or []
     choices = [("auto", "")] + [(c, c) for c in columns]
@@ -182,9 +182,9 @@ def tokenize(helper, values: dict[str, Any], progress: Any = None) -> tuple:
         data = helper.call("tokenize", {"config": config.to_dict()}, on_progress=report)
     except SLMError as error:
         return message("error", str(error)), gr.update(visible=False)
-    return message("ok", f"**{human_count(data['train_tokens'])} train + {human_count(data['val_tokens'])} "
+    return message("ok", f"**{format_count(data['train_tokens'])} train + {format_count(data['val_tokens'])} "
                          f"validation tokens** ({data['n_vocab']:,}-token {data['kind']} vocabulary, "
-                         f"{human_count(data['n_chars'])} characters) in {data['seconds']:.1f} s — cached in "
+                         f"{format_count(data['n_chars'])} characters) in {data['seconds']:.1f} s — cached in "
                          f"`{data['cache_dir']}`; runs on this data start without tokenizing again.\n\n"
                          + corpus_stats(data)), gr.update(value=length_figure(data), visible=True)
 
@@ -193,10 +193,10 @@ def corpus_stats(data: dict) -> str:
     """Corpus size, documents, tokens and tokens per document, as one Markdown line."""
     tokens, docs = data["train_tokens"] + data["val_tokens"], data.get("n_documents") or 0
     size = (f"{data['bytes'] / 2 ** 20:,.1f} MB" if (data.get("bytes") or 0) >= 2 ** 20 else
-            f"{data['bytes'] / 1024:,.1f} kB" if data.get("bytes") else f"{human_count(data['n_chars'])} characters")
+            f"{data['bytes'] / 1024:,.1f} kB" if data.get("bytes") else f"{format_count(data['n_chars'])} characters")
     per_doc = f"{tokens / docs:,.0f}" if docs else "-"
     return (f"Corpus **{size}** · **{docs:,} documents** ({data.get('train_documents') or 0:,} train, "
-            f"{data.get('val_documents') or 0:,} validation) · **{human_count(tokens)} tokens** · "
+            f"{data.get('val_documents') or 0:,} validation) · **{format_count(tokens)} tokens** · "
             f"**{per_doc} tokens per document**")
 
 

@@ -15,10 +15,11 @@ from typing import Any, Callable, Optional
 import gradio as gr
 
 from slm_core.errors import SLMError
+from slm_core.system import format_bytes
 from studio.allow import AllowBox
 from studio.command import runs_dir_flag
 from studio.jobs import JobHelper, progress_to
-from studio.models import human_bytes, model_sources, source_label
+from studio.models import model_sources, source_label
 from studio.security import check_path
 from studio.tabs import QUIET, message
 
@@ -76,8 +77,8 @@ def export_run(helper: JobHelper, runs_dir: Path, source: Optional[str], tag: st
     except (SLMError, RuntimeError) as error:
         return [message("error", str(error)), [], ""]
     out = Path(result["dir"])
-    rows = [[Path(path).relative_to(out).as_posix(), human_bytes(size), path] for path, size in result["files"]]
-    total = human_bytes(sum(size for _, size in result["files"]))
+    rows = [[Path(path).relative_to(out).as_posix(), format_bytes(size), path] for path, size in result["files"]]
+    total = format_bytes(sum(size for _, size in result["files"]))
     text = message("ok", f"Wrote {len(rows)} files ({total}) to `{out}` in {result['seconds']:.1f} s.")
     return [text, rows, usage_markdown(runs_dir, source, tag, result)]
 

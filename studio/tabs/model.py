@@ -17,11 +17,12 @@ import gradio as gr
 
 from slm_core.config import list_presets, load_model_preset, preset_description
 from slm_core.errors import SLMError
+from slm_core.system import format_count, format_mb
 from studio.command import MODEL_FIELDS, model_from_fields
 from studio.model_picker import build_panel, picker_choices
 from studio.style import mark
 from studio.tabs import QUIET
-from studio.views import human_count, human_duration, human_mb
+from studio.views import human_duration
 
 TITLE = "Model"
 DEFAULT_PRESET = "tiny-llama"
@@ -162,9 +163,9 @@ def format_estimate(info: dict, memory: dict, gpus: list[dict]) -> str:
     params, train, infer = info["params"], info["training"], info["inference"]
     on_gpu = str(train.get("device", "cpu")).startswith("cuda") and gpus
     if on_gpu:
-        where = f"the GPU ({gpus[0]['name']}, {human_mb(gpus[0]['free_mb'])} free)"
+        where = f"the GPU ({gpus[0]['name']}, {format_mb(gpus[0]['free_mb'])} free)"
     else:
-        where = f"RAM ({human_mb(memory['available_mb'])} free of {human_mb(memory['total_mb'])})"
+        where = f"RAM ({format_mb(memory['available_mb'])} free of {format_mb(memory['total_mb'])})"
         where += "" if gpus else "; no GPU found, training runs on the CPU"
 
     def fit(ok):
@@ -172,16 +173,16 @@ def format_estimate(info: dict, memory: dict, gpus: list[dict]) -> str:
 
     trainable = params.get("trainable", params["total"])
     rows = [
-        ("Parameters", f"**{human_count(params['total'])}** ({human_count(params.get('non_embedding'))} "
-                       f"outside embeddings)" + (f"; {human_count(trainable)} trainable" if trainable != params["total"]
+        ("Parameters", f"**{format_count(params['total'])}** ({format_count(params.get('non_embedding'))} "
+                       f"outside embeddings)" + (f"; {format_count(trainable)} trainable" if trainable != params["total"]
                                                  else "")),
         (f"Training memory (batch {train.get('batch_size')}, context {train.get('context')}, "
          f"{'bf16/fp16 autocast' if train.get('autocast') else 'fp32'}"
          f"{', checkpointing' if train.get('grad_checkpointing') else ''}"
          f"{per_process(train)})",
-         f"**{human_mb(train['total_mb'])}** — {fit(info.get('fits_training'))} in {where}"),
+         f"**{format_mb(train['total_mb'])}** — {fit(info.get('fits_training'))} in {where}"),
         ("Inference memory (batch 1, full context)",
-         f"{human_mb(infer['total_mb'])} fp32 · {human_mb(info.get('inference_bf16', infer)['total_mb'])} bf16 — "
+         f"{format_mb(infer['total_mb'])} fp32 · {format_mb(info.get('inference_bf16', infer)['total_mb'])} bf16 — "
          f"{fit(info.get('fits_inference'))}"),
     ]
     rows += _budget_rows(info)
@@ -204,7 +205,7 @@ def _budget_rows(info: dict) -> list[tuple[str, str]]:
     if budget:
         steps = max(1, round(budget / tokens_per_step))
         rows.append(("Compute-optimal budget (≈20 tokens/param)",
-                     f"{human_count(budget)} tokens ≈ {steps:,} steps of {tokens_per_step:,} tokens"))
+                     f"{format_count(budget)} tokens ≈ {steps:,} steps of {tokens_per_step:,} tokens"))
     if step.get("step_s"):
         total = step["step_s"] * budget / tokens_per_step if budget else 0
         if step.get("measured"):

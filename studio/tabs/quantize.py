@@ -17,10 +17,11 @@ import gradio as gr
 
 from slm_core.errors import SLMError
 from slm_core.run.runs import read_json
+from slm_core.system import format_bytes
 from studio.allow import AllowBox
 from studio.command import runs_dir_flag
 from studio.jobs import JobHelper, progress_to
-from studio.models import human_bytes, run_artifacts, source_label
+from studio.models import run_artifacts, source_label
 from studio.security import check_path
 from studio.tabs import QUIET, message, run_names
 
@@ -131,8 +132,8 @@ def report_table(rows: list[dict]) -> list[list[str]]:
             ppl += f" ({r['ppl_delta']:+.3f})"
         table.append([
             f"original ({r['model']})" if first else r["model"],
-            human_bytes(r["disk_mb"] * 2**20) + ("" if first else f" ({r['size_ratio']:.2f}×)"),
-            human_bytes(r["memory_mb"] * 2**20) + ("" if first else f" ({r['memory_ratio']:.2f}×)"),
+            format_bytes(r["disk_mb"] * 2**20) + ("" if first else f" ({r['size_ratio']:.2f}×)"),
+            format_bytes(r["memory_mb"] * 2**20) + ("" if first else f" ({r['memory_ratio']:.2f}×)"),
             ppl,
             f"{r['tokens_per_sec']:.1f}" + ("" if first else f" ({r['speedup']:.2f}×)"),
         ])
@@ -159,6 +160,6 @@ def artifacts_markdown(runs_dir: Path, name: Optional[str]) -> str:
     folders = [p for p in run_artifacts(Path(runs_dir) / name) if p.parent.name == "quantized"]
     if not folders:
         return f"`{name}` has no quantized models yet."
-    items = [f"`{p.name}` ({human_bytes((p / 'model.safetensors').stat().st_size)})" for p in folders
+    items = [f"`{p.name}` ({format_bytes((p / 'model.safetensors').stat().st_size)})" for p in folders
              if (p / "model.safetensors").exists()]
     return f"Quantized models of `{name}`: " + ", ".join(items)

@@ -2,7 +2,8 @@
 
 import json
 
-from studio.models import artifact_target, folder_files, human_bytes, loadable, model_sources, source_label
+from slm_core.system import format_bytes
+from studio.models import artifact_target, folder_files, loadable, model_sources, source_label
 
 
 def make_run(root, name, started, checkpoint=True):
@@ -69,5 +70,5 @@ def test_labels_sizes_and_file_listings(tmp_path):
     (folder / "sub").mkdir()
     (folder / "sub" / "big.bin").write_bytes(b"0" * 3000)
     assert folder_files(folder) == [("sub/big.bin", 3000), ("small.json", 1)]
-    assert [human_bytes(n) for n in (None, 12, 2048, 3 * 2**20, 5 * 2**30)] == \
+    assert [format_bytes(n) for n in (None, 12, 2048, 3 * 2**20, 5 * 2**30)] == \
         ["-", "12 B", "2.00 KB", "3.00 MB", "5.00 GB"]
