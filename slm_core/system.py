@@ -115,7 +115,7 @@ def _nvml() -> Any:
     return pynvml if _NVML_OK else None
 
 
-def _process() -> psutil.Process:
+def this_process() -> psutil.Process:
     # One Process object for the life of the process: cpu_percent(interval=None) reports the
     # usage since the previous call on the same object, so a fresh object would always say 0.
     global _PROCESS

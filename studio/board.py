@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from slm_core.errors import SLMError
+from slm_core.system import pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,16 +94,6 @@ class Board:
                 proc.kill()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def main(argv: list[str]) -> int:
     """The watchdog: run COMMAND until it exits or the process STUDIO_PID is gone (then stop it)."""
     parent, command = int(argv[0]), argv[argv.index("--") + 1:]
@@ -120,7 +111,7 @@ def main(argv: list[str]) -> int:
     terminated: list = []  # the handler only flags: stopping inside it could wait on a lock this thread holds
     signal.signal(signal.SIGTERM, lambda *a: terminated.append(True))
     while child.poll() is None:
-        if terminated or not _alive(parent):
+        if terminated or not pid_alive(parent):
             stop()
             break
         time.sleep(0.5)

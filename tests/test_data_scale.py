@@ -43,7 +43,7 @@ def config(source, kind="char", vocab=300, context=16, **data) -> RunConfig:
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of ~20k characters, so a corpus of a few hundred kB is many chunks."""
-    monkeypatch.setenv("SLM_DATA_CHUNK_CHARS", "20000")
+    monkeypatch.setattr(data_prepare, "CHUNK_CHARS", 20_000)
 
 
 def one_shot(tokenizer, docs, val_fraction=0.05):
@@ -149,7 +149,7 @@ def test_gpt2_ids_through_the_pool_equal_tiktoken(tmp_path, small_chunks, shared
 
 def test_instruction_masks_do_not_depend_on_chunking(tmp_path, monkeypatch):
     whole = prepare_data(config("builtin:instructions", max_chars=60_000), cache_dir=tmp_path / "a", progress=False)
-    monkeypatch.setenv("SLM_DATA_CHUNK_CHARS", "8000")
+    monkeypatch.setattr(data_prepare, "CHUNK_CHARS", 8000)
     chunked = prepare_data(config("builtin:instructions", max_chars=60_000), cache_dir=tmp_path / "b",
                            progress=False, workers=2)
     for split in ("train", "val"):
@@ -183,8 +183,9 @@ def test_limits_stop_the_stream(tmp_path, small_chunks):
 
 def test_killed_preparation_resumes_from_finished_chunks(tmp_path, monkeypatch):
     path = story_file(tmp_path / "s.txt", 2500)  # ~2.2M characters: 110 chunks of 20k
-    cache, env = tmp_path / "cache", dict(os.environ, SLM_DATA_CHUNK_CHARS="20000")
-    code = (f"from slm_core.data.cache import prepare_data; from slm_core.config import *; "
+    cache, env = tmp_path / "cache", dict(os.environ)
+    code = (f"import slm_core.data.prepare as p; p.CHUNK_CHARS = 20_000; "
+            f"from slm_core.data.cache import prepare_data; from slm_core.config import *; "
             f"prepare_data(RunConfig(tokenizer=TokenizerConfig(kind='char'), data=DataConfig(source={str(path)!r})),"
             f" cache_dir={str(cache)!r}, progress=False, require_windows=False, workers=1)")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT)
@@ -195,7 +196,7 @@ def test_killed_preparation_resumes_from_finished_chunks(tmp_path, monkeypatch):
     proc.wait()
     finished = {int(p.stem) for p in cache.glob("*/parts-*/*.json")}
     assert finished and not list(cache.glob("*/meta.json")), "killed before the end: no whole cache yet"
-    monkeypatch.setenv("SLM_DATA_CHUNK_CHARS", "20000")
+    monkeypatch.setattr(data_prepare, "CHUNK_CHARS", 20_000)
     tokenized = []
     real = data_prepare.tokenize_chunk
     monkeypatch.setattr(data_prepare, "tokenize_chunk", lambda tok, job, **kw: tokenized.append(job["index"])
@@ -272,8 +273,10 @@ def test_hub_stream_offline_fails_in_seconds_naming_the_local_alternative(tmp_pa
 
 MEASURE = """
 import json, resource, sys, time
+import slm_core.data.prepare
 from slm_core.config import *
 from slm_core.data.cache import prepare_data
+slm_core.data.prepare.CHUNK_CHARS = int(sys.argv[3])
 cfg = RunConfig(tokenizer=TokenizerConfig(kind="bpe", vocab_size=2048, train_chars=2_000_000),
                 data=DataConfig(source=sys.argv[1]))
 started = time.perf_counter()
@@ -300,8 +303,8 @@ def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
                     break
         # 1M-character chunks: the few chunks in flight (the bound) are reached by both sizes, so
         # what is left to compare is growth with the corpus.
-        env = dict(os.environ, SLM_DATA_CHUNK_CHARS=str(1 << 20))
-        result = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(tmp_path / "cache")],
+        env = dict(os.environ)
+        result = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(tmp_path / "cache"), str(1 << 20)],
                                 capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
         assert result.returncode == 0, result.stderr[-2000:]
         peaks[mb] = json.loads(result.stdout.strip().splitlines()[-1])

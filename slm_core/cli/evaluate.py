@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import sys
 
+from slm_core.cli.flags import add_runs_dir
 from slm_core.errors import SLMError
 from slm_core.models.load import load_model
 from slm_core.post.evaluate import SPLITS, perplexity
 from slm_core.post.report_card import (
-    _cmd_pairwise,
-    _fmt,
-    _second_judging,
+    cmd_pairwise,
+    format_value,
     judge_settings,
     model_card,
     save_card,
+    second_judging,
     to_markdown,
 )
 from slm_core.run.runs import check_runs_dir, use_runs_dir
@@ -30,7 +31,7 @@ def add_eval_parser(sub) -> None:
     parser.add_argument("--stride", type=int, default=None, help="window stride in tokens (default: context/2)")
     parser.add_argument("--max-tokens", type=int, default=None, help="stop after scoring this many tokens")
     parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    parser.add_argument("--runs-dir", default=None)
+    add_runs_dir(parser)
     beyond = parser.add_argument_group("beyond perplexity (a report card per model; see slm_core.post.report_card)")
     beyond.add_argument("--tasks", default=None, help="comma-separated benchmark tasks: shipped ones "
                         "(story_ending, opposites, arithmetic), JSONL files of your own, or lm-eval task names")
@@ -70,21 +71,21 @@ def cmd_card(args) -> int:
         raise SLMError(f"--limit must be a positive number of items, got {args.limit}")
     judge = judge_settings(args)
     if args.pairwise:
-        return _cmd_pairwise(args, judge)
+        return cmd_pairwise(args, judge)
     tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
     cards = []
     for source in args.models:
         card = model_card(source, args.checkpoint, tasks, args.limit, judge, args.max_tokens or 20_000,
                           on_progress=lambda text: print(text, flush=True))
         if judge and len(judge["seeds"]) == 2:
-            card["judge_agreement"] = _second_judging(source, args.checkpoint, judge, card["judge"])
+            card["judge_agreement"] = second_judging(source, args.checkpoint, judge, card["judge"])
         card["files"] = save_card(card)
         cards.append(card)
     print(to_markdown(cards))
     for card in cards:
         if card.get("judge_agreement"):
             a = card["judge_agreement"]
-            print(f"{card['model']}: two judge runs agree exactly on {_fmt(a['exact'], '.0%')}, within one point "
-                  f"on {_fmt(a['within_1'], '.0%')} of {a['pairs']} scores (Spearman {_fmt(a['spearman'], '.2f')})")
+            print(f"{card['model']}: two judge runs agree exactly on {format_value(a['exact'], '.0%')}, within one point "
+                  f"on {format_value(a['within_1'], '.0%')} of {a['pairs']} scores (Spearman {format_value(a['spearman'], '.2f')})")
         print(f"saved {card['files']['json']}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slm_core.cli.flags import add_runs_dir
 from slm_core.models.load import load_model
 from slm_core.models.quantized import artifact_dir
 from slm_core.post.export import FORMATS, export_model
@@ -21,7 +22,7 @@ def add_export_parser(sub) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: <run>/export/<format>)")
     parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--runs-dir", default=None)
+    add_runs_dir(parser)
 
 
 def cmd_export(args) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from slm_core.cli.flags import _add_run_location
+from slm_core.cli.flags import add_runs_dir
 from slm_core.infer.engine import pick_dtype
 from slm_core.infer.generate import stream_text
 from slm_core.models.load import load_model
@@ -31,7 +31,7 @@ def add_generate_parser(sub) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                         help="weights for decoding; auto: bf16 where the CPU/GPU computes it natively, else fp32 with "
                              "an fp16 (or bf16) copy for the one-row steps of models from 40M parameters; fp32: exact")
-    _add_run_location(parser)
+    add_runs_dir(parser)
 
 
 def cmd_generate(args) -> int:

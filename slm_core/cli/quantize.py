@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slm_core.cli.flags import add_runs_dir
 from slm_core.errors import SLMError
 from slm_core.models.load import load_model
 from slm_core.models.model import merge_adapter
@@ -29,7 +30,7 @@ def add_quantize_parser(sub) -> None:
                         help="compare with the original: file size, memory, validation perplexity, tokens/s")
     parser.add_argument("--eval-tokens", type=int, default=20_000, help="validation tokens for the report")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--runs-dir", default=None)
+    add_runs_dir(parser)
 
 
 def cmd_quantize(args) -> int:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from slm_core.cli.flags import add_runs_dir
 from slm_core.errors import SLMError
 from slm_core.run import runs
-from slm_core.run.queue import _print_queue, add, entries, move, remove, run_queue
+from slm_core.run.queue import add, entries, move, print_queue, remove, run_queue
 
 
 def add_queue_parser(sub) -> None:
@@ -14,7 +15,7 @@ def add_queue_parser(sub) -> None:
     parser.add_argument("--preset", default="quickstart-cpu", help="recipe to queue (add)")
     parser.add_argument("--name", dest="run_name", help="name of the queued run (add; default <recipe>-<time>)")
     parser.add_argument("--to", type=int, default=0, help="new position, 0 = next (move)")
-    parser.add_argument("--runs-dir", default=None, help="where runs live (default: $SLM_RUNS_DIR or ./runs)")
+    add_runs_dir(parser)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
 
 
@@ -33,5 +34,5 @@ def cmd_queue(args) -> int:
     elif args.action == "run":
         return run_queue(root)
     else:
-        _print_queue(root)
+        print_queue(root)
     return 0

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from slm_core.cli.flags import _add_run_location
+from slm_core.cli.flags import add_runs_dir
 from slm_core.run.runs import check_runs_dir, list_runs
 
 
 def add_runs_parser(sub) -> None:
     parser = sub.add_parser("runs", help="list runs")
-    _add_run_location(parser)
+    add_runs_dir(parser)
 
 
 def cmd_runs(args) -> int:

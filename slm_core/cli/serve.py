@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from slm_core.cli.flags import add_runs_dir
 from slm_core.errors import SLMError
 from slm_core.infer.serve import (
     DEFAULT_PORT,
     GRACEFUL_SHUTDOWN_S,
     STREAM_INTERVAL_S,
-    _serve_decoding_here,
     create_app,
     load_served,
+    serve_decoding_here,
 )
 from slm_core.models.load import load_model
 from slm_core.models.quantized import artifact_dir
@@ -36,7 +37,7 @@ def add_serve_parser(sub) -> None:
     parser.add_argument("--stream-interval-ms", type=float, default=STREAM_INTERVAL_S * 1000,
                         help="a stream sends at most one event per this many ms, with every token decoded meanwhile "
                              "(default %(default)g; 0: an event per token, slower with many clients)")
-    parser.add_argument("--runs-dir", default=None)
+    add_runs_dir(parser)
 
 
 def cmd_serve(args) -> int:
@@ -62,7 +63,7 @@ def cmd_serve(args) -> int:
         uvicorn.Server(config).run()
         served.engine.close()
         return 0
-    return _serve_decoding_here(served, uvicorn.Server(config))
+    return serve_decoding_here(served, uvicorn.Server(config))
 
 
 def _hand_to_vllm(args) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slm_core.cli.flags import _add_launch_flags, _add_overrides, _add_run_location
+from slm_core.cli.flags import add_launch_flags, add_overrides, add_runs_dir
 from slm_core.cli.train import cmd_train
 from slm_core.errors import SLMError
 from slm_core.models.memory import locate, model_config
@@ -19,9 +19,9 @@ def add_shrink_parser(sub) -> None:
     parser.add_argument("--steps", type=int, default=None, help="distillation steps (default: the recipe's)")
     parser.add_argument("--preset", default="shrink-cpu", help="recipe for the distillation settings")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_run_location(parser)
-    _add_overrides(parser)
-    _add_launch_flags(parser)
+    add_runs_dir(parser)
+    add_overrides(parser)
+    add_launch_flags(parser)
 
 
 def cmd_shrink(args) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from slm_core.cli.flags import _add_launch_flags, _add_overrides, _add_run_location
+from slm_core.cli.flags import add_launch_flags, add_overrides, add_runs_dir
 from slm_core.config import load_recipe, load_run_config
 from slm_core.errors import SLMError
 from slm_core.run import runs
@@ -25,9 +25,9 @@ def add_train_parser(sub) -> None:
                         help="shorthand for --set train.mode=...")
     parser.add_argument("--name", help="run name (default: <preset>-<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_run_location(parser)
-    _add_overrides(parser)
-    _add_launch_flags(parser)
+    add_runs_dir(parser)
+    add_overrides(parser)
+    add_launch_flags(parser)
 
 
 def _check_strategy(config, args) -> None:
@@ -70,9 +70,9 @@ def add_resume_parser(sub) -> None:
     parser = sub.add_parser("resume", help="continue a stopped or crashed run from its last checkpoint")
     parser.add_argument("run", help="run name or directory")
     parser.add_argument("--quiet", action="store_true")
-    _add_run_location(parser)
-    _add_overrides(parser)
-    _add_launch_flags(parser)  # resuming on another process count works: checkpoints hold the full state
+    add_runs_dir(parser)
+    add_overrides(parser)
+    add_launch_flags(parser)  # resuming on another process count works: checkpoints hold the full state
 
 
 def cmd_resume(args) -> int:

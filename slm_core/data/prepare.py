@@ -38,11 +38,6 @@ CHUNK_CHARS = 4 << 20  # ~4M characters a chunk: ~1M tokens, tens of MB in fligh
 HIST_BINS = 40  # document lengths in tokens, binned by powers of two: bin k holds [2^k, 2^(k+1))
 
 
-def chunk_chars() -> int:
-    """Chunk size; SLM_DATA_CHUNK_CHARS overrides it (tests use small chunks to get many)."""
-    return int(os.environ.get("SLM_DATA_CHUNK_CHARS") or CHUNK_CHARS)
-
-
 def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
@@ -185,7 +180,7 @@ def build_token_files(examples: Iterable, directory: Path, tokenizer, *, val_fra
     the counts for meta.json. Resumes from finished chunks of an earlier, interrupted call."""
     from tqdm.auto import tqdm
 
-    size = chunk_chars()
+    size = CHUNK_CHARS
     parts = directory / f"parts-{size}"
     parts.mkdir(parents=True, exist_ok=True)
     workers = workers or default_workers()

@@ -301,7 +301,7 @@ def create_app(served: Served):
 # ---- command line: `slm serve` -----------------------------------------------------------------------
 
 
-def _serve_decoding_here(served: Served, server) -> int:
+def serve_decoding_here(served: Served, server) -> int:
     """HTTP on a thread of its own, the native decode loop on this thread (the one that loaded the model:
     see Engine.run_here). Ctrl-C or SIGTERM stops both; a server that cannot start (port taken) ends the loop."""
     import signal

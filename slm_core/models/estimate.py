@@ -132,7 +132,7 @@ def flops_per_token(config: ModelConfig, context: Optional[int] = None) -> dict:
 
 # ---- memory ----------------------------------------------------------------------------------
 
-def _default_device() -> str:
+def default_device() -> str:
     """Where `train.device=auto` would train. Asks NVML and torch's build, not the CUDA runtime, so
     the Studio's server process never initialises CUDA just to draw an estimate."""
     import torch
@@ -240,7 +240,7 @@ def training_memory(config: ModelConfig, batch_size: int, precision: str = "fp32
     weights and the loss's extra (B, T, V) buffers.
     """
     config, note = resolve_vocab(config)
-    device = str(device or _default_device())
+    device = str(device or default_device())
     amp = uses_autocast(precision, device)
     T = min(context or config.context_length, config.context_length)
     n = count_parameters(config)["total"]
@@ -466,7 +466,7 @@ def describe(config: ModelConfig, batch_size: int = 8, precision: str = "auto", 
      short benchmark), "notes"}. mode 'lora' needs `lora` (its rank and targets set what trains);
     mode 'distill' takes the teacher's ModelConfig when known.
     """
-    device = str(device or _default_device())
+    device = str(device or default_device())
     params = count_parameters(config)
     fraction = 1.0
     if mode == "lora":

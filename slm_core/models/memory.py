@@ -23,8 +23,8 @@ from slm_core.errors import SLMError
 from slm_core.models.decoding import prepared_weight_copies
 from slm_core.models.estimate import (
     CPU_ALLOCATOR_SLACK,
-    _default_device,
     count_parameters,
+    default_device,
     fits,
     inference_memory,
     linear_weight_count,
@@ -208,7 +208,7 @@ def estimate(spec: str, runs_dir: Optional[str | Path] = None, device: Optional[
 
 
 def _device() -> str:
-    return _default_device()
+    return default_device()
 
 
 # ---- refusing a load that cannot fit -------------------------------------------------------------

@@ -255,7 +255,7 @@ def dynamic_int8_linear(weight: torch.Tensor, scales: torch.Tensor, bias: Option
     return module
 
 
-def _is_dynamic(module: nn.Module) -> bool:
+def is_dynamic_int8(module: nn.Module) -> bool:
     return type(module).__module__.startswith("torch.ao.nn.quantized.dynamic")
 
 
@@ -263,7 +263,7 @@ QUANTIZED_TYPES = (WeightOnlyInt8Linear, WeightOnlyInt4Linear)
 
 
 def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, QUANTIZED_TYPES) or _is_dynamic(m) for m in model.modules())
+    return any(isinstance(m, QUANTIZED_TYPES) or is_dynamic_int8(m) for m in model.modules())
 
 
 # ---- state-dict conversion ----------------------------------------------------------------------
@@ -275,7 +275,7 @@ def check_method(method: str, group_size: Optional[int]) -> None:
         raise SLMError(f"int4 group size {group_size!r} is not supported: use one of {GROUP_SIZES}")
 
 
-def _plain_transformer(model: nn.Module) -> nn.Module:
+def plain_transformer(model: nn.Module) -> nn.Module:
     """A LoRA model is merged first (consuming the peft wrapper); anything else must be our Transformer."""
     model = merge_adapter(model)  # a plain model comes back unchanged
     if not hasattr(model, "config") or not hasattr(model, "embed_tokens"):
@@ -286,7 +286,7 @@ def _plain_transformer(model: nn.Module) -> nn.Module:
 def quantize_state(model: nn.Module, method: str, group_size: Optional[int] = 64) -> tuple[dict, dict]:
     """fp model → (tensors in the file's layout, {module name: kind}). Does not modify the model."""
     check_method(method, group_size)
-    model = _plain_transformer(model)
+    model = plain_transformer(model)
     if is_quantized(model):
         raise SLMError("this model is already quantized; quantize the original checkpoint instead")
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
@@ -328,7 +328,7 @@ def quantized_state(model: nn.Module) -> tuple[dict, dict]:
                             prefix + "zeros": module.zeros})
         elif isinstance(module, WeightOnlyInt8Linear):
             tensors.update({prefix + "weight": module.weight, prefix + "scales": module.scales})
-        elif _is_dynamic(module):
+        elif is_dynamic_int8(module):
             qweight = module.weight()
             tensors[prefix + "weight"] = qweight.int_repr()
             tensors[prefix + "scales"] = qweight.q_per_channel_scales().float()
@@ -402,7 +402,7 @@ def _load_rest(model: nn.Module, state: dict) -> None:
 
 def quantize_model(model: nn.Module, method: str = "int8", group_size: Optional[int] = 64) -> nn.Module:
     """Quantize in place (module swap + state-dict conversion) and return the model, in eval mode."""
-    model = _plain_transformer(model)
+    model = plain_transformer(model)
     device = model.norm.weight.device
     if method == "int8-dynamic" and device.type != "cpu":
         raise SLMError("int8-dynamic runs on CPU only (torch.ao dynamic kernels); use int8 or int4 on a GPU")

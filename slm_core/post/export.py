@@ -22,12 +22,12 @@ from slm_core.errors import SLMError
 from slm_core.infer.onnx import build_genai_folder
 from slm_core.models.hf import save_hf_folder
 from slm_core.models.quantized import (
-    _plain_transformer,
     dequantize_model,
     is_quantized,
+    plain_transformer,
     replace_dir,
 )
-from slm_core.post.export_gguf import _ollama_modelfile, _safe, write_gguf
+from slm_core.post.export_gguf import ollama_modelfile, safe_name, write_gguf
 from slm_core.post.export_gguf_lora import write_lora_bundle
 from slm_core.post.report_card import card_of_source, write_model_card
 
@@ -38,7 +38,7 @@ INFO_FILE = "export.json"
 
 def plain_float_model(model: torch.nn.Module) -> torch.nn.Module:
     """LoRA merged, quantized weights dequantized (the rounded values), fp32, CPU, eval mode."""
-    model = _plain_transformer(model)  # merges a LoRA adapter
+    model = plain_transformer(model)  # merges a LoRA adapter
     if is_quantized(model):
         model = dequantize_model(model)
     return model.to("cpu", torch.float32).eval()
@@ -132,8 +132,8 @@ def _write(model, tokenizer, folder: Path, fmt: str, gguf_type: str, name: str,
     if fmt == "hf":
         return save_hf_folder(model, tokenizer, folder, template=template)
     if fmt == "gguf":
-        gguf_path = write_gguf(model, tokenizer, folder / f"{_safe(name)}-{gguf_type}.gguf", gguf_type, name)
-        return [gguf_path, _ollama_modelfile(folder, gguf_path.name, template)]
+        gguf_path = write_gguf(model, tokenizer, folder / f"{safe_name(name)}-{gguf_type}.gguf", gguf_type, name)
+        return [gguf_path, ollama_modelfile(folder, gguf_path.name, template)]
     files = [export_onnx(model, folder / "model.onnx")]  # onnx-graph
     files += [p for p in folder.iterdir() if p.name.startswith("model.onnx") and p not in files]  # external data
     if tokenizer is not None:

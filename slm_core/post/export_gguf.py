@@ -286,11 +286,11 @@ def read_gguf(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     return fields, tensors
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
 
 
-def _ollama_modelfile(folder: Path, gguf_name: str, template: Optional[str]) -> Path:
+def ollama_modelfile(folder: Path, gguf_name: str, template: Optional[str]) -> Path:
     """`ollama create NAME -f Modelfile` imports the GGUF; the prompt template matches training."""
     lines = [f"FROM ./{gguf_name}", 'PARAMETER stop "<|endoftext|>"']
     if template:

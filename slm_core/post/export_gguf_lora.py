@@ -24,11 +24,11 @@ import torch
 from slm_core.errors import SLMError
 from slm_core.models.model import is_peft, unwrap
 from slm_core.post.export_gguf import (
-    _ollama_modelfile,
-    _safe,
     gguf_architecture,
     gguf_writer,
+    ollama_modelfile,
     permute_for_llama_cpp,
+    safe_name,
     write_gguf,
 )
 
@@ -147,11 +147,11 @@ def write_lora_bundle(model, tokenizer, folder: Path, gguf_type: str, name: str,
         raise SLMError(f"GGUF type {gguf_type!r} is not supported: use f32, f16 or q8_0")
     pairs, alpha = adapter_pairs(model)
     base = model.unload().to("cpu", torch.float32).eval()  # the base exactly as trained on, adapter removed
-    base_path = write_gguf(base, tokenizer, folder / f"{_safe(name)}-base-{gguf_type}.gguf", gguf_type, name)
+    base_path = write_gguf(base, tokenizer, folder / f"{safe_name(name)}-base-{gguf_type}.gguf", gguf_type, name)
     lora_type = "f32" if gguf_type == "f32" else "f16"  # small matrices: q8_0 buys nothing there
-    lora_path = write_lora_gguf(base.config, pairs, alpha, folder / f"{_safe(name)}-lora-{lora_type}.gguf",
+    lora_path = write_lora_gguf(base.config, pairs, alpha, folder / f"{safe_name(name)}-lora-{lora_type}.gguf",
                                 lora_type, f"{name}-lora")
-    modelfile = _ollama_modelfile(folder, base_path.name, template)
+    modelfile = ollama_modelfile(folder, base_path.name, template)
     modelfile.write_text(modelfile.read_text().replace(f"FROM ./{base_path.name}\n",
                                                        f"FROM ./{base_path.name}\nADAPTER ./{lora_path.name}\n"))
     return [base_path, lora_path, modelfile]

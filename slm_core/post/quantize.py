@@ -19,7 +19,7 @@ from slm_core.infer.generate import generate_tokens
 from slm_core.models.quantized import (
     WEIGHTS,
     WeightOnlyInt4Linear,
-    _is_dynamic,
+    is_dynamic_int8,
     is_quantized,
     quantized_state,
 )
@@ -44,7 +44,7 @@ def model_memory_bytes(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, WeightOnlyInt4Linear) and module._kernel is not None:
             total += sum(t.numel() * t.element_size() for t in module._kernel)
-        elif _is_dynamic(module):
+        elif is_dynamic_int8(module):
             qweight, bias = module.weight(), module.bias()
             total += qweight.numel() + qweight.shape[0] * 16 + (0 if bias is None else bias.numel() * 4)
     return total

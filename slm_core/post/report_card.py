@@ -141,7 +141,7 @@ def write_model_card(folder: str | Path, card: dict, name: Optional[str] = None)
     return path
 
 
-def _fmt(value, spec: str = ".3f") -> str:
+def format_value(value, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
@@ -152,8 +152,8 @@ def to_markdown(cards: list[dict]) -> str:
     lines = ["| model | parameters | size MB | ppl (own data) | ppl (common text) | tokens/s |",
              "|---|---:|---:|---:|---:|---:|"]
     for c in cards:
-        lines.append(f"| {c['model']} | {c['parameters']:,} | {c['size_bytes'] / 1e6:.2f} | {_fmt(c['ppl_own'])} "
-                     f"| {_fmt(c['ppl_common'])} | {_fmt(c.get('tokens_per_sec'), '.0f')} |")
+        lines.append(f"| {c['model']} | {c['parameters']:,} | {c['size_bytes'] / 1e6:.2f} | {format_value(c['ppl_own'])} "
+                     f"| {format_value(c['ppl_common'])} | {format_value(c.get('tokens_per_sec'), '.0f')} |")
     lines += _task_table(cards) + _judge_table(cards)
     return "\n".join(lines) + "\n"
 
@@ -181,7 +181,7 @@ def _judge_table(cards: list[dict]) -> list[str]:
     lines = ["", "| model | " + " | ".join(criteria) + " | unscored | judge |", "|---|" + "---:|" * len(criteria) + "---:|---|"]
     for c in judged:
         j = c["judge"]
-        means = " | ".join(_fmt(j["means"].get(k), ".2f") for k in criteria)
+        means = " | ".join(format_value(j["means"].get(k), ".2f") for k in criteria)
         lines.append(f"| {c['model']} | {means} | {j['unscored']} | {j['endpoint'].get('model')} @ {j['endpoint'].get('base_url')} |")
     return lines
 
@@ -214,14 +214,14 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def _second_judging(source: str, tag: str, judge: dict, first: dict) -> dict:
+def second_judging(source: str, tag: str, judge: dict, first: dict) -> dict:
     """The same replies judged again with the second seed: how much the judge agrees with itself."""
     items = [{"prompt": j["prompt"], "reply": j["reply"]} for j in first["judgements"]]
     second = judge_replies(judge["endpoint"], items, first["rubric"], seed=judge["seeds"][1])
     return agreement(first, second)
 
 
-def _cmd_pairwise(args, judge: Optional[dict]) -> int:
+def cmd_pairwise(args, judge: Optional[dict]) -> int:
     if not judge or len(args.models) != 2:
         raise SLMError("--pairwise compares exactly two models with a judge: slm eval A B --pairwise --judge URL")
     items = load_prompts(judge["prompts"], judge["limit"])

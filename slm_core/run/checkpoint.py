@@ -33,9 +33,9 @@ from slm_core.run.manifest import (
     SHARDS,
     TRAINER_STATE,
     WEIGHTS,
-    _resume_only,
-    _size_or_zero,
     last_good_step,
+    resume_only,
+    size_or_zero,
     write_manifest,
 )
 from slm_core.run.runs import read_json
@@ -197,7 +197,7 @@ def _swap_in(new: Path, target: Path, keep_previous: bool = False) -> None:
 def copy_checkpoint(ckpt_root: Path, src_tag: str, dst_tag: str) -> None:
     """best := latest, atomically (used when a new best validation loss arrives)."""
     source = ckpt_root / src_tag
-    _check_free_space(ckpt_root, dst_tag, _folder_bytes(source) - _size_or_zero(source / TRAINER_STATE)
+    _check_free_space(ckpt_root, dst_tag, _folder_bytes(source) - size_or_zero(source / TRAINER_STATE)
                       - (_folder_bytes(source / SHARDS) if (source / SHARDS).is_dir() else 0))
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{dst_tag}-"))
     try:
@@ -206,7 +206,7 @@ def copy_checkpoint(ckpt_root: Path, src_tag: str, dst_tag: str) -> None:
         manifest = read_json(source / MANIFEST)
         if manifest:  # the copy's manifest: the source's, less the resume-only state it leaves out
             manifest["files"] = {name: entry for name, entry in manifest["files"].items()
-                                 if not _resume_only(name)}
+                                 if not resume_only(name)}
             atomic_write_json(tmp / MANIFEST, manifest)
         _swap_in(tmp, ckpt_root / dst_tag)
     except BaseException as error:

@@ -32,7 +32,7 @@ PREVIOUS = ".prev"  # latest.prev: the checkpoint before latest, kept as a fallb
 _CHUNK = 16 * 1024 * 1024
 
 
-def _size_or_zero(path: Path) -> int:
+def size_or_zero(path: Path) -> int:
     try:
         return path.stat().st_size
     except OSError:
@@ -83,7 +83,7 @@ def verify_checkpoint(folder: Path, need_trainer_state: bool = False) -> Optiona
     if need_trainer_state and TRAINER_STATE not in files:
         return f"{folder / TRAINER_STATE} is missing"
     for name, entry in files.items():
-        if _resume_only(name) and not need_trainer_state:
+        if resume_only(name) and not need_trainer_state:
             continue
         problem = _check_file(folder / name, entry)
         if problem:
@@ -91,7 +91,7 @@ def verify_checkpoint(folder: Path, need_trainer_state: bool = False) -> Optiona
     return None
 
 
-def _resume_only(name: str) -> bool:
+def resume_only(name: str) -> bool:
     """Files only a resume reads (the largest): checked when resuming, left out of `best`."""
     return name == TRAINER_STATE or name.startswith(f"{SHARDS}/")
 
@@ -146,7 +146,7 @@ def last_good_step(run_dir: Path) -> Optional[int]:
     """The step of the newest checkpoint a resume would use (sizes checked only: this runs in error paths)."""
     for candidate in _candidates(Path(run_dir), "latest", need_trainer_state=True):
         manifest = read_json(candidate / MANIFEST)
-        if isinstance(manifest, dict) and all(_size_or_zero(candidate / name) == entry.get("size")
+        if isinstance(manifest, dict) and all(size_or_zero(candidate / name) == entry.get("size")
                                               for name, entry in manifest.get("files", {}).items()):
             return step_of(candidate)
     return None

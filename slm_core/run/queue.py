@@ -142,7 +142,7 @@ def train_argv(entry: dict, root: Path) -> list[str]:
 # ---- the command ------------------------------------------------------------------------------
 
 
-def _print_queue(root: Path) -> None:
+def print_queue(root: Path) -> None:
     waiting = entries(root)
     holder = slot_holder(root)
     print(f"training now: {holder or '(nothing)'}")

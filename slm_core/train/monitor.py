@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from slm_core.system import MB, _process
+from slm_core.system import MB, this_process
 
 # What each rank reports of itself (the GPU's total is a fact of the device, logged by rank 0 alone).
 RANK_MEMORY_KEYS = ("ram_mb", "gpu_mem_allocated_mb", "gpu_mem_reserved_mb", "gpu_mem_peak_mb")
@@ -24,7 +24,7 @@ def process_sample(device: Any = None) -> dict:
 
     cpu_percent is the usage since the previous call (100 = one core busy), without blocking.
     """
-    proc = _process()
+    proc = this_process()
     with proc.oneshot():
         sample = {"ram_mb": proc.memory_info().rss / MB, "cpu_percent": proc.cpu_percent(interval=None)}
     if device is not None and str(device).startswith("cuda"):

@@ -17,8 +17,8 @@ from slm_core.data.sources import source_kind
 from slm_core.errors import SLMError
 from slm_core.models.estimate import (
     CPU_ALLOCATOR_SLACK,
-    _default_device,
     count_parameters,
+    default_device,
     fits,
     lora_parameters,
     training_memory,
@@ -52,7 +52,7 @@ def estimate_device(config: RunConfig) -> str:
     """Where the run will train, as estimate.py names devices ("cpu" | "cuda" | "cuda:N")."""
     pref = config.train.device
     if pref == "auto":
-        return _default_device()
+        return default_device()
     return pref
 
 
