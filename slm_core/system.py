@@ -49,12 +49,6 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(t in str(error) for t in _OOM_TEXT)
 
 
-def free_disk_mb(path: Path) -> float:
-    import shutil
-
-    return shutil.disk_usage(path).free / MB
-
-
 def available_memory_mb(device: str) -> Optional[float]:
     """Free memory on `device` in MB (None if unknown). On CPU the least of the host's available
     RAM, a container's (cgroup) limit and this process's address-space limit (RLIMIT_AS)."""

@@ -87,10 +87,3 @@ def folder_files(folder: Path) -> list[tuple[str, int]]:
     return sorted(files, key=lambda f: (-f[1], f[0]))
 
 
-def human_bytes(n: Optional[float]) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{int(n)} B"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -200,6 +199,3 @@ def _scores(output: dict) -> dict:
     return scores
 
 
-def results_path(model_path: Path) -> Path:
-    """Where a model's task scores are kept: its run's or folder's evals/ folder."""
-    return Path(model_path) / "evals"

@@ -185,11 +185,6 @@ def teacher_context_length(teacher: nn.Module) -> Optional[int]:
     return getattr(getattr(teacher, "config", None), "context_length", None)
 
 
-def teacher_vocab_size(teacher: nn.Module) -> Optional[int]:
-    """The size of the teacher's output layer (its logits' last dimension)."""
-    return getattr(getattr(teacher, "config", None), "vocab_size", None)
-
-
 # ---- compatibility -------------------------------------------------------------------------
 
 def _describe(tokenizer) -> str:
