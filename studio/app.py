@@ -53,7 +53,7 @@ class StudioContext:
     """What tabs share while the page is built (and, through the runner, while it runs)."""
     runs_dir: Path
     runner: Runner
-    helper: Helper = field(default_factory=Helper)  # torch-using slm_core calls, out of the server process
+    helper: Optional[Helper] = None  # torch-using slm_core calls, out of the server process
     fields: dict[str, Any] = field(default_factory=dict)  # "section.key" → component: the run's settings
     shared: dict[str, Any] = field(default_factory=dict)  # other components one tab reads from another
     on_load: list[dict] = field(default_factory=list)  # demo.load(**kwargs) when a page opens
@@ -61,6 +61,10 @@ class StudioContext:
     tabs: dict[str, Any] = field(default_factory=dict)  # title → gr.Tab
     paths: Optional[PathPolicy] = None  # the folders the page may read (studio.security.check_path)
     exposed_without_login: bool = False  # --insecure beyond loopback: only this machine may allow folders
+
+    def __post_init__(self) -> None:
+        if self.helper is None:
+            self.helper = Helper(runs_dir=self.runs_dir)
 
     def field_values(self, values: Sequence[Any]) -> dict[str, Any]:
         """Event inputs `*ctx.fields.values()` back to {"section.key": value}."""
@@ -116,7 +120,6 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bo
     if problem:
         raise SLMError(problem)
     demo.studio.exposed_without_login = not auth and (share or not is_loopback(host))
-    os.environ["SLM_RUNS_DIR"] = str(demo.studio.runs_dir)  # loaders resolving run names agree with the page
     demo.studio.runner.start_queue_worker()  # queued runs start even when no page is open
     hosts = allowed_hosts(host, allow_hosts)
     block = not kwargs.pop("prevent_thread_lock", False)

@@ -31,8 +31,8 @@ class Helper:
     """One helper process, started by the first call and stopped after `idle_s` without calls.
     `module` is what runs in it (`python -m module`): this one, or one that adds to FUNCTIONS."""
 
-    def __init__(self, idle_s: float = IDLE_S, module: str = "studio.helper"):
-        self.idle_s, self.module = idle_s, module
+    def __init__(self, idle_s: float = IDLE_S, module: str = "studio.helper", runs_dir: Optional[Path] = None):
+        self.idle_s, self.module, self.runs_dir = idle_s, module, runs_dir
         self._proc: Optional[subprocess.Popen] = None
         self._lock = threading.Lock()
         self._timer: Optional[threading.Timer] = None
@@ -69,6 +69,8 @@ class Helper:
     def _ensure(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
             env = dict(os.environ, PYTHONUNBUFFERED="1")
+            if self.runs_dir is not None:  # run names the page sends resolve in the page's runs folder
+                env["SLM_RUNS_DIR"] = str(self.runs_dir)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
             self._proc = subprocess.Popen([sys.executable, "-m", self.module], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,

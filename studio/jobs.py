@@ -25,8 +25,8 @@ from studio.models import artifact_target, folder_files
 class JobHelper(Helper):
     """A studio.helper process whose functions are the jobs below."""
 
-    def __init__(self, idle_s: float = IDLE_S):
-        super().__init__(idle_s, module="studio.jobs")
+    def __init__(self, runs_dir: Optional[Path] = None, idle_s: float = IDLE_S):
+        super().__init__(idle_s, module="studio.jobs", runs_dir=runs_dir)
 
 
 def progress_to(progress: Any) -> Callable[[dict], None]:

@@ -23,7 +23,7 @@ SHIPPED = ["story_ending", "opposites", "arithmetic"]  # slm_core.post.tasks.SHI
 
 def build(ctx: Any, models: Any, tag: Any) -> None:
     """Lays the panel out under the tab's perplexity table; `models` and `tag` are the tab's pickers."""
-    helper = JobHelper()
+    helper = JobHelper(ctx.runs_dir)
     gr.Markdown("### Report card: tasks and judge")
     with gr.Row():
         shipped = gr.CheckboxGroup(SHIPPED, value=SHIPPED, label="Shipped tasks (offline)", scale=2,

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 from slm_core.cli.flags import add_runs_dir
 from slm_core.errors import SLMError
 from slm_core.models.load import load_model
 from slm_core.post.evaluate import SPLITS, perplexity
+from slm_core.post.judge import judge_pairwise, load_prompts
 from slm_core.post.report_card import (
-    cmd_pairwise,
     format_value,
     judge_settings,
     model_card,
+    model_replies,
     save_card,
     second_judging,
     to_markdown,
 )
-from slm_core.run.runs import check_runs_dir, use_runs_dir
+from slm_core.run.runs import check_runs_dir
 from slm_core.validate import validate_eval
 
 
@@ -53,12 +55,12 @@ def add_eval_parser(sub) -> None:
 
 def cmd_eval(args) -> int:
     validate_eval(args.stride, args.max_tokens)
-    use_runs_dir(check_runs_dir(args.runs_dir))
+    args.runs_dir = check_runs_dir(args.runs_dir)
     if args.tasks or args.judge or args.card or args.pairwise:
         return cmd_card(args)
     print(f"{'model':<48}{'tokens':>10}{'loss':>9}{'ppl':>10}{'sec':>8}")
     for source in args.models:
-        loaded = load_model(source, tag=args.checkpoint)
+        loaded = load_model(source, tag=args.checkpoint, runs_dir=args.runs_dir)
         row = perplexity(loaded, args.data, args.split, args.stride, args.max_tokens, args.text_column)
         print(f"{source[-47:]:<48}{row['tokens']:>10,}{row['loss']:>9.4f}{row['ppl']:>10.3f}{row['seconds']:>8.1f}")
         if row.get("warning"):
@@ -76,7 +78,7 @@ def cmd_card(args) -> int:
     cards = []
     for source in args.models:
         card = model_card(source, args.checkpoint, tasks, args.limit, judge, args.max_tokens or 20_000,
-                          on_progress=lambda text: print(text, flush=True))
+                          on_progress=lambda text: print(text, flush=True), runs_dir=args.runs_dir)
         if judge and len(judge["seeds"]) == 2:
             card["judge_agreement"] = second_judging(source, args.checkpoint, judge, card["judge"])
         card["files"] = save_card(card)
@@ -88,4 +90,18 @@ def cmd_card(args) -> int:
             print(f"{card['model']}: two judge runs agree exactly on {format_value(a['exact'], '.0%')}, within one point "
                   f"on {format_value(a['within_1'], '.0%')} of {a['pairs']} scores (Spearman {format_value(a['spearman'], '.2f')})")
         print(f"saved {card['files']['json']}")
+    return 0
+
+
+def cmd_pairwise(args, judge: Optional[dict]) -> int:
+    if not judge or len(args.models) != 2:
+        raise SLMError("--pairwise compares exactly two models with a judge: slm eval A B --pairwise --judge URL")
+    items = load_prompts(judge["prompts"], judge["limit"])
+    replies = [model_replies(load_model(m, tag=args.checkpoint, runs_dir=args.runs_dir), items, seed=judge["seed"]) for m in args.models]
+    pairs = [{"prompt": a["prompt"], "a": a["reply"], "b": b["reply"]} for a, b in zip(*replies)]
+    result = judge_pairwise(judge["endpoint"], pairs, seed=judge["seed"])
+    result["models"] = {"A": args.models[0], "B": args.models[1]}
+    counts = result["counts"]
+    print(f"A = {args.models[0]}, B = {args.models[1]}: A wins {counts['A']}, B wins {counts['B']}, "
+          f"ties {counts['tie']}, unscored {counts['unscored']} (each pair judged in both orders)")
     return 0

@@ -8,7 +8,7 @@ from slm_core.cli.flags import add_runs_dir
 from slm_core.models.load import load_model
 from slm_core.models.quantized import artifact_dir
 from slm_core.post.export import FORMATS, export_model
-from slm_core.run.runs import check_runs_dir, use_runs_dir
+from slm_core.run.runs import check_runs_dir
 
 
 def add_export_parser(sub) -> None:
@@ -26,13 +26,13 @@ def add_export_parser(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    use_runs_dir(check_runs_dir(args.runs_dir))
-    loaded = load_model(args.model, tag=args.checkpoint)
+    runs_dir = check_runs_dir(args.runs_dir)
+    loaded = load_model(args.model, tag=args.checkpoint, runs_dir=runs_dir)
     label = args.fmt + (f"-{args.gguf_type}" if args.fmt.startswith("gguf") else "")
     label += f"-{args.onnx_precision}" if args.fmt == "onnx" and args.onnx_precision != "fp32" else ""
     out = Path(args.out) if args.out else artifact_dir(loaded.path, "export", label)
     for path in export_model(loaded.model, loaded.tokenizer, loaded.config, out, args.fmt, args.gguf_type,
                              source=str(args.model), overwrite=args.overwrite,
-                             onnx_precision=args.onnx_precision, onnx_device=args.onnx_device):
+                             onnx_precision=args.onnx_precision, onnx_device=args.onnx_device, runs_dir=runs_dir):
         print(path)
     return 0

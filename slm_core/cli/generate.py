@@ -9,7 +9,7 @@ from slm_core.infer.engine import pick_dtype
 from slm_core.infer.generate import stream_text
 from slm_core.models.load import load_model
 from slm_core.models.quantized import is_quantized
-from slm_core.run.runs import check_runs_dir, use_runs_dir
+from slm_core.run.runs import check_runs_dir
 from slm_core.validate import check_device, validate_sampling
 
 
@@ -37,8 +37,7 @@ def add_generate_parser(sub) -> None:
 def cmd_generate(args) -> int:
     validate_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     check_device(args.device)
-    use_runs_dir(check_runs_dir(args.runs_dir))
-    loaded = load_model(args.model, tag=args.checkpoint, device=args.device)
+    loaded = load_model(args.model, tag=args.checkpoint, device=args.device, runs_dir=check_runs_dir(args.runs_dir))
 
     if not is_quantized(loaded.model):
         loaded.model.to(pick_dtype(loaded.model, args.dtype))

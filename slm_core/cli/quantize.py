@@ -16,7 +16,7 @@ from slm_core.models.quantized import (
     save_quantized,
 )
 from slm_core.post.quantize import eval_windows_for, format_report, quantization_report
-from slm_core.run.runs import check_runs_dir, use_runs_dir
+from slm_core.run.runs import check_runs_dir
 
 
 def add_quantize_parser(sub) -> None:
@@ -39,8 +39,7 @@ def cmd_quantize(args) -> int:
 
     if args.eval_tokens < 1:
         raise SLMError(f"--eval-tokens={args.eval_tokens} is invalid: give a positive number of tokens")
-    use_runs_dir(check_runs_dir(args.runs_dir))
-    loaded = load_model(args.model, tag=args.checkpoint)
+    loaded = load_model(args.model, tag=args.checkpoint, runs_dir=check_runs_dir(args.runs_dir))
     group_size = args.group_size if args.method == "int4" else None
     label = args.method + (f"-g{group_size}" if group_size else "")
     out = Path(args.out) if args.out else artifact_dir(loaded.path, "quantized", label)

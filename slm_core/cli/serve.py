@@ -6,16 +6,14 @@ from slm_core.cli.flags import add_runs_dir
 from slm_core.errors import SLMError
 from slm_core.infer.serve import (
     DEFAULT_PORT,
-    GRACEFUL_SHUTDOWN_S,
     STREAM_INTERVAL_S,
-    create_app,
     load_served,
-    serve_decoding_here,
+    run_server,
 )
 from slm_core.models.load import load_model
 from slm_core.models.quantized import artifact_dir
 from slm_core.post.export import export_model
-from slm_core.run.runs import use_runs_dir
+from slm_core.run.runs import check_runs_dir
 
 
 def add_serve_parser(sub) -> None:
@@ -41,7 +39,7 @@ def add_serve_parser(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    use_runs_dir(args.runs_dir)
+    args.runs_dir = check_runs_dir(args.runs_dir)
     if args.api_key is not None and not args.api_key:
         raise SLMError("--api-key is empty: give a key, or leave the flag out to serve without one")
     if args.stream_interval_ms < 0:
@@ -49,21 +47,10 @@ def cmd_serve(args) -> int:
     if args.engine == "vllm":
         return _hand_to_vllm(args)
     served = load_served(args.model, args.engine, args.checkpoint, args.slots, args.dtype, args.threads,
-                         args.compile, args.name)
+                         args.compile, args.name, args.runs_dir)
     served.api_key = args.api_key
     served.stream_interval_s = args.stream_interval_ms / 1000
-    import uvicorn
-
-    print(f"serving '{served.model_id}' ({served.engine.description}) on http://{args.host}:{args.port}/v1",
-          flush=True)
-    app = create_app(served)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-    if not hasattr(served.engine, "run_here"):  # onnxruntime-genai runs its own threads
-        uvicorn.Server(config).run()
-        served.engine.close()
-        return 0
-    return serve_decoding_here(served, uvicorn.Server(config))
+    return run_server(served, args.host, args.port)
 
 
 def _hand_to_vllm(args) -> int:
@@ -78,7 +65,7 @@ def _hand_to_vllm(args) -> int:
                        "without it, serve with the default --engine native")
     folder = Path(args.model)
     if not (folder / "config.json").exists():
-        loaded = load_model(args.model, tag=args.checkpoint)
+        loaded = load_model(args.model, tag=args.checkpoint, runs_dir=args.runs_dir)
         folder = artifact_dir(loaded.path, "export", "hf")
         if not (folder / "config.json").exists():
             export_model(loaded.model, loaded.tokenizer, loaded.config, folder, "hf", source=str(args.model))

@@ -50,7 +50,6 @@ def cmd_train(args) -> int:
         config = load_run_config(args.config).with_overrides(overrides)
     else:
         config = load_recipe(args.preset, overrides)
-    runs.use_runs_dir(args.runs_dir)  # run names in train.init_from / distill.teacher are looked up here
     root = check_runs_dir(args.runs_dir)
     name = runs.valid_run_name(args.name) if args.name else runs.new_run_name(config.preset or "run", root)
     run_dir = root / name
@@ -76,7 +75,6 @@ def add_resume_parser(sub) -> None:
 
 
 def cmd_resume(args) -> int:
-    runs.use_runs_dir(args.runs_dir)
     run_dir = runs.resolve_run(args.run, check_runs_dir(args.runs_dir))
     if not (run_dir / "config.yaml").exists():
         raise SLMError(f"{run_dir} is not a run (no config.yaml): give a run name from `slm runs` or a run folder")

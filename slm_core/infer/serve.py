@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from slm_core.errors import SLMError
@@ -301,6 +302,20 @@ def create_app(served: Served):
 # ---- command line: `slm serve` -----------------------------------------------------------------------
 
 
+def run_server(served: Served, host: str, port: int) -> int:
+    """Serve until Ctrl-C or SIGTERM; 1 when the server could not start (a port taken)."""
+    import uvicorn
+
+    print(f"serving '{served.model_id}' ({served.engine.description}) on http://{host}:{port}/v1", flush=True)
+    config = uvicorn.Config(create_app(served), host=host, port=port, log_level="warning",
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    if not hasattr(served.engine, "run_here"):  # onnxruntime-genai runs its own threads
+        uvicorn.Server(config).run()
+        served.engine.close()
+        return 0
+    return serve_decoding_here(served, uvicorn.Server(config))
+
+
 def serve_decoding_here(served: Served, server) -> int:
     """HTTP on a thread of its own, the native decode loop on this thread (the one that loaded the model:
     see Engine.run_here). Ctrl-C or SIGTERM stops both; a server that cannot start (port taken) ends the loop."""
@@ -335,16 +350,15 @@ def serve_decoding_here(served: Served, server) -> int:
 
 
 def load_served(model: str, engine: str = "native", tag: str = "best", slots: int = 8, dtype: str = "auto",
-                threads: Optional[int] = None, compile: bool = False, name: Optional[str] = None) -> Served:
+                threads: Optional[int] = None, compile: bool = False, name: Optional[str] = None,
+                runs_dir: Optional[Path] = None) -> Served:
     """Load MODEL into the chosen engine, with its template and id."""
-    from pathlib import Path
-
 
     if engine == "onnx" or is_genai_folder(model):  # an onnxruntime-genai folder runs only there
         runtime = OnnxEngine(model, threads=threads, slots=slots, inline_alone=False)  # clients overlap
         return Served(runtime, name or Path(model).name, chat_renderer(runtime.template, runtime.tokenizer))
 
-    loaded = load_model(model, tag=tag)
+    loaded = load_model(model, tag=tag, runs_dir=runs_dir)
     runtime = Engine(loaded.model, loaded.tokenizer, slots=slots, dtype=dtype, compile=compile, threads=threads)
     return Served(runtime, name or Path(str(model)).name, chat_renderer(loaded.template, loaded.tokenizer))
 

@@ -39,16 +39,17 @@ class LoadedModel:
 
 
 def load_model(source: str | Path, tag: str = "best", device: str | torch.device = "cpu",
-               dtype: Optional[torch.dtype] = None, force: bool = False) -> LoadedModel:
+               dtype: Optional[torch.dtype] = None, force: bool = False, runs_dir: Optional[Path] = None
+               ) -> LoadedModel:
     """Load any model source for generation, evaluation, quantization or export (eval mode).
     A model whose weights exceed the device's free memory is refused first (force or SLM_FORCE=1: try)."""
     check_load_args(source, tag, device)
-    path = resolve_source(source, tag)
+    path = resolve_source(source, tag, runs_dir)
     check_fits(path, str(device), str(dtype).removeprefix("torch.") if dtype else None, force=force)
     if (path / "quantization.json").exists():
         loaded = load_quantized(path, device=device)
     elif (path / "config.yaml").exists():
-        loaded = _load_native(path)
+        loaded = _load_native(path, runs_dir)
     elif (path / "config.json").exists():
         loaded = _load_hf(path)
     else:
@@ -59,11 +60,13 @@ def load_model(source: str | Path, tag: str = "best", device: str | torch.device
     return loaded
 
 
-def _load_native(path: Path) -> LoadedModel:
+def _load_native(path: Path, runs_dir: Optional[Path]) -> LoadedModel:
     config = load_run_config(path / "config.yaml")
     tokenizer = Tokenizer.load(path / "tokenizer")
     if (path / "adapter").is_dir():  # LoRA: the base model plus the adapter, unmerged
-        base = load_model(config.train.init_from, tag="best")
+        if runs_dir is None and path.parent.name == "checkpoints":  # <runs>/<run>/checkpoints/<tag>: its base
+            runs_dir = path.parents[2]                                # is a run beside it
+        base = load_model(config.train.init_from, tag="best", runs_dir=runs_dir)
         model = load_adapter(base.model, path / "adapter")
     else:
         model = Transformer(config.model)
@@ -98,7 +101,7 @@ def check_load_args(source: Any, tag: str, device: Any) -> None:
     check_device(device)
 
 
-def check_model_source(source: Any, field: str, tag: str = "best") -> Path:
+def check_model_source(source: Any, field: str, tag: str = "best", runs_dir: Optional[Path] = None) -> Path:
     """A run name (in the runs directory), run folder, checkpoint, quantized or HF folder → its folder.
     Cheap: nothing is loaded, only the folders are looked at."""
     if str(source).lower().endswith(".gguf") and Path(str(source)).expanduser().is_file():
@@ -107,7 +110,7 @@ def check_model_source(source: Any, field: str, tag: str = "best") -> Path:
         raise SLMError(f"{field}={source!r} is a file: give a run name, or a checkpoint, quantized or Hugging Face "
                        "model folder")
     try:
-        folder = resolve_source(str(source), tag)
+        folder = resolve_source(str(source), tag, runs_dir)
     except SLMError as error:  # names the runs directory it looked in; say which setting it came from
         raise SLMError(f"{field}={source!r}: {error}") from None
     known = ("quantization.json", "config.yaml", "config.json")

@@ -278,13 +278,14 @@ def gguf_folder(path: Path) -> Path:
     return target
 
 
-def resolve_source(source: str | Path, tag: str = "best") -> Path:
+def resolve_source(source: str | Path, tag: str = "best", runs_dir: Optional[Path] = None) -> Path:
     """A run name/dir, a checkpoint dir, a quantized artifact, a Hugging Face folder, a .gguf file or a
-    Hub id (from the Hugging Face cache, else downloaded: slm_core.models.sources) → a folder."""
+    Hub id (from the Hugging Face cache, else downloaded) → a folder. Run names are looked up in `runs_dir`
+    (default: $SLM_RUNS_DIR or ./runs)."""
     path = Path(source).expanduser()
     if not path.is_dir():
         try:
-            path = resolve_run(source)
+            path = resolve_run(source, runs_dir)
         except SLMError:
             path = resolve_external(str(source))
             if path is None:

@@ -82,7 +82,8 @@ def _template_and_name(config, model) -> tuple[Optional[str], str]:
 
 def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path, fmt: str = "hf",
                  gguf_type: str = "f16", source: Optional[str] = None, overwrite: bool = False,
-                 onnx_precision: str = "fp32", onnx_device: str = "cpu") -> list[Path]:
+                 onnx_precision: str = "fp32", onnx_device: str = "cpu", runs_dir: Optional[Path] = None
+                 ) -> list[Path]:
     """Write `model` as `fmt` ('hf' | 'gguf' | 'onnx') into out_dir; returns the written file paths.
 
     hf: config.json, model.safetensors, generation_config.json, tokenizer files (transformers loads it).
@@ -111,7 +112,7 @@ def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path,
         else:
             files = _write(model, tokenizer, tmp, fmt, gguf_type, name, template)
         if fmt == "hf":
-            card = card_of_source(source)
+            card = card_of_source(source, runs_dir)
             if card is not None:  # the source's newest report card becomes the export's model card
                 files.append(write_model_card(tmp, card, name=out_dir.name))
         info = {"format": fmt, "gguf_type": gguf_type if fmt.startswith("gguf") else None, "name": name,

@@ -25,7 +25,6 @@ from slm_core.post.harness import run_tasks
 from slm_core.post.judge import (
     Endpoint,
     agreement,
-    judge_pairwise,
     judge_replies,
     load_prompts,
     model_replies,
@@ -64,11 +63,11 @@ def _decode_speed(loaded, tokens: int = 64) -> float:
 
 def model_card(source: str, tag: str = "best", tasks: Optional[list[str]] = None, task_limit: Optional[int] = None,
                judge: Optional[dict] = None, eval_tokens: int = 20_000,
-               on_progress: Optional[Callable[[str], None]] = None) -> dict:
+               on_progress: Optional[Callable[[str], None]] = None, runs_dir: Optional[Path] = None) -> dict:
     """Everything measured about one model. `judge`: {"endpoint": Endpoint, "prompts": str|None,
     "limit": int, "seed": int} or None to skip judging."""
     say = on_progress or (lambda text: None)
-    loaded = load_model(source, tag=tag)
+    loaded = load_model(source, tag=tag, runs_dir=runs_dir)
     say(f"{source}: perplexity")
     own = perplexity(loaded, max_tokens=eval_tokens)
     common = perplexity(loaded, COMMON_TEXT, split="val", max_tokens=eval_tokens)
@@ -113,13 +112,13 @@ def _card_home(path: Path) -> Path:
     return path.parent.parent if path.parent.name == "checkpoints" else path
 
 
-def card_of_source(source: Optional[str]) -> Optional[dict]:
+def card_of_source(source: Optional[str], runs_dir: Optional[Path] = None) -> Optional[dict]:
     """The newest report card of a model source (a run name, a run or model folder), if it has one."""
     if not source:
         return None
     candidates = [Path(source)]
     try:
-        candidates.append(resolve_run(source))
+        candidates.append(resolve_run(source, runs_dir))
     except (SLMError, OSError, ValueError):
         pass
     for path in candidates:
@@ -221,15 +220,3 @@ def second_judging(source: str, tag: str, judge: dict, first: dict) -> dict:
     return agreement(first, second)
 
 
-def cmd_pairwise(args, judge: Optional[dict]) -> int:
-    if not judge or len(args.models) != 2:
-        raise SLMError("--pairwise compares exactly two models with a judge: slm eval A B --pairwise --judge URL")
-    items = load_prompts(judge["prompts"], judge["limit"])
-    replies = [model_replies(load_model(m, tag=args.checkpoint), items, seed=judge["seed"]) for m in args.models]
-    pairs = [{"prompt": a["prompt"], "a": a["reply"], "b": b["reply"]} for a, b in zip(*replies)]
-    result = judge_pairwise(judge["endpoint"], pairs, seed=judge["seed"])
-    result["models"] = {"A": args.models[0], "B": args.models[1]}
-    counts = result["counts"]
-    print(f"A = {args.models[0]}, B = {args.models[1]}: A wins {counts['A']}, B wins {counts['B']}, "
-          f"ties {counts['tie']}, unscored {counts['unscored']} (each pair judged in both orders)")
-    return 0

@@ -43,12 +43,6 @@ def runs_dir(path: Optional[str | Path] = None) -> Path:
     return Path(path or os.environ.get("SLM_RUNS_DIR") or "runs").expanduser().resolve()
 
 
-def use_runs_dir(path: Optional[str | Path]) -> None:
-    """A subcommand's --runs-dir: later run-name lookups (load_model, resolve_run) use it."""
-    if path:
-        os.environ["SLM_RUNS_DIR"] = str(path)
-
-
 def read_json(path: str | Path, default: Any = None) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

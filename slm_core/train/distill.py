@@ -123,7 +123,8 @@ def _is_hf_folder(source) -> bool:
     return path.is_dir() and (path / "config.json").exists() and not ours
 
 
-def load_teacher(source, device="cpu", dtype: Optional[torch.dtype] = None, native: bool = False):
+def load_teacher(source, device="cpu", dtype: Optional[torch.dtype] = None, native: bool = False,
+                 runs_dir: Optional[Path] = None):
     """A frozen teacher in eval mode → (teacher_module, teacher_tokenizer or None).
 
     source: a Studio run (name or folder) or checkpoint folder, loaded by checkpoint.load_model
@@ -132,12 +133,12 @@ def load_teacher(source, device="cpu", dtype: Optional[torch.dtype] = None, nati
     architecture it knows can teach. native=True loads a Hugging Face folder (or Hub id) as our own
     Transformer instead, as "shrink this model" needs (its layers become the student's).
     dtype: None keeps fp32 weights; torch.bfloat16 halves the teacher's memory on a GPU.
-    The tokenizer is the run's, or the folder's tokenizer.json if any.
+    The tokenizer is the run's, or the folder's tokenizer.json if any. Run names are looked up in `runs_dir`.
     """
     if _is_hf_folder(source) and not native:
         teacher, tokenizer = _load_hf_teacher(Path(str(source)).expanduser(), dtype)
     else:
-        loaded = load_model(source, tag="best")
+        loaded = load_model(source, tag="best", runs_dir=runs_dir)
         # A LoRA run loads as base + adapter: fold the adapter in once, since the teacher never trains.
         teacher, tokenizer = merge_adapter(loaded.model), loaded.tokenizer
         if dtype is not None:

@@ -45,10 +45,11 @@ def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resum
     mode = config.train.mode
     base = teacher = teacher_tokenizer = None
     if mode in ("lora", "finetune") or (mode == "distill" and config.train.init_from):
-        base = _load_base(config.train.init_from, config.train.force)
+        base = _load_base(config.train.init_from, config.train.force, run_dir.parent)
     if mode == "distill":
         shrinking = bool(config.distill.shrink_layers)  # the student is cut from our own copy of the teacher
-        teacher, teacher_tokenizer = load_teacher(config.distill.teacher, device, native=shrinking)
+        teacher, teacher_tokenizer = load_teacher(config.distill.teacher, device, native=shrinking,
+                                                    runs_dir=run_dir.parent)
         if shrinking:
             base = shrunk_base(teacher, teacher_tokenizer, config.distill.shrink_layers, config.distill.teacher)
     tokenizer = _choose_tokenizer(config, run_dir, resume, base, teacher_tokenizer)
@@ -68,8 +69,8 @@ def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resum
     return Built(config, data, model, tokenizer, loss_fn, parent)
 
 
-def _load_base(source: str, force: bool = False):
-    base = load_model(source, tag="best", force=force)  # refused before loading when it cannot fit
+def _load_base(source: str, force: bool, runs_dir: Path):
+    base = load_model(source, tag="best", force=force, runs_dir=runs_dir)  # refused before loading when it cannot fit
     if base.tokenizer is None:
         raise SLMError(f"the base model {source} has no tokenizer (tokenizer.json); add one to the folder")
     if base.kind == "quantized":

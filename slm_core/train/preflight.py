@@ -215,9 +215,9 @@ def preflight_train(config: Any, run_dir: str | Path, resume: bool = False) -> N
     if config.train.device != "auto":
         check_device(config.train.device)
     if config.train.mode in ("lora", "finetune") or (config.train.mode == "distill" and config.train.init_from):
-        check_model_source(config.train.init_from, "train.init_from")
+        check_model_source(config.train.init_from, "train.init_from", runs_dir=run_dir.parent)
     if config.train.mode == "distill":
-        check_model_source(config.distill.teacher, "distill.teacher")
+        check_model_source(config.distill.teacher, "distill.teacher", runs_dir=run_dir.parent)
     source_kind(config.data.source)  # a missing local file is named now, not after a failed run
     if config.tokenizer.path and not Path(config.tokenizer.path).expanduser().exists():
         raise SLMError(f"tokenizer.path={config.tokenizer.path!r} does not exist: give a saved tokenizer folder "

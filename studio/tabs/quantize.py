@@ -38,7 +38,7 @@ REPORT_COLUMNS = ["model", "size on disk", "memory", "validation perplexity", "t
 
 
 def build(ctx) -> None:
-    helper = JobHelper()
+    helper = JobHelper(ctx.runs_dir)
     with gr.Row():
         run = gr.Dropdown([], value=None, allow_custom_value=True, label="Run", scale=3, elem_id="quantize-run",
                           info="a run with a checkpoint (or its folder)")

@@ -21,8 +21,10 @@ from slm_core.run import runs
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
-# Long enough that the second run is still queued while the page checks the queue, even on a quiet machine.
-FIRST_STEPS = 200
+# Short: the runs stay live while the page looks at them because they are paused, not because they are long.
+FIRST_STEPS = 20
+SECOND_STEPS = 10
+EVERY = 10  # evaluate and checkpoint every EVERY steps
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
@@ -104,13 +106,22 @@ def _pick(page, label: str, option: str) -> None:
 
 
 def _tab(page, name: str) -> None:
+    """Open a tab and wait until its panel shows (each tab's panel is #tab-<title>, studio.app)."""
+    from playwright.sync_api import expect
+
     page.get_by_role("tab", name=name, exact=True).click()
-    page.wait_for_timeout(600)
+    expect(page.locator(f"#tab-{name.lower()}")).to_be_visible(timeout=10_000)
+
+
+def _painted(page) -> None:
+    """Wait for the browser to paint the page as it is now (two animation frames), e.g. a tab just shown."""
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
 
 
 def _shoot(page, folder: Path, name: str, full_page: bool = False) -> None:
     """What a 1440x900 window shows (scrolled to the top); full_page: the whole page too, as <name>-full.png."""
     page.evaluate("window.scrollTo(0, 0)")
+    _painted(page)
     page.screenshot(path=str(folder / f"{name}.png"))
     if full_page:
         page.screenshot(path=str(folder / f"{name}-full.png"), full_page=True)
@@ -133,13 +144,35 @@ def _watch_run(page, name: str) -> None:
     page.get_by_role("option", name=name, exact=True).click()
 
 
+def _pause_once_created(run_dir: Path, timeout: float = 60) -> None:
+    """Ask the run to pause (control/pause: what the Pause button and `runs.request` write) the moment the
+    Studio creates its directory, which it does just before launching the worker. The worker looks for
+    requests before every step, the first one included, and only gets there after importing torch, training
+    its tokenizer and evaluating its untrained baseline; so the run holds at its baseline until Continue."""
+    deadline = time.time() + timeout
+    while not run_dir.is_dir():
+        assert time.time() < deadline, f"the Studio did not create {run_dir} within {timeout} s"
+        time.sleep(0.005)
+    runs.request(run_dir, "pause")
+
+
+def _events(run_dir: Path) -> list[str]:
+    """The run's plot markers in the order the worker wrote them (paused, continued, checkpoint, ...)."""
+    return [row["event"] for row in runs.read_metrics(run_dir) if row.get("kind") == "event"]
+
+
 def test_upload_train_queue_reload_load_clone_and_every_tab(studio, tmp_path):
     """The issue's walk: upload a file and train on it, queue a second run while the first trains, reload
     during the first and watch the second start by itself, load the first run's settings, clone it, find
-    TensorBoard event files that TensorBoard's own reader reads, and screenshot every tab at 1440x900."""
+    TensorBoard event files that TensorBoard's own reader reads, and screenshot every tab at 1440x900.
+
+    No check counts on a run still being at some step: the first run holds on a pause request while the page
+    queues, reloads and looks, and goes on when the page's Continue is clicked; the second is asked to pause
+    while it waits in the queue, so it starts paused and Save checkpoint now meets a live run."""
     from playwright.sync_api import expect, sync_playwright
 
     url, runs_dir = studio
+    first_dir, second_dir = runs_dir / "first", runs_dir / "second"
     shots = Path(os.environ.get("SLM_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
     upload = _paragraphs_file(tmp_path)
@@ -154,48 +187,58 @@ def test_upload_train_queue_reload_load_clone_and_every_tab(studio, tmp_path):
         _tab(page, "Train")
         _pick(page, "Recipe", "tiny-gpt-cpu")
         expect(page.locator("#train-command")).to_contain_text("tiny-gpt-cpu", timeout=20_000)
-        page.wait_for_timeout(1500)
         _tab(page, "Model")
-        expect(page.get_by_label("Family", exact=True)).to_have_value("gpt2", timeout=10_000)
+        # The recipe's values come in one reply: the Family it sets means every field holds the recipe now.
+        expect(page.get_by_label("Family", exact=True)).to_have_value("gpt2", timeout=20_000)
         _set(page, "Layers", "1")
         _set(page, "Context (tokens)", "64")
         _tab(page, "Data")
         # Bug 1: choosing Upload snapped the Source radio back to "Built-in stories".
-        page.locator("#data-kind").get_by_label("Upload", exact=True).check()
-        page.wait_for_timeout(2000)
-        expect(page.locator("#data-kind").get_by_label("Upload", exact=True)).to_be_checked()
-        page.locator("#data-upload input[type=file]").set_input_files(str(upload))
+        upload_choice = page.locator("#data-kind").get_by_label("Upload", exact=True)
+        upload_choice.check()
         source = page.get_by_role("textbox", name=re.compile(r"^Source \(what the run reads\)"))
+        expect(source).to_have_value("", timeout=20_000)  # Upload's reply: the source waits for a file
+        expect(page.locator("#data-upload")).to_be_visible(timeout=20_000)
+        page.wait_for_timeout(2000)  # the bug was a later reply that un-picks it: nothing to wait on but time
+        expect(upload_choice).to_be_checked()
+        page.locator("#data-upload input[type=file]").set_input_files(str(upload))
         expect(source).to_have_value(str(runs_dir / "uploads" / "sixty.txt"), timeout=30_000)
-        page.wait_for_timeout(1000)
-        expect(page.locator("#data-kind").get_by_label("Upload", exact=True)).to_be_checked()
+        page.wait_for_timeout(1000)  # the same, after the new source's reply
+        expect(upload_choice).to_be_checked()
         _set(page, "BPE vocabulary size", "512")
         page.get_by_role("button", name="Preview").click()
         expect(page.locator("#data-summary")).to_contain_text("characters", timeout=60_000)
         _shoot(page, shots, "2-data")
         _tab(page, "Train")
-        for label, value in (("Steps", str(FIRST_STEPS)), ("Batch size", "4"), ("Evaluate every", "50"),
-                             ("Checkpoint every", "50"), ("Warmup steps", "2")):
+        for label, value in (("Steps", str(FIRST_STEPS)), ("Batch size", "4"), ("Evaluate every", str(EVERY)),
+                             ("Checkpoint every", str(EVERY)), ("Warmup steps", "2")):
             _set(page, label, value)
         page.get_by_label("Run name", exact=True).fill("first")
         command = page.locator("#train-command")
         expect(command).to_contain_text(f"train.max_steps={FIRST_STEPS}", timeout=20_000)
+        expect(command).to_contain_text(f"train.ckpt_interval={EVERY}")
+        expect(command).to_contain_text("--name first")
         expect(command).to_contain_text(f"data.source={runs_dir / 'uploads' / 'sixty.txt'}")
         # Bug 2: the Studio runs in its own runs dir; the command must name it for a shell that lacks SLM_RUNS_DIR.
         expect(command).to_contain_text(f"--runs-dir {runs_dir}")
         page.locator("#train-start").click()
+        _pause_once_created(first_dir)
         expect(page.locator("#train-message")).to_contain_text("Started", timeout=30_000)
         # Bug 7: the status mark is a word in a coloured badge, not an emoji.
         expect(page.locator("#train-message .slm-mark-ok")).to_have_text("OK")
         # While it trains, Start says Queue and lines the next run up.
         expect(page.locator("#train-start")).to_have_text("Queue", timeout=30_000)
-        _set(page, "Steps", "100")  # still running when "Save checkpoint now" is clicked
+        progress = page.locator("#train-progress")
+        expect(progress.locator("[data-state='paused']")).to_be_attached(timeout=180_000)
+        _set(page, "Steps", str(SECOND_STEPS))
         page.get_by_label("Run name", exact=True).fill("second")
-        page.wait_for_timeout(800)
+        expect(command).to_contain_text(f"train.max_steps={SECOND_STEPS}", timeout=20_000)
+        expect(command).to_contain_text("--name second")
         page.locator("#train-start").click()
         expect(page.locator("#train-message")).to_contain_text("Queued second", timeout=30_000)
-        first_state = runs.read_status(runs_dir / "first")
-        assert first_state.get("state") in (None, "running"), (first_state, (runs_dir / "first" / "log.txt").read_text()[-3000:])
+        runs.request(second_dir, "pause")  # while it waits in the queue: its worker will find it before step 1
+        first_state = runs.read_status(first_dir)
+        assert first_state.get("state") == "paused", (first_state, (first_dir / "log.txt").read_text()[-3000:])
         expect(page.locator("#train-queue")).to_contain_text("second", timeout=30_000)
         expect(page.locator("#train-plot g.trace.scatter").first).to_be_attached(timeout=180_000)
         # Reload during the first run: the page re-attaches, and the form shows the watched run's settings.
@@ -204,14 +247,20 @@ def test_upload_train_queue_reload_load_clone_and_every_tab(studio, tmp_path):
         expect(page.locator("#train-watch input")).to_have_value("first", timeout=30_000)
         expect(page.get_by_label("Steps", exact=True)).to_have_value(str(FIRST_STEPS), timeout=30_000)
         expect(page.locator("#train-queue")).to_contain_text("second", timeout=10_000)
+        expect(progress.locator("[data-state='paused']")).to_be_attached(timeout=30_000)
         _shoot(page, shots, "3-train-first")
+        page.locator("#train-continue").click()  # enabled once the page sees the run paused
         # The first finishes; the queue worker starts the second, and the page follows it.
         expect(page.locator("#train-watch input")).to_have_value("second", timeout=600_000)
-        expect(page.locator("#train-progress [data-state='running']")).to_be_attached(timeout=120_000)
-        # Bug 6: Save checkpoint now says when the checkpoint is written.
+        expect(progress.locator("[data-state='paused']")).to_be_attached(timeout=120_000)
+        # Bug 6: Save checkpoint now says when the checkpoint is written (a paused worker writes it at once).
         page.locator("#train-save").click()
         expect(page.locator("#train-message")).to_contain_text("Saved a checkpoint", timeout=60_000)
-        expect(page.locator("#train-progress [data-state='finished']")).to_be_attached(timeout=300_000)
+        held = runs.read_status(second_dir)
+        assert held["state"] == "paused", held
+        assert runs.read_json(second_dir / "checkpoints" / "latest" / "state.json")["step"] == held["step"]
+        page.locator("#train-continue").click()
+        expect(progress.locator("[data-state='finished']")).to_be_attached(timeout=300_000)
         expect(page.locator("#train-start")).to_have_text("Start", timeout=30_000)
         assert page.locator("#train-plot g.trace.scatter").count() >= 6  # loss, lr, grad norm, speed, memory, events
         _shoot(page, shots, "4-train-second", full_page=True)
@@ -240,12 +289,17 @@ def test_upload_train_queue_reload_load_clone_and_every_tab(studio, tmp_path):
         _shoot(page, shots, "6-chat")
         for index, name in enumerate(("Compare", "Quantize", "Evaluate", "Export", "Model"), start=7):
             _tab(page, name)
-            page.wait_for_timeout(800)
             _shoot(page, shots, f"{index}-{name.lower()}")
         browser.close()
     foreign = [u for u in requests if not u.startswith(("http://127.0.0.1", "data:", "blob:"))]
     assert not foreign, f"the page reached outside this machine: {foreign[:5]}"
     assert [r["name"] for r in runs.list_runs(runs_dir) if r["state"] == "finished"] == ["second", "first"]
+    # Each held where it was asked to and went on from there; the second saved while it was held.
+    first_events, second_events = _events(first_dir), _events(second_dir)
+    assert first_events.index("paused") < first_events.index("continued"), first_events
+    paused, continued = second_events.index("paused"), second_events.index("continued")
+    assert paused < continued and "checkpoint" in second_events[paused:continued], second_events
+    assert runs.read_status(second_dir)["step"] == SECOND_STEPS
     _check_tensorboard_files(runs_dir / "first", steps=FIRST_STEPS)
     print(f"screenshots: {shots}")
 
