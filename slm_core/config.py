@@ -1,10 +1,5 @@
-"""Settings as plain dataclasses: model shape, tokenizer, data, training, distillation, LoRA.
-
-Imports no torch, so the Studio and `slm presets` stay light. Every dataclass validates in
-`__post_init__` and raises SLMError naming the field and its value. A recipe YAML maps
-section by section onto `RunConfig`; `--set section.key=value` overrides are parsed against
-the field's declared type, never eval'd.
-"""
+"""Settings as plain dataclasses (model, tokenizer, data, training, distillation, LoRA), each validated on
+construction; recipes and `--set` overrides parsed against the declared types. No torch."""
 
 from __future__ import annotations
 

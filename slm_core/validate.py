@@ -1,12 +1,5 @@
-"""Checks of what a person passes in, made where it enters (CLI, Python API), before any work starts.
-
-Each check raises SLMError with one line naming the value and what to do, so a bad argument never
-becomes a traceback deep inside torch, a silently changed setting, or a half-made run directory.
-Config fields validate themselves (config.py); this module holds the checks that span several
-values or touch the filesystem: generation and evaluation arguments, the runs directory, and a
-run's sources (base model, teacher, data), which are resolved before the run directory exists.
-Imports no torch at module level, so the Studio can use it cheaply.
-"""
+"""Checks of what a person passes in (generation and evaluation arguments, the runs directory, a run's
+sources), made where it enters, each failing as a one-line SLMError. No torch at module level."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The `slm` command: a table from subcommand to one typed function each.
-
-Errors a person can fix print one line and exit 2; no tracebacks. The Studio launches the same
-`python -m slm_core train ...` entry point, so every UI run is reproducible from the shell.
-"""
+"""The `slm` command: a table from subcommand to one typed function each. A mistake a person can fix prints
+one line and exits 2; the Studio launches the same entry point."""
 
 from __future__ import annotations
 

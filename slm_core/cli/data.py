@@ -1,9 +1,4 @@
-"""`slm data prepare SOURCE`: tokenize a corpus (or one shard i/N of it) ahead of training.
-
-Without --out the tokens go to the cache a run with the same settings finds (so `slm train` then
-starts at once); with --out (and usually --shard i/N, one per machine or Slurm array task) they go
-to `OUT/shard-i-of-N/` beside `OUT/tokenizer/`, and `--set data.source=OUT` trains on the whole.
-"""
+"""`slm data prepare SOURCE`: tokenize a corpus, or one shard i/N of it, ahead of training."""
 
 from __future__ import annotations
 

@@ -1,24 +1,5 @@
-"""Documents → token files, once: the token cache, shards, and batch sampling.
-
-`prepare_data` streams a source (slm_core.data.stream), builds or loads the tokenizer (a BPE or
-character vocabulary is trained on the first tokenizer.train_chars characters of the stream), and
-writes memory-mapped token files under `<cache root>/<fingerprint>/` (slm_core.data.prepare does
-the chunked, parallel, resumable writing in bounded memory):
-
-    train.bin, val.bin             uint16 tokens (uint32 for vocabularies over 65,536), eot after each document
-    train_mask.bin, val_mask.bin   uint8, instruction data only: 1 = train on the token, 0 = prompt
-    meta.json                      counts, settings, a length histogram; written last, so a half-written
-                                   cache is never reused
-
-The fingerprint covers the source's identity (paths, sizes, mtimes; builtin name and seed; Hub name
-and split), the data settings and the tokenizer's fingerprint (and its chat template, for data rendered
-in it: template 'model'), so a second run finds the tokens without reading the source again. A trained
-vocabulary is cached the same way under `<cache root>/tokenizers/`. `prepare_shard` writes shard i/N of a corpus into a folder
-(`shard-<i>-of-<N>/` + `tokenizer/`); a folder of shards given as data.source is read as one corpus.
-`PreparedData.get_batch` samples random windows every step (each rank from its own slice);
-`iter_eval_windows` walks a split once for perplexity. torch is imported only by those two, so the
-Studio can preview and tokenize data without loading it.
-"""
+"""The token cache: documents tokenized once into memory-mapped files under a fingerprint of source, settings
+and tokenizer; shards; batch sampling (`PreparedData`). Formats: docs/engine-notes.md."""
 
 from __future__ import annotations
 

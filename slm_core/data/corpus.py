@@ -1,16 +1,5 @@
-"""The built-in offline corpora, generated here from a seed: children's stories and instructions.
-
-`builtin_stories` writes short stories (a character with a name and a trait, a friend, a place,
-an object; a problem, an attempt, help, a resolution, a moral; dialogue in quotes) by combining
-word lists and sentence templates at random. The combinations are many (names x animals x traits
-x places x objects x twelve plots x template variants), so a small model cannot memorise the
-text, yet the grammar is regular, so a few-million-parameter model writes clean sentences after
-minutes on a CPU. `builtin_instructions` asks and answers questions about such stories (who,
-where, what next, the lesson, a summary) plus a few general tasks, as Alpaca records.
-
-Everything is deterministic for a seed, and a shorter corpus is a prefix of a longer one.
-Templates use `[a|b]` for a random choice and `{key}` for story facts (see `_Cast.facts`).
-"""
+"""The built-in offline corpora, generated from a seed: children's stories (`builtin_stories`) and
+questions about them as Alpaca records (`builtin_instructions`). A shorter corpus is a prefix of a longer one."""
 
 from __future__ import annotations
 

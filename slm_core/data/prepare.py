@@ -1,20 +1,5 @@
-"""Token files from a stream of documents: bounded memory, every core, resumable.
-
-The stream is cut into chunks of about `chunk_chars` characters. Each chunk is tokenized (in a
-process pool once there is more than one chunk: tiktoken / `tokenizers` batch encoders, one thread
-per process) and written to `parts-<chunk_chars>/<index>.train.bin` / `.val.bin` (+ `_mask` files for
-instruction data), then `<index>.json`, its counts, last and atomically: a chunk is finished exactly
-when its JSON exists. A preparation that is killed starts again by reading the source, skipping
-the chunks already finished. When every chunk is done, the parts are copied in order into
-`train.bin` / `val.bin` through memory-mapped files, `meta.json` is written last (the mark of a
-whole cache) and the parts are deleted. Memory holds a few chunks in flight, whatever the corpus.
-
-Which split a document goes to depends on the document alone (a hash of its text against
-data.val_fraction), so the result does not depend on chunking, on resuming or on sharding: shards
-i/N concatenated in order are the unsharded files. A corpus of a single document is cut by
-characters instead (its end is validation, as nanoGPT does with a novel); with no validation
-document at all the last training document moves to validation.
-"""
+"""Token files from a stream of documents: bounded memory, every core, resumable chunk by chunk. A document's
+split (train or validation) depends on its text alone."""
 
 from __future__ import annotations
 

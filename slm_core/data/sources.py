@@ -1,15 +1,5 @@
-"""Where documents come from: the built-in corpora, text/Markdown files, folders, JSONL/JSON/CSV/Parquet,
-`save_to_disk` folders and Hub datasets, each turned into one list of documents.
-
-A document is a string (plain text) or a record dict (instruction data: Alpaca
-`instruction`/`input`/`output` or chat `messages`). Tabular files, saved datasets and the Hub go
-through Hugging Face `datasets`; text files are read directly (split into documents by
-slm_core.data.stream) because a decode error has to name the file and the byte where it broke.
-Every mistake a person can make here (missing path, binary file, missing column, offline Hub)
-raises SLMError in seconds.
-`source_identity` describes a source cheaply (paths, sizes, mtimes; never the content) so the
-token cache can be found without reading the data again.
-"""
+"""Where documents come from (built-in corpora, text files, folders, JSONL/JSON/CSV/Parquet, saved and Hub
+datasets), read as strings or instruction records; `source_identity` names a source without reading it."""
 
 from __future__ import annotations
 

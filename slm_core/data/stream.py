@@ -1,17 +1,5 @@
-"""Documents as a stream: any source read one document at a time, in bounded memory, optionally one
-shard i/N of it.
-
-Plain text files are split into documents on bytes, block by block (`split_text_blocks`):
-blank-line paragraphs by default (a file holding `<|endoftext|>` markers is split on those, as
-TinyStories dumps are), one per line, a custom separator, or the whole file. Working on bytes gives
-every document a byte offset, which is what sharding needs: shard i of N holds the documents that
-*start* in bytes [i*S/N, (i+1)*S/N) of the source (S: the total size of its files, in walk order),
-so N machines each read only their part and the shards, concatenated in order, are the corpus.
-Tabular files and saved datasets are sharded by contiguous row ranges, the built-in stories by
-character position, a Hub stream by `IterableDataset.shard`. `DocStream` applies the caps
-(data.max_chars, data.max_documents, a preview limit) and checks that plain text and instruction
-records are not mixed.
-"""
+"""Documents as a stream: any source read one document at a time in bounded memory, optionally only shard i/N
+of it; `DocStream` applies the caps."""
 
 from __future__ import annotations
 

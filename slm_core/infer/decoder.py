@@ -1,31 +1,5 @@
-"""The native decoder: a static KV cache with one slot per sequence, and the two passes generation needs.
-
-`Decoder` owns the cache (per layer: slots × kv_heads × max_len × head_dim, allocated once). `prefill`
-writes one prompt into one slot; `step` decodes one token for many slots at once, each at its own
-position (a row attends to keys ≤ its position). It runs the model's own weights, but not its generic
-forward: per-token framework overhead (≈ 5–30 µs an op on a loaded 2-core CPU, ~50 ops a layer in
-the plain forward), not arithmetic, is what limits small models at batch 1, so the decode path does
-fewer, larger ops, prepared once:
-
-- q/k/v and gate/up are each one matrix; o_proj and down_proj fold the residual add into their multiply,
-  so a layer is four matrix multiplies and no separate adds. On CPU in fp32 the matrices are prepacked
-  for oneDNN (see `_onednn_packed`): several rows, i.e. several chats batched, then cost little more than
-  one;
-- RoPE is one complex multiply over queries and keys together: the q and k weight columns are permuted
-  within each head from Hugging Face's two-halves layout to interleaved pairs (a permutation applied to
-  both q and k leaves every q·k product, hence attention, unchanged; the cache holds permuted keys);
-- a batch-1 step writes the cache through views (no index tensors) and reads a slice of it;
-- the head runs on the last position only;
-- an fp32 model big enough to stream its weights from memory at every token (40M+ parameters on CPU) reads
-  them from a half-precision copy in one-row multiplies (`_half_copy`: FBGEMM's prepacked fp16, else bf16):
-  half the bytes, fp32 activations and accumulation; prompts and batched steps keep the fp32 matrices. Past
-  FAST_MAX_PARAMS (a 1B model) that copy is the only one made, and batched steps read it too
-  (BIG_HALF_MAX_ROWS).
-
-Quantized and LoRA (peft) linears are called as modules inside the same layer math (`_Proj`), so they
-get every saving but the weight fusion. `compile=True` wraps the batched step in torch.compile over
-static shapes (all slots, the whole cache, a mask), and on CUDA in CUDA graphs, as gpt-fast does.
-"""
+"""The native decoder: a static KV cache with one slot per sequence, `prefill` of one prompt and a batched
+`step`, running the model's weights through fewer, larger, prepared ops than its forward."""
 
 from __future__ import annotations
 

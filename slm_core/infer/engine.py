@@ -1,14 +1,5 @@
-"""The native inference engine: continuous batching over one `slm_core.infer.decoder.Decoder`.
-
-The decoder (a static KV cache with one slot per sequence, prefill and a batched decode step that does
-few ops per token) lives in slm_core.infer.decoder; `Decoder` is importable from here too.
-
-`Engine` serves many requests from one decode loop thread: new requests are prefilled into free
-slots between steps, every active sequence advances one token per step (continuous batching in the
-spirit of vLLM, sized for small models), and each request reads its own tokens from a queue.
-Sampling (`slm_core.infer.sampling`) is per row with the request's own settings and seeded generator, so
-a request's output does not depend on who else is being served.
-"""
+"""The native inference engine: continuous batching over one `Decoder` (slm_core.infer.decoder). `Engine`
+serves many requests from one decode loop thread, each sampled with its own settings and seed."""
 
 from __future__ import annotations
 

@@ -1,19 +1,5 @@
-"""Concurrent onnxruntime-genai requests decoded together: a loop thread over genai's own `og.Engine`.
-
-onnxruntime-genai (0.18+) ships `og.Engine`: every `run` advances all of its requests in one batch. Its
-continuous (dynamic) batching, where requests join a running batch, needs a model built with paged
-attention, which genai's builder supports only for CUDA with fp16/bf16. On CPU it runs its static batch
-scheduler: a batch takes the requests waiting when it starts (up to its configured batch size) and
-a request begun later waits until that batch has drained; nor can it reseed a turn. So `GenaiBatcher`
-batches requests that arrive together (within `GATHER_S` of the first, e.g. several clients at once),
-and `can_join` sends the others to their own Generator (batch 1, slm_core.infer.onnx) rather than
-make them queue: a request arriving while a batch runs, beyond the batch size, or sampling with a
-seed. The loop thread is the only one that touches the engine (genai refuses calls from any other).
-
-Stop ids (end of text, a chat template's end-of-turn tokens) end a turn here rather than in genai, so
-they behave as on the native path: not shown, finish_reason "stop". Stop strings stay in our text
-layer (slm_core.infer.sampling), the same for every backend.
-"""
+"""Concurrent onnxruntime-genai requests decoded together by genai's `og.Engine` on one loop thread;
+`can_join` sends a request that cannot join a batch to a Generator of its own."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Text generation: prefill → decode one token → sample, over a preallocated KV cache.
-
-`generate_tokens` sees only token ids; `stream_text` is the thin layer that turns them into
-clean text deltas for the CLI. Both are batch 1 and synchronous; the Studio and `slm serve` go through
-`slm_core.infer.engine.Engine`, which batches concurrent requests over the same decode passes.
-"""
+"""Batch-1, synchronous generation for the CLI: `generate_tokens` yields token ids, `stream_text` clean text
+deltas. The Studio and `slm serve` use slm_core.infer.engine."""
 
 from __future__ import annotations
 

@@ -1,25 +1,5 @@
-"""onnxruntime-genai: building its runtime-ready folder from our model, and chatting from that folder.
-
-`build_genai_folder` writes our Hugging Face export to a temporary folder and runs onnxruntime-genai's
-own model builder on it (`python -m onnxruntime_genai.models.builder -i HF -o OUT -p fp32|int4|int8|fp16
--e cpu|cuda`): a KV-cache ONNX graph, `genai_config.json` and the tokenizer. `OnnxEngine` runs such a
-folder with the same interface as slm_core.infer.engine.Engine (`stream`, `submit`, `tokenizer`,
-`context_length`), so Chat, Compare and `slm serve --engine onnx` use it unchanged.
-
-Sampler semantics: greedy (temperature 0), temperature, top-k, top-p, repetition penalty and the seed
-map onto genai's own search options, so greedy tokens equal the native engine's. Where they differ:
-genai samples with its own random generator (a seed reproduces genai's answer, not the native one),
-applies top-k before top-p inside one kernel, and its repetition penalty covers the tokens of the
-current sequence only, as ours does. Stop strings, clean text and the end-of-text token are handled
-by our text layer (slm_core.infer.sampling), the same as for the native engine. In the Studio a request alone
-runs its own Generator (batch 1) in its caller's thread, as fast as genai's own loop (a loop thread and
-its queue cost ~13% of a small model's tokens/s); requests that overlap one in flight, and every request
-of `slm serve`, are decoded together by genai's own batching `og.Engine` (slm_core.infer.genai_batch), up to
-`slots` at once. With an older genai without it, each request runs its own Generator.
-
-The package is optional (`pip install onnxruntime-genai`, or `onnxruntime-genai-cuda` on a GPU); without
-it every entry point says so in one line, and the native engine keeps working.
-"""
+"""onnxruntime-genai, optional: `build_genai_folder` makes its runtime-ready folder from our model, and
+`OnnxEngine` chats from that folder with the native engine's interface."""
 
 from __future__ import annotations
 

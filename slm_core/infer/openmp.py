@@ -1,14 +1,5 @@
-"""Where torch's CPU work runs, so that decoding keeps both its threads' speed.
-
-torch's CPU kernels run on OpenMP (libgomp), which gives every thread that runs a parallel op a team of
-worker threads of its own, alive until that thread ends. Once the teams' threads outnumber the cores,
-libgomp stops spin-waiting between parallel regions ("throttled" spin): every op then wakes its workers
-from sleep. Measured on 2 cores, a 100M model decoding on 2 threads: 99 tokens/s alone, 57 while a
-second, idle thread kept the team it made when it last ran torch; 99 again once that thread ended.
-
-So the Studio loads chat models in a short-lived thread (`in_fresh_thread`), the decode loop thread ends
-when idle (slm_core.infer.engine), and `slm serve` decodes on the thread that loaded the model.
-"""
+"""Where torch's CPU work runs, so that decoding keeps its threads' speed: `in_fresh_thread` runs torch
+work on a short-lived thread, whose OpenMP team ends with it; `CORES` is a decode loop's thread count."""
 
 from __future__ import annotations
 

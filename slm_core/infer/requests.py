@@ -1,6 +1,5 @@
-"""A submitted generation as its reader sees it, whichever backend decodes it (native engine, genai's batching
-engine, a genai Generator): timing, cancellation, the finish reason, and for loop-thread backends the queue
-its tokens arrive on and the loop that drains it. Torch-free, so the onnx backends import it without torch."""
+"""A submitted generation as its reader sees it, whatever backend decodes it: timing, cancellation, the
+finish reason and the queue its tokens arrive on. Torch-free, for the onnx backends."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""What every backend shares after the logits: the sampler's settings and semantics, and the text layer.
-
-`SamplingParams` is one request's knobs (temperature, top-k, top-p, repetition penalty, seed, stop
-strings, token budget). `sample_next` turns one row of logits into a token id with those semantics;
-the native engine calls it per row, and the onnxruntime-genai runtime maps the same settings onto
-its own search options. `TextStream` turns token bytes into clean text deltas for every backend:
-bytes of an unfinished multi-byte character wait for the rest, undecodable bytes and raw control
-characters are dropped (a trained model never shows U+FFFD or terminal escapes), and text that
-could be the start of a stop string is held back until it is known not to be one.
-"""
+"""What every backend shares after the logits: `SamplingParams` (one request's knobs), `sample_next` (their
+meaning on one row of logits) and `TextStream` (token bytes to clean text, stop strings held back)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""`slm serve MODEL`: an OpenAI-compatible HTTP server (GET /v1/models, POST /v1/completions,
-POST /v1/chat/completions, server-sent-event streaming) in front of one `slm_core.infer.engine.Engine`.
-
-Every request becomes an engine request; the engine's decode loop batches the decode steps of all
-clients at once, so concurrent clients stream together instead of queueing. The handlers only
-translate: OpenAI fields → `SamplingParams`, engine text → OpenAI JSON. Chat messages are rendered
-with the model's own template (the one it was tuned with; a base model continues the plain text).
-Errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with a 4xx status, and
-never take the server down. FastAPI and uvicorn come with gradio.
-"""
+"""`slm serve MODEL`: an OpenAI-compatible HTTP server (models, completions, chat completions, streaming)
+in front of one engine, whose decode loop batches every client's steps."""
 
 
 import json

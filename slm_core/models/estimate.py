@@ -1,19 +1,5 @@
-"""Size, memory, compute and time estimates for a model shape, before anything is trained.
-
-Parameters are counted on a model built on the meta device (no memory, so a 1B shape costs
-nothing). Training memory is a model of what autograd really keeps for this architecture,
-tensor by tensor (see `_layer_activation_bytes`); the figures were checked against
-`torch.autograd.graph.saved_tensors_hooks` and against the measured peak RSS of real training
-steps (tests/test_estimate.py). Step time divides the step's FLOPs by a matrix-multiply rate
-measured on this machine.
-
-What the estimates leave out: the framework's own footprint (importing torch costs ~0.3-0.5 GB
-of RAM; a CUDA context ~0.5 GB of GPU memory) and allocator slack: the CUDA caching allocator
-reserves somewhat more than it hands out, and on CPU glibc's malloc keeps freed blocks in its
-heap once its adaptive mmap threshold has risen, so a process's RSS ran 15-60% above these
-figures here by default (within 3% with MALLOC_MMAP_THRESHOLD_=65536, which however cost ~40%
-more time per step in page faults). `describe` allows for that slack when it says what fits.
-"""
+"""Size, memory, compute and time estimates for a model shape before anything is trained: parameters counted on
+the meta device, activation memory tensor by tensor, step time from a measured matmul rate."""
 
 from __future__ import annotations
 

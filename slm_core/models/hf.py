@@ -1,22 +1,5 @@
-"""Name and layout mapping between our `Transformer` and Hugging Face causal-LM folders, both ways.
-
-In: `read_hf_config` + `config_from_hf` turn a folder's config.json into a ModelConfig for the
-families we compute exactly — GPT-2, Llama 1/2/3/3.1/3.2 (rope_scaling default / linear /
-dynamic / llama3), Mistral-shaped configs, SmolLM (Llama-shaped), Qwen2/2.5 (q/k/v biases) and
-Qwen3 (per-head q/k RMSNorm) — and refuse anything else (sliding-window layers, MoE, an unknown
-rope type or architecture) naming the field, before a byte of weights is read.
-`load_hf_model(folder)` then builds the model on the meta device and assigns the safetensors
-tensors into it (safetensors maps the file; nothing is copied, so memory stays at one copy of
-the weights). Pickled `pytorch_model.bin` files are refused: unpickling runs code from the file.
-
-Out: `to_hf_state_dict(model)` picks the Hugging Face class the model fits exactly and returns
-its config.json dict plus a state dict with its names; for a model that came from a Hugging Face
-folder the original config.json fields (rope scaling, bos/eos ids, ...) are written back.
-`save_hf_folder` writes a folder transformers loads with no custom code.
-
-Layouts: our Linear weights are (out, in) like HF Llama; GPT-2's Conv1D stores (in, out) and
-fuses q|k|v into c_attn, so those are transposed and split/concatenated here.
-"""
+"""Our `Transformer` to and from Hugging Face causal-LM folders: configs checked and converted, weights renamed
+and re-laid out, and folders that transformers loads without custom code."""
 
 from __future__ import annotations
 

@@ -1,20 +1,5 @@
-"""LoRA fine-tuning through peft: wrap our Transformer, save/load/merge adapters, reach the base model.
-
-peft does the LoRA work: our linears carry Hugging Face names (q_proj ... down_proj), so
-`peft.get_peft_model` wraps the plain nn.Module Transformer as it is. This file only decides
-which targets exist in the model, freezes everything else, and gives the rest of the engine a
-few verbs: apply, summarise, save, load (unmerged, for generation), load weights (resume), merge
-(a standalone checkpoint), and unwrap (the KV-cache API lives on the base Transformer).
-
-Adapters are written in the layout peft uses for a transformers model of the same base, so
-`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_export), adapter_dir)` applies
-them: Llama-family keys sit under `base_model.model.model.layers.…` (transformers' LlamaForCausalLM
-nests the decoder in `.model`), `task_type` is CAUSAL_LM and `base_model_name_or_path` names the
-base. Reading accepts that layout, our older one, and adapters peft trained on a transformers model.
-
-peft imports transformers and accelerate (3–5 s), so it is imported inside the functions that
-need it: `import slm_core.models.lora` stays instant.
-"""
+"""LoRA through peft on our Transformer: targets, apply, summarise, save, load, merge and unwrap, with
+adapters in the layout peft uses for the same base in transformers."""
 
 from __future__ import annotations
 

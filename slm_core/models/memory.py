@@ -1,16 +1,5 @@
-"""Memory for a real model, before it is loaded: what a picked checkpoint (a Hugging Face folder, a
-cached Hub id or a run) needs to chat, LoRA, QLoRA (int8 / int4 base) or fully fine-tune on this
-machine, and the check that refuses to load one that cannot fit.
-
-The shape comes from config.json (`hf_convert.config_from_hf`, which also refuses an unsupported
-model) or a run's config.yaml; the stored dtype and byte count from the safetensors headers
-(`sources.weight_stats`): nothing reads a weight. The figures reuse slm_core.models.estimate's models of
-training and inference memory, which assume fp32 weights; here the weights are held as the loaders
-really hold them: a checkpoint's bf16 stays bf16 in training (weights, gradients and AdamW state
-alike), the chat engine converts to fp32 where the CPU has no native bf16 (slm_core.infer.engine.pick_dtype),
-and QLoRA keeps the block linears in int8 / int4 (slm_core.models.quantized formats) with LoRA's fp32 factors
-beside them.
-"""
+"""What a real checkpoint needs to chat, LoRA, QLoRA or fully fine-tune on this machine, from its config and
+safetensors headers, before it is loaded; and the check that refuses a load that cannot fit."""
 
 from __future__ import annotations
 

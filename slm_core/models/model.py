@@ -1,13 +1,5 @@
-"""One decoder-only Transformer for both families, switched by ModelConfig fields.
-
-GPT-2 style: learned positions, LayerNorm, GELU MLP, biases. Llama style: RoPE, RMSNorm,
-SwiGLU, grouped-query attention; switches cover the Hugging Face families of that shape: RoPE
-scaling linear / dynamic / llama3 (Llama 3.1+), q/k/v biases (Qwen2), per-head q/k RMSNorm and a
-head size of its own (Qwen3). Linear layers carry Hugging Face Llama names
-(q_proj k_proj v_proj o_proj, gate_proj up_proj down_proj) so peft's target_modules work on
-this model as it is and export maps names one to one. Generation uses a preallocated KV
-cache indexed by position (see `setup_kv_cache` and `forward(..., input_pos=...)`).
-"""
+"""One decoder-only Transformer for the GPT-2 and Llama families, switched by ModelConfig fields, with Hugging
+Face Llama layer names and a preallocated KV cache for generation."""
 
 from __future__ import annotations
 

@@ -1,25 +1,5 @@
-"""QLoRA: LoRA adapters trained over a frozen base held in int8 or int4 weight-only form.
-
-`quantize_base` swaps the base's linears, in place and one at a time (no second full copy), for the
-weight-only modules of quantize.py (CPU, or any device without bitsandbytes) or for bitsandbytes'
-Linear8bitLt / Linear4bit (nf4) on CUDA when bitsandbytes is installed. The token table becomes int8
-rows (`Int8Embedding`), shared with a tied lm_head, so the whole base sits near its quantized size.
-
-peft wraps only nn.Linear (and bitsandbytes' layers) by itself. For ours, `register_quantized_layers`
-uses peft's API for custom layer types (`LoraConfig._register_custom_module`, peft >= 0.13): peft
-then builds `QuantLoraLinear` around each targeted module and names the adapter weights exactly as for
-nn.Linear, so the saved adapter is an ordinary peft adapter that loads onto the float base (or its
-Hugging Face export) with `PeftModel.from_pretrained`.
-
-Backward: the quantized kernels have no autograd formula, so `_FrozenQuantLinear` computes the input
-gradient itself as grad_y @ dequant(W). Measured on this 2-core AVX-512 CPU (M=512 tokens, 2048x2048):
-grad_x by dequantize + fp32 matmul 81 ms vs PyTorch's int8 kernel on a stored transposed copy 104 ms
-(and no second copy of the weights), so backward dequantizes. Forward for training-sized batches
-dequantizes too: int8 87 ms vs its kernel's 104; int4 136 ms with quantize.py's unpacking (64 ms of it),
-about 40 ms less with the lookup below, vs the int4 kernel's 128 ms, and keeping the portable nibbles
-avoids rebuilding them from the kernel's layout in every backward. One-token decode (the samples written
-during training) still runs int8 through the kernel. (Timings under load from other work: upper bounds.)
-"""
+"""QLoRA: LoRA adapters over a frozen base held in int8 or int4 weight-only form (ours on CPU, bitsandbytes
+on CUDA), saved as ordinary peft adapters."""
 
 from __future__ import annotations
 

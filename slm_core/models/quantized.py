@@ -1,31 +1,5 @@
-"""Quantization: weight-only int8 and int4, and dynamic int8, as a module swap plus a state-dict conversion.
-
-Why hand-written modules (as gpt-fast does) and not torchao: measured here, torchao's CPU int8/int4
-weight-only paths ran 2-5x slower than fp32 and its int4 does not run on CPU at all. PyTorch itself
-ships CPU kernels that multiply bf16 activations by int8 weights (`aten._weight_int8pack_mm`) or
-int4 weights (`aten._weight_int4pack_mm_for_cpu`) without building a float weight; at batch 1 they
-beat an fp32 matmul (int8: ~1.2x at 256x256, ~7x at 2048x2048 on this AVX-512 machine), while
-"dequantize, then F.linear" is ~2x *slower* than fp32 (it writes a full float weight every call).
-So the modules below call those kernels on CPU and dequantize only elsewhere (CUDA, odd shapes).
-The kernels take bf16 activations: int8/int4 models compute their linears in bf16 on CPU.
-
-Formats (the file holds exactly these; the artifact's quantization.json records method and group size):
-  int8   `weight` int8 (out, in), `scales` fp32 (out,): w = weight * scale   (symmetric, per output row)
-  int4   `weight` uint8 (out, in_padded/2), two nibbles per byte, low nibble = even column;
-         `scales`, `zeros` fp32 (out, in_padded/group): w = (nibble - 8) * scale + zero (asymmetric per
-         group: the CPU kernel's convention). in_padded rounds `in` up to a whole group with zeros.
-  token table  `embed_tokens.weight` int8 + `embed_tokens.scales` (per row) in every method: it is the
-         biggest tensor of a small model. A tied lm_head *is* this table (stored once). In memory the
-         table is dequantized to floats for the lookup, because Transformer.setup_kv_cache takes the
-         cache dtype from `embed_tokens.weight`; lm_head runs int8 from the same numbers.
-  lm_head is int8 in int4 mode too: the output projection is the layer most sensitive to error
-         (llama.cpp's Q4_K_M keeps it at 6 bits for the same reason).
-  int8-dynamic  the int8 file; at load each linear becomes torch.ao's dynamic int8 Linear (the
-         module `torch.ao.quantization.quantize_dynamic` produces; activations quantized per call,
-         fbgemm int8 GEMM, CPU only), built from the stored int8 weights so load reproduces exactly
-         what was measured. Re-running quantize_dynamic at load would re-derive different weights.
-Norms, biases and GPT-2's position table stay in floating point.
-"""
+"""Weight-only int8 and int4 and dynamic int8: the number formats, the modules that run them, the state-dict
+conversion and quantized artifacts. Formats: docs/engine-notes.md."""
 
 from __future__ import annotations
 

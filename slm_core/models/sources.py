@@ -1,18 +1,5 @@
-"""Where a model comes from: one name for a run, a local folder, a GGUF file, the Hugging Face
-cache or a Hub id, turned into a local folder that `slm_core.run.checkpoint.load_model` reads.
-
-- a run name or folder, a checkpoint folder, a Hugging Face folder: used as it is (checkpoint.py);
-- `something.gguf`: dequantized once by transformers' GGUF loader into a Hugging Face folder
-  under the model cache (`SLM_MODELS_DIR`, default ~/.cache/slm-studio/models), then reused;
-- `org/name[@revision]`: the snapshot in the Hugging Face cache (HF_HUB_CACHE / HF_HOME / ~/.cache
-  /huggingface/hub) when one is complete there; otherwise downloaded with huggingface_hub's
-  `snapshot_download`, only the files a causal LM needs (resumable: an interrupted download
-  continues, and a snapshot missing a shard is never taken as whole). Offline (HF_HUB_OFFLINE=1)
-  or unreachable, it fails at once and lists what the cache holds; gated and missing repos say
-  what to do.
-
-`list_cached_models()` is what the Studio's model picker shows from the cache.
-"""
+"""Where a model comes from (a run, a folder, a GGUF file, the Hugging Face cache or a Hub id), resolved to
+a local folder that `slm_core.run.checkpoint.load_model` reads."""
 
 from __future__ import annotations
 

@@ -1,20 +1,5 @@
-"""Prompt templates for instruction data: the one place that turns a record into model text.
-
-A model from the Hub brings its own Jinja chat template (tokenizer_config.json / chat_template.jinja);
-`render_chat_template` renders it as transformers' `apply_chat_template` does, and
-`model_prompt_response` splits a training record into prompt and answer with it.
-
-Training (slm_core.data.cache) and generation (slm_core.infer.generate, the chat tab) both call
-`format_prompt`, so the text a model sees at inference ends exactly where its training answers
-started. A record is either Alpaca-style (`instruction`, optional `input`, `output`) or chat-style
-(`messages`: a list of {role, content}); either kind renders in either template.
-
-The answer is followed by the tokenizer's end-of-text token (added by the data pipeline, not here:
-special tokens never come from text), which is also the token generation stops on. ChatML's
-`<|im_start|>`/`<|im_end|>` markers are plain text to our tokenizers; an `<|im_end|>` closes earlier
-turns inside a prompt, while the answer being trained ends with end-of-text only, so a reply never
-shows a stray marker.
-"""
+"""Prompt templates for instruction data: the one place that turns a record (Alpaca or chat `messages`) into
+model text, for training and generation alike, a Hub model's own Jinja chat template included."""
 
 from __future__ import annotations
 

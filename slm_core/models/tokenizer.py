@@ -1,21 +1,5 @@
-"""Tokenizers: GPT-2's BPE, a byte-level BPE trained on the user's corpus, characters, and Hugging Face folders.
-
-Owns the `Tokenizer` class and `build_tokenizer`. The first three kinds all run through one
-`tiktoken.Encoding` (Rust, threaded batches), so encoding is fast and identical everywhere:
-
-- gpt2: OpenAI's ranks, from tiktoken's download cache or offline from a folder holding the
-  original `vocab.bpe` + `encoder.json`.
-- bpe:  trained with Hugging Face `tokenizers` (fast), then converted to tiktoken ranks by mapping
-  its byte-level symbols back to bytes; GPT-2's split pattern.
-- char: every character of the corpus is one token (ids in code-point order, so an ASCII corpus
-  gets nanoGPT's ids), plus single-byte tokens as a fallback so any text round-trips.
-- hf:   a Hugging Face `tokenizer.json`, run by `tokenizers` (for fine-tuning local HF models).
-
-Every kind has `<|endoftext|>` (`eot_id`; the last id for our own kinds); `encode` never turns text
-into special tokens. A saved tokenizer is a folder: `ranks.tiktoken` (tiktoken's format: base64
-token, space, rank) plus `slm_tokenizer.json` (kind, pattern, fingerprint); an 'hf' tokenizer keeps
-its HF files instead. The meta file is not named tokenizer.json so it is never mistaken for HF's.
-"""
+"""Tokenizers (GPT-2's BPE, a BPE trained on the corpus, characters, Hugging Face folders): the `Tokenizer`
+class, `build_tokenizer`, and the saved folder."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""Export a model to other runtimes: a Hugging Face folder, GGUF (llama.cpp / Ollama) or ONNX.
-
-`export_model` is the one entry point: it turns whatever was loaded (a plain model, a LoRA model,
-a quantized model) into a plain float Transformer, writes the chosen format into a hidden
-temporary folder beside `out_dir` and renames it into place, so a failed export leaves nothing
-half-written. The format writers live in hf_convert.py (HF), export_gguf.py (GGUF) and here (ONNX).
-"""
+"""Export to other runtimes (a Hugging Face folder, GGUF, ONNX): `export_model` turns any loaded model into a
+plain float Transformer and writes the format into place atomically."""
 
 from __future__ import annotations
 

@@ -1,22 +1,5 @@
-"""GGUF export for llama.cpp and Ollama, written with the `gguf` package's GGUFWriter.
-
-Architectures: a Llama-shaped model without biases is written as llama.cpp's "llama"; with q/k/v
-biases only (Qwen2's shape) as "qwen2"; a GPT-2-shaped model as "gpt2". Tensor names come from
-gguf's own tables (gguf.TENSOR_NAMES), so they are the ones llama.cpp looks up.
-
-RoPE layout: our attention (like HF Llama) rotates the two *halves* of each head; llama.cpp's
-"llama" graph rotates *adjacent pairs*. llama.cpp's convert_hf_to_gguf.py therefore reorders the
-rows of q_proj/k_proj within each head; we apply the same reordering (`permute_for_llama_cpp`).
-Its "qwen2" graph uses the half layout (NeoX RoPE), so Qwen2-shaped weights go unpermuted.
-
-Types: f32; f16 (matrices f16, vectors f32, as llama.cpp's converter does); q8_0 (matrices in
-blocks of 32 values with one fp16 scale, by gguf.quants.quantize; a matrix whose rows are not a
-multiple of 32 falls back to f16).
-
-Tokenizer: llama.cpp's byte-level BPE ("gpt2" tokenizer model): tokens as GPT-2 byte-level
-strings in id order, merges recovered from tiktoken ranks, <|endoftext|> as a control token that
-is both BOS and EOS, and the "gpt-2" pre-tokenizer (our split regex is GPT-2's).
-"""
+"""GGUF export for llama.cpp and Ollama with gguf's GGUFWriter: the llama, qwen2 or gpt2 architecture,
+tensors in f32, f16 or q8_0, and the byte-level BPE tokenizer."""
 
 from __future__ import annotations
 

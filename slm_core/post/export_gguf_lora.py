@@ -1,17 +1,5 @@
-"""A LoRA adapter as llama.cpp's LoRA GGUF, beside its base model's GGUF (`slm export RUN --format gguf-lora`).
-
-The file is what llama.cpp's convert_lora_to_gguf.py writes: general.type = "adapter",
-adapter.type = "lora", adapter.lora.alpha, and for each adapted matrix `<base tensor>.lora_a` (r, in) and
-`<base tensor>.lora_b` (out, r) in numpy order (ggml reverses them: lora_a ne = [in, r] matches the base
-tensor's ne[0], lora_b ne = [r, out] its ne[1]). llama.cpp scales the product by alpha / r, r being read
-from the tensors, as peft does; rsLoRA's alpha / sqrt(r) is written as the alpha that gives the same scale.
-
-Tensor names and layouts come from export_gguf (gguf's own name tables), so an adapter tensor lands on
-exactly the matrix the base GGUF holds: for llama.cpp's "llama" graph, q/k rows are reordered per head
-(permute_for_llama_cpp), which acts on the output side of the product, i.e. on lora_b's rows only.
-GPT-2's fused q|k|v matrix gets one adapter of rank 3r: lora_a stacks the q, k and v A matrices and
-lora_b is block-diagonal, exact because (Bq·Aq; Bk·Ak; Bv·Av) = blockdiag(B)·stack(A).
-"""
+"""A LoRA adapter as llama.cpp's LoRA GGUF, beside its base model's GGUF (`slm export RUN --format
+gguf-lora`), with the tensor names and layouts export_gguf gives the base."""
 
 from __future__ import annotations
 

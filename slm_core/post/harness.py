@@ -1,15 +1,5 @@
-"""Benchmark tasks through EleutherAI's lm-evaluation-harness (`lm-eval`, the `eval` extra).
-
-The harness does the task work (prompts, few-shot, filters, metrics); `HarnessModel` is the thin
-adapter that lets it score any model we load — a run, its LoRA, a quantized artifact, an HF
-folder — in this process, with the model's own tokenizer. Why not the harness's "hf" model over
-an export: that would need an export to disk for every quantized or LoRA variant and
-transformers' tokenizer for our character and tiktoken vocabularies.
-
-Tasks are named as the harness names them (`hellaswag`, …; their data comes from the Hub, so they
-need a network or a filled datasets cache), as one of the tasks shipped here (slm_core.post.tasks,
-generated offline), or as a path to a JSONL file of the user's own.
-"""
+"""Benchmark tasks through lm-evaluation-harness: `HarnessModel` lets it score any model we load, in this
+process, with its own tokenizer; tasks are harness names, shipped tasks or a user's JSONL."""
 
 from __future__ import annotations
 

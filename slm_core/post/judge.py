@@ -1,12 +1,5 @@
-"""LLM-as-judge: a model's replies to a prompt set, scored by a judge reached through the OpenAI
-chat API — `slm serve` of a larger local model, Ollama, vLLM, llama.cpp's server, or a hosted API.
-
-Single mode asks the judge for a 1–10 score and a reason per criterion of a rubric. Pairwise mode
-shows two models' replies to the same prompt twice, once in each order, and counts a win only
-when both orders agree (a tie otherwise), which cancels the judge's preference for a position.
-A judge reply without a readable score, a timeout or an HTTP error marks that item unscored and
-the run goes on; an endpoint that cannot be reached at all is refused before any reply is made.
-"""
+"""LLM-as-judge through any OpenAI-compatible chat endpoint: rubric scores per reply, and pairwise wins
+counted only when both orders agree. A failed judgement leaves its item unscored."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""A report card per model: perplexity on its own validation data and on a common text, benchmark
-task scores, judge scores, parameters, size on disk and decoding speed — side by side for the
-models picked (a base, its LoRA, its student, their int8/int4), as JSON, as Markdown, and in the
-model card (README.md) of a Hugging Face export.
-
-Cards are saved in the model's folder under evals/ (report-<time>.json/.md); a card made for an
-HF export also rewrites that folder's README.md, and an export made later copies the source's
-newest card into its README.
-"""
+"""A report card per model (perplexity, task and judge scores, size, speed), side by side for the models
+picked, as JSON, as Markdown and in a Hugging Face export's model card."""
 
 from __future__ import annotations
 

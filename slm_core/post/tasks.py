@@ -1,20 +1,5 @@
-"""Task definitions for lm-evaluation-harness: the small tasks shipped with the Studio, and tasks
-made from a user's JSONL file.
-
-Shipped tasks are generated offline from the same generators as the built-in corpus and
-instruction set, with seeds of their own (so no item is a training document), and written once
-as JSONL under the cache folder; every model gets a score on day one without a network:
-
-- `story_ending`: a story without its last paragraph and four endings (three from other stories,
-  with other names and morals): which one fits? Multiple choice.
-- `opposites`: 'The opposite of "hot" is' and four words. Multiple choice.
-- `arithmetic`: "What is 3 plus 4?" answered in free text; the last number of the reply is
-  compared with the sum. Generation.
-
-A user's JSONL becomes a task by its fields: `question` + `choices` + `answer` (an index or the
-text of the right choice) is multiple choice; `prompt` + `reference` is generation, scored by
-exact match of the reply's first line.
-"""
+"""Tasks for lm-evaluation-harness: the small ones shipped here (story_ending, opposites, arithmetic),
+generated offline, and tasks made from a user's JSONL."""
 
 from __future__ import annotations
 

@@ -1,17 +1,5 @@
-"""Saving and loading checkpoints; turning any model source into a ready model + tokenizer.
-
-A checkpoint is a folder: model.safetensors (or adapter/ for LoRA runs), config.yaml,
-tokenizer/, state.json (step, val loss) and, for `latest`, trainer_state.pt (optimizer, RNG,
-sampler state; loaded with weights_only=True), and manifest.json (every file's size and CRC-32,
-written last, after the files are synced: its presence vouches for the rest). Writes go to a
-temporary folder `.<tag>-*` that is swapped in with renames; `latest` keeps the one before it as
-`latest.prev`. Readers take the first folder the manifest vouches for (tag, tag.prev, latest,
-latest.prev, ...), warn naming the damaged file they skipped, and refuse only when none is good.
-A run's writer removes stale temporary folders at its start (run_lock.py makes it the only one).
-
-CRC-32 rather than SHA-256: it detects truncation and corruption (the threat here is a kill, a
-full disk or a bad sector, not an adversary) at ~2.7 GB/s against ~0.8 GB/s on this CPU.
-"""
+"""Checkpoints: saved atomically with a manifest, the newest good one found, and any model source turned into
+a ready model and tokenizer (`load_model`)."""
 
 from __future__ import annotations
 

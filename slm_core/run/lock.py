@@ -1,11 +1,5 @@
-"""One writer per run: an OS file lock on `<run>/run.lock`, held by the training process for the
-whole run, with the holder's pid and host written inside.
-
-`fcntl.flock` ties the lock to the open file, so the kernel drops it the moment the holder dies
-(even on `kill -9`): a stale lock needs no clean-up, the next writer simply takes it. Anyone may
-ask who holds a run (`holder`); the Studio uses that to show a run started from a shell as running.
-Imports no torch.
-"""
+"""One writer per run: an OS file lock (flock) on `<run>/run.lock`, held by the training process with its pid
+and host inside; `holder` says who holds a run. No torch."""
 
 from __future__ import annotations
 

@@ -1,15 +1,5 @@
-"""The run queue: runs waiting for the one training slot, in <runs dir>/queue.json.
-
-Whoever holds the slot is decided by the run directories themselves (a run that is running or
-paused holds it); the queue only says what comes next. Every change happens under an OS lock on
-<runs dir>/.queue.lock, so the Studio's queue worker and `slm queue run` in a shell can both take
-from the same queue without starting two runs: `take_next` checks the slot is free and pops the
-first entry in one locked step, and marks it "launching" so the next taker waits until that run's
-worker has written its own status. Torch-free (the Studio's server imports it).
-
-    slm queue add --preset R [--name N] [--set k=v ...]   put a run at the end
-    slm queue [list] | remove NAME | move NAME --to POS | run
-"""
+"""The run queue (<runs dir>/queue.json): runs waiting for the one training slot, changed only under an OS
+lock so the Studio and `slm queue` in a shell never start two runs. Torch-free."""
 
 from __future__ import annotations
 

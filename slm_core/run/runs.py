@@ -1,22 +1,5 @@
-"""The run directory: the only interface between a training worker and everything watching it.
-
-Layout of `<runs_dir>/<name>/`:
-    config.yaml        the resolved RunConfig (model.vocab_size filled in)
-    status.json        state (queued|running|paused|finished|stopped|failed), step, error, pid, timings, lineage
-    metrics.jsonl      one JSON object per line: kind=train (every optimizer step), kind=eval, or
-                       kind=event (event=paused|continued|stopped|resumed|checkpoint|best|...: plot markers)
-    tensorboard/       the same numbers as TensorBoard event files (slm_core.train.tracking)
-    samples.jsonl      the fixed prompts generated at every evaluation
-    log.txt            the worker's output (written by whoever launched it)
-    tokenizer/         the tokenizer, saved
-    data.json          data fingerprint and token counts
-    checkpoints/{latest,best}/   weights (safetensors), trainer state, config, tokenizer, manifest.json
-    checkpoints/latest.prev/     the checkpoint before latest: the fallback when latest is damaged
-    run.lock           held (flock) by the one process writing the run; pid and host inside (run_lock.py)
-    control/{stop,pause,save}    requests to the worker: it polls for these files
-
-Imports no torch, so the Studio reads runs cheaply.
-"""
+"""The run directory, the only interface between a training worker and everything watching it: names,
+status, metrics, samples, control requests and the runs list (layout: docs/engine-notes.md). No torch."""
 
 from __future__ import annotations
 

@@ -1,15 +1,5 @@
-"""Knowledge distillation: the loss, the frozen teacher, and the check that teacher and student agree.
-
-The training loop (train.py) stays the same as for pretraining; only its loss function changes
-to `DistillLoss`, which runs the teacher on the very batch the student sees (batch by batch,
-under torch.no_grad(), never storing teacher logits for the corpus) and mixes the soft-target
-KL term with ordinary cross-entropy on the labels. `distillation_loss` is the pure function
-behind it, tested on its own.
-
-Distillation compares the two next-token distributions id by id, so the teacher and student
-must share one tokenizer and one vocabulary size; `check_compatible` refuses a mismatch before
-training starts instead of letting the run learn garbage.
-"""
+"""Knowledge distillation: `DistillLoss` (the frozen teacher on the student's batch, soft-target KL mixed with
+cross-entropy), and `check_compatible`, which refuses a teacher with another vocabulary."""
 
 from __future__ import annotations
 

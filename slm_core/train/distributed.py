@@ -1,12 +1,5 @@
-"""Several processes, one run: `slm train --nproc N [--nnodes M --node-rank R --rdzv-endpoint HOST:PORT]`
-relaunches the same entry point under torchrun (torch.distributed.run), and turns a rank that dies
-into a failed run whose status names the rank and its error.
-
-Every rank runs the ordinary loop (train.py is rank-aware); this module only builds the torchrun
-command, runs it, and, when it fails, writes the cause where the Studio and `slm status` look:
-status.json. A rank that raises leaves its message in `<run>/rank<N>.error` (written by the loop);
-a rank killed outright is reported from torchrun's own summary of the first failure.
-"""
+"""`slm train --nproc N` and its multi-node flags: the same entry point relaunched under torchrun, and a
+rank that dies turned into a failed run whose status names the rank and its error."""
 
 from __future__ import annotations
 

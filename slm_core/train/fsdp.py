@@ -1,21 +1,5 @@
-"""train.strategy=fsdp: FSDP2 (`torch.distributed.fsdp.fully_shard`) and its sharded checkpoints.
-
-Under DDP every rank holds the whole model, its gradients and AdamW's two moments (16 bytes a
-parameter); FSDP2 shards all three across the ranks by block and all-gathers one block's weights
-at a time for its forward and backward, so a model that does not fit one GPU with DDP trains on
-several. A single process ignores the strategy (nothing to shard across).
-
-Checkpoints: every rank writes its shards of the model and the optimizer with
-torch.distributed.checkpoint (DCP) into `<checkpoint>/sharded/`, and rank 0 also writes the
-consolidated `model.safetensors` that generation, evaluation and export read; checkpoint.py's
-manifest and atomic rename cover both. A resume reads whichever the new process count needs:
-the shards (resharded by DCP for any number of ranks, or one process) or, from a DDP / single
-process checkpoint, the full weights and the optimizer's full state, sharded on load.
-
-DCP keeps its index (`.metadata`) as a pickle; it is read here with an unpickler that admits only
-DCP's own metadata classes, so a doctored checkpoint cannot run code (house rule: no pickles of
-untrusted files).
-"""
+"""train.strategy=fsdp: FSDP2 (`fully_shard`) across the ranks, and its sharded checkpoints (DCP) beside the
+consolidated weights, whose index is read without unpickling arbitrary objects."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""The one training loop. Pretraining, distillation, LoRA and full fine-tuning differ only in how
-the model is built (modes.py), which parameters train, and the loss.
-
-Rank-aware from the start: under torchrun each rank samples its own slice of the token file,
-gradients are averaged by DDP, and only rank 0 writes metrics and checkpoints. A single process
-is world size 1. Every optimizer step appends one line to metrics.jsonl; stop/pause/save
-requests arrive as files in the run's control/ folder or as SIGINT/SIGTERM.
-"""
+"""The one training loop, for every mode (modes.py builds the model and the loss). Rank-aware: under
+torchrun each rank samples its own slice, and only rank 0 writes metrics and checkpoints."""
 
 from __future__ import annotations
 

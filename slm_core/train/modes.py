@@ -1,9 +1,5 @@
-"""What differs between pretraining, distillation, LoRA and full fine-tuning: where the model and
-tokenizer come from, what trains, and the loss. The loop in train.py is the same for all four.
-
-`build_for_mode` also freezes the run's identity on disk (config.yaml with the vocabulary size
-filled in, tokenizer/, data.json) so the run directory alone reproduces the run.
-"""
+"""Pretraining, distillation, LoRA and full fine-tuning: where each mode's model and tokenizer come from,
+what trains, and the loss; `build_for_mode` also freezes the run's identity on disk."""
 
 from __future__ import annotations
 

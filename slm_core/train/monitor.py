@@ -1,10 +1,5 @@
-"""Resource sampling for the training loop and the Studio: RAM, CPU and GPU memory.
-
-psutil measures the host, pynvml (the `nvidia-ml-py` distribution) the GPUs. `system_memory`
-and `gpu_info` import no torch, so the Studio can call them; `process_sample` reads torch's
-allocator only when the training device is CUDA, importing torch there and nowhere else.
-`gather_rank_memory` brings every rank's memory to rank 0 under torchrun (keys `ram_mb_rank1`, …).
-"""
+"""Resource sampling for the training loop and the Studio: RAM, CPU and GPU memory, per rank under
+torchrun. `system_memory` and `gpu_info` import no torch."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Running out of memory or disk, said plainly: recognising the errors, explaining them with the
-memory estimate (slm_core.models.estimate) and the settings that would fit, and the pre-flight check
-that refuses a model far too large for the device before anything is allocated.
-
-torch is imported lazily (only to recognise its error types), so the check itself is cheap.
-"""
+"""Running out of memory or disk, said plainly: recognising the errors, explaining them with the memory
+estimate, and the pre-flight check that refuses a model far too large before anything is allocated."""
 
 from __future__ import annotations
 

@@ -1,17 +1,5 @@
-""""Shrink this model": a student built from a teacher's config with fewer layers, initialised from
-a subset of the teacher's layers, ready to be distilled from that teacher (same tokenizer, same
-vocabulary, so distillation needs no vocabulary mapping).
-
-Keeping whole teacher layers (the first and last always, the rest evenly spaced) starts the student
-far closer to the teacher than a random init: the embeddings, the final norm, the output layer and
-each kept block are the teacher's own (layer-dropping as in DistilBERT / "shortened Llama").
-`shrink_summary` gives what the Studio shows before launch: parameters, weight memory and the
-expected speed-up (per-token compute scales with the non-embedding parameters).
-
-In a run, `distill.shrink_layers: N` with `distill.teacher` makes the student `shrunk_base(teacher, N)`
-(slm_core.train.modes); `slm shrink TEACHER --layers N` is that run from the shrink-cpu recipe, with the
-summary printed before it starts.
-"""
+""""Shrink this model": a student made of the teacher's first, last and evenly spaced layers, ready to be
+distilled from it; `shrink_summary` and `slm shrink`."""
 
 from __future__ import annotations
 

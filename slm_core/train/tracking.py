@@ -1,21 +1,5 @@
-"""Where a run's numbers go besides metrics.jsonl: TensorBoard event files (always, when the
-`tensorboard` package is installed), Weights & Biases and trackio (when installed and asked for),
-plus the telemetry the loop derives for them: model FLOPs utilisation against the device's peak and
-the bytes per token that turn a loss in nats into bits per byte.
-
-metrics.jsonl stays the one interface the Studio reads; these writers are copies for the tools people
-already use. Each writer is optional: a missing package or a failing writer never stops training
-(the failure is printed once and that writer is dropped).
-
-    SLM_TRACK=tensorboard,wandb,trackio   which writers to open (default: tensorboard; "none": none)
-    WANDB_PROJECT / TRACKIO_PROJECT         project name (default: slm-studio)
-    WANDB_MODE                              offline unless set: files under <run>/wandb, `wandb sync` uploads
-    TRACKIO_DIR                             trackio's local SQLite folder (default: ~/.cache/huggingface/trackio)
-
-Neither wandb nor trackio is imported unless SLM_TRACK names it, and neither talks to a network by default:
-wandb runs offline, trackio writes its local database (a Space or server only if TRACKIO_SPACE_ID or
-TRACKIO_SERVER_URL says so).
-"""
+"""Copies of a run's numbers for TensorBoard, Weights & Biases and trackio (SLM_TRACK picks them; a failing
+writer never stops training), and the telemetry they show: MFU and bits per byte."""
 
 from __future__ import annotations
 
