@@ -1,10 +1,5 @@
-"""The page's half of the folder allow-list (studio.security.PathPolicy): an "Allow this folder?" box.
-
-A tab puts an `AllowBox` under its path inputs and chains it to the failure of the events that read
-them. When an event refused a path because it lies outside the allowed folders (and the path exists), the box
-offers that path's folder; "Allow this folder" adds it for the rest of this server session, and the
-user runs the action again. Nothing is allowed without that second, explicit click.
-"""
+"""The page's half of the folder allow-list (studio.security.PathPolicy): an "Allow this folder?" box offered
+when an event refused an existing path. Nothing is allowed without that second click."""
 
 from __future__ import annotations
 

@@ -1,14 +1,5 @@
-"""The Studio: a Gradio Blocks page assembled from tab modules.
-
-Each tab is one module under studio/tabs/ with a `TITLE` and a `build(ctx)` that lays out its
-components inside the tab and wires its events. Adding a tab is adding its module name to
-`TAB_MODULES`. Tabs talk to each other only through the `StudioContext`: the settings a run is
-made of are registered in `ctx.fields` under their config keys ("train.lr"), so the Train tab can
-start a run from what the Model and Data tabs show.
-
-Building the page imports no torch (a test checks it in a fresh process); tabs that need torch
-(the memory estimate, tokenizing, chat) import slm_core's torch modules inside their handlers.
-"""
+"""The Studio: a Gradio Blocks page assembled from the tab modules in `TAB_MODULES`, which share a run's
+settings through `StudioContext`. Building it imports no torch."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""TensorBoard for the runs directory, started from the Studio (the Runs tab's button) on loopback.
-
-Every run writes TensorBoard event files into <run>/tensorboard/ (slm_core.train.tracking), so one
-`tensorboard --logdir RUNS` shows all of them; this module starts that server once per Studio, on a
-free port of 127.0.0.1, and stops it when the Studio exits: through atexit on a normal exit, and through
-a small watchdog (`python -m studio.board STUDIO_PID -- COMMAND`) that ends TensorBoard when the Studio's
-process is gone however it ended (a SIGTERM skips atexit).
-"""
+"""TensorBoard over the runs directory, started once per Studio on a loopback port and stopped when the Studio
+exits, however it ends."""
 
 from __future__ import annotations
 

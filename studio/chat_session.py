@@ -1,21 +1,5 @@
-"""The model the Chat and Compare tabs talk to: loaded lazily, kept between messages, reloaded when its
-checkpoint changes on disk (a run still training writes a new best).
-
-Every chat goes through an inference engine (slm_core.infer.engine.Engine, or slm_core.infer.onnx.OnnxEngine
-for an onnxruntime-genai folder) held in one process-wide pool, so the Chat tab, both sides of Compare
-and every open browser tab share one engine per model, and concurrent replies are decoded together
-instead of waiting for each other. `pick_backend` chooses the fastest runtime that can run the model
-(onnxruntime-genai when the model is, or has, an up-to-date genai export and the package is
-installed; else native torch); the user can override it. Threads are budgeted: one while a training
-run is active in the runs folder, so chat and training do not fight over the same cores. Native models
-load in a short-lived thread (slm_core.infer.openmp: a Gradio worker thread that ran torch would keep an
-OpenMP team beside the decode loop's and slow it).
-
-The one place in studio/ that holds torch objects, and only through slm_core modules imported inside
-functions: importing this module imports no torch. Base models continue the text as typed
-(completion); models tuned with an instruction template get the whole conversation rendered by
-`slm_core.models.templates.format_prompt`.
-"""
+"""The model the Chat and Compare tabs talk to: one engine per model in a process-wide pool, loaded lazily,
+reloaded when its checkpoint changes, on the backend `pick_backend` chooses."""
 
 from __future__ import annotations
 

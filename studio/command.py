@@ -1,9 +1,5 @@
-"""From the fields on the page to a RunConfig, to `--set` overrides, to the exact `slm` command.
-
-The Studio never builds a config the shell could not: the page's values become the differences
-from the chosen recipe (`--set section.key=value`), and the worker is launched with exactly the
-command shown under "copy as command" (only `slm` is spelled `python -m slm_core`). Torch-free.
-"""
+"""From the page's fields to a RunConfig, to `--set` overrides, to the exact `slm` command the worker runs
+and "copy as command" shows. Torch-free."""
 
 from __future__ import annotations
 

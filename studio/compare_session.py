@@ -1,12 +1,5 @@
-"""Two models answering the same prompt, streamed together: the Compare tab's model holder.
-
-Each side is a studio.chat_session.ChatSession (the shared engine pool, reloaded when its checkpoint
-changes, prompts rendered in the model's own template), so the same engines serve Chat and Compare.
-Both requests are submitted to their engines at once and decode concurrently; the page reads one piece
-of text from each in turn so both answers grow together. Each side's first-token latency and tokens/s
-come from its own engine request. `lora_runs` / `lora_base` give the Compare tab "base vs base + adapter":
-a LoRA run knows its base (train.init_from), and loading the run gives the base with the adapter on it.
-"""
+"""Two models answering the same prompt, streamed together: the Compare tab's pair of chat sessions, decoded
+concurrently and read in turn."""
 
 from __future__ import annotations
 

@@ -1,14 +1,5 @@
-"""slm_core's torch-using calls the page needs (the Model tab's estimate, the Data tab's preview and
-tokenizing) run in a helper process that starts on demand and exits when idle.
-
-Why not in the server: importing torch costs the Gradio server ~200 MB of RSS for as long as it
-lives, and a 1.5 s refresh of a run that trains for hours should not carry that. The helper holds
-torch only while someone edits a model or prepares data. One JSON object per line each way; a
-call's progress (tqdm bars inside slm_core) comes back as {"progress": ...} lines before its result.
-
-    server: Helper().call("describe", {...}, on_progress=None) -> result (SLMError passes through)
-    helper: python -m studio.helper   (reads requests on stdin)
-"""
+"""A helper process for the torch-using slm_core calls the page needs (estimates, data preview, tokenizing):
+started on demand, gone when idle, one JSON object per line each way."""
 
 from __future__ import annotations
 

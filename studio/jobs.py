@@ -1,15 +1,5 @@
-"""The Quantize, Evaluate and Export tabs' work: slm_core calls that load a model, run in a helper
-process (studio.helper's protocol), and answer with plain JSON (rows, paths, sizes).
-
-Why a process of their own and not the Studio's shared helper: a quantization report or an export
-can take minutes and holds the helper's lock all along; the Model tab's estimates must not wait for
-it. Each tab owns one `JobHelper`: torch and the model live there while it works and leave when it
-has been idle for a while (studio.helper.IDLE_S). Progress (stage names, models done) comes back as
-tqdm updates, which studio.helper forwards.
-
-    server: JobHelper().call("quantize", {...}, on_progress) -> dict
-    helper: python -m studio.jobs
-"""
+"""The Quantize, Evaluate and Export tabs' work: slm_core calls run in one helper process per tab
+(studio.helper's protocol), answering with plain JSON."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""The Train tab's "Processes" panel: how many processes train together (`slm train --nproc`), how they
-share the work (train.strategy: DDP or FSDP), which GPUs they use (CUDA_VISIBLE_DEVICES) and, in a
-"Multi-node" accordion, the flags for a run across machines. Start and "copy as command" read the
-panel through `launch_from`, so the page starts exactly the command it shows. Torch-free: the GPU
-list comes from NVML (slm_core.train.monitor), and without an NVIDIA GPU the panel says the processes run on
-the CPU, where torch.distributed's gloo backend connects them.
-"""
+"""The Train tab's "Processes" panel: how many processes, DDP or FSDP, which GPUs, and the multi-node flags,
+read through `launch_from` so Start runs the command shown. Torch-free."""
 
 from __future__ import annotations
 

@@ -1,14 +1,5 @@
-"""The model picker's extra sources, its details (what a model is, and what it needs on this machine)
-and its download with progress, without torch in the server.
-
-`hub_choices()` lists the complete causal-LM snapshots in the Hugging Face cache as (label, value)
-pairs whose value is the Hub id, which every model argument accepts (`slm_core.models.sources`
-resolves it to the cached snapshot, offline). `describe_model(folder)` reads config.json and the
-safetensors headers (no weights) to show family, parameters, context, dtype and disk size.
-`details()` adds the memory estimate to chat, LoRA, QLoRA and fine-tune it
-(`slm_core.models.memory.estimate`, run in the helper process), and `download()` fetches a Hub id in
-a helper process of its own, yielding progress lines the page shows while the server stays free.
-"""
+"""The model picker's extra sources (the Hugging Face cache), its details (what a model is, what it needs
+here) and its download with progress, without torch in the server."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""Every model the Studio can open, and where the artifacts it makes go.
-
-A run's checkpoint is the original; quantizing and exporting write new folders beside it
-(`<run>/quantized/<label>/`, `<run>/export/<label>/`) and never touch the source. Chat, Compare,
-Evaluate and Export pick from `model_sources`: each run with a checkpoint, followed by those of its
-artifact folders that `slm_core.run.checkpoint.load_model` opens (quantized artifacts and Hugging Face
-folders; GGUF and ONNX exports are for other runtimes and are left out). Pure file-system reads:
-no torch, so the page can refresh these lists on every visit.
-"""
+"""Every model the Studio can open (`model_sources`: runs and their loadable artifacts) and where the
+artifacts it makes go. File-system reads only, no torch."""
 
 from __future__ import annotations
 

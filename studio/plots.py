@@ -1,11 +1,5 @@
-"""Pure functions from run files (metrics rows, samples, status) to plotly figures, HTML and notes.
-
-Nothing here reads a file or touches Gradio: the tabs pass in what `slm_core.run.runs` read, so every
-function is unit-tested on plain lists. Metric rows follow the run-directory contract: kind=train
-rows carry loss, lr, tokens_per_sec, ram_mb, cpu_percent (+ GPU memory on CUDA, + ce_loss/kd_loss
-when distilling, + the other ranks' memory as ram_mb_rank1, … every few steps under torchrun);
-kind=eval rows carry val_loss.
-"""
+"""Pure functions from run files (metrics rows, samples, status) to plotly figures, HTML and notes; the tabs
+pass in what slm_core.run.runs read."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""The Train form and the runs it describes: a run's own settings back into the form ("load settings",
-"clone", and the form following the watched run), the form saved as the user's own recipe, and the
-queue as the Train tab shows it. Torch-free; the tab wires these to buttons.
-
-A run's settings are its config.yaml, used as the recipe itself (`slm train --preset runs/X/config.yaml`
-works from a shell): every setting comes back, including those the form has no field for, and the
-command of an untouched clone carries no `--set` at all.
-"""
+"""The Train form and the runs it describes: a run's settings back into the form (load, clone, follow), the
+form saved as the user's recipe, and the queue as the tab shows it. Torch-free."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""Starts, pauses, stops and resumes the training worker: `python -m slm_core train|resume ...` in its
-own process, its output captured to the run's log.txt.
-
-The worker is the same entry point as the `slm` command, so the Gradio server never holds the
-training model: a crash or an out-of-memory kills only the worker, which this module then
-reports as a failed run with the worker's own message. One run at a time: a second start is
-refused while any run in the runs directory is running or paused (including ones started from a
-shell or by an earlier Studio); it can wait in the queue instead (slm_core.run.queue), which the
-queue worker thread empties one run at a time. Requests go through the run directory's control/ files.
-"""
+"""Starts, pauses, stops and resumes the training worker (`python -m slm_core train|resume ...`) in its own
+process, one run at a time, and reports a worker that died as a failed run."""
 
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
-"""The Studio as a local app, not a file server: who may talk to it and which files it may read.
-
-- `StudioGuard`, an ASGI middleware wrapped around everything Gradio serves: answers only requests
-  whose `Host` names the address the Studio is bound to (or a localhost form), refuses any request
-  whose `Origin` is another site (a DNS-rebinding page, a page on another port), and throttles
-  failed logins (`LoginLimiter`). It sits outside Gradio's own CORS layer, so a refused request
-  never has a foreign origin echoed back.
-- `PathPolicy`: the folders the page may read: the runs directory (uploads are copied into
-  <runs>/uploads), Gradio's upload folder, `--allow-path` folders and folders the user confirmed
-  in the page for this session. `check_path` is the one gate every event that takes a path or a
-  run name goes through; a refusal is an error in the page, never a traceback.
-- `launch_problem`: binding beyond loopback (or a --share link) needs --auth, unless --insecure.
-"""
+"""The Studio as a local app, not a file server: `StudioGuard` (Host, Origin and login checks), `PathPolicy`
+(the folders the page may read) and `launch_problem` (no exposed address without --auth)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-""""Shrink this model" in the Train tab's distill mode: a student made of N of the teacher's layers
-(`distill.shrink_layers`, slm_core.train.shrink), with teacher vs student parameters, weight memory and the
-expected speed-up shown before Start.
-
-The layer count is a run setting like any other (registered under its config key), so Start and
-"copy as command" carry `--set distill.shrink_layers=N`; 0 means "no shrinking: distill into the
-recipe's model". The summary is computed in the helper process (it counts parameters on torch's meta
-device) from the teacher's config alone: no weights are read.
-"""
+""""Shrink this model" in the Train tab's distill mode: the layer count (`distill.shrink_layers`) and the
+teacher-against-student summary shown before Start."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The Studio's CSS (a Python string so it ships with the package without package-data rules), and the
-status marks drawn with it.
-
-Marks are a coloured word ("OK", "Error"), not an emoji: on a machine without an emoji font ✅ and ❌
-both render as the same empty box, and success looks like failure.
-"""
+"""The Studio's CSS, as a Python string so it ships with the package, and the status marks drawn with it:
+coloured words, not emoji."""
 
 MARKS = {"ok": ("slm-mark-ok", "OK"), "info": ("slm-mark-info", "Note"), "warn": ("slm-mark-warn", "Warning"),
          "error": ("slm-mark-error", "Error")}

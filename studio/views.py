@@ -1,9 +1,5 @@
-"""Pure functions from run files to the text the tabs show: progress bar, status line, overfitting and
-failure notes, the sample timeline, the log tail, the runs table and a config diff.
-
-Like plots.py these take plain values (status dicts, metric rows, strings) and return HTML or
-Markdown, so they are unit-tested without a browser.
-"""
+"""Pure functions from run files to the text the tabs show (progress, status, notes, samples, the log tail,
+the runs table, config diffs), as HTML or Markdown."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""Reading a run directory cheaply, every 1–2 seconds, from every open page.
-
-metrics.jsonl and samples.jsonl only grow while a run is live, so each is read incrementally from
-the byte offset reached last time (a line still being written, without its newline, waits for the
-next read). `signature` is a cheap fingerprint (sizes and mtimes) that lets the Train tab skip
-rebuilding figures when nothing changed.
-"""
+"""Reading a run directory cheaply and often: the growing jsonl files from the offset reached last time, and
+`signature`, a fingerprint that says when nothing changed."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Chat tab: talk to a run's best or latest checkpoint (or any model folder), tokens streamed as they come.
-
-Works while a run trains: the model loads from the checkpoint on disk into the Studio process (via
-studio.chat_session, which imports torch lazily) and reloads when a newer checkpoint appears.
-"""
+"""Chat tab: talk to a run's checkpoint or any model folder, tokens streamed as they come; the model reloads
+when a newer checkpoint appears (studio.chat_session)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""Compare tab: one prompt, two models, both answers streaming side by side with their tokens/s: an
-original against its int8 version, a base model against its LoRA fine-tune, two runs. "Base vs base +
-adapter" fills both pickers from a LoRA run (it records its base) and sends the prompt in one click; one
-system prompt goes to both sides.
-
-Models come from studio.model_picker.chat_choices (runs, their quantized / exported versions, cached Hub
-models) and are held by studio.compare_session.PairSession (two chat sessions, stepped in turn). Each
-side keeps its own conversation, so tuned models see the earlier turns in their own template.
-"""
+"""Compare tab: one prompt, two models, both answers streaming side by side with their speed; "base vs base +
+adapter" fills both pickers from a LoRA run."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""Data tab: where the text comes from and how it becomes tokens.
-
-Sources: the built-in stories or instructions, a local file or folder (typed or uploaded), a
-JSONL/CSV/Parquet file with a column picker, or a Hub dataset name. Preview reads only the start
-of a source; Tokenize runs `slm_core.data.cache.prepare_data` (the same cached token files a run uses,
-so the run that follows starts at once) with a progress bar. Both run in the helper process
-(studio.helper), since slm_core.data.cache imports torch.
-"""
+"""Data tab: where the text comes from (built-in, a file or folder, a table with a column picker, a Hub
+dataset), its preview and its tokenizing, run in the helper process."""
 
 from __future__ import annotations
 

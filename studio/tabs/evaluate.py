@@ -1,9 +1,5 @@
-"""Evaluate tab: perplexity of several models on the same data, one table: originals beside their
-quantized and exported versions (studio.models.model_sources), on each model's own validation data
-or on any source the Data tab accepts (a file, a folder, 'builtin').
-
-The models load in the tab's own helper process (studio.jobs), one after the other.
-"""
+"""Evaluate tab: perplexity of several models on the same data in one table (originals beside their quantized
+and exported versions), computed in the tab's helper process (studio.jobs)."""
 
 from __future__ import annotations
 

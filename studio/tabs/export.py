@@ -1,10 +1,5 @@
-"""Export tab: write a run (or one of its quantized versions) for other runtimes: a Hugging Face folder
-(transformers), GGUF (llama.cpp, Ollama) or ONNX (onnxruntime); then list the files written and say
-how to use them.
-
-The export runs in the tab's own helper process (studio.jobs) and lands in <run>/export/<label>/
-(slm_core.post.export writes it aside and renames it into place, so a failed export leaves nothing behind).
-"""
+"""Export tab: write a run, or one of its quantized versions, as a Hugging Face folder, GGUF or ONNX in the
+tab's helper process; then list the files written and say how to use them."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""Model tab: pick a model preset or edit its shape; see parameters, memory, token budget and step time.
-Or pick a real model (Hub id, cache, folder, run) and see what chatting, LoRA, QLoRA and full fine-tuning
-it need on this machine (studio.model_picker's panel).
-
-The fields register under their config keys (model.n_layer, ...) so the Train tab starts a run of
-exactly this shape. The estimate comes from `slm_core.models.estimate.describe`, imported inside the
-handler (it builds the model on torch's meta device); an invalid combination shows its SLMError
-message under the field it names instead of an estimate.
-"""
+"""Model tab: a preset's shape, edited, with its parameters, memory, token budget and step time; or a real
+model and what chatting and fine-tuning it need on this machine."""
 
 from __future__ import annotations
 

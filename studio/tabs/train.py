@@ -1,10 +1,5 @@
-"""Train tab: recipes, the training fields, Start/Pause/Continue/Save/Stop/Resume, and the live view.
-
-Start turns the page into `slm train --preset R --set ...` (shown under "copy as command") and hands
-it to the Runner, which runs it in a worker process. A timer reads the watched run's directory
-every 1.5 s and redraws only when a file changed; since everything lives in the run directory, a
-reloaded page finds the running job with its whole history.
-"""
+"""Train tab: recipes, the training fields, the run controls and the live view, redrawn from the run
+directory when a file changed."""
 
 from __future__ import annotations
 
