@@ -1,11 +1,5 @@
-"""Quantize tab: turn a run's checkpoint into an int8 / int4 / int8-dynamic artifact and see what it
-costs and gains against the original: size on disk, memory, validation perplexity, batch-1 tokens/s,
-all measured in one process side by side (slm_core.models.quantized.quantization_report).
-
-The work runs in the tab's own helper process (studio.jobs), so the server never holds torch for it
-and a crash there leaves the page up. The artifact lands in <run>/quantized/<label>/, where Chat,
-Compare, Evaluate and Export find it.
-"""
+"""Quantize tab: an int8 / int4 / int8-dynamic artifact of a run's checkpoint, made in the tab's helper
+process, and its size, memory, perplexity and speed beside the original's."""
 
 from __future__ import annotations
 
