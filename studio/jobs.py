@@ -63,7 +63,7 @@ REPORT_FILE = "report.json"  # in each quantized artifact's folder: its row and 
 def quantize(source: str, tag: str = "best", method: str = "int8", group_size: Optional[int] = 64,
              report: bool = True, eval_tokens: int = 20_000) -> dict:
     """Quantize `source` into <run>/quantized/<label>/ (replacing an earlier one of the same label) and,
-    with `report`, measure it against the original side by side (slm_core.models.quantized.quantization_report)."""
+    with `report`, measure it against the original side by side (slm_core.post.quantize.quantization_report)."""
     import copy
 
     from slm_core.models.load import load_model

@@ -7,6 +7,9 @@ import threading
 import pytest
 import torch
 
+import slm_core.infer.decoder as decoder_module
+import slm_core.infer.engine as engine_module
+import slm_core.models.decoding as decoding
 from slm_core.config import ModelConfig
 from slm_core.infer.engine import Decoder, Engine, decode_one
 from slm_core.infer.sampling import SamplingParams, TextStream, clean
@@ -212,7 +215,6 @@ HALF_TOLERANCE = {"fp16": 0.005, "bf16": 0.03}
 def _half_kind(kind: str, monkeypatch) -> None:
     """Make Decoders build the `kind` copy: fp16 where this torch has FBGEMM's kernel (x86 builds), else bf16,
     as on a build without it (ARM)."""
-    import slm_core.infer.decoder as decoder_module
 
     if kind == "bf16":
         monkeypatch.setattr(decoder_module, "_fp16_packed", lambda w, bias: None)
@@ -226,7 +228,6 @@ def test_one_row_steps_from_a_half_copy_stay_close_and_everything_else_stays_exa
     # A memory-bound fp32 model decodes its one-row multiplies from a half-precision copy (half the bytes a
     # token): a one-row step and the last-position head. A prompt's layers (the cache they write) and batched
     # steps keep the exact fp32 weights, and dtype 'fp32' turns the copy off.
-    import slm_core.infer.decoder as decoder_module
 
     _half_kind(kind, monkeypatch)
     model = _model_with_visible_norms(family)
@@ -247,11 +248,12 @@ def test_one_row_steps_from_a_half_copy_stay_close_and_everything_else_stays_exa
     torch.testing.assert_close(one, full[0], atol=HALF_TOLERANCE[kind] * scale, rtol=0)
     assert not torch.equal(one, full[0])  # and it really ran the copy
 
-    assert decoder_module.one_row_half_default(decoder_module.ONE_ROW_HALF_MIN_PARAMS, torch.float32, "cpu")
-    assert not decoder_module.one_row_half_default(decoder_module.ONE_ROW_HALF_MIN_PARAMS - 1, torch.float32, "cpu")
-    assert not decoder_module.one_row_half_default(decoder_module.ONE_ROW_HALF_MIN_PARAMS, torch.bfloat16, "cpu")
-    assert decoder_module.prepared_weight_copies(100_000_000, 768, "fp32", "cpu") == 1.5  # fused + half copies
-    monkeypatch.setattr(decoder_module, "ONE_ROW_HALF_MIN_PARAMS", 0)  # as if this model were 40M+
+    assert decoding.one_row_half_default(decoding.ONE_ROW_HALF_MIN_PARAMS, torch.float32, "cpu")
+    assert not decoding.one_row_half_default(decoding.ONE_ROW_HALF_MIN_PARAMS - 1, torch.float32, "cpu")
+    assert not decoding.one_row_half_default(decoding.ONE_ROW_HALF_MIN_PARAMS, torch.bfloat16, "cpu")
+    assert decoding.prepared_weight_copies(100_000_000, 768, "fp32", "cpu") == 1.5  # fused + half copies
+    monkeypatch.setattr(decoding, "ONE_ROW_HALF_MIN_PARAMS", 0)  # as if this model were 40M+
+    monkeypatch.setattr(engine_module, "cpu_has_native_bf16", lambda: False)  # auto keeps fp32 weights, as on AVX2
     auto, exact = Engine(model, ByteTokenizer(), slots=1), Engine(model, ByteTokenizer(), slots=1, dtype="fp32")
     assert auto.decoder.one_row_half and f"{kind} one-row copy" in auto.description
     assert not exact.decoder.one_row_half and "one-row copy" not in exact.description
@@ -266,7 +268,6 @@ def test_a_big_model_decodes_from_its_bf16_copy_alike_alone_or_batched(family, m
     # Past FAST_MAX_PARAMS (a 1B model) a bf16 copy is the only one (FBGEMM's fp16 packing would take a minute).
     # Its multiplies of up to BIG_HALF_MAX_ROWS rows read it (fp32 ones of 2-4 rows took 2-5x longer there), so a
     # request decoded beside others gets what it gets alone; a longer prompt runs the model's fp32 modules, exactly.
-    import slm_core.infer.decoder as decoder_module
 
     monkeypatch.setattr(decoder_module, "FAST_MAX_PARAMS", 0)
     model = _model_with_visible_norms(family)
@@ -287,14 +288,13 @@ def test_a_big_model_decodes_from_its_bf16_copy_alike_alone_or_batched(family, m
         assert not torch.equal(row, expected)  # the copy, not the fp32 weights
     alone = decoder.step([1], [7], [10])[0]  # position 10 again: the same cache entry rewritten
     torch.testing.assert_close(alone, together[1], atol=1e-4 * together[1].abs().max().item(), rtol=0)
-    assert decoder_module.prepared_weight_copies(1_240_000_000, 2048, "fp32", "cpu") == 0.5  # the copy alone
+    assert decoding.prepared_weight_copies(1_240_000_000, 2048, "fp32", "cpu") == 0.5  # the copy alone
 
 
 def test_an_idle_decode_loop_thread_ends_and_the_next_request_starts_another(monkeypatch):
     # An idle loop thread ends so that its OpenMP team does not slow other threads' torch work (slm_core.infer.openmp)
     import time
 
-    import slm_core.infer.engine as engine_module
 
     monkeypatch.setattr(engine_module, "IDLE_EXIT_S", 0.05)
     model = tiny("llama")

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from slm_core import system
 from slm_core.config import LoRAConfig, ModelConfig, load_model_preset
 from slm_core.errors import SLMError
 from slm_core.models import estimate
@@ -357,9 +358,9 @@ def test_describe_bundles_everything_for_the_cli_and_studio():
 # ---- monitor -------------------------------------------------------------------------------
 
 def test_system_memory_and_gpus_are_reported():
-    mem = monitor.system_memory()
+    mem = system.system_memory()
     assert 0 < mem["available_mb"] <= mem["total_mb"] and mem["cpu_count"] >= 1
-    gpus = monitor.gpu_info()
+    gpus = system.gpu_info()
     assert isinstance(gpus, list)
     if not torch.cuda.is_available():
         assert gpus == [] or all(g["total_mb"] > 0 for g in gpus)
@@ -389,7 +390,8 @@ def test_process_sample_reports_gpu_memory_on_cuda():
 
 
 def test_the_studios_samplers_do_not_import_torch():
-    code = ("import sys; from slm_core import monitor; monitor.system_memory(); monitor.gpu_info(); "
+    code = ("import sys; from slm_core import system; from slm_core.train import monitor; system.system_memory(); "
+            "system.gpu_info(); "
             "monitor.process_sample(); assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 

@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from slm_core.config import ModelConfig, RunConfig
 from slm_core.errors import SLMError
 from slm_core.infer.generate import generate_tokens
+from slm_core.models import load as L
 from slm_core.models import quantized as Q
 from slm_core.models.model import Transformer
+from slm_core.post import quantize as QR
 
 
 def tiny(family="llama", **overrides) -> Transformer:
@@ -105,7 +107,7 @@ def test_saved_artifact_reloads_with_identical_logits_from_its_metadata(tmp_path
     meta = json.loads((out / "quantization.json").read_text())
     assert meta["method"] == method and meta["group_size"] == (64 if method == "int4" else None)
     assert meta["source"] == "runs/demo" and meta["tied_embeddings"] is tied
-    loaded = Q.load_quantized(out)
+    loaded = L.load_quantized(out)
     assert loaded.kind == "quantized" and loaded.model.quantization["method"] == method
     assert torch.equal(logits(loaded.model, IDS), logits(quantized, IDS))
 
@@ -133,9 +135,9 @@ def test_checkpoint_loader_opens_quantized_artifacts(tmp_path):
 
 def test_files_are_about_a_quarter_and_an_eighth_of_fp32():
     model = tiny(d_model=128, vocab_size=512)
-    fp32 = Q.weights_file_bytes(model)
-    assert Q.weights_file_bytes(Q.quantize_model(copy.deepcopy(model), "int8")) < 0.3 * fp32
-    assert Q.weights_file_bytes(Q.quantize_model(copy.deepcopy(model), "int4", 64)) < 0.22 * fp32
+    fp32 = QR.weights_file_bytes(model)
+    assert QR.weights_file_bytes(Q.quantize_model(copy.deepcopy(model), "int8")) < 0.3 * fp32
+    assert QR.weights_file_bytes(Q.quantize_model(copy.deepcopy(model), "int4", 64)) < 0.22 * fp32
 
 
 @pytest.mark.parametrize("method", Q.METHODS)
@@ -188,7 +190,7 @@ def train_briefly(model, steps=40):
 def test_report_compares_size_quality_and_speed_side_by_side():
     model, windows = train_briefly(tiny())
     quantized = {m: Q.quantize_model(copy.deepcopy(model), m, 32) for m in Q.METHODS}
-    rows = Q.quantization_report(model, quantized, windows, new_tokens=8, repeats=1)
+    rows = QR.quantization_report(model, quantized, windows, new_tokens=8, repeats=1)
     assert [r["model"] for r in rows] == ["fp32", "int8", "int4", "int8-dynamic"]
     base, int8, int4 = rows[0], rows[1], rows[2]
     assert base["size_ratio"] == 1.0 and base["speedup"] == 1.0
@@ -196,22 +198,22 @@ def test_report_compares_size_quality_and_speed_side_by_side():
     assert all(r["tokens_per_sec"] > 0 and r["memory_mb"] > 0 for r in rows)
     assert base["ppl"] < 40  # it learned the chain (160 tokens: 160 untrained)...
     assert int8["ppl"] < base["ppl"] * 1.05 and int4["ppl"] < base["ppl"] * 1.3  # ...and quantization keeps it
-    assert Q.method_label(int4_model := quantized["int4"]) == "int4-g32" and int4_model is not model
-    assert "int8-dynamic" in Q.format_report(rows)
+    assert QR.method_label(int4_model := quantized["int4"]) == "int4-g32" and int4_model is not model
+    assert "int8-dynamic" in QR.format_report(rows)
 
 
 def test_int4_kernel_layout_replaces_the_portable_copy_and_gives_it_back_exactly(tmp_path):
     model = tiny(d_model=128, n_head=4)
     expected, _ = Q.quantize_state(model, "int4", 32)
     quantized = Q.quantize_model(copy.deepcopy(model), "int4", 32)
-    before = Q.model_memory_bytes(quantized)
+    before = QR.model_memory_bytes(quantized)
     nibble_bytes = sum(m.weight.numel() for m in quantized.modules() if isinstance(m, Q.WeightOnlyInt4Linear))
     reference = logits(quantized, IDS)  # builds the CPU kernel layout, drops the nibble buffer
     layer = quantized.layers[0].mlp.up_proj
     # only the kernel's bf16 copy of scales/zeros is added, not a second copy of the weights
-    assert layer.weight.numel() == 0 and Q.model_memory_bytes(quantized) - before < nibble_bytes / 2
+    assert layer.weight.numel() == 0 and QR.model_memory_bytes(quantized) - before < nibble_bytes / 2
     tensors, _ = Q.quantized_state(quantized)
     assert all(torch.equal(tensors[k], v) for k, v in expected.items())
     assert torch.equal(quantized.state_dict()["layers.0.mlp.up_proj.weight"], expected["layers.0.mlp.up_proj.weight"])
     Q.save_quantized(quantized, model.config, None, tmp_path / "q")
-    assert torch.equal(logits(Q.load_quantized(tmp_path / "q").model, IDS), reference)
+    assert torch.equal(logits(L.load_quantized(tmp_path / "q").model, IDS), reference)
