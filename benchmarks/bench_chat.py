@@ -12,6 +12,26 @@ note under each table); native ≥ 2× transformers; serve at 4 clients ≥ 2.5�
 
     python benchmarks/bench_chat.py [--tokens 128] [--quick | --big]
         --quick: the tiny model and 1 thread only; --big: only a Llama-3.2-1B shape, native vs transformers
+
+Figures that set constants (2 cores unless said; the serve and Chat page figures at --tokens 256):
+- ONE_ROW_COPY_MAX_PARAMS (slm_core/models/decoding.py): ~100M model, one-row steps from an (in, out) fp32
+  copy through MKL against oneDNN's packed matrices: 35 vs 28 tokens/s on 1 thread; on 2 threads oneDNN is
+  ahead, 43 vs 36.
+- ONE_ROW_HALF_MIN_PARAMS (slm_core/models/decoding.py): ~100M model, 2 threads, exact fp32 against the bf16
+  copy: 42-46 vs 92-99 tokens/s on an Intel AVX2 CPU. On an AMD AVX2 CPU (no bf16 arithmetic), exact / bf16 /
+  fp16: 19-20 / 25 / 26-31 on 2 threads, 20-24 / 17-18 / 22-24 on 1. --big (Llama-3.2-1B shape, 2 threads,
+  the bf16 copy alone past FAST_MAX_PARAMS): 3.2-3.6 -> 10.9-11.6 tokens/s.
+- ONEDNN_MIN_DIM (slm_core/models/decoding.py): on the tiny model's 256-wide matrices oneDNN's per-call cost
+  made a 4-row step 20-40% slower than MKL's (measured in place; isolated micro-benchmarks flatter oneDNN).
+- ONE_THREAD_MAX_PARAMS (slm_core/infer/engine.py): a 256-wide multiply takes ~20 µs; a 3M model gains
+  nothing from a second thread alone (1108 vs 1165 tokens/s), and its decode loop in a thread beside the
+  streaming threads ran 560 tokens/s on one thread, 359 on two.
+- STREAM_INTERVAL_S (slm_core/infer/serve.py): 3M model, 1, 4 and 8 clients: one event per token 330-361,
+  655-695 and 901-979 tokens/s, against 413-497, 817-976 and 1294-1337 at 20 ms.
+- PAGE_UPDATE_S (studio/chat_session.py): Chat page, 3M model: native 137-178 tokens/s updated per token,
+  310-342 at 20 ms, 420-522 at 50 ms; onnxruntime-genai 182-207, 1107-1216 and 1322-1910.
+- The Chat tab's updates without gr.skip() (studio/tabs/chat.py): gr.skip() cost ~3 of an update's ~5 ms
+  on the thread that streams.
 """
 
 from __future__ import annotations

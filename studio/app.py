@@ -33,8 +33,8 @@ TAB_MODULES: tuple[str, ...] = (
     "studio.tabs.export",
 )
 # Pages (and API clients) whose server-side state Gradio keeps, least recently used dropped first: each holds
-# a copy of the page's config (~0.6 MB here), and Gradio's default of 10,000 let the server grow with every
-# reload and client. A page that polls (the Train tab's timer) stays among the most recent.
+# a copy of the page's config, and Gradio's default of 10,000 let the server grow with every reload and client
+# (benchmarks/bench_studio_memory.py). A page that polls (the Train tab's timer) stays among the most recent.
 STATE_SESSIONS = 100
 
 

@@ -13,10 +13,8 @@ BACKENDS = ("auto", "native", "onnx")
 SLOTS = 4  # concurrent replies per model decoded together
 POOL_SIZE = 4  # models kept loaded at once (Chat, both Compare sides, one spare)
 # A reply reaches the page at most this often, each update carrying every token decoded since the last (the first
-# at once). Gradio re-renders and sends the whole message per update, Python work that either holds the GIL the
-# decode loop needs (native) or runs between a lone genai Generator's tokens. Chat page, 3M model, 256 tokens,
-# 2 cores: native 137-178 tokens/s updated per token, 310-342 at 20 ms, 420-522 at 50 ms; onnxruntime-genai
-# 182-207, 1107-1216 and 1322-1910. 20 updates a second still reads as a smooth stream.
+# at once): an update is Python work that slows decoding, and 20 a second still reads as a smooth stream.
+# benchmarks/bench_chat.py (the Chat page rows)
 PAGE_UPDATE_S = 0.05
 
 

@@ -18,9 +18,7 @@ from slm_core.models.model import RMSNorm, base_transformer, rope_cos_sin
 from slm_core.system import available_memory_mb
 
 MAX_CACHE = 4096  # positions per slot at most: an imported model may allow 32k
-# There, multiplies of up to this many rows (a batched step of every slot, a prompt that short) read the bf16
-# copy too: MKL's fp32 ones of 2-4 rows cost 2-5x one row. 1B shape, 2 threads, steps of 2/4/8 rows:
-# 269/417/787 ms against 648/971/858 from fp32 (one row: ~100 ms). A request then decodes alike alone or batched.
+# Past FAST_MAX_PARAMS, steps of up to this many rows read the bf16 copy too: fp32 ones cost several one-row steps.
 BIG_HALF_MAX_ROWS = 8
 
 
@@ -137,7 +135,7 @@ class _Proj:
         elif one_row == "half" and _plain(*modules) and modules[0].weight.dtype == torch.float32:
             # A model too big for fused fp32 copies still reads its steps of up to BIG_HALF_MAX_ROWS rows from a
             # fused half-precision one (half a copy), output columns in `perm` order; more rows call the modules.
-            # Always bf16: FBGEMM packs fp16 at ~40 ns a weight on one core (a 1B model: a minute to load).
+            # Always bf16: packing FBGEMM's fp16 copy of a model this size would take too long at load.
             self.perm, self.b, self.half_rows = perm, _stacked_bias(modules, perm), BIG_HALF_MAX_ROWS
             self.half, self.half_kind = _bf16_rows([m.weight for m in modules], perm), "bf16"
         else:
@@ -178,7 +176,7 @@ def _norm_fn(norm, dtype: torch.dtype):
     weight, eps = norm.weight.detach(), norm.eps
     if dtype == torch.float32 and weight.dtype == torch.float32:
         # mean(x²) = |x|²/C from one vector_norm kernel, + eps in the same addcmul, rsqrt in place on the
-        # (N, 1) scale: measured ~1.5x cheaper than F.rms_norm for one row (within an ulp of RMSNorm).
+        # (N, 1) scale: cheaper than F.rms_norm for one row, within an ulp of RMSNorm.
         eps_t, inv_c = torch.tensor(eps, device=weight.device), 1.0 / weight.shape[0]
 
         def rms(x: torch.Tensor) -> torch.Tensor:

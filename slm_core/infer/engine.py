@@ -21,10 +21,7 @@ from slm_core.models.quantized import is_quantized
 from slm_core.system import cpu_has_native_bf16
 
 DEFAULT_SLOTS = 8
-# Up to here a model's multiplies are too short to split (a 256-wide one takes ~20 µs) and its weights stay
-# cached: a second thread gains nothing alone (3M model: 1108 vs 1165 tokens/s), and beside the threads that
-# stream the text (HTTP, the page) its OpenMP spin-wait takes the core they need (the decode loop in a thread,
-# 2 cores: 560 tokens/s on one thread, 359 on two). So by default such a model decodes on one thread.
+# Up to here one decode thread: a second gains nothing and spins on the core streaming needs: benchmarks/bench_chat.py
 ONE_THREAD_MAX_PARAMS = 10_000_000
 IDLE_EXIT_S = 2.0  # an idle decode loop thread ends after this long, and its OpenMP team with it (slm_core.infer.openmp)
 # A loop on the main thread (run_here) wakes this often while idle, to see a stop that a signal handler flagged

@@ -21,10 +21,7 @@ DEFAULT_PORT = 8000
 # them to end (a client that stops reading would hold the server open).
 GRACEFUL_SHUTDOWN_S = 3
 # A stream sends its first text at once, then at most one event per interval carrying every token decoded meanwhile.
-# Each event is Python work, on its stream's thread and the HTTP thread, that holds the GIL the decode loop needs
-# between its ops: one event per token per client cost a 3M model a fifth to a third of its tokens/s (2 cores,
-# 256 tokens; 1, 4 and 8 clients: 330-361, 655-695 and 901-979 tokens/s, against 413-497, 817-976 and 1294-1337
-# at 20 ms). 50 updates a second is smoother than anyone reads.
+# Each event holds the GIL the decode loop needs; 50 a second reads smoothly: benchmarks/bench_chat.py (serve rows)
 STREAM_INTERVAL_S = 0.02
 
 

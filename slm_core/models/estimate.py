@@ -17,8 +17,7 @@ from slm_core.system import MB, cpu_has_native_bf16
 NOMINAL_VOCAB = 256
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 0.5}
-# Peak RSS over the tensor peak on CPU (glibc keeps freed blocks): 1.15-1.6 measured on the tiny
-# presets (fp32 1.15-1.4, bf16 1.2-1.4, gradient checkpointing 1.6); the fit check takes the top.
+# Peak RSS over the tensor peak on CPU (glibc keeps freed blocks), the top measured: benchmarks/bench_model_memory.py
 CPU_ALLOCATOR_SLACK = 1.6
 
 _FLOPS_CACHE: dict = {}
@@ -402,10 +401,7 @@ def _time_matmul_in_subprocess(device: str, dtype: str, shape: tuple, seconds: f
     return float(done.stdout.strip().splitlines()[-1])
 
 
-# A whole training step (norms, softmax, the loss, AdamW, Python) reaches only part of the rate
-# its matrix multiplies reach alone. CPU: the best of several steps of the tiny presets against
-# the benchmark below, measured on a 2-core AVX-512 machine (fp32 0.6-0.7, bf16 autocast about
-# 0.4: its norms and loss stay fp32). CUDA was not measured here: 0.4 is a typical eager-mode figure.
+# The part of its matmuls' rate a whole training step reaches (norms, loss, AdamW, Python); CUDA's is a typical figure.
 STEP_UTILIZATION = {("cpu", False): 0.6, ("cpu", True): 0.4, ("cuda", False): 0.4, ("cuda", True): 0.4}
 
 

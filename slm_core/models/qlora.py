@@ -26,7 +26,7 @@ SMALL_BATCH = 16  # rows (tokens) at or below which int8 uses the kernel (decode
 ROW_BLOCK = 8192  # output rows dequantized at once in training (8192 x 2048 fp32: 64 MB)
 
 # Each packed byte → its (low, high) nibble minus 8, as floats: one embedding lookup unpacks a whole
-# matrix ~2x faster than quantize.unpack_nibbles' shifts, masks and stack (34 vs 76 ms at 2048x2048).
+# matrix faster than unpack_nibbles' shifts, masks and stack.
 _NIBBLE_PAIRS = torch.stack([torch.arange(256) & 15, torch.arange(256) >> 4], -1).float() - 8  # (256, 2)
 
 

@@ -132,7 +132,7 @@ def _build_model(config: RunConfig, base, device: torch.device) -> torch.nn.Modu
     model.gradient_checkpointing = config.train.grad_checkpointing
     qlora = config.train.mode == "lora" and config.lora.quantize_base != "none"
     if base is not None and not qlora and _half_weights_are_slow(model, device):
-        # A Hub base arrives in bf16; on a CPU without bf16 units its backward matmuls run 10-100x slower than fp32.
+        # A Hub base arrives in bf16, far slower than fp32 without bf16 units: benchmarks/bench_finetune_memory.py
         model.float()
     if qlora:  # QLoRA: quantize before the move
         from slm_core.models.qlora import base_weight_bytes, quantize_base  # imports peft (seconds): QLoRA only

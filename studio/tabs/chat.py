@@ -123,7 +123,7 @@ def reply(session: ChatSession, stop_flag: threading.Event, text: str, history: 
                     seed=int(seed) if str(seed or "").strip().lstrip("-").isdigit() else None)
     stats: dict = {}
     # Every update repeats the stats and info values as they stand: Gradio sends nothing for an unchanged value,
-    # while gr.skip() makes it build a new component per update (~3 of its ~5 ms, on the thread that streams).
+    # while gr.skip() makes it build a new component per update, most of an update's cost: benchmarks/bench_chat.py
     about = None  # the model that answers, said once it is loaded
     try:
         for delta in session.stream(text, past, source, tag, settings, stats, backend, system=system):
