@@ -14,6 +14,7 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 import yaml
 
 from slm_core.errors import SLMError
+from slm_core.fsio import atomic_write_text
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -432,9 +433,7 @@ def save_user_recipe(name: str, config: "RunConfig", description: str = "") -> P
     folder = user_recipes_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
-    tmp.replace(path)  # atomic: a half-written recipe is never listed
+    atomic_write_text(path, yaml.safe_dump(raw, sort_keys=False))  # a half-written recipe is never listed
     return path
 
 

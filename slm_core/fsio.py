@@ -17,13 +17,20 @@ def atomic_write_bytes(path: str | Path, payload: bytes | memoryview) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        commit(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+
+
+def commit(tmp: str | Path, path: str | Path) -> None:
+    """Rename a finished temporary file or folder over `path`, durably: the file's bytes reach the disk
+    before the rename, and the rename before this returns."""
+    if Path(tmp).is_file():
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

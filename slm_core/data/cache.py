@@ -20,7 +20,7 @@ from slm_core.data.prepare import build_token_files
 from slm_core.data.sources import Documents, read_documents, source_identity
 from slm_core.data.stream import DocStream
 from slm_core.errors import SLMError
-from slm_core.fsio import atomic_write_bytes
+from slm_core.fsio import atomic_write_bytes, commit
 from slm_core.models.templates import (
     default_template,
     model_prompt_response,
@@ -161,7 +161,7 @@ def _tokenizer_for(tok_cfg: TokenizerConfig, cfg: DataConfig, root: Path, progre
     tokenizer.save(tmp)
     shutil.rmtree(directory, ignore_errors=True)
     try:
-        os.replace(tmp, directory)  # a folder appears complete or not at all
+        commit(tmp, directory)  # a folder appears complete or not at all
     except OSError:  # another process published the same vocabulary first
         shutil.rmtree(tmp, ignore_errors=True)
     return tokenizer
@@ -298,7 +298,7 @@ def prepare_shard(config: RunConfig, shard: tuple[int, int], out_dir: str | Path
         tmp = out / f"{TOKENIZER_DIR}.tmp-{os.getpid()}"
         tokenizer.save(tmp)
         with contextlib.suppress(OSError):  # another shard's process published it first: same content
-            os.replace(tmp, out / TOKENIZER_DIR)
+            commit(tmp, out / TOKENIZER_DIR)
         shutil.rmtree(tmp, ignore_errors=True)
     directory = out / shard_name(*shard)
     return PreparedData.open(directory, tokenizer) or _build_cache(

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 
 from slm_core.errors import SLMError
+from slm_core.fsio import atomic_write_bytes, commit
 
 CHUNK_CHARS = 4 << 20  # ~4M characters a chunk: ~1M tokens, tens of MB in flight per worker
 HIST_BINS = 40  # document lengths in tokens, binned by powers of two: bin k holds [2^k, 2^(k+1))
@@ -144,10 +145,7 @@ def _char_table(tokenizer) -> np.ndarray:
 
 
 def _write_part(path: Path, payload) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(payload if isinstance(payload, bytes) else payload.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, payload if isinstance(payload, bytes) else payload.tobytes())
 
 
 def _finished(parts: Path, index: int) -> Optional[dict]:
@@ -293,4 +291,4 @@ def _copy(paths: list, stop: int, target: Path, dtype, start: int = 0) -> None:
             del out
             written += hi - lo
         position += len(part)
-    os.replace(tmp, target)
+    commit(tmp, target)
