@@ -16,6 +16,9 @@ in a fresh process with fresh caches; peak RSS is that process's VmHWM plus its 
   characters (the training time is included), then tokenized. nanoGPT has no trained BPE.
 - ours-char / nanogpt-char: characters; nanoGPT's data/shakespeare_char/prepare.py reads the file
   whole, encodes a Python list and writes it with numpy.
+
+--timings: the small in-process figures the tests leave to here: the built-in stories (6M characters)
+generated, and a 4,096-token BPE trained on 5M characters of them.
 """
 
 from __future__ import annotations
@@ -136,14 +139,39 @@ def run_case(case: str, txt: Path, jsonl: Path, work: Path, workers: int) -> dic
 
 # ---- the table ------------------------------------------------------------------------------------
 
+def timings() -> None:
+    """Seconds for the built-in corpus and a BPE on 5 MB of it, in this process (best of two)."""
+    from slm_core.config import TokenizerConfig
+    from slm_core.data.corpus import builtin_stories
+    from slm_core.models.tokenizer import build_tokenizer
+
+    def best(fn, runs=2) -> tuple[float, object]:
+        seconds, result = [], None
+        for _ in range(runs):
+            started = time.perf_counter()
+            result = fn()
+            seconds.append(time.perf_counter() - started)
+        return min(seconds), result
+
+    seconds, stories = best(builtin_stories)
+    print(f"builtin_stories(): {sum(map(len, stories)) / 1e6:.1f}M characters in {seconds:.2f} s", flush=True)
+    texts = builtin_stories(5_000_000)
+    seconds, tok = best(lambda: build_tokenizer(TokenizerConfig(kind="bpe", vocab_size=4096), texts, progress=False))
+    print(f"BPE 4096 on 5M characters: {tok.n_vocab} tokens in {seconds:.2f} s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mb", type=int, default=200, help="size of the generated corpus in MB (issue: 1024)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     parser.add_argument("--dir", default="/tmp/slm-bench-data", help="where the corpus and outputs go")
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--timings", action="store_true", help="corpus generation and BPE training times instead")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
+    if args.timings:
+        timings()
+        return
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
     workers = args.workers or len(os.sched_getaffinity(0))

@@ -102,6 +102,37 @@ def measure(case: str, folder: Path) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
+def step_time_vs_estimate(presets=("tiny-gpt", "tiny-llama"), batches=(1, 4, 16), context=64, steps=4) -> None:
+    """The step-time estimate beside a measured fp32 step (best of `steps` after a warm-up) on this CPU."""
+    import dataclasses
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from slm_core.config import load_model_preset
+    from slm_core.models.estimate import estimate_step_time
+    from slm_core.models.model import Transformer
+
+    print(f"{'preset':<12}{'batch':>6}{'estimate s':>12}{'measured s':>12}{'est/measured':>14}")
+    for preset in presets:
+        config = dataclasses.replace(load_model_preset(preset), context_length=context)
+        for batch in batches:
+            model = Transformer(config).train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            x = torch.randint(0, config.vocab_size, (batch, context))
+            times = []
+            for _ in range(steps + 1):
+                start = time.perf_counter()
+                F.cross_entropy(model(x).view(-1, config.vocab_size), x.view(-1)).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                times.append(time.perf_counter() - start)
+            real = min(times[1:])
+            est = estimate_step_time(config, batch, "fp32", device="cpu")["step_s"]
+            print(f"{preset:<12}{batch:>6}{est:>12.3f}{real:>12.3f}{est / real:>13.2f}x", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=4)
@@ -109,7 +140,11 @@ def main() -> None:
     parser.add_argument("--cases", default="load,chat,lora,finetune")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"],
                         help="fp32: the same weights stored as fp32 (training in bf16 is slow on CPUs without it)")
+    parser.add_argument("--step-time", action="store_true", help="the step-time estimate vs a real step instead")
     args = parser.parse_args()
+    if args.step_time:
+        step_time_vs_estimate()
+        return
     folder = Path(args.folder or f"/tmp/slm-bench-llama32-{args.layers}l")
     params = write_checkpoint(folder, args.layers)
     if args.dtype == "fp32":

@@ -1,10 +1,11 @@
 """Data sources → cached token files → batches: every source kind, every user mistake, the cache, sampling."""
 
+import errno
 import json
 import os
 import random
+import socket
 import string
-import time
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from slm_core.config import DataConfig, ModelConfig, RunConfig, TokenizerConfig
+from slm_core.data import cache as cache_module
+from slm_core.data import sources as sources_module
 from slm_core.data.cache import data_summary, load_texts, prepare_data, preview, token_dtype
 from slm_core.errors import SLMError
 from slm_core.models.templates import format_prompt
@@ -42,11 +45,27 @@ def write_jsonl(path, rows):
     return path
 
 
-def expect_error(match, fn, *args, seconds=5.0, **kw):
-    start = time.perf_counter()
-    with pytest.raises(SLMError, match=match) as info:
-        fn(*args, **kw)
-    assert time.perf_counter() - start < seconds, "errors must come in seconds"
+def refuse_network(patch, attempts: list) -> None:
+    """Refuse (as a machine without a network does) and record every name lookup or connection."""
+    def refuse(what, error):
+        def call(*args, **kwargs):
+            attempts.append((what, args[1] if what == "connect" else args[0]))
+            raise error(errno.ENETUNREACH, "network is unreachable (refused by the test)")
+        return call
+
+    patch.setattr(socket, "getaddrinfo", refuse("getaddrinfo", socket.gaierror))
+    patch.setattr(socket, "create_connection", refuse("create_connection", OSError))
+    patch.setattr(socket.socket, "connect", refuse("connect", OSError))
+
+
+def expect_error(match, fn, *args, **kw):
+    """fn's SLMError, which must come at once: from the input alone, never after reaching for a network."""
+    attempts: list = []
+    with pytest.MonkeyPatch.context() as patch:
+        refuse_network(patch, attempts)
+        with pytest.raises(SLMError, match=match) as info:
+            fn(*args, **kw)
+    assert attempts == [], f"errors must come from the input, without a network wait: {attempts}"
     return str(info.value)
 
 
@@ -247,8 +266,12 @@ def test_corpus_shorter_than_a_window_says_how_short(tmp_path):
 
 def test_hub_name_offline_fails_at_once_naming_builtin(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    message = expect_error("builtin", prepare, tmp_path, "roneneldan/TinyStories", seconds=5.0)
-    assert "HF_DATASETS_OFFLINE" in message or "HF_HUB_OFFLINE" in message
+    import datasets
+
+    opened = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: opened.append(a) or pytest.fail("reached the Hub"))
+    message = expect_error("builtin", prepare, tmp_path, "roneneldan/TinyStories")  # and no connection attempted
+    assert ("HF_DATASETS_OFFLINE is set" in message or "HF_HUB_OFFLINE is set" in message) and opened == []
 
 
 def test_mixed_and_too_small_instruction_data(tmp_path):
@@ -262,15 +285,19 @@ def test_mixed_and_too_small_instruction_data(tmp_path):
 
 # ---- the token cache ------------------------------------------------------------------------------
 
-def test_second_prepare_reuses_the_cache(tmp_path):
+def test_second_prepare_reuses_the_cache(tmp_path, monkeypatch):
     path = tmp_path / "book.txt"
     path.write_text("\n\n".join(words(i) for i in range(200)))
     first = prepare(tmp_path, path)
     files = sorted(first.cache_dir.iterdir())
     stamps = {f.name: f.stat().st_mtime_ns for f in files}
-    start = time.perf_counter()
+    work = []  # what a first prepare does: train the vocabulary, tokenize into the cache
+    for name in ("build_tokenizer", "_build_cache"):
+        real = getattr(cache_module, name)
+        monkeypatch.setattr(cache_module, name, lambda *a, _name=name, _real=real, **kw: work.append(_name)
+                            or _real(*a, **kw))
     second = prepare(tmp_path, path)
-    assert time.perf_counter() - start < 0.5
+    assert work == []  # neither redone
     assert second.fingerprint == first.fingerprint and second.cache_dir == first.cache_dir
     assert {f.name: f.stat().st_mtime_ns for f in sorted(second.cache_dir.iterdir())} == stamps
     assert np.array_equal(second.tokens("train"), first.tokens("train"))
@@ -405,13 +432,17 @@ def test_preview_summary_and_tokenizing_leave_torch_unloaded(tmp_path):
 
 # ---- previews --------------------------------------------------------------------------------------
 
-def test_preview_reads_only_the_start(tmp_path):
+def test_preview_reads_only_the_start(tmp_path, monkeypatch):
     path = write_jsonl(tmp_path / "big.jsonl", [{"text": words(i, 200)} for i in range(300)])
     with open(path, "a") as f:
         f.write("{broken json\n")  # only a full read reaches this line
-    start = time.perf_counter()
+    parsed = []
+    real_loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda text, *a, **kw: parsed.append(text) or real_loads(text, *a, **kw))
+    monkeypatch.setattr(sources_module, "load_tabular", lambda *a, **kw: pytest.fail("read the whole file"))
     shown = preview(DataConfig(source=str(path)), n=3)
-    assert time.perf_counter() - start < 1.0
+    monkeypatch.undo()
+    assert len(parsed) == 3  # the first three rows, and not one more
     assert len(shown) == 3 and shown[0].startswith(words(0, 200)[:50]) and shown[0].endswith("…")
     expect_error("could not read", load_texts, DataConfig(source=str(path)))
     (tmp_path / "play.txt").write_text("ACT I\n\nScene one.\n\nEnter a ghost.\n\nExit.")

@@ -317,29 +317,39 @@ def test_flops_per_token_match_torchs_flop_counter(family):
     assert estimate.flops_per_token(config)["train"] == pytest.approx(measured, rel=1e-6)
 
 
-def test_step_time_estimate_is_the_right_order_of_magnitude():
-    """A real fp32 step of the tiny Llama (best of three, since the CPU is shared) vs the estimate."""
+def test_step_time_is_the_steps_flops_over_a_matmul_rate_measured_once(monkeypatch):
+    """The estimate divides the step's FLOPs by a rate measured on this device with the model's own MLP
+    shape; the benchmark runs once per process and shape (a second estimate reuses it). How close the
+    figure comes to a real step is measured, not asserted: benchmarks/bench_model_memory.py --step-time."""
     config = dataclasses.replace(load_model_preset("tiny-llama"), context_length=64)
     batch = 4
-    model = Transformer(config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, config.vocab_size, (batch, config.context_length))
-    times = []
-    for _ in range(4):
-        start = time.perf_counter()
-        F.cross_entropy(model(x).view(-1, config.vocab_size), x.view(-1)).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    real = min(times[1:])
+    benchmarked = []
+    real_benchmark = estimate.time_matmul
+
+    def counted(device, dtype, shape, seconds):
+        benchmarked.append((device, dtype, tuple(shape)))
+        return real_benchmark(device, dtype, shape, seconds)
+
+    monkeypatch.setattr(estimate, "_FLOPS_CACHE", {})
+    monkeypatch.setattr(estimate, "time_matmul", counted)
     est = estimate.estimate_step_time(config, batch, "fp32", device="cpu")
-    assert est["tokens_per_s"] == pytest.approx(batch * config.context_length / est["step_s"])
-    print(f"estimated {est['step_s']:.3f}s, measured {real:.3f}s")
-    assert 0.25 < est["step_s"] / real < 4, f"estimated {est['step_s']:.2f}s, measured {real:.2f}s"
-    # the benchmark is measured once per process and shape
-    again = time.perf_counter()
-    estimate.estimate_step_time(config, batch, "fp32", device="cpu")
-    assert time.perf_counter() - again < 0.1
+    assert benchmarked == [("cpu", "fp32", (batch * config.context_length, config.d_model, config.d_ff))]
+    tokens = batch * config.context_length
+    assert est["flops_per_step"] == pytest.approx(estimate.flops_per_token(config)["train"] * tokens)
+    assert est["matmul_flops_per_s"] > 0 and est["step_s"] > 0
+    assert est["achieved_flops_per_s"] == pytest.approx(est["matmul_flops_per_s"] * estimate.STEP_UTILIZATION["cpu", False])
+    assert est["step_s"] == pytest.approx(est["flops_per_step"] / est["achieved_flops_per_s"])
+    assert est["tokens_per_s"] == pytest.approx(tokens / est["step_s"])
+    # The benchmark is measured once per process and shape: the same settings give the same figure, and
+    # settings that keep the micro-batch's shape scale it exactly (accumulation: x2; checkpointing: 8/6).
+    again = estimate.estimate_step_time(config, batch, "fp32", device="cpu")
+    accumulated = estimate.estimate_step_time(config, batch, "fp32", device="cpu", grad_accum=2)
+    checkpointed = estimate.estimate_step_time(config, batch, "fp32", device="cpu", grad_checkpointing=True)
+    assert len(benchmarked) == 1, benchmarked
+    assert again == est
+    assert accumulated["step_s"] == pytest.approx(2 * est["step_s"])
+    assert accumulated["tokens_per_s"] == pytest.approx(est["tokens_per_s"])
+    assert checkpointed["step_s"] == pytest.approx(4 / 3 * est["step_s"])
 
 
 def test_describe_bundles_everything_for_the_cli_and_studio():
@@ -368,14 +378,21 @@ def test_system_memory_and_gpus_are_reported():
         assert {"index", "name", "total_mb", "used_mb", "free_mb"} <= gpu.keys()
 
 
-def test_process_sample_reports_rss_and_cpu_without_blocking():
+def test_process_sample_reports_rss_and_cpu_without_blocking(monkeypatch):
     monitor.process_sample()
     busy_until = time.process_time() + 0.2
     while time.process_time() < busy_until:  # use 0.2 s of CPU (the machine may be shared)
         sum(i * i for i in range(1000))
-    start = time.perf_counter()
+    intervals = []
+    measure = type(system.this_process()).cpu_percent
+
+    def recorded(proc, *args, **kwargs):
+        intervals.append(args[0] if args else kwargs.get("interval"))
+        return measure(proc, *args, **kwargs)
+
+    monkeypatch.setattr(type(system.this_process()), "cpu_percent", recorded)
     sample = monitor.process_sample("cpu")
-    assert time.perf_counter() - start < 0.5  # no sampling interval: the loop must not stall
+    assert intervals == [None]  # since the previous call, no sampling interval: the loop must not stall
     assert sample["ram_mb"] > 10
     assert sample["cpu_percent"] > 0  # the busy loop since the previous call
     assert "gpu_mem_allocated_mb" not in sample

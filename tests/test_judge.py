@@ -5,7 +5,6 @@ parsed the same way as in the unit tests below, and a reply without a score is u
 crash. The endpoint's failures (unreachable, timeout, HTTP errors) are checked on real HTTP."""
 
 import json
-import time
 
 import pytest
 from serving import free_port, start_serve, stop_serve
@@ -105,12 +104,24 @@ def test_a_reply_with_no_score_is_unscored_not_a_crash(judge_url):
     assert "HTTP 404" in result["judgements"][0]["reasons"]["fluency"]
 
 
-def test_an_unreachable_judge_is_refused_in_seconds_naming_the_url():
+def test_an_unreachable_judge_is_refused_in_seconds_naming_the_url(monkeypatch):
+    """One probe of /models, with a timeout of seconds, and no item is sent: it is refused before any asking."""
+    import httpx
+
     url = f"http://127.0.0.1:{free_port()}/v1"
-    started = time.monotonic()
+    sent = []
+    real_send = httpx.Client.send
+
+    def recorded(client, request, **kwargs):
+        sent.append((request.method, request.url.path, request.extensions.get("timeout", {})))
+        return real_send(client, request, **kwargs)
+
+    monkeypatch.setattr(httpx.Client, "send", recorded)
     with pytest.raises(SLMError, match=f"no judge answers at {url}"):
         judge_replies(Endpoint(url), ITEMS)
-    assert time.monotonic() - started < 10
+    assert [(method, path) for method, path, _ in sent] == [("GET", "/v1/models")]  # no retry, no item asked
+    timeouts = sent[0][2]  # connect, read, write, pool
+    assert timeouts and all(0 < seconds <= 5 for seconds in timeouts.values()), timeouts
     with pytest.raises(SLMError, match="must start with http"):
         judge_replies(Endpoint("127.0.0.1:8000"), ITEMS)
 

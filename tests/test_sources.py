@@ -2,14 +2,16 @@
 lays it out, an offline refusal that lists the cache, a GGUF file read through transformers.
 Nothing here touches the network (HF_HUB_OFFLINE=1 is set by conftest)."""
 
+import errno
 import json
-import time
+import socket
 
 import pytest
 import torch
 from hf_families import hf_model
 
 from slm_core.errors import SLMError
+from slm_core.models import sources
 from slm_core.models.load import load_model
 from slm_core.models.sources import is_hub_id, list_cached_models
 
@@ -46,12 +48,24 @@ def test_a_cached_hub_id_loads_from_the_cache_with_its_name(hub_cache):
     assert [m.repo_id for m in listed] == ["HuggingFaceTB/SmolLM2-tiny"] and listed[0].complete
 
 
-def test_offline_a_missing_hub_id_fails_at_once_listing_the_cache(hub_cache):
+def test_offline_a_missing_hub_id_fails_at_once_listing_the_cache(hub_cache, monkeypatch):
+    """Refused from the cache's listing alone: no download is started and no connection attempted."""
     _fake_cache(hub_cache, "Qwen/Qwen2.5-tiny", family="qwen2.5")
-    started = time.perf_counter()
-    with pytest.raises(SLMError, match=r"not in the Hugging Face cache.*Qwen/Qwen2.5-tiny"):
+    attempts = []
+
+    def refuse(what, error):
+        def call(*args, **kwargs):
+            attempts.append((what, args[1] if what == "connect" else args[0]))
+            raise error(errno.ENETUNREACH, "network is unreachable (refused by the test)")
+        return call
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo", socket.gaierror))
+    monkeypatch.setattr(socket, "create_connection", refuse("create_connection", OSError))
+    monkeypatch.setattr(socket.socket, "connect", refuse("connect", OSError))
+    monkeypatch.setattr(sources, "_download", refuse("download", OSError))
+    with pytest.raises(SLMError, match=r"not in the Hugging Face cache and HF_HUB_OFFLINE is set.*Qwen/Qwen2.5-tiny"):
         load_model("meta-llama/Llama-3.2-1B")
-    assert time.perf_counter() - started < 5
+    assert attempts == []
 
 
 def test_a_snapshot_missing_a_shard_is_not_taken_as_whole(hub_cache):

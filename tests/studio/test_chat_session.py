@@ -1,7 +1,6 @@
 """The Chat tab's model holder: prompts per mode, streaming from a real checkpoint, reload on a new one."""
 
 import os
-import time
 
 from slm_core.models.templates import format_prompt
 from studio.chat_session import ChatSession, build_prompt
@@ -30,8 +29,8 @@ def test_streams_a_reply_from_a_run_and_reloads_when_its_checkpoint_changes(tiny
     assert "".join(again) == "".join(deltas) and not stats["reloaded"]
     assert "completion mode" in session.describe() and "step 6" in session.describe()
     state = root / name / "checkpoints" / "best" / "state.json"
-    later = time.time() + 5
-    os.utime(state, (later, later))  # training wrote a newer best
+    newer = state.stat().st_mtime_ns + 1_000_000_000
+    os.utime(state, ns=(newer, newer))  # training wrote a newer best (a second after the one loaded)
     list(session.stream("Once", [], name, "best", settings, stats))
     assert stats["reloaded"]
 
