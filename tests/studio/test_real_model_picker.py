@@ -90,7 +90,7 @@ def test_download_progress_reads_as_bytes_of_total_and_files_done():
     # Bytes written to the cache are what is done; the network's bar stands in until they start.
     assert progress_text(spec, bars).endswith("512.00 MB of 988.00 MB (52%) · 3 of 7 files done")
     del bars["Reconstructing (incomplete total...)"]
-    assert progress_text(spec, bars).endswith("100.0 MB of 988.0 MB (10%) · 3 of 7 files done")
+    assert progress_text(spec, bars).endswith("100.00 MB of 988.00 MB (10%) · 3 of 7 files done")
     bars["Downloading bytes"] = {"n": 3 * 2**30, "total": 4 * 2**30, "desc": "Downloading bytes"}
     assert "3.00 GB of 4.00 GB (75%)" in progress_text(spec, bars)
 
