@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def exposure_warning(args: argparse.Namespace):
     """The warning to print when the page is reachable from other machines without a login, else None."""
-    from studio.security import is_loopback
+    from slm_core.infer.guard import is_loopback
 
     if (args.share or not is_loopback(args.host)) and not args.auth:
         return ("WARNING: the Studio is reachable from other machines and has no login (--insecure); anyone who "

@@ -15,10 +15,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from slm_core.errors import SLMError  # noqa: E402
+from slm_core.infer.guard import allowed_hosts, is_loopback  # noqa: E402
 from slm_core.run import runs  # noqa: E402
 from studio.helper import Helper  # noqa: E402
 from studio.runner import Runner  # noqa: E402
-from studio.security import LoginLimiter, PathPolicy, allowed_hosts, guarded_app, is_loopback, launch_problem  # noqa: E402
+from studio.security import LoginLimiter, PathPolicy, guarded_app, launch_problem  # noqa: E402
 from studio.style import CSS  # noqa: E402
 
 TAB_MODULES: tuple[str, ...] = (

@@ -34,15 +34,17 @@ def server(tmp_path_factory):
         stop_serve(process)
 
 
-def http(method: str, url: str, body=None, key: str = KEY, raw: bytes | None = None) -> tuple[int, dict]:
+def http(method: str, url: str, body=None, key: str = KEY, raw: bytes | None = None,
+         headers: dict | None = None) -> tuple[int, dict | str]:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        text = error.read().decode()
+        return error.code, json.loads(text) if text.startswith("{") else text
 
 
 def client(base: str):
@@ -168,10 +170,34 @@ def test_the_openai_client_raises_its_own_errors(server):
         openai.OpenAI(base_url=base + "/v1", api_key="bad", max_retries=0).models.list()
 
 
+def test_a_foreign_host_or_origin_is_refused_like_the_studio_does(server):
+    """DNS rebinding (a Host that is not this server) and a page on another site (a foreign Origin) are both
+    refused even with the right key; loopback names and this server's own origin are served."""
+    base, _ = server
+    port = base.rsplit(":", 1)[1]
+    for headers in ({"Host": "attacker.example"}, {"Host": f"attacker.example:{port}"},
+                    {"Origin": "http://attacker.example"}, {"Origin": "http://127.0.0.1:1"}):
+        status, body = http("GET", base + "/v1/models", headers=headers)
+        assert status == 403 and "Forbidden" in body, (headers, status, body)
+    for headers in ({"Host": f"localhost:{port}"}, {"Origin": f"http://127.0.0.1:{port}"}):
+        status, body = http("GET", base + "/v1/models", headers=headers)
+        assert status == 200 and body["data"][0]["id"] == "tiny", headers
+
+
 @pytest.mark.parametrize("flags, says", [(["--api-key", ""], "--api-key is empty"),
+                                         (["--host", "0.0.0.0"], "without --api-key"),
                                          (["--stream-interval-ms", "-5"], "--stream-interval-ms")])
 def test_bad_serve_flags_are_refused_before_loading_the_model(capsys, flags, says):
     from slm_core.cli import main
 
     assert main(["serve", "no-such-run", *flags]) == 2  # the flag is named, not the missing run
     assert says in capsys.readouterr().err
+
+
+def test_an_exposed_bind_with_a_key_or_insecure_gets_past_the_refusal(capsys):
+    from slm_core.cli import main
+
+    for flags in (["--host", "0.0.0.0", "--api-key", "k"], ["--host", "0.0.0.0", "--insecure"]):
+        assert main(["serve", "no-such-run", *flags]) == 2  # now it is the missing run that stops it
+        err = capsys.readouterr().err
+        assert "without --api-key" not in err and "no run named 'no-such-run'" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from slm_core.cli.flags import add_runs_dir
 from slm_core.errors import SLMError
+from slm_core.infer.guard import is_loopback
 from slm_core.infer.serve import (
     DEFAULT_PORT,
     STREAM_INTERVAL_S,
@@ -22,6 +23,10 @@ def add_serve_parser(sub) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="a Host name requests may carry besides loopback and --host (a proxy's; repeatable)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="serve beyond loopback without --api-key (only on a network that is yours alone)")
     parser.add_argument("--engine", default="native", choices=["native", "onnx", "vllm"],
                         help="native torch (continuous batching), onnxruntime-genai (a folder from `slm export "
                              "--format onnx`; chosen by itself for one), or hand over to vLLM")
@@ -42,6 +47,9 @@ def cmd_serve(args) -> int:
     args.runs_dir = check_runs_dir(args.runs_dir)
     if args.api_key is not None and not args.api_key:
         raise SLMError("--api-key is empty: give a key, or leave the flag out to serve without one")
+    if not (is_loopback(args.host) or args.api_key or args.insecure):
+        raise SLMError(f"refusing to serve on --host {args.host} without --api-key: anyone who reaches this "
+                       "address could use the model. Add --api-key KEY, or --insecure if this network is yours alone")
     if args.stream_interval_ms < 0:
         raise SLMError("--stream-interval-ms must be 0 (an event per token) or more")
     if args.engine == "vllm":
@@ -50,7 +58,7 @@ def cmd_serve(args) -> int:
                          args.compile, args.name, args.runs_dir)
     served.api_key = args.api_key
     served.stream_interval_s = args.stream_interval_ms / 1000
-    return run_server(served, args.host, args.port)
+    return run_server(served, args.host, args.port, args.allow_host)
 
 
 def _hand_to_vllm(args) -> int:

@@ -7,10 +7,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from slm_core.errors import SLMError
 from slm_core.infer.engine import Engine
+from slm_core.infer.guard import LocalGuard, allowed_hosts
 from slm_core.infer.onnx import OnnxEngine, is_genai_folder
 from slm_core.infer.sampling import SamplingParams
 from slm_core.models.load import load_model
@@ -291,12 +292,14 @@ def create_app(served: Served):
 # ---- command line: `slm serve` -----------------------------------------------------------------------
 
 
-def run_server(served: Served, host: str, port: int) -> int:
-    """Serve until Ctrl-C or SIGTERM; 1 when the server could not start (a port taken)."""
+def run_server(served: Served, host: str, port: int, allow_hosts: Sequence[str] = ()) -> int:
+    """Serve until Ctrl-C or SIGTERM; 1 when the server could not start (a port taken). Requests must name
+    this server's address (LocalGuard: no DNS rebinding, no cross-site requests)."""
     import uvicorn
 
     print(f"serving '{served.model_id}' ({served.engine.description}) on http://{host}:{port}/v1", flush=True)
-    config = uvicorn.Config(create_app(served), host=host, port=port, log_level="warning",
+    app = LocalGuard(create_app(served), allowed_hosts(host, allow_hosts), port)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     if not hasattr(served.engine, "run_here"):  # onnxruntime-genai runs its own threads
         uvicorn.Server(config).run()
