@@ -5,6 +5,7 @@ downloadable as Markdown and JSON. The work is `slm_core.post.report_card` in th
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -52,8 +53,9 @@ def build(ctx: Any, models: Any, tag: Any) -> None:
         check_path(ctx, picked, "model")
         check_path(ctx, prompt_file or None, "path")
         tasks = list(ticked or []) + [t.strip() for t in (more or "").split(",") if t.strip()]
-        for task in tasks:
-            if task.endswith((".jsonl", ".json")):
+        for task in tasks:  # whatever its name, a task the engine would open as a file is checked as one
+            if task not in SHIPPED and (task.endswith((".jsonl", ".json")) or "/" in task or os.sep in task
+                                        or Path(task).expanduser().exists()):
                 check_path(ctx, task, "path")
         judge = {"url": (judge_url or "").strip(), "model": (name or "").strip(), "key": api_key or None,
                  "prompts": (prompt_file or "").strip() or None, "limit": int(judged or 10),

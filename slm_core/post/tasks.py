@@ -123,8 +123,9 @@ def user_task_config(path: Path) -> dict:
         return config
     if isinstance(record, dict) and {"prompt", "reference"} <= record.keys():
         return _generation_config(name, path)
+    # Never quote the file's content: a name typed in the page may point anywhere.
     raise SLMError(f"task file {path}: each record needs question/choices/answer (multiple choice) or "
-                   f"prompt/reference (generation); the first has {sorted(record)[:6] if isinstance(record, dict) else type(record).__name__}")
+                   "prompt/reference (generation); the first record has neither")
 
 
 def task_configs(names: list[str]) -> tuple[list[dict], list[str]]:

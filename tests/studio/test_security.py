@@ -486,3 +486,20 @@ def test_the_server_keeps_a_bounded_number_of_page_sessions(studio, tmp_path):
         (tmp_path / f"{i}.jsonl").write_text(json.dumps({"step": i}) + "\n")
         assert cache.rows(tmp_path / f"{i}.jsonl") == [{"step": i}]
     assert len(cache._files) == 3 and cache.rows(tmp_path / "0.jsonl") == [{"step": 0}]  # evicted: read again
+
+
+def test_report_card_tasks_that_name_files_go_through_the_allow_list(studio, world, capfd):
+    """A task typed in the report panel is opened as a file by the engine whatever its name: one without a
+    .jsonl suffix, or a symlink in an allowed folder pointing out of it, is refused like any other path and
+    no byte of the target comes back."""
+    _, outside, _ = world
+    secret_task = outside / "secret-task"
+    secret_task.write_text(json.dumps({SECRET: 1, "question": SECRET}) + "\n")
+    link = studio.demo.studio.runs_dir / "uploads" / "task-link"
+    link.symlink_to(secret_task)
+    index = next(i for i, fn in studio.demo.fns.items() if fn.api_name == "report_cards")
+    for task in (str(secret_task), str(link)):
+        message, seen = studio.call(index, [[], "best", [], task, 5, "", "", "", "", 10, 0])
+        assert not message["success"] and "outside the folders" in seen, (task, seen[-400:])
+        assert SECRET not in seen, task
+    assert_no_traceback(capfd.readouterr().err)
