@@ -363,3 +363,18 @@ def test_stop_by_signal_or_file_saves_a_checkpoint_at_the_last_step(tmp_path, ho
     last = train_steps(runs.read_metrics(run_dir))[-1]
     assert step_of(find_checkpoint(run_dir, "latest", need_trainer_state=True)) == last == status["step"]
     assert holder(run_dir) is None
+
+
+def test_a_learning_rate_that_breaks_validation_stops_the_run_with_one_line(tmp_path):
+    """lr=1e6 (sampling on, as a real run does): the first loss that is not a number, training or validation,
+    ends the run as failed with the one-line reason, never a raw torch error from sampling, and the last
+    good checkpoint (the untrained baseline's) still loads."""
+    run_dir = tmp_path / "lr"
+    config = tiny(4, 4, "train.lr=1e6", "train.eval_interval=1", "train.sample_prompts=['Once']",
+                  "train.sample_tokens=4")
+    with pytest.raises(SLMError, match=r"(loss|validation loss) became nan at step \d.*resume from it"):
+        train(config, run_dir, progress=False)
+    status = runs.read_status(run_dir)
+    assert status["state"] == "failed" and "became nan" in status["error"] and "Traceback" not in status["error"]
+    assert step_of(find_checkpoint(run_dir, "best")) == 0
+    assert load_model(run_dir).model is not None

@@ -372,9 +372,7 @@ class Trainer:
                     break
                 started = time.perf_counter()
                 out = self.train_step()
-                if not math.isfinite(out["loss"]):
-                    raise SLMError(f"the loss became {out['loss']} at step {self.state.step + 1}; lower train.lr or "
-                                   f"use train.precision=fp32. The last good checkpoint is kept; resume from it")
+                _check_losses(out, self.state.step + 1)
                 step_s = time.perf_counter() - started
                 self._after_step(out, step_s, step_times)
                 bar.set_postfix(loss=f"{out['loss']:.3f}", refresh=False)  # one redraw a step: update's
@@ -459,6 +457,7 @@ class Trainer:
         s = self.state
         with self._timed("eval_s"):
             val_loss = self.evaluate()
+        _check_losses({"validation loss": val_loss}, s.step)
         s.last_val_loss = val_loss
 
         bpb = bits_per_byte(val_loss, self.bytes_per_token)
@@ -557,6 +556,16 @@ def _cuda_peak(device: torch.device) -> dict:
     if device.type != "cuda":
         return {}
     return {"gpu_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+
+
+def _check_losses(values: dict, step: int) -> None:
+    """Stop the run at the first loss term (training, validation, distillation, preference) that is not a
+    number, with one line and the last good checkpoint kept, before anything downstream uses it."""
+    for name, value in values.items():
+        if "loss" in name and isinstance(value, float) and not math.isfinite(value):
+            label = "the loss" if name == "loss" else f"the {name.replace('_', ' ')}"
+            raise SLMError(f"{label} became {value} at step {step}; lower train.lr or use train.precision=fp32. "
+                           "The last good checkpoint is kept; resume from it")
 
 
 def _finite(value: float) -> Optional[float]:
