@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+
+from slm_core.errors import SLMError
 
 
 def atomic_write_bytes(path: str | Path, payload: bytes | memoryview) -> None:
@@ -39,6 +42,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def read_state(path: str | Path) -> Any:
+    """A JSON state file's contents (None when there is none). One that does not parse is moved aside to
+    `<name>.damaged-<time>`, never overwritten, and named in an SLMError, so the next write starts afresh."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        os.replace(path, aside)
+        raise SLMError(f"{path} was damaged (not JSON) and is kept as {aside.name}; a fresh one is started, "
+                       "so re-enter what it held") from None
 
 
 def fsync_dir(folder: str | Path) -> None:

@@ -33,6 +33,21 @@ def test_queue_keeps_order_moves_and_cancels(tmp_path):
         runqueue.remove(tmp_path, "zzz")
 
 
+
+def test_a_damaged_queue_file_is_named_and_kept_not_overwritten(tmp_path, capsys):
+    runqueue.add(tmp_path, "quickstart-cpu", [], name="a")
+    runqueue.add(tmp_path, "quickstart-cpu", [], name="b")
+    damaged = (tmp_path / "queue.json").read_bytes()[:-20]  # cut short: not JSON any more
+    (tmp_path / "queue.json").write_bytes(damaged)
+    assert main(["queue", "add", "--preset", "quickstart-cpu", "--name", "c", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "queue.json was damaged" in err and "Traceback" not in err
+    [aside] = tmp_path.glob("queue.json.damaged-*")
+    assert aside.name in err and aside.read_bytes() == damaged  # kept byte for byte, runs a and b readable there
+    assert main(["queue", "add", "--preset", "quickstart-cpu", "--name", "c", "--runs-dir", str(tmp_path)]) == 0
+    assert [e["name"] for e in runqueue.entries(tmp_path)] == ["c"]
+    assert aside.read_bytes() == damaged
+
 def test_the_next_run_is_taken_only_when_the_slot_is_free(tmp_path):
     runqueue.add(tmp_path, "quickstart-cpu", [], name="first")
     runqueue.add(tmp_path, "quickstart-cpu", [], name="second")

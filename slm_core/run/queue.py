@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Optional
 
 from slm_core.config import load_recipe
 from slm_core.errors import SLMError
+from slm_core.fsio import read_state
 from slm_core.run import runs
 
 QUEUE_FILE = "queue.json"
@@ -27,7 +28,7 @@ def _locked(root: Path) -> Iterator[dict]:
     with open(root / ".queue.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            state = runs.read_json(root / QUEUE_FILE, default=None) or {"entries": [], "launching": None}
+            state = read_state(root / QUEUE_FILE) or {"entries": [], "launching": None}
             before = repr(state)
             yield state
             if repr(state) != before:
@@ -38,8 +39,8 @@ def _locked(root: Path) -> Iterator[dict]:
 
 def entries(root: Optional[str | Path] = None) -> list[dict]:
     """The waiting runs, next first: [{"name", "recipe", "overrides", "queued_at"}]."""
-    state = runs.read_json(runs.runs_dir(root) / QUEUE_FILE, default=None) or {}
-    return list(state.get("entries") or [])
+    with _locked(runs.runs_dir(root)) as state:
+        return list(state.get("entries") or [])
 
 
 def signature(root: Optional[str | Path] = None) -> Optional[tuple]:
