@@ -136,10 +136,10 @@ def test_requests_overlapping_one_in_flight_are_decoded_in_one_batch_each_with_i
 def test_serve_api_on_the_genai_engine(genai):
     from fastapi.testclient import TestClient
 
-    from slm_core.infer.serve import Served, chat_renderer, create_app
+    from slm_core.infer.serve import Served, chat_encoder, create_app
 
     runtime, native = genai
-    app = TestClient(create_app(Served(runtime, "tiny-onnx", chat_renderer(None))))
+    app = TestClient(create_app(Served(runtime, "tiny-onnx", chat_encoder(None, runtime.tokenizer))))
     body = {"model": "tiny-onnx", "prompt": "The little dog", "max_tokens": 12, "temperature": 0}
     answer = app.post("/v1/completions", json=body).json()
     expected = "".join(native.stream(native.tokenizer.encode("The little dog"), SamplingParams(12, temperature=0)))

@@ -161,6 +161,17 @@ def test_bad_requests_get_openai_shaped_errors_and_the_server_stays_up(server, b
     assert http("GET", base + "/v1/models")[0] == 200
 
 
+
+@pytest.mark.parametrize("content", [5, {"text": "hi"}, [{"type": "image_url", "image_url": "x"}], [5]])
+def test_chat_content_that_is_not_text_is_a_400_naming_the_field(server, content):
+    base, _ = server
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "ok"}, {"role": "user", "content": content}]}
+    code, answer = http("POST", base + "/v1/chat/completions", body)
+    assert code == 400 and answer["error"]["param"] == "messages[1].content", answer
+    assert http("POST", base + "/v1/chat/completions",
+                {**body, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                 "max_tokens": 2})[0] == 200
+
 def test_the_openai_client_raises_its_own_errors(server):
     openai = pytest.importorskip("openai")
     base, _ = server

@@ -41,23 +41,37 @@ class Served:
     """What the server needs to answer: the engine, the model's id, how chat messages become a prompt."""
     engine: Any  # slm_core.infer.engine.Engine or slm_core.infer.onnx.OnnxEngine
     model_id: str
-    render_chat: Callable[[list], str]
+    chat_ids: Callable[[list], list[int]]
     api_key: Optional[str] = None
     created: int = 0
     stream_interval_s: float = STREAM_INTERVAL_S
 
 
-def chat_renderer(template: Optional[str], tokenizer: Any = None) -> Callable[[list], str]:
-    """messages → prompt text: the model's own Jinja chat template where its tokenizer has one (a Hub
-    model, or a run tuned in it: template 'model'), else our template (slm_core.models.templates); a base
-    model gets the messages' text as is."""
-    def render(messages: list) -> str:
+def chat_encoder(template: Optional[str], tokenizer: Any) -> Callable[[list], list[int]]:
+    """messages → prompt ids, as the Chat page builds them: the model's own Jinja chat template where its
+    tokenizer has one (a Hub model, or a run tuned in it: template 'model'), with its control tokens as
+    their ids; else our template (slm_core.models.templates); a base model gets the messages' text as is."""
+    def encode(messages: list) -> list[int]:
         turns = [{"role": str(m.get("role", "user")), "content": content_text(m.get("content"))} for m in messages]
         if getattr(tokenizer, "chat_template", None) and template in (None, "model"):
-            return tokenizer.apply_chat_template(turns, add_generation_prompt=True)
-        return format_prompt(turns, template)
+            return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
+        return tokenizer.encode(format_prompt(turns, template))
 
-    return render
+    return encode
+
+
+def _check_content(messages: list) -> None:
+    """OpenAI's shapes only: a string, or a list of {"type": "text", "text": str} parts (null for an
+    assistant turn that called tools); a number or an object is not text."""
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if isinstance(content, str) or (content is None and message.get("role") == "assistant"):
+            continue
+        if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                             and isinstance(p.get("text"), str) for p in content):
+            continue
+        raise APIError(400, f"messages[{i}].content must be a string or a list of text parts",
+                       param=f"messages[{i}].content")
 
 
 # ---- request → sampling ------------------------------------------------------------------------------
@@ -124,14 +138,15 @@ def _prepare(served: Served, body: dict, chat: bool) -> tuple[list[int], Samplin
         if not isinstance(messages, list) or not messages or not all(
                 isinstance(m, dict) and "role" in m for m in messages):
             raise APIError(400, "'messages' must be a non-empty list of {role, content}", param="messages")
-        prompt = served.render_chat(messages)
+        _check_content(messages)
+        ids = served.chat_ids(messages)
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
         if not isinstance(prompt, str) or not prompt:
             raise APIError(400, "'prompt' must be a non-empty string", param="prompt")
-    ids = served.engine.tokenizer.encode(prompt)
+        ids = served.engine.tokenizer.encode(prompt)
     if not ids:
         raise APIError(400, "the prompt is empty after tokenization", param="prompt")
     params = sampling_from(body, len(ids), served.engine.context_length, None if chat else 16)
@@ -348,10 +363,10 @@ def load_served(model: str, engine: str = "native", tag: str = "best", slots: in
 
     if engine == "onnx" or is_genai_folder(model):  # an onnxruntime-genai folder runs only there
         runtime = OnnxEngine(model, threads=threads, slots=slots, inline_alone=False)  # clients overlap
-        return Served(runtime, name or Path(model).name, chat_renderer(runtime.template, runtime.tokenizer))
+        return Served(runtime, name or Path(model).name, chat_encoder(runtime.template, runtime.tokenizer))
 
     loaded = load_model(model, tag=tag, runs_dir=runs_dir)
     runtime = Engine(loaded.model, loaded.tokenizer, slots=slots, dtype=dtype, compile=compile, threads=threads)
-    return Served(runtime, name or Path(str(model)).name, chat_renderer(loaded.template, loaded.tokenizer))
+    return Served(runtime, name or Path(str(model)).name, chat_encoder(loaded.template, loaded.tokenizer))
 
 

@@ -156,17 +156,44 @@ class Tokenizer:
     def apply_chat_template(self, messages, add_generation_prompt: bool = False, tokenize: bool = False,
                             template: Optional[str] = None, **variables):
         """Render chat messages as transformers' `apply_chat_template` does (text, or ids with
-        tokenize=True). Without a Jinja template of its own, `template` names one of ours
-        ('chatml' | 'alpaca', ending with the answer header)."""
+        tokenize=True: the template's control tokens as their ids, the messages' own text as plain text
+        even where it spells a control token). Without a Jinja template of its own, `template` names one
+        of ours ('chatml' | 'alpaca', ending with the answer header)."""
+        messages = list(messages)
+        text = self._render_chat(messages, add_generation_prompt, template, variables)
+        if not tokenize:
+            return text
+        specials = self.special_texts
+        if not any(s in str(m.get("content", "")) for m in messages for s in specials):
+            return self.encode(text, allow_special=True)  # one pass over the whole text, as transformers does
+        # A message spelling a control token: render with placeholders, then encode the template's pieces with
+        # their control tokens and each message's text as plain text.
+        marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
+        marked = [{**m, "content": mark} for m, mark in zip(messages, marks)]
+        pieces = re.split("(\ue000\\d+\ue001)", self._render_chat(marked, add_generation_prompt, template, variables))
+        ids = []
+        for piece in pieces:
+            if piece in marks:
+                ids += self.encode(str(messages[marks.index(piece)].get("content", "")))
+            elif piece:
+                ids += self.encode(piece, allow_special=True)
+        return ids
+
+    def _render_chat(self, messages: list, add_generation_prompt: bool, template: Optional[str], variables: dict):
         if self.chat_template:
-            text = render_chat_template(self.chat_template, list(messages), add_generation_prompt,
+            return render_chat_template(self.chat_template, messages, add_generation_prompt,
                                         special_tokens=self.special_tokens, **variables)
-        elif template:
-            text = format_prompt(list(messages), template)
-        else:
-            raise SLMError("this tokenizer has no chat template: pick data.template 'chatml' or 'alpaca', or a model "
-                           "whose tokenizer_config.json has a chat_template")
-        return self.encode(text, allow_special=True) if tokenize else text
+        if template:
+            return format_prompt(messages, template)
+        raise SLMError("this tokenizer has no chat template: pick data.template 'chatml' or 'alpaca', or a model "
+                       "whose tokenizer_config.json has a chat_template")
+
+    @property
+    def special_texts(self) -> list[str]:
+        """The control tokens' spellings (text that encode(allow_special=True) reads as one id)."""
+        if self._hf is None:
+            return [EOT]
+        return [t.content for t in self._hf.get_added_tokens_decoder().values() if t.special]
 
     def encode_batch(self, texts: list[str], threads: Optional[int] = None) -> list[list[int]]:
         """Like `encode` on each text, using all cores (tiktoken's / tokenizers' threaded batches).
