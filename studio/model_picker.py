@@ -200,7 +200,7 @@ def build_panel(ctx, dropdown, elem_id: str) -> dict:
     import gradio as gr
 
     from studio.security import check_path
-    from studio.tabs import PRIVATE, QUIET
+    from studio.tabs import FORM_TRIGGER, PRIVATE, QUIET
 
     fetch = gr.Button("Download from the Hub", size="sm", elem_id=f"{elem_id}-download")
     info = gr.Markdown("", elem_id=f"{elem_id}-details", elem_classes="slm-estimate")  # full width: a table
@@ -219,7 +219,7 @@ def build_panel(ctx, dropdown, elem_id: str) -> dict:
                 yield show(spec, *values)
 
         inputs = [dropdown, *[ctx.fields[k] for k in keys]]
-        gr.on([c.change for c in inputs], show, inputs, info, trigger_mode="always_last", **QUIET)
+        gr.on([c.change for c in inputs], show, inputs, info, trigger_mode=FORM_TRIGGER, **QUIET)
         fetch.click(fetch_model, inputs, info, concurrency_limit=2, concurrency_id="model-download", **PRIVATE)
 
     ctx.finalizers.append(wire)

@@ -45,7 +45,7 @@ def build(ctx) -> None:
     import gradio as gr
 
     from studio.security import check_path
-    from studio.tabs import QUIET
+    from studio.tabs import FORM_TRIGGER, QUIET
 
     with gr.Accordion("Shrink this model: the student is the teacher with fewer layers", open=True):
         layers = gr.Number(0, label="Student layers", precision=0, minimum=0, elem_id="train-shrink-layers",
@@ -55,5 +55,5 @@ def build(ctx) -> None:
     teacher = ctx.fields["distill.teacher"]
     gr.on([teacher.change, layers.change],
           lambda t, n: summary(ctx.helper, check_path(ctx, t, "model"), n, ctx.runs_dir),
-          [teacher, layers], text, trigger_mode="always_last", **QUIET)
+          [teacher, layers], text, trigger_mode=FORM_TRIGGER, **QUIET)
     ctx.shared["train.shrink_layers"] = layers

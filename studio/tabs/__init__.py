@@ -11,6 +11,9 @@ from studio.style import MARKS, mark
 # Internal events (refreshes, show/hide, chained .then steps) stay out of the API page and clients.
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 QUIET: dict[str, Any] = {"api_visibility": "private", "show_progress": "hidden"}
+# Handlers that follow many fields. Not "always_last": Gradio 6 then re-sends the whole change event when a
+# trigger came meanwhile, and handlers sharing fields set each other off without end (the page never idles).
+FORM_TRIGGER = "multiple"
 
 
 def run_names(root: Path, with_checkpoint: bool = False) -> list[str]:

@@ -14,7 +14,7 @@ from slm_core.system import format_count, format_mb
 from studio.command import MODEL_FIELDS, model_from_fields
 from studio.model_picker import build_panel, picker_choices
 from studio.style import mark
-from studio.tabs import QUIET
+from studio.tabs import FORM_TRIGGER, QUIET
 from studio.views import human_duration
 
 TITLE = "Model"
@@ -98,7 +98,7 @@ def _wire_estimate(ctx, preset, model_fields, estimate, errors) -> None:
         text, bad = estimate_text(ctx.helper, name, tokenizer_vocab(fields, train), train)
         return [text, *[bad.get(key, "") for key in errors]]
 
-    gr.on([c.change for c in inputs], update, inputs=inputs, outputs=outputs, trigger_mode="always_last", **QUIET)
+    gr.on([c.change for c in inputs], update, inputs=inputs, outputs=outputs, trigger_mode=FORM_TRIGGER, **QUIET)
     ctx.on_load.append(dict(fn=update, inputs=inputs, outputs=outputs))
 
 

@@ -18,7 +18,7 @@ from studio.command import page_overrides, recipe_values, runs_dir_arg, shell_co
 from studio.plots import training_figure
 from studio.run_form import clone_name, queue_markdown, recipe_choices, run_settings, save_recipe
 from studio.security import FIELD_KINDS, check_fields, check_path
-from studio.tabs import QUIET, message, run_names, set_initial
+from studio.tabs import FORM_TRIGGER, QUIET, message, run_names, set_initial
 from studio.views import (
     failure_note,
     log_tail,
@@ -229,7 +229,7 @@ def _wire_actions(ctx, c: dict, m: dict) -> None:
             return f"# fix this first: {error}"
         return shell_command(train_args(recipe, overrides, name, runs_dir_arg(ctx.runs_dir), launch), env)
 
-    gr.on([x.change for x in inputs], command, inputs, c["command"], trigger_mode="always_last", **QUIET)
+    gr.on([x.change for x in inputs], command, inputs, c["command"], trigger_mode=FORM_TRIGGER, **QUIET)
     ctx.on_load.append(dict(fn=command, inputs=inputs, outputs=c["command"]))
 
     def start(*args):
