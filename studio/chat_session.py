@@ -243,7 +243,7 @@ class _GenaiBuilds:
             from slm_core.models.load import load_model
             from slm_core.post.export import export_model
 
-            loaded = load_model(path, tag=tag, runs_dir=self.runs_dir)  # its own copy: the chat engine keeps decoding meanwhile
+            loaded = load_model(path, tag=tag)  # its own copy: the chat engine keeps decoding meanwhile
             export_model(loaded.model, loaded.tokenizer, loaded.config, path / "export" / "onnx", "onnx",
                          source=str(path), overwrite=True)
             result = "done"
