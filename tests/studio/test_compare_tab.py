@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from studio import chat_session
 from studio.compare_session import PairSession
 from studio.style import mark
 from studio.tabs.compare import compare_reply
@@ -33,8 +34,9 @@ def test_the_same_model_on_both_sides_with_one_seed_gives_the_same_answer(run):
         assert s["done"] and 1 <= s["tokens"] <= 10 and s["tokens_per_sec"] > 0 and s["seconds"] > 0
 
 
-def test_the_handler_streams_an_original_and_its_int8_side_by_side(run):
+def test_the_handler_streams_an_original_and_its_int8_side_by_side(run, monkeypatch):
     runs_dir, name = run
+    monkeypatch.setattr(chat_session, "PAGE_UPDATE_S", 0)  # an update per token: the interleaving, not the pace
     updates = [copy.deepcopy(u) for u in compare_reply(  # as Gradio sends them: each update when it is yielded
         PairSession(runs_dir), threading.Event(), "The little dog", [], [], str(runs_dir / name),
         str(runs_dir / name / "quantized" / "int8"), *SAMPLING)]
