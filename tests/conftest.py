@@ -4,10 +4,15 @@ import os
 from pathlib import Path
 
 import pytest
+from offline import refuse_network
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one OpenMP thread each (and in their children), before torch is imported.
+    # Two threads each would spin against each other (a 300-step training test ran 4-5x slower).
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -18,6 +23,15 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "tinyshakespeare.txt").exists():
         pytest.skip(f"real data not found at {SHARED_DATA} (it sits beside the project checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def network(monkeypatch) -> list:
+    """This process offline: every name lookup or connection is refused and recorded (the returned list),
+    so a test can assert that nothing was attempted."""
+    attempts: list = []
+    refuse_network(monkeypatch, attempts)
+    return attempts
 
 
 @pytest.fixture(autouse=True)

@@ -1,16 +1,15 @@
 """Data sources → cached token files → batches: every source kind, every user mistake, the cache, sampling."""
 
-import errno
 import json
 import os
 import random
-import socket
 import string
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from offline import refuse_network
 
 from slm_core.config import DataConfig, ModelConfig, RunConfig, TokenizerConfig
 from slm_core.data import cache as cache_module
@@ -45,17 +44,6 @@ def write_jsonl(path, rows):
     return path
 
 
-def refuse_network(patch, attempts: list) -> None:
-    """Refuse (as a machine without a network does) and record every name lookup or connection."""
-    def refuse(what, error):
-        def call(*args, **kwargs):
-            attempts.append((what, args[1] if what == "connect" else args[0]))
-            raise error(errno.ENETUNREACH, "network is unreachable (refused by the test)")
-        return call
-
-    patch.setattr(socket, "getaddrinfo", refuse("getaddrinfo", socket.gaierror))
-    patch.setattr(socket, "create_connection", refuse("create_connection", OSError))
-    patch.setattr(socket.socket, "connect", refuse("connect", OSError))
 
 
 def expect_error(match, fn, *args, **kw):

@@ -2,12 +2,10 @@
 encode, resumption after a kill, shards that concatenate to the whole, limits, the `slm data` command,
 offline Hub refusal, and (slow) peak memory that does not grow with the corpus."""
 
-import errno
 import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from offline import refusal
 
 from slm_core.cli import main as slm
 from slm_core.config import DataConfig, ModelConfig, RunConfig, TokenizerConfig
@@ -259,22 +258,12 @@ def test_slm_data_prepare_command(tmp_path, capsys):
 
 # ---- the Hub ---------------------------------------------------------------------------------------
 
-def test_hub_stream_offline_fails_in_seconds_naming_the_local_alternative(tmp_path, monkeypatch):
+def test_hub_stream_offline_fails_in_seconds_naming_the_local_alternative(tmp_path, monkeypatch, network):
     import datasets
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    attempts = []  # every name lookup or connection (refused, as on a machine without a network) or Hub load
-
-    def refuse(what, error):
-        def call(*args, **kwargs):
-            attempts.append((what, args[1] if what == "connect" else args[0]))
-            raise error(errno.ENETUNREACH, "network is unreachable (refused by the test)")
-        return call
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo", socket.gaierror))
-    monkeypatch.setattr(socket, "create_connection", refuse("create_connection", OSError))
-    monkeypatch.setattr(socket.socket, "connect", refuse("connect", OSError))
-    monkeypatch.setattr(datasets, "load_dataset", refuse("load_dataset", OSError))
+    attempts = network  # every name lookup or connection (refused, as without a network) or Hub load
+    monkeypatch.setattr(datasets, "load_dataset", refusal(attempts, "load_dataset"))
     with pytest.raises(SLMError, match="builtin") as info:
         prepare_data(config("roneneldan/TinyStories", max_documents=1000), cache_dir=tmp_path, progress=False)
     assert "OFFLINE is set" in str(info.value) and attempts == []  # refused from the setting: nothing waited on

@@ -2,13 +2,12 @@
 lays it out, an offline refusal that lists the cache, a GGUF file read through transformers.
 Nothing here touches the network (HF_HUB_OFFLINE=1 is set by conftest)."""
 
-import errno
 import json
-import socket
 
 import pytest
 import torch
 from hf_families import hf_model
+from offline import refusal
 
 from slm_core.errors import SLMError
 from slm_core.models import sources
@@ -48,21 +47,11 @@ def test_a_cached_hub_id_loads_from_the_cache_with_its_name(hub_cache):
     assert [m.repo_id for m in listed] == ["HuggingFaceTB/SmolLM2-tiny"] and listed[0].complete
 
 
-def test_offline_a_missing_hub_id_fails_at_once_listing_the_cache(hub_cache, monkeypatch):
+def test_offline_a_missing_hub_id_fails_at_once_listing_the_cache(hub_cache, monkeypatch, network):
     """Refused from the cache's listing alone: no download is started and no connection attempted."""
     _fake_cache(hub_cache, "Qwen/Qwen2.5-tiny", family="qwen2.5")
-    attempts = []
-
-    def refuse(what, error):
-        def call(*args, **kwargs):
-            attempts.append((what, args[1] if what == "connect" else args[0]))
-            raise error(errno.ENETUNREACH, "network is unreachable (refused by the test)")
-        return call
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo", socket.gaierror))
-    monkeypatch.setattr(socket, "create_connection", refuse("create_connection", OSError))
-    monkeypatch.setattr(socket.socket, "connect", refuse("connect", OSError))
-    monkeypatch.setattr(sources, "_download", refuse("download", OSError))
+    attempts = network
+    monkeypatch.setattr(sources, "_download", refusal(attempts, "download"))
     with pytest.raises(SLMError, match=r"not in the Hugging Face cache and HF_HUB_OFFLINE is set.*Qwen/Qwen2.5-tiny"):
         load_model("meta-llama/Llama-3.2-1B")
     assert attempts == []

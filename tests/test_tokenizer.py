@@ -120,24 +120,6 @@ def test_gpt2_from_files_matches_tiktoken(gpt2, gpt2_cache, shared_data):
     assert via_tiktoken.encode(text[:5000]) == gpt2.encode(text[:5000])
 
 
-@pytest.fixture
-def network(monkeypatch):
-    """This process offline: every name lookup or connection is refused (as on a machine without a
-    network) and recorded, so a test can assert what was attempted."""
-    attempts = []
-
-    def refuse(what, error):
-        def call(*args, **kwargs):
-            attempts.append((what, args[1] if what == "connect" else args[0]))
-            raise error(errno.ENETUNREACH, "network is unreachable (refused by the test)")
-        return call
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo", socket.gaierror))
-    monkeypatch.setattr(socket, "create_connection", refuse("create_connection", OSError))
-    monkeypatch.setattr(socket.socket, "connect", refuse("connect", OSError))
-    return attempts
-
-
 def test_gpt2_offline_without_files_fails_fast_with_the_offline_option(tmp_path, monkeypatch, network):
     """One download attempt, refused at once: the error names the offline options, with no retry."""
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
