@@ -202,6 +202,7 @@ MEASURE_RANKS = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.slow
 def test_per_rank_memory_matches_two_real_ranks(strategy, tmp_path):
     """Peak RSS growth of each of 2 gloo ranks over three fp32 steps vs the per-process estimate, for a
     model whose weights, gradients and AdamW state dominate (batch 2 x 32 tokens): DDP keeps all of

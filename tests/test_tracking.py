@@ -164,6 +164,7 @@ def tracked_ddp_run(tmp_path_factory):
     return tmp, run_dir, reports
 
 
+@pytest.mark.slow
 def test_every_ranks_memory_reaches_the_metrics_and_tensorboard(tracked_ddp_run):
     import psutil
 

@@ -111,6 +111,7 @@ def test_bad_source_fails_before_training_with_message(tmp_path):
     assert not (tmp_path / "run").exists()  # refused before the run folder is made: nothing left behind
 
 
+@pytest.mark.slow
 def test_cli_train_resume_generate_and_one_line_errors(tmp_path):
     env = {**os.environ, "SLM_RUNS_DIR": str(tmp_path)}
     args = [sys.executable, "-m", "slm_core", "train", "--preset", "quickstart-cpu", "--name", "cli", "--quiet"]

@@ -11,6 +11,7 @@ from studio.tabs.data import preview
 from studio.tabs.model import estimate_text
 
 
+@pytest.mark.slow
 def test_estimates_and_previews_come_from_the_helper_and_it_exits_when_idle():
     helper = Helper(idle_s=3)
     try:

@@ -17,6 +17,7 @@ def run(copy_of_tiny_run, tmp_path_factory):
     return copy_of_tiny_run(tmp_path_factory.mktemp("report-runs"), quantize=True)
 
 
+@pytest.mark.slow
 def test_report_cards_for_a_run_and_its_int8_version(run, helper):
     runs_dir, name = run
     sources = [path for _, path in model_sources(runs_dir)]

@@ -134,6 +134,7 @@ def test_a_worker_killed_from_outside_is_a_failed_run(runner):
     assert runner.active() is None
 
 
+@pytest.mark.slow
 def test_a_queued_run_starts_when_the_running_one_ends(runner):
     """Start while busy queues; the queue worker (a thread of the Studio) starts the next run by itself."""
     first = runner.start("quickstart-cpu", steps(4), name="first")
