@@ -71,6 +71,3 @@ def fsync_dir(folder: str | Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-

@@ -39,7 +39,6 @@ TAB_MODULES: tuple[str, ...] = (
 STATE_SESSIONS = 100
 
 
-
 @dataclass
 class StudioContext:
     """What tabs share while the page is built (and, through the runner, while it runs)."""

@@ -78,5 +78,3 @@ def folder_files(folder: Path) -> list[tuple[str, int]]:
     """(relative path, bytes) of every file in an artifact folder, largest first."""
     files = [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*") if p.is_file()]
     return sorted(files, key=lambda f: (-f[1], f[0]))
-
-

@@ -65,5 +65,3 @@ def queue_markdown(entries: list[dict], holder: Optional[str]) -> str:
         recipe = f"settings of {Path(recipe).parent.name}" if recipe.endswith((".yaml", ".yml")) else recipe
         lines.append(f"{i}. `{entry['name']}` — {html.escape(recipe)}" + (f", {sets} changed settings" if sets else ""))
     return "\n".join(lines)
-
-

@@ -15,7 +15,6 @@ from slm_core.infer.guard import LocalGuard, is_loopback, plain_response
 # ---- launching --------------------------------------------------------------------------------
 
 
-
 def launch_problem(host: str, share: bool, auth: Any, insecure: bool) -> Optional[str]:
     """Why the Studio must not start with these settings (None when it may)."""
     if auth or insecure or (is_loopback(host) and not share):
@@ -25,12 +24,7 @@ def launch_problem(host: str, share: bool, auth: Any, insecure: bool) -> Optiona
             "training and read local files. Add --auth USER:PASSWORD, or --insecure if this network is yours alone.")
 
 
-
-
-
-
 # ---- the middleware --------------------------------------------------------------------------
-
 
 
 class LoginLimiter:
@@ -110,8 +104,6 @@ class StudioGuard(LocalGuard):
             await send(message)
 
         await self.app(scope, receive, watch)
-
-
 
 
 def guarded_app(hosts: set[str], port: Optional[int], limiter: Optional[LoginLimiter] = None) -> Any:
@@ -277,4 +269,3 @@ def session_allow_ok(request: Any, exposed_without_login: bool) -> bool:
         return True
     client = getattr(getattr(request, "client", None), "host", "") or ""
     return is_loopback(client)
-

@@ -25,5 +25,3 @@ def cmd_presets(args) -> int:
     for name in list_presets("recipes"):
         print(f"{name:<24}{preset_description('recipes', name)[:90]}")
     return 0
-
-

@@ -94,5 +94,3 @@ def _decode(raw: bytes, path: Path, offset: int) -> str:
     if offset == 0:
         text = text.lstrip("\ufeff")
     return text.strip("\r\n")
-
-

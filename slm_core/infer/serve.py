@@ -368,5 +368,3 @@ def load_served(model: str, engine: str = "native", tag: str = "best", slots: in
     loaded = load_model(model, tag=tag, runs_dir=runs_dir)
     runtime = Engine(loaded.model, loaded.tokenizer, slots=slots, dtype=dtype, compile=compile, threads=threads)
     return Served(runtime, name or Path(str(model)).name, chat_encoder(loaded.template, loaded.tokenizer))
-
-

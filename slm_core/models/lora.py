@@ -19,9 +19,6 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-# ---- unwrapping ----------------------------------------------------------------------------
-
-
 # ---- targets -------------------------------------------------------------------------------
 
 def _is_linear(module: nn.Module) -> bool:
@@ -207,5 +204,3 @@ def load_adapter_weights(model: nn.Module, adapter_dir) -> None:
     _, state = read_adapter(adapter_dir)
     _set_adapter_state(unwrap(model), state, adapter_dir,
                        "were lora.r or lora.targets changed since it was saved? Resume with the run's own config")
-
-

@@ -246,4 +246,3 @@ def base_training_mb(config, device: str) -> Optional[tuple[float, str]]:
     kind = ("finetune" if train.mode != "lora" else "lora" if quantize == "none" else f"qlora-{quantize}")
     row = next((r for r in found["training"] if r["what"] == kind), found["training"][-1])
     return row["mb"], kind
-

@@ -248,6 +248,8 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(x))
 
 
+# ---- wrappers: DDP, torch.compile, peft ----------------------------------------------------------
+
 def is_peft(model: nn.Module) -> bool:
     # Duck-typed so callers need not import peft just to ask.
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")

@@ -495,9 +495,6 @@ def read_quantization_meta(path: str | Path) -> dict:
     return meta
 
 
-# ---- measuring: size, memory, perplexity, speed, side by side -------------------------------------
-
-
 # ---- command line: `slm quantize` -----------------------------------------------------------------
 
 def artifact_dir(source_path: Path, kind: str, label: str) -> Path:
@@ -507,5 +504,3 @@ def artifact_dir(source_path: Path, kind: str, label: str) -> Path:
     if source_path.parent.name == "checkpoints":
         return source_path.parent.parent / kind / label
     return source_path.with_name(f"{source_path.name}-{label}")
-
-

@@ -265,6 +265,8 @@ def gguf_folder(path: Path) -> Path:
     return target
 
 
+# ---- any model source → its folder ---------------------------------------------------------------
+
 def resolve_source(source: str | Path, tag: str = "best", runs_dir: Optional[Path] = None) -> Path:
     """A run name/dir, a checkpoint dir, a quantized artifact, a Hugging Face folder, a .gguf file or a
     Hub id (from the Hugging Face cache, else downloaded) → a folder. Run names are looked up in `runs_dir`

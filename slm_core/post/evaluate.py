@@ -99,5 +99,3 @@ def own_data_config(loaded):
 
 def _context(model: torch.nn.Module) -> int:
     return base_transformer(model).config.context_length
-
-

@@ -137,8 +137,3 @@ def _write(model, tokenizer, folder: Path, fmt: str, gguf_type: str, name: str,
         tokenizer.save_hf(folder)
         files += sorted(set(folder.iterdir()) - before)
     return files
-
-
-# ---- command line: `slm export` -------------------------------------------------------------------
-
-

@@ -269,6 +269,8 @@ def read_gguf(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     return fields, tensors
 
 
+# ---- Ollama --------------------------------------------------------------------------------------
+
 def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
 

@@ -187,5 +187,3 @@ def _scores(output: dict) -> dict:
         row["samples"] = int(samples.get("effective", samples.get("original", 0)) or 0)
         scores[task] = row
     return scores
-
-

@@ -211,5 +211,3 @@ def second_judging(source: str, tag: str, judge: dict, first: dict) -> dict:
     items = [{"prompt": j["prompt"], "reply": j["reply"]} for j in first["judgements"]]
     second = judge_replies(judge["endpoint"], items, first["rubric"], seed=judge["seeds"][1])
     return agreement(first, second)
-
-

@@ -205,9 +205,6 @@ def copy_checkpoint(ckpt_root: Path, src_tag: str, dst_tag: str) -> None:
         raise
 
 
-# ---- the manifest ------------------------------------------------------------------------------
-
-
 # ---- finding a good checkpoint ------------------------------------------------------------------
 
 
@@ -217,5 +214,3 @@ def load_trainer_state(ckpt_dir: Path) -> dict:
     except (RuntimeError, EOFError, OSError, ValueError) as error:  # a pre-manifest checkpoint, damaged
         raise SLMError(f"{ckpt_dir / TRAINER_STATE} is damaged ({str(error)[:200]}); delete {ckpt_dir} "
                        f"to resume from the checkpoint before it") from error
-
-

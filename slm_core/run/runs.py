@@ -225,6 +225,8 @@ def delete_run(run_dir: str | Path) -> None:
     shutil.rmtree(run_dir)
 
 
+# ---- the runs folder -----------------------------------------------------------------------------
+
 def check_runs_dir(path: Optional[str | Path] = None, create: bool = False) -> Path:
     """The runs directory (--runs-dir, $SLM_RUNS_DIR or ./runs): refused if it is a file, and with
     create=True made if missing and proved writable, before a run directory is created in it."""
@@ -243,6 +245,8 @@ def check_runs_dir(path: Optional[str | Path] = None, create: bool = False) -> P
                            "--runs-dir or fix its permissions") from None
     return root
 
+
+# ---- report cards, read here (written by slm_core.post.report_card) ------------------------------
 
 def latest_card(folder: str | Path) -> Optional[dict]:
     reports = sorted((Path(folder) / "evals").glob("report-*.json"))

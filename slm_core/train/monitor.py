@@ -69,5 +69,3 @@ def gather_rank_memory(sample: dict, device: Any) -> dict:
             out.update({f"{key}_rank{rank}": value for key, value in zip(RANK_MEMORY_KEYS, values)
                         if math.isfinite(value)})
     return out
-
-

@@ -39,9 +39,6 @@ REFUSE_FACTOR = 1.5
 _AVAILABLE_AT_START: dict = {}
 
 
-# ---- memory available ------------------------------------------------------------------------
-
-
 # ---- the estimate and what would fit -----------------------------------------------------------
 
 def estimate_device(config: RunConfig) -> str:
