@@ -54,7 +54,7 @@ def build(ctx: Any, models: Any, tag: Any) -> None:
         check_path(ctx, prompt_file or None, "path")
         tasks = list(ticked or []) + [t.strip() for t in (more or "").split(",") if t.strip()]
         for task in tasks:  # whatever its name, a task the engine would open as a file is checked as one
-            if task not in SHIPPED and (task.endswith((".jsonl", ".json")) or "/" in task or os.sep in task
+            if task not in SHIPPED and (task.endswith((".jsonl", ".json")) or os.sep in task
                                         or Path(task).expanduser().exists()):
                 check_path(ctx, task, "path")
         judge = {"url": (judge_url or "").strip(), "model": (name or "").strip(), "key": api_key or None,
