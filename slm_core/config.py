@@ -162,7 +162,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    mode: str = "pretrain"  # pretrain | distill | lora | finetune
+    mode: str = "pretrain"  # pretrain | distill | lora | finetune | grpo (see GRPOConfig)
     init_from: Optional[str] = None  # run dir, checkpoint dir or Hugging Face folder (finetune/lora/distill student)
     max_steps: int = 500
     batch_size: int = 16
@@ -195,8 +195,8 @@ class TrainConfig:
     force: bool = False  # start even when the memory estimate exceeds the device by far (resources.preflight)
 
     def __post_init__(self) -> None:
-        _require(self.mode in ("pretrain", "distill", "lora", "finetune"), "train.mode", self.mode,
-                 "use 'pretrain', 'distill', 'lora' or 'finetune'")
+        _require(self.mode in ("pretrain", "distill", "lora", "finetune", "grpo"), "train.mode", self.mode,
+                 "use 'pretrain', 'distill', 'lora', 'finetune' or 'grpo'")
         for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "ckpt_interval"):
             _require(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "must be at least 1")
         _require(self.lr > 0, "train.lr", self.lr, "must be positive")
@@ -272,6 +272,76 @@ class LoRAConfig:
         return LORA_TARGETS[self.targets] if isinstance(self.targets, str) else list(self.targets)
 
 
+GRPO_REWARDS = ("last_number", "exact_match", "format", "length", "custom")
+CUSTOM_REWARD = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+@dataclass
+class GRPOConfig:
+    """train.mode=grpo: reinforcement learning from rewards a program computes (slm_core.train.grpo).
+    train.batch_size is the number of prompts per step; each gets `group_size` sampled completions."""
+    # builtin:arithmetic (offline) | a JSONL/CSV/Parquet file with prompt+reference (or question+answer) columns |
+    # a Hub dataset of that shape by name (GSM8K-style, e.g. openai/gsm8k:main; needs the network)
+    prompts: str = "builtin:arithmetic"
+    group_size: int = 8
+    # last_number (the answer's last number equals the reference) | exact_match | format (format_regex or
+    # format_schema) | length (a penalty past length_target tokens) | custom (custom_reward) | module:function
+    rewards: list = field(default_factory=lambda: ["last_number"])
+    reward_weights: Optional[list] = None  # None: 1 for each reward
+    custom_reward: Optional[str] = None  # module:function, imported in the training process (never fetched)
+    format_regex: Optional[str] = None  # format: the completion must match this (re.search)
+    format_schema: Optional[str] = None  # format: the completion must be JSON valid under this schema (JSON text)
+    length_target: int = 32  # length: completions longer than this many tokens lose reward in proportion
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0  # 0: the whole vocabulary
+    kl_beta: float = 0.04  # weight of the KL to the reference (the start model; with LoRA the adapter disabled)
+    sample_rows: int = 4  # completions per step written to the sample table (samples.jsonl)
+
+    def __post_init__(self) -> None:
+        _require(bool(str(self.prompts).strip()), "grpo.prompts", self.prompts,
+                 "use 'builtin:arithmetic', a JSONL/CSV/Parquet file or a Hub dataset name")
+        _require(self.group_size >= 2, "grpo.group_size", self.group_size,
+                 "use at least 2 completions per prompt (advantages compare a group's rewards)")
+        if isinstance(self.rewards, (str, list)):  # "a,b" from --set or the Studio's checkboxes: split
+            items = [self.rewards] if isinstance(self.rewards, str) else self.rewards
+            self.rewards = [r.strip() for item in items for r in str(item).split(",") if r.strip()]
+        _require(isinstance(self.rewards, list) and bool(self.rewards) and all(isinstance(r, str) for r in self.rewards),
+                 "grpo.rewards", self.rewards, f"give a list of reward names ({', '.join(GRPO_REWARDS)}) or module:function")
+        for name in self.rewards:
+            _require(name in GRPO_REWARDS or CUSTOM_REWARD.fullmatch(name) is not None, "grpo.rewards", name,
+                     f"use {', '.join(GRPO_REWARDS)}, or module:function for a reward of your own")
+        if "custom" in self.rewards:
+            _require(bool(self.custom_reward), "grpo.custom_reward", self.custom_reward,
+                     "the 'custom' reward needs grpo.custom_reward=module:function")
+        _require(self.custom_reward is None or CUSTOM_REWARD.fullmatch(self.custom_reward) is not None,
+                 "grpo.custom_reward", self.custom_reward, "write it as module:function, e.g. my_rewards:score")
+        if "format" in self.rewards:
+            _require(bool(self.format_regex or self.format_schema), "grpo.rewards", "format",
+                     "the 'format' reward needs grpo.format_regex or grpo.format_schema")
+        if self.format_regex:
+            try:
+                re.compile(self.format_regex)
+            except re.error as error:
+                raise SLMError(f"grpo.format_regex={self.format_regex!r} is not a valid regular expression "
+                               f"({error}): fix it") from None
+        if self.format_schema:
+            try:
+                json.loads(self.format_schema)
+            except json.JSONDecodeError as error:
+                raise SLMError(f"grpo.format_schema is not JSON ({error.msg}): give the schema as JSON text") from None
+        _require(self.reward_weights is None or (isinstance(self.reward_weights, list) and
+                                                 len(self.reward_weights) == len(self.rewards)),
+                 "grpo.reward_weights", self.reward_weights, f"give one weight per reward ({len(self.rewards)}), or null")
+        for name in ("max_new_tokens", "length_target", "sample_rows"):
+            _require(getattr(self, name) >= (0 if name == "sample_rows" else 1), f"grpo.{name}", getattr(self, name),
+                     "must be at least 1" if name != "sample_rows" else "must be 0 or more")
+        _require(self.temperature > 0, "grpo.temperature", self.temperature,
+                 "must be positive (completions of a group must differ)")
+        _require(self.top_k >= 0, "grpo.top_k", self.top_k, "must be 0 (off) or more")
+        _require(self.kl_beta >= 0, "grpo.kl_beta", self.kl_beta, "must be 0 or more")
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -280,11 +350,12 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     preset: Optional[str] = None  # the recipe this came from, for the runs table
 
     def check_ready(self) -> None:
         """What a run needs beyond valid fields; recipes may leave these for the user to fill in."""
-        if self.train.mode in ("lora", "finetune"):
+        if self.train.mode in ("lora", "finetune", "grpo"):
             _require(bool(self.train.init_from), "train.init_from", self.train.init_from,
                      f"mode '{self.train.mode}' needs a base model: a run name, checkpoint folder or Hugging Face folder")
         if self.train.mode == "distill":

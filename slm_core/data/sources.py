@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from slm_core.config import DataConfig
+from slm_core.data.arithmetic import arithmetic_documents
 from slm_core.data.corpus import builtin_instructions, builtin_stories
 from slm_core.data.text import iter_text_file
 from slm_core.errors import SLMError
@@ -47,10 +48,11 @@ def source_kind(source: str) -> tuple[str, Any]:
     source = str(source).strip()
     if source in ("builtin", "builtin:stories"):
         return "builtin", source
-    if source == "builtin:instructions":
-        return "builtin:instructions", source
+    if source in ("builtin:instructions", "builtin:arithmetic"):
+        return source, source
     if source.startswith("builtin"):
-        raise SLMError(f"unknown built-in corpus {source!r}: use 'builtin' or 'builtin:instructions'")
+        raise SLMError(f"unknown built-in corpus {source!r}: use 'builtin', 'builtin:instructions' or "
+                       "'builtin:arithmetic'")
     path = Path(source).expanduser()
     if path.exists():
         path = path.resolve()
@@ -91,11 +93,13 @@ def source_identity(cfg: DataConfig) -> dict:
     """A cheap description that changes whenever the source's content may have changed."""
     kind, detail = source_kind(cfg.source)
     ident: dict = {"kind": kind}
-    if kind in ("builtin", "builtin:instructions"):
+    if kind in ("builtin", "builtin:instructions", "builtin:arithmetic"):
+        import slm_core.data.arithmetic as arithmetic
         import slm_core.data.corpus as corpus
 
         # The generator's own code is part of the identity: a new corpus version means new tokens.
-        ident.update(name=kind, seed=0, code=hashlib.sha1(Path(corpus.__file__).read_bytes()).hexdigest()[:16])
+        code = (arithmetic if kind == "builtin:arithmetic" else corpus).__file__
+        ident.update(name=kind, seed=0, code=hashlib.sha1(Path(code).read_bytes()).hexdigest()[:16])
     elif kind == "hub":
         ident.update(name=detail, split=cfg.hub_split)
     else:
@@ -116,6 +120,8 @@ def read_documents(cfg: DataConfig, limit: Optional[int] = None, hf_cache: Optio
         docs = Documents(kind, cap.take(builtin_stories(n_chars=cfg.max_chars or 6_000_000, seed=0)))
     elif kind == "builtin:instructions":
         docs = Documents(kind, cap.take(builtin_instructions(seed=0)), columns=["instruction", "input", "output"])
+    elif kind == "builtin:arithmetic":
+        docs = Documents(kind, cap.take(arithmetic_documents()))
     elif kind == "text":
         docs = Documents(kind, cap.take(read_text_file(detail, cap.remaining_chars(), cfg.split)))
     elif kind == "folder":

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from slm_core.config import DataConfig
+from slm_core.data.arithmetic import arithmetic_documents
 from slm_core.data.corpus import iter_instructions, iter_stories
 from slm_core.data.sources import (
     OFFLINE_HINT,
@@ -98,6 +99,9 @@ class DocStream:
         elif kind == "builtin:instructions":
             self.columns = ["instruction", "input", "output"]
             yield from itertools.islice(iter_instructions(seed=0, n=INSTRUCTIONS), *_span(INSTRUCTIONS, self.shard))
+        elif kind == "builtin:arithmetic":
+            documents = arithmetic_documents()
+            yield from documents[slice(*_span(len(documents), self.shard))]
         elif kind == "text":
             lo, hi = _span(detail.stat().st_size, self.shard)
             yield from (text for _, text in iter_text_file(detail, cfg.split, lo, hi))

@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 from typing import Callable
 
+from slm_core.data.arithmetic import LAST_NUMBER_PATTERN, QUESTION_FORMAT, TASK_SEED, arithmetic_items
 from slm_core.data.corpus import OPPOSITES, _story
 from slm_core.errors import SLMError
 from slm_core.fsio import atomic_write_text
@@ -49,15 +50,6 @@ def _opposites_items(n: int, seed: int = 130_363) -> list[dict]:
     return items
 
 
-def _arithmetic_items(n: int, seed: int = 155_921) -> list[dict]:
-    rng = random.Random(seed)
-    items = []
-    for _ in range(n):
-        a, b = rng.randint(0, 6), rng.randint(0, 6)
-        items.append({"prompt": f"What is {a} plus {b}?", "reference": str(a + b)})
-    return items
-
-
 def _mc_config(name: str, path: Path) -> dict:
     return {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(path)}},
             "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "{{context}}",
@@ -68,12 +60,12 @@ def _mc_config(name: str, path: Path) -> dict:
 def _generation_config(name: str, path: Path, last_number: bool = False) -> dict:
     config = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(path)}},
               "test_split": "test", "output_type": "generate_until",
-              "doc_to_text": "Question: {{prompt}}\nAnswer:", "doc_to_target": "{{reference}}",
+              "doc_to_text": QUESTION_FORMAT.format(prompt="{{prompt}}"), "doc_to_target": "{{reference}}",
               "generation_kwargs": {"until": ["\n", "Question:"], "max_gen_toks": 24, "do_sample": False},
               "metric_list": EXACT_MATCH, "metadata": {"version": TASK_VERSION}}
     if last_number:  # "3 plus 4 is 7." → "7"
         config["filter_list"] = [{"name": "last_number", "filter": [
-            {"function": "regex", "regex_pattern": r"(\d+)", "group_select": -1, "fallback": "[none]"},
+            {"function": "regex", "regex_pattern": LAST_NUMBER_PATTERN, "group_select": -1, "fallback": "[none]"},
             {"function": "take_first"}]}]
     return config
 
@@ -81,7 +73,8 @@ def _generation_config(name: str, path: Path, last_number: bool = False) -> dict
 SHIPPED_TASKS: dict[str, tuple[Callable[[int], list[dict]], Callable[[str, Path], dict]]] = {
     "story_ending": (_story_ending_items, _mc_config),
     "opposites": (_opposites_items, _mc_config),
-    "arithmetic": (_arithmetic_items, lambda name, path: _generation_config(name, path, last_number=True)),
+    "arithmetic": (lambda n: arithmetic_items(n, TASK_SEED),
+                   lambda name, path: _generation_config(name, path, last_number=True)),
 }
 
 
