@@ -160,9 +160,12 @@ class DataConfig:
                  "use null, 'alpaca', 'chatml' or 'model' (the base model's own chat template)")
 
 
+PREFERENCE_MODES = ("dpo", "orpo")  # trained on preference pairs (slm_core.train.preference)
+
+
 @dataclass
 class TrainConfig:
-    mode: str = "pretrain"  # pretrain | distill | lora | finetune | grpo (see GRPOConfig)
+    mode: str = "pretrain"  # pretrain | distill | lora | finetune | grpo (see GRPOConfig) | dpo | orpo (PreferenceConfig)
     init_from: Optional[str] = None  # run dir, checkpoint dir or Hugging Face folder (finetune/lora/distill student)
     max_steps: int = 500
     batch_size: int = 16
@@ -195,8 +198,8 @@ class TrainConfig:
     force: bool = False  # start even when the memory estimate exceeds the device by far (resources.preflight)
 
     def __post_init__(self) -> None:
-        _require(self.mode in ("pretrain", "distill", "lora", "finetune", "grpo"), "train.mode", self.mode,
-                 "use 'pretrain', 'distill', 'lora', 'finetune' or 'grpo'")
+        _require(self.mode in ("pretrain", "distill", "lora", "finetune", "grpo", *PREFERENCE_MODES), "train.mode",
+                 self.mode, "use 'pretrain', 'distill', 'lora', 'finetune', 'grpo', 'dpo' or 'orpo'")
         for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "ckpt_interval"):
             _require(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "must be at least 1")
         _require(self.lr > 0, "train.lr", self.lr, "must be positive")
@@ -343,6 +346,19 @@ class GRPOConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    """train.mode dpo | orpo: preference pairs (prompt, chosen, rejected) read from data.source."""
+    beta: float = 0.1  # dpo: how far from the reference the policy may move (lower: further); orpo: odds-ratio weight
+    loss: str = "sigmoid"  # dpo: sigmoid (DPO) | ipo | hinge, as TRL names them
+    lora: bool = True  # adapters on a frozen base, whose output with the adapter off is the reference; false: full
+
+    def __post_init__(self) -> None:
+        _require(self.beta > 0, "preference.beta", self.beta, "must be positive (0.1 is usual)")
+        _require(self.loss in ("sigmoid", "ipo", "hinge"), "preference.loss", self.loss,
+                 "use 'sigmoid' (DPO), 'ipo' or 'hinge'")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -351,11 +367,17 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     preset: Optional[str] = None  # the recipe this came from, for the runs table
+
+    @property
+    def uses_lora(self) -> bool:
+        """Whether LoRA adapters train on a frozen base (mode 'lora', or a preference mode with preference.lora)."""
+        return self.train.mode == "lora" or (self.train.mode in PREFERENCE_MODES and self.preference.lora)
 
     def check_ready(self) -> None:
         """What a run needs beyond valid fields; recipes may leave these for the user to fill in."""
-        if self.train.mode in ("lora", "finetune", "grpo"):
+        if self.train.mode in ("lora", "finetune", "grpo", *PREFERENCE_MODES):
             _require(bool(self.train.init_from), "train.init_from", self.train.init_from,
                      f"mode '{self.train.mode}' needs a base model: a run name, checkpoint folder or Hugging Face folder")
         if self.train.mode == "distill":
