@@ -121,7 +121,8 @@ def test_gpt2_from_files_matches_tiktoken(gpt2, gpt2_cache, shared_data):
 
 
 def test_gpt2_offline_without_files_fails_fast_with_the_offline_option(tmp_path, monkeypatch, network):
-    """One download attempt, refused at once: the error names the offline options, with no retry."""
+    """No network, not declared: one download attempt, refused at once, the error names the offline options."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
     with pytest.raises(SLMError, match="could not download the GPT-2 vocabulary") as info:
         build_tokenizer(TokenizerConfig(kind="gpt2"), progress=False)
@@ -135,6 +136,7 @@ def test_gpt2_download_that_never_answers_is_given_up_with_the_offline_option(tm
     while the lookup is still blocked, and gets the offline options instead of a hang."""
     from slm_core.models import tokenizer as tokenizer_module
 
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(tokenizer_module, "GPT2_DOWNLOAD_TIMEOUT_S", 0.05)
     release = threading.Event()
@@ -153,6 +155,36 @@ def test_gpt2_download_that_never_answers_is_given_up_with_the_offline_option(tm
         for thread in threading.enumerate():
             if thread.name == "gpt2-vocab":
                 thread.join()
+
+
+@pytest.mark.parametrize("cache", ["empty", "damaged", "off"])
+def test_gpt2_with_hf_hub_offline_opens_no_socket_and_names_the_offline_options(tmp_path, monkeypatch, network,
+                                                                                 shared_data, cache):
+    """HF_HUB_OFFLINE=1 and no usable tiktoken cache (none, one byte flipped, caching off): refused before
+    any download is tried, in one line naming TIKTOKEN_CACHE_DIR and the other offline options."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "tiktoken-cache"
+    folder.mkdir()
+    if cache == "damaged":
+        shutil.copy(shared_data / "gpt2" / "vocab.bpe", folder / "6d1cbeee0f20b3d9449abfede4726ed8212e3aee")
+        damaged = bytearray((shared_data / "gpt2" / "encoder.json").read_bytes())
+        damaged[100] ^= 1
+        (folder / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6").write_bytes(bytes(damaged))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "" if cache == "off" else str(folder))
+    with pytest.raises(SLMError, match="HF_HUB_OFFLINE") as info:
+        build_tokenizer(TokenizerConfig(kind="gpt2"), progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "TIKTOKEN_CACHE_DIR" in message and "tokenizer.path" in message
+    assert "'char'" in message and network == []  # no name looked up, no socket connected
+    if cache == "damaged":  # tiktoken would have deleted the damaged entry to fetch it again
+        assert (folder / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6").read_bytes() == bytes(damaged)
+
+
+def test_gpt2_with_hf_hub_offline_loads_from_tiktokens_cache_without_the_network(gpt2, gpt2_cache, monkeypatch,
+                                                                                  network):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = build_tokenizer(TokenizerConfig(kind="gpt2"), progress=False)
+    assert tok.fingerprint() == gpt2.fingerprint() and network == []
 
 
 def test_build_tokenizer_path_loads_gpt2_files(gpt2, shared_data):

@@ -16,9 +16,11 @@ from typing import Iterable, Iterator, Optional
 
 import tiktoken
 
+from slm_core.allowlist import readable
 from slm_core.config import TokenizerConfig
 from slm_core.errors import SLMError
 from slm_core.fsio import atomic_write_json, atomic_write_text
+from slm_core.models.sources import OFFLINE_VALUES
 from slm_core.models.templates import format_prompt, render_chat_template
 
 EOT = "<|endoftext|>"
@@ -466,7 +468,9 @@ def gpt2_from_files(folder: str | Path) -> Tokenizer:
 
 def gpt2_from_tiktoken(progress: bool = False) -> Tokenizer:
     """GPT-2's BPE through tiktoken's cache or download. Fails within seconds with the offline option;
-    the download runs in a daemon thread so a network that swallows packets cannot hang the caller."""
+    the download runs in a daemon thread so a network that swallows packets cannot hang the caller.
+    With HF_HUB_OFFLINE set, only the cache is read: no download is tried."""
+    _refuse_download_when_offline()
     result: dict = {}
 
     def fetch() -> None:
@@ -487,6 +491,47 @@ def gpt2_from_tiktoken(progress: bool = False) -> Tokenizer:
             f"no answer in {GPT2_DOWNLOAD_TIMEOUT_S:.0f} s"
         raise SLMError(f"could not download the GPT-2 vocabulary ({why[:300]}). {OFFLINE_HINT}")
     return Tokenizer("gpt2", result["ranks"], _gpt2_pattern(), meta={"source": "tiktoken"})
+
+
+# What tiktoken's gpt2() downloads on first use (URL -> sha256), cached in its cache folder under the
+# SHA-1 of the URL; listed here so an offline process can tell whether the cache holds them without a
+# download attempt (tiktoken re-fetches a missing or damaged entry).
+GPT2_DOWNLOADS = {
+    "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe":
+        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json":
+        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+}
+
+
+def _tiktoken_cache_dir() -> str:
+    """tiktoken's own choice of cache folder ('' means it caches nothing)."""
+    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        if var in os.environ:
+            return os.environ[var]
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), "data-gym-cache")
+
+
+def _refuse_download_when_offline() -> None:
+    """With HF_HUB_OFFLINE set, GPT-2's vocabulary comes from tiktoken's cache or not at all."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in OFFLINE_VALUES:
+        return
+    from tiktoken.load import check_hash
+
+    cache = _tiktoken_cache_dir()
+    for url, sha256 in GPT2_DOWNLOADS.items():
+        entry = Path(cache, hashlib.sha1(url.encode()).hexdigest())
+        try:
+            if cache and check_hash(entry.read_bytes(), sha256):
+                continue
+        except OSError:
+            pass
+        raise SLMError(f"tokenizer.kind=gpt2 needs GPT-2's vocabulary, which is not in tiktoken's cache "
+                       f"({cache or 'caching off'}: {url.rsplit('/', 1)[1]} missing or damaged), and HF_HUB_OFFLINE is "
+                       "set, so nothing is downloaded. Set TIKTOKEN_CACHE_DIR to a folder holding GPT-2's vocab.bpe "
+                       "and encoder.json under tiktoken's names (the SHA-1 of their URLs), or: " + OFFLINE_HINT)
 
 
 class _TextFeed:
@@ -563,7 +608,7 @@ def build_tokenizer(cfg: TokenizerConfig, texts: Optional[Iterable[str]] = None,
     """cfg.path set: load that folder (saved tokenizer, HF folder, GPT-2 files, run). Else by cfg.kind;
     'bpe' and 'char' are built from `texts`."""
     if cfg.path:
-        path = Path(cfg.path).expanduser()
+        path = readable(Path(cfg.path).expanduser())
         if not path.is_dir():
             raise SLMError(f"tokenizer.path={cfg.path!r} is not a folder: give a saved tokenizer folder, a Hugging "
                            "Face folder or a folder with GPT-2's vocab.bpe + encoder.json")
