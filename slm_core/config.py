@@ -299,6 +299,7 @@ class GRPOConfig:
     temperature: float = 1.0
     top_k: int = 0  # 0: the whole vocabulary
     kl_beta: float = 0.04  # weight of the KL to the reference (the start model; with LoRA the adapter disabled)
+    lora: bool = True  # LoRA adapters (the lora section) on the start model; false: full fine-tuning
     sample_rows: int = 4  # completions per step written to the sample table (samples.jsonl)
 
     def __post_init__(self) -> None:
@@ -372,8 +373,10 @@ class RunConfig:
 
     @property
     def uses_lora(self) -> bool:
-        """Whether LoRA adapters train on a frozen base (mode 'lora', or a preference mode with preference.lora)."""
-        return self.train.mode == "lora" or (self.train.mode in PREFERENCE_MODES and self.preference.lora)
+        """Whether LoRA adapters train on a frozen base (mode 'lora', or a preference mode with preference.lora, or
+        grpo with grpo.lora)."""
+        return self.train.mode == "lora" or (self.train.mode in PREFERENCE_MODES and self.preference.lora) or \
+            (self.train.mode == "grpo" and self.grpo.lora)
 
     def check_ready(self) -> None:
         """What a run needs beyond valid fields; recipes may leave these for the user to fill in."""

@@ -72,7 +72,7 @@ def save_checkpoint(ckpt_root: Path, tag: str, model: torch.nn.Module, config: R
     naming the space needed and the last good checkpoint; nothing half-written is left behind."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     keep_previous = tag == "latest"
-    lora = config.train.mode == "lora"
+    lora = config.uses_lora
     if lora and write_adapter is None:
         raise ValueError("a LoRA run's checkpoint needs write_adapter (slm_core.models.lora.save_adapter)")
     if weights is None and not lora:

@@ -132,6 +132,7 @@ class Trainer:
         built = build_for_mode(config, self.run_dir, self.device, resume=resume, progress=progress)
         self.config, self.data, self.model, self.tokenizer = built.config, built.data, built.model, built.tokenizer
         self.loss_fn = built.loss_fn or cross_entropy_loss
+        self.batch_fn = built.batch_fn
         self.parent = built.parent
         self.raw_model = self.model
 
@@ -171,9 +172,7 @@ class Trainer:
         set_lr(self.optimizer, lr)
         total_loss, extras_sum = torch.zeros((), device=self.device), {}
         for micro in range(cfg.grad_accum):
-            x, y = self.data.get_batch("train", cfg.batch_size, self.config.model.context_length, self.sampler,
-                                       rank=self.dist.rank, world_size=self.dist.world_size)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = self._next_batch(cfg)
             last = micro == cfg.grad_accum - 1
             with self._grad_sync(last), self.autocast():
                 loss, extras = self.loss_fn(self.model, x, y)
@@ -190,6 +189,13 @@ class Trainer:
         tokens = cfg.batch_size * cfg.grad_accum * self.config.model.context_length * self.dist.world_size
         return {"loss": values[0], "lr": lr, "grad_norm": values[1], "step_tokens": tokens,
                 **dict(zip(extras_sum, values[2:]))}
+
+    def _next_batch(self, cfg):
+        if self.batch_fn is not None:  # GRPO samples its own batch (prompts, completions, rewards) on the device
+            return self.batch_fn(self.raw_model, self.sampler, self.state.step + 1)
+        x, y = self.data.get_batch("train", cfg.batch_size, self.config.model.context_length, self.sampler,
+                                   rank=self.dist.rank, world_size=self.dist.world_size)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def _grad_sync(self, last_micro: bool):
         """DDP all-reduces on the last micro-batch only. FSDP2 reduce-scatters every micro-batch: skipping it

@@ -21,6 +21,7 @@ from slm_core.models.tokenizer import Tokenizer
 from slm_core.run import runs
 from slm_core.system import cpu_has_native_bf16
 from slm_core.train.distill import DistillLoss, check_compatible, load_teacher
+from slm_core.train.grpo import GRPO
 from slm_core.train.preflight import preflight
 from slm_core.train.shrink import shrunk_base
 
@@ -33,6 +34,7 @@ class Built:
     tokenizer: Any
     loss_fn: Optional[Callable] = None
     parent: Optional[str] = None
+    batch_fn: Optional[Callable] = None  # (model, generator, step) -> (x, y): a mode that makes its own batches
 
 
 def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resume: bool = False,
@@ -40,7 +42,7 @@ def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resum
     config.check_ready()
     mode = config.train.mode
     base = teacher = teacher_tokenizer = None
-    if mode in ("lora", "finetune") or (mode == "distill" and config.train.init_from):
+    if mode in ("lora", "finetune", "grpo") or (mode == "distill" and config.train.init_from):
         base = _load_base(config.train.init_from, config.train.force, run_dir.parent)
     if mode == "distill":
         shrinking = bool(config.distill.shrink_layers)  # the student is cut from our own copy of the teacher
@@ -58,11 +60,14 @@ def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resum
 
     preflight(config, resolved=True)  # the final shape: refuse one far beyond the device's memory
     model = _build_model(config, base, device)
-    loss_fn, parent = None, config.train.init_from
+    loss_fn, parent, batch_fn = None, config.train.init_from, None
     if mode == "distill":
         loss_fn, parent = _distill_loss(config, teacher, teacher_tokenizer, tokenizer), config.distill.teacher
+    if mode == "grpo":  # samples, scores and its loss: slm_core.train.grpo
+        grpo = GRPO(config, model, tokenizer, run_dir, is_main=_is_main_rank())
+        loss_fn, batch_fn = grpo.loss, grpo.batch
     _freeze_run_identity(run_dir, config, tokenizer, data, resume)
-    return Built(config, data, model, tokenizer, loss_fn, parent)
+    return Built(config, data, model, tokenizer, loss_fn, parent, batch_fn)
 
 
 def _load_base(source: str, force: bool, runs_dir: Path):
@@ -141,7 +146,7 @@ def _build_model(config: RunConfig, base, device: torch.device) -> torch.nn.Modu
         print(f"QLoRA: base held in {config.lora.quantize_base} ({model.qlora['backend']}), "
               f"{base_weight_bytes(model) / 2**20:,.1f} MB of weights", flush=True)
     model.to(device)
-    if config.train.mode == "lora":
+    if config.uses_lora:
         model = apply_lora(model, config.lora)
         counts = trainable_summary(model)
         print(f"LoRA: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
