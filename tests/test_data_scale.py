@@ -208,6 +208,81 @@ def test_killed_preparation_resumes_from_finished_chunks(tmp_path, monkeypatch):
         assert (resumed.cache_dir / name).read_bytes() == (fresh.cache_dir / name).read_bytes()
 
 
+def _interrupted(tmp_path, monkeypatch, cfg, at: int) -> Path:
+    """A preparation stopped (Ctrl-C) as chunk `at` starts: the parts folder it left, chunks 0..at-1 finished."""
+    real = data_prepare.tokenize_chunk
+
+    def stop_at(tok, job, **kw):
+        if job["index"] == at:
+            raise KeyboardInterrupt
+        return real(tok, job, **kw)
+
+    monkeypatch.setattr(data_prepare, "tokenize_chunk", stop_at)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(cfg, cache_dir=tmp_path / "cache", progress=False, workers=1)
+    [parts] = (tmp_path / "cache").glob("*/parts-*")
+    assert sorted(int(p.stem) for p in parts.glob("*.json")) == list(range(at))
+    assert not list((tmp_path / "cache").glob("*/meta.json"))
+    monkeypatch.setattr(data_prepare, "tokenize_chunk", real)
+    return parts
+
+
+def _flip_a_byte(path: Path, at: int = 11) -> None:
+    payload = bytearray(path.read_bytes())
+    payload[at] ^= 1
+    path.write_bytes(bytes(payload))
+
+
+def _same_files(prepared, fresh) -> None:
+    for name in ("train.bin", "val.bin"):
+        assert (prepared.cache_dir / name).read_bytes() == (fresh.cache_dir / name).read_bytes(), name
+    assert (prepared.train_tokens, prepared.val_tokens, prepared.n_documents) == \
+        (fresh.train_tokens, fresh.val_tokens, fresh.n_documents)
+
+
+def test_damaged_parts_of_an_interrupted_preparation_are_tokenized_again(tmp_path, monkeypatch, small_chunks):
+    """A part cut short, one with one byte flipped and one gone: each is re-tokenized on resume (the intact ones
+    are not), and the token files equal an uninterrupted preparation's byte for byte."""
+    cfg = config(story_file(tmp_path / "s.txt", 300))  # ~260k characters: 13 chunks of 20k
+    parts = _interrupted(tmp_path, monkeypatch, cfg, at=6)
+    truncated = parts / "000001.train.bin"
+    truncated.write_bytes(truncated.read_bytes()[:-2])  # one token short
+    _flip_a_byte(parts / "000003.train.bin")
+    (parts / "000004.val.bin").unlink()
+    tokenized = []
+    real = data_prepare.tokenize_chunk
+    monkeypatch.setattr(data_prepare, "tokenize_chunk", lambda tok, job, **kw: tokenized.append(job["index"])
+                        or real(tok, job, **kw))
+    resumed = prepare_data(cfg, cache_dir=tmp_path / "cache", progress=False, workers=1)
+    assert {1, 3, 4} <= set(tokenized) and not {0, 2, 5} & set(tokenized)
+    _same_files(resumed, prepare_data(cfg, cache_dir=tmp_path / "fresh", progress=False, workers=1))
+
+
+def test_a_part_damaged_after_its_check_stops_the_merge_before_meta_json(tmp_path, monkeypatch, small_chunks):
+    """The merged files are checked against the parts: a part altered between its check and the merge is named
+    in one line, no meta.json vouches for the files, and the next preparation re-tokenizes that chunk."""
+    cfg = config(story_file(tmp_path / "s.txt", 300))
+    parts = _interrupted(tmp_path, monkeypatch, cfg, at=6)
+    real = data_prepare.tokenize_chunk
+
+    def damage_chunk_2_while_the_last_runs(tok, job, **kw):
+        if job["index"] == 12:
+            _flip_a_byte(parts / "000002.train.bin")
+        return real(tok, job, **kw)
+
+    monkeypatch.setattr(data_prepare, "tokenize_chunk", damage_chunk_2_while_the_last_runs)
+    with pytest.raises(SLMError, match=r"000002\.train\.bin is damaged") as info:
+        prepare_data(cfg, cache_dir=tmp_path / "cache", progress=False, workers=1)
+    assert "\n" not in str(info.value) and "prepare the data again" in str(info.value)
+    assert not list((tmp_path / "cache").glob("*/meta.json")) and not list((tmp_path / "cache").glob("*/*.tmp-*"))
+    tokenized = []
+    monkeypatch.setattr(data_prepare, "tokenize_chunk", lambda tok, job, **kw: tokenized.append(job["index"])
+                        or real(tok, job, **kw))
+    again = prepare_data(cfg, cache_dir=tmp_path / "cache", progress=False, workers=1)
+    assert tokenized == [2]
+    _same_files(again, prepare_data(cfg, cache_dir=tmp_path / "fresh", progress=False, workers=1))
+
+
 # ---- shards ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n", [1, 3])

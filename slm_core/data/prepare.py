@@ -1,10 +1,11 @@
 """Token files from a stream of documents: bounded memory, every core, resumable chunk by chunk. A document's
-split (train or validation) depends on its text alone."""
+split (train or validation) depends on its text alone. A finished chunk's mark records each part's token
+count and checksum: a resumed preparation trusts only parts that match, and the merged files are checked
+against their parts before they are published."""
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -72,7 +73,8 @@ def _in_worker(job: dict) -> dict:
 
 
 def tokenize_chunk(tokenizer, job: dict, threads: Optional[int] = None) -> dict:
-    """Encode one chunk, write its part files, then its JSON (the mark that it is finished)."""
+    """Encode one chunk, write its part files, then its JSON: the mark that it is finished, with each part's
+    token count and checksum (`files`), which a resumed preparation checks before reusing the part."""
     items, parts, index = job["items"], Path(job["parts"]), job["index"]
     is_val = job.get("forced") or [is_val_document(e, job["val_fraction"]) for e in items]
     masked, dtype = job["masked"], np.dtype(job["dtype"])
@@ -96,16 +98,16 @@ def tokenize_chunk(tokenizer, job: dict, threads: Optional[int] = None) -> dict:
             part["mask"] += [np.zeros(len(prompts[i]), np.uint8), np.ones(len(seq) - len(prompts[i]) + 1, np.uint8)]
         part["docs"] += 1
         part["last"] = lengths[i] = len(seq) + 1
-    stats = {"index": index, "chars": sum(_chars(e) for e in items)}
+    stats = {"index": index, "chars": sum(_chars(e) for e in items), "files": {}}
     for split, part in out.items():
         ids = np.concatenate(part["ids"]) if part["ids"] else np.empty(0, dtype)
-        _write_part(parts / f"{index:06d}.{split}.bin", ids)
+        stats["files"][split] = _write_part(parts / f"{index:06d}.{split}.bin", ids)
         if masked:
             mask = np.concatenate(part["mask"]) if part["mask"] else np.empty(0, np.uint8)
-            _write_part(parts / f"{index:06d}.{split}_mask.bin", mask)
+            stats["files"][f"{split}_mask"] = _write_part(parts / f"{index:06d}.{split}_mask.bin", mask)
         stats.update({f"{split}_tokens": len(ids), f"{split}_docs": part["docs"], f"{split}_last": int(part["last"])})
     stats["hist"] = np.bincount(np.log2(np.maximum(lengths, 1)).astype(int), minlength=HIST_BINS).tolist()
-    _write_part(parts / f"{index:06d}.json", json.dumps(stats).encode())
+    atomic_write_bytes(parts / f"{index:06d}.json", json.dumps(stats).encode())
     return stats
 
 
@@ -144,14 +146,53 @@ def _char_table(tokenizer) -> np.ndarray:
     return _CHAR_TABLES[key]
 
 
-def _write_part(path: Path, payload) -> None:
-    atomic_write_bytes(path, payload if isinstance(payload, bytes) else payload.tobytes())
+def _write_part(path: Path, array: np.ndarray) -> dict:
+    """Write one part; returns what its mark records of it: {"tokens", "blake2b"}."""
+    payload = array.tobytes()
+    atomic_write_bytes(path, payload)
+    return {"tokens": len(array), "blake2b": _checksum(payload)}
 
 
-def _finished(parts: Path, index: int) -> Optional[dict]:
-    with contextlib.suppress(OSError, ValueError):
-        return json.loads((parts / f"{index:06d}.json").read_text())
+def _checksum(payload) -> str:
+    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+
+
+def _part_files(parts: Path, index: int, masked: bool) -> dict:
+    """{name in the mark: part file} of one chunk."""
+    names = ["train", "val"] + (["train_mask", "val_mask"] if masked else [])
+    return {name: parts / f"{index:06d}.{name}.bin" for name in names}
+
+
+def _part_problem(path: Path, entry, itemsize: int, payload: Optional[bytes] = None) -> Optional[str]:
+    """None if the part file holds the tokens its mark vouches for, else what is wrong with it."""
+    if not isinstance(entry, dict) or not {"tokens", "blake2b"} <= entry.keys():
+        return f"{path.name} has no checksum in its mark"
+    if payload is None:
+        try:
+            payload = path.read_bytes()
+        except OSError:
+            return f"{path.name} is missing"
+    if len(payload) != entry["tokens"] * itemsize:
+        return f"{path.name} holds {len(payload) // itemsize} of {entry['tokens']} tokens"
+    if _checksum(payload) != entry["blake2b"]:
+        return f"{path.name} is damaged (its checksum does not match its mark)"
     return None
+
+
+def _finished(parts: Path, index: int, dtype, masked: bool) -> Optional[dict]:
+    """The mark of a chunk an earlier call finished, if every part it vouches for is intact; else None (the
+    chunk is tokenized again: a part may be truncated, altered or gone since, e.g. by a kill or a bad disk)."""
+    try:
+        mark = json.loads((parts / f"{index:06d}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    files = mark.get("files") if isinstance(mark, dict) else None
+    if not isinstance(files, dict):
+        return None
+    for name, path in _part_files(parts, index, masked).items():
+        if _part_problem(path, files.get(name), 1 if name.endswith("_mask") else np.dtype(dtype).itemsize):
+            return None
+    return mark
 
 
 # ---- the whole corpus -------------------------------------------------------------------------------
@@ -188,7 +229,7 @@ def build_token_files(examples: Iterable, directory: Path, tokenizer, *, val_fra
                    "masked": masked, "dtype": np.dtype(dtype).name, "special": special}
             if index == 0 and last:
                 job["forced"] = single = _single_document(items, val_fraction)
-            result = _finished(parts, index)
+            result = _finished(parts, index, dtype, masked)
             if result is None and (workers == 1 or (index == 0 and last)):
                 result = tokenize_chunk(tokenizer, job)
             elif result is None:
@@ -242,7 +283,8 @@ def _concatenate(directory: Path, parts: Path, stats: list, dtype, masked: bool)
     suffixes = [("", dtype)] + ([("_mask", np.uint8)] if masked else [])
     counts: dict = {}
     for suffix, kind in suffixes:
-        streams = {s: [parts / f"{c['index']:06d}.{s}{suffix}.bin" for c in stats] for s in ("train", "val")}
+        streams = {s: [(parts / f"{c['index']:06d}.{s}{suffix}.bin", c["files"][f"{s}{suffix}"]) for c in stats]
+                   for s in ("train", "val")}
         totals = {s: sum(c[f"{s}_tokens"] for c in stats) for s in ("train", "val")}
         if moved:  # the moved document's tokens are the tail of its split's stream
             source, n = moved
@@ -272,23 +314,49 @@ def _trim(hist: list) -> list:
     return hist
 
 
-def _copy(paths: list, stop: int, target: Path, dtype, start: int = 0) -> None:
-    """Tokens [start, stop) of the concatenated `paths` into `target`, atomically, one part at a time
-    through a memory map of just that part's span: mapped pages are released after each part, so the
-    resident set stays one part (a whole-file memmap would count every written page as resident)."""
+def _copy(parts: list, stop: int, target: Path, dtype, start: int = 0) -> None:
+    """Tokens [start, stop) of the concatenated parts ((path, its mark's entry) pairs) into `target`,
+    atomically, one part at a time through a memory map of just that part's span: mapped pages are released
+    after each part, so the resident set stays one part (a whole-file memmap would count every written page
+    as resident). Each part is checked against its mark as it is read, and the written file against the
+    parts (its length, and the checksum of their spans) before it is renamed into place."""
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     itemsize = np.dtype(dtype).itemsize
     with open(tmp, "wb") as f:
         f.truncate(max(0, stop - start) * itemsize)
+    expected = hashlib.blake2b(digest_size=16)
     position, written = 0, 0  # position: tokens of the concatenation before this part
-    for path in paths:
-        part = np.fromfile(path, dtype=dtype)
-        lo, hi = max(start - position, 0), min(stop - position, len(part))
-        if hi > lo:
-            out = np.memmap(tmp, dtype=dtype, mode="r+", offset=written * itemsize, shape=(hi - lo,))
-            out[:] = part[lo:hi]
-            out.flush()
-            del out
-            written += hi - lo
-        position += len(part)
+    try:
+        for path, entry in parts:
+            payload = path.read_bytes()
+            problem = _part_problem(path, entry, itemsize, payload)
+            if problem:  # changed since it was checked: its chunk is tokenized anew next time
+                path.with_name(f"{path.name.split('.')[0]}.json").unlink(missing_ok=True)
+                raise SLMError(f"the token part {problem} ({path.parent}); prepare the data again: that chunk is "
+                               "tokenized anew")
+            part = np.frombuffer(payload, dtype=dtype)
+            lo, hi = max(start - position, 0), min(stop - position, len(part))
+            if hi > lo:
+                out = np.memmap(tmp, dtype=dtype, mode="r+", offset=written * itemsize, shape=(hi - lo,))
+                out[:] = part[lo:hi]
+                out.flush()
+                del out
+                expected.update(part[lo:hi].tobytes())
+                written += hi - lo
+            position += len(part)
+        _check_merged(tmp, target, (stop - start) * itemsize, expected.hexdigest())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     commit(tmp, target)
+
+
+def _check_merged(tmp: Path, target: Path, size: int, checksum: str) -> None:
+    """The merged file, read back, is exactly the parts' spans (before meta.json can vouch for it)."""
+    actual = hashlib.blake2b(digest_size=16)
+    with open(tmp, "rb") as handle:
+        while block := handle.read(16 << 20):
+            actual.update(block)
+    if tmp.stat().st_size != size or actual.hexdigest() != checksum:
+        raise SLMError(f"{target.name} came out {tmp.stat().st_size} bytes, not the {size} of its parts, or with "
+                       f"other bytes (disk or memory error?); prepare the data again")
