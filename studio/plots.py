@@ -153,7 +153,8 @@ def memory_traces(train: list[dict], x: str = "step", rank_rows: Optional[list[d
 # Markers for what happened to the run; evaluations come from the eval rows themselves.
 EVENT_STYLE = {  # event → (label, colour, marker symbol)
     "eval": ("evaluation", "#dc2626", "circle-open"), "best": ("new best", "#059669", "star"),
-    "checkpoint": ("checkpoint", "#475569", "square"), "paused": ("paused", "#d97706", "line-ns-open"),
+    "checkpoint": ("checkpoint", "#475569", "square"), "saved_now": ("saved now", "#db2777", "hexagram"),
+    "paused": ("paused", "#d97706", "line-ns-open"),
     "continued": ("continued", "#2563eb", "triangle-right"), "stopped": ("stopped", "#111827", "x"),
     "resumed": ("resumed", "#7c3aed", "triangle-right-open"),
     "target_reached": ("target reached", "#0891b2", "diamond"),
@@ -161,12 +162,22 @@ EVENT_STYLE = {  # event → (label, colour, marker symbol)
 MAX_EVENT_LINES = 60  # vertical lines per figure: beyond this they hide the curves
 
 
+def event_name(row: dict) -> Optional[str]:
+    """The marker a metrics row draws: a checkpoint someone asked for (Save checkpoint now; the worker marks it
+    `asked`) is "saved_now", apart from the scheduled ones; evaluations come from eval rows."""
+    kind = row.get("kind")
+    if kind == "eval":
+        return "eval"
+    if kind != "event":
+        return None
+    return "saved_now" if row.get("event") == "checkpoint" and row.get("asked") else row.get("event")
+
+
 def run_events(rows: list[dict]) -> list[dict]:
     """[{event, step, tokens}] from kind=event rows and eval rows, one per (event, step)."""
     seen: dict[tuple, dict] = {}
     for row in rows:
-        kind = row.get("kind")
-        name = row.get("event") if kind == "event" else "eval" if kind == "eval" else None
+        name = event_name(row)
         if name in EVENT_STYLE and row.get("step") is not None:
             seen[(name, row["step"])] = {"event": name, "step": row["step"], "tokens": row.get("tokens")}
     return sorted(seen.values(), key=lambda e: e["step"])

@@ -36,14 +36,26 @@ def run_settings(runs_dir: Path, name: str, keys: Iterable[str]) -> tuple[str, O
     return recipe, model_preset, values
 
 
-def clone_name(runs_dir: Path, name: str) -> str:
-    """<name>-clone, -clone2, ... : the first that is neither a run nor queued."""
+def unused_name(runs_dir: Path, base: str, first: str, then: str = "{base}{n}") -> str:
+    """`first`, else `then` with n = 2, 3, ... (both formatted with base): the first name that is neither a run
+    nor queued."""
     taken = {e["name"] for e in runqueue.entries(runs_dir)}
-    candidate, n = f"{name}-clone", 1
+    candidate, n = first.format(base=base), 1
     while (Path(runs_dir) / candidate).exists() or candidate in taken:
         n += 1
-        candidate = f"{name}-clone{n}"
+        candidate = then.format(base=base, n=n)
     return candidate
+
+
+def clone_name(runs_dir: Path, name: str) -> str:
+    """<name>-clone, -clone2, ... : the first that is neither a run nor queued."""
+    return unused_name(runs_dir, name, "{base}-clone", "{base}-clone{n}")
+
+
+def fresh_run_name(runs_dir: Path, recipe: str) -> str:
+    """<recipe>-1, -2, ... (for a loaded run's settings, <run>-1, ...): the name a recipe change proposes."""
+    base = Path(recipe).parent.name if str(recipe).endswith((".yaml", ".yml")) else str(recipe)
+    return unused_name(runs_dir, base, "{base}-1", "{base}-{n}")
 
 
 def save_recipe(name: str, recipe: str, model_preset: Optional[str], values: dict[str, Any]) -> Path:

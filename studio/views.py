@@ -29,8 +29,14 @@ def human_duration(seconds: Optional[float]) -> str:
 
 # ---- the live run ----------------------------------------------------------------------------
 
-def progress_html(status: dict, rows: list[dict]) -> str:
-    """A progress bar with step, percentage, tokens/s and ETA, coloured by the run's state."""
+NO_RUN_PROGRESS = '<div class="slm-progress" data-state="none"></div>'  # the status line says "No run yet"
+
+
+def progress_html(status: dict, rows: list[dict], run: Optional[str] = "") -> str:
+    """A progress bar with step, percentage, tokens/s and ETA, coloured by the run's state; `run` None: no run
+    exists yet, so no bar (a "starting · step 0" bar would describe a run nobody started)."""
+    if run is None:
+        return NO_RUN_PROGRESS
     state = status.get("state") or "starting"
     step, total = int(status.get("step") or 0), status.get("max_steps") or 0
     train, _ = split_rows(rows)

@@ -103,5 +103,27 @@ def signature(run_dir: Optional[str | Path]) -> tuple:
     return tuple(out)
 
 
+def runs_signature(root: str | Path) -> tuple:
+    """Changes whenever a row of the runs table may change: a run added or removed, a status or a report card
+    written. A stat() per run, so a page may ask every few seconds."""
+    out = []
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except FileNotFoundError:
+        return ()
+    for entry in entries:
+        if not entry.is_dir():
+            continue
+        stamps = []
+        for name in ("status.json", "evals"):
+            try:
+                stat = os.stat(os.path.join(entry.path, name))
+                stamps.append((stat.st_size, stat.st_mtime_ns))
+            except FileNotFoundError:
+                stamps.append(None)
+        out.append((entry.name, *stamps))
+    return tuple(out)
+
+
 def status(run_dir: str | Path) -> dict:
     return runs.read_status(run_dir)

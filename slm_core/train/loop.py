@@ -260,7 +260,7 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------
 
-    def save(self, tag: str = "latest") -> None:
+    def save(self, tag: str = "latest", asked: bool = False) -> None:
         if not (self.dist.is_main or self.fsdp):  # under FSDP every rank writes its shards
             return
         s = self.state
@@ -281,7 +281,7 @@ class Trainer:
             else:
                 save_checkpoint(self.run_dir / "checkpoints", tag, self.raw_model, self.config,
                                 self.run_dir / "tokenizer", meta, trainer_state, write_adapter=self._write_adapter)
-        self._event("checkpoint", tag=tag)
+        self._event("checkpoint", tag=tag, **({"asked": True} if asked else {}))  # asked: Save now, not scheduled
 
     def _write_adapter(self, model: torch.nn.Module, folder: Path) -> None:
         save_adapter(model, folder, base=self.config.train.init_from)
@@ -497,7 +497,7 @@ class Trainer:
 
             dist.broadcast(flags, src=0)
         if flags[1]:
-            self.save("latest")
+            self.save("latest", asked=True)
             self._emit({"kind": "saved", "step": self.state.step})
         if flags[2] and not flags[0]:
             return self._pause()
@@ -516,7 +516,7 @@ class Trainer:
                 self.state.stop_reason = "stop"
                 return True
             if not self.fsdp and runs.take_request(self.run_dir, "save"):  # FSDP: all ranks save, after the pause
-                self.save("latest")
+                self.save("latest", asked=True)
             time.sleep(0.2)
         self._status(state="running", paused_s=time.time() - paused_at)
         self._event("continued")

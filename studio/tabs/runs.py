@@ -18,6 +18,7 @@ from studio.tabs import PRIVATE, QUIET, message
 from studio.views import RUN_COLUMNS, config_diff, failure_note, runs_table, sample_timeline_html, status_markdown
 
 TITLE = "Runs"
+REFRESH_S = 3.0  # the table follows a training run (a stat() per run when nothing changed)
 
 
 def build(ctx) -> None:
@@ -80,6 +81,20 @@ def listing(root: Path, current: Optional[str] = None, other_pickers: int = 3) -
             *[gr.update(choices=names) for _ in range(other_pickers)], *open_run(root, keep)]
 
 
+def follow(root: Path, current: Optional[str], last: Optional[tuple], other_pickers: int = 3) -> list[Any]:
+    """The timer's update while runs train: the table, the pickers' choices and the open run's panel, read afresh
+    when a run's status changed since `last` (the signature this page saw), else skips. The pickers keep the
+    values the user picked: only their choices follow (a row clicked must name a choice)."""
+    sig = watch.runs_signature(root)
+    n_outputs = 2 + other_pickers + 4 + 1
+    if sig == last:
+        return [gr.skip()] * n_outputs
+    summaries = runs.list_runs(root)
+    names = [s["name"] for s in summaries]
+    panel = open_run(root, current) if current in names else [gr.skip()] * 4
+    return [runs_table(summaries), *[gr.update(choices=names) for _ in range(1 + other_pickers)], *panel, sig]
+
+
 def _wire_list(ctx, refresh, table, pickers, panel) -> None:
     def listing_here(current: Optional[str] = None):
         return listing(ctx.runs_dir, current, len(pickers) - 1)
@@ -88,6 +103,10 @@ def _wire_list(ctx, refresh, table, pickers, panel) -> None:
     refresh.click(listing_here, pickers[0], outputs, api_name="runs_list")
     ctx.tabs[TITLE].select(listing_here, pickers[0], outputs, **QUIET)
     ctx.on_load.append(dict(fn=listing_here, inputs=pickers[0], outputs=outputs))
+    seen = gr.State(None)  # the runs signature this page last drew
+    timer = gr.Timer(REFRESH_S)
+    timer.tick(lambda current, last: follow(ctx.runs_dir, check_path(ctx, current, "run"), last, len(pickers) - 1),
+               [pickers[0], seen], outputs + [seen], concurrency_limit=None, **QUIET)
 
 
 def _wire_open(ctx, table, opened, status, plot, samples, config) -> None:

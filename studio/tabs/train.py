@@ -16,7 +16,7 @@ from studio import launch_form, model_picker, shrink_form, watch
 from studio.allow import AllowBox
 from studio.command import page_overrides, recipe_values, runs_dir_arg, shell_command, train_args
 from studio.plots import training_figure
-from studio.run_form import clone_name, queue_markdown, recipe_choices, run_settings, save_recipe
+from studio.run_form import clone_name, fresh_run_name, queue_markdown, recipe_choices, run_settings, save_recipe
 from studio.security import FIELD_KINDS, check_fields, check_path
 from studio.tabs import FORM_TRIGGER, QUIET, message, run_names, set_initial
 from studio.views import (
@@ -151,7 +151,7 @@ def _monitor() -> dict[str, Any]:
     with gr.Row(elem_classes="slm-buttons"):
         m["load"] = gr.Button("Load its settings", size="sm", elem_id="train-load")
         m["clone"] = gr.Button("Clone it", size="sm", elem_id="train-clone")
-    m["progress"] = gr.HTML(progress_html({}, []), elem_id="train-progress")
+    m["progress"] = gr.HTML(progress_html({}, [], run=None), elem_id="train-progress")
     m["status"] = gr.Markdown(status_markdown("", {}), elem_id="train-status")
     m["notes"] = gr.Markdown("", elem_classes="slm-note", elem_id="train-notes")
     m["plot"] = gr.Plot(training_figure([]), label="Training curves", show_label=False, elem_id="train-plot")
@@ -175,9 +175,11 @@ def _wire_recipe(ctx, c: dict) -> None:
 
     def prefill(recipe: str):
         model_preset, values = recipe_values(recipe, keys)
-        return [preset_description("recipes", recipe), model_preset or gr.update(), *values]
+        # A fresh name too: the previous run's name would make the command (and Start) name a run that exists.
+        return [preset_description("recipes", recipe), model_preset or gr.update(), *values,
+                fresh_run_name(ctx.runs_dir, recipe)]
 
-    outputs = [c["about"], preset if preset is not None else gr.State(), *fields]
+    outputs = [c["about"], preset if preset is not None else gr.State(), *fields, c["name"]]
     c["recipe"].input(prefill, c["recipe"], outputs, **QUIET)
     # The page opens with the default recipe's values (also what API clients get as defaults).
     model_preset, values = recipe_values(c["recipe"].value, keys)
@@ -245,14 +247,21 @@ def _wire_actions(ctx, c: dict, m: dict) -> None:
                 entry = ctx.runner.enqueue(recipe, overrides, name)
                 return (message("ok", f"Queued **{entry['name']}**: it starts when **{busy}** and the runs queued "
                                       f"before it have ended."), gr.update(), None,
-                        *_queue_outputs(ctx, busy)[1:])  # the queue box at once, not at the next refresh
+                        *_queue_outputs(ctx, busy)[1:],  # the queue box at once, not at the next refresh
+                        next_name(name, recipe))
             run = ctx.runner.start(recipe, overrides, name, launch, env)
         except SLMError as error:
-            return message("error", str(error)), gr.update(), gr.update(), gr.skip(), gr.skip()
+            return message("error", str(error)), gr.update(), gr.update(), gr.skip(), gr.skip(), gr.skip()
         return (message("ok", f"Started **{run}** in a background worker."),
-                gr.update(choices=run_names(ctx.runs_dir), value=run), None, gr.skip(), gr.skip())
+                gr.update(choices=run_names(ctx.runs_dir), value=run), None, gr.skip(), gr.skip(),
+                next_name(name, recipe))
 
-    started = c["start"].click(start, inputs, [c["message"], m["watch"], m["sig"], c["queue"], c["queued"]],
+    def next_name(used: Optional[str], recipe: str):
+        """The name box once its run started or queued: a typed name is taken now, so a fresh one replaces it
+        (the command box must not name a run that exists); a blank box stays blank (a new name each Start)."""
+        return fresh_run_name(ctx.runs_dir, recipe) if used else gr.skip()
+
+    started = c["start"].click(start, inputs, [c["message"], m["watch"], m["sig"], c["queue"], c["queued"], c["name"]],
                                api_name="train_start", concurrency_limit=1, concurrency_id="train-control")
     c["allow"].after(started, [(kind, ctx.fields[key]) for key, kind in FIELD_KINDS.items() if key in ctx.fields])
     for what in ("pause", "continue", "save", "stop", "resume"):
@@ -352,7 +361,7 @@ def refresh(ctx, watched: Optional[str], x_axis: str, log_y: bool, last: Optiona
              and sig["state"] in runs.TERMINAL_STATES)
     return [
         figure,
-        progress_html(status, rows) if state_changed else skip,
+        progress_html(status, rows, run=name) if state_changed else skip,
         status_markdown(name or "", status) if changed("status", "state") else skip,
         (failure_note(status) or overfitting_note(rows, status)) if state_changed else skip,
         sample_timeline_html(watch.samples(run_dir) if run_dir else []) if changed("samples") else skip,
@@ -458,11 +467,17 @@ def _wire_run_form(ctx, c: dict, m: dict) -> None:
         except SLMError as error:
             return message("error", str(error)), gr.skip()
         return (message("ok", f"Saved as your recipe **{path.stem}** (`{path}`); `slm presets` lists it and "
-                              f"`slm train --preset {path.stem}` runs it."),
-                gr.update(choices=recipe_choices(), value=path.stem))
+                              f"`slm train --preset {path.stem}` runs it."), saved_recipe_update(recipe, path.stem))
 
     c["save_recipe"].click(save_mine, [c["my_recipe"], c["recipe"], preset, *fields], [c["message"], c["recipe"]],
                            api_name="train_save_recipe")
+
+
+def saved_recipe_update(previous: Optional[str], saved: str) -> Any:
+    """The Recipe box after "Save as my recipe": the saved recipe picked, among choices that still hold the previous
+    value (a run's settings), so that an event the page sent with that value meanwhile (a field's change, committed
+    by the same click) still passes Gradio's check of a dropdown's value against the choices it holds now."""
+    return gr.update(choices=recipe_choices(previous), value=saved)
 
 
 def _wire_sample_diff(ctx, m: dict) -> None:

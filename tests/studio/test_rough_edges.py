@@ -1,0 +1,87 @@
+"""The page's rough edges (issue 26), each pinned at the handler that decides it. What only a browser shows
+(layout, toasts) is walked in tests/e2e/test_browser.py."""
+
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from slm_core.run import queue as runqueue
+from slm_core.run import runs
+from studio import watch
+from studio.plots import run_events, training_figure
+from studio.run_form import fresh_run_name
+from studio.tabs.runs import follow
+from studio.views import progress_html
+
+TINY = ["tokenizer.kind=char", "data.max_chars=200000", "model.context_length=64", "model.vocab_size=null",
+        "model.n_layer=1", "train.batch_size=8", "train.precision=fp32", "train.eval_batches=2",
+        "train.sample_tokens=4", "train.warmup_steps=2", "train.lr=0.003", "train.max_steps=4",
+        "train.eval_interval=4", "train.ckpt_interval=2"]
+
+
+def test_a_recipe_change_proposes_a_run_name_no_run_or_queued_entry_has(tmp_path):
+    (tmp_path / "tiny-gpt-cpu-1").mkdir()
+    runqueue.add(tmp_path, "quickstart-cpu", [], "tiny-gpt-cpu-2")
+    assert fresh_run_name(tmp_path, "tiny-gpt-cpu") == "tiny-gpt-cpu-3"
+    assert fresh_run_name(tmp_path, "quickstart-cpu") == "quickstart-cpu-1"
+    # A loaded run's settings (the Recipe box holds its config.yaml): named after the run.
+    assert fresh_run_name(tmp_path, str(tmp_path / "first" / "config.yaml")) == "first-1"
+
+
+def test_the_train_tab_without_any_run_shows_no_starting_bar():
+    assert "starting" not in progress_html({}, [], run=None)
+    assert "starting" in progress_html({}, [], run="just-launched")  # a run that exists but has not reported
+
+
+@pytest.mark.slow  # a real 4-step run (~30 s on a loaded 2-core machine)
+def test_save_now_is_its_own_marker_on_the_live_figure(tmp_path):
+    """A real run asked to save at step 2 (control/save, what Save checkpoint now writes): its checkpoint row
+    says it was asked for, and the figure draws it as "saved now", apart from the scheduled checkpoint."""
+    from slm_core.config import load_recipe
+    from slm_core.train.loop import train
+
+    run_dir = tmp_path / "run"
+
+    def ask(row: dict) -> None:
+        if row.get("kind") == "train" and row.get("step") == 1:
+            runs.request(run_dir, "save")  # taken before step 2
+
+    train(load_recipe("quickstart-cpu", TINY), run_dir, callback=ask, progress=False)
+    rows = runs.read_metrics(run_dir)
+    events = {(e["event"], e["step"]) for e in run_events(rows)}
+    assert ("saved_now", 1) in events and ("checkpoint", 2) in events
+    assert ("checkpoint", 1) not in events
+    names = {trace.name for trace in training_figure(rows).data}
+    assert {"saved now", "checkpoint"} <= names
+
+
+def test_the_runs_table_follows_a_run_without_touching_the_picked_run(tmp_path):
+    for name, started in (("older", 1.0), ("live", 2.0)):
+        runs.write_status(tmp_path / name, state="running", step=10, max_steps=100, started_at=started)
+    first = follow(tmp_path, "older", None)
+    sig = first[-1]
+    assert [row[0] for row in first[0]] == ["live", "older"]
+    assert all("value" not in update for update in first[1:5])  # choices only: the user's picks stay
+    assert "older" in first[5]  # the open run's panel read afresh
+    assert follow(tmp_path, "older", sig) == [gr.skip()] * len(first)  # nothing changed: nothing redrawn
+    runs.write_status(tmp_path / "live", state="running", step=50)
+    later = follow(tmp_path, "older", sig)
+    assert later[-1] != sig and "50 / 100" in [row[4] for row in later[0] if row[0] == "live"][0]
+
+
+def test_saving_my_recipe_keeps_the_loaded_runs_choice_beside_the_saved_one(tmp_path):
+    from studio.tabs.train import saved_recipe_update
+
+    loaded = str(tmp_path / "first" / "config.yaml")
+    update = saved_recipe_update(loaded, "quickstart-cpu")
+    values = [c[1] if isinstance(c, tuple) else c for c in update["choices"]]
+    assert update["value"] == "quickstart-cpu" and loaded in values  # an event sent with the old value passes
+
+
+def test_watch_runs_signature_changes_with_a_status(tmp_path):
+    runs.write_status(tmp_path / "a", state="running", step=1)
+    before = watch.runs_signature(tmp_path)
+    runs.write_status(tmp_path / "a", state="running", step=2, note="x" * 10)
+    assert watch.runs_signature(tmp_path) != before
+    assert watch.runs_signature(Path(tmp_path) / "missing") == ()
