@@ -21,7 +21,7 @@ def add_train_parser(sub) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", default="quickstart-cpu", help="recipe preset name (see `slm presets`)")
     source.add_argument("--config", help="a recipe YAML file (e.g. a run's config.yaml)")
-    parser.add_argument("--mode", choices=["pretrain", "distill", "lora", "finetune"],
+    parser.add_argument("--mode", choices=["pretrain", "distill", "lora", "finetune", "dpo", "orpo"],
                         help="shorthand for --set train.mode=...")
     parser.add_argument("--name", help="run name (default: <preset>-<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -53,7 +53,9 @@ def cmd_train(args) -> int:
     root = check_runs_dir(args.runs_dir)
     name = runs.valid_run_name(args.name) if args.name else runs.new_run_name(config.preset or "run", root)
     run_dir = root / name
-    if (run_dir / "status.json").exists() and os.environ.get("RANK", "0") == "0":  # other ranks find rank 0's
+    # other ranks find rank 0's; a run the queue handed to this process says "queued" (slm_core.run.queue.take_next)
+    if (run_dir / "status.json").exists() and os.environ.get("RANK", "0") == "0" and \
+            runs.read_status(run_dir).get("state") != "queued":
         raise SLMError(f"a run named '{name}' already exists in {root}; pick another --name or `slm resume {name}`")
     _check_strategy(config, args)
     preflight_train(config, run_dir)

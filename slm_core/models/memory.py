@@ -66,7 +66,7 @@ def model_config(folder: Path):
         return config_from_hf(read_hf_config(folder), name), name
     if (folder / "config.yaml").exists():
         config = load_run_config(folder / "config.yaml")
-        if config.train.mode == "lora" and (folder / "adapter").is_dir() and config.train.init_from:
+        if config.uses_lora and (folder / "adapter").is_dir() and config.train.init_from:
             return model_config(locate(config.train.init_from))[0], _run_name(folder)
         return config.model, _run_name(folder)
     raise SLMError(f"{folder} holds no model: pick a Hugging Face folder (config.json + safetensors), a run, "
@@ -243,6 +243,6 @@ def base_training_mb(config, device: str) -> Optional[tuple[float, str]]:
     except SLMError:
         return None  # not downloaded yet, or refused with its own message when it loads
     quantize = getattr(config.lora, "quantize_base", None) or "none"
-    kind = ("finetune" if train.mode != "lora" else "lora" if quantize == "none" else f"qlora-{quantize}")
+    kind = ("finetune" if not config.uses_lora else "lora" if quantize == "none" else f"qlora-{quantize}")
     row = next((r for r in found["training"] if r["what"] == kind), found["training"][-1])
     return row["mb"], kind

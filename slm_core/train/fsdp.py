@@ -26,7 +26,7 @@ def check_supported(config, world_size: int) -> None:
     """Refuse, before anything starts, what FSDP here does not do."""
     if not uses_fsdp(config, world_size):
         return
-    if config.train.mode == "lora":
+    if config.uses_lora:
         raise SLMError("train.strategy=fsdp does not run LoRA: its adapters are small enough to replicate, "
                        "so use train.strategy=ddp (the base model's frozen weights are not sharded under LoRA)")
     if config.train.optimizer == "muon":

@@ -231,6 +231,12 @@ class Trainer:
     def evaluate(self) -> float:
         cfg = self.config.train
         self.raw_model.eval()
+        self.eval_extras = {}
+        if hasattr(self.loss_fn, "evaluate"):  # a mode that scores held-out data its own way (DPO/ORPO: pairs)
+            figures = self.loss_fn.evaluate(self.raw_model, self.data, cfg.batch_size, self.config.model.context_length,
+                                            cfg.eval_batches * cfg.batch_size, self.autocast)
+            self.eval_extras = {k: v for k, v in figures.items() if k != "val_loss"}
+            return figures["val_loss"]
         generator = torch.Generator().manual_seed(cfg.seed + 7)  # the same batches at every evaluation
         losses = []
         for _ in range(cfg.eval_batches):
@@ -469,7 +475,7 @@ class Trainer:
         bpb = bits_per_byte(val_loss, self.bytes_per_token)
         self._log({"kind": "eval", "step": s.step, "tokens": s.tokens, "val_loss": val_loss,
                    "val_ppl": math.exp(min(val_loss, 50.0)), "elapsed_s": round(s.elapsed_s, 3),
-                   **({"val_bpb": bpb} if bpb is not None else {})})
+                   **({"val_bpb": bpb} if bpb is not None else {}), **self.eval_extras})
         # Under FSDP every rank takes part (rank 0 gathers the whole model to sample from).
         if (self.dist.is_main or self.fsdp) and self.config.train.sample_prompts:
             with self._timed("sample_s"):

@@ -11,8 +11,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from slm_core.config import RunConfig
+from slm_core.config import PREFERENCE_MODES, RunConfig
 from slm_core.data.cache import prepare_data
+from slm_core.data.preference import prepare_preferences
 from slm_core.errors import SLMError
 from slm_core.models.load import load_model
 from slm_core.models.lora import apply_lora, trainable_summary
@@ -22,6 +23,7 @@ from slm_core.run import runs
 from slm_core.system import cpu_has_native_bf16
 from slm_core.train.distill import DistillLoss, check_compatible, load_teacher
 from slm_core.train.grpo import GRPO
+from slm_core.train.preference import build_loss
 from slm_core.train.preflight import preflight
 from slm_core.train.shrink import shrunk_base
 
@@ -42,7 +44,7 @@ def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resum
     config.check_ready()
     mode = config.train.mode
     base = teacher = teacher_tokenizer = None
-    if mode in ("lora", "finetune", "grpo") or (mode == "distill" and config.train.init_from):
+    if mode in ("lora", "finetune", "grpo", *PREFERENCE_MODES) or (mode == "distill" and config.train.init_from):
         base = _load_base(config.train.init_from, config.train.force, run_dir.parent)
     if mode == "distill":
         shrinking = bool(config.distill.shrink_layers)  # the student is cut from our own copy of the teacher
@@ -66,6 +68,8 @@ def build_for_mode(config: RunConfig, run_dir: Path, device: torch.device, resum
     if mode == "grpo":  # samples, scores and its loss: slm_core.train.grpo
         grpo = GRPO(config, model, tokenizer, run_dir, is_main=_is_main_rank())
         loss_fn, batch_fn = grpo.loss, grpo.batch
+    if mode in PREFERENCE_MODES:  # DPO/ORPO on pairs; DPO's reference: slm_core.train.preference
+        loss_fn = build_loss(mode, config.preference, model, data, config.model.context_length)
     _freeze_run_identity(run_dir, config, tokenizer, data, resume)
     return Built(config, data, model, tokenizer, loss_fn, parent, batch_fn)
 
@@ -105,7 +109,10 @@ def _prepare(config: RunConfig, tokenizer, progress: bool):
     """Rank 0 tokenizes (and trains the BPE) first; the other ranks then read its cache."""
     if not _is_main_rank():
         _barrier()
-    data = prepare_data(config, tokenizer=tokenizer, progress=progress and _is_main_rank())
+    if config.train.mode in PREFERENCE_MODES:  # pairs, not running text: their own cache
+        data = prepare_preferences(config, tokenizer)
+    else:
+        data = prepare_data(config, tokenizer=tokenizer, progress=progress and _is_main_rank())
     if _is_main_rank():
         _barrier()
     return data
@@ -135,7 +142,7 @@ def _build_model(config: RunConfig, base, device: torch.device) -> torch.nn.Modu
     else:
         model = Transformer(config.model)
     model.gradient_checkpointing = config.train.grad_checkpointing
-    qlora = config.train.mode == "lora" and config.lora.quantize_base != "none"
+    qlora = config.uses_lora and config.lora.quantize_base != "none"
     if base is not None and not qlora and _half_weights_are_slow(model, device):
         # A Hub base arrives in bf16, far slower than fp32 without bf16 units: benchmarks/bench_finetune_memory.py
         model.float()

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from slm_core.config import RunConfig
+from slm_core.config import PREFERENCE_MODES, RunConfig
+from slm_core.data.preference import BUILTIN as BUILTIN_PAIRS
 from slm_core.data.sources import source_kind
 from slm_core.errors import SLMError
 from slm_core.models.estimate import (
@@ -52,9 +53,10 @@ def estimate_device(config: RunConfig) -> str:
 def training_estimate_mb(config: RunConfig, device: str) -> dict:
     """estimate.training_memory for this run's model and settings (LoRA trains a fraction)."""
     train, fraction = config.train, 1.0
-    if train.mode == "lora":
+    if config.uses_lora:
         fraction = min(1.0, lora_parameters(config.model, config.lora) / count_parameters(config.model)["total"])
-    return training_memory(config.model, train.batch_size, train.precision, train.grad_checkpointing, fraction,
+    rows = train.batch_size * (2 if train.mode in PREFERENCE_MODES else 1)  # a pair is two rows
+    return training_memory(config.model, rows, train.precision, train.grad_checkpointing, fraction,
                            grad_accum=train.grad_accum, device=device, optimizer_kind=train.optimizer,
                            strategy=train.strategy, world_size=_world_size())
 
@@ -207,11 +209,12 @@ def preflight_train(config: Any, run_dir: str | Path, resume: bool = False) -> N
     config.check_ready()
     if config.train.device != "auto":
         check_device(config.train.device)
-    if config.train.mode in ("lora", "finetune") or (config.train.mode == "distill" and config.train.init_from):
+    if config.train.mode in ("lora", "finetune", *PREFERENCE_MODES) or (config.train.mode == "distill" and config.train.init_from):
         check_model_source(config.train.init_from, "train.init_from", runs_dir=run_dir.parent)
     if config.train.mode == "distill":
         check_model_source(config.distill.teacher, "distill.teacher", runs_dir=run_dir.parent)
-    source_kind(config.data.source)  # a missing local file is named now, not after a failed run
+    if config.data.source.strip() != BUILTIN_PAIRS:
+        source_kind(config.data.source)  # a missing local file is named now, not after a failed run
     if config.tokenizer.path and not Path(config.tokenizer.path).expanduser().exists():
         raise SLMError(f"tokenizer.path={config.tokenizer.path!r} does not exist: give a saved tokenizer folder "
                        "(or the folder with vocab.bpe + encoder.json for kind=gpt2), or leave it unset")
