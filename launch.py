@@ -29,6 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(repeatable)")
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="another host name the page may be reached by, e.g. behind a reverse proxy (repeatable)")
+    parser.add_argument("--judge-url", action="append", default=[], metavar="URL",
+                        help="an LLM judge endpoint beyond this machine that the page may call, e.g. a hosted "
+                             "OpenAI-compatible API (repeatable; endpoints on this machine need no flag)")
     parser.add_argument("--insecure", action="store_true",
                         help="allow --host beyond loopback or --share without --auth (anyone who reaches it can "
                              "start training)")
@@ -65,7 +68,7 @@ def main(argv=None) -> None:
     from studio.app import build_app, launch
 
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    demo = build_app(args.runs_dir, allow_paths=args.allow_path)
+    demo = build_app(args.runs_dir, allow_paths=args.allow_path, judge_urls=args.judge_url)
     print(f"runs in {demo.studio.runs_dir}", flush=True)
     launch(demo, host=args.host, port=args.port, share=args.share, auth=auth, insecure=args.insecure,
            allow_hosts=args.allow_host, inbrowser=args.inbrowser)

@@ -52,10 +52,11 @@ class StudioContext:
     tabs: dict[str, Any] = field(default_factory=dict)  # title → gr.Tab
     paths: Optional[PathPolicy] = None  # the folders the page may read (studio.security.check_path)
     exposed_without_login: bool = False  # --insecure beyond loopback: only this machine may allow folders
+    judge_urls: list[str] = field(default_factory=list)  # judge endpoints beyond loopback (launch.py --judge-url)
 
     def __post_init__(self) -> None:
         if self.helper is None:
-            self.helper = Helper(runs_dir=self.runs_dir)
+            self.helper = Helper(runs_dir=self.runs_dir, allow_list=self.paths)
 
     def field_values(self, values: Sequence[Any]) -> dict[str, Any]:
         """Event inputs `*ctx.fields.values()` back to {"section.key": value}."""
@@ -81,11 +82,13 @@ def _header(ctx: StudioContext) -> None:
 
 
 def build_app(runs_dir: Optional[str | Path] = None, tabs: Sequence[str] = TAB_MODULES,
-              allow_paths: Sequence[str | Path] = ()) -> gr.Blocks:
+              allow_paths: Sequence[str | Path] = (), judge_urls: Sequence[str] = ()) -> gr.Blocks:
     """The whole page. `runs_dir`: where runs live (default $SLM_RUNS_DIR or ./runs); `allow_paths`: folders
-    beyond the runs dir and the uploads that the page may read (launch.py --allow-path)."""
-    ctx = StudioContext(runs_dir=runs.runs_dir(runs_dir), runner=Runner(runs_dir))
-    ctx.paths = PathPolicy(ctx.runs_dir, allow_paths)
+    beyond the runs dir and the uploads that the page may read (launch.py --allow-path); `judge_urls`: LLM
+    judge endpoints beyond this machine's that the page may call (launch.py --judge-url)."""
+    paths = PathPolicy(runs.runs_dir(runs_dir), allow_paths)
+    ctx = StudioContext(runs_dir=paths.runs_dir, runner=Runner(paths.runs_dir, allow_list=paths), paths=paths,
+                        judge_urls=list(judge_urls))
     with gr.Blocks(title="SLM Studio", analytics_enabled=False, fill_width=True) as demo:
         _header(ctx)
         with gr.Tabs(elem_id="slm-tabs"):

@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from slm_core import allowlist
+from slm_core.allowlist import AllowList, confined, readable
 from slm_core.models.templates import content_text, format_prompt
 
 BACKENDS = ("auto", "native", "onnx")
@@ -53,8 +55,10 @@ class ChatSession:
     """The model one picker points at, held through the shared engine pool. The lock only guards
     loading; generation runs concurrently inside the engine."""
 
-    def __init__(self, runs_dir: Path, backend: str = "auto", auto_build: bool = False):
+    def __init__(self, runs_dir: Path, backend: str = "auto", auto_build: bool = False,
+                 allow_list: Optional[AllowList] = None):
         self.runs_dir = Path(runs_dir)
+        self.allow_list = allow_list  # the page's folders: a model outside them is never opened
         self.backend = backend
         self.auto_build = auto_build  # 'auto' builds a run's genai export in the background (the Chat tab)
         self.note: Optional[str] = None  # said under the reply: a background build under way or failed
@@ -68,12 +72,20 @@ class ChatSession:
     def resolve(self, source: str) -> Path:
         """A folder, a run in the runs folder, or a Hub id / GGUF file (slm_core.models.sources: the cached snapshot,
         downloaded when missing; offline it fails at once naming what the cache holds)."""
-        path = Path(source).expanduser()
-        if path.is_dir() or (self.runs_dir / source).is_dir():
-            return path if path.is_dir() else self.runs_dir / source
-        from slm_core.models.sources import resolve_external
+        with confined(None if self.allow_list is None else self.allow_list.roots):
+            return self._resolve(source)
 
-        return resolve_external(source) or self.runs_dir / source
+    def _resolve(self, source: str) -> Path:
+        from slm_core.models.sources import HUB_ID, resolve_external
+
+        path, in_runs = Path(source).expanduser(), self.runs_dir / source
+        if allowlist.refuses(path):  # a run name or a Hub id, else refused before anything looks at it
+            if path.is_absolute() or not (len(path.parts) == 1 or HUB_ID.match(source)):
+                readable(path)
+            path = in_runs
+        if path.is_dir() or in_runs.is_dir():
+            return readable(path if path.is_dir() else in_runs)  # a symlink out of an allowed folder is refused
+        return resolve_external(source) or in_runs
 
     def ensure(self, source: str, tag: str = "best", backend: Optional[str] = None) -> tuple[Any, bool]:
         """The engine for (source, tag, backend), loading it if needed; returns (engine, reloaded?)."""

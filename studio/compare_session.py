@@ -8,6 +8,7 @@ from typing import Callable, Iterator, Optional
 
 import yaml
 
+from slm_core.allowlist import AllowList
 from studio.chat_session import ChatSession
 from studio.tabs import has_checkpoint, run_names
 
@@ -37,8 +38,8 @@ def lora_runs(runs_dir: Path) -> list[tuple[str, str]]:
 class PairSession:
     """Models A and B, each held by its own ChatSession over the shared engine pool."""
 
-    def __init__(self, runs_dir: Path):
-        self.sides = (ChatSession(runs_dir), ChatSession(runs_dir))
+    def __init__(self, runs_dir: Path, allow_list: Optional[AllowList] = None):
+        self.sides = (ChatSession(runs_dir, allow_list=allow_list), ChatSession(runs_dir, allow_list=allow_list))
 
     def load(self, sources: tuple[str, str], tag: str = "best") -> list[bool]:
         """Load both models before streaming (so loading never counts as generation time); (reloaded A, B)."""

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from slm_core.allowlist import AllowList, confined
 from slm_core.errors import SLMError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -22,8 +23,10 @@ class Helper:
     """One helper process, started by the first call and stopped after `idle_s` without calls.
     `module` is what runs in it (`python -m module`): this one, or one that adds to FUNCTIONS."""
 
-    def __init__(self, idle_s: float = IDLE_S, module: str = "studio.helper", runs_dir: Optional[Path] = None):
+    def __init__(self, idle_s: float = IDLE_S, module: str = "studio.helper", runs_dir: Optional[Path] = None,
+                 allow_list: Optional[AllowList] = None):
         self.idle_s, self.module, self.runs_dir = idle_s, module, runs_dir
+        self.allow_list = allow_list  # the page's folders, enforced on each call (they grow during a session)
         self._proc: Optional[subprocess.Popen] = None
         self._lock = threading.Lock()
         self._timer: Optional[threading.Timer] = None
@@ -34,7 +37,8 @@ class Helper:
                 self._timer.cancel()
             proc = self._ensure()
             try:
-                proc.stdin.write(json.dumps({"fn": fn, "args": args}) + "\n")
+                roots = None if self.allow_list is None else [str(root) for root in self.allow_list.roots]
+                proc.stdin.write(json.dumps({"fn": fn, "args": args, "roots": roots}) + "\n")
                 proc.stdin.flush()
                 return self._answer(proc, on_progress)
             finally:
@@ -248,7 +252,8 @@ def main() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            send({"result": FUNCTIONS[request["fn"]](**request["args"])})
+            with confined(request.get("roots")):  # user-named files open only under the page's folders
+                send({"result": FUNCTIONS[request["fn"]](**request["args"])})
         except SLMError as error:
             send({"error": str(error)})
         except Exception as error:  # noqa: BLE001 - the server shows it; the helper lives on

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from slm_core.allowlist import AllowList
 from studio.helper import IDLE_S, Helper
 from studio.models import artifact_target, folder_files
 
@@ -15,8 +16,8 @@ from studio.models import artifact_target, folder_files
 class JobHelper(Helper):
     """A studio.helper process whose functions are the jobs below."""
 
-    def __init__(self, runs_dir: Optional[Path] = None, idle_s: float = IDLE_S):
-        super().__init__(idle_s, module="studio.jobs", runs_dir=runs_dir)
+    def __init__(self, runs_dir: Optional[Path] = None, idle_s: float = IDLE_S, allow_list: Optional[AllowList] = None):
+        super().__init__(idle_s, module="studio.jobs", runs_dir=runs_dir, allow_list=allow_list)
 
 
 def progress_to(progress: Any) -> Callable[[dict], None]:

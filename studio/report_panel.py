@@ -16,7 +16,7 @@ from slm_core.errors import SLMError
 from studio.command import runs_dir_flag
 from studio.jobs import JobHelper, progress_to
 from studio.models import source_label
-from studio.security import check_path
+from studio.security import check_judge_url, check_path, page_error
 from studio.tabs import message
 
 SHIPPED = ["story_ending", "opposites", "arithmetic"]  # slm_core.post.tasks.SHIPPED_TASKS (no torch import here)
@@ -24,7 +24,7 @@ SHIPPED = ["story_ending", "opposites", "arithmetic"]  # slm_core.post.tasks.SHI
 
 def build(ctx: Any, models: Any, tag: Any) -> None:
     """Lays the panel out under the tab's perplexity table; `models` and `tag` are the tab's pickers."""
-    helper = JobHelper(ctx.runs_dir)
+    helper = JobHelper(ctx.runs_dir, allow_list=ctx.paths)
     gr.Markdown("### Report card: tasks and judge")
     with gr.Row():
         shipped = gr.CheckboxGroup(SHIPPED, value=SHIPPED, label="Shipped tasks (offline)", scale=2,
@@ -57,6 +57,8 @@ def build(ctx: Any, models: Any, tag: Any) -> None:
             if task not in SHIPPED and (task.endswith((".jsonl", ".json")) or os.sep in task
                                         or Path(task).expanduser().exists()):
                 check_path(ctx, task, "path")
+        if (judge_url or "").strip():
+            page_error(check_judge_url, judge_url, ctx.judge_urls)
         judge = {"url": (judge_url or "").strip(), "model": (name or "").strip(), "key": api_key or None,
                  "prompts": (prompt_file or "").strip() or None, "limit": int(judged or 10),
                  "seed": int(judge_seed or 0)}

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
+from slm_core.allowlist import AllowList
 from slm_core.config import load_recipe, load_run_config
 from slm_core.errors import SLMError
 from slm_core.run import queue as runqueue
@@ -26,8 +27,9 @@ LIVE_STATES = ("running", "paused", "queued")
 class Runner:
     """The one background training worker of a Studio (thread-safe: every browser tab shares it)."""
 
-    def __init__(self, root: Optional[str | Path] = None):
+    def __init__(self, root: Optional[str | Path] = None, allow_list: Optional[AllowList] = None):
         self.root = runs.runs_dir(root)
+        self.allow_list = allow_list  # a run started from the page reads only the page's folders
         self._proc: Optional[subprocess.Popen] = None
         self._name: Optional[str] = None
         self._stop_requested = False
@@ -120,6 +122,8 @@ class Runner:
         run_dir = self.root / name
         run_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="2", **(extra_env or {}))
+        if self.allow_list is not None:
+            env.update(self.allow_list.environ())
         # The worker imports slm_core from this checkout even when the Studio was started from elsewhere.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         with open(run_dir / "log.txt", "ab") as log:

@@ -7,8 +7,10 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
+from urllib.parse import urlsplit
 
+from slm_core.allowlist import AllowList
 from slm_core.errors import SLMError
 from slm_core.infer.guard import LocalGuard, is_loopback, plain_response
 
@@ -129,48 +131,15 @@ def upload_folder() -> Path:
     return Path(get_upload_folder())
 
 
-class PathPolicy:
-    """The folders the page may read. Paths are resolved (symlinks followed) before they are compared, so
-    a link inside an allowed folder that points out of it is refused."""
+class PathPolicy(AllowList):
+    """The folders the page may read: the runs folder, Gradio's uploads and the folders the person allowed.
+    The engine's own allow-list, so what the page checks and what its helper processes enforce agree."""
 
     def __init__(self, runs_dir: str | Path, allowed: Iterable[str | Path] = ()):
         self.runs_dir = Path(runs_dir).expanduser().resolve()
-        self._roots = [self.runs_dir, upload_folder().resolve()]
-        self._lock = threading.Lock()
+        super().__init__([self.runs_dir, upload_folder().resolve()])
         for folder in allowed:
             self.allow(folder)
-
-    @property
-    def roots(self) -> list[Path]:
-        with self._lock:
-            return list(self._roots)
-
-    def allow(self, folder: str | Path) -> Path:
-        """Add a folder (or a file's folder) for the rest of this session."""
-        path = Path(str(folder).strip()).expanduser().resolve()
-        if path.is_file():
-            path = path.parent
-        if path == Path(path.anchor):
-            raise SLMError("the whole file system cannot be allowed: name a folder that holds your data")
-        if not path.is_dir():
-            raise SLMError(f"{path} is not a folder")
-        with self._lock:
-            if path not in self._roots:
-                self._roots.append(path)
-        return path
-
-    def allows(self, path: str | Path) -> bool:
-        resolved = Path(path).expanduser().resolve()
-        return any(resolved == root or resolved.is_relative_to(root) for root in self.roots)
-
-    def check(self, path: str | Path) -> Path:
-        """`path` resolved, or SLMError when it lies outside the allowed folders."""
-        resolved = Path(path).expanduser().resolve()
-        if not self.allows(resolved):
-            folder = resolved if resolved.is_dir() else resolved.parent
-            raise SLMError(f"{path} is outside the folders the Studio reads (the runs folder, uploads and folders "
-                           f"you allowed): allow {folder} in the page, or start the Studio with --allow-path {folder}")
-        return resolved
 
     # What a value from the page names, before checking it:
 
@@ -240,15 +209,21 @@ def check_value(policy: PathPolicy, kind: str, value: Any) -> Any:
     return value
 
 
-def check_path(ctx: Any, value: Any, kind: str = "path") -> Any:
-    """The gate for every Studio event that takes a path or a run name: `value` unchanged when the page
-    may read it, else a gr.Error the page shows (and API clients receive), without a server traceback."""
+def page_error(check: Callable[..., Any], *args: Any) -> Any:
+    """check(*args), its SLMError raised as a gr.Error the page shows (and API clients receive), without a
+    server traceback."""
     try:
-        return check_value(ctx.paths, kind, value)
+        return check(*args)
     except SLMError as error:
         import gradio as gr
 
         raise gr.Error(str(error), print_exception=False) from None
+
+
+def check_path(ctx: Any, value: Any, kind: str = "path") -> Any:
+    """The gate for every Studio event that takes a path or a run name: `value` unchanged when the page
+    may read it, else an error in the page."""
+    return page_error(check_value, ctx.paths, kind, value)
 
 
 # The run settings (StudioContext.fields keys) that name files or folders, and how each is checked.
@@ -260,6 +235,32 @@ def check_fields(ctx: Any, values: dict[str, Any]) -> dict[str, Any]:
     for key, kind in FIELD_KINDS.items():
         check_path(ctx, values.get(key), kind)
     return values
+
+
+# ---- URLs the server fetches -------------------------------------------------------------------
+
+def url_origin(url: str) -> tuple[str, str, Optional[int]]:
+    """(scheme, host, port) of an http(s) URL, the port made explicit."""
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:  # a port that is not a number
+        port = None
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def check_judge_url(url: str, configured: Iterable[str] = ()) -> str:
+    """`url` when the page may make the server call it: an endpoint on this machine (slm serve, Ollama, vLLM)
+    or one the Studio was started with (launch.py --judge-url). Anything else would let whoever drives the
+    page make this machine fetch addresses on its network."""
+    url = (url or "").strip()
+    scheme, host, port = url_origin(url)
+    if scheme not in ("http", "https") or not host:
+        raise SLMError(f"judge endpoint {url!r} must be an http:// or https:// URL, like http://127.0.0.1:8000/v1")
+    if is_loopback(host) or (scheme, host, port) in {url_origin(c) for c in configured}:
+        return url
+    raise SLMError(f"the page may call judge endpoints on this machine only, or ones the Studio was started with: "
+                   f"restart it with --judge-url {scheme}://{host}{f':{port}' if port else ''} to use this one")
 
 
 def session_allow_ok(request: Any, exposed_without_login: bool) -> bool:

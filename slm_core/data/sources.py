@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from slm_core import allowlist
+from slm_core.allowlist import readable
 from slm_core.config import DataConfig
 from slm_core.data.arithmetic import arithmetic_documents
 from slm_core.data.corpus import builtin_instructions, builtin_stories
@@ -54,12 +56,15 @@ def source_kind(source: str) -> tuple[str, Any]:
         raise SLMError(f"unknown built-in corpus {source!r}: use 'builtin', 'builtin:instructions' or "
                        "'builtin:arithmetic'")
     path = Path(source).expanduser()
-    if path.exists():
+    hub_shaped = bool(HUB_NAME.match(source)) and path.suffix.lower() not in TEXT_SUFFIXES + tuple(TABULAR_SUFFIXES)
+    if hub_shaped and allowlist.refuses(path):
+        return "hub", source  # a confined process never looks at a local path it may not read
+    if readable(path).exists():
         path = path.resolve()
         if path.is_dir():
             return ("saved" if _is_saved_dataset(path) else "folder"), path
         return ("tabular" if path.suffix.lower() in TABULAR_SUFFIXES else "text"), path
-    if HUB_NAME.match(source) and not Path(source).suffix.lower() in TEXT_SUFFIXES + tuple(TABULAR_SUFFIXES):
+    if hub_shaped:
         return "hub", source
     raise SLMError(f"data source {source!r} not found (looked for {path.resolve()}): give an existing file or "
                    "folder, 'builtin', 'builtin:instructions', or a Hugging Face dataset name like owner/name")

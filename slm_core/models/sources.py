@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from slm_core import allowlist
+from slm_core.allowlist import readable
 from slm_core.errors import SLMError
 from slm_core.run.manifest import MANIFEST, find_checkpoint, verify_checkpoint
 from slm_core.run.runs import resolve_run
+from slm_core.run.runs import runs_dir as default_runs_dir
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 # What a causal LM needs from a repo: no pickles, no ONNX/GGUF/flax copies, no original/ consolidated.pth.
@@ -154,11 +157,22 @@ def is_hub_id(spec: str) -> bool:
     return bool(HUB_ID.match(spec)) and not Path(spec).expanduser().exists()
 
 
+def _confined_source(source: str, path: Path, runs_dir: Optional[Path]) -> Path:
+    """A source whose local reading lies outside the allowed folders: a path is refused before anything looks
+    at it (so nothing can be learnt of it, not even that it exists); a bare name is a run in the runs folder
+    and `org/name` a Hub id, never something in the working folder."""
+    if path.is_absolute() or not (len(path.parts) == 1 or HUB_ID.match(source)) or path.suffix.lower() == ".gguf":
+        readable(path)
+    if len(path.parts) == 1:
+        return resolve_run(default_runs_dir(runs_dir) / source, runs_dir)
+    return hub_folder(source)
+
+
 def resolve_external(spec: str, progress: bool = True) -> Optional[Path]:
     """A local folder for a GGUF file or a Hub id; None when `spec` is neither (a run or a folder)."""
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf":
-        if not path.is_file():
+        if not readable(path).is_file():
             raise SLMError(f"no GGUF file at {path}; check the path")
         return gguf_folder(path)
     if is_hub_id(spec):
@@ -272,13 +286,18 @@ def resolve_source(source: str | Path, tag: str = "best", runs_dir: Optional[Pat
     Hub id (from the Hugging Face cache, else downloaded) → a folder. Run names are looked up in `runs_dir`
     (default: $SLM_RUNS_DIR or ./runs)."""
     path = Path(source).expanduser()
-    if not path.is_dir():
+    if allowlist.refuses(path):  # a confined process: see _confined_source
+        path = _confined_source(str(source), path, runs_dir)
+    elif not path.is_dir():
         try:
             path = resolve_run(source, runs_dir)
         except SLMError:
             path = resolve_external(str(source))
             if path is None:
                 raise
+    if not path.resolve().is_relative_to(hub_cache_dir().resolve()) and \
+            not path.resolve().is_relative_to(models_dir().resolve()):
+        readable(path)  # symlinks resolved: a link in the runs folder that points out of it is refused
     if (path / "status.json").exists() and (path / "checkpoints").is_dir():
         ckpt = find_checkpoint(path, tag)
         if ckpt is None:

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Optional
 
 import tiktoken
 
+from slm_core.allowlist import readable
 from slm_core.config import TokenizerConfig
 from slm_core.errors import SLMError
 from slm_core.fsio import atomic_write_json, atomic_write_text
@@ -607,7 +608,7 @@ def build_tokenizer(cfg: TokenizerConfig, texts: Optional[Iterable[str]] = None,
     """cfg.path set: load that folder (saved tokenizer, HF folder, GPT-2 files, run). Else by cfg.kind;
     'bpe' and 'char' are built from `texts`."""
     if cfg.path:
-        path = Path(cfg.path).expanduser()
+        path = readable(Path(cfg.path).expanduser())
         if not path.is_dir():
             raise SLMError(f"tokenizer.path={cfg.path!r} is not a folder: give a saved tokenizer folder, a Hugging "
                            "Face folder or a folder with GPT-2's vocab.bpe + encoder.json")

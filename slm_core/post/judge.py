@@ -8,8 +8,10 @@ import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
+from slm_core.allowlist import readable
 from slm_core.data.corpus import builtin_instructions
 from slm_core.errors import SLMError
 from slm_core.infer.generate import complete
@@ -266,9 +268,7 @@ def _instruction_text(record: dict) -> str:
 
 
 def _prompts_from_file(source: str, limit: int) -> list[dict]:
-    from pathlib import Path
-
-    path = Path(source).expanduser()
+    path = readable(Path(source).expanduser())
     if not path.is_file():
         raise SLMError(f"judge prompt file {source} not found: give a JSONL file with a 'prompt' per line, or 'builtin'")
     items = []

@@ -9,6 +9,8 @@ import random
 from pathlib import Path
 from typing import Callable
 
+from slm_core import allowlist
+from slm_core.allowlist import readable
 from slm_core.data.arithmetic import LAST_NUMBER_PATTERN, QUESTION_FORMAT, TASK_SEED, arithmetic_items
 from slm_core.data.corpus import OPPOSITES, _story
 from slm_core.errors import SLMError
@@ -129,8 +131,9 @@ def task_configs(names: list[str]) -> tuple[list[dict], list[str]]:
     for name in names:
         if name in SHIPPED_TASKS:
             configs.append(SHIPPED_TASKS[name][1](f"slm_{name}", shipped_task_file(name)))
-        elif name.endswith((".jsonl", ".json")) or Path(name).is_file():
-            path = Path(name).expanduser()
+        elif name.endswith((".jsonl", ".json")) or os.sep in name or \
+                (not allowlist.refuses(name) and Path(name).is_file()):  # confined: a bare name is a harness task
+            path = readable(Path(name).expanduser())
             if not path.is_file():
                 raise SLMError(f"task file {name} not found: give the path of a JSONL file")
             configs.append(user_task_config(path))

@@ -21,7 +21,7 @@ CONCURRENT = 8  # replies streaming at once (browser tabs); the engine decodes t
 
 
 def build(ctx) -> None:
-    session = ChatSession(ctx.runs_dir, auto_build=True)  # 'auto' builds a run's genai export once, in the background
+    session = ChatSession(ctx.runs_dir, auto_build=True, allow_list=ctx.paths)  # 'auto' builds a run's genai export once, in the background
     stops = StopFlags()  # one per browser session: Stop ends this tab's reply, not every tab's
     with gr.Row():
         source = gr.Dropdown([], value=None, allow_custom_value=True, label="Model", scale=3, elem_id="chat-model",

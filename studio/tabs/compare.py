@@ -20,7 +20,7 @@ TITLE = "Compare"
 
 
 def build(ctx) -> None:
-    pair = PairSession(ctx.runs_dir)
+    pair = PairSession(ctx.runs_dir, allow_list=ctx.paths)
     stops = StopFlags()  # one per browser session: Stop ends this tab's pair of replies, not every tab's
     pickers, bots, infos = [], [], []
     with gr.Row(equal_height=False):

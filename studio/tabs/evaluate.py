@@ -23,7 +23,7 @@ COLUMNS = ["model", "data", "tokens", "loss", "perplexity", "seconds"]
 
 
 def build(ctx) -> None:
-    helper = JobHelper(ctx.runs_dir)
+    helper = JobHelper(ctx.runs_dir, allow_list=ctx.paths)
     with gr.Row():
         models = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True, label="Models", scale=4,
                              elem_id="evaluate-models",

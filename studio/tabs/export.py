@@ -27,7 +27,7 @@ FILE_COLUMNS = ["file", "size", "path"]
 
 
 def build(ctx) -> None:
-    helper = JobHelper(ctx.runs_dir)
+    helper = JobHelper(ctx.runs_dir, allow_list=ctx.paths)
     with gr.Row():
         source = gr.Dropdown([], value=None, allow_custom_value=True, label="Model", scale=3, elem_id="export-model",
                              info="a run, or a quantized version of one (exported with its rounded weights)")

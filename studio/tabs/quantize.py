@@ -32,7 +32,7 @@ REPORT_COLUMNS = ["model", "size on disk", "memory", "validation perplexity", "t
 
 
 def build(ctx) -> None:
-    helper = JobHelper(ctx.runs_dir)
+    helper = JobHelper(ctx.runs_dir, allow_list=ctx.paths)
     with gr.Row():
         run = gr.Dropdown([], value=None, allow_custom_value=True, label="Run", scale=3, elem_id="quantize-run",
                           info="a run with a checkpoint (or its folder)")

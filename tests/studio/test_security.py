@@ -503,3 +503,60 @@ def test_report_card_tasks_that_name_files_go_through_the_allow_list(studio, wor
         assert not message["success"] and "outside the folders" in seen, (task, seen[-400:])
         assert SECRET not in seen, task
     assert_no_traceback(capfd.readouterr().err)
+
+
+def test_every_text_input_of_every_event_is_refused_a_link_out(studio, world, capfd):
+    """Not only inputs labelled as paths: every textbox and dropdown of every event (public or private) gets a
+    symlink in the uploads that points at a secret outside; no byte of it comes back and nothing outside changes."""
+    _, outside, _ = world
+    before = snapshot(outside)
+    link = str(studio.demo.studio.runs_dir / "uploads" / "link.txt")
+    swept = []
+    for index, fn in studio.demo.fns.items():
+        texts = [type(b).__name__ in ("Textbox", "Dropdown") for b in fn.inputs]
+        if fn.fn is None or not any(texts) or any(event == "select" for _, event in fn.targets):
+            continue
+        data = [([link] if getattr(b, "multiselect", False) else link) if is_text
+                else [] if type(b).__name__ == "Chatbot"
+                else b.value if isinstance(b.value, (str, int, float, bool, list, type(None))) else None
+                for b, is_text in zip(fn.inputs, texts)]
+        message, seen = studio.call(index, data)
+        swept.append(fn.api_name or fn.name)
+        assert SECRET not in seen, (fn.api_name or fn.name, seen[-800:])
+    assert snapshot(outside) == before
+    assert {"report_cards", "data_preview", "chat", "evaluate"} <= set(swept), swept
+    assert_no_traceback(capfd.readouterr().err)
+
+
+def test_the_judge_endpoint_is_this_machine_or_one_the_studio_was_started_with(studio):
+    """The page makes the server fetch the judge URL: a loopback endpoint or one given with --judge-url only."""
+    from studio.security import check_judge_url
+
+    index = next(i for i, fn in studio.demo.fns.items() if fn.api_name == "report_cards")
+    for url in ("http://169.254.169.254/latest/meta-data", "http://10.0.0.1:8000/v1", "file:///etc/passwd",
+                "http://attacker.example/v1"):
+        message, seen = studio.call(index, [[], "best", ["arithmetic"], "", 5, url, "", "", "", 10, 0])
+        assert not message["success"] and ("--judge-url" in seen or "http://" in seen), (url, seen[-400:])
+    assert check_judge_url("http://127.0.0.1:8000/v1") and check_judge_url("http://localhost:11434/v1")
+    assert check_judge_url("https://api.example.com/v1/", ["https://api.example.com/v1"])
+    with pytest.raises(SLMError, match="--judge-url https://api.example.com:443"):
+        check_judge_url("https://api.example.com/v1")
+
+
+def test_the_helper_process_enforces_the_page_folders_itself(world):
+    """The check is the engine's, in the process that opens the file: a call that reached the helper without
+    the page's check (a new event someone forgot to gate) is still refused."""
+    from slm_core.allowlist import AllowList
+    from studio.helper import Helper
+
+    _, outside, allowed = world
+    link = allowed / "helper-link.txt"
+    link.symlink_to(outside / "secret.txt")
+    helper = Helper(allow_list=AllowList([allowed]))
+    try:
+        with pytest.raises(SLMError, match="outside the folders") as caught:
+            helper.call("preview", {"data": {"source": str(link)}})
+        assert SECRET not in str(caught.value)
+        assert helper.call("preview", {"data": {"source": str(allowed / "ok.txt")}})["texts"]  # inside: works
+    finally:
+        helper.close()
