@@ -25,7 +25,7 @@ from slm_core.errors import SLMError
 from slm_core.models.load import load_model
 from slm_core.run import runs
 from slm_core.run.lock import RunLock, holder
-from slm_core.run.manifest import CheckpointWarning, find_checkpoint, step_of
+from slm_core.run.manifest import CheckpointWarning, find_checkpoint, last_good_step, step_of
 from slm_core.train.loop import train
 
 FORK = multiprocessing.get_context("fork")
@@ -149,6 +149,57 @@ def test_fresh_train_into_an_existing_run_is_refused(run_copy):
 def test_a_killed_writer_reads_as_failed_not_running(run_copy):
     runs.write_status(run_copy, state="running", pid=os.getpid())  # pid alive, but nobody holds the lock
     assert runs.read_status(run_copy)["state"] == "failed"
+
+
+def _flip_a_byte(path: Path, at: int = 0) -> bytes:
+    """One byte's top bit flipped: the file is no longer JSON (nor UTF-8). Returns the damaged bytes."""
+    payload = bytearray(path.read_bytes())
+    payload[at] ^= 0x80
+    path.write_bytes(bytes(payload))
+    return bytes(payload)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_status_is_named_listed_kept_aside_and_the_run_resumes(run_copy, capsys, damage):
+    status_file = run_copy / "status.json"
+    if damage == "truncated":
+        status_file.write_bytes(status_file.read_bytes()[:-20])
+        damaged = status_file.read_bytes()
+    else:
+        damaged = _flip_a_byte(status_file)
+    status = runs.read_status(run_copy)  # a reader: names it, offers the resume, never raises nor moves it
+    assert status["state"] == "failed" and status["error"].startswith(f"damaged status: {status_file}")
+    assert f"slm resume {run_copy.name}" in status["error"] and status_file.read_bytes() == damaged
+    assert [r["state"] for r in runs.list_runs(run_copy.parent)] == ["failed"]
+    assert slm(["runs", "--runs-dir", str(run_copy.parent)]) == 0 and "failed" in capsys.readouterr().out
+    # The writer keeps it aside (byte for byte), says so in one line, and writes a fresh one.
+    assert train(tiny(10, 2), run_copy, resume=True, progress=False)["step"] == 10
+    warning = [line for line in capsys.readouterr().err.splitlines() if "status.json" in line]
+    [aside] = run_copy.glob("status.json.damaged-*")
+    assert len(warning) == 1 and aside.name in warning[0] and aside.read_bytes() == damaged
+    assert runs.read_status(run_copy)["state"] == "finished"
+
+
+def test_a_damaged_manifest_is_not_trusted_and_left_as_it_is(run_copy):
+    manifest = run_copy / "checkpoints" / "latest" / "manifest.json"
+    damaged = _flip_a_byte(manifest, at=5)
+    with pytest.warns(CheckpointWarning, match=r"latest/manifest\.json is damaged"):
+        assert find_checkpoint(run_copy, "latest", need_trainer_state=True).name == "latest.prev"
+    assert last_good_step(run_copy) == 6 and manifest.read_bytes() == damaged
+
+
+def test_a_damaged_lock_record_is_named_and_the_run_reads_as_running(run_copy):
+    other = _in_child(_hold_lock, run_copy)
+    try:
+        _wait_for(lambda: (run_copy / "held").exists(), what="the lock holder")
+        os.truncate(run_copy / "run.lock", 0)  # the record is a hint: damage it under the live lock
+        (run_copy / "run.lock").write_bytes(b'{"pid": 12\x80')
+        with pytest.raises(SLMError, match=r"being written by another process \(.*run\.lock names none"):
+            RunLock(run_copy).acquire()
+        assert runs.read_status(run_copy)["state"] == "running"
+    finally:
+        os.kill(other.pid, signal.SIGKILL)
+        other.join()
 
 
 # ---- damaged checkpoints ---------------------------------------------------------------------------

@@ -27,10 +27,11 @@ class RunLock:
         self.path = self.run_dir / LOCK_FILE
         self._fd: Optional[int] = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self, wait_s: float = ACQUIRE_RETRY_S) -> "RunLock":
+        """Take the lock, retrying for `wait_s` (0: a reader's single try); SLMError naming the holder if taken."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + ACQUIRE_RETRY_S
+        deadline = time.monotonic() + wait_s
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -41,8 +42,10 @@ class RunLock:
                     continue
                 os.close(fd)
                 who = holder(self.run_dir) or {}
-                raise SLMError(f"run '{self.run_dir.name}' is being written by pid {who.get('pid', '?')} on "
-                               f"{who.get('host', '?')}; stop it first or pick another --name") from None
+                by = f"pid {who['pid']} on {who.get('host', '?')}" if "pid" in who else \
+                    f"another process ({self.path} names none: being written, or damaged)"
+                raise SLMError(f"run '{self.run_dir.name}' is being written by {by}; stop it first or pick another "
+                               "--name") from None
             except OSError as error:  # a filesystem without locks (some network mounts): run unguarded
                 os.close(fd)
                 print(f"warning: cannot lock {self.path} ({error}); a second writer on this run would not be "
@@ -76,6 +79,8 @@ def holder(run_dir: str | Path) -> Optional[dict]:
 
     Probes with a non-blocking shared lock, released at once. In the holder's own process the probe
     also fails (flock locks belong to open files, not processes), so it reports itself as holder.
+    The record is only a hint ({} when it does not parse); unlike other state files a damaged one is never
+    moved aside: the lock lives on this inode, and a holder rewrites the record in place when it takes it.
     """
     path = Path(run_dir) / LOCK_FILE
     try:

@@ -63,12 +63,14 @@ def verify_checkpoint(folder: Path, need_trainer_state: bool = False) -> Optiona
     """None if the manifest vouches for the folder, else what is wrong, naming the file.
 
     The trainer state (the largest file) is checked only when it will be read (resume). A folder
-    written before manifests existed passes if its state.json parses (its loaders still catch damage)."""
+    written before manifests existed passes if its state.json parses (its loaders still catch damage).
+    A manifest that does not parse vouches for nothing: the folder is not trusted, and the manifest is left
+    as it is (moved aside, the folder would pass for one written before manifests)."""
     folder = Path(folder)
     manifest = read_json(folder / MANIFEST)
     if manifest is None:
         if (folder / MANIFEST).exists():
-            return f"{folder / MANIFEST} is damaged"
+            return f"{folder / MANIFEST} is damaged (it does not parse)"
         if not (folder / "state.json").exists():
             return f"{folder} is incomplete (no {MANIFEST}: it was being written when the writer stopped)"
         state = read_json(folder / "state.json")
@@ -79,7 +81,7 @@ def verify_checkpoint(folder: Path, need_trainer_state: bool = False) -> Optiona
         return None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict):
-        return f"{folder / MANIFEST} is damaged"
+        return f"{folder / MANIFEST} is damaged (it lists no files)"
     if need_trainer_state and TRAINER_STATE not in files:
         return f"{folder / TRAINER_STATE} is missing"
     for name, entry in files.items():
@@ -146,8 +148,9 @@ def last_good_step(run_dir: Path) -> Optional[int]:
     """The step of the newest checkpoint a resume would use (sizes checked only: this runs in error paths)."""
     for candidate in _candidates(Path(run_dir), "latest", need_trainer_state=True):
         manifest = read_json(candidate / MANIFEST)
-        if isinstance(manifest, dict) and all(size_or_zero(candidate / name) == entry.get("size")
-                                              for name, entry in manifest.get("files", {}).items()):
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if isinstance(files, dict) and all(isinstance(entry, dict) and size_or_zero(candidate / name) == entry.get("size")
+                                           for name, entry in files.items()):
             return step_of(candidate)
     return None
 

@@ -7,18 +7,22 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from slm_core.errors import SLMError
-from slm_core.fsio import atomic_write_json, atomic_write_text
+from slm_core.fsio import atomic_write_json, atomic_write_text, read_state
 from slm_core.run import lock as run_lock
 from slm_core.system import pid_alive
 
 TERMINAL_STATES = ("finished", "stopped", "failed")
 CONTROL_REQUESTS = ("stop", "pause", "save")
+STATUS_FILE = "status.json"
+# Part of every "ended without a word" reason: the Studio's runner replaces such a reason with the exit code it saw.
+UNREPORTED = "without reporting"
 
 
 def runs_dir(path: Optional[str | Path] = None) -> Path:
@@ -27,9 +31,12 @@ def runs_dir(path: Optional[str | Path] = None) -> Path:
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
+    """A JSON file's contents; `default` when it is missing or does not parse (not JSON, not UTF-8). For files
+    whose damage the caller judges itself (a manifest that then vouches for nothing); a state file that must
+    not be dropped goes through read_status / fsio.read_state, which name it and keep it."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, ValueError):
         return default
 
 
@@ -77,31 +84,61 @@ def resolve_run(name_or_path: str | Path, root: Optional[str | Path] = None) -> 
 
 
 def read_status(run_dir: str | Path) -> dict:
-    status = read_json(Path(run_dir) / "status.json", default={}) or {}
+    """The run's status as a reader should show it. Never raises for a damaged status.json: the run reads as
+    failed with a "damaged status" reason naming the file (the next write_status keeps it aside)."""
+    run_dir = Path(run_dir)
+    status = _parse_status(run_dir / STATUS_FILE)
     state = status.get("state")
     # The writer's lock outranks the file: a run another process holds is running (e.g. a shell
     # `slm resume` still loading data, whose status.json still says how the last attempt ended).
-
     who = run_lock.holder(run_dir)
     if who is not None and not run_lock.is_self(who):
         if state not in ("running", "paused"):
             status.update(state="running", error=None)
         status["pid"], status["host"] = who.get("pid", status.get("pid")), who.get("host")
         return status
-    # A worker that died without writing its last word (killed -9, machine reset) is not "running":
-    # its lock is free (the kernel drops it with the process) or, for runs without one, its pid is gone.
-    unlocked = who is None and (Path(run_dir) / run_lock.LOCK_FILE).exists()
-    if (unlocked and state in ("running", "paused")) or (
-            state in ("running", "paused", "queued") and status.get("pid") and not pid_alive(status["pid"])):
-        status["state"] = "failed"
-        status.setdefault("error", None)
-        status["error"] = status["error"] or "the worker process ended without reporting (killed or crashed); resume continues from the last checkpoint"
+    reason = _ended_unreported(run_dir, status, who)
+    if reason:
+        status.update(state="failed", error=status.get("error") or reason)
     return status
 
 
+def _parse_status(path: Path) -> dict:
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        status = None
+    if isinstance(status, dict):
+        return status
+    return {"state": "failed", "damaged": str(path),
+            "error": f"damaged status: {path} does not parse; its checkpoints and metrics are untouched: "
+                     f"`slm resume {path.parent.name}` continues from the last checkpoint (the damaged file is kept aside)"}
+
+
+def _ended_unreported(run_dir: Path, status: dict, who: Optional[dict]) -> Optional[str]:
+    """Why a run whose status says it is live has in fact ended, or None. A worker that died without writing
+    its last word (killed -9, machine reset) is not "running": its lock is
+    free (the kernel drops it with the process) or, for runs without one, its pid is gone."""
+    state, pid = status.get("state"), status.get("pid")
+    unlocked = who is None and (run_dir / run_lock.LOCK_FILE).exists()
+    if not ((unlocked and state in ("running", "paused")) or
+            (state in ("running", "paused", "queued") and pid and not pid_alive(pid))):
+        return None
+    return f"the worker process ended {UNREPORTED} (killed or crashed); resume continues from the last checkpoint"
+
+
 def write_status(run_dir: str | Path, **fields: Any) -> dict:
-    path = Path(run_dir) / "status.json"
-    status = read_json(path, default={}) or {}
+    """Merge `fields` into status.json. A damaged one is moved aside (kept, never overwritten) and named on
+    stderr, and a fresh one started: a training run does not stop for its status file."""
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        status = read_state(path)
+    except SLMError as damaged:
+        print(f"warning: {damaged}", file=sys.stderr)
+        status = None
+    status = status if isinstance(status, dict) else {}
     status.update(fields)
     status["updated_at"] = time.time()
     atomic_write_json(path, status)
@@ -212,7 +249,7 @@ def list_runs(root: Optional[str | Path] = None) -> list[dict]:
     base = runs_dir(root)
     if not base.is_dir():
         return []
-    rows = [run_summary(p) for p in base.iterdir() if (p / "status.json").exists()]
+    rows = [run_summary(p) for p in base.iterdir() if (p / STATUS_FILE).exists()]
     return sorted(rows, key=lambda r: r.get("started_at") or 0, reverse=True)
 
 
