@@ -8,6 +8,7 @@ from slm_core.cli.flags import add_runs_dir
 from slm_core.models.load import load_model
 from slm_core.models.quantized import artifact_dir
 from slm_core.post.export import FORMATS, export_model
+from slm_core.post.gguf_quant import GGUF_TYPES
 from slm_core.run.runs import check_runs_dir
 
 
@@ -15,7 +16,9 @@ def add_export_parser(sub) -> None:
     parser = sub.add_parser("export", help="export a model as a Hugging Face folder, GGUF (llama.cpp / Ollama) or ONNX")
     parser.add_argument("model", help="run name, checkpoint, quantized or Hugging Face folder")
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="gguf")
-    parser.add_argument("--gguf-type", default="f16", choices=["f32", "f16", "q8_0"])
+    parser.add_argument("--gguf-type", default="f16", choices=GGUF_TYPES, metavar="LEVEL",
+                        help=f"GGUF level: {', '.join(GGUF_TYPES)} (q6_k/q5_k_m/q4_k_m need llama.cpp's "
+                             "llama-quantize on PATH or llama-cpp-python)")
     parser.add_argument("--onnx-precision", default="fp32", choices=["fp32", "int8", "int4", "fp16"],
                         help="weights of the onnxruntime-genai folder (--format onnx); fp16 needs --onnx-device cuda")
     parser.add_argument("--onnx-device", default="cpu", choices=["cpu", "cuda"])

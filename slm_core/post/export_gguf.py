@@ -1,8 +1,13 @@
-"""GGUF export for llama.cpp and Ollama with gguf's GGUFWriter: the llama, qwen2 or gpt2 architecture,
-tensors in f32, f16 or q8_0, and the byte-level BPE tokenizer."""
+"""GGUF export for llama.cpp and Ollama with gguf's GGUFWriter, as llama.cpp's convert_hf_to_gguf.py writes each
+family: the llama, qwen2, qwen3 or gpt2 architecture (Llama 3's rope scaling as rope_freqs, Qwen2's q/k/v biases,
+Qwen3's q/k norms, tied embeddings as no output tensor), tensors at one level of the quantization ladder
+(gguf_quant.py) and the family's tokenizer (gguf_tokenizer.py)."""
 
 from __future__ import annotations
 
+import math
+import re
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -13,21 +18,29 @@ import torch
 from slm_core.errors import SLMError
 from slm_core.models.hf import export_rope, hf_architecture
 from slm_core.models.templates import format_prompt
-from slm_core.models.tokenizer import (
-    _merges_from_ranks,  # tiktoken ranks → BPE merges (helper T's)
-    bytes_to_unicode,
+from slm_core.post.gguf_quant import (
+    GGUF_TYPES,
+    K_LEVELS,
+    check_level,
+    encode,
+    file_type,
+    k_quantize,
+    require_k_quantizer,
 )
+from slm_core.post.gguf_tokenizer import add_tokenizer
 
-GGUF_TYPES = ("f32", "f16", "q8_0")
+__all__ = ["GGUF_TYPES", "gguf_architecture", "gguf_tensors", "permute_for_llama_cpp", "read_gguf", "write_gguf"]
 
 
 def gguf_architecture(config) -> str:
-    """'llama' | 'qwen2' | 'gpt2', or SLMError naming what llama.cpp has no graph for."""
+    """'llama' | 'qwen2' | 'qwen3' | 'gpt2', or SLMError naming what llama.cpp has no graph for."""
     hf = hf_architecture(config)  # raises if the model fits no standard family at all
     if hf == "GPT2LMHeadModel":
         return "gpt2"
     if hf == "Qwen2ForCausalLM":
         return "qwen2"
+    if hf == "Qwen3ForCausalLM":
+        return "qwen3"
     if config.bias:
         raise SLMError("llama.cpp's llama graph has no o_proj/MLP biases: this model (bias=true) cannot be "
                        "exported as GGUF; export it as 'hf' or 'onnx'")
@@ -35,11 +48,30 @@ def gguf_architecture(config) -> str:
 
 
 def permute_for_llama_cpp(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """(heads*head_dim, in) in HF's half-rotation row order → llama.cpp's adjacent-pair order.
+    """(heads*head_dim, in) in HF's half-rotation row order → llama.cpp's adjacent-pair order (its llama graph
+    rotates adjacent pairs; qwen2/qwen3 use the NEOX half rotation and are not permuted).
     Within each head, rows [0..D/2) and [D/2..D) are interleaved: 0, D/2, 1, D/2+1, ..."""
     rows = weight.shape[0]
     return (weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:])
             .transpose(1, 2).reshape(weight.shape))
+
+
+def llama3_rope_factors(config) -> torch.Tensor:
+    """(head_dim/2,) divisors of each RoPE frequency: LlamaModel.generate_extra_tensors' rope_freqs."""
+    dim, factor = config.head_dim, config.rope_scaling_factor
+    low, high, old = config.rope_low_freq_factor, config.rope_high_freq_factor, config.rope_original_context
+    freqs = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    out = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(out, dtype=torch.float32)
 
 
 def gguf_tensors(model) -> dict[str, torch.Tensor]:
@@ -52,12 +84,14 @@ def gguf_tensors(model) -> dict[str, torch.Tensor]:
     out = {f"{names[T.TOKEN_EMBD]}.weight": ours["embed_tokens.weight"]}
     if arch == "gpt2":
         out[f"{names[T.POS_EMBD]}.weight"] = ours["embed_positions.weight"]
+    if arch != "gpt2" and config.rope_scaling == "llama3":
+        out[f"{names[T.ROPE_FREQS]}.weight"] = llama3_rope_factors(config)
     for i in range(config.n_layer):
         out.update(_block_tensors(ours, config, arch, i))
     out[f"{names[T.OUTPUT_NORM]}.weight"] = ours["norm.weight"]
     if "norm.bias" in ours:
         out[f"{names[T.OUTPUT_NORM]}.bias"] = ours["norm.bias"]
-    # llama/qwen2 reuse token_embd when output is absent (tied); older gpt2 loaders require output.
+    # llama/qwen reuse token_embd when output is absent (tied); older gpt2 loaders require output.
     if arch == "gpt2" or not config.tie_embeddings:
         out[f"{names[T.OUTPUT]}.weight"] = ours["lm_head.weight"]
     return out
@@ -85,7 +119,8 @@ def _block_tensors(ours: dict, config, arch: str, i: int) -> dict[str, torch.Ten
                 out[f"{name(kind)}.bias"] = ours[f"{src}self_attn.{n}_proj.bias"]
     same_layout = [("input_layernorm", T.ATTN_NORM), ("post_attention_layernorm", T.FFN_NORM),
                    ("self_attn.o_proj", T.ATTN_OUT), ("mlp.gate_proj", T.FFN_GATE), ("mlp.up_proj", T.FFN_UP),
-                   ("mlp.down_proj", T.FFN_DOWN)]
+                   ("mlp.down_proj", T.FFN_DOWN), ("self_attn.q_norm", T.ATTN_Q_NORM),
+                   ("self_attn.k_norm", T.ATTN_K_NORM)]
     for ours_name, kind in same_layout:
         for p in ("weight", "bias"):
             if f"{src}{ours_name}.{p}" in ours:
@@ -93,21 +128,8 @@ def _block_tensors(ours: dict, config, arch: str, i: int) -> dict[str, torch.Ten
     return out
 
 
-def _encode(array: np.ndarray, gguf_type: str):
-    """→ (data, raw_dtype or None) for GGUFWriter.add_tensor."""
-    import gguf
-
-    if array.ndim < 2 or gguf_type == "f32":
-        return array.astype(np.float32), None
-    if gguf_type == "q8_0" and array.shape[-1] % 32 == 0:
-        q8 = gguf.GGMLQuantizationType.Q8_0
-        return gguf.quants.quantize(array.astype(np.float32), q8), q8
-    return array.astype(np.float16), None
-
-
 def _add_hparams(writer, config, arch: str) -> None:
     import gguf
-
 
     writer.add_context_length(config.context_length)
     writer.add_embedding_length(config.d_model)
@@ -121,34 +143,44 @@ def _add_hparams(writer, config, arch: str) -> None:
     writer.add_head_count_kv(config.n_kv_head)
     writer.add_layer_norm_rms_eps(config.norm_eps)
     writer.add_rope_dimension_count(config.head_dim)
+    if config.head_dim * config.n_head != config.d_model:  # Qwen3-0.6B: 16 heads of 128 on a 1024 width
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
     theta, scaling = export_rope(config)  # our fixed-base dynamic NTK is plain RoPE with a raised base
     writer.add_rope_freq_base(theta)
-    if scaling:
+    if scaling and scaling["rope_type"] == "linear":  # llama3 scaling is the rope_freqs tensor instead
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(scaling["factor"])
 
 
 def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name: Optional[str] = None) -> Path:
-    """Write one .gguf file; returns its path."""
+    """Write one .gguf file at `gguf_type` (a level of gguf_quant.GGUF_TYPES); returns its path. K-quant levels
+    are written as f16 and then quantized by llama.cpp (refused first, in one line, when it is not here)."""
+    check_level(gguf_type)
+    path = Path(path)
+    if gguf_type in K_LEVELS:
+        require_k_quantizer(gguf_type)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".f16-") as tmp:
+            source = _write_numpy_level(model, tokenizer, Path(tmp) / "f16.gguf", "f16", name)
+            return k_quantize(source, path, gguf_type)
+    return _write_numpy_level(model, tokenizer, path, gguf_type, name)
+
+
+def _write_numpy_level(model, tokenizer, path: Path, level: str, name: Optional[str]) -> Path:
     import gguf
 
-    if gguf_type not in GGUF_TYPES:
-        raise SLMError(f"GGUF type {gguf_type!r} is not supported: use one of {', '.join(GGUF_TYPES)}")
     config = model.config
     arch = gguf_architecture(config)
-    path = Path(path)
     with gguf_writer(path, arch) as writer:
         writer.add_name(name or config.name)
-        file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type]
-        writer.add_file_type(int(file_type))
-        if gguf_type == "q8_0":
+        writer.add_file_type(file_type(level))
+        if level not in ("f32", "f16"):
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_hparams(writer, config, arch)
         if tokenizer is not None:
-            add_tokenizer(writer, tokenizer, config.vocab_size)
+            add_tokenizer(writer, tokenizer, config.vocab_size, getattr(config, "hf_config", None))
         for tensor_name, tensor in gguf_tensors(model).items():
-            data, raw_dtype = _encode(tensor.numpy(), gguf_type)
+            data, raw_dtype = encode(tensor_name, tensor.numpy(), level)
             writer.add_tensor(tensor_name, data, raw_dtype=raw_dtype)
     return path
 
@@ -167,84 +199,6 @@ def gguf_writer(path: Path, arch: str):
         writer.write_tensors_to_file()
     finally:
         writer.close()
-
-
-# ---- tokenizer metadata -----------------------------------------------------------------------------
-
-def _byte_level(token: bytes, table: dict[int, str]) -> str:
-    return "".join(table[b] for b in token)
-
-
-def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
-    """(tokens, token types, merges) for llama.cpp's byte-level BPE, in id order, padded to vocab_size."""
-    import gguf
-
-
-    if tokenizer.kind == "hf":
-        tokens, types, merges = _hf_vocab(tokenizer)
-    else:
-        table = bytes_to_unicode()
-        by_id = {rank: token for token, rank in tokenizer.ranks.items()}
-        tokens = [_byte_level(by_id[i], table) for i in range(len(by_id))]
-        types = [int(gguf.TokenType.NORMAL)] * len(tokens)
-        tokens.append("<|endoftext|>")  # the eot id is the last one for our kinds
-        types.append(int(gguf.TokenType.CONTROL))
-        pairs = _merges_from_ranks(tokenizer.ranks) + _chain_merges(tokenizer.ranks)
-        merges = [f"{_byte_level(a, table)} {_byte_level(b, table)}" for a, b in pairs]
-    if len(tokens) > vocab_size:
-        raise SLMError(f"the tokenizer has {len(tokens)} tokens but the model only {vocab_size} embedding rows")
-    for i in range(len(tokens), vocab_size):  # rows the model has beyond the tokenizer (padding)
-        tokens.append(f"[PAD{i}]")
-        types.append(int(gguf.TokenType.UNUSED))
-    return tokens, types, merges
-
-
-def _chain_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
-    """Merges that build a multi-byte token no two tokens concatenate to (a char tokenizer's 3- and
-    4-byte characters), byte by byte. tiktoken takes such a token whole; llama.cpp only reaches it
-    through merges, and its intermediate symbols need not be tokens."""
-    chains = []
-    for token in sorted(ranks, key=ranks.get):
-        if len(token) > 1 and not any(token[:i] in ranks and token[i:] in ranks for i in range(1, len(token))):
-            chains += [(token[:i], token[i:i + 1]) for i in range(1, len(token))]
-    return list(dict.fromkeys(chains))
-
-
-def _hf_vocab(tokenizer) -> tuple[list[str], list[int], list[str]]:
-    """A Hugging Face byte-level BPE tokenizer.json (e.g. our own HF export read back)."""
-    import json
-
-    import gguf
-
-    spec = json.loads(tokenizer._hf_files.get("tokenizer.json", b"{}"))
-    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
-    byte_level = pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
-    if model.get("type") != "BPE" or not byte_level:
-        raise SLMError("GGUF export writes GPT-2-style byte-level BPE tokenizers; this Hugging Face tokenizer "
-                       "is different. Export as 'hf' and convert with llama.cpp's convert_hf_to_gguf.py, which "
-                       "knows its pre-tokenizer")
-    vocab = dict(model["vocab"])
-    specials = {t["id"]: t["content"] for t in spec.get("added_tokens") or []}
-    size = max([*vocab.values(), *specials]) + 1
-    tokens, types = [f"[PAD{i}]" for i in range(size)], [int(gguf.TokenType.UNUSED)] * size
-    for text, i in vocab.items():
-        tokens[i], types[i] = text, int(gguf.TokenType.NORMAL)
-    for i, text in specials.items():
-        tokens[i], types[i] = text, int(gguf.TokenType.CONTROL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    return tokens, types, merges
-
-
-def add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
-    tokens, types, merges = gguf_vocab(tokenizer, vocab_size)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(tokenizer.eot_id)
-    writer.add_eos_token_id(tokenizer.eot_id)
-    writer.add_add_bos_token(False)  # GPT-2 style: nothing is prepended to a prompt
 
 
 def read_gguf(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -275,14 +229,86 @@ def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "model"
 
 
+# Ollama's templates are Go templates, not Jinja: the family's chat format written out once, system turn included.
+_OLLAMA_FAMILIES = {
+    "<|im_start|>": ('{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}{{ if .Prompt }}'
+                     '<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}<|im_start|>assistant\n{{ .Response }}'
+                     '<|im_end|>\n', ("<|im_start|>", "<|im_end|>")),
+    "<|start_header_id|>": ('{{ if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>'
+                            '{{ end }}{{ if .Prompt }}<|start_header_id|>user<|end_header_id|>\n\n{{ .Prompt }}'
+                            '<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n{{ .Response }}'
+                            '<|eot_id|>', ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")),
+    "[INST]": ("[INST] {{ if .System }}<<SYS>>\n{{ .System }}\n<</SYS>>\n\n{{ end }}{{ .Prompt }} [/INST] "
+               "{{ .Response }}", ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>")),
+}
+_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system\\n(.+?)<\|im_end\|>")
+
+
 def ollama_modelfile(folder: Path, gguf_name: str, template: Optional[str]) -> Path:
-    """`ollama create NAME -f Modelfile` imports the GGUF; the prompt template matches training."""
-    lines = [f"FROM ./{gguf_name}", 'PARAMETER stop "<|endoftext|>"']
-    if template:
-        prompt = format_prompt({"instruction": "{{ .Prompt }}", "input": ""}, template)
-        lines.append(f'TEMPLATE """{prompt}{{{{ .Response }}}}"""')
-        if template == "chatml":
-            lines.append('PARAMETER stop "<|im_end|>"')
+    """`ollama create NAME -f Modelfile` imports the GGUF with the prompt format it was trained on: our
+    template (alpaca/chatml), or the family's own chat format (ChatML, Llama 3, Llama 2) read from the GGUF's
+    tokenizer.chat_template, with its default system prompt."""
+    chat_template = _gguf_chat_template(folder / gguf_name)
+    family = next((key for key in _OLLAMA_FAMILIES if chat_template and key in chat_template), None)
+    lines = [f"FROM ./{gguf_name}"]
+    if template in (None, "model") and family:
+        go_template, stops = _OLLAMA_FAMILIES[family]
+        lines.append(f'TEMPLATE """{go_template}"""')
+        system = _DEFAULT_SYSTEM.search(chat_template)
+        if system:
+            lines.append(f'SYSTEM """{system.group(1)}"""')
+        lines += [f'PARAMETER stop "{stop}"' for stop in stops]
+    else:
+        lines.append('PARAMETER stop "<|endoftext|>"')
+        if template and template != "model":
+            prompt = format_prompt({"instruction": "{{ .Prompt }}", "input": ""}, template)
+            lines.append(f'TEMPLATE """{prompt}{{{{ .Response }}}}"""')
+            if template == "chatml":
+                lines.append('PARAMETER stop "<|im_end|>"')
     path = folder / "Modelfile"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _gguf_chat_template(path: Path) -> Optional[str]:
+    """tokenizer.chat_template of a GGUF file, scanning its key-values only: gguf.GGUFReader maps every one of a
+    150k-token vocabulary's strings into numpy first (tens of seconds), for one string wanted here."""
+    import struct
+
+    import gguf
+
+    if not path.exists():
+        return None
+    scalar = {gguf.GGUFValueType.UINT8: 1, gguf.GGUFValueType.INT8: 1, gguf.GGUFValueType.UINT16: 2,
+              gguf.GGUFValueType.INT16: 2, gguf.GGUFValueType.UINT32: 4, gguf.GGUFValueType.INT32: 4,
+              gguf.GGUFValueType.FLOAT32: 4, gguf.GGUFValueType.BOOL: 1, gguf.GGUFValueType.UINT64: 8,
+              gguf.GGUFValueType.INT64: 8, gguf.GGUFValueType.FLOAT64: 8}
+    with open(path, "rb") as f:
+        def read(fmt: str):
+            return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
+
+        def string() -> bytes:
+            return f.read(read("Q"))
+
+        def skip(kind: int) -> None:
+            if kind == gguf.GGUFValueType.STRING:
+                f.seek(read("Q"), 1)
+            elif kind == gguf.GGUFValueType.ARRAY:
+                item, count = read("I"), read("Q")
+                if item in scalar:
+                    f.seek(scalar[item] * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(item)
+            else:
+                f.seek(scalar[kind], 1)
+
+        if f.read(4) != b"GGUF":
+            return None
+        read("I"), read("Q")  # version, tensor count
+        for _ in range(read("Q")):
+            key, kind = string().decode("utf-8"), read("I")
+            if key == gguf.Keys.Tokenizer.CHAT_TEMPLATE and kind == gguf.GGUFValueType.STRING:
+                return string().decode("utf-8")
+            skip(kind)
+    return None

@@ -19,6 +19,7 @@ from slm_core.post.export_gguf import (
     safe_name,
     write_gguf,
 )
+from slm_core.post.gguf_quant import check_level
 
 LORA_GGUF_TYPES = ("f32", "f16")
 
@@ -79,21 +80,24 @@ def _fused_qkv(config, layer: int, parts: dict) -> dict[str, torch.Tensor]:
 
 
 def adapter_pairs(peft_model) -> tuple[dict, float]:
-    """({module name: (A, B)} in fp32 on CPU, the alpha llama.cpp needs) from a peft model of ours."""
-    from peft import get_peft_model_state_dict
+    """({module name: (A (r, in), B (out, r))} in fp32 on CPU, the alpha llama.cpp needs) read from the LoRA
+    layers themselves. Not peft's get_peft_model_state_dict: it loads the base's config.json through the base's
+    config class to guess about embedding layers, which fails for a base read from a Hugging Face folder."""
+    from peft.tuners.lora import LoraLayer
 
-    settings = peft_model.peft_config[peft_model.active_adapter]
+    adapter = peft_model.active_adapter
+    settings = peft_model.peft_config[adapter]
     if settings.rank_pattern or settings.alpha_pattern:
         raise SLMError("this adapter uses per-module ranks or alphas, which llama.cpp's LoRA GGUF (one alpha) "
                        "cannot express: export it merged with --format gguf")
-    state = get_peft_model_state_dict(peft_model)
+    if getattr(settings, "use_dora", False):
+        raise SLMError("a DoRA adapter has no llama.cpp LoRA GGUF form: export it merged with --format gguf")
     pairs = {}
-    for key, tensor in state.items():
-        if ".lora_A." not in key:
-            continue
-        module = key.split(".lora_A.")[0].removeprefix("base_model.model.")
-        b = state[key.replace(".lora_A.", ".lora_B.")]
-        pairs[module] = (tensor.detach().to("cpu", torch.float32), b.detach().to("cpu", torch.float32))
+    for name, module in peft_model.named_modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+            pairs[name.removeprefix("base_model.model.")] = (a.detach().to("cpu", torch.float32),
+                                                             b.detach().to("cpu", torch.float32))
     if not pairs:
         raise SLMError("the adapter holds no LoRA matrices: export the run's model with --format gguf")
     r = next(iter(pairs.values()))[0].shape[0]
@@ -131,12 +135,11 @@ def write_lora_bundle(model, tokenizer, folder: Path, gguf_type: str, name: str,
         raise SLMError("--format gguf-lora needs a LoRA run (base + adapter); export this model with --format gguf")
     if getattr(model.get_base_model(), "qlora", None):
         raise SLMError("export the LoRA run as saved (load it with `slm export RUN`), not the in-training QLoRA model")
-    if gguf_type not in LORA_GGUF_TYPES + ("q8_0",):
-        raise SLMError(f"GGUF type {gguf_type!r} is not supported: use f32, f16 or q8_0")
+    check_level(gguf_type)  # the base's level; the adapter is f32 for an f32 base, else f16
     pairs, alpha = adapter_pairs(model)
     base = model.unload().to("cpu", torch.float32).eval()  # the base exactly as trained on, adapter removed
     base_path = write_gguf(base, tokenizer, folder / f"{safe_name(name)}-base-{gguf_type}.gguf", gguf_type, name)
-    lora_type = "f32" if gguf_type == "f32" else "f16"  # small matrices: q8_0 buys nothing there
+    lora_type = "f32" if gguf_type == "f32" else "f16"  # small matrices: quantizing them buys nothing
     lora_path = write_lora_gguf(base.config, pairs, alpha, folder / f"{safe_name(name)}-lora-{lora_type}.gguf",
                                 lora_type, f"{name}-lora")
     modelfile = ollama_modelfile(folder, base_path.name, template)
