@@ -34,6 +34,7 @@ from slm_core.run.lock import RunLock
 from slm_core.run.manifest import clean_stale, find_checkpoint
 from slm_core.system import cpu_has_native_bf16
 from slm_core.train import fsdp, tracking
+from slm_core.train.chain import resolve_start
 from slm_core.train.distributed import write_rank_error
 from slm_core.train.fsdp import whole_copy
 from slm_core.train.modes import build_for_mode
@@ -595,6 +596,7 @@ def train(config: RunConfig, run_dir: str | Path, callback: Optional[Callable[[d
     """Train (or resume) the run in `run_dir`. Returns the final step, tokens, best val loss, state."""
     run_dir = Path(run_dir)
     preflight_train(config, run_dir, resume)  # bad inputs are refused before the run directory exists
+    config = resolve_start(config, run_dir, train, progress=progress)  # train.init_from=recipe:NAME: made first
     preflight_memory(config)  # so is a model far beyond the device's memory (train.force=true overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
     with _sole_writer(run_dir, config, resume):
