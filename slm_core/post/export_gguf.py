@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from slm_core.errors import SLMError
@@ -27,6 +26,7 @@ from slm_core.post.gguf_quant import (
     k_quantize,
     require_k_quantizer,
 )
+from slm_core.post.gguf_read import read_gguf, read_metadata
 from slm_core.post.gguf_tokenizer import add_tokenizer
 
 __all__ = ["GGUF_TYPES", "gguf_architecture", "gguf_tensors", "permute_for_llama_cpp", "read_gguf", "write_gguf"]
@@ -201,28 +201,6 @@ def gguf_writer(path: Path, arch: str):
         writer.close()
 
 
-def read_gguf(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(metadata fields as Python values, tensors dequantized to float32 in numpy (rows, cols) order)."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-    fields = {}
-    for key, field in reader.fields.items():
-        values = [field.parts[i] for i in field.data]
-        if field.types and field.types[0] == gguf.GGUFValueType.STRING:
-            values = [bytes(v).decode("utf-8") for v in values]
-        elif field.types and field.types[0] == gguf.GGUFValueType.ARRAY and len(field.types) > 1 \
-                and field.types[-1] == gguf.GGUFValueType.STRING:
-            values = [bytes(v).decode("utf-8") for v in values]
-        else:
-            values = [v.tolist()[0] if hasattr(v, "tolist") and len(v) == 1 else v for v in values]
-        is_array = field.types and field.types[0] == gguf.GGUFValueType.ARRAY
-        fields[key] = values if is_array else values[0] if values else None
-    tensors = {t.name: np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-               for t in reader.tensors}
-    return fields, tensors
-
-
 # ---- Ollama --------------------------------------------------------------------------------------
 
 def safe_name(name: str) -> str:
@@ -241,7 +219,7 @@ _OLLAMA_FAMILIES = {
     "[INST]": ("[INST] {{ if .System }}<<SYS>>\n{{ .System }}\n<</SYS>>\n\n{{ end }}{{ .Prompt }} [/INST] "
                "{{ .Response }}", ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>")),
 }
-_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system\\n(.+?)<\|im_end\|>")
+_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\\n|\n)([^'\"{}<>]+?)<\|im_end\|>")  # a literal default only
 
 
 def ollama_modelfile(folder: Path, gguf_name: str, template: Optional[str]) -> Path:
@@ -271,44 +249,6 @@ def ollama_modelfile(folder: Path, gguf_name: str, template: Optional[str]) -> P
 
 
 def _gguf_chat_template(path: Path) -> Optional[str]:
-    """tokenizer.chat_template of a GGUF file, scanning its key-values only: gguf.GGUFReader maps every one of a
-    150k-token vocabulary's strings into numpy first (tens of seconds), for one string wanted here."""
-    import struct
-
-    import gguf
-
     if not path.exists():
         return None
-    scalar = {gguf.GGUFValueType.UINT8: 1, gguf.GGUFValueType.INT8: 1, gguf.GGUFValueType.UINT16: 2,
-              gguf.GGUFValueType.INT16: 2, gguf.GGUFValueType.UINT32: 4, gguf.GGUFValueType.INT32: 4,
-              gguf.GGUFValueType.FLOAT32: 4, gguf.GGUFValueType.BOOL: 1, gguf.GGUFValueType.UINT64: 8,
-              gguf.GGUFValueType.INT64: 8, gguf.GGUFValueType.FLOAT64: 8}
-    with open(path, "rb") as f:
-        def read(fmt: str):
-            return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
-
-        def string() -> bytes:
-            return f.read(read("Q"))
-
-        def skip(kind: int) -> None:
-            if kind == gguf.GGUFValueType.STRING:
-                f.seek(read("Q"), 1)
-            elif kind == gguf.GGUFValueType.ARRAY:
-                item, count = read("I"), read("Q")
-                if item in scalar:
-                    f.seek(scalar[item] * count, 1)
-                else:
-                    for _ in range(count):
-                        skip(item)
-            else:
-                f.seek(scalar[kind], 1)
-
-        if f.read(4) != b"GGUF":
-            return None
-        read("I"), read("Q")  # version, tensor count
-        for _ in range(read("Q")):
-            key, kind = string().decode("utf-8"), read("I")
-            if key == gguf.Keys.Tokenizer.CHAT_TEMPLATE and kind == gguf.GGUFValueType.STRING:
-                return string().decode("utf-8")
-            skip(kind)
-    return None
+    return read_metadata(path, stop_at="tokenizer.chat_template").get("tokenizer.chat_template")
