@@ -6,6 +6,7 @@ batched as [chosen rows; rejected rows]."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -17,12 +18,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import numpy as np
 
-from slm_core.config import RunConfig
+from slm_core.config import PREFERENCE_MODES, DataConfig, RunConfig, load_run_config
 from slm_core.data.cache import cache_root
 from slm_core.data.corpus import builtin_stories
 from slm_core.data.sources import OFFLINE_HINT, hub_offline_reason, load_tabular, source_identity, source_kind
 from slm_core.errors import SLMError
 from slm_core.fsio import atomic_write_bytes, atomic_write_json
+from slm_core.models.sources import resolve_source
 from slm_core.models.templates import content_text, format_prompt
 
 if TYPE_CHECKING:
@@ -78,13 +80,13 @@ def read_rows(config: RunConfig) -> list[Row]:
     """Every pair of data.source (the first data.max_documents), checked; SLMError naming a bad row's line."""
     cfg = config.data
     if cfg.source.strip() == BUILTIN:
-        raw: Iterator = ((i + 1, r) for i, r in enumerate(builtin_pairs()))
+        raw: Iterator = ((f"row {i + 1}", r) for i, r in enumerate(builtin_pairs()))
         where = BUILTIN
     else:
         raw, where = _raw_rows(config)
     rows = []
-    for number, record in raw:
-        rows.append(parse_row(record, f"{where} {'line' if where.endswith('.jsonl') else 'row'} {number}"))
+    for place, record in raw:
+        rows.append(parse_row(record, f"{where} {place}"))
         if cfg.max_documents and len(rows) >= cfg.max_documents:
             break
     if len(rows) < 2:
@@ -93,6 +95,7 @@ def read_rows(config: RunConfig) -> list[Row]:
 
 
 def _raw_rows(config: RunConfig) -> tuple[Iterator, str]:
+    """(('line N' or 'row N', record) for each row, the source's name)."""
     cfg = config.data
     kind, detail = source_kind(cfg.source)
     if kind == "hub":
@@ -103,23 +106,25 @@ def _raw_rows(config: RunConfig) -> tuple[Iterator, str]:
     if detail.suffix.lower() in (".jsonl", ".ndjson"):
         return _jsonl_rows(detail), str(detail)
     dataset = load_tabular(detail, cache_root() / "hf-datasets")
-    return ((i + 1, row) for i, row in enumerate(dataset)), str(detail)
+    if detail.suffix.lower() in (".csv", ".tsv"):  # line 1 is the header
+        return ((f"line {i + 2}", row) for i, row in enumerate(dataset)), str(detail)
+    return ((f"row {i + 1}", row) for i, row in enumerate(dataset)), str(detail)
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """(line number, record): read here rather than by datasets, whose errors do not say which line."""
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                yield number, json.loads(line)
+                yield f"line {number}", json.loads(line)
             except json.JSONDecodeError as error:
                 raise SLMError(f"{path} line {number} is not JSON ({error.msg}, column {error.colno}): each line "
                                "must be one object like {\"prompt\": ..., \"chosen\": ..., \"rejected\": ...}") from None
 
 
-def _hub_rows(name: str, split: str, limit: Optional[int]) -> Iterator[tuple[int, Any]]:
+def _hub_rows(name: str, split: str, limit: Optional[int]) -> Iterator[tuple[str, Any]]:
     reason = hub_offline_reason()
     if reason:
         raise SLMError(f"{name!r} is no local file, and as a Hub dataset it cannot be downloaded ({reason}); use "
@@ -132,7 +137,7 @@ def _hub_rows(name: str, split: str, limit: Optional[int]) -> Iterator[tuple[int
     except Exception as error:  # datasets raises many types; all mean "check the name"
         raise SLMError(f"could not load the Hub dataset {name!r} split {split!r} ({str(error)[:200]}); check the "
                        f"name and data.hub_split, or {OFFLINE_HINT}") from None
-    return ((i + 1, row) for i, row in enumerate(dataset))
+    return ((f"row {i + 1}", row) for i, row in enumerate(dataset))
 
 
 def parse_row(record: Any, where: str) -> Row:
@@ -140,21 +145,24 @@ def parse_row(record: Any, where: str) -> Row:
     if not isinstance(record, dict):
         raise SLMError(f"{where}: is a {type(record).__name__}, not an object; {ROW_HINT}")
     for key in ("chosen", "rejected"):
-        if record.get(key) is None:
+        if key not in record:
             raise SLMError(f"{where}: no '{key}'; {ROW_HINT}")
+        if record[key] is None:  # an empty CSV cell, a null in JSON
+            raise SLMError(f"{where}: '{key}' is empty; drop the row or fill it in")
     prompt, chosen, rejected = record.get("prompt"), record["chosen"], record["rejected"]
     chat = any(isinstance(v, list) for v in (prompt, chosen, rejected))
     if chat:
+        replies = _reply(chosen, "chosen", where), _reply(rejected, "rejected", where)
         if prompt is None:  # implicit prompt: both conversations start with it (UltraFeedback's layout)
             prompt = _messages(chosen, "chosen", where)[:-1]
-            if _messages(rejected, "rejected", where)[:-1] != prompt:
-                raise SLMError(f"{where}: 'chosen' and 'rejected' start with different conversations; give the "
-                               "shared turns as 'prompt'")
+            if not prompt or _messages(rejected, "rejected", where)[:-1] != prompt:
+                raise SLMError(f"{where}: no 'prompt', and 'chosen' and 'rejected' do not start with the same "
+                               "turns; give the shared turns as 'prompt'")
         prompt = _messages(prompt, "prompt", where) if isinstance(prompt, list) else [
             {"role": "user", "content": _text(prompt, "prompt", where)}]
-        chosen, rejected = _reply(chosen, "chosen", where), _reply(rejected, "rejected", where)
+        chosen, rejected = replies
     elif prompt is None:
-        raise SLMError(f"{where}: no 'prompt'; {ROW_HINT}")
+        raise SLMError(f"{where}: {'no' if 'prompt' not in record else 'an empty'} 'prompt'; {ROW_HINT}")
     else:
         prompt = _text(prompt, "prompt", where)
         chosen, rejected = _text(chosen, "chosen", where), _text(rejected, "rejected", where)
@@ -327,11 +335,6 @@ class PreferenceData:
         """No running text to measure bits per byte on: pairs are not a corpus."""
         return np.empty(0, np.int32)
 
-    def check_fits(self, context_length: int) -> None:
-        for split in ("train", "val"):
-            if not self.pairs(split):
-                raise SLMError(f"no {split} preference pairs: use more pairs or another data.val_fraction")
-
     def sample_indices(self, split: str, batch_size: int, generator: "torch.Generator", rank: int = 0,
                        world_size: int = 1) -> np.ndarray:
         """Random pairs from this rank's contiguous slice of the split."""
@@ -380,3 +383,20 @@ class PreferenceData:
         for lo in range(0, n, batch_size):
             indices = np.arange(lo, min(lo + batch_size, n))
             yield (indices, *self.batch(split, indices, context_length))
+
+
+def text_data_config(config: RunConfig, model_path: Optional[Path] = None) -> RunConfig:
+    """The config whose data source a model's perplexity is measured on. A preference run's pairs are no running
+    text: it takes its base's data (a run's own, else the built-in stories, as a Hugging Face folder does).
+    model_path: the checkpoint folder the model came from (<runs>/<run>/checkpoints/<tag>), whose runs folder
+    holds a base named by run name."""
+    if config.train.mode not in PREFERENCE_MODES:
+        return config
+    path = Path(model_path) if model_path else None
+    runs_dir = path.parents[2] if path is not None and path.parent.name == "checkpoints" else None
+    try:
+        base_folder = resolve_source(config.train.init_from, runs_dir=runs_dir)
+        base = load_run_config(base_folder / "config.yaml")
+    except (SLMError, OSError):
+        return dataclasses.replace(config, data=DataConfig())
+    return dataclasses.replace(config, data=text_data_config(base, base_folder).data)

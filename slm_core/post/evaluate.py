@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from slm_core.config import load_run_config
 from slm_core.data.cache import prepare_data
+from slm_core.data.preference import text_data_config
 from slm_core.errors import SLMError
 from slm_core.models.model import base_transformer
 from slm_core.models.sources import resolve_source
@@ -89,12 +90,13 @@ def own_data_config(loaded):
 
     origin = (read_json(Path(loaded.path) / "export.json", default=None) or {}).get("source")
     if loaded.kind != "hf" or not origin:
-        return loaded.config
+        return text_data_config(loaded.config, loaded.path)  # a DPO/ORPO run: its base's data
     try:
-        origin_config = load_run_config(resolve_source(origin) / "config.yaml")
+        origin_folder = resolve_source(origin)
+        origin_config = load_run_config(origin_folder / "config.yaml")
     except (SLMError, OSError):
         return loaded.config  # the origin run was deleted or moved: the folder's own defaults
-    return dataclasses.replace(loaded.config, data=origin_config.data)
+    return dataclasses.replace(loaded.config, data=text_data_config(origin_config, origin_folder).data)
 
 
 def _context(model: torch.nn.Module) -> int:

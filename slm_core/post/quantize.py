@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slm_core.data.cache import prepare_data
+from slm_core.data.preference import text_data_config
 from slm_core.errors import SLMError
 from slm_core.infer.generate import generate_tokens
 from slm_core.models.quantized import (
@@ -163,7 +164,7 @@ def format_report(rows: list[dict]) -> str:
 
 def eval_windows_for(loaded, max_tokens: int = 20_000) -> list:
     """Non-overlapping validation windows of the model's own data (its config's data source)."""
-    data = prepare_data(loaded.config, tokenizer=loaded.tokenizer, progress=False)
+    data = prepare_data(text_data_config(loaded.config, loaded.path), tokenizer=loaded.tokenizer, progress=False)
     context = loaded.model.config.context_length
     windows, total = [], 0
     for x, y in data.iter_eval_windows("val", context, context):

@@ -107,9 +107,9 @@ class PreferenceLoss:
         return nll - ratio.mean(), {**metrics, "nll_loss": nll.detach(), "log_odds_ratio": log_odds.detach().mean()}
 
     def _reference(self, model, x, y, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.reference is None:  # LoRA: the base is the model with its adapter off
+        if self.reference is None:  # LoRA: the base is the model with its adapter off (outside DDP: no gradients)
             with torch.no_grad(), adapter_off(model):
-                return reply_logps(model, x, y)[0].chunk(2)
+                return reply_logps(unwrap(model), x, y)[0].chunk(2)
         n = x.size(0) // 2
         table = self.reference[split].to(x.device)
         picked = table[y[:n, -1]]  # (B, 2): this batch's pairs
