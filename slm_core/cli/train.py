@@ -21,7 +21,7 @@ def add_train_parser(sub) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", default="quickstart-cpu", help="recipe preset name (see `slm presets`)")
     source.add_argument("--config", help="a recipe YAML file (e.g. a run's config.yaml)")
-    parser.add_argument("--mode", choices=["pretrain", "distill", "lora", "finetune", "dpo", "orpo"],
+    parser.add_argument("--mode", choices=["pretrain", "distill", "lora", "finetune", "dpo", "orpo", "grpo"],
                         help="shorthand for --set train.mode=...")
     parser.add_argument("--name", help="run name (default: <preset>-<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
