@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import subprocess
 import sys
 import time
@@ -17,7 +18,8 @@ from slm_core.fsio import read_state
 from slm_core.run import runs
 
 QUEUE_FILE = "queue.json"
-LIVE_STATES = ("running", "paused")
+# "queued": taken from the queue and handed to a worker that has not started training yet (see take_next).
+LIVE_STATES = ("running", "paused", "queued")
 LAUNCH_GRACE_S = 180.0  # a launched run that wrote no status within this long no longer holds the slot
 
 
@@ -97,8 +99,8 @@ def move(root: Optional[str | Path], name: str, position: int) -> int:
 
 
 def slot_holder(root: Path, launching: Optional[dict] = None) -> Optional[str]:
-    """The run holding the training slot: one running or paused, or one just launched whose worker has not
-    written its status yet."""
+    """The run holding the training slot: one running, paused or queued (handed to a worker that has not taken
+    it yet), or one just launched by an older version whose worker has not written its status yet."""
     for summary in runs.list_runs(root):
         if summary.get("state") in LIVE_STATES:
             return summary["name"]
@@ -119,6 +121,10 @@ def take_next(root: Optional[str | Path], busy: Optional[Callable[[], Optional[s
             return None
         entry = state["entries"].pop(0)
         state["launching"] = {"name": entry["name"], "at": time.time()}
+        # The run exists from now on, in its own status: if this process dies (and its worker with it) before
+        # the run ends, readers name this runner as the cause and offer a resume instead of a run "running" on.
+        runs.write_status(root / entry["name"], state="queued", pid=os.getpid(), queue_runner=os.getpid(),
+                          queued_at=entry.get("queued_at"), error=None)
         return entry
 
 
@@ -160,5 +166,8 @@ def run_queue(root: Path, poll_s: float = 2.0) -> int:
             code = subprocess.call([sys.executable, "-m", "slm_core", *train_argv(entry, root)], stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         print(f"{entry['name']} ended with exit code {code}", flush=True)
+        if runs.read_status(run_dir).get("state") == "queued":  # its worker ended before it took the run
+            runs.write_status(run_dir, state="failed", pid=None, error=f"`slm train` exited with code {code} before "
+                              f"training started; its log: {run_dir / 'log.txt'}")
     print("the queue is empty")
     return 0

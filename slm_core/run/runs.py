@@ -99,6 +99,7 @@ def read_status(run_dir: str | Path) -> dict:
         return status
     reason = _ended_unreported(run_dir, status, who)
     if reason:
+        _record_failure(run_dir, status, reason)
         status.update(state="failed", error=status.get("error") or reason)
     return status
 
@@ -119,14 +120,41 @@ def _parse_status(path: Path) -> dict:
 
 def _ended_unreported(run_dir: Path, status: dict, who: Optional[dict]) -> Optional[str]:
     """Why a run whose status says it is live has in fact ended, or None. A worker that died without writing
-    its last word (killed -9, machine reset) is not "running": its lock is
+    its last word (killed -9, machine reset, its queue runner killed with it) is not "running": its lock is
     free (the kernel drops it with the process) or, for runs without one, its pid is gone."""
     state, pid = status.get("state"), status.get("pid")
     unlocked = who is None and (run_dir / run_lock.LOCK_FILE).exists()
     if not ((unlocked and state in ("running", "paused")) or
             (state in ("running", "paused", "queued") and pid and not pid_alive(pid))):
         return None
-    return f"the worker process ended {UNREPORTED} (killed or crashed); resume continues from the last checkpoint"
+    runner = status.get("queue_runner")
+    if runner and not pid_alive(runner):
+        why = f"the queue runner (pid {runner}) stopped, and this run's worker ended with it {UNREPORTED}"
+    else:
+        why = f"the worker process ended {UNREPORTED} (killed or crashed)"
+    saved = any((run_dir / "checkpoints" / tag / "state.json").exists() for tag in ("latest", "latest.prev"))
+    return f"{why}; " + (f"`slm resume {run_dir.name}` continues from its last checkpoint" if saved else
+                         "it saved no checkpoint: start it again")
+
+
+def _record_failure(run_dir: Path, seen: dict, reason: str) -> None:
+    """Write a dead writer's end into its own status.json, so the file stops saying "running" to every other
+    reader. Only while holding the run's lock (no writer can start meanwhile) and only if the file still says
+    what was judged; a read-only runs folder just keeps reporting it."""
+    lock = run_lock.RunLock(run_dir)
+    try:
+        lock.acquire(wait_s=0)
+    except SLMError:  # a writer started meanwhile: its word counts
+        return
+    try:
+        current = _parse_status(run_dir / STATUS_FILE)
+        if lock.held and not current.get("damaged") and \
+                (current.get("state"), current.get("pid")) == (seen.get("state"), seen.get("pid")):
+            atomic_write_json(run_dir / STATUS_FILE, dict(current, state="failed", error=current.get("error") or reason))
+    except OSError:
+        pass
+    finally:
+        lock.release()
 
 
 def write_status(run_dir: str | Path, **fields: Any) -> dict:
@@ -257,7 +285,7 @@ def delete_run(run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     if not (run_dir / "status.json").exists():
         raise SLMError(f"{run_dir} is not a run directory; refusing to delete it")
-    if read_status(run_dir).get("state") in ("running", "paused"):
+    if read_status(run_dir).get("state") in ("running", "paused", "queued"):
         raise SLMError(f"run '{run_dir.name}' is still running: stop it first")
     shutil.rmtree(run_dir)
 
