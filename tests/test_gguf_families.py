@@ -249,7 +249,7 @@ def test_lora_trained_on_a_hf_folder_exports_as_llama_cpp_lora(tmp_path):
     (tmp_path / "llama2").mkdir()
     folder = family_folder(tmp_path / "llama2", "llama-2")
     config = load_recipe("lora-instructions-cpu", [
-        f"train.init_from={folder}", "data.max_chars=4000", "model.context_length=32", "train.max_steps=2",
+        f"train.init_from={folder}", "data.template=model", "data.max_chars=4000", "model.context_length=32", "train.max_steps=2",
         "train.eval_interval=2", "train.ckpt_interval=2", "train.batch_size=2", "train.eval_batches=1",
         "train.lr=0.05", "train.warmup_steps=0", "train.precision=fp32", "train.sample_tokens=0"])
     assert train(config, tmp_path / "run", progress=False)["state"] == "finished"
