@@ -481,7 +481,8 @@ class Trainer:
         if (self.dist.is_main or self.fsdp) and self.config.train.sample_prompts:
             with self._timed("sample_s"):
                 self.write_samples()
-        if val_loss < s.best_val_loss:
+        # GRPO learns a reward, not the validation text: its newest checkpoint is its best (chat, evaluate, export)
+        if val_loss < s.best_val_loss or (self.config.train.mode == "grpo" and s.step > 0):
             s.best_val_loss, s.best_step, s.evals_since_best = val_loss, s.step, 0
             self._event("best", val_loss=val_loss)
             self.save("latest")
