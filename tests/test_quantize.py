@@ -103,7 +103,7 @@ def test_saved_artifact_reloads_with_identical_logits_from_its_metadata(tmp_path
     model = tiny(tie_embeddings=tied)
     quantized = Q.quantize_model(copy.deepcopy(model), method, group_size=64)
     out = Q.save_quantized(quantized, RunConfig(model=model.config), None, tmp_path / "q", source="runs/demo")
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.safetensors", "quantization.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "lineage.json", "model.safetensors", "quantization.json"]
     meta = json.loads((out / "quantization.json").read_text())
     assert meta["method"] == method and meta["group_size"] == (64 if method == "int4" else None)
     assert meta["source"] == "runs/demo" and meta["tied_embeddings"] is tied

@@ -12,6 +12,7 @@ from slm_core.cli import (
     evaluate,
     export,
     generate,
+    lineage,
     presets,
     quantize,
     queue,
@@ -35,6 +36,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "data": (data.add_data_parser, data.cmd_data),
     "queue": (queue.add_queue_parser, queue.cmd_queue),
     "shrink": (shrink.add_shrink_parser, shrink.cmd_shrink),
+    "lineage": (lineage.add_lineage_parser, lineage.cmd_lineage),
 }
 
 

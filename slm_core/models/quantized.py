@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from slm_core.config import ModelConfig, RunConfig
 from slm_core.errors import SLMError
 from slm_core.models.model import Transformer, merge_adapter
+from slm_core.run import lineage
 from slm_core.run.manifest import WEIGHTS
 
 METHODS = ("int8", "int4", "int8-dynamic")
@@ -446,6 +447,8 @@ def save_quantized(model: nn.Module, config, tokenizer, out_dir: str | Path, met
                 "modules": modules, "tied_embeddings": bool(_plain_config(config, model).tie_embeddings),
                 "source": None if source is None else str(source), "weights_bytes": (tmp / WEIGHTS).stat().st_size,
                 "created_at": time.time(), "torch": torch.__version__}
+        lineage.record_derived(tmp, source, "quantized_from", near=out_dir, tokenizer=tokenizer and tokenizer.fingerprint(),
+                               details={"method": method, "group_size": group_size})
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))  # last: marks a complete artifact
         replace_dir(tmp, out_dir)
     except BaseException:

@@ -25,6 +25,8 @@ from slm_core.models.quantized import (
 from slm_core.post.export_gguf import ollama_modelfile, safe_name, write_gguf
 from slm_core.post.export_gguf_lora import write_lora_bundle
 from slm_core.post.report_card import card_of_source, write_model_card
+from slm_core.run.lineage import record_derived
+from slm_core.run.lineage_hub import export_lineage
 
 FORMATS = ("hf", "gguf", "gguf-lora", "onnx", "onnx-graph")  # onnx: onnxruntime-genai folder; onnx-graph: plain
 # logits graph; gguf-lora: a LoRA run as its base GGUF + llama.cpp LoRA adapter GGUF (export_gguf_lora.py)
@@ -106,15 +108,16 @@ def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path,
             files = build_genai_folder(model, tokenizer, tmp, onnx_precision, onnx_device, template)
         else:
             files = _write(model, tokenizer, tmp, fmt, gguf_type, name, template)
-        if fmt == "hf":
-            card = card_of_source(source, runs_dir)
-            if card is not None:  # the source's newest report card becomes the export's model card
-                files.append(write_model_card(tmp, card, name=out_dir.name))
+        if fmt == "hf":  # the model card: the source's newest report card and its lineage (the Hub's model tree)
+            tree = export_lineage(source, fmt, out_dir, runs_dir)
+            files.append(write_model_card(tmp, card_of_source(source, runs_dir), name=out_dir.name, lineage=tree))
         info = {"format": fmt, "gguf_type": gguf_type if fmt.startswith("gguf") else None, "name": name,
                 "onnx_precision": onnx_precision if fmt == "onnx" else None,
                 "source": None if source is None else str(source), "template": template,
                 "files": [p.relative_to(tmp).as_posix() for p in files], "created_at": time.time()}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
+        record_derived(tmp, source, "exported_from", near=out_dir, runs_dir=runs_dir,
+                       tokenizer=tokenizer and tokenizer.fingerprint(), details={"format": fmt, "gguf_type": info["gguf_type"]})
         files.append(tmp / INFO_FILE)
         replace_dir(tmp, out_dir)
     except BaseException:

@@ -22,6 +22,8 @@ from slm_core.post.judge import (
     load_prompts,
     model_replies,
 )
+from slm_core.run.lineage import node_at, record_card
+from slm_core.run.lineage_hub import card_body, card_metadata, export_lineage
 from slm_core.run.runs import latest_card, primary_metric, resolve_run
 
 COMMON_TEXT = "builtin"  # the built-in stories: every model can be scored on the same text
@@ -94,6 +96,7 @@ def save_card(card: dict) -> dict:
     json_path, md_path = folder / "evals" / f"report-{stamp}.json", folder / "evals" / f"report-{stamp}.md"
     atomic_write_json(json_path, card)
     atomic_write_text(md_path, to_markdown([card]))
+    record_card(json_path, folder)
     paths = {"json": str(json_path), "markdown": str(md_path)}
     if card.get("kind") == "hf":
         paths["readme"] = str(write_model_card(folder, card))
@@ -122,15 +125,31 @@ def card_of_source(source: Optional[str], runs_dir: Optional[Path] = None) -> Op
     return None
 
 
-def write_model_card(folder: str | Path, card: dict, name: Optional[str] = None) -> Path:
-    """README.md of an HF folder: front matter the Hub reads, then the card's tables."""
+def write_model_card(folder: str | Path, card: Optional[dict], name: Optional[str] = None,
+                     lineage: Optional[dict] = None) -> Path:
+    """README.md of an HF folder: front matter the Hub reads (its model tree from `lineage`, see
+    slm_core.run.lineage_hub), then the card's tables and the lineage."""
+    import yaml
+
     folder = Path(folder)
     name = name or folder.name
-    text = (f"---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags:\n- slm-studio\n---\n\n"
-            f"# {name}\n\nTrained with SLM Studio. Evaluation report card:\n\n{to_markdown([card])}")
+    lineage = lineage if lineage is not None else card_lineage(folder)
+    front = yaml.safe_dump(card_metadata(lineage), sort_keys=False, allow_unicode=True)
+    scores = f"Evaluation report card:\n\n{to_markdown([card])}" if card else ""
+    body = "\n".join(part for part in (scores, card_body(lineage)) if part)
+    text = f"---\n{front}---\n\n# {name}\n\nTrained with SLM Studio.\n\n{body}"
     path = folder / CARD_README
     atomic_write_text(path, text)
     return path
+
+
+def card_lineage(folder: Path) -> dict:
+    """An HF folder's own lineage (its record names what it was exported from), for re-writing its card."""
+    record = node_at(folder) or {}
+    parent = next(iter(record.get("parents") or []), None)
+    if not parent or not parent.get("path"):
+        return {}
+    return export_lineage(parent["path"], (record.get("details") or {}).get("format") or "hf", folder)
 
 
 def format_value(value, spec: str = ".3f") -> str:

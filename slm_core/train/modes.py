@@ -19,7 +19,7 @@ from slm_core.models.load import load_model
 from slm_core.models.lora import apply_lora, trainable_summary
 from slm_core.models.model import Transformer, merge_adapter
 from slm_core.models.tokenizer import Tokenizer
-from slm_core.run import runs
+from slm_core.run import lineage, runs
 from slm_core.system import cpu_has_native_bf16
 from slm_core.train.distill import DistillLoss, check_compatible, load_teacher
 from slm_core.train.grpo import GRPO
@@ -181,6 +181,7 @@ def _vocab_of(module: torch.nn.Module) -> Optional[int]:
 def _freeze_run_identity(run_dir: Path, config: RunConfig, tokenizer, data, resume: bool) -> None:
     if not _is_main_rank():
         return
+    lineage.record_run(run_dir, config, data_fingerprint=data.fingerprint, tokenizer=tokenizer.fingerprint(), resume=resume)
     if resume and (run_dir / "config.yaml").exists() and (run_dir / "tokenizer").is_dir():
         runs.atomic_write_text(run_dir / "config.yaml", config.to_yaml())  # overrides given at resume
         return
