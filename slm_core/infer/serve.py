@@ -3,17 +3,29 @@ in front of one engine, whose decode loop batches every client's steps."""
 
 
 import json
+import queue
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from slm_core.errors import SLMError
-from slm_core.infer.engine import Engine
+from slm_core.infer.api_logprobs import chat_logprobs, completion_logprobs
+from slm_core.infer.api_metrics import Metrics
+from slm_core.infer.api_request import (  # noqa: F401  (sampling_from: re-exported)
+    APIError,
+    Plan,
+    check_supported,
+    completion_prompts,
+    make_plan,
+    sampling_from,
+)
+from slm_core.infer.engine import Engine, stream_request
 from slm_core.infer.guard import LocalGuard, allowed_hosts
 from slm_core.infer.onnx import OnnxEngine, is_genai_folder
-from slm_core.infer.sampling import SamplingParams
+from slm_core.infer.scoring import score
 from slm_core.models.load import load_model
 from slm_core.models.templates import content_text, format_prompt
 
@@ -24,16 +36,8 @@ GRACEFUL_SHUTDOWN_S = 3
 # A stream sends its first text at once, then at most one event per interval carrying every token decoded meanwhile.
 # Each event holds the GIL the decode loop needs; 50 a second reads smoothly: benchmarks/bench_chat.py (serve rows)
 STREAM_INTERVAL_S = 0.02
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
-                 kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+CHOICE_THREADS = 32  # choices of one request read at once (their engine requests decode together)
+OPEN_PATHS = ("/health", "/metrics")  # answered without the API key, as vLLM does: probes carry no key
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Served:
     api_key: Optional[str] = None
     created: int = 0
     stream_interval_s: float = STREAM_INTERVAL_S
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def chat_encoder(template: Optional[str], tokenizer: Any) -> Callable[[list], list[int]]:
@@ -74,57 +79,14 @@ def _check_content(messages: list) -> None:
                        param=f"messages[{i}].content")
 
 
-# ---- request → sampling ------------------------------------------------------------------------------
-
-def _field(body: dict, name: str, kinds, default=None):
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-        raise APIError(400, f"'{name}' must be a number, got {value!r}", param=name)
-    if not isinstance(value, kinds):
-        raise APIError(400, f"'{name}' has the wrong type: {value!r}", param=name)
-    return value
-
-
-def sampling_from(body: dict, prompt_len: int, context: int, default_max: Optional[int]) -> SamplingParams:
-    """OpenAI fields (plus vLLM's top_k and repetition_penalty) → SamplingParams, checked."""
-    max_tokens = _field(body, "max_completion_tokens", int, None)
-    max_tokens = _field(body, "max_tokens", int, max_tokens)
-    room = context - prompt_len
-    if room <= 0:
-        raise APIError(400, f"This model's maximum context length is {context} tokens; your prompt has "
-                            f"{prompt_len}. Shorten the prompt.", param="messages", code="context_length_exceeded")
-    if max_tokens is None:
-        max_tokens = room if default_max is None else min(default_max, room)
-    stop = body.get("stop") or ()
-    stop = (stop,) if isinstance(stop, str) else stop
-    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
-        raise APIError(400, "'stop' must be a string or a list of at most 4 strings", param="stop")
-    top_k = _field(body, "top_k", int, 0)
-    try:  # SamplingParams refuses out-of-range knobs (slm_core.validate); say it in the API's words
-        params = SamplingParams(max_new_tokens=max_tokens,
-                                temperature=float(_field(body, "temperature", (int, float), 1.0)),
-                                top_k=0 if top_k == -1 else top_k,  # vLLM's -1 means off
-                                top_p=float(_field(body, "top_p", (int, float), 1.0)),
-                                repetition_penalty=float(_field(body, "repetition_penalty", (int, float), 1.0)),
-                                seed=_field(body, "seed", int, None), stop=tuple(stop))
-    except SLMError as error:
-        message = str(error).replace("max_new_tokens", "max_tokens")
-        raise APIError(400, message, param=message.split("=")[0] if "=" in message else None) from None
-    if prompt_len + max_tokens > context:
-        raise APIError(400, f"This model's maximum context length is {context} tokens. However, you requested "
-                            f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the "
-                            "completion). Reduce the prompt or max_tokens.", param="max_tokens",
-                       code="context_length_exceeded")
-    if _field(body, "n", int, 1) != 1:
-        raise APIError(400, "only n=1 is supported", param="n")
-    return params
+def _vocab_size(engine) -> int:
+    native = getattr(engine, "decoder", None)
+    return native.config.vocab_size if native is not None else engine.vocab_size
 
 
 # ---- the two generation endpoints --------------------------------------------------------------------
 
-def _prepare(served: Served, body: dict, chat: bool) -> tuple[list[int], SamplingParams]:
+def _prepare(served: Served, body: dict, chat: bool) -> Plan:
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
     model = body.get("model")
@@ -133,73 +95,237 @@ def _prepare(served: Served, body: dict, chat: bool) -> tuple[list[int], Samplin
     if model != served.model_id:
         raise APIError(404, f"The model '{model}' does not exist; this server serves '{served.model_id}'",
                        param="model", code="model_not_found")
+    check_supported(body, chat)
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(
                 isinstance(m, dict) and "role" in m for m in messages):
             raise APIError(400, "'messages' must be a non-empty list of {role, content}", param="messages")
         _check_content(messages)
-        ids = served.chat_ids(messages)
+        prompts = [served.chat_ids(messages)]
+        if not prompts[0]:
+            raise APIError(400, "the prompt is empty after tokenization", param="messages")
     else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
-            raise APIError(400, "'prompt' must be a non-empty string", param="prompt")
-        ids = served.engine.tokenizer.encode(prompt)
-    if not ids:
-        raise APIError(400, "the prompt is empty after tokenization", param="prompt")
-    params = sampling_from(body, len(ids), served.engine.context_length, None if chat else 16)
-    return ids, params
+        prompts = completion_prompts(body.get("prompt"), served.engine.tokenizer.encode, _vocab_size(served.engine))
+    plan = make_plan(body, chat, prompts, served.engine.context_length)
+    if plan.logprobs is not None and not isinstance(served.engine, Engine):
+        raise APIError(400, f"log-probabilities are not available from {served.engine.description}: serve the "
+                            "model with --engine native for them", param="logprobs")
+    return plan
 
 
-def _usage(prompt_len: int, stats: dict) -> dict:
-    done = stats.get("tokens", 0)
-    return {"prompt_tokens": prompt_len, "completion_tokens": done, "total_tokens": prompt_len + done}
+@dataclass
+class _Answer:
+    """One choice as decoded: its text, the ids of that text (kept only for log-probabilities), why it ended,
+    how many tokens were generated, and its `logprobs` in the reply's shape."""
+    text: str
+    ids: list[int]
+    finish_reason: str
+    generated: int
+    logprobs: Optional[dict] = None
 
 
-def _choice(chat: bool, text: Optional[str], finish: Optional[str], stream: bool, first: bool = False) -> dict:
+class _Kept:
+    """A native request whose token ids are kept as stream_request reads them (it sees the request itself)."""
+
+    def __init__(self, request):
+        object.__setattr__(self, "request", request)
+        object.__setattr__(self, "ids", [])
+
+    def chunks(self) -> Iterator[list[int]]:
+        for tokens in self.request.chunks():
+            self.ids.extend(tokens)
+            yield tokens
+
+    def __getattr__(self, name: str):
+        return getattr(self.request, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self.request, name, value)
+
+
+def _piece(tokenizer) -> Callable[[int], bytes]:
+    cache: dict[int, bytes] = {}
+
+    def piece(token: int) -> bytes:
+        if token not in cache:
+            cache[token] = tokenizer.decode_bytes([token])
+        return cache[token]
+
+    return piece
+
+
+def _decode(served: Served, ids: list[int]) -> str:
+    return served.engine.tokenizer.decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+def _answer(served: Served, plan: Plan, index: int, chat: bool) -> _Answer:
+    """Decode choice `index` of `plan` and, when asked, score its tokens (and the prompt's, with echo)."""
+    which, params = plan.choices[index]
+    prompt = plan.prompts[which]
+    engine, stats = served.engine, {}
+    if params.max_new_tokens == 0:  # nothing to decode: pure scoring, or an echo
+        answer = _Answer("", [], "length", 0)
+    elif plan.logprobs is None:
+        answer = _Answer("".join(engine.stream(prompt, params, stats)), [], "stop", 0)
+    else:
+        request = _Kept(engine.submit(prompt, params))
+        answer = _Answer("".join(stream_request(request, engine.tokenizer, params, stats)), request.ids, "stop", 0)
+    answer.finish_reason = stats.get("finish_reason", answer.finish_reason)
+    answer.generated = stats.get("tokens", 0)
+    if plan.logprobs is None:
+        return answer
+    piece = _piece(engine.tokenizer)
+    answer.ids = _covering(answer.ids, len(answer.text.encode()), piece)  # a stop string cut the text short
+    ids = prompt + answer.ids
+    scored = score(engine, ids, plan.logprobs) if len(ids) > 1 else None
+    logprobs, top = (scored.logprobs, scored.top) if scored else ([], [])
+    if chat:
+        answer.logprobs = chat_logprobs(piece, ids, logprobs, top, len(prompt), plan.logprobs)
+    else:
+        answer.logprobs = completion_logprobs(piece, ids, logprobs, top, 0 if plan.echo else len(prompt),
+                                              plan.logprobs)
+    return answer
+
+
+def _covering(ids: list[int], length: int, piece: Callable[[int], bytes]) -> list[int]:
+    """The first ids whose bytes cover `length` bytes of text."""
+    kept, have = [], 0
+    for token in ids:
+        if have >= length:
+            break
+        kept.append(token)
+        have += len(piece(token))
+    return kept
+
+
+def _answers(served: Served, plan: Plan, chat: bool) -> list[_Answer]:
+    """Every choice, read at once so that the engine decodes them together."""
+    count = len(plan.choices)
+    if count == 1:
+        return [_answer(served, plan, 0, chat)]
+    with ThreadPoolExecutor(min(count, CHOICE_THREADS), thread_name_prefix="slm-choice") as pool:
+        return list(pool.map(lambda i: _answer(served, plan, i, chat), range(count)))
+
+
+def _usage(plan: Plan, generated: int) -> dict:
+    prompt = sum(len(p) for p in plan.prompts)  # each prompt once, whatever n (as OpenAI counts)
+    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+
+
+def _choice(chat: bool, text: Optional[str], finish: Optional[str], stream: bool, first: bool = False,
+            index: int = 0, logprobs: Optional[dict] = None) -> dict:
     if not chat:
-        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        return {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
     if stream:
         delta = {} if text is None else ({"role": "assistant", "content": text} if first else {"content": text})
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-    return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+            "finish_reason": finish}
+
+
+def _reply_text(served: Served, plan: Plan, chat: bool, index: int, answer: _Answer) -> str:
+    if plan.echo and not chat:
+        return _decode(served, plan.prompts[plan.choices[index][0]]) + answer.text
+    return answer.text
 
 
 def respond(served: Served, body: dict, chat: bool) -> dict:
-    """A whole (non-streamed) completion."""
-    ids, params = _prepare(served, body, chat)
-    stats: dict = {}
-    text = "".join(served.engine.stream(ids, params, stats))
+    """A whole (non-streamed) completion: every choice, in order."""
+    plan = _prepare(served, body, chat)
+    answers = _answers(served, plan, chat)
+    usage = _usage(plan, sum(a.generated for a in answers))
+    served.metrics.tokens(usage["prompt_tokens"], usage["completion_tokens"])
     return {"id": _new_id(chat), "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()), "model": served.model_id,
-            "choices": [_choice(chat, text, stats.get("finish_reason", "stop"), stream=False)],
-            "usage": _usage(len(ids), stats)}
+            "choices": [_choice(chat, _reply_text(served, plan, chat, i, a), a.finish_reason, stream=False, index=i,
+                                logprobs=a.logprobs) for i, a in enumerate(answers)],
+            "usage": usage}
 
 
 def respond_stream(served: Served, body: dict, chat: bool) -> Iterator[str]:
-    """Server-sent events: one chunk per text delta, a last chunk with finish_reason, optionally usage,
-    then [DONE]. The request is validated before the first byte, so errors still get a 4xx."""
-    ids, params = _prepare(served, body, chat)
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    return _events(served, ids, params, chat, include_usage)
+    """Server-sent events: one chunk per text delta (each choice's, as they come), a last chunk per choice with
+    its finish_reason, optionally usage, then [DONE]. The request is validated before the first byte, so errors
+    still get a 4xx."""
+    plan = _prepare(served, body, chat)
+    return _events(served, plan, chat)
 
 
-def _events(served: Served, ids, params, chat: bool, include_usage: bool) -> Iterator[str]:
-    stats: dict = {}
+def _events(served: Served, plan: Plan, chat: bool) -> Iterator[str]:
     base = {"id": _new_id(chat), "object": "chat.completion.chunk" if chat else "text_completion",
             "created": int(time.time()), "model": served.model_id}
-    first = True
+    count = len(plan.choices)
     if chat:  # OpenAI opens a chat stream with the role
-        yield _sse({**base, "choices": [_choice(chat, "", None, True, first=True)]})
-        first = False
-    for delta in served.engine.stream(ids, params, stats, interval_s=served.stream_interval_s):
-        yield _sse({**base, "choices": [_choice(chat, delta, None, True, first)]})
-    yield _sse({**base, "choices": [_choice(chat, None if chat else "", stats.get("finish_reason", "stop"), True)]})
-    if include_usage:
-        yield _sse({**base, "choices": [], "usage": _usage(len(ids), stats)})
+        for i in range(count):
+            yield _sse({**base, "choices": [_choice(chat, "", None, True, first=True, index=i)]})
+    stats = [{} for _ in range(count)]
+    if plan.logprobs is not None:
+        # Log-probabilities come from one forward pass over a finished choice: its text arrives in one event,
+        # with them, once it is complete.
+        answers = _answers(served, plan, chat)
+        for i, answer in enumerate(answers):
+            stats[i] = {"tokens": answer.generated, "finish_reason": answer.finish_reason}
+            yield _sse({**base, "choices": [_choice(chat, _reply_text(served, plan, chat, i, answer), None, True,
+                                                    index=i, logprobs=answer.logprobs)]})
+    else:
+        for i, delta in _merged([_deltas(served, plan, i, stats[i]) for i in range(count)]):
+            yield _sse({**base, "choices": [_choice(chat, delta, None, True, index=i)]})
+    for i in range(count):
+        yield _sse({**base, "choices": [_choice(chat, None if chat else "", stats[i].get("finish_reason", "stop"),
+                                                True, index=i)]})
+    usage = _usage(plan, sum(s.get("tokens", 0) for s in stats))
+    served.metrics.tokens(usage["prompt_tokens"], usage["completion_tokens"])
+    if plan.include_usage:
+        yield _sse({**base, "choices": [], "usage": usage})
     yield "data: [DONE]\n\n"
+
+
+def _deltas(served: Served, plan: Plan, index: int, stats: dict) -> Iterator[str]:
+    """Text deltas of choice `index`: the prompt first with echo, then what the engine decodes."""
+    which, params = plan.choices[index]
+    if plan.echo:
+        yield _decode(served, plan.prompts[which])
+    if params.max_new_tokens == 0:
+        stats["finish_reason"] = "length"
+        return
+    yield from served.engine.stream(plan.prompts[which], params, stats, interval_s=served.stream_interval_s)
+
+
+def _merged(streams: list) -> Iterator[tuple[int, str]]:
+    """(index, delta) of several streams as each produces them: a thread each (a stream blocks while its
+    tokens decode). One stream is read in place."""
+    if len(streams) == 1:
+        yield from ((0, delta) for delta in streams[0])
+        return
+    out: queue.Queue = queue.Queue()
+    gone = threading.Event()
+
+    def pour(i: int, stream) -> None:
+        try:
+            for delta in stream:
+                out.put((i, delta))
+                if gone.is_set():
+                    break
+        except BaseException as error:  # surfaces in the reader's thread
+            out.put((i, error))
+        finally:
+            stream.close()  # stream_request's finally frees the engine slot
+            out.put((i, None))
+
+    for i, stream in enumerate(streams):
+        threading.Thread(target=pour, args=(i, stream), name="slm-choice", daemon=True).start()
+    left = len(streams)
+    try:
+        while left:
+            i, item = out.get()
+            if item is None:
+                left -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        gone.set()
 
 
 async def pump(events: Iterator[str]):
@@ -256,11 +382,12 @@ def _new_id(chat: bool) -> str:
 def create_app(served: Served):
     """The FastAPI app for `served` (importable for tests and for mounting elsewhere)."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool
 
     app = FastAPI(title="SLM Studio OpenAI-compatible server")
     served.created = served.created or int(time.time())
+    metrics = served.metrics
 
     @app.exception_handler(APIError)
     async def api_error(_request, error: APIError):
@@ -273,21 +400,76 @@ def create_app(served: Served):
 
     @app.middleware("http")
     async def check_key(request: Request, call_next):
-        if served.api_key and request.headers.get("authorization", "") != f"Bearer {served.api_key}":
+        if served.api_key and request.url.path not in OPEN_PATHS and \
+                request.headers.get("authorization", "") != f"Bearer {served.api_key}":
             error = APIError(401, "Incorrect API key provided.", code="invalid_api_key", kind="authentication_error")
             return JSONResponse(error.body(), status_code=401)
         return await call_next(request)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):  # outermost: refusals for a bad key are counted too
+        path = request.url.path
+        metrics.started()
+        try:
+            response = await call_next(request)
+        except BaseException:
+            metrics.finished(path, 500)
+            raise
+        body = response.body_iterator
+
+        async def counted():  # a stream is in flight until its last event
+            try:
+                async for chunk in body:
+                    yield chunk
+            finally:
+                metrics.finished(path, response.status_code)
+
+        response.body_iterator = counted()
+        return response
 
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": served.model_id, "object": "model", "created": served.created,
                                             "owned_by": "slm-studio"}]}
 
+    @app.get("/health")
+    async def health():  # the model is loaded before the server starts: up means ready, until shutdown
+        if getattr(served.engine, "closed", False):
+            return JSONResponse({"status": "stopping"}, status_code=503)
+        return {"status": "ok", "model": served.model_id}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    # vLLM's tokenizer endpoints: lm-evaluation-harness's local-completions finds them and tokenizes through them
+    @app.get("/tokenizer_info")
+    async def tokenizer_info():
+        tokenizer = served.engine.tokenizer
+        special = getattr(tokenizer, "special_tokens", None) or {}
+        return {"eos_token": special.get("eos_token"), "bos_token": special.get("bos_token"),
+                "pad_token": special.get("pad_token"), "chat_template": getattr(tokenizer, "chat_template", None),
+                "model_max_length": served.engine.context_length}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        body = await _json(request)
+        text = body.get("prompt") if isinstance(body, dict) else None
+        if not isinstance(text, str):
+            raise APIError(400, "'prompt' must be a string", param="prompt")
+        ids = _encode_special(served.engine.tokenizer, text)
+        return {"count": len(ids), "max_model_len": served.engine.context_length, "tokens": ids}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        body = await _json(request)
+        ids = body.get("tokens") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise APIError(400, "'tokens' must be a list of token ids", param="tokens")
+        return {"prompt": _decode(served, ids)}
+
     async def handle(request: Request, chat: bool):
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise APIError(400, f"the request body is not valid JSON: {error}") from None
+        body = await _json(request)
         if isinstance(body, dict) and body.get("stream"):
             events = await run_in_threadpool(respond_stream, served, body, chat)
             return StreamingResponse(pump(events), media_type="text/event-stream")
@@ -305,6 +487,22 @@ def create_app(served: Served):
 
 
 # ---- command line: `slm serve` -----------------------------------------------------------------------
+
+
+async def _json(request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise APIError(400, f"the request body is not valid JSON: {error}") from None
+
+
+def _encode_special(tokenizer, text: str) -> list[int]:
+    """Ids of `text` with special tokens written in it read as theirs, as vLLM's /tokenize does (a harness asks
+    for the id of the eos token by its text); a tokenizer without that switch encodes plainly."""
+    try:
+        return tokenizer.encode(text, allow_special=True)
+    except TypeError:
+        return tokenizer.encode(text)
 
 
 def run_server(served: Served, host: str, port: int, allow_hosts: Sequence[str] = ()) -> int:
