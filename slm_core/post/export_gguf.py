@@ -75,11 +75,13 @@ def llama3_rope_factors(config) -> torch.Tensor:
 
 
 def gguf_tensors(model) -> dict[str, torch.Tensor]:
-    """GGUF tensor name → float tensor in the layout llama.cpp expects (rows = output features)."""
+    """GGUF tensor name → tensor (the model's dtype) in the layout llama.cpp expects (rows = output features)."""
     import gguf
 
     config, arch = model.config, gguf_architecture(model.config)
-    ours = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    # Views in the model's own dtype: each tensor becomes float32 only when written (a 1B bf16 model would
+    # otherwise hold a second, 5 GB copy of itself).
+    ours = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     names, T = gguf.TENSOR_NAMES, gguf.MODEL_TENSOR
     out = {f"{names[T.TOKEN_EMBD]}.weight": ours["embed_tokens.weight"]}
     if arch == "gpt2":
@@ -180,7 +182,7 @@ def _write_numpy_level(model, tokenizer, path: Path, level: str, name: Optional[
         if tokenizer is not None:
             add_tokenizer(writer, tokenizer, config.vocab_size, getattr(config, "hf_config", None))
         for tensor_name, tensor in gguf_tensors(model).items():
-            data, raw_dtype = encode(tensor_name, tensor.numpy(), level)
+            data, raw_dtype = encode(tensor_name, tensor.float().numpy(), level)
             writer.add_tensor(tensor_name, data, raw_dtype=raw_dtype)
     return path
 
@@ -191,7 +193,8 @@ def gguf_writer(path: Path, arch: str):
     when it ends, and the file is closed either way."""
     import gguf
 
-    writer = gguf.GGUFWriter(str(path), arch)
+    # use_temp_file: each encoded tensor goes to a spooled temporary file as it is added, not held until the end
+    writer = gguf.GGUFWriter(str(path), arch, use_temp_file=True)
     try:
         yield writer
         writer.write_header_to_file()
