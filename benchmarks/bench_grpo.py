@@ -27,11 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_time_to_quality import load_average  # noqa: E402  (a sibling script)
+
 PROMPTS, GROUP, MAX_NEW, TEMPERATURE = 16, 8, 20, 0.7
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def run_recipe(runs_dir: Path, env: dict) -> dict:

@@ -13,6 +13,7 @@ resumed run draws the same prompts and completions it would have drawn."""
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +198,8 @@ class GRPO:
     """The mode's two hooks into the training loop: `batch` (sample, score, advantages) and `loss`."""
 
     def __init__(self, config: RunConfig, model: torch.nn.Module, tokenizer, run_dir: Path, is_main: bool = True):
+        if config.train.strategy == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SLMError("train.mode=grpo samples from whole weights on each process: use train.strategy=ddp")
         self.cfg, self.tokenizer, self.run_dir, self.is_main = config.grpo, tokenizer, Path(run_dir), is_main
         self.group = config.grpo.group_size
         self.prompts_per_step = config.train.batch_size
