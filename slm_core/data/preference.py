@@ -1,8 +1,8 @@
 """Preference pairs for DPO/ORPO: rows of (prompt, chosen, rejected) from a JSONL/CSV/Parquet file, a Hub
-dataset by name or the shipped offline set (`builtin:preferences`, built from the built-in stories), in plain
-or conversational (message-list) form; rendered in the run's template or, as token ids, in the model's own
-chat template; tokenized once into a cache folder (the reference log-probabilities are cached beside them);
-batched as [chosen rows; rejected rows]."""
+dataset by name or the shipped offline set (`builtin:preferences`: a story's next sentences preferred over the
+same words shuffled), in plain or conversational (message-list) form; rendered in the run's template or, as
+token ids, in the model's own chat template; tokenized once into a cache folder (the reference log-probabilities
+are cached beside them); batched as [chosen rows; rejected rows]."""
 
 from __future__ import annotations
 
@@ -41,24 +41,25 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 # ---- the shipped offline set -------------------------------------------------------------------
 
 def builtin_pairs(n_pairs: int = 3000, seed: int = 1) -> list[dict]:
-    """A story's next sentences in order (chosen) against the same sentences shuffled (rejected), after the
-    two sentences before them (prompt). Deterministic for a seed. The stories come from another seed than the
-    pretraining corpus ('builtin' uses 0), so a model pretrained on that has not read these very texts."""
+    """A story's next sentences as written (chosen) against the same words shuffled (rejected), after the two
+    sentences before them (prompt). Both replies hold the same words, so only their order can tell them apart.
+    Deterministic for a seed. The stories come from another seed than the pretraining corpus ('builtin' uses
+    0), so a model pretrained on that has not read these very texts."""
     rng, pairs = random.Random(seed), []
     for story in builtin_stories(n_chars=n_pairs * 400, seed=seed):
         for paragraph in story.split("\n\n"):
             sentences = SENTENCE_END.split(paragraph.strip())
-            if len(sentences) < 4:
+            if len(sentences) < 3:
                 continue
-            size = 3 if len(sentences) >= 5 and rng.random() < 0.5 else 2
+            size = 2 if len(sentences) >= 4 and rng.random() < 0.5 else 1
             start = rng.randrange(2, len(sentences) - size + 1)
-            ending = sentences[start:start + size]
-            shuffled = ending[:]
-            while shuffled == ending and len(set(ending)) > 1:
+            words = " ".join(sentences[start:start + size]).split()
+            shuffled = words[:]
+            while shuffled == words and len(set(words)) > 1:
                 rng.shuffle(shuffled)
-            if shuffled == ending:
+            if shuffled == words:
                 continue
-            pairs.append({"prompt": " ".join(sentences[start - 2:start]), "chosen": " " + " ".join(ending),
+            pairs.append({"prompt": " ".join(sentences[start - 2:start]), "chosen": " " + " ".join(words),
                           "rejected": " " + " ".join(shuffled)})
             if len(pairs) == n_pairs:
                 return pairs
