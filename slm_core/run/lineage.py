@@ -372,7 +372,8 @@ def _parent_id(ref: dict, folder: Path, root: Path) -> str:
     if path is not None:
         hub = _hub_of_snapshot(path)
         return f"hub:{hub}" if hub else str(path.resolve())
-    return f"missing:{ref.get('ref')}"
+    gone = Path(ref.get("path") or str(ref.get("ref")))  # one gone artifact is one node, however it was named
+    return f"missing:{artifact_home(gone if gone.is_absolute() else root / gone)}"
 
 
 def _external(parent: dict, root: Path, sizes: bool) -> dict:
@@ -381,7 +382,7 @@ def _external(parent: dict, root: Path, sizes: bool) -> dict:
     if node_id.startswith("hub:"):
         kind, name = "hub", node_id[4:]
     elif node_id.startswith("missing:"):
-        kind, name = "missing", f"{node_id[8:]} (gone)"
+        kind, name = "missing", f"{display_name(Path(node_id[8:]), root)} (gone)"
     else:
         path = Path(node_id)
         kind, name = ("gguf" if path.suffix.lower() == ".gguf" else "folder"), display_name(path, root)

@@ -139,6 +139,8 @@ def cleanup_candidates(graph: Graph) -> list[dict]:
     older checkpoint copies and a finished run's resume-only checkpoint, exports/quantized models superseded by a
     newer one of the same kind from the same source, and runs another from the same base beats on every score."""
     found = _checkpoints(graph) + _superseded(graph) + _dominated_runs(graph)
+    folders = [Path(c["path"]) for c in found]  # one inside another candidate goes with it
+    found = [c for c in found if not any(Path(c["path"]) != f and Path(c["path"]).is_relative_to(f) for f in folders)]
     return sorted(found, key=lambda c: -c["frees_bytes"])
 
 

@@ -1,0 +1,245 @@
+"""The Runs tab's family tree (slm_core.run.lineage): every artifact a node (its symbol by kind), an edge per
+relation (labelled), coloured by a chosen score; picking a node opens it (a run opens in the tab's run panel),
+compares it with its parent in one click (the score delta of quantizing, of a LoRA) and deletes it after saying
+what depends on it, refusing to orphan a descendant's only base unless that is confirmed. Reads folders only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from slm_core.errors import SLMError
+from slm_core.run import lineage, lineage_tree
+from slm_core.system import format_bytes
+from studio.tabs import PRIVATE, QUIET, message
+
+BY_KIND = "kind"  # the colour choice that colours nodes by kind, not by a score
+SYMBOLS = {"pretrain": "circle", "finetune": "diamond", "lora": "star", "distill": "triangle-up",
+           "shrink": "triangle-down", "dpo": "pentagon", "orpo": "pentagon", "grpo": "hexagon", "merge": "hexagram",
+           "quantized": "square", "export": "cross", "report": "circle-open", "hub": "star-square",
+           "folder": "square-open", "gguf": "cross-open", "missing": "x"}
+COLOURS = {"pretrain": "#4f46e5", "finetune": "#0891b2", "lora": "#db2777", "distill": "#7c3aed", "shrink": "#9333ea",
+           "merge": "#ea580c", "quantized": "#16a34a", "export": "#64748b", "report": "#a3a3a3", "hub": "#facc15",
+           "missing": "#ef4444"}
+LABELS_UP_TO = 80  # more nodes than this: names on hover only (the figure stays readable)
+
+
+# ---- the figure ------------------------------------------------------------------------------------
+
+def positions(graph: lineage.Graph) -> dict[str, tuple[float, float]]:
+    """A tidy tree per root, left to right: leaves take consecutive columns, a parent sits over its children's
+    middle; a node under several parents is placed under the first (its other edges still drawn). y = -depth."""
+    first = {n: next((p["id"] for p in node["parents"] if p["id"] in graph.nodes), None)
+             for n, node in graph.nodes.items()}
+    kids: dict[str, list[str]] = {n: [] for n in graph.nodes}
+    for n, parent in first.items():
+        if parent is not None:
+            kids[parent].append(n)
+    place: dict[str, tuple[float, float]] = {}
+    column = 0.0
+    for root in sorted((n for n, p in first.items() if p is None), key=lambda n: graph.nodes[n]["name"]):
+        stack = [(root, 0, False)]
+        while stack:  # iterative post-order: deep chains need no recursion
+            node, depth, done = stack.pop()
+            children = sorted(kids[node], key=lambda n: (graph.nodes[n]["kind"] == "report", graph.nodes[n]["name"]))
+            if done or not children:
+                xs = [place[c][0] for c in children]
+                place[node] = ((sum(xs) / len(xs)) if xs else column, -float(depth))
+                column += 0 if xs else 1
+                continue
+            stack.append((node, depth, True))
+            stack.extend((c, depth + 1, False) for c in reversed(children))
+    for n in graph.nodes:  # a cycle's members (never written, but a hand-edited record could): a row of their own
+        if n not in place:
+            column += 1
+            place[n] = (column, 1.0)
+    return place
+
+
+def tree_figure(graph: lineage.Graph, score: Optional[str] = None, selected: Optional[str] = None) -> go.Figure:
+    fig = go.Figure()
+    if not graph.nodes:
+        fig.update_layout(title="No artifacts yet: start a run in the Train tab", height=220)
+        return fig
+    xy = positions(graph)
+    _edges(fig, graph, xy)
+    coloured = score if score and score != BY_KIND else None
+    labels = len(graph.nodes) <= LABELS_UP_TO
+    kinds = sorted({n["kind"] for n in graph.nodes.values()})
+    for kind in kinds:
+        members = [n for n in graph.nodes.values() if n["kind"] == kind]
+        values = [n["scores"].get(coloured) if coloured else None for n in members]
+        marker: dict[str, Any] = {"symbol": SYMBOLS.get(kind, "circle"), "size": 14, "line": {"width": 1}}
+        if coloured:
+            marker.update(color=[v if v is not None else float("nan") for v in values], coloraxis="coloraxis")
+        else:
+            marker.update(color=COLOURS.get(kind, "#94a3b8"))
+        fig.add_trace(go.Scatter(
+            x=[xy[n["id"]][0] for n in members], y=[xy[n["id"]][1] for n in members], name=kind,
+            mode="markers+text" if labels else "markers", text=[n["name"] for n in members],
+            textposition="bottom center", customdata=[n["name"] for n in members],
+            hovertext=[f"{n['name']}<br>{lineage_tree.describe(n)}" for n in members], hoverinfo="text",
+            marker=marker))
+    if selected in graph.nodes:
+        x, y = xy[selected]
+        fig.add_trace(go.Scatter(x=[x], y=[y], mode="markers", name="picked", hoverinfo="skip",
+                                 marker={"size": 26, "symbol": "circle-open", "color": "#111827", "line": {"width": 3}}))
+    if coloured:
+        fig.update_layout(coloraxis={"colorscale": "Viridis", "reversescale": coloured in lineage.LOWER_IS_BETTER,
+                                     "colorbar": {"title": {"text": coloured}}})
+    depth = -min(y for _, y in xy.values())
+    fig.update_layout(height=int(min(1400, 240 + 90 * depth)), margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      xaxis={"visible": False}, yaxis={"visible": False}, legend={"orientation": "h"},
+                      plot_bgcolor="rgba(0,0,0,0)", uirevision="lineage")
+    return fig
+
+
+def _edges(fig: go.Figure, graph: lineage.Graph, xy: dict) -> None:
+    xs, ys, mid_x, mid_y, names = [], [], [], [], []
+    for node in graph.nodes.values():
+        for parent in node["parents"]:
+            if parent["id"] not in xy:
+                continue
+            (x0, y0), (x1, y1) = xy[parent["id"]], xy[node["id"]]
+            xs += [x0, x1, None]
+            ys += [y0, y1, None]
+            mid_x.append((x0 + x1) / 2)
+            mid_y.append((y0 + y1) / 2)
+            names.append(parent["relation"])
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": "#cbd5e1", "width": 1.5}, hoverinfo="skip",
+                             name="edges", showlegend=False))
+    fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="text", text=names, textfont={"size": 9, "color": "#64748b"},
+                             hoverinfo="skip", name="relations", showlegend=False))
+
+
+# ---- the handlers (plain functions of the runs folder and the page's values) --------------------------
+
+def node_by_name(graph: lineage.Graph, name: Optional[str]) -> Optional[dict]:
+    """Only a node of this graph, by its exact name: a page never reaches a path it was not shown."""
+    return next((n for n in graph.nodes.values() if n["name"] == name), None) if name else None
+
+
+def draw(root: Path, score: Optional[str], selected: Optional[str]) -> list[Any]:
+    """The figure, the node picker's and the score picker's choices."""
+    graph = lineage.scan(root)
+    node = node_by_name(graph, selected)
+    scores = sorted({k for n in graph.nodes.values() for k in n["scores"]})
+    score = score if score in scores else BY_KIND
+    names = sorted(n["name"] for n in graph.nodes.values())
+    return [tree_figure(graph, score, node["id"] if node else None),
+            gr.update(choices=names, value=selected if node else None),
+            gr.update(choices=[BY_KIND, *scores], value=score)]
+
+
+def pick(root: Path, name: Optional[str]) -> list[Any]:
+    """The picked node's panel, and the run it is (for the tab's run panel) or no change."""
+    graph = lineage.scan(root)
+    node = node_by_name(graph, name)
+    if node is None:
+        return ["Pick a node to open it.", gr.update()]
+    return [node_markdown(graph, node), gr.update(value=node["name"]) if node.get("state") is not None else gr.update()]
+
+
+def node_markdown(graph: lineage.Graph, node: dict) -> str:
+    parents = ", ".join(f"{p['relation']} **{graph.nodes[p['id']]['name']}**" for p in node["parents"]) or "none"
+    children = ", ".join(f"**{graph.nodes[c]['name']}** ({r})" for c, r in graph.children.get(node["id"], [])) or "none"
+    lines = [f"**{node['name']}** · {lineage_tree.describe(node)}", f"Came from: {parents}", f"Made from it: {children}"]
+    data = node.get("data") or {}
+    if data.get("source"):
+        lines.append(f"Data: `{data['source']}` (fingerprint `{data.get('fingerprint')}`)")
+    if node.get("command"):
+        lines.append(f"Made by: `{node['command']}`")
+    if node.get("path") and node["kind"] not in lineage.EXTERNAL_KINDS:
+        lines.append(f"Folder: `{node['path']}` — chat with it, compare or export it by picking this folder in "
+                     "those tabs")
+    return "\n\n".join(lines)
+
+
+def compare_with_parent(root: Path, name: Optional[str]) -> str:
+    """One click: the node against its parent on every score both have (what the step cost or gained)."""
+    graph = lineage.scan(root)
+    node = node_by_name(graph, name)
+    if node is None:
+        return message("error", "Pick a node first.")
+    if not node["parents"]:
+        return message("info", f"{node['name']} has no parent to compare with.")
+    rows = lineage_tree.score_delta(graph, node["id"])
+    if not rows:
+        return message("info", f"{node['name']} and its parent share no score yet: evaluate both (Evaluate tab) "
+                               "for a report card each.")
+    lines = ["| parent | relation | score | parent | this | Δ |", "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        verdict = {True: " (better)", False: " (worse)", None: ""}[r["better"]]
+        lines.append(f"| {r['parent']} | {r['relation']} | {r['score']} | {r['parent_value']:.4g} | {r['value']:.4g} "
+                     f"| {r['delta']:+.4g}{verdict} |")
+    return "\n".join(lines)
+
+
+def ask_delete(root: Path, name: Optional[str]) -> list[Any]:
+    """The confirmation box: what goes, what was made from it, and the orphan check box when it would orphan."""
+    graph = lineage.scan(root)
+    node = node_by_name(graph, name)
+    if node is None:
+        return [gr.update(visible=False), "", gr.update(visible=False, value=False), message("error", "Pick a node.")]
+    try:
+        plan = lineage_tree.deletion_plan(graph, node["id"])
+    except SLMError as error:
+        return [gr.update(visible=False), "", gr.update(visible=False, value=False), message("error", str(error))]
+    text = f"Delete **{plan['node']}** ({format_bytes(plan['frees_bytes'])})"
+    text += f" with {', '.join(plan['removes'])}?" if plan["removes"] else "?"
+    if plan["descendants"]:
+        text += f" Made from it: {', '.join(plan['descendants'])}."
+    if plan["orphans"]:
+        text += f" {message('warn', 'It is the only base of ' + ', '.join(plan['orphans']) + ': they would be orphaned.')}"
+    return [gr.update(visible=True), text, gr.update(visible=bool(plan["orphans"]), value=False), ""]
+
+
+def confirm_delete(root: Path, name: Optional[str], orphan: bool) -> str:
+    graph = lineage.scan(root)
+    node = node_by_name(graph, name)
+    if node is None:
+        return message("error", "Pick a node.")
+    try:
+        plan = lineage_tree.delete(graph, node["id"], orphan=bool(orphan))
+    except (SLMError, OSError) as error:
+        return message("error", str(error))
+    return message("ok", f"Deleted {plan['node']}: {format_bytes(plan['frees_bytes'])} freed.")
+
+
+# ---- the layout inside the Runs tab --------------------------------------------------------------------
+
+def build(ctx, opened) -> None:
+    """The family tree accordion; `opened`: the tab's "Open run" picker, set when a run's node is picked."""
+    with gr.Accordion("Family tree", open=True, elem_id="lineage"):
+        with gr.Row():
+            node = gr.Dropdown([], value=None, label="Node", scale=3, elem_id="lineage-node")
+            score = gr.Dropdown([BY_KIND], value=BY_KIND, label="Colour by", scale=1, elem_id="lineage-score")
+            redraw = gr.Button("Refresh tree", scale=0, min_width=140)
+        figure = gr.Plot(tree_figure(lineage.Graph(ctx.runs_dir)), show_label=False, elem_id="lineage-figure")
+        panel = gr.Markdown("", elem_id="lineage-panel")
+        with gr.Row():
+            compare = gr.Button("Compare with its parent", size="sm", elem_id="lineage-compare")
+            delete = gr.Button("Delete this node…", variant="stop", size="sm", elem_id="lineage-delete")
+        delta = gr.Markdown("", elem_id="lineage-delta")
+        with gr.Group(visible=False) as confirm_box:
+            confirm_text = gr.Markdown("")
+            orphan = gr.Checkbox(False, label="Delete it anyway, orphaning them", visible=False)
+            with gr.Row():
+                confirm = gr.Button("Yes, delete it", variant="stop", size="sm", elem_id="lineage-confirm-delete")
+                cancel = gr.Button("Cancel", size="sm")
+        result = gr.Markdown("", elem_id="lineage-result")
+    tree = [figure, node, score]
+    drawing = dict(fn=lambda s, n: draw(ctx.runs_dir, s, n), inputs=[score, node], outputs=tree)
+    redraw.click(**drawing, api_name="lineage_tree")
+    ctx.tabs["Runs"].select(**drawing, **QUIET)
+    ctx.on_load.append(drawing)
+    score.input(**drawing, **QUIET)
+    node.input(lambda n: pick(ctx.runs_dir, n), node, [panel, opened], **QUIET).then(**drawing, **QUIET)
+    compare.click(lambda n: compare_with_parent(ctx.runs_dir, n), node, delta, api_name="lineage_compare")
+    delete.click(lambda n: ask_delete(ctx.runs_dir, n), node, [confirm_box, confirm_text, orphan, result], **QUIET)
+    cancel.click(lambda: gr.update(visible=False), None, confirm_box, **QUIET)
+    confirm.click(lambda n, o: (gr.update(visible=False), confirm_delete(ctx.runs_dir, n, o)), [node, orphan],
+                  [confirm_box, result], **PRIVATE).then(**drawing, **QUIET)

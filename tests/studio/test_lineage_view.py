@@ -1,0 +1,68 @@
+"""The Runs tab's family tree: nodes by kind and edges by relation read from the figure, colour by a score, a
+picked run opens in the run panel, compare-with-parent gives the score delta, a base with descendants is refused
+until the orphaning is confirmed. Handlers on real folders (the session's tiny run and its int8), no torch here."""
+
+import json
+import shutil
+
+import pytest
+
+from studio import lineage_view as view
+
+
+def traces(fig) -> dict:
+    return {t.name: t for t in fig.data}
+
+
+@pytest.fixture
+def family(tmp_path, copy_of_tiny_run):
+    """runs/tiny (a finished run) with its int8 beside it, a report card on each, and a fine-tune of tiny."""
+    root, name = copy_of_tiny_run(tmp_path, quantize=True)
+    int8 = next((root / name / "quantized").iterdir())
+    for folder, ppl in ((root / name, 9.0), (int8, 9.5)):
+        (folder / "evals").mkdir(exist_ok=True)
+        (folder / "evals" / "report-1.json").write_text(json.dumps({"ppl_own": ppl, "ppl_common": ppl + 1}))
+    tuned = root / "tuned"
+    shutil.copytree(root / name, tuned, ignore=shutil.ignore_patterns("quantized", "evals", "lineage.json"))
+    config = (tuned / "config.yaml").read_text().replace("mode: pretrain", "mode: finetune")
+    (tuned / "config.yaml").write_text(config.replace("init_from: null", f"init_from: {name}"))
+    return root, name, int8
+
+
+def test_the_tree_draws_nodes_by_kind_and_edges_by_relation(family):
+    root, name, int8 = family
+    fig, nodes, scores = view.draw(root, None, None)
+    drawn = traces(fig)
+    assert {"pretrain", "quantized", "finetune", "report"} <= set(drawn)
+    assert list(drawn["quantized"].customdata) == [f"{name}/quantized/{int8.name}"]
+    assert sorted(drawn["relations"].text) == ["evaluated", "evaluated", "init_from", "quantized_from"]
+    assert f"{name}/quantized/{int8.name}" in nodes["choices"] and "tuned" in nodes["choices"]
+    assert scores["choices"] == [view.BY_KIND, "ppl", "ppl_common", "val_loss"]
+
+    fig, _, _ = view.draw(root, "ppl", name)
+    coloured = traces(fig)["pretrain"]
+    assert list(coloured.marker.color) == [9.0] and fig.layout.coloraxis.reversescale  # lower ppl is better
+    assert "picked" in traces(fig)
+
+
+def test_picking_a_node_opens_it_and_compares_it_with_its_parent_in_one_click(family):
+    root, name, int8 = family
+    panel, opened = view.pick(root, name)
+    assert name in panel and opened["value"] == name  # a run: the tab's run panel opens it
+    node = f"{name}/quantized/{int8.name}"
+    panel, opened = view.pick(root, node)
+    assert "quantized_from" in panel and "value" not in opened  # not a run: the run panel stays
+    delta = view.compare_with_parent(root, node)
+    assert "| ppl | 9 | 9.5 | +0.5 (worse) |" in delta and "ppl_common" in delta
+    assert "no parent" in view.compare_with_parent(root, name)
+
+
+def test_deleting_a_base_says_what_depends_on_it_and_needs_the_orphaning_confirmed(family):
+    root, name, int8 = family
+    box, text, orphan, note = view.ask_delete(root, name)
+    assert box["visible"] and orphan["visible"] and "only base of tuned" in text
+    assert f"{name}/quantized/{int8.name}" in text  # its own artifacts go with it, said so
+    assert "only base of tuned" in view.confirm_delete(root, name, False) and (root / name).is_dir()
+    assert "Deleted" in view.confirm_delete(root, name, True) and not (root / name).exists()
+    fig, _, _ = view.draw(root, None, None)
+    assert "missing" in traces(fig)  # the orphan still shows the base it came from, gone
