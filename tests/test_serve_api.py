@@ -198,6 +198,8 @@ def test_lm_eval_local_completions_scores_a_task_as_slm_eval_does(server, monkey
     """lm-evaluation-harness's own API model, finding the server's tokenizer through /tokenize as it does
     vLLM's, gives the same per-item log-likelihoods and accuracy as `slm eval --tasks` (run_tasks)."""
     lm_eval = pytest.importorskip("lm_eval")
+    pytest.importorskip("tenacity", reason="lm-eval's API models need lm-eval[api] (tenacity, aiohttp)")
+    pytest.importorskip("aiohttp", reason="lm-eval's API models need lm-eval[api] (tenacity, aiohttp)")
     from lm_eval.tasks import TaskManager
 
     from slm_core.models.load import load_model
@@ -214,7 +216,7 @@ def test_lm_eval_local_completions_scores_a_task_as_slm_eval_does(server, monkey
         out = lm_eval.simple_evaluate(model=model, tasks=configs, limit=limit, task_manager=TaskManager(
             include_defaults=False), bootstrap_iters=0, log_samples=True, random_seed=1234, **kwargs)
         samples = sorted(out["samples"]["slm_opposites"], key=lambda s: s["doc_id"])
-        return out["results"]["slm_opposites"], [[r[0] for r in s["filtered_resps"]] for s in samples]
+        return out["results"]["slm_opposites"], [[(float(r[0]), bool(r[1])) for r in s["filtered_resps"]] for s in samples]
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)  # what local-completions sends as its bearer token
     served, served_items = per_item("local-completions", model_args=f"model=char,base_url={base}/v1/completions,"
