@@ -21,7 +21,8 @@ import numpy as np
 from slm_core.config import PREFERENCE_MODES, DataConfig, RunConfig, load_run_config
 from slm_core.data.cache import cache_root
 from slm_core.data.corpus import builtin_stories
-from slm_core.data.sources import OFFLINE_HINT, hub_offline_reason, load_tabular, source_identity, source_kind
+from slm_core.data.sources import hub_offline_reason, load_tabular, source_identity, source_kind
+from slm_core.data.stream import open_hub_stream
 from slm_core.errors import SLMError
 from slm_core.fsio import atomic_write_bytes, atomic_write_json
 from slm_core.models.sources import resolve_source
@@ -100,7 +101,7 @@ def _raw_rows(config: RunConfig) -> tuple[Iterator, str]:
     cfg = config.data
     kind, detail = source_kind(cfg.source)
     if kind == "hub":
-        return _hub_rows(detail, cfg.hub_split, cfg.max_documents), detail
+        return _hub_rows(config, detail), detail
     if kind != "tabular":
         raise SLMError(f"data.source {cfg.source!r} is no preference file: give a JSONL, CSV or Parquet file with "
                        f"prompt/chosen/rejected columns, a Hub dataset name or '{BUILTIN}'")
@@ -125,20 +126,12 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
                                "must be one object like {\"prompt\": ..., \"chosen\": ..., \"rejected\": ...}") from None
 
 
-def _hub_rows(name: str, split: str, limit: Optional[int]) -> Iterator[tuple[str, Any]]:
+def _hub_rows(config: RunConfig, name: str) -> Iterator[tuple[str, Any]]:
     reason = hub_offline_reason()
-    if reason:
+    if reason:  # said here: the offline alternatives for pairs are not those for text
         raise SLMError(f"{name!r} is no local file, and as a Hub dataset it cannot be downloaded ({reason}); use "
                        f"'{BUILTIN}' (the shipped pairs) or a local JSONL/CSV/Parquet file of prompt/chosen/rejected")
-    import datasets
-
-    repo, _, subset = name.partition(":")
-    try:
-        dataset = datasets.load_dataset(repo, subset or None, split=split, streaming=limit is not None)
-    except Exception as error:  # datasets raises many types; all mean "check the name"
-        raise SLMError(f"could not load the Hub dataset {name!r} split {split!r} ({str(error)[:200]}); check the "
-                       f"name and data.hub_split, or {OFFLINE_HINT}") from None
-    return ((f"row {i + 1}", row) for i, row in enumerate(dataset))
+    return ((f"row {i + 1}", row) for i, row in enumerate(open_hub_stream(name, config.data)))
 
 
 def parse_row(record: Any, where: str) -> Row:
