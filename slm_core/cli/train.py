@@ -94,7 +94,9 @@ def cmd_resume(args) -> int:
 
 def _print_event(event: dict) -> None:
     if event.get("kind") == "eval":
-        print(f"\nstep {event['step']}: val_loss {event['val_loss']:.4f} (ppl {event['val_ppl']:.2f})", flush=True)
+        pairs = (f", reward accuracy {event['val_reward_accuracy']:.3f}, margin {event['val_reward_margin']:.3f}, "
+                 f"choice accuracy {event['val_choice_accuracy']:.3f}") if "val_choice_accuracy" in event else ""
+        print(f"\nstep {event['step']}: val_loss {event['val_loss']:.4f} (ppl {event['val_ppl']:.2f}){pairs}", flush=True)
     elif event.get("kind") == "sample":
         print(f"  sample [{event['prompt']}] {event['text'][:200]!r}", flush=True)
 
