@@ -71,9 +71,9 @@ def bits_per_weight(level: str) -> float:
 
 
 def estimated_bytes(n_matrix: int, n_edge: int, n_vector: int, level: str) -> int:
-    """File size estimate: hidden matrices at the level, embedding/output at its edge type, vectors f32."""
-    edge = level if level in _K_BITS else NUMPY_LEVELS[level][1].lower()
-    edge_bits = 6.5625 if level in _K_BITS else bits_per_weight(edge if edge in NUMPY_LEVELS else "f16")
+    """File size estimate: hidden matrices at the level, embedding/output at its edge type (Q6_K under the
+    K-quants, as llama-quantize does), vectors f32."""
+    edge_bits = _K_BITS["q6_k"] if level in _K_BITS else bits_per_weight(NUMPY_LEVELS[level][1].lower())
     return int(n_matrix * bits_per_weight(level) / 8 + n_edge * edge_bits / 8 + n_vector * 4)
 
 
