@@ -300,3 +300,36 @@ def test_llama_cpp_greedy_tokens_equal_ours(tmp_path, family):
             break
     ours = list(generate_tokens(loaded.model, prompt, max_new_tokens=8, temperature=0.0, one_row_half=False))
     assert theirs == ours
+
+
+# ---- the size/quality table (Export tab) -----------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [dict(family="llama", n_kv_head=2), dict(family="llama", qk_norm=True),
+                                   dict(family="gpt2")])
+def test_an_export_reads_back_into_the_model_it_came_from(tmp_path, shape):
+    from slm_core.post.gguf_quality import model_from_gguf
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(n_layer=2, n_head=4, d_model=32, vocab_size=64, context_length=16, **shape)).eval()
+    path = next(p for p in export_model(model, None, None, tmp_path / "out", fmt="gguf", gguf_type="f32")
+                if p.suffix == ".gguf")
+    back = model_from_gguf(model, path).state_dict()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(back[name], tensor, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_quality_table_measures_the_written_level_against_f16(tmp_path, tiny_char_run):
+    from slm_core.post.export import plain_float_model
+    from slm_core.post.gguf_quality import quality_table
+
+    loaded = load_model(str(tiny_char_run))
+    model = plain_float_model(loaded.model)
+    path = next(p for p in export_model(model, loaded.tokenizer, loaded.config, tmp_path / "q4", fmt="gguf",
+                                        gguf_type="q4_0") if p.suffix == ".gguf")
+    rows = {row["level"]: row for row in quality_table(loaded, model, path, "q4_0", max_tokens=2000)}
+    assert list(rows) == list(NUMPY_LEVELS) + list(K_LEVELS)
+    assert rows["q4_0"]["bytes"] == path.stat().st_size
+    assert rows["f16"]["perplexity"] > 1 and rows["q4_0"]["perplexity"] > 1
+    assert rows["q4_0"]["vs_f16"] == pytest.approx(rows["q4_0"]["perplexity"] / rows["f16"]["perplexity"] - 1)
+    assert rows["q8_0"]["perplexity"] is None and rows["f32"]["bytes"] > rows["f16"]["bytes"] > rows["q8_0"]["bytes"]
