@@ -60,44 +60,40 @@ def positions(graph: lineage.Graph) -> dict[str, tuple[float, float]]:
 
 
 def tree_figure(graph: lineage.Graph, score: Optional[str] = None, selected: Optional[str] = None) -> go.Figure:
-    fig = go.Figure()
     if not graph.nodes:
-        fig.update_layout(title="No artifacts yet: start a run in the Train tab", height=220)
-        return fig
+        return go.Figure(layout={"title": {"text": "No artifacts yet: start a run in the Train tab"}, "height": 220})
     xy = positions(graph)
-    _edges(fig, graph, xy)
     coloured = score if score and score != BY_KIND else None
     labels = len(graph.nodes) <= LABELS_UP_TO
-    kinds = sorted({n["kind"] for n in graph.nodes.values()})
-    for kind in kinds:
+    traces = _edges(graph, xy)
+    for kind in sorted({n["kind"] for n in graph.nodes.values()}):
         members = [n for n in graph.nodes.values() if n["kind"] == kind]
-        values = [n["scores"].get(coloured) if coloured else None for n in members]
         marker: dict[str, Any] = {"symbol": SYMBOLS.get(kind, "circle"), "size": 14, "line": {"width": 1}}
         if coloured:
-            marker.update(color=[v if v is not None else float("nan") for v in values], coloraxis="coloraxis")
+            marker.update(color=[n["scores"].get(coloured) for n in members], coloraxis="coloraxis")
         else:
             marker.update(color=COLOURS.get(kind, "#94a3b8"))
-        fig.add_trace(go.Scatter(
-            x=[xy[n["id"]][0] for n in members], y=[xy[n["id"]][1] for n in members], name=kind,
-            mode="markers+text" if labels else "markers", text=[n["name"] for n in members],
-            textposition="bottom center", customdata=[n["name"] for n in members],
-            hovertext=[f"{n['name']}<br>{lineage_tree.describe(n)}" for n in members], hoverinfo="text",
-            marker=marker))
+        traces.append({"type": "scatter", "name": kind, "mode": "markers+text" if labels else "markers",
+                       "x": [xy[n["id"]][0] for n in members], "y": [xy[n["id"]][1] for n in members],
+                       "text": [n["name"] for n in members], "textposition": "bottom center",
+                       "customdata": [n["name"] for n in members], "hoverinfo": "text", "marker": marker,
+                       "hovertext": [f"{n['name']}<br>{lineage_tree.describe(n)}" for n in members]})
     if selected in graph.nodes:
         x, y = xy[selected]
-        fig.add_trace(go.Scatter(x=[x], y=[y], mode="markers", name="picked", hoverinfo="skip",
-                                 marker={"size": 26, "symbol": "circle-open", "color": "#111827", "line": {"width": 3}}))
-    if coloured:
-        fig.update_layout(coloraxis={"colorscale": "Viridis", "reversescale": coloured in lineage.LOWER_IS_BETTER,
-                                     "colorbar": {"title": {"text": coloured}}})
+        traces.append({"type": "scatter", "x": [x], "y": [y], "mode": "markers", "name": "picked", "hoverinfo": "skip",
+                       "marker": {"size": 26, "symbol": "circle-open", "color": "#111827", "line": {"width": 3}}})
     depth = -min(y for _, y in xy.values())
-    fig.update_layout(height=int(min(1400, 240 + 90 * depth)), margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                      xaxis={"visible": False}, yaxis={"visible": False}, legend={"orientation": "h"},
-                      plot_bgcolor="rgba(0,0,0,0)", uirevision="lineage")
-    return fig
+    layout: dict[str, Any] = {"height": int(min(1400, 240 + 90 * depth)), "uirevision": "lineage",
+                              "margin": {"l": 10, "r": 10, "t": 30, "b": 10}, "legend": {"orientation": "h"},
+                              "xaxis": {"visible": False}, "yaxis": {"visible": False}, "plot_bgcolor": "rgba(0,0,0,0)"}
+    if coloured:
+        layout["coloraxis"] = {"colorscale": "Viridis", "reversescale": coloured in lineage.LOWER_IS_BETTER,
+                               "colorbar": {"title": {"text": coloured}}}
+    # Built from plain dicts without plotly's per-element validation: 500 nodes draw ~5x faster (bench_lineage.py).
+    return go.Figure(data=traces, layout=layout, _validate=False)
 
 
-def _edges(fig: go.Figure, graph: lineage.Graph, xy: dict) -> None:
+def _edges(graph: lineage.Graph, xy: dict) -> list[dict]:
     xs, ys, mid_x, mid_y, names = [], [], [], [], []
     for node in graph.nodes.values():
         for parent in node["parents"]:
@@ -109,10 +105,10 @@ def _edges(fig: go.Figure, graph: lineage.Graph, xy: dict) -> None:
             mid_x.append((x0 + x1) / 2)
             mid_y.append((y0 + y1) / 2)
             names.append(parent["relation"])
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": "#cbd5e1", "width": 1.5}, hoverinfo="skip",
-                             name="edges", showlegend=False))
-    fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="text", text=names, textfont={"size": 9, "color": "#64748b"},
-                             hoverinfo="skip", name="relations", showlegend=False))
+    return [{"type": "scatter", "x": xs, "y": ys, "mode": "lines", "line": {"color": "#cbd5e1", "width": 1.5},
+             "hoverinfo": "skip", "name": "edges", "showlegend": False},
+            {"type": "scatter", "x": mid_x, "y": mid_y, "mode": "text", "text": names, "hoverinfo": "skip",
+             "textfont": {"size": 9, "color": "#64748b"}, "name": "relations", "showlegend": False}]
 
 
 # ---- the handlers (plain functions of the runs folder and the page's values) --------------------------
