@@ -66,6 +66,12 @@ def test_echo_with_logprobs_scores_the_prompt_and_the_completion(api, direct):
     for value, top in zip(lp.token_logprobs[-4:], lp.top_logprobs[-4:]):
         assert value == pytest.approx(max(top.values()), abs=1e-5)  # greedy picked the most likely token
 
+    one = api.completions.create(model="char", prompt=PROMPT, max_tokens=1, temperature=0, logprobs=2, echo=True)
+    first = one.choices[0].logprobs  # one token: scored and sampled in the same pass
+    assert one.choices[0].text == choice.text[:len(PROMPT) + 1] and len(first.tokens) == len(ids) + 1
+    assert first.token_logprobs[1:] == pytest.approx(lp.token_logprobs[1:len(ids) + 1], abs=1e-4)
+    assert first.top_logprobs[-1] == pytest.approx(lp.top_logprobs[len(ids)], abs=1e-4)
+
     scoring = api.completions.create(model="char", prompt=PROMPT, max_tokens=0, echo=True, logprobs=0)
     assert scoring.choices[0].text == PROMPT and scoring.usage.completion_tokens == 0  # lm-eval's loglikelihood
     assert scoring.choices[0].logprobs.token_logprobs[1:] == pytest.approx(expected[:len(ids) - 1], abs=1e-4)
@@ -170,6 +176,7 @@ def test_health_and_prometheus_metrics_count_requests_and_tokens(server, api):
     assert after["slm_requests_in_flight"] == 1  # the scrape itself
 
 
+@pytest.mark.slow  # the ONNX export alone takes a minute or two here
 def test_a_genai_engine_refuses_logprobs_naming_the_native_engine(tiny_char_run, tmp_path):
     pytest.importorskip("onnxruntime_genai")
     from fastapi.testclient import TestClient

@@ -25,7 +25,7 @@ from slm_core.infer.api_request import (  # noqa: F401  (sampling_from: re-expor
 from slm_core.infer.engine import Engine, stream_request
 from slm_core.infer.guard import LocalGuard, allowed_hosts
 from slm_core.infer.onnx import OnnxEngine, is_genai_folder
-from slm_core.infer.scoring import score
+from slm_core.infer.scoring import score, scored_of, submit_scoring
 from slm_core.models.load import load_model
 from slm_core.models.templates import content_text, format_prompt
 
@@ -163,13 +163,16 @@ def _answer(served: Served, plan: Plan, index: int, chat: bool) -> _Answer:
     """Decode choice `index` of `plan` and, when asked, score its tokens (and the prompt's, with echo)."""
     which, params = plan.choices[index]
     prompt = plan.prompts[which]
-    engine, stats = served.engine, {}
+    engine, stats, scoring = served.engine, {}, None
     if params.max_new_tokens == 0:  # nothing to decode: pure scoring, or an echo
         answer = _Answer("", [], "length", 0)
     elif plan.logprobs is None:
         answer = _Answer("".join(engine.stream(prompt, params, stats)), [], "stop", 0)
     else:
-        request = _Kept(engine.submit(prompt, params))
+        # One token (lm-eval's loglikelihood request): the pass that scores the prompt also gives that token.
+        # More: decode as usual, then score the finished text in one pass.
+        scoring = submit_scoring(engine, prompt, plan.logprobs, params) if params.max_new_tokens == 1 else None
+        request = _Kept(scoring or engine.submit(prompt, params))
         answer = _Answer("".join(stream_request(request, engine.tokenizer, params, stats)), request.ids, "stop", 0)
     answer.finish_reason = stats.get("finish_reason", answer.finish_reason)
     answer.generated = stats.get("tokens", 0)
@@ -178,8 +181,18 @@ def _answer(served: Served, plan: Plan, index: int, chat: bool) -> _Answer:
     piece = _piece(engine.tokenizer)
     answer.ids = _covering(answer.ids, len(answer.text.encode()), piece)  # a stop string cut the text short
     ids = prompt + answer.ids
-    scored = score(engine, ids, plan.logprobs) if len(ids) > 1 else None
-    logprobs, top = (scored.logprobs, scored.top) if scored else ([], [])
+    if scoring is not None:
+        scored = scored_of(scoring)
+        logprobs, top = list(scored.logprobs), list(scored.top)
+        for token in answer.ids:
+            value, best = scored.after(token)
+            logprobs.append(value)
+            top.append(best)
+    elif len(ids) > 1:
+        scored = score(engine, ids, plan.logprobs)
+        logprobs, top = scored.logprobs, scored.top
+    else:
+        logprobs, top = [], []
     if chat:
         answer.logprobs = chat_logprobs(piece, ids, logprobs, top, len(prompt), plan.logprobs)
     else:
