@@ -18,7 +18,13 @@ from slm_core.run.runs import check_runs_dir
 
 
 def add_serve_parser(sub) -> None:
-    parser = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    parser = sub.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API",
+        description="OpenAI-compatible: /v1/completions (prompts as text, token ids or lists of either; echo; "
+                    "logprobs), /v1/chat/completions (logprobs, top_logprobs), n choices, streaming, /v1/models; "
+                    "/health and Prometheus /metrics (no key needed); vLLM's /tokenize, /detokenize and "
+                    "/tokenizer_info (lm-evaluation-harness's local-completions uses them). A parameter it does "
+                    "not honour is a 400 naming it.")
     parser.add_argument("model", help="run name, checkpoint, quantized, Hugging Face or ONNX (genai) folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
