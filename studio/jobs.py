@@ -146,7 +146,22 @@ def export(source: str, tag: str = "best", fmt: str = "hf", gguf_type: str = "f1
     stages.close()
     return {"dir": str(out), "format": fmt, "gguf_type": gguf_type if fmt.startswith("gguf") else None,
             "files": [(str(p), p.stat().st_size) for p in paths], "template": loaded.template,
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started, "quality": _gguf_quality(loaded, paths, fmt, gguf_type)}
+
+
+def _gguf_quality(loaded, paths: list, fmt: str, gguf_type: str) -> Optional[dict]:
+    """The GGUF level's size/quality table (slm_core.post.gguf_quality), or why it could not be measured."""
+    if fmt != "gguf":
+        return None
+    from slm_core.errors import SLMError
+    from slm_core.post.export import plain_float_model
+    from slm_core.post.gguf_quality import quality_table
+
+    gguf_path = next(p for p in paths if p.suffix == ".gguf")
+    try:
+        return {"rows": quality_table(loaded, plain_float_model(loaded.model), gguf_path, gguf_type)}
+    except (SLMError, OSError, ValueError) as error:  # the export stands; e.g. a folder with no data of its own
+        return {"error": str(error)}
 
 
 # ---- report cards ---------------------------------------------------------------------------------

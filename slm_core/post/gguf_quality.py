@@ -18,6 +18,7 @@ from slm_core.post.export_gguf import gguf_architecture, read_gguf
 from slm_core.post.gguf_quant import GGUF_TYPES, estimated_bytes
 from slm_core.post.quantize import eval_windows_for, windows_perplexity
 
+MAX_MEASURED_PARAMS = 600e6
 _BLOCK = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
 _OURS = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_output": "self_attn.o_proj",
          "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
@@ -89,6 +90,10 @@ def quality_table(loaded, model: torch.nn.Module, gguf_path: str | Path, level: 
     """Rows {level, bytes, perplexity, vs_f16} for f16 (the model's weights rounded to half) and the written
     level (its file read back), on up to `max_tokens` of the run's validation data; every other level's row has
     its estimated size only. `model`: the plain float model that was exported."""
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params > MAX_MEASURED_PARAMS:  # three float32 copies of the model are held while measuring
+        raise SLMError(f"perplexity per level is measured up to {MAX_MEASURED_PARAMS / 1e6:.0f}M parameters; this "
+                       f"model has {n_params / 1e6:.0f}M: run llama.cpp's llama-perplexity on the file instead")
     windows = eval_windows_for(loaded, max_tokens=max_tokens)
     model = copy.deepcopy(model).to("cpu", torch.float32).eval()
     with torch.no_grad():

@@ -10,6 +10,8 @@ from typing import Any, Callable, Optional
 import gradio as gr
 
 from slm_core.errors import SLMError
+from slm_core.post.gguf_quant import GGUF_TYPES as LEVELS
+from slm_core.post.gguf_quant import bits_per_weight
 from slm_core.system import format_bytes
 from studio.allow import AllowBox
 from studio.command import runs_dir_flag
@@ -22,7 +24,12 @@ TITLE = "Export"
 FORMATS = [("Hugging Face folder (transformers)", "hf"), ("GGUF (llama.cpp, Ollama)", "gguf"),
            ("GGUF base + LoRA adapter (a LoRA run, llama.cpp --lora)", "gguf-lora"),
            ("ONNX for onnxruntime-genai (fast chat)", "onnx"), ("ONNX graph (onnxruntime)", "onnx-graph")]
-GGUF_TYPES = [("f32 — exact", "f32"), ("f16 — half the size", "f16"), ("q8_0 — 8-bit, a quarter", "q8_0")]
+# Each level with its bits per weight and size against f16 (the embedding/output stay at a higher level).
+GGUF_NOTES = {"f32": "exact", "f16": "llama.cpp's reference", "q8_0": "near-lossless", "q5_1": "", "q5_0": "",
+              "q4_1": "", "q4_0": "smallest without llama.cpp", "q6_k": "needs llama.cpp",
+              "q5_k_m": "needs llama.cpp", "q4_k_m": "the usual pick; needs llama.cpp"}
+GGUF_TYPES = [(f"{level} — {bits_per_weight(level):.1f} bits, {bits_per_weight(level) / 16:.0%} of f16"
+               + (f" ({GGUF_NOTES[level]})" if GGUF_NOTES.get(level) else ""), level) for level in LEVELS]
 FILE_COLUMNS = ["file", "size", "path"]
 
 
@@ -34,7 +41,9 @@ def build(ctx) -> None:
         tag = gr.Radio(["best", "latest"], value="best", label="Checkpoint (runs)", scale=1)
     with gr.Row():
         fmt = gr.Radio(FORMATS, value="hf", label="Format", scale=3, elem_id="export-format")
-        gguf_type = gr.Radio(GGUF_TYPES, value="f16", label="GGUF type", visible=False, scale=2)
+        gguf_type = gr.Dropdown(GGUF_TYPES, value="f16", label="GGUF level", visible=False, scale=2,
+                                info="after export: each level's size, and perplexity on the run's validation "
+                                     "data against f16")
     go = gr.Button("Export", variant="primary", elem_id="export-go")
     allow = AllowBox(ctx, "export-allow")
     status = gr.Markdown("", elem_id="export-message")
@@ -113,6 +122,7 @@ def usage_markdown(runs_dir: Path, source: str, tag: str, result: dict) -> str:
                  f"tokenizer = Tokenizer.from_file({str(out / 'tokenizer.json')!r})",
                  "ids = np.array([tokenizer.encode('Once upon a time').ids], dtype=np.int64)",
                  "logits = session.run(['logits'], {'input_ids': ids})[0]", "```"]
+    lines += quality_markdown(result.get("quality"))
     command = ["slm", "export", source_label(runs_dir, source), "--format", fmt, *runs_dir_flag(runs_dir)]
     if fmt.startswith("gguf"):
         command += ["--gguf-type", result["gguf_type"]]
@@ -122,6 +132,21 @@ def usage_markdown(runs_dir: Path, source: str, tag: str, result: dict) -> str:
         command += ["--out", str(out)]
     lines.append("From a shell: `" + " ".join(shlex.quote(p) for p in command) + " --overwrite`")
     return "\n".join(lines)
+
+
+def quality_markdown(quality: Optional[dict]) -> list[str]:
+    """The size/quality table of a GGUF export: every level's size, perplexity for f16 and the level written."""
+    if not quality:
+        return []
+    if "error" in quality:
+        return ["", f"Perplexity per level not measured: {quality['error']}"]
+    lines = ["", "**Size and quality by level** (perplexity on the run's validation data; the rest are estimates):",
+             "", "| level | size | perplexity | vs f16 |", "|---|---|---|---|"]
+    for row in quality["rows"]:
+        ppl = "" if row["perplexity"] is None else f"{row['perplexity']:.3f}"
+        delta = "" if row["vs_f16"] is None else f"{row['vs_f16']:+.2%}"
+        lines.append(f"| {row['level']} | {format_bytes(row['bytes'])} | {ppl} | {delta} |")
+    return lines
 
 
 def _ollama_name(runs_dir: Path, source: str) -> str:
