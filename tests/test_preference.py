@@ -277,11 +277,11 @@ def test_a_dpo_run_raises_held_out_choice_accuracy_resumes_and_reads_like_any_ru
         p.name for p in run_dir.iterdir()}
     loaded = load_model(run_dir)
     assert complete(loaded, "Once upon a time", max_new_tokens=8, temperature=0.0)
-    for command in (["evaluate", str(run_dir), "--max-tokens", "2000"],
+    for command in (["eval", str(run_dir), "--max-tokens", "2000"],
                     ["quantize", str(run_dir), "--method", "int8", "--report", "--eval-tokens", "2000"],
                     ["export", str(run_dir), "--format", "hf", "--out", str(tmp_path / "hf")]):
         assert main(command) == 0, capsys.readouterr().err
-    assert main(["evaluate", str(tmp_path / "hf"), "--max-tokens", "2000"]) == 0, capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "hf"), "--max-tokens", "2000"]) == 0, capsys.readouterr().err
 
 
 @pytest.mark.slow  # a LoRA-DPO run with a resume, and transformers + peft imported
