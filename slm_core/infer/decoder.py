@@ -310,6 +310,46 @@ class Decoder:
         return self._head(x[-1:])[0].float()
 
     @torch.inference_mode()
+    def extend(self, slot: int, tokens: list[int], start: int) -> torch.Tensor:
+        """Write `tokens` at positions start..start+T-1 of `slot`, each attending to the cache before it and to
+        the tokens before it → logits (T, V) fp32, one row per token. Speculative decoding's verification pass
+        (slm_core.infer.speculative): whatever the cache held from `start` on is overwritten, which is how a
+        rejected draft is rolled back (positions past a sequence's length are never read before written)."""
+        T = len(tokens)
+        if T == 1:  # the one-row step's own kernels and weight copy: the same numbers as plain decoding
+            return self._step_one(slot, tokens[0], start)
+        if self.half_kind is not None:  # plain decoding reads the half copy: so does its verification
+            projs = [p for layer in self.layers for p in (layer.qkv, layer.o, layer.up, layer.down)] + [self.head]
+            kept = [p.half_rows for p in projs]
+            for p in projs:
+                p.half_rows = max(p.half_rows, T)
+            try:
+                return self._extend(slot, tokens, start)
+            finally:
+                for p, rows in zip(projs, kept):
+                    p.half_rows = rows
+        return self._extend(slot, tokens, start)
+
+    def _extend(self, slot: int, tokens: list[int], start: int) -> torch.Tensor:
+        T = len(tokens)
+        end = start + T
+        if end > self.max_len:
+            raise ValueError(f"positions {start}..{end - 1} run past this cache's {self.max_len}")
+        pos = self.arange[start:end]
+        x = self._embed(torch.tensor(tokens, device=self.device), pos)
+        freqs = None if self.freqs is None else self.freqs[start:end, None]
+        mask = (self.arange[:end][None] <= pos[:, None])[None, None]  # (1, 1, T, end): causal from `start` on
+        views = [v[slot] for v in self.slot_views]
+        for layer, (k_slot, v_slot, k_read, v_read) in zip(self.layers, views):
+            q, k, v = layer.split(layer.qkv(layer.norm1(x)), freqs)  # (T, H, D), (T, KV, D), (T, KV, D)
+            k_slot[:, start:end].copy_(k.transpose(0, 1))
+            v_slot[:, start:end].copy_(v.transpose(0, 1))
+            y = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k_read[:, :, :end], v_read[:, :, :end],
+                                               attn_mask=mask, enable_gqa=self.gqa)  # (1, H, T, D)
+            x = layer.mlp(layer.o.add(x, y[0].transpose(0, 1).reshape(T, -1)))
+        return self._head(x).float()
+
+    @torch.inference_mode()
     def step(self, slots: list[int], tokens: list[int], positions: list[int]) -> torch.Tensor:
         """One new token per slot at its own position → logits (B, V) fp32."""
         if self._compiled is not None:

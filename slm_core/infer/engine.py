@@ -17,6 +17,7 @@ from slm_core.infer.decoder import Decoder
 from slm_core.infer.openmp import CORES
 from slm_core.infer.requests import QueuedRequest, RequestLoop
 from slm_core.infer.sampling import SamplingParams, TextStream, sample_next
+from slm_core.infer.speculative import Speculator
 from slm_core.models.quantized import is_quantized
 from slm_core.system import cpu_has_native_bf16
 
@@ -62,6 +63,8 @@ class Sequence:
     generated: int = 0
     generator: Optional[torch.Generator] = None
     seen: Optional[torch.Tensor] = None  # (V,) bool: tokens the repetition penalty pushes down
+    drafted: int = 0  # speculative decoding: draft tokens proposed for this sequence, and those kept
+    drafts_kept: int = 0
 
     @torch.inference_mode()
     def start(self, decoder: Decoder, slot: int) -> torch.Tensor:
@@ -116,11 +119,15 @@ def pick_tokens(seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
 
 
 def decode_one(decoder: Decoder, prompt_ids: list[int], params: SamplingParams,
-               stop_ids=()) -> Iterator[int]:
+               stop_ids=(), speculator: Optional[Speculator] = None) -> Iterator[int]:
     """Batch-1 generation on slot 0 of `decoder`, synchronously (no thread): the native path of
-    `slm generate`. Yields new ids; stops at a stop id (not yielded) or the token budget."""
+    `slm generate`. Yields new ids; stops at a stop id (not yielded) or the token budget. With a `speculator`
+    each round drafts several tokens and the target checks them in one pass (slm_core.infer.speculative)."""
     seq = Sequence(prompt_ids, params, frozenset(stop_ids))
     logits = seq.start(decoder, 0)[None]
+    if speculator is not None:
+        yield from _decode_speculative(decoder, seq, logits[0], speculator)
+        return
     while seq.generated < params.max_new_tokens:
         token = pick_tokens([seq], logits)[0]
         if token in seq.stop_ids:
@@ -132,6 +139,25 @@ def decode_one(decoder: Decoder, prompt_ids: list[int], params: SamplingParams,
         logits = fresh[None] if fresh is not None else decoder.step([0], [token], [seq.position])
 
 
+def _decode_speculative(decoder: Decoder, seq: Sequence, pending: torch.Tensor,
+                        speculator: Speculator) -> Iterator[int]:
+    """decode_one's loop in rounds: `pending` is the target's logits after the whole (prefilled) sequence."""
+    params, fed = seq.params, len(seq.tokens)
+    speculator.measure_baseline(decoder, 0, fed, seq.tokens[-1])  # position `fed` is written first by the next round
+    while seq.generated < params.max_new_tokens:
+        new = speculator.round(decoder, 0, seq.tokens, fed, pending, seq.seen, params, seq.generator,
+                               params.max_new_tokens - seq.generated)
+        fresh = None
+        for token in new:  # a round fits the cache, so only its last token can make the sequence slide
+            if token in seq.stop_ids:
+                return
+            yield token
+            fresh = seq.accept(token, decoder)
+            if seq.generated >= params.max_new_tokens:
+                return
+        pending, fed = (fresh, len(seq.tokens)) if fresh is not None else (None, len(seq.tokens) - 1)
+
+
 # ---- the engine: many requests, one decode loop -----------------------------------------------------
 
 class Request(QueuedRequest):
@@ -140,6 +166,7 @@ class Request(QueuedRequest):
     def __init__(self, prompt_ids: list[int], params: SamplingParams, stop_ids):
         super().__init__()
         self.seq = Sequence(list(prompt_ids), params, frozenset(stop_ids))
+        self.baseline_s: Optional[float] = None  # speculative decoding: the target's one-row step, for the speed-up
 
     @property
     def generated(self) -> int:
@@ -157,15 +184,22 @@ class Engine(RequestLoop):
 
     def __init__(self, model: torch.nn.Module, tokenizer, slots: int = DEFAULT_SLOTS,
                  max_len: Optional[int] = None, dtype: str = "auto", compile: bool = False,
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, draft: Optional[torch.nn.Module] = None):
+        """`draft`: a model with the same tokenizer (the caller checks: speculative.check_draft) that drafts tokens
+        for a request decoding alone (see _step)."""
         super().__init__()
         target = pick_dtype(model, dtype)
 
         if not is_quantized(model) and next(model.parameters()).dtype != target:
             model = model.to(target)
         self.model, self.tokenizer = model, tokenizer
-        self.decoder = Decoder(model, slots=slots, max_len=max_len, compile=compile,
-                               one_row_half=None if dtype == "auto" else False)
+        one_row_half = None if dtype == "auto" else False
+        self.decoder = Decoder(model, slots=slots, max_len=max_len, compile=compile, one_row_half=one_row_half)
+        self.speculator = None
+        if draft is not None:
+            if not is_quantized(draft) and next(draft.parameters()).dtype != target:
+                draft = draft.to(target)
+            self.speculator = Speculator(draft, self.decoder.max_len, one_row_half)
         self.threads = threads  # None: every core (one for a small model); the Studio lowers it while a run trains
         weights = sum(t.numel() for t in (*model.parameters(), *model.buffers()))  # a quantized model's are buffers
         self._default_threads = 1 if weights <= ONE_THREAD_MAX_PARAMS else CORES
@@ -178,7 +212,12 @@ class Engine(RequestLoop):
         dtype = str(self.decoder.dtype).replace("torch.", "")
         if self.decoder.one_row_half:
             dtype += f", {self.decoder.half_kind} one-row copy"
-        return f"native torch ({dtype}, {self.decoder.slots} slots{', compiled' if self.decoder._compiled else ''})"
+        draft = ""
+        if self.speculator is not None:
+            n = sum(p.numel() for p in self.speculator.decoder.model.parameters())
+            draft = f", speculative with a {n / 1e6:.1f}M draft"
+        return (f"native torch ({dtype}, {self.decoder.slots} slots{', compiled' if self.decoder._compiled else ''}"
+                f"{draft})")
 
     @property
     def decode_threads(self) -> int:
@@ -293,11 +332,33 @@ class Engine(RequestLoop):
         live = [r for r in self.active if r.finish_reason is None]
         if not live:
             return
+        # Speculative decoding only while one request decodes alone: with more in flight, one batched step already
+        # spends the weight reads on several sequences, and the draft has one slot. Requests waiting for a slot
+        # join at the next round's end, as they would after a step.
+        if self.speculator is not None and len(live) == 1:
+            return self._speculate(live[0])
         seqs = [r.seq for r in live]
         logits = self.decoder.step([s.slot for s in seqs], [s.tokens[-1] for s in seqs],
                                    [s.position for s in seqs])
         for request, token in zip(live, pick_tokens(seqs, logits)):
             self._emit(request, token)
+
+    def _speculate(self, request: Request) -> None:
+        """One speculative round for a lone request: the engine never feeds a sequence's last token before its
+        next step, so the target's cache holds all but that one."""
+        seq, spec = request.seq, self.speculator
+        fed = len(seq.tokens) - 1
+        spec.measure_baseline(self.decoder, seq.slot, fed, seq.tokens[-1])
+        before = (spec.drafted, spec.accepted)
+        new = spec.round(self.decoder, seq.slot, seq.tokens, fed, None, seq.seen, seq.params, seq.generator,
+                         seq.params.max_new_tokens - seq.generated)
+        seq.drafted += spec.drafted - before[0]
+        seq.drafts_kept += spec.accepted - before[1]
+        request.baseline_s = spec.baseline_s
+        for token in new:  # the round fits the cache: only its last token can make the sequence slide
+            self._emit(request, token)
+            if request.finish_reason is not None or request not in self.active:
+                return
 
     def _emit(self, request: Request, token: int) -> None:
         """Deliver `token` (or finish the request) and record it in the sequence."""
@@ -398,3 +459,9 @@ def fill_stats(stats: dict, request, count: int) -> None:
     stats.update(tokens=count, seconds=now - request.submitted,
                  ttft_s=(first - request.submitted) if first else None,
                  tokens_per_sec=(count - 1) / decode_s if count > 1 and decode_s > 0 else 0.0)
+    seq = getattr(request, "seq", None)
+    if seq is not None and seq.drafted:  # speculative decoding took part
+        stats.update(draft_accept_rate=seq.drafts_kept / seq.drafted, draft_tokens=seq.drafted)
+        baseline = getattr(request, "baseline_s", None)
+        if baseline and stats["tokens_per_sec"]:
+            stats["speedup"] = stats["tokens_per_sec"] * baseline

@@ -1,0 +1,230 @@
+"""Speculative decoding: a small draft model with the target's tokenizer proposes k tokens, the target checks them in
+one pass over its static KV cache (Decoder.extend) and keeps the prefix it agrees with, plus one token of its own.
+
+Which output is exact (Leviathan et al. 2023, Chen et al. 2023): at temperature > 0 a draft token d is kept with
+probability min(1, p(d)/q(d)) and, on rejection, one is drawn from norm(max(0, p − q)), so every token is distributed
+as the target's own sampling would draw it, whatever the draft. p and q are both the processed distributions
+(repetition penalty over the tokens so far, drafts included, then temperature, top-k, top-p: the steps of
+slm_core.infer.sampling.sample_next), so every combination of those knobs is exact; the knobs on q only change how
+often drafts are kept. At temperature 0 a draft is kept when it is the target's (penalized) argmax: the same text
+as plain decoding, up to floating-point rounding (the check is a several-row multiply where plain decoding does one
+row; it reads the same weight copy, so only near-ties of two logits can go the other way). A seed gives a
+reproducible reply, but not the one plain decoding draws with that seed: the random numbers are used differently.
+
+A rejected draft needs no undo: the caches are indexed by position, and the next pass writes those positions first.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from slm_core.errors import SLMError
+from slm_core.infer.decoder import Decoder
+from slm_core.infer.sampling import SamplingParams, penalize
+from slm_core.run.runs import read_status, run_summary, runs_dir
+
+MIN_K, MAX_K, START_K = 1, 8, 4  # drafted tokens per round: adapted between MIN_K and MAX_K
+BASELINE_STEPS = 2  # one-row target steps timed once, for the speed-up estimate (the faster counts: the first warms up)
+
+
+def check_draft(target_tokenizer, draft_tokenizer, target_vocab: int, draft_vocab: int, name: str) -> None:
+    """Refuse a draft whose token ids are not the target's: its proposals would mean other text."""
+    same = (target_tokenizer is not None and draft_tokenizer is not None
+            and target_tokenizer.fingerprint() == draft_tokenizer.fingerprint())
+    if not same or target_vocab != draft_vocab:
+        raise SLMError(f"the draft {name} does not share the model's tokenizer (fingerprint or vocabulary size "
+                       f"differs): pick a draft trained with the same tokenizer, e.g. a run made by `slm shrink`")
+
+
+# ---- a shrunk student as its teacher's draft ---------------------------------------------------------
+
+def _key(spec: str, root: Path) -> str:
+    """A model source as one comparable string: the run folder for a run or one of its checkpoints, else the
+    resolved folder, else the text (a Hub id)."""
+    path = Path(spec).expanduser()
+    if not path.is_dir() and (root / spec).is_dir():
+        path = root / spec
+    if not path.is_dir():
+        return spec
+    path = path.resolve()
+    if path.parent.name == "checkpoints":  # a run's checkpoint folder: the run
+        path = path.parent.parent
+    return str(path)
+
+
+def find_shrunk_draft(teacher: str, root: Optional[Path] = None) -> Optional[dict]:
+    """The newest finished run in the runs folder made by `slm shrink` (distill.shrink_layers) from `teacher`, as
+    `run_summary` gives it with its layer count added; None when there is none."""
+    base = runs_dir(root)
+    if not base.is_dir():
+        return None
+    wanted, found = _key(str(teacher), base), []
+    for run in base.iterdir():
+        config = _distill_section(run)
+        teacher_spec = config.get("teacher")
+        if not config.get("shrink_layers") or not teacher_spec or not (run / "checkpoints").is_dir():
+            continue
+        if _key(str(teacher_spec), base) == wanted and read_status(run).get("state") not in ("failed", "running"):
+            found.append(dict(run_summary(run), layers=config["shrink_layers"]))
+    return max(found, key=lambda r: r.get("started_at") or 0, default=None)
+
+
+def _distill_section(run: Path) -> dict:
+    import yaml
+
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    section = config.get("distill") if isinstance(config, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def resolve_draft(draft: str, target: str, root: Optional[Path] = None) -> tuple[str, str]:
+    """`--draft` as a model source and a line saying what it is: 'auto' finds a shrunk student of `target`."""
+    if draft != "auto":
+        return draft, f"draft: {draft}"
+    run = find_shrunk_draft(target, root)
+    if run is None:
+        where = runs_dir(root)
+        raise SLMError(f"--draft auto found no run in {where} shrunk from {target}: make one with "
+                       f"`slm shrink {target} --layers N`, or name the draft model")
+    return run["path"], (f"draft: {run['name']} (auto: {run['layers']} layers shrunk from {target} by `slm shrink`, "
+                         f"{run['state']} at step {run['step']})")
+
+
+# ---- one round: draft k, verify in one pass, keep the agreed prefix --------------------------------
+
+def _processed(logits: torch.Tensor, history: Optional[torch.Tensor], params: SamplingParams) -> torch.Tensor:
+    """logits (V,) → what sample_next draws from: probabilities (V,) at temperature > 0, else the penalized logits."""
+    logits = logits.clone()
+    if history is not None:
+        penalize(logits, history.nonzero()[:, 0], params.repetition_penalty)
+    if params.temperature <= 0:
+        return logits
+    logits /= params.temperature
+    if params.top_k and params.top_k < logits.numel():
+        logits[logits < torch.topk(logits, params.top_k).values[-1]] = -float("inf")
+    if 0.0 < params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        logits[order[probs.cumsum(-1) - probs > params.top_p]] = -float("inf")  # keep the token crossing top_p
+    return torch.softmax(logits, dim=-1)
+
+
+def _draw(dist: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    if params.temperature <= 0:
+        return int(torch.argmax(dist))
+    return int(torch.multinomial(dist, 1, generator=generator))
+
+
+class Speculator:
+    """A draft model's one-slot decoder, what its cache holds, and the adaptive draft length k."""
+
+    def __init__(self, draft: torch.nn.Module, max_len: int, one_row_half: Optional[bool] = None, k: int = START_K):
+        self.decoder = Decoder(draft, slots=1, max_len=max_len, one_row_half=one_row_half)
+        if self.decoder.max_len < max_len:
+            raise SLMError(f"the draft's context ({self.decoder.max_len} tokens) is shorter than the model's "
+                           f"({max_len}): pick a draft with at least the model's context length")
+        self.k = k
+        self.cached: list[int] = []  # the tokens in the draft's cache, positions 0..
+        self.drafted = self.accepted = self.rounds = 0
+        self.baseline_s: Optional[float] = None  # the target's one-row step, for the speed-up estimate
+
+    def measure_baseline(self, target: Decoder, slot: int, position: int, token: int) -> None:
+        """Time the target's plain one-row step, once, at `position`, a position the next round writes first."""
+        if self.baseline_s is not None or position >= target.max_len:
+            return
+        times = []
+        for _ in range(BASELINE_STEPS):
+            start = time.perf_counter()
+            target.step([slot], [token], [position])
+            times.append(time.perf_counter() - start)
+        self.baseline_s = min(times)
+
+    def stats(self, tokens_per_sec: float = 0.0) -> dict:
+        """Acceptance rate of drafted tokens, mean k, and the speed-up over the target alone: `tokens_per_sec`
+        against the one-row step time measured once (an estimate: the step is not re-timed under changing load)."""
+        out = {"draft_accept_rate": self.accepted / self.drafted if self.drafted else 0.0,
+               "draft_k": self.drafted / self.rounds if self.rounds else 0.0,
+               "draft_tokens": self.drafted, "draft_accepted": self.accepted}
+        if self.baseline_s and tokens_per_sec:
+            out["speedup"] = tokens_per_sec * self.baseline_s
+        return out
+
+    @torch.inference_mode()
+    def round(self, target: Decoder, slot: int, tokens: list[int], fed: int, pending: Optional[torch.Tensor],
+              seen: Optional[torch.Tensor], params: SamplingParams, generator: torch.Generator, want: int) -> list[int]:
+        """The next 1..k+1 tokens after `tokens` (at most `want`), as the target alone would have drawn them.
+
+        The target's cache holds tokens[:fed]; `pending` is its logits (V,) after tokens[-1] when fed == len(tokens)
+        (right after a prefill), else None. `seen` (V,) bool: the repetition penalty's tokens, or None."""
+        k = max(0, min(self.k, want - 1, target.max_len - len(tokens)))  # every fed position stays in the cache
+        drafts, q = self._draft(tokens, k, seen, params, generator)
+        feed = tokens[fed:] + drafts
+        rows = target.extend(slot, feed, fed) if feed else None  # (len(feed), V)
+        if pending is not None:
+            p_logits = pending[None] if rows is None else torch.cat((pending[None], rows))
+        else:
+            p_logits = rows[len(tokens) - 1 - fed:]  # (k+1, V): row i follows tokens + drafts[:i]
+        kept = self._verify(p_logits, drafts, q, seen, params, generator)
+        if drafts:
+            self.rounds += 1
+            self.drafted += len(drafts)
+            self.accepted += len(kept) - 1
+            self._adapt(len(kept) - 1, len(drafts))
+        return kept
+
+    def _adapt(self, accepted: int, drafted: int) -> None:
+        """Grow k after a fully kept round, shrink it when the first half was already rejected."""
+        if accepted == drafted and drafted == self.k:
+            self.k = min(MAX_K, self.k + 1)
+        elif accepted < drafted // 2 or accepted == 0:
+            self.k = max(MIN_K, self.k - 1)
+
+    def _draft(self, tokens: list[int], k: int, seen, params, generator) -> tuple[list[int], list]:
+        """k draft tokens after `tokens`, and the distribution each was drawn from (processed as the target's)."""
+        if k == 0:
+            return [], []
+        n = min(len(self.cached), len(tokens) - 1)  # the last token is always fed: its logits are needed
+        if self.cached[:n] != tokens[:n]:  # a rejected draft, a slid window or another conversation: keep the common part
+            n = next(i for i, (a, b) in enumerate(zip(self.cached, tokens)) if a != b)
+        logits = self.decoder.extend(0, tokens[n:], n)[-1]
+        self.cached = tokens[:]
+        history = seen.clone() if seen is not None else None
+        drafts, dists = [], []
+        for i in range(k):
+            dist = _processed(logits, history, params)
+            token = _draw(dist, params, generator)
+            drafts.append(token)
+            dists.append(dist)
+            if history is not None:
+                history[token] = True
+            if i < k - 1:
+                logits = self.decoder.extend(0, [token], len(self.cached))[-1]
+                self.cached.append(token)
+        return drafts, dists
+
+    def _verify(self, p_logits: torch.Tensor, drafts: list[int], q: list, seen, params: SamplingParams,
+                generator: torch.Generator) -> list[int]:
+        """p_logits (len(drafts)+1, V): the accepted drafts, then the target's own token (a correction or a bonus)."""
+        history = seen.clone() if seen is not None else None
+        kept: list[int] = []
+        for i, token in enumerate(drafts):
+            p = _processed(p_logits[i], history, params)
+            if params.temperature <= 0:
+                best = int(torch.argmax(p))
+                if best != token:
+                    return kept + [best]
+            elif float(torch.rand(1, generator=generator)) * float(q[i][token]) >= float(p[token]):
+                residual = (p - q[i]).clamp_(min=0)  # rejected: the target's mass the draft under-proposed
+                total = float(residual.sum())
+                return kept + [_draw(residual / total if total > 0 else p, params, generator)]
+            kept.append(token)
+            if history is not None:
+                history[token] = True
+        return kept + [_draw(_processed(p_logits[len(drafts)], history, params), params, generator)]
