@@ -46,6 +46,9 @@ def add_serve_parser(sub) -> None:
     parser.add_argument("--stream-interval-ms", type=float, default=STREAM_INTERVAL_S * 1000,
                         help="a stream sends at most one event per this many ms, with every token decoded meanwhile "
                              "(default %(default)g; 0: an event per token, slower with many clients)")
+    parser.add_argument("--draft", default=None, metavar="MODEL",
+                        help="speculative decoding while one request decodes alone: a smaller model with the same "
+                             "tokenizer (auto: a run made from MODEL by `slm shrink`); native engine only")
     add_runs_dir(parser)
 
 
@@ -61,7 +64,7 @@ def cmd_serve(args) -> int:
     if args.engine == "vllm":
         return _hand_to_vllm(args)
     served = load_served(args.model, args.engine, args.checkpoint, args.slots, args.dtype, args.threads,
-                         args.compile, args.name, args.runs_dir)
+                         args.compile, args.name, args.runs_dir, draft=args.draft)
     served.api_key = args.api_key
     served.stream_interval_s = args.stream_interval_ms / 1000
     return run_server(served, args.host, args.port, args.allow_host)

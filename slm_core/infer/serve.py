@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from slm_core.errors import SLMError
 from slm_core.infer.api_logprobs import chat_logprobs, completion_logprobs
 from slm_core.infer.api_metrics import Metrics
 from slm_core.infer.api_request import (  # noqa: F401  (sampling_from: re-exported)
@@ -26,6 +27,7 @@ from slm_core.infer.engine import Engine, stream_request
 from slm_core.infer.guard import LocalGuard, allowed_hosts
 from slm_core.infer.onnx import OnnxEngine, is_genai_folder
 from slm_core.infer.scoring import score, scored_of, submit_scoring
+from slm_core.infer.speculative import check_draft, resolve_draft
 from slm_core.models.load import load_model
 from slm_core.models.templates import content_text, format_prompt
 
@@ -569,13 +571,24 @@ def serve_decoding_here(served: Served, server) -> int:
 
 def load_served(model: str, engine: str = "native", tag: str = "best", slots: int = 8, dtype: str = "auto",
                 threads: Optional[int] = None, compile: bool = False, name: Optional[str] = None,
-                runs_dir: Optional[Path] = None) -> Served:
-    """Load MODEL into the chosen engine, with its template and id."""
+                runs_dir: Optional[Path] = None, draft: Optional[str] = None) -> Served:
+    """Load MODEL into the chosen engine, with its template and id. `draft`: a model (or 'auto': a shrunk student
+    of MODEL) for speculative decoding of lone requests (slm_core.infer.speculative; native engine only)."""
 
     if engine == "onnx" or is_genai_folder(model):  # an onnxruntime-genai folder runs only there
+        if draft:
+            raise SLMError("--draft runs on the native engine: leave out --draft, or serve a native model")
         runtime = OnnxEngine(model, threads=threads, slots=slots, inline_alone=False)  # clients overlap
         return Served(runtime, name or Path(model).name, chat_encoder(runtime.template, runtime.tokenizer))
 
     loaded = load_model(model, tag=tag, runs_dir=runs_dir)
-    runtime = Engine(loaded.model, loaded.tokenizer, slots=slots, dtype=dtype, compile=compile, threads=threads)
+    drafter = None
+    if draft:
+        source, line = resolve_draft(draft, model, runs_dir)
+        drafter = load_model(source, tag=tag, runs_dir=runs_dir)
+        check_draft(loaded.tokenizer, drafter.tokenizer, loaded.model.config.vocab_size,
+                    drafter.model.config.vocab_size, source)
+        print(line, flush=True)
+    runtime = Engine(loaded.model, loaded.tokenizer, slots=slots, dtype=dtype, compile=compile, threads=threads,
+                     draft=drafter.model if drafter else None)
     return Served(runtime, name or Path(str(model)).name, chat_encoder(loaded.template, loaded.tokenizer))
