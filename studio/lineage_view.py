@@ -205,6 +205,18 @@ def confirm_delete(root: Path, name: Optional[str], orphan: bool) -> str:
     return message("ok", f"Deleted {plan['node']}: {format_bytes(plan['frees_bytes'])} freed.")
 
 
+def cleanup_listing(root: Path) -> str:
+    """What can be deleted (slm_core.run.lineage_tree.cleanup_candidates), with the space each frees. Listing only:
+    each is deleted by picking it and confirming (or `slm lineage --cleanup --yes`)."""
+    found = lineage_tree.cleanup_candidates(lineage.scan(root))
+    if not found:
+        return message("info", "Nothing to clean up: every artifact is needed or the best of its kind.")
+    lines = ["| frees | artifact | why |", "|---:|---|---|"]
+    lines += [f"| {format_bytes(c['frees_bytes'])} | {c['name']} | {c['reason']} |" for c in found]
+    total = format_bytes(sum(c["frees_bytes"] for c in found))
+    return "\n".join(lines) + f"\n\n{total} in all. Nothing is deleted from here: pick one above and delete it."
+
+
 # ---- the layout inside the Runs tab --------------------------------------------------------------------
 
 def build(ctx, opened) -> None:
@@ -219,6 +231,7 @@ def build(ctx, opened) -> None:
         with gr.Row():
             compare = gr.Button("Compare with its parent", size="sm", elem_id="lineage-compare")
             delete = gr.Button("Delete this node…", variant="stop", size="sm", elem_id="lineage-delete")
+            tidy = gr.Button("What can I delete?", size="sm", elem_id="lineage-cleanup")
         delta = gr.Markdown("", elem_id="lineage-delta")
         with gr.Group(visible=False) as confirm_box:
             confirm_text = gr.Markdown("")
@@ -235,6 +248,7 @@ def build(ctx, opened) -> None:
     score.input(**drawing, **QUIET)
     node.input(lambda n: pick(ctx.runs_dir, n), node, [panel, opened], **QUIET).then(**drawing, **QUIET)
     compare.click(lambda n: compare_with_parent(ctx.runs_dir, n), node, delta, api_name="lineage_compare")
+    tidy.click(lambda: cleanup_listing(ctx.runs_dir), None, delta, api_name="lineage_cleanup")
     delete.click(lambda n: ask_delete(ctx.runs_dir, n), node, [confirm_box, confirm_text, orphan, result], **QUIET)
     cancel.click(lambda: gr.update(visible=False), None, confirm_box, **QUIET)
     confirm.click(lambda n, o: (gr.update(visible=False), confirm_delete(ctx.runs_dir, n, o)), [node, orphan],

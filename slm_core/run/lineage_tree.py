@@ -156,7 +156,7 @@ def _checkpoints(graph: Graph) -> list[dict]:
     found = []
     for node in graph.nodes.values():
         folder = Path(node["path"] or "") / "checkpoints"
-        if node["state"] is None or not folder.is_dir():
+        if node["state"] not in runs.TERMINAL_STATES or not folder.is_dir():  # a live run's fallbacks stay
             continue
         for prev in sorted(folder.glob("*.prev")):
             if (folder / prev.name.removesuffix(".prev")).is_dir():

@@ -66,3 +66,15 @@ def test_deleting_a_base_says_what_depends_on_it_and_needs_the_orphaning_confirm
     assert "Deleted" in view.confirm_delete(root, name, True) and not (root / name).exists()
     fig, _, _ = view.draw(root, None, None)
     assert "missing" in traces(fig)  # the orphan still shows the base it came from, gone
+
+
+def test_what_can_i_delete_lists_without_deleting(family):
+    root, name, int8 = family
+    listing = view.cleanup_listing(root)  # the finished run's older checkpoint copies; not the int8 it needs
+    assert f"{name}/checkpoints/latest.prev" in listing and "quantized" not in listing
+    stale = root / name / "quantized" / "int8-older"
+    shutil.copytree(int8, stale, ignore=shutil.ignore_patterns("evals"))
+    meta = json.loads((stale / "lineage.json").read_text())
+    (stale / "lineage.json").write_text(json.dumps(dict(meta, created_at=meta["created_at"] - 60)))
+    listing = view.cleanup_listing(root)
+    assert f"{name}/quantized/int8-older" in listing and "superseded" in listing and stale.is_dir()
