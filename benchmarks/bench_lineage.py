@@ -178,6 +178,9 @@ def main() -> None:
         for label, cli_args in (("slm runs --tree  (whole forest)", ()), ("slm lineage lora-0-0 --json", ("lora-0-0", "--json")),
                                 ("slm lineage lora-0-0", ("lora-0-0",))):
             print(f"  {label:<34}{cli_seconds(root, *cli_args):8.2f} s  (fresh process, imports included; target < 1 s)")
+        start_s = timed(lambda: subprocess.run([sys.executable, "-c", "import slm_core.cli"], env=ENV, cwd=REPO,
+                                                check=True))[0]
+        print(f"  of which starting `slm` (import slm_core.cli, torch included)  {start_s:.2f} s")
         if args.server:
             s = server_figures(root)
             print(f"  Studio /lineage_tree round trip    {s['endpoint_s']:8.2f} s  (target < 2 s for the page); server RSS "

@@ -193,6 +193,30 @@ def ask_delete(root: Path, name: Optional[str]) -> list[Any]:
     return [gr.update(visible=True), text, gr.update(visible=bool(plan["orphans"]), value=False), ""]
 
 
+def dependents_note(root: Path, name: Optional[str]) -> str:
+    """For the Runs tab's own delete box: what was made from the run and what deleting it would orphan."""
+    graph = lineage.scan(root, sizes=False)
+    node = node_by_name(graph, name)
+    if node is None:
+        return ""
+    plan = lineage_tree.deletion_plan(graph, node["id"])
+    made = plan["removes"] + plan["descendants"]
+    note = f" Made from it: {', '.join(made)}." if made else ""
+    if plan["orphans"]:
+        note += " " + message("warn", f"It is the only base of {', '.join(plan['orphans'])}: deleting it is refused "
+                                      "here; delete it from the Family tree to confirm orphaning them.")
+    return note
+
+
+def refuse_orphaning(root: Path, name: Optional[str]) -> None:
+    """Raise (SLMError, naming them) when deleting run `name` would orphan a descendant's only base."""
+    graph = lineage.scan(root, sizes=False)
+    node = node_by_name(graph, name)
+    plan = lineage_tree.deletion_plan(graph, node["id"]) if node is not None else {"orphans": []}
+    if plan["orphans"]:
+        raise lineage_tree.orphan_refusal(plan)
+
+
 def confirm_delete(root: Path, name: Optional[str], orphan: bool) -> str:
     graph = lineage.scan(root)
     node = node_by_name(graph, name)

@@ -116,10 +116,14 @@ def delete(graph: Graph, node_id: str, orphan: bool = False) -> dict:
     only base unless `orphan` (the person confirmed). A running run is refused by runs.delete_run."""
     plan = deletion_plan(graph, node_id)
     if plan["orphans"] and not orphan:
-        raise SLMError(f"{plan['node']} is the only base of {', '.join(plan['orphans'])}: deleting it orphans them "
-                       "(a LoRA no longer loads); delete those first, or confirm that they may be orphaned")
+        raise orphan_refusal(plan)
     remove_artifact(Path(plan["path"]), graph.nodes[node_id]["kind"])
     return plan
+
+
+def orphan_refusal(plan: dict) -> SLMError:
+    return SLMError(f"{plan['node']} is the only base of {', '.join(plan['orphans'])}: deleting it orphans them "
+                    "(a LoRA no longer loads); delete those first, or confirm that they may be orphaned")
 
 
 def remove_artifact(path: Path, kind: str) -> None:
