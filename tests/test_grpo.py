@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from slm_core.cli import main
-from slm_core.config import GRPOConfig, RunConfig, load_recipe
+from slm_core.config import GRPOConfig, RunConfig, load_recipe, load_run_config, save_user_recipe
 from slm_core.errors import SLMError
 from slm_core.infer.decoder import Decoder
 from slm_core.infer.generate import generate_tokens
@@ -177,6 +177,18 @@ def test_prompts_from_a_file_take_gsm8k_answers(tmp_path):
         load_problems(str(path))
     path.write_text(path.read_text().splitlines()[0] + "\n")
     assert load_problems(str(path)) == [("Question: Tom has 3 apples and buys 4. How many?\nAnswer:", "7")]
+
+
+@pytest.mark.slow  # trains a start and one GRPO step
+def test_a_recipe_as_the_start_is_trained_first_and_named_as_the_parent(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLM_RECIPES_DIR", str(tmp_path / "recipes"))
+    save_user_recipe("grpo-test-start", load_recipe("arithmetic-start-cpu", START))
+    run_dir = tmp_path / "runs" / "rl"
+    train(load_recipe("grpo-arithmetic-cpu", grpo_overrides("recipe:grpo-test-start", 1)), run_dir, progress=False)
+    start = tmp_path / "runs" / "rl-start"
+    assert runs.read_status(start)["state"] == "finished" and runs.read_status(start)["step"] == 20
+    assert runs.read_status(run_dir)["parent"] == str(start)
+    assert load_run_config(run_dir / "config.yaml").train.init_from == str(start)  # a resume needs no recipe
 
 
 # ---- kill and resume ---------------------------------------------------------------------------------

@@ -35,5 +35,8 @@ def resolve_start(config: RunConfig, run_dir: Path, train: Callable, **train_kwa
     state = runs.read_status(folder).get("state") if (folder / "status.json").exists() else None
     if state != "finished":
         print(f"start: training recipe {name} into {folder} first", flush=True)
-        train(start, folder, resume=(folder / "checkpoints").is_dir(), **train_kwargs)
+        result = train(start, folder, resume=(folder / "checkpoints").is_dir(), **train_kwargs)
+        if result.get("state") != "finished":  # stopped by a signal or a stop request: so is this run
+            raise SLMError(f"the start run {folder.name} ended {result.get('state')} before its last step; "
+                           "start this run again to resume it")
     return dataclasses.replace(config, train=dataclasses.replace(config.train, init_from=str(folder)))
