@@ -69,7 +69,8 @@ def timed(fn, jobs: list, clients: int) -> tuple[list, float]:
     return out, time.perf_counter() - start
 
 
-def scoring_rows(base: str, loaded, prompts: list[list[int]]) -> None:
+def scoring_rows(base: str, loaded, prompts: list[list[int]]) -> float:
+    """Prints the rows; returns slm serve's prompt tokens/s for lm-eval's request (max_tokens=1, 1 client)."""
     import torch
 
     from slm_core.post.harness import _score_pairs
@@ -83,6 +84,7 @@ def scoring_rows(base: str, loaded, prompts: list[list[int]]) -> None:
     _score_pairs(loaded.model, pairs, loaded.model.config.context_length, 16, lambda done: None)
     peer = tokens / (time.perf_counter() - start)
     print(f"{'slm eval in process (batches of 16)':<60}{peer:>14,.0f}{1.0:>12.2f}x")
+    lm_eval_rate = 0.0
     for label, extra, clients in (("serve, max_tokens=0, 1 client", {"max_tokens": 0}, 1),
                                   ("serve, max_tokens=0, 4 clients", {"max_tokens": 0}, 4),
                                   ("serve, max_tokens=1 (lm-eval's request), 1 client", {"max_tokens": 1}, 1),
@@ -95,6 +97,9 @@ def scoring_rows(base: str, loaded, prompts: list[list[int]]) -> None:
                 "model": NAME, "prompt": p, "echo": True, "logprobs": 1, "temperature": 0, **extra}),
                 prompts, clients)
         print(f"{label:<60}{tokens / seconds:>14,.0f}{tokens / seconds / peer:>12.2f}x")
+        if "lm-eval" in label:
+            lm_eval_rate = tokens / seconds
+    return lm_eval_rate
 
 
 def choices_rows(base: str, tokens: int) -> None:
@@ -111,21 +116,19 @@ def choices_rows(base: str, tokens: int) -> None:
         print(f"{label:<60}{rows[-1]:>18,.0f}{rows[-1] / rows[0]:>8.2f}x")
 
 
-def lm_eval_rows(base: str, loaded, tasks: list[str], limit: int) -> None:
+def lm_eval_rows(paths: list[tuple[str, object, object]], loaded, tasks: list[str], limit: int) -> None:
+    """Each task through each (label, lm_eval model, model_args); the first path is the reference."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from slm_core.post.harness import harness_model
     from slm_core.post.tasks import task_configs
 
-    print(f"\n## lm-evaluation-harness, {limit} items per task: local-completions through slm serve vs slm eval")
-    print(f"{'task':<16}{'path':<34}{'acc':>8}{'acc_norm':>10}{'max |d loglik|':>16}{'seconds':>9}")
+    print(f"\n## lm-evaluation-harness, {limit} items per task, side by side (first row: the reference)")
+    print(f"{'task':<14}{'path':<44}{'acc':>7}{'acc_norm':>9}{'max |d loglik|':>16}{'seconds':>9}")
     for task in tasks:
         configs, _ = task_configs([task])
         rows = {}
-        for label, model, args in (("slm eval --tasks (in process)", harness_model(loaded), None),
-                                   ("local-completions -> slm serve", "local-completions",
-                                    f"model={NAME},base_url={base}/v1/completions,max_retries=1")):
+        for label, model, args in paths:
             start = time.perf_counter()
             out = lm_eval.simple_evaluate(model=model, model_args=args, tasks=configs, limit=limit,
                                           task_manager=TaskManager(include_defaults=False), bootstrap_iters=0,
@@ -134,24 +137,60 @@ def lm_eval_rows(base: str, loaded, tasks: list[str], limit: int) -> None:
             samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
             rows[label] = (out["results"][name], [float(r[0]) for s in samples for r in s["filtered_resps"]],
                            time.perf_counter() - start)
-        ref = rows["slm eval --tasks (in process)"][1]
+        ref = rows[paths[0][0]][1]
         for label, (metrics, lls, seconds) in rows.items():
             diff = max(abs(a - b) for a, b in zip(lls, ref))
-            print(f"{task:<16}{label:<34}{metrics['acc,none']:>8.3f}{metrics['acc_norm,none']:>10.3f}"
+            print(f"{task:<14}{label:<44}{metrics['acc,none']:>7.3f}{metrics['acc_norm,none']:>9.3f}"
                   f"{diff:>16.2e}{seconds:>9.1f}")
+
+
+def llama_cpp_server(loaded, work: Path):
+    """(process, base) of llama-cpp-python's server on an f32 GGUF export of `loaded` (exact, as our fp32), or
+    None with the reason printed."""
+    import subprocess
+
+    from serving import free_port
+
+    from slm_core.post.export import export_model
+
+    missing = [m for m in ("llama_cpp", "sse_starlette", "starlette_context", "pydantic_settings")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"llama.cpp's server (llama-cpp-python[server]): {', '.join(missing)} not installed; not measured")
+        return None
+    gguf = next(p for p in export_model(loaded.model, loaded.tokenizer, loaded.config, work / "gguf", fmt="gguf",
+                                        gguf_type="f32") if p.suffix == ".gguf")
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port", str(port),
+                                "--n_ctx", str(loaded.model.config.context_length), "--logits_all", "True",
+                                "--model_alias", NAME, "--n_threads", "1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(base + "/v1/models", timeout=2).close()
+            return process, base
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    print("llama.cpp's server did not start; not measured")
+    return None
+
+
+def peer_scoring_row(base: str, loaded, prompts: list[list[int]], ours: float) -> None:
+    """llama.cpp's server scoring the same sequences as text (it takes no token ids), one client."""
+    texts = [loaded.tokenizer.decode(p) for p in prompts]
+    out, seconds = timed(lambda t: post(base, "/v1/completions", {
+        "model": NAME, "prompt": t, "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}), texts, 1)
+    tokens = sum(o["usage"]["prompt_tokens"] for o in out)
+    print(f"{'llama.cpp server (llama-cpp-python), max_tokens=1, 1 client':<60}{tokens / seconds:>14,.0f}"
+          f"{'':>13}  (slm serve, same request: {ours:,.0f})")
 
 
 def peers() -> None:
     print("\n## Peer servers")
     if importlib.util.find_spec("vllm") is None:
         print("vLLM: not installed here (a CUDA machine's server); not measured")
-    missing = [m for m in ("sse_starlette", "starlette_context", "pydantic_settings") if importlib.util.find_spec(m)
-               is None]
-    if importlib.util.find_spec("llama_cpp") is None:
-        print("llama.cpp's server: llama-cpp-python not installed; not measured")
-    elif missing:
-        print(f"llama.cpp's server: llama-cpp-python is installed without its server extras ({', '.join(missing)}:"
-              " `pip install 'llama-cpp-python[server]'`); not measured")
 
 
 def main() -> None:
@@ -165,6 +204,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from slm_core.models.load import load_model
+    from slm_core.post.harness import harness_model
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machine: compare rows of "
           "one run only)")
@@ -175,13 +215,26 @@ def main() -> None:
         params = sum(p.numel() for p in loaded.model.parameters())
         print(f"model: {model} ({params / 1e6:.1f}M parameters), slm serve --dtype fp32")
         process, base = start_serve(model, "--name", NAME, "--dtype", "fp32")
+        peer = llama_cpp_server(loaded, Path(work))
         try:
             ids = loaded.tokenizer.encode(TEXT)
-            scoring_rows(base, loaded, windows(ids, args.prompt_tokens, args.requests))
+            prompts = windows(ids, args.prompt_tokens, args.requests)
+            ours = scoring_rows(base, loaded, prompts)
+            if peer:
+                peer_scoring_row(peer[1], loaded, prompts, ours)
             choices_rows(base, args.tokens)
-            lm_eval_rows(base, loaded, [t for t in args.tasks.split(",") if t], args.limit)
+            paths = [("slm eval --tasks (in process)", harness_model(loaded), None),
+                     ("local-completions -> slm serve", "local-completions",
+                      f"model={NAME},base_url={base}/v1/completions,max_retries=1"),
+                     ("gguf (lm-eval's llama.cpp model) -> slm serve", "gguf", f"base_url={base}")]
+            if peer:
+                paths.append(("gguf -> llama.cpp server", "gguf", f"base_url={peer[1]}"))
+            lm_eval_rows(paths, loaded, [t for t in args.tasks.split(",") if t], args.limit)
         finally:
             stop_serve(process)
+            if peer:
+                peer[0].terminate()
+                peer[0].wait(30)
     peers()
 
 

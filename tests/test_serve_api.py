@@ -77,6 +77,11 @@ def test_echo_with_logprobs_scores_the_prompt_and_the_completion(api, direct):
     assert scoring.choices[0].logprobs.token_logprobs[1:] == pytest.approx(expected[:len(ids) - 1], abs=1e-4)
     plain = api.completions.create(model="char", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=1)
     assert plain.choices[0].text == choice.text[len(PROMPT):] and len(plain.choices[0].logprobs.tokens) == 4
+    chunks = [c.choices[0] for c in api.completions.create(model="char", prompt=PROMPT, max_tokens=4, temperature=0,
+                                                           logprobs=1, stream=True) if c.choices]
+    assert "".join(c.text for c in chunks) == plain.choices[0].text  # streamed with its logprobs, token for token
+    assert [t for c in chunks if c.logprobs for t in c.logprobs.token_logprobs] == \
+        pytest.approx(plain.choices[0].logprobs.token_logprobs, abs=1e-5)
 
 
 def test_token_id_and_batched_prompts_are_each_their_own_choice(api, direct):
@@ -147,6 +152,17 @@ def test_an_unsupported_chat_parameter_is_a_400_naming_it(api, extra, param):
     ok = api.chat.completions.create(model="char", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
                                      response_format={"type": "text"}, frequency_penalty=0)  # "off" values pass
     assert ok.choices[0].finish_reason in ("length", "stop")
+
+
+def test_a_request_without_model_is_answered_by_the_one_model_served(server):
+    """lm-eval's `gguf` model (its llama.cpp client) sends no model, as vLLM and llama.cpp's server allow."""
+    base, _ = server
+    request = urllib.request.Request(base + "/v1/completions", method="POST", headers={
+        "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}, data=json.dumps(
+        {"prompt": PROMPT, "max_tokens": 1, "echo": True, "logprobs": 3, "temperature": 0}).encode())
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())
+    assert answer["model"] == "char" and answer["choices"][0]["logprobs"]["text_offset"][-1] == len(PROMPT)
 
 
 def _get(url: str) -> tuple[int, str]:

@@ -1,5 +1,7 @@
-"""`slm serve MODEL`: an OpenAI-compatible HTTP server (models, completions, chat completions, streaming)
-in front of one engine, whose decode loop batches every client's steps."""
+"""`slm serve MODEL`: an OpenAI-compatible HTTP server (models, completions, chat completions, streaming; echo,
+log-probabilities, token-id and batched prompts, n choices; /health, Prometheus /metrics, vLLM's tokenizer
+endpoints) in front of one engine, whose decode loop batches every client's steps. Requests are checked in
+slm_core.infer.api_request; log-probabilities are computed by slm_core.infer.scoring."""
 
 
 import json
@@ -23,7 +25,7 @@ from slm_core.infer.api_request import (  # noqa: F401  (sampling_from: re-expor
     make_plan,
     sampling_from,
 )
-from slm_core.infer.engine import Engine, stream_request
+from slm_core.infer.engine import Engine, _token_bytes, stream_request
 from slm_core.infer.guard import LocalGuard, allowed_hosts
 from slm_core.infer.onnx import OnnxEngine, is_genai_folder
 from slm_core.infer.scoring import score, scored_of, submit_scoring
@@ -91,10 +93,8 @@ def _vocab_size(engine) -> int:
 def _prepare(served: Served, body: dict, chat: bool) -> Plan:
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
-    model = body.get("model")
-    if not model:
-        raise APIError(400, "'model' is required", param="model")
-    if model != served.model_id:
+    model = body.get("model")  # left out: the one model served, as vLLM and llama.cpp's server answer
+    if model is not None and model != served.model_id:
         raise APIError(404, f"The model '{model}' does not exist; this server serves '{served.model_id}'",
                        param="model", code="model_not_found")
     check_supported(body, chat)
@@ -146,17 +146,6 @@ class _Kept:
         setattr(self.request, name, value)
 
 
-def _piece(tokenizer) -> Callable[[int], bytes]:
-    cache: dict[int, bytes] = {}
-
-    def piece(token: int) -> bytes:
-        if token not in cache:
-            cache[token] = tokenizer.decode_bytes([token])
-        return cache[token]
-
-    return piece
-
-
 def _decode(served: Served, ids: list[int]) -> str:
     return served.engine.tokenizer.decode_bytes(ids).decode("utf-8", errors="replace")
 
@@ -180,7 +169,7 @@ def _answer(served: Served, plan: Plan, index: int, chat: bool) -> _Answer:
     answer.generated = stats.get("tokens", 0)
     if plan.logprobs is None:
         return answer
-    piece = _piece(engine.tokenizer)
+    piece = _token_bytes(engine.tokenizer)
     answer.ids = _covering(answer.ids, len(answer.text.encode()), piece)  # a stop string cut the text short
     ids = prompt + answer.ids
     if scoring is not None:
