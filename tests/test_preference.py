@@ -304,6 +304,7 @@ def test_a_lora_dpo_run_is_a_lora_run_whose_adapter_loads_in_peft(tmp_path, tiny
         assert (theirs(ids).logits - loaded.model(ids)).abs().max() < 1e-4
 
 
+@pytest.mark.slow  # two short runs, one computing the reference over every training pair
 def test_full_dpo_and_orpo_runs_train_all_weights_and_log_their_terms(tmp_path, tiny_char_run):
     from slm_core.run import runs
     from slm_core.train.loop import train
