@@ -102,6 +102,7 @@ def test_n_choices_are_sampled_apart_and_a_seed_repeats_them(api):
     assert [c.index for c in first.choices] == [0, 1, 2] and first.usage.completion_tokens == 36
     texts = [c.text for c in first.choices]
     assert len(set(texts)) > 1 and [c.text for c in api.completions.create(**ask).choices] == texts
+    assert [c.text for c in api.completions.create(**ask, best_of=3).choices] == texts  # best_of = n: the same
     streamed = {}
     for chunk in api.completions.create(stream=True, **ask):
         for c in chunk.choices:

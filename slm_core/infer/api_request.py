@@ -17,7 +17,7 @@ MAX_LOGPROBS = 20  # alternatives per token, as vLLM allows by default (OpenAI: 
 # Accepted as they are: what the server honours, plus fields that change nothing in a local answer.
 COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "user",
           "top_k", "repetition_penalty"}  # the last two are vLLM's extras
-COMPLETION = COMMON | {"prompt", "echo", "logprobs"}
+COMPLETION = COMMON | {"prompt", "echo", "logprobs", "best_of"}  # best_of: n only (check_supported)
 CHAT = COMMON | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "metadata", "store"}
 # Accepted only at the value that means "off": anything else would need behaviour this server does not have.
 OFF_VALUES: dict[str, Callable[[Any], bool]] = {
