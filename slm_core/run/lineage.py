@@ -132,10 +132,11 @@ def _run_lineage(settings: dict, uses_lora: bool, run_dir: Path) -> tuple[str, l
 # ---- resolving a source to a node ------------------------------------------------------------------
 
 def _local(text: str, near: Optional[Path], runs_dir: Optional[Path]) -> Optional[Path]:
-    candidates = [Path(text).expanduser()]
-    if not candidates[0].is_absolute():
-        roots = [runs_dir, runs_root(near) if near else None, runs.runs_dir()]
-        candidates += [Path(root) / text for root in roots if root]
+    given = Path(text).expanduser()
+    candidates = [given]
+    if not given.is_absolute():  # a bare name means a run beside the artifact first, as the command meant it then
+        roots = [runs_root(near) if near else None, runs_dir]
+        candidates = [Path(root) / text for root in roots if root] + [given, runs.runs_dir() / text]
     for path in candidates:
         if path.exists():
             return artifact_home(path.resolve())
