@@ -28,16 +28,20 @@ def target(tiny_char_run):
     return loaded
 
 
-@pytest.fixture(scope="module")
-def draft(target):
-    """The target with noise on every weight: it agrees with the target often but not always, so rounds end in
-    both acceptances and rejections."""
-    model = copy.deepcopy(target.model)
+def _noisy(model, scale: float):
+    """`model` with seeded noise on every weight: it agrees with `model` often but not always."""
+    model = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * p.std() * 0.5)
+            p.add_(torch.randn(p.shape, generator=generator) * p.std() * scale)
     return model
+
+
+@pytest.fixture(scope="module")
+def draft(target):
+    """A draft whose rounds end in both acceptances and rejections."""
+    return _noisy(target.model, 0.5)
 
 
 def _greedy(model, ids, n, draft=None, stats=None, penalty=1.0):
@@ -93,15 +97,16 @@ def _exact_two_tokens(model, ids, temperature, top_k) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_sampling_keeps_the_target_distribution(target, draft):
+def test_sampling_keeps_the_target_distribution(target):
     """1,200 seeded three-token replies (top-k 3, so ~9 cells); the joint histogram of the first two tokens against
     the target's exact distribution. Tolerance: no token outside the target's support; a chi-square test at
     p > 0.001 over cells expected >= 5 times (rarer cells pooled), and total variation < 0.08 (the sampling noise of
     1,200 draws over 9 cells is ~0.035). The draft's own distribution is further than that from the target's, so a
     draft leaking through would fail."""
     ids, n, temperature, top_k = target.tokenizer.encode(PROMPT), 1200, 1.0, 3
+    draft = _noisy(target.model, 1.0)
     exact = _exact_two_tokens(target.model, ids, temperature, top_k).flatten()
-    assert 0.5 * (exact - _exact_two_tokens(draft, ids, temperature, top_k).flatten()).abs().sum() > 0.15
+    assert 0.5 * (exact - _exact_two_tokens(draft, ids, temperature, top_k).flatten()).abs().sum() > 0.12
     counts = torch.zeros_like(exact)
     speculator = Speculator(draft, 64, one_row_half=False)
     decoder = Decoder(target.model, slots=1, max_len=64, one_row_half=False)
