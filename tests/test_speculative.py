@@ -142,8 +142,8 @@ def test_a_draft_with_another_tokenizer_is_refused(target, draft):
 @pytest.mark.slow
 def test_draft_auto_finds_the_shrunk_student(tiny_char_run, tmp_path, capsys):
     runs = tmp_path / "runs"
-    with pytest.raises(SLMError, match="found no run"):
-        main(["generate", str(tiny_char_run), "--draft", "auto", "--runs-dir", str(runs)])
+    assert main(["generate", str(tiny_char_run), "--draft", "auto", "--runs-dir", str(runs)]) != 0
+    assert "found no run" in capsys.readouterr().err
     assert main(["shrink", str(tiny_char_run), "--layers", "1", "--steps", "2", "--name", "small", "--quiet",
                  "--runs-dir", str(runs), "--set", "model.context_length=64", "--set", "train.eval_interval=2",
                  "--set", "train.ckpt_interval=2", "--set", "train.eval_batches=1",
@@ -153,5 +153,5 @@ def test_draft_auto_finds_the_shrunk_student(tiny_char_run, tmp_path, capsys):
     assert main(["generate", str(tiny_char_run), "--draft", "auto", "--runs-dir", str(runs), "--temperature", "0",
                  "--max-new-tokens", "30", "--dtype", "fp32", "--raw"]) == 0
     out = capsys.readouterr()
-    assert "draft: small (auto: 1 layers shrunk from" in out.err
+    assert "draft: small (auto: 1 layer shrunk from" in out.err
     assert "draft acceptance" in out.err and "speed-up" in out.err

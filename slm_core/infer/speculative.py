@@ -93,7 +93,8 @@ def resolve_draft(draft: str, target: str, root: Optional[Path] = None) -> tuple
         where = runs_dir(root)
         raise SLMError(f"--draft auto found no run in {where} shrunk from {target}: make one with "
                        f"`slm shrink {target} --layers N`, or name the draft model")
-    return run["path"], (f"draft: {run['name']} (auto: {run['layers']} layers shrunk from {target} by `slm shrink`, "
+    return run["path"], (f"draft: {run['name']} (auto: {run['layers']} layer{'s' if run['layers'] != 1 else ''} shrunk from {target} "
+                         f"by `slm shrink`, "
                          f"{run['state']} at step {run['step']})")
 
 
