@@ -196,7 +196,8 @@ def picker_choices(runs_dir: Path) -> list[tuple[str, str]]:
 
 def build_panel(ctx, dropdown, elem_id: str) -> dict:
     """Under `dropdown` (a model picker): its details (the model and the memory it needs here, following the
-    Train tab's batch, context and LoRA settings) and a Download button with progress for a Hub id."""
+    Train tab's batch, context and LoRA settings) and a Download button with progress for a Hub id. Set
+    panel["allow"] (a studio.allow.AllowBox) before the page is finished to offer a refused folder there."""
     import gradio as gr
 
     from studio.security import check_path
@@ -204,6 +205,7 @@ def build_panel(ctx, dropdown, elem_id: str) -> dict:
 
     fetch = gr.Button("Download from the Hub", size="sm", elem_id=f"{elem_id}-download")
     info = gr.Markdown("", elem_id=f"{elem_id}-details", elem_classes="slm-estimate")  # full width: a table
+    panel = {"details": info, "download": fetch, "allow": None}
 
     def wire(ctx) -> None:
         keys = [k for k in ESTIMATE_KEYS if k in ctx.fields]
@@ -219,8 +221,14 @@ def build_panel(ctx, dropdown, elem_id: str) -> dict:
                 yield show(spec, *values)
 
         inputs = [dropdown, *[ctx.fields[k] for k in keys]]
-        gr.on([c.change for c in inputs], show, inputs, info, trigger_mode=FORM_TRIGGER, **QUIET)
-        fetch.click(fetch_model, inputs, info, concurrency_limit=2, concurrency_id="model-download", **PRIVATE)
+        shown = gr.on([c.change for c in inputs], show, inputs, info, trigger_mode=FORM_TRIGGER, **QUIET)
+        fetched = fetch.click(fetch_model, inputs, info, concurrency_limit=2, concurrency_id="model-download",
+                              **PRIVATE)
+        allow = panel["allow"]
+        if allow is not None:
+            for event in (shown, fetched):
+                allow.after(event, [("model", dropdown)])
+            allow.on_allowed(show, inputs, info)  # a picker's details cannot be "run again" by hand
 
     ctx.finalizers.append(wire)
-    return {"details": info, "download": fetch}
+    return panel

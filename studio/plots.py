@@ -322,3 +322,21 @@ def overlay_figure(curves: dict[str, list[dict]], metric: str = "val_loss", x: s
     fig.update_yaxes(title_text=LABELS.get(metric, metric), type="log" if log_y else "linear")
     _style(fig, height=420)
     return fig
+
+
+def length_figure(data: dict) -> go.Figure:
+    """The Data tab's histogram: document lengths in tokens, as counted in power-of-two bins while tokenizing."""
+    counts = (data.get("length_histogram") or {}).get("log2_bins") or []
+    labels = [f"{2 ** k:,}–{2 ** (k + 1) - 1:,}" if k else "1" for k in range(len(counts))]
+    fig = go.Figure(go.Bar(x=labels, y=counts, marker_color="#4f6bed"))
+    fig.update_layout(height=280, template="plotly_white", xaxis_title="tokens", yaxis_title="documents")
+    clear_title(fig, "Document length (tokens, incl. end-of-text)")
+    return fig
+
+
+def clear_title(fig: go.Figure, title: str) -> None:
+    """A title in a band of its own above the plot, left-aligned: the plot's toolbar (top right, shown on hover)
+    then covers neither it nor the plot."""
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left", xref="paper", y=1, yanchor="bottom", yref="paper",
+                                 pad=dict(b=28), font=dict(size=14)),
+                      margin=dict(l=50, r=10, t=64, b=50))

@@ -45,4 +45,8 @@ table.slm-samples td b { color: #4338ca; font-weight: 600; margin-right: 2px; }
 .slm-bytes { color: #9ca3af; font-weight: 700; padding: 0 1px; cursor: help; }
 table.slm-diff del { color: #b91c1c; background: #fee2e2; text-decoration: line-through; }
 table.slm-diff ins { color: #065f46; background: #d1fae5; text-decoration: none; }
+/* The Chatbot's floating label sat over the first message: the messages start below it. */
+#chat-bot .bubble-wrap, #compare-bot-a .bubble-wrap, #compare-bot-b .bubble-wrap { padding-top: 38px; }
+/* A dropdown's value that does not fit ends in an ellipsis instead of being cut mid-letter. */
+.gradio-container input[role="listbox"], .gradio-container .wrap-inner input { text-overflow: ellipsis; }
 """

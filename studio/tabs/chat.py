@@ -18,6 +18,8 @@ from studio.tabs import PRIVATE, QUIET, message
 TITLE = "Chat"
 ENGINES = [("auto", "auto"), ("native torch", "native"), ("onnxruntime-genai", "onnx")]
 CONCURRENT = 8  # replies streaming at once (browser tabs); the engine decodes them in one batch
+STOPPED = "\n\n_(stopped)_"  # ends a reply that Stop cut short; not part of what the model is shown next turn
+BUSY = ("A reply is still being written: wait for it or press Stop, then send. Your message stays in the box.")
 
 
 def build(ctx) -> None:
@@ -51,18 +53,42 @@ def build(ctx) -> None:
         with gr.Column(scale=1, min_width=240):
             settings = _sampling()
     inputs = [text, chatbot, source, tag, *settings, backend, system]
+    replying = Replying()
+
+    def lock(request: gr.Request):
+        """Before a reply: Send goes off. A message sent while this page's reply is written (Enter) is not queued
+        unseen behind it: the page says so, and the message stays in the box."""
+        if not replying.enter(request.session_hash):  # a notice, and the chain ends: no reply is queued
+            gr.Warning(BUSY, title="Still replying")
+            raise gr.Error(BUSY, visible=False, print_exception=False)
+        return gr.update(interactive=False, value="Replying…")
 
     def respond(request: gr.Request, message_text, history, src, checkpoint, *values):
-        check_path(ctx, src, "model")
-        yield from reply(session, stops.get(request.session_hash), message_text, history, src, checkpoint, *values)
+        try:
+            check_path(ctx, src, "model")
+            yield from reply(session, stops.get(request.session_hash), message_text, history, src, checkpoint,
+                             *values)
+        finally:
+            replying.leave(request.session_hash)
 
     def stop_reply(request: gr.Request) -> None:
         stops.get(request.session_hash).set()
 
+    def unlock(request: gr.Request):
+        return gr.skip() if replying.busy(request.session_hash) else gr.update(interactive=True, value="Send")
+
     outputs = [chatbot, text, stats, info]
-    sent = send.click(respond, inputs, outputs, api_name="chat", concurrency_limit=CONCURRENT,
-                      concurrency_id="chat", show_progress="hidden")
-    submitted = text.submit(respond, inputs, outputs, concurrency_limit=CONCURRENT, concurrency_id="chat", **QUIET)
+    # As LM Studio and ChatGPT do, Send is off while a reply is written (Stop ends it): a message sent meanwhile
+    # would wait unseen behind it. Enter meanwhile says so (lock) and keeps the message in the box.
+    # Queued (a notice reaches the page only through the queue), beside the replies: never waits behind one.
+    sent = send.click(lock, None, send, concurrency_limit=None, **QUIET).success(
+        respond, inputs, outputs, api_name="chat", concurrency_limit=CONCURRENT, concurrency_id="chat",
+        show_progress="hidden")
+    submitted = text.submit(lock, None, send, concurrency_limit=None, trigger_mode="multiple", **QUIET).success(
+        respond, inputs, outputs, concurrency_limit=CONCURRENT, concurrency_id="chat", **QUIET)
+    for event in (sent, submitted):  # after a reply, whether it ended well or not
+        event.then(unlock, None, send, **QUIET)
+        event.failure(unlock, None, send, **QUIET)
     # Undocumented, not private: a client (and the test of this) can stop its own session's reply.
     stop.click(stop_reply, None, None, api_name="chat_stop", api_visibility="undocumented")
     clear.click(lambda: ([], ""), None, [chatbot, stats], **QUIET)
@@ -115,7 +141,7 @@ def reply(session: ChatSession, stop_flag: threading.Event, text: str, history: 
         yield history, text, message("error", "Pick a model first."), gr.skip()
         return
     stop_flag.clear()
-    past = list(history)
+    before, past = list(history), without_marks(history)
     history += [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
     yield history, "", "_generating…_", gr.skip()
     settings = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
@@ -129,14 +155,59 @@ def reply(session: ChatSession, stop_flag: threading.Event, text: str, history: 
         for delta in session.stream(text, past, source, tag, settings, stats, backend, system=system):
             history[-1]["content"] += delta
             about = about or session.describe()
-            yield history, "", "_generating…_", about
+            yield history, gr.skip(), "_generating…_", about  # not "": each update would wipe a message typed now
             if stop_flag.is_set():
                 break
     except SLMError as error:
-        yield past, text, message("error", str(error)), gr.skip()
+        yield before, text, message("error", str(error)), gr.skip()
         return
     done = "stopped" if stop_flag.is_set() else "done"
-    yield history, "", speed_text(stats, done) + system_note(stats), about or session.describe()
+    if stop_flag.is_set():
+        history[-1]["content"] += STOPPED
+    # The box is left as it is: the last update carries every value in full, and "" would wipe a message typed
+    # meanwhile (the first update emptied it).
+    yield history, gr.skip(), speed_text(stats, done) + system_note(stats), about or session.describe()
+
+
+class Replying:
+    """The browser sessions with a reply streaming now (one at a time per page)."""
+
+    def __init__(self):
+        self.sessions: set[str] = set()
+        self.lock = threading.Lock()
+
+    def enter(self, session: Optional[str]) -> bool:
+        """Mark `session` replying; False when it already is."""
+        if not session:
+            return True  # a direct call without a browser session
+        with self.lock:
+            if session in self.sessions:
+                return False
+            self.sessions.add(session)
+            return True
+
+    def leave(self, session: Optional[str]) -> None:
+        with self.lock:
+            self.sessions.discard(session)
+
+    def busy(self, session: Optional[str]) -> bool:
+        with self.lock:
+            return session in self.sessions
+
+
+def without_marks(history: list) -> list:
+    """The conversation as the model saw it: the "(stopped)" the page adds to a cut-short reply taken off."""
+    out = []
+    for turn in history:
+        content = turn.get("content")
+        if turn.get("role") == "assistant":
+            if isinstance(content, str):
+                content = content.removesuffix(STOPPED)
+            elif isinstance(content, list):
+                content = [{**part, "text": part["text"].removesuffix(STOPPED)}
+                           if isinstance(part, dict) and isinstance(part.get("text"), str) else part for part in content]
+        out.append({**turn, "content": content})
+    return out
 
 
 def system_note(stats: dict) -> str:

@@ -17,6 +17,7 @@ from slm_core.config import DataConfig, RunConfig, TokenizerConfig
 from slm_core.errors import SLMError
 from slm_core.system import format_count
 from studio.allow import AllowBox
+from studio.plots import length_figure
 from studio.security import check_fields, check_path
 from studio.tabs import PRIVATE, QUIET, message
 
@@ -27,6 +28,7 @@ TOKENIZERS = [("GPT-2 BPE (50,257 tokens)", "gpt2"), ("Train a BPE on this data"
 TEMPLATES = [("auto (from the records)", ""), ("alpaca", "alpaca"), ("chatml", "chatml")]
 SPLITS = [("paragraph (blank lines)", "paragraph"), ("line", "line"), ("whole file", "whole")]
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TOKENS_PENDING = '<span class="slm-muted">Token counts appear after tokenizing.</span>'
 
 
 def kind_of(source: str, uploads: Optional[Path] = None) -> Optional[str]:
@@ -55,11 +57,12 @@ def build(ctx) -> None:
                                      "like roneneldan/TinyStories")
             upload = gr.File(label="Upload files", file_count="multiple", file_types=UPLOAD_TYPES, visible=False,
                              elem_id="data-upload")
-            with gr.Row():
+            with gr.Row():  # two a row: four in one clipped the dropdowns' values ("auto (from the recor")
                 column = gr.Dropdown([("auto", "")], value="", label="Text column (JSONL/CSV/Parquet)",
                                      allow_custom_value=True, info="blank: 'text', else the first string column")
                 template = gr.Dropdown(TEMPLATES, value="", label="Instruction template",
                                        info="for instruction records (instruction/output or messages)")
+            with gr.Row():
                 max_chars = gr.Number(0, label="Use at most N characters", precision=0, minimum=0,
                                       info="0 = all of it")
                 split = gr.Dropdown(SPLITS, value="paragraph", label="Text files: one document per",
@@ -72,7 +75,7 @@ def build(ctx) -> None:
             tok_path = gr.Textbox("", label="GPT-2 vocabulary folder (offline copy)", visible=False,
                                   info="holds vocab.bpe + encoder.json; blank downloads them once")
             tokenize_btn = gr.Button("Tokenize now (cached for every run)", variant="primary")
-            tokens = gr.Markdown("", elem_id="data-tokens")
+            tokens = gr.Markdown(TOKENS_PENDING, elem_id="data-tokens")
             lengths = gr.Plot(visible=False, elem_id="data-lengths", show_label=False)
     summary = gr.Markdown("", elem_id="data-summary")
     records = gr.HTML("", elem_id="data-preview")
@@ -81,6 +84,11 @@ def build(ctx) -> None:
                        "tokenizer.path": tok_path})
     _wire(ctx, kind, source, upload, column, template, max_chars, split, preview_btn, summary, records)
     _wire_tokenizer(ctx, tok_kind, tok_size, tok_path, tokenize_btn, [tokens, lengths])
+    # What was measured of one source (or with one tokenizer) goes when another is given: a preview and token
+    # counts of the last upload must not stand beside a Hub name that failed.
+    source.change(lambda: ("", "", *stale_tokens()), None, [summary, records, tokens, lengths], **QUIET)
+    gr.on([c.change for c in (column, template, max_chars, split, tok_kind, tok_size, tok_path)], stale_tokens,
+          None, [tokens, lengths], **QUIET)
     allow.after(ctx.shared["data.preview_event"], [("data", source)])
     allow.after(ctx.shared["data.tokenize_event"], [("data", source), ("path", tok_path)])
 
@@ -118,6 +126,11 @@ def _wire_tokenizer(ctx, tok_kind, tok_size, tok_path, tokenize_btn, tokens) -> 
                                                           api_name="data_tokenize")
 
 
+def stale_tokens() -> tuple:
+    """The token panel once its counts no longer describe the source and tokenizer on the page."""
+    return TOKENS_PENDING, gr.update(visible=False)
+
+
 def save_uploads(files: Optional[list], runs_dir: Path) -> Any:
     """Copy uploaded files out of Gradio's temporary folder to <runs dir>/uploads/, so the path in the
     run's config (and in the shell command) stays valid."""
@@ -151,7 +164,7 @@ def preview(helper, source: str, column: str, template: str, max_chars: Any, spl
         if info.get("is_instruction") else "documents"
     at_least = "" if info.get("complete", True) else "at least "  # counting stops after a while on huge corpora
     text = (f"**{at_least}{info['n_documents']:,} {kind}**, {format_count(info['n_chars'])} characters "
-            f"(kind: {info['kind']}). Token counts appear after tokenizing.")
+            f"(kind: {info['kind']}).")
     columns = info.get("columns") or []
     choices = [("auto", "")] + [(c, c) for c in columns]
     cards = "".join(f"<pre class='slm-record'>{html.escape(t)}</pre>" for t in texts)
@@ -192,15 +205,3 @@ def corpus_stats(data: dict) -> str:
     return (f"Corpus **{size}** · **{docs:,} documents** ({data.get('train_documents') or 0:,} train, "
             f"{data.get('val_documents') or 0:,} validation) · **{format_count(tokens)} tokens** · "
             f"**{per_doc} tokens per document**")
-
-
-def length_figure(data: dict):
-    """Document lengths in tokens, as counted in power-of-two bins while tokenizing."""
-    import plotly.graph_objects as go
-
-    counts = (data.get("length_histogram") or {}).get("log2_bins") or []
-    labels = [f"{2 ** k:,}–{2 ** (k + 1) - 1:,}" if k else "1" for k in range(len(counts))]
-    fig = go.Figure(go.Bar(x=labels, y=counts, marker_color="#4f6bed"))
-    fig.update_layout(title="Document length (tokens, incl. end-of-text)", height=260, template="plotly_white",
-                      margin=dict(l=40, r=10, t=40, b=40), xaxis_title="tokens", yaxis_title="documents")
-    return fig

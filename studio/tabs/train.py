@@ -76,12 +76,12 @@ def _controls(ctx, recipes: list[str], recipe0: str) -> dict[str, Any]:
         f["train.init_from"] = gr.Dropdown([], value="", allow_custom_value=True, label="Base model",
                                            info="a run (its best checkpoint), a checkpoint / Hugging Face folder, "
                                                 "a cached model or a Hub id")
-        model_picker.build_panel(ctx, f["train.init_from"], "train-base")  # what it is, memory, Download
+        panels = [model_picker.build_panel(ctx, f["train.init_from"], "train-base")]  # what it is, memory, Download
     with gr.Group(visible=False) as c["distill_group"]:
         f["distill.teacher"] = gr.Dropdown([], value="", allow_custom_value=True, label="Teacher",
                                            info="a run, a folder, a cached model or a Hub id; its tokenizer must "
                                                 "match the student's")
-        model_picker.build_panel(ctx, f["distill.teacher"], "train-teacher")
+        panels.append(model_picker.build_panel(ctx, f["distill.teacher"], "train-teacher"))
         with gr.Row():
             f["distill.alpha"] = gr.Slider(0, 1, 0.5, step=0.05, label="α (weight of the teacher's soft targets)")
             f["distill.temperature"] = _number(2.0, "Temperature T", integer=False, minimum=0.1)
@@ -122,7 +122,9 @@ def _controls(ctx, recipes: list[str], recipe0: str) -> dict[str, Any]:
         c["stop"] = gr.Button("Stop", variant="stop", elem_id="train-stop")
         c["resume"] = gr.Button("Resume", elem_id="train-resume")
     c["message"] = gr.Markdown("", elem_id="train-message")
-    c["allow"] = AllowBox(ctx, "train-allow")
+    c["allow"] = AllowBox(ctx, "train-allow", parent=True)
+    for panel in panels:  # a base or teacher folder outside the allowed ones is offered here too
+        panel["allow"] = c["allow"]
     c["command"] = gr.Code("", language="shell", label="Copy as command", interactive=False, lines=2,
                            wrap_lines=True, buttons=["copy"], elem_id="train-command")
     with gr.Group():

@@ -85,3 +85,64 @@ def test_watch_runs_signature_changes_with_a_status(tmp_path):
     runs.write_status(tmp_path / "a", state="running", step=2, note="x" * 10)
     assert watch.runs_signature(tmp_path) != before
     assert watch.runs_signature(Path(tmp_path) / "missing") == ()
+
+
+def test_a_stopped_reply_says_so_and_the_model_never_sees_the_mark():
+    from studio.tabs.chat import STOPPED, Replying, without_marks
+
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hel" + STOPPED},
+               {"role": "assistant", "content": [{"type": "text", "text": "lo" + STOPPED}]}]
+    clean = without_marks(history)
+    assert clean[1]["content"] == "hel" and clean[2]["content"][0]["text"] == "lo"
+    assert history[1]["content"].endswith(STOPPED)  # the page keeps showing it
+    replying = Replying()
+    assert replying.enter("tab") and not replying.enter("tab")  # a second message while one is written: refused
+    assert replying.busy("tab") and replying.enter("other-tab")
+    replying.leave("tab")
+    assert not replying.busy("tab") and replying.enter("tab")
+
+
+def test_the_model_tab_offers_a_refused_folder_and_its_parent(tmp_path):
+    from types import SimpleNamespace
+
+    from studio.allow import AllowBox
+    from studio.security import PathPolicy
+
+    (tmp_path / "models" / "llama").mkdir(parents=True)
+    ctx = SimpleNamespace(paths=PathPolicy(tmp_path / "runs"), exposed_without_login=False)
+    with gr.Blocks():
+        box = AllowBox(ctx, "model-allow", parent=True, retried=True)
+    shown, text, parent_button, folder = box.offer(["model"], [str(tmp_path / "models" / "llama")])
+    assert shown["visible"] and parent_button["visible"] and folder == str((tmp_path / "models" / "llama").resolve())
+    assert f"`{(tmp_path / 'models').resolve()}`" in text and "run it again" not in text  # the details rerun
+    hidden, note, _ = box.allow_parent(folder)
+    assert "Allowed" in note and ctx.paths.allows(tmp_path / "models" / "qwen")  # the whole folder of models
+
+
+def test_the_model_tab_has_an_allow_box(tmp_path):
+    from studio.app import build_app
+
+    demo = build_app(tmp_path / "runs")
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {"model-allow", "model-allow-parent", "model-allow-note"} <= ids
+
+
+def test_token_counts_and_preview_go_when_the_source_changes():
+    from studio.tabs.data import TOKENS_PENDING, preview, stale_tokens
+
+    tokens, lengths = stale_tokens()
+    assert tokens == TOKENS_PENDING and lengths["visible"] is False
+
+    class Helper:
+        def call(self, name, args):
+            return {"summary": {"n_documents": 2, "n_chars": 10, "kind": "text"}, "texts": ["a", "b"]}
+
+    assert "after tokenizing" not in preview(Helper(), "x.txt", "", "", 0)[0]  # said by the token panel instead
+
+
+def test_the_histogram_title_sits_above_the_plot_clear_of_its_toolbar():
+    from studio.plots import length_figure
+
+    fig = length_figure({"length_histogram": {"log2_bins": [1, 2, 3]}})
+    assert fig.layout.title.x == 0 and fig.layout.title.xanchor == "left" and fig.layout.title.yanchor == "bottom"
+    assert fig.layout.margin.t >= 60
