@@ -57,15 +57,16 @@ def permute_for_llama_cpp(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def llama3_rope_factors(config) -> torch.Tensor:
-    """(head_dim/2,) divisors of each RoPE frequency: LlamaModel.generate_extra_tensors' rope_freqs."""
+    """(head_dim/2,) divisors of each RoPE frequency: LlamaModel.generate_extra_tensors' rope_freqs, computed
+    the same way (float32 tensor arithmetic per frequency), so the bytes equal llama.cpp's conversion."""
     dim, factor = config.head_dim, config.rope_scaling_factor
     low, high, old = config.rope_low_freq_factor, config.rope_high_freq_factor, config.rope_original_context
     freqs = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
     out = []
-    for freq in freqs.tolist():
+    for freq in freqs:
         wavelen = 2 * math.pi / freq
         if wavelen < old / high:
-            out.append(1.0)
+            out.append(1)
         elif wavelen > old / low:
             out.append(factor)
         else:
@@ -145,9 +146,8 @@ def _add_hparams(writer, config, arch: str) -> None:
     writer.add_head_count_kv(config.n_kv_head)
     writer.add_layer_norm_rms_eps(config.norm_eps)
     writer.add_rope_dimension_count(config.head_dim)
-    if config.head_dim * config.n_head != config.d_model:  # Qwen3-0.6B: 16 heads of 128 on a 1024 width
-        writer.add_key_length(config.head_dim)
-        writer.add_value_length(config.head_dim)
+    writer.add_key_length(config.head_dim)  # Qwen3-0.6B: 16 heads of 128 on a 1024 width
+    writer.add_value_length(config.head_dim)
     theta, scaling = export_rope(config)  # our fixed-base dynamic NTK is plain RoPE with a raised base
     writer.add_rope_freq_base(theta)
     if scaling and scaling["rope_type"] == "linear":  # llama3 scaling is the rope_freqs tensor instead
