@@ -62,15 +62,16 @@ REPORT_FILE = "report.json"  # in each quantized artifact's folder: its row and 
 
 
 def quantize(source: str, tag: str = "best", method: str = "int8", group_size: Optional[int] = 64,
-             report: bool = True, eval_tokens: int = 20_000) -> dict:
+             report: bool = True, eval_tokens: int = 20_000, baseline: Optional[dict] = None) -> dict:
     """Quantize `source` into <run>/quantized/<label>/ (replacing an earlier one of the same label) and,
-    with `report`, measure it against the original side by side (slm_core.post.quantize.quantization_report)."""
+    with `report`, measure it against the original side by side (slm_core.post.quantize.quantization_report);
+    `baseline`: the original's row measured earlier for the same checkpoint and windows, reused."""
     import copy
 
     from slm_core.models.load import load_model
     from slm_core.models.model import merge_adapter
     from slm_core.models.quantized import check_method, quantize_model, save_quantized
-    from slm_core.post.quantize import eval_windows_for, quantization_report
+    from slm_core.post.quantize import eval_windows_for, method_label, quantization_report
 
     group_size = int(group_size) if method == "int4" else None
     check_method(method, group_size)
@@ -89,7 +90,8 @@ def quantize(source: str, tag: str = "best", method: str = "int8", group_size: O
     if report:
         stages.start("measuring")
         windows = eval_windows_for(loaded, int(eval_tokens))
-        rows = quantization_report(original, {label: quantized}, windows, paths={label: out})
+        paths = {label: out, method_label(original): loaded.path}  # sizes of the files on disk, as report cards
+        rows = quantization_report(original, {label: quantized}, windows, paths=paths, baseline=baseline)
         # Kept beside the artifact: the Quantize tab shows every variant's report side by side, not the last one.
         from slm_core.fsio import atomic_write_json
 

@@ -106,13 +106,16 @@ def _peak_cuda_mb(model: nn.Module, prompt_ids: list[int], new_tokens: int) -> O
 
 def quantization_report(original: nn.Module, quantized, eval_windows=None, *, prompt_ids: Optional[list] = None,
                         new_tokens: int = 64, repeats: int = 3, paths: Optional[dict] = None,
-                        eval_fn: Optional[Callable[[nn.Module], float]] = None) -> list[dict]:
+                        eval_fn: Optional[Callable[[nn.Module], float]] = None,
+                        baseline: Optional[dict] = None) -> list[dict]:
     """Size, memory, perplexity and decode speed of the original and each quantized model, measured in
     this process side by side (speed: the best of `repeats` interleaved rounds, which evens out noise
     from other work on the machine). `quantized`: a model or {label: model}; `paths`: {label: artifact
     folder or file} to read disk sizes from (else each model's weights are written to a temp file).
     Perplexity comes from `eval_fn(model)` or from `eval_windows` (see `as_windows`); memory is the
     tensors held (`model_memory_bytes`), plus peak allocation during generation on CUDA.
+    `baseline`: the original's row as measured before (same checkpoint and windows): reused, not measured again,
+    so every quantized variant's ratios are against one measurement of the original.
     Returns rows (dicts) with ratios against the first row, the original."""
     models = {method_label(original): original}
     models.update(quantized if isinstance(quantized, dict) else {method_label(quantized): quantized})
@@ -120,16 +123,23 @@ def quantization_report(original: nn.Module, quantized, eval_windows=None, *, pr
     if prompt_ids is None:
         prompt_ids = windows[0][0][0, :16].tolist() if windows else [0] * 8
     rows = {label: _static_row(label, model, paths) for label, model in models.items()}
-    for label, model in models.items():
+    first = next(iter(rows))
+    measured = dict(models)
+    if baseline is not None:
+        rows[first] = {**rows[first], **{k: baseline[k] for k in ("ppl", "peak_mem_mb", "memory_mb") if k in baseline}}
+        del measured[first]
+    for label, model in measured.items():
         ppl = eval_fn(model) if eval_fn else (windows_perplexity(model, windows) if windows else None)
         rows[label]["ppl"] = ppl
         decode_tokens_per_sec(model, prompt_ids, 4)  # warm-up: first-call allocations, kernel layouts
         rows[label]["peak_mem_mb"] = _peak_cuda_mb(model, prompt_ids, new_tokens)
         rows[label]["memory_mb"] = model_memory_bytes(model) / 2**20  # after warm-up: caches built
-    speeds = {label: 0.0 for label in models}
+    speeds = {label: 0.0 for label in measured}
     for _ in range(max(1, repeats)):
-        for label, model in models.items():
+        for label, model in measured.items():
             speeds[label] = max(speeds[label], decode_tokens_per_sec(model, prompt_ids, new_tokens))
+    if baseline is not None:
+        speeds[first] = baseline["tokens_per_sec"]
     base = rows[next(iter(rows))]
     for label, row in rows.items():
         row["tokens_per_sec"] = speeds[label]
@@ -145,7 +155,8 @@ def _static_row(label: str, model: nn.Module, paths: Optional[dict]) -> dict:
     path = Path(paths[label]) if paths and label in paths else None
     if path is not None and path.is_dir():
         path = path / WEIGHTS
-    size = path.stat().st_size if path is not None else weights_file_bytes(model)
+    # The weights file on disk where there is one (what the report card counts), else the model saved now.
+    size = path.stat().st_size if path is not None and path.is_file() else weights_file_bytes(model)
     return {"model": label, "method": info.get("method", "none"), "group_size": info.get("group_size"),
             "disk_mb": size / 2**20}
 

@@ -25,6 +25,7 @@ from slm_core.post.judge import (
 from slm_core.run.lineage import node_at, record_card
 from slm_core.run.lineage_hub import card_body, card_metadata, export_lineage
 from slm_core.run.runs import latest_card, primary_metric, resolve_run
+from slm_core.system import format_bytes
 
 COMMON_TEXT = "builtin"  # the built-in stories: every model can be scored on the same text
 CARD_README = "README.md"
@@ -160,10 +161,11 @@ def to_markdown(cards: list[dict]) -> str:
     """One table of the headline numbers, then task and judge tables when any card has them."""
     if not cards:
         raise SLMError("no report cards to show: evaluate at least one model")
-    lines = ["| model | parameters | size MB | ppl (own data) | ppl (common text) | tokens/s |",
+    lines = ["| model | parameters | size on disk | ppl (own data) | ppl (common text) | tokens/s |",
              "|---|---:|---:|---:|---:|---:|"]
     for c in cards:
-        lines.append(f"| {c['model']} | {c['parameters']:,} | {c['size_bytes'] / 1e6:.2f} | {format_value(c['ppl_own'])} "
+        # format_bytes, as the Quantize tab shows the same files (it read 3.50 here and 3.34 MB there)
+        lines.append(f"| {c['model']} | {c['parameters']:,} | {format_bytes(c['size_bytes'])} | {format_value(c['ppl_own'])} "
                      f"| {format_value(c['ppl_common'])} | {format_value(c.get('tokens_per_sec'), '.0f')} |")
     lines += _task_table(cards) + _judge_table(cards)
     return "\n".join(lines) + "\n"

@@ -29,6 +29,9 @@ METHOD_CHOICES = [("int8 — weight-only, about a quarter of fp32, nearly lossle
                   ("int4 — weight-only in groups, smaller still, some loss", "int4"),
                   ("int8-dynamic — torch.ao dynamic int8 (CPU only)", "int8-dynamic")]
 REPORT_COLUMNS = ["model", "size on disk", "memory", "validation perplexity", "tokens/s (batch 1)"]
+# The original's measurement per (run, checkpoint and its stamp, validation tokens), for this Studio's life: a second
+# quantization reuses it, so every variant's ratios are against the same figures the table shows for the original.
+ORIGINALS: dict[tuple, dict] = {}
 
 
 def build(ctx) -> None:
@@ -87,10 +90,15 @@ def quantize_run(helper: JobHelper, runs_dir: Path, name: Optional[str], tag: st
     size = int(group_size or 64)
     args = {"source": str(Path(runs_dir) / name), "tag": tag, "method": method, "group_size": size,
             "report": bool(report), "eval_tokens": max(256, int(eval_tokens or 20_000))}
+    key = original_key(Path(runs_dir) / name, tag, args["eval_tokens"])
+    if report and key in ORIGINALS:
+        args["baseline"] = ORIGINALS[key]
     try:
         result = helper.call("quantize", args, on_progress=on_progress)
     except (SLMError, RuntimeError) as error:
         return [message("error", str(error)), [], "", gr.skip()]
+    if result.get("rows"):
+        ORIGINALS.setdefault(key, result["rows"][0])
     where = source_label(runs_dir, result["path"])
     step = f" (step {result['step']:,})" if result.get("step") is not None else ""
     text = (f"Wrote **{result['label']}** of `{name}`{step} to `{result['path']}` in {result['seconds']:.1f} s. "
@@ -98,6 +106,13 @@ def quantize_run(helper: JobHelper, runs_dir: Path, name: Optional[str], tag: st
     return [message("ok", text), report_table(accumulated_report(Path(result["path"]).parent.parent)),
             command_line(name, tag, method, size, report, args["eval_tokens"], runs_dir),
             artifacts_markdown(runs_dir, name)]
+
+
+def original_key(source: Path, tag: str, eval_tokens: int) -> tuple:
+    """What makes two measurements of the original the same: its checkpoint (as written now) and the windows."""
+    from studio.chat_session import checkpoint_stamp
+
+    return str(source), tag, checkpoint_stamp(Path(source), tag), int(eval_tokens)
 
 
 def accumulated_report(run_dir: Path) -> list[dict]:
@@ -117,19 +132,26 @@ def accumulated_report(run_dir: Path) -> list[dict]:
 
 
 def report_table(rows: list[dict]) -> list[list[str]]:
-    """quantization_report rows → table cells; quantized rows carry their ratio to the original."""
+    """quantization_report rows → table cells; quantized rows carry their ratio to the original row shown (a row
+    saved by an earlier quantization was measured beside another measurement of the original: its stored ratios
+    would disagree with the figures on screen). Sizes in format_bytes, as the report card shows them."""
     table = []
+    base = rows[0] if rows else {}
+
+    def ratio(r: dict, key: str) -> str:
+        return f" ({r[key] / base[key]:.2f}×)" if base.get(key) else ""
+
     for i, r in enumerate(rows):
         first = i == 0
         ppl = "-" if r.get("ppl") is None else f"{r['ppl']:.3f}"
-        if not first and r.get("ppl_delta") is not None:
-            ppl += f" ({r['ppl_delta']:+.3f})"
+        if not first and r.get("ppl") is not None and base.get("ppl") is not None:
+            ppl += f" ({r['ppl'] - base['ppl']:+.3f})"
         table.append([
             f"original ({r['model']})" if first else r["model"],
-            format_bytes(r["disk_mb"] * 2**20) + ("" if first else f" ({r['size_ratio']:.2f}×)"),
-            format_bytes(r["memory_mb"] * 2**20) + ("" if first else f" ({r['memory_ratio']:.2f}×)"),
+            format_bytes(r["disk_mb"] * 2**20) + ("" if first else ratio(r, "disk_mb")),
+            format_bytes(r["memory_mb"] * 2**20) + ("" if first else ratio(r, "memory_mb")),
             ppl,
-            f"{r['tokens_per_sec']:.1f}" + ("" if first else f" ({r['speedup']:.2f}×)"),
+            f"{r['tokens_per_sec']:.1f}" + ("" if first else ratio(r, "tokens_per_sec")),
         ])
     return table
 

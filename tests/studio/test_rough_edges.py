@@ -146,3 +146,32 @@ def test_the_histogram_title_sits_above_the_plot_clear_of_its_toolbar():
     fig = length_figure({"length_histogram": {"log2_bins": [1, 2, 3]}})
     assert fig.layout.title.x == 0 and fig.layout.title.xanchor == "left" and fig.layout.title.yanchor == "bottom"
     assert fig.layout.margin.t >= 60
+
+
+@pytest.mark.slow  # two quantizations with reports in the job helper
+def test_a_second_quantization_reuses_the_originals_measurement_and_sizes_read_as_the_report_card(
+        copy_of_tiny_run, helper, tmp_path):
+    import json
+
+    from slm_core.post.report_card import to_markdown
+    from studio.tabs import quantize as tab
+
+    tab.ORIGINALS.clear()
+    runs_dir, name = copy_of_tiny_run(tmp_path)
+    tab.quantize_run(helper, runs_dir, name, "best", "int8", 64, True, 2000)
+    _, table, _, _ = tab.quantize_run(helper, runs_dir, name, "best", "int4", 32, True, 2000)
+    reports = [json.loads((runs_dir / name / "quantized" / label / "report.json").read_text())
+               for label in ("int8", "int4-g32")]
+    assert reports[0]["rows"][0] == reports[1]["rows"][0]  # one measurement of the original, reused
+    original, *variants = table
+    speed = reports[1]["rows"][0]["tokens_per_sec"]
+    assert original[4] == f"{speed:.1f}"
+    rows = {r["rows"][1]["model"]: r["rows"][1] for r in reports}
+    assert sorted(cells[0] for cells in variants) == sorted(rows)
+    for cells in variants:
+        row = rows[cells[0]]
+        assert cells[4] == f"{row['tokens_per_sec']:.1f} ({row['tokens_per_sec'] / speed:.2f}×)"
+    weights = (runs_dir / name / "quantized" / "int8" / "model.safetensors").stat().st_size
+    card = {"model": "int8", "parameters": 1, "size_bytes": weights, "ppl_own": None, "ppl_common": None}
+    size_cell = next(cells for cells in variants if cells[0] == "int8")[1].split(" (")[0]
+    assert f"| {size_cell} |" in to_markdown([card])  # one formatter, one source: the same text in both
