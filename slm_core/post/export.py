@@ -33,12 +33,12 @@ FORMATS = ("hf", "gguf", "gguf-lora", "onnx", "onnx-graph")  # onnx: onnxruntime
 INFO_FILE = "export.json"
 
 
-def plain_float_model(model: torch.nn.Module) -> torch.nn.Module:
-    """LoRA merged, quantized weights dequantized (the rounded values), fp32, CPU, eval mode."""
+def plain_float_model(model: torch.nn.Module, keep_dtype: bool = False) -> torch.nn.Module:
+    """LoRA merged, quantized weights dequantized (the rounded values), fp32 (keep_dtype: as loaded), CPU, eval."""
     model = plain_transformer(model)  # merges a LoRA adapter
     if is_quantized(model):
         model = dequantize_model(model)
-    return model.to("cpu", torch.float32).eval()
+    return (model.to("cpu") if keep_dtype else model.to("cpu", torch.float32)).eval()
 
 
 def export_onnx(model: torch.nn.Module, path: str | Path) -> Path:
@@ -94,7 +94,8 @@ def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path,
     if fmt not in FORMATS:
         raise SLMError(f"export format {fmt!r} is unknown: use one of {', '.join(FORMATS)}")
     if fmt != "gguf-lora":  # gguf-lora keeps base and adapter apart
-        model = plain_float_model(model)
+        # GGUF converts tensor by tensor itself: a bf16 model is not doubled into an fp32 copy first
+        model = plain_float_model(model, keep_dtype=fmt == "gguf")
     template, name = _template_and_name(config, model)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
