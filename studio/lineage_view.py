@@ -272,7 +272,7 @@ def build(ctx, opened) -> None:
     score.input(**drawing, **QUIET)
     node.input(lambda n: pick(ctx.runs_dir, n), node, [panel, opened], **QUIET).then(**drawing, **QUIET)
     compare.click(lambda n: compare_with_parent(ctx.runs_dir, n), node, delta, api_name="lineage_compare")
-    tidy.click(lambda: cleanup_listing(ctx.runs_dir), None, delta, api_name="lineage_cleanup")
+    tidy.click(lambda: cleanup_listing(ctx.runs_dir), None, delta, **PRIVATE)  # `slm lineage --cleanup` for scripts
     delete.click(lambda n: ask_delete(ctx.runs_dir, n), node, [confirm_box, confirm_text, orphan, result], **QUIET)
     cancel.click(lambda: gr.update(visible=False), None, confirm_box, **QUIET)
     confirm.click(lambda n, o: (gr.update(visible=False), confirm_delete(ctx.runs_dir, n, o)), [node, orphan],

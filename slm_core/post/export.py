@@ -26,7 +26,7 @@ from slm_core.post.export_gguf import ollama_modelfile, safe_name, write_gguf
 from slm_core.post.export_gguf_lora import write_lora_bundle
 from slm_core.post.report_card import card_of_source, write_model_card
 from slm_core.run.lineage import record_derived
-from slm_core.run.lineage_hub import export_lineage
+from slm_core.run.lineage_hub import export_lineage, gguf_base_models
 
 FORMATS = ("hf", "gguf", "gguf-lora", "onnx", "onnx-graph")  # onnx: onnxruntime-genai folder; onnx-graph: plain
 # logits graph; gguf-lora: a LoRA run as its base GGUF + llama.cpp LoRA adapter GGUF (export_gguf_lora.py)
@@ -108,7 +108,8 @@ def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path,
         elif fmt == "onnx":
             files = build_genai_folder(model, tokenizer, tmp, onnx_precision, onnx_device, template)
         else:
-            files = _write(model, tokenizer, tmp, fmt, gguf_type, name, template)
+            files = _write(model, tokenizer, tmp, fmt, gguf_type, name, template,
+                           gguf_base_models(export_lineage(source, fmt, out_dir, runs_dir)) if fmt == "gguf" else None)
         if fmt == "hf":  # the model card: the source's newest report card and its lineage (the Hub's model tree)
             tree = export_lineage(source, fmt, out_dir, runs_dir)
             files.append(write_model_card(tmp, card_of_source(source, runs_dir), name=out_dir.name, lineage=tree))
@@ -128,11 +129,12 @@ def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path,
 
 
 def _write(model, tokenizer, folder: Path, fmt: str, gguf_type: str, name: str,
-           template: Optional[str]) -> list[Path]:
+           template: Optional[str], base_models: Optional[list[dict]] = None) -> list[Path]:
     if fmt == "hf":
         return save_hf_folder(model, tokenizer, folder, template=template)
     if fmt == "gguf":
-        gguf_path = write_gguf(model, tokenizer, folder / f"{safe_name(name)}-{gguf_type}.gguf", gguf_type, name)
+        gguf_path = write_gguf(model, tokenizer, folder / f"{safe_name(name)}-{gguf_type}.gguf", gguf_type, name,
+                               base_models=base_models)
         return [gguf_path, ollama_modelfile(folder, gguf_path.name, template)]
     files = [export_onnx(model, folder / "model.onnx")]  # onnx-graph
     files += [p for p in folder.iterdir() if p.name.startswith("model.onnx") and p not in files]  # external data

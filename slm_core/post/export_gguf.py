@@ -28,6 +28,7 @@ from slm_core.post.gguf_quant import (
 )
 from slm_core.post.gguf_read import read_gguf, read_metadata
 from slm_core.post.gguf_tokenizer import add_tokenizer
+from slm_core.run.lineage_hub import add_gguf_base_models
 
 __all__ = ["GGUF_TYPES", "gguf_architecture", "gguf_tensors", "permute_for_llama_cpp", "read_gguf", "write_gguf"]
 
@@ -155,7 +156,8 @@ def _add_hparams(writer, config, arch: str) -> None:
         writer.add_rope_scaling_factor(scaling["factor"])
 
 
-def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name: Optional[str] = None) -> Path:
+def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name: Optional[str] = None,
+               base_models: Optional[list[dict]] = None) -> Path:
     """Write one .gguf file at `gguf_type` (a level of gguf_quant.GGUF_TYPES); returns its path. K-quant levels
     are written as f16 and then quantized by llama.cpp (refused first, in one line, when it is not here)."""
     check_level(gguf_type)
@@ -163,18 +165,20 @@ def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name:
     if gguf_type in K_LEVELS:
         require_k_quantizer(gguf_type)
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".f16-") as tmp:
-            source = _write_numpy_level(model, tokenizer, Path(tmp) / "f16.gguf", "f16", name)
+            source = _write_numpy_level(model, tokenizer, Path(tmp) / "f16.gguf", "f16", name, base_models)
             return k_quantize(source, path, gguf_type)
-    return _write_numpy_level(model, tokenizer, path, gguf_type, name)
+    return _write_numpy_level(model, tokenizer, path, gguf_type, name, base_models)
 
 
-def _write_numpy_level(model, tokenizer, path: Path, level: str, name: Optional[str]) -> Path:
+def _write_numpy_level(model, tokenizer, path: Path, level: str, name: Optional[str],
+                       base_models: Optional[list[dict]] = None) -> Path:
     import gguf
 
     config = model.config
     arch = gguf_architecture(config)
     with gguf_writer(path, arch) as writer:
         writer.add_name(name or config.name)
+        add_gguf_base_models(writer, base_models)  # general.base_model.*: where it came from (slm_core.run.lineage_hub)
         writer.add_file_type(file_type(level))
         if level not in ("f32", "f16"):
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

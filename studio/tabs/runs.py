@@ -10,7 +10,7 @@ import gradio as gr
 
 from slm_core.errors import SLMError
 from slm_core.run import runs
-from studio import watch
+from studio import lineage_view, watch
 from studio.plots import loss_figure, overlay_figure
 from studio.security import check_path
 from studio.style import mark
@@ -58,6 +58,7 @@ def build(ctx) -> None:
                               elem_id="runs-metric")
         overlay_note = gr.Markdown("", elem_classes="slm-note", elem_id="runs-overlay-note")
         overlay = gr.Plot(overlay_figure({}), label="Overlay", show_label=False)
+    lineage_view.build(ctx, opened)  # the family tree: every artifact, its parents and scores (docs/lineage.md)
     pickers = [opened, a, b, several]
     board.click(lambda: open_board(ctx), None, board_link, api_name="tensorboard")
     _wire_list(ctx, refresh, table, pickers, [status, plot, samples, config])
@@ -192,13 +193,14 @@ def _wire_delete(ctx, opened, delete, confirm_box, confirm_text, confirm, cancel
     def ask(name):
         if not name:
             return gr.update(visible=False), "", message("error", "Open a run first.")
-        return (gr.update(visible=True),
-                f"Delete **{name}** with its checkpoints, metrics and samples? This cannot be undone.", "")
+        return (gr.update(visible=True), f"Delete **{name}** with its checkpoints, metrics and samples? This cannot be "
+                f"undone.{lineage_view.dependents_note(ctx.runs_dir, name)}", "")
 
     def do_delete(name):
         if not check_path(ctx, name, "run"):
             return gr.update(visible=False), message("error", "Open a run first."), gr.update(), *[gr.update()] * 4
         try:
+            lineage_view.refuse_orphaning(ctx.runs_dir, name)  # a descendant's only base: the Family tree asks first
             runs.delete_run(ctx.runs_dir / name)
             watch.CACHE.forget(ctx.runs_dir / name)
         except (SLMError, OSError) as error:

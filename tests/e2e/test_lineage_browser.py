@@ -36,7 +36,7 @@ def test_the_family_tree_reads_back_from_the_page(tmp_path):
         page.wait_for_function(f"({READ_FIGURE})() && ({READ_FIGURE})().some(t => t.name === 'quantized')",
                                timeout=60_000)
         traces = {t["name"]: t for t in page.evaluate(READ_FIGURE)}
-        assert {"pretrain", "lora", "quantized", "merge", "export", "shrink", "hub", "report"} <= set(traces)
+        assert {"pretrain", "lora", "quantized", "merge", "shrink", "hub", "report"} <= set(traces)
         assert traces["quantized"]["customdata"] == ["lora-a/quantized/int8"]
         relations = sorted(traces["relations"]["text"])
         assert relations.count("adapter_of") == 2 and {"quantized_from", "merge_of", "teacher", "evaluated"} <= \
