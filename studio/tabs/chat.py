@@ -90,7 +90,8 @@ def build(ctx) -> None:
         event.then(unlock, None, send, **QUIET)
         event.failure(unlock, None, send, **QUIET)
     # Undocumented, not private: a client (and the test of this) can stop its own session's reply.
-    stop.click(stop_reply, None, None, api_name="chat_stop", api_visibility="undocumented")
+    # Not queued: setting a flag must not wait behind the page's other events (the reply it stops among them).
+    stop.click(stop_reply, None, None, api_name="chat_stop", api_visibility="undocumented", queue=False)
     clear.click(lambda: ([], ""), None, [chatbot, stats], **QUIET)
     loaded = load.click(lambda s, t, b: load_model(session, check_path(ctx, s, "model"), t, b),
                         [source, tag, backend], info, **PRIVATE)
