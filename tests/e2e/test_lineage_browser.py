@@ -42,8 +42,7 @@ def test_the_family_tree_reads_back_from_the_page(tmp_path):
         assert relations.count("adapter_of") == 2 and {"quantized_from", "merge_of", "teacher", "evaluated"} <= \
             set(relations)
 
-        node = page.locator("#lineage-node")
-        node.click()
+        page.locator("#lineage-node").get_by_label("Node", exact=True).click()
         page.get_by_role("option", name="lora-a", exact=True).click()
         sync_api.expect(page.locator("#lineage-panel")).to_contain_text("adapter_of pre", timeout=20_000)
         page.locator("#lineage-compare").click()
