@@ -150,7 +150,7 @@ def server_figures(root: Path) -> dict:
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.5)
         idle = psutil.Process(server.pid).memory_info().rss
-        round_trip, _ = timed(lambda: client.predict("ppl", None, api_name="/lineage_tree"))
+        round_trip, _ = timed(lambda: client.predict("kind", None, api_name="/lineage_tree"))  # the page's first draw
         shown = psutil.Process(server.pid).memory_info().rss
         return {"endpoint_s": round_trip, "server_rss_idle_mb": idle / 2**20, "server_rss_shown_mb": shown / 2**20}
     finally:
