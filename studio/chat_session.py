@@ -18,6 +18,7 @@ POOL_SIZE = 4  # models kept loaded at once (Chat, both Compare sides, one spare
 # at once): an update is Python work that slows decoding, and 20 a second still reads as a smooth stream.
 # benchmarks/bench_chat.py (the Chat page rows)
 PAGE_UPDATE_S = 0.05
+POLICIES = ("drop", "stop")  # a full context: drop the oldest turns after the system prompt, or stop and say so
 
 
 def checkpoint_stamp(source: Path, tag: str) -> Optional[int]:
@@ -87,24 +88,34 @@ class ChatSession:
             return readable(path if path.is_dir() else in_runs)  # a symlink out of an allowed folder is refused
         return resolve_external(source) or in_runs
 
-    def ensure(self, source: str, tag: str = "best", backend: Optional[str] = None) -> tuple[Any, bool]:
-        """The engine for (source, tag, backend), loading it if needed; returns (engine, reloaded?)."""
+    def ensure(self, source: str, tag: str = "best", backend: Optional[str] = None,
+               draft: Optional[str] = None) -> tuple[Any, bool]:
+        """The engine for (source, tag, backend, draft), loading it if needed; returns (engine, reloaded?).
+        `draft`: a model with the same tokenizer for speculative decoding (native torch only)."""
+        from slm_core.errors import SLMError
+
         path = self.resolve(source)
         backend = backend or self.backend
         if backend not in BACKENDS:
-            from slm_core.errors import SLMError
-
             raise SLMError(f"engine {backend!r} is unknown: use auto, native or onnx")
+        draft_path = self.resolve(draft) if draft else None
+        if draft_path is not None:
+            if backend == "onnx":
+                raise SLMError("a draft model runs on the native engine: pick the native (or auto) engine, "
+                               "or no draft")
+            backend = "native"
         threads = thread_budget(self.runs_dir)
         kind, where = pick_backend(path, tag, backend)
         key = (str(where), tag, checkpoint_stamp(path, tag), kind, threads if kind == "onnx" else None)
+        if draft_path is not None:
+            key += (str(draft_path), checkpoint_stamp(draft_path, tag))
         if key == self.key and self.engine is not None and not getattr(self.engine, "closed", False):
             if kind == "native":
                 self.engine.threads = threads
                 if self.note:
                     self.note = _BUILDS.note(path, tag, key[2], self.loaded)
             return self.engine, False
-        self.engine, self.loaded, self.template = _POOL.get(key, lambda: _load(kind, where, tag, threads))
+        self.engine, self.loaded, self.template = _POOL.get(key, lambda: _load(kind, where, tag, threads, draft_path))
         if kind == "native":
             self.engine.threads = threads
         self.key, self.path = key, Path(where)
@@ -136,20 +147,59 @@ class ChatSession:
                 f": {params / 1e6:.1f}M parameters, {mode}." + engine)
 
     def stream(self, message: str, history: list[dict], source: str, tag: str, settings: dict,
-               stats: dict, backend: Optional[str] = None, system: Optional[str] = None) -> Iterator[str]:
+               stats: dict, backend: Optional[str] = None, system: Optional[str] = None,
+               draft: Optional[str] = None, policy: str = "drop") -> Iterator[str]:
         """Text deltas of the reply; `stats` receives tokens, seconds, ttft_s, tokens_per_sec, engine, and
-        system_ignored when a system prompt was given to a model without a chat template (completion mode)."""
+        system_ignored when a system prompt was given to a model without a chat template (completion mode);
+        prompt_tokens and context (the context meter), dropped_turns; with a draft, draft_accept_rate and speedup."""
         from slm_core.infer.sampling import SamplingParams
 
         with self.lock:
-            engine, reloaded = self.ensure(source, tag, backend)
+            engine, reloaded = self.ensure(source, tag, backend, draft)
             template = self.template
         stats.update(reloaded=reloaded, engine=engine.description, engine_note=self.note)
         params = SamplingParams(**settings)
-        ids, stop_ids, ignored = prompt_ids(engine.tokenizer, template, message, history, system)
+        ids, stop_ids, ignored, dropped = fit_context(engine, template, message, history, system, params, policy)
         if ignored:
             stats["system_ignored"] = True
+        stats.update(prompt_tokens=len(ids), context=context_of(engine), dropped_turns=dropped)
         yield from engine.stream(ids, params, stats, stop_ids=stop_ids, interval_s=PAGE_UPDATE_S)
+
+
+def context_of(engine: Any) -> Optional[int]:
+    return getattr(engine, "context_length", None)
+
+
+def answer_room(context: int, max_new_tokens: int) -> int:
+    """Tokens kept free for the answer when deciding the context is full: the answer's budget, at most a quarter
+    of the context (past it the engine slides its window, so a long answer still ends)."""
+    return max(1, min(int(max_new_tokens), context // 4))
+
+
+def fit_context(engine: Any, template: Optional[str], message: str, history: list[dict], system: Optional[str],
+                params: Any, policy: str = "drop") -> tuple[list[int], Optional[list[int]], bool, int]:
+    """prompt_ids for the next reply within the model's context, counted with the model's tokenizer: `policy`
+    'drop' drops the oldest turns after the system prompt until the prompt and room for the answer fit; 'stop'
+    refuses with a message. Returns (ids, stop ids, system ignored?, turns dropped)."""
+    from slm_core.errors import SLMError
+
+    if policy not in POLICIES:
+        raise SLMError(f"context policy {policy!r} is unknown: use drop or stop")
+    context = context_of(engine)
+    history = [m for m in history if m.get("role") != "system"]
+    dropped = 0
+    while True:
+        ids, stop_ids, ignored = prompt_ids(engine.tokenizer, template, message, history, system)
+        if not context or len(ids) + answer_room(context, params.max_new_tokens) <= context:
+            return ids, stop_ids, ignored, dropped
+        if policy == "stop":
+            raise SLMError(f"the conversation fills the model's context ({len(ids):,} of {context:,} tokens, with "
+                           f"room for the answer): start a new conversation, shorten the message, or set 'When the "
+                           f"context is full' to drop the oldest turns")
+        if not history:  # the message alone: the engine keeps its last tokens (it slides its window)
+            return ids, stop_ids, ignored, dropped
+        cut = next((i for i in range(1, len(history)) if history[i].get("role") == "user"), len(history))
+        history, dropped = history[cut:], dropped + 1
 
 
 def prompt_ids(tokenizer: Any, template: Optional[str], message: str, history: list[dict],
@@ -304,8 +354,9 @@ def _native_outpaces_fp32_genai(path: Path) -> bool:
     return chat_dtype("cpu") == "fp32" and one_row_half_default(params, torch.float32, "cpu")
 
 
-def _load(kind: str, where: Path, tag: str, threads: Optional[int]) -> tuple:
-    """(engine, LoadedModel or None, template) for `where`."""
+def _load(kind: str, where: Path, tag: str, threads: Optional[int], draft: Optional[Path] = None) -> tuple:
+    """(engine, LoadedModel or None, template) for `where`; `draft`: a model that drafts for speculative decoding,
+    refused unless it shares the model's tokenizer (slm_core.infer.speculative.check_draft)."""
     if kind == "onnx":
         from slm_core.infer.onnx import OnnxEngine
 
@@ -317,7 +368,15 @@ def _load(kind: str, where: Path, tag: str, threads: Optional[int]) -> tuple:
 
     def load() -> tuple:  # not on this (Gradio worker) thread: it would keep an OpenMP team (slm_core.infer.openmp)
         loaded = load_model(where, tag=tag)
-        return Engine(loaded.model, loaded.tokenizer, slots=SLOTS, threads=threads), loaded, loaded.template
+        drafter = None
+        if draft is not None:
+            from slm_core.infer.speculative import check_draft
+
+            drafter = load_model(draft, tag=tag)
+            check_draft(loaded.tokenizer, drafter.tokenizer, loaded.model.config.vocab_size,
+                        drafter.model.config.vocab_size, draft.name)
+        return (Engine(loaded.model, loaded.tokenizer, slots=SLOTS, threads=threads,
+                       draft=drafter.model if drafter else None), loaded, loaded.template)
 
     return in_fresh_thread(load)
 
@@ -366,3 +425,30 @@ def _checkpoint_step(path: Path) -> Optional[int]:
         return int(json.loads((path / "state.json").read_text())["step"])
     except (FileNotFoundError, KeyError, ValueError, TypeError):
         return None
+
+
+def draft_choices(runs_dir: Path, source: Optional[str]) -> list[tuple[str, str]]:
+    """What the Draft picker offers for the model `source`: no draft, then a run `slm shrink` made from it (the
+    natural draft: its distilled student), then every other run or artifact whose lineage names the same tokenizer
+    (slm_core.run.lineage: read from files, no model loaded). The engine checks the tokenizer again on load."""
+    from slm_core.run.drafts import find_shrunk_draft
+    from slm_core.run.lineage import node_at
+    from studio.models import model_sources
+
+    choices = [("none", "")]
+    if not source:
+        return choices
+    runs_dir = Path(runs_dir)
+    target = Path(source) if Path(source).is_dir() else runs_dir / source
+    shrunk = find_shrunk_draft(str(source), runs_dir)
+    if shrunk is not None:
+        choices.append((f"{shrunk['name']} (shrunk from this model: {shrunk['layers']} layers)", shrunk["path"]))
+    wanted = (node_at(target) or {}).get("tokenizer") if target.is_dir() else None
+    if not wanted:
+        return choices
+    taken = {str(Path(v).resolve()) for _, v in choices if v} | {str(target.resolve())}
+    for label, value in model_sources(runs_dir):
+        folder = Path(value)
+        if str(folder.resolve()) not in taken and (node_at(folder) or {}).get("tokenizer") == wanted:
+            choices.append((label, value))
+    return choices
