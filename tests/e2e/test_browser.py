@@ -319,6 +319,7 @@ def test_upload_train_queue_reload_load_clone_and_every_tab(studio, tmp_path):
         # Stop's "(stopped)" and Send's lock while a reply is written are pinned in tests/studio/test_rough_edges.py:
         # here a tiny model's whole reply can end before the page could press Stop (a timing window).
         _shoot(page, shots, "6-chat")
+        _saved_answer_with_a_script_is_shown_not_run(page, runs_dir)
         for index, name in enumerate(("Compare", "Quantize", "Evaluate", "Export", "Model"), start=7):
             _tab(page, name)
             _shoot(page, shots, f"{index}-{name.lower()}")
@@ -346,3 +347,27 @@ def _check_tensorboard_files(run_dir: Path, steps: int) -> None:
     assert {"eval/val_loss", "eval/val_bpb", "train/grad_norm", "train/step_ms"} <= set(acc.Tags()["scalars"])
     tensors = acc.Tags()["tensors"]
     assert "config/text_summary" in tensors and any(t.startswith("samples/") for t in tensors)
+
+
+def _saved_answer_with_a_script_is_shown_not_run(page, runs_dir: Path) -> None:
+    """Issue 27: the chat just sent was saved; a saved answer carrying HTML opens with its Markdown rendered and no
+    script or event handler run (the Chatbot sanitizes)."""
+    from playwright.sync_api import expect
+
+    from slm_core.run.conversations import ConversationStore
+
+    store = ConversationStore(runs_dir)
+    assert any(row["title"] == "ROMEO:" for row in store.list())
+    saved = store.new(model="first")
+    asked = saved.add(None, "user", "script probe")
+    saved.add(asked, "assistant", "**bold**\n\n<script>window.__xss = 1</script>"
+                                  "<img src=x onerror=\"window.__xss = 2\">after")
+    store.save(saved)
+    page.locator("#chat-search textarea, #chat-search input").first.fill("script probe")
+    page.get_by_label("Conversations", exact=True).click()
+    page.get_by_role("option", name=re.compile("^script probe")).click()
+    expect(page.locator("#chat-bot .bot").last).to_contain_text("after", timeout=20_000)
+    assert page.locator("#chat-bot .bot strong").last.inner_text() == "bold"
+    assert page.locator("#chat-bot script, #chat-bot [onerror]").count() == 0
+    assert page.evaluate("window.__xss") is None
+
