@@ -185,8 +185,64 @@ MODE_SECTIONS = {
     "distill": ("model", "data", "tokenizer", "train", "distill"),
     "lora": ("model", "data", "tokenizer", "train", "lora"),
     "finetune": ("model", "data", "tokenizer", "train"),
+    "dpo": ("model", "data", "tokenizer", "train", "lora", "preference"),
+    "orpo": ("model", "data", "tokenizer", "train", "lora", "preference"),
+    "grpo": ("model", "data", "tokenizer", "train", "lora", "grpo"),
 }
-BASE_MODES = ("lora", "finetune", "distill")  # modes where train.init_from means something
+BASE_MODES = ("lora", "finetune", "distill", "dpo", "orpo", "grpo")  # modes where train.init_from means something
+
+# GRPO's rewards as the page shows them: one checkbox each, "format" split into its two kinds (a regex, a JSON
+# schema), and one weight per reward; the page's keys below turn into grpo.rewards / reward_weights / format_*.
+REWARD_CHECKS = (("last number = answer", "last_number"), ("exact match", "exact_match"),
+                 ("format: regex", "format_regex"), ("format: JSON schema", "format_schema"),
+                 ("length penalty", "length"), ("custom module:function", "custom"))
+REWARD_WEIGHTS = ("last_number", "exact_match", "format", "length", "custom")
+WEIGHT_KEYS = tuple(f"grpo.weight.{name}" for name in REWARD_WEIGHTS)  # page-only keys: not config fields
+
+
+def _reward_of(check: str) -> str:
+    return "format" if check.startswith("format_") else check
+
+
+def grpo_page_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The page's GRPO fields (reward checkboxes, a weight per reward) as the grpo section's keys: rewards in the
+    checkboxes' order, format_regex / format_schema / custom_reward only when their box is ticked, weights only
+    when one differs from 1."""
+    if "grpo.rewards" not in values:
+        return values
+    out = {k: v for k, v in values.items() if k not in WEIGHT_KEYS}
+    ticked = values.get("grpo.rewards") or []
+    ticked = [ticked] if isinstance(ticked, str) else list(ticked)
+    rewards = list(dict.fromkeys(_reward_of(c) for _, c in REWARD_CHECKS if c in ticked))
+    for key, check in (("grpo.format_regex", "format_regex"), ("grpo.format_schema", "format_schema"),
+                       ("grpo.custom_reward", "custom")):
+        if key in out and check not in ticked:
+            out[key] = None
+    out["grpo.rewards"] = rewards
+    weights = [values.get(f"grpo.weight.{name}") for name in rewards]
+    weights = [1.0 if _blank(w) else float(w) for w in weights]
+    out["grpo.reward_weights"] = weights if any(w != 1.0 for w in weights) else None
+    return out
+
+
+def grpo_form_values(grpo: dict) -> dict[str, Any]:
+    """grpo_page_values the other way: a config's grpo section as the page's checkboxes and weights. A reward
+    given as module:function ticks "custom" with it in the custom box."""
+    rewards, weights = list(grpo.get("rewards") or []), grpo.get("reward_weights") or []
+    ticked, custom = [], grpo.get("custom_reward")
+    for name in rewards:
+        if name == "format":
+            ticked += [c for c, key in (("format_regex", "format_regex"), ("format_schema", "format_schema"))
+                       if grpo.get(key)]
+        elif name in REWARD_WEIGHTS:
+            ticked.append(name)
+        else:  # module:function
+            ticked.append("custom")
+            custom = custom or name
+    out = {"grpo.rewards": [c for _, c in REWARD_CHECKS if c in ticked], "grpo.custom_reward": custom}
+    by_name = {("custom" if name not in REWARD_WEIGHTS else name): w for name, w in zip(rewards, weights)}
+    out.update({f"grpo.weight.{name}": float(by_name.get(name, 1.0)) for name in REWARD_WEIGHTS})
+    return out
 
 
 def page_config(recipe: str, preset: Optional[str], values: dict[str, Any]) -> RunConfig:
@@ -197,7 +253,7 @@ def page_config(recipe: str, preset: Optional[str], values: dict[str, Any]) -> R
     model_base = base.model if not preset or preset == recipe_model_preset(recipe) else preset
     model = model_from_fields(model_base, {k[len("model."):]: v for k, v in values.items() if k.startswith("model.")})
     kept = {}
-    for key, value in values.items():
+    for key, value in grpo_page_values(values).items():
         section = key.split(".", 1)[0]
         if section == "model" or section not in MODE_SECTIONS.get(mode, ()):
             continue
@@ -214,11 +270,12 @@ def page_overrides(recipe: str, preset: Optional[str], values: dict[str, Any]) -
 def recipe_values(recipe: str, keys: Iterable[str]) -> tuple[Optional[str], list[Any]]:
     """(model preset name, value per field key) that prefill the page from a recipe."""
     config = load_recipe(recipe).to_dict()
+    form = grpo_form_values(config["grpo"])
     out = []
     for key in keys:
         section, _, name = key.partition(".")
-        value = config.get(section, {}).get(name)
-        if isinstance(value, list):
+        value = form[key] if key in form else config.get(section, {}).get(name)
+        if isinstance(value, list) and key != "grpo.rewards":  # the checkboxes take the list itself
             value = ",".join(str(v) for v in value)
         if value is None and key in BLANK_AS_EMPTY:
             value = ""
@@ -227,4 +284,5 @@ def recipe_values(recipe: str, keys: Iterable[str]) -> tuple[Optional[str], list
 
 
 # Text and dropdown fields show None as "" (a Number shows None as blank by itself).
-BLANK_AS_EMPTY = {"data.text_column", "data.template", "tokenizer.path", "train.init_from", "distill.teacher"}
+BLANK_AS_EMPTY = {"data.text_column", "data.template", "tokenizer.path", "train.init_from", "distill.teacher",
+                  "grpo.custom_reward", "grpo.format_regex", "grpo.format_schema"}

@@ -11,12 +11,12 @@ from plotly.subplots import make_subplots
 
 MAX_POINTS = 2000  # per trace: keeps a 1.5 s refresh cheap on long runs
 OVERFIT_EVALS = 3  # validation loss rising this many evaluations in a row while training loss falls
-COLORS = {"loss": "#2563eb", "val_loss": "#dc2626", "ce_loss": "#0891b2", "kd_loss": "#9333ea",
+COLORS = {"loss": "#2563eb", "val_loss": "#dc2626", "ce_loss": "#0891b2", "kd_loss": "#9333ea", "nll_loss": "#0891b2",
           "lr": "#059669", "tokens_per_sec": "#d97706", "ram_mb": "#475569", "cpu_percent": "#a3a3a3",
           "gpu_mem_allocated_mb": "#7c3aed", "gpu_mem_reserved_mb": "#c026d3", "gpu_mem_total_mb": "#111827",
           "gpu_mem_peak_mb": "#a21caf", "grad_norm": "#0f766e", "step_ms": "#b45309", "mfu": "#be123c"}
 LABELS = {"loss": "train loss", "val_loss": "validation loss", "ce_loss": "cross-entropy (labels)",
-          "kd_loss": "distillation (teacher)", "ram_mb": "process RAM", "cpu_percent": "CPU %",
+          "kd_loss": "distillation (teacher)", "nll_loss": "NLL of the chosen replies", "ram_mb": "process RAM", "cpu_percent": "CPU %",
           "gpu_mem_allocated_mb": "GPU allocated", "gpu_mem_reserved_mb": "GPU reserved",
           "gpu_mem_total_mb": "GPU total", "gpu_mem_peak_mb": "GPU peak allocated", "val_bpb": "validation bits per byte"}
 OOM_ADVICE = ("- a smaller **batch size** (raise gradient accumulation to keep the tokens per step)\n"
@@ -95,7 +95,7 @@ def loss_traces(train: list[dict], evals: list[dict], x: str = "step", unit: str
     unit 'bpb' converts with the run's bytes per validation token (eval rows carry val_bpb)."""
     bpb = unit == "bpb" and bool(bytes_per_token)
     traces = []
-    for key in ("loss", "ce_loss", "kd_loss"):
+    for key in ("loss", "ce_loss", "kd_loss", "nll_loss"):  # nll_loss: ORPO's likelihood term
         xs, ys = series(train, key, x)
         if xs:
             ys = [to_bits_per_byte(y, bytes_per_token) for y in ys] if bpb else ys
@@ -215,17 +215,88 @@ def _integer_steps(fig: go.Figure, xs: list, x: str) -> None:
     fig.update_xaxes(tickformat=",d")
 
 
-def _panels(train: list[dict]) -> list[tuple[str, str]]:
+def run_kind(train: list[dict]) -> str:
+    """'pairs' (DPO/ORPO: preference rewards), 'grpo' (rewards a program computes) or 'text', from what the
+    training rows carry: the metrics file says what the run is, whichever process wrote it."""
+    for row in train:
+        if "reward_margin" in row:
+            return "pairs"
+        if "reward_std" in row:
+            return "grpo"
+    return "text"
+
+
+# Panels of the preference and reward modes, above the loss; the first of each is drawn taller.
+KIND_PANELS = {
+    "pairs": [("rewards", "Rewards: chosen vs rejected (β × log-ratio to the reference)"),
+              ("margin", "Reward margin (chosen − rejected)"),
+              ("accuracy", "Reward accuracy: pairs whose chosen reward is higher")],
+    "grpo": [("reward", "Reward: mean and per function"), ("reward_std", "Reward spread within groups (std)"),
+             ("kl", "KL to the reference"), ("completion_len", "Completion length (tokens)")],
+    "text": [],
+}
+LOSS_TITLES = {"pairs": "Loss (preference pairs; validation: held-out pairs)",
+               "grpo": "Loss: GRPO objective (train), worked answers' likelihood (validation)", "text": "Loss"}
+
+
+def _panels(train: list[dict], kind: str = "text") -> list[tuple[str, str]]:
     """(key, title) of the panels this run has data for, top to bottom."""
-    panels = [("loss", "Loss"), ("lr", "Learning rate"), ("grad_norm", "Gradient norm"),
-              ("speed", "Speed: ms per step and tokens/s"), ("mfu", "Model FLOPs utilisation (%)"),
-              ("memory", "Memory (MB) and CPU (%)"), ("events", "Events")]
+    panels = [*KIND_PANELS[kind], ("loss", LOSS_TITLES[kind]), ("lr", "Learning rate"),
+              ("grad_norm", "Gradient norm"), ("speed", "Speed: ms per step and tokens/s"),
+              ("mfu", "Model FLOPs utilisation (%)"), ("memory", "Memory (MB) and CPU (%)"), ("events", "Events")]
     have = {k for row in train for k in row}
-    return [(k, t) for k, t in panels if k in ("loss", "memory", "events", "lr") or
-            (k == "speed" and "tokens_per_sec" in have) or k in have]
+    always = {"loss", "memory", "events", "lr", *(k for k, _ in KIND_PANELS[kind])}
+    return [(k, t) for k, t in panels if k in always or (k == "speed" and "tokens_per_sec" in have) or k in have]
 
 
-HEIGHTS = {"loss": 3.0, "lr": 1.2, "grad_norm": 1.3, "speed": 1.4, "mfu": 1.2, "memory": 1.6, "events": 0.9}
+HEIGHTS = {"loss": 3.0, "lr": 1.2, "grad_norm": 1.3, "speed": 1.4, "mfu": 1.2, "memory": 1.6, "events": 0.9,
+           "rewards": 1.9, "margin": 1.2, "accuracy": 1.2, "reward": 2.0, "reward_std": 1.0, "kl": 1.0,
+           "completion_len": 1.0}
+LOSS_HEIGHT = {"pairs": 1.8, "grpo": 1.8, "text": HEIGHTS["loss"]}  # the rewards panels say more there
+PAIR_COLORS = {"rewards_chosen": "#059669", "rewards_rejected": "#dc2626", "reward_margin": "#2563eb",
+               "reward_accuracy": "#7c3aed", "choice_accuracy": "#d97706"}
+PAIR_LABELS = {"rewards_chosen": "chosen", "rewards_rejected": "rejected", "reward_margin": "margin",
+               "reward_accuracy": "reward accuracy", "choice_accuracy": "model prefers chosen (log-prob)"}
+PAIR_SERIES = {"rewards": ("rewards_chosen", "rewards_rejected"), "margin": ("reward_margin",),
+               "accuracy": ("reward_accuracy", "choice_accuracy")}
+REWARD_COLORS = ("#0891b2", "#9333ea", "#d97706", "#be123c", "#4d7c0f", "#475569")
+
+
+def pair_traces(panel: str, train: list[dict], evals: list[dict], x: str = "step") -> list[go.Scatter]:
+    """A DPO/ORPO panel's lines: each figure per training step (a line) and on the held-out pairs (val_ rows,
+    markers). The training accuracy of the log-probs is per batch noise beside the reward's: held-out only."""
+    traces = []
+    for key in PAIR_SERIES[panel]:
+        color, label = PAIR_COLORS[key], PAIR_LABELS[key]
+        xs, ys = series(train, key, x)
+        if xs and key != "choice_accuracy":
+            traces.append(go.Scatter(x=xs, y=ys, mode="lines", name=f"{label} (train)",
+                                     line=dict(color=color, width=1.5), opacity=0.8))
+        xs, ys = series(evals, f"val_{key}", x)
+        if xs:
+            traces.append(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"{label} (held-out)",
+                                     line=dict(color=color, width=2, dash="dash"), marker=dict(size=7)))
+    return traces
+
+
+def reward_names(train: list[dict]) -> list[str]:
+    """The reward functions a GRPO run logs (`reward/<name>` keys), in the order they first appear."""
+    return list(dict.fromkeys(k.split("/", 1)[1] for row in train for k in row if k.startswith("reward/")))
+
+
+def grpo_traces(panel: str, train: list[dict], x: str = "step") -> list[go.Scatter]:
+    """A GRPO panel's lines: the mean reward (the weighted total) and each function's own, or one statistic."""
+    if panel != "reward":
+        xs, ys = series(train, panel, x)
+        return [go.Scatter(x=xs, y=ys, mode="lines", name=panel.replace("_", " "), showlegend=False,
+                           line=dict(color="#0f766e", width=2))] if xs else []
+    xs, ys = series(train, "reward", x)
+    traces = [go.Scatter(x=xs, y=ys, mode="lines", name="mean reward", line=dict(color="#111827", width=2.5))]
+    for i, name in enumerate(reward_names(train)):
+        xs, ys = series(train, f"reward/{name}", x)
+        traces.append(go.Scatter(x=xs, y=ys, mode="lines", name=f"reward/{name}",
+                                 line=dict(color=REWARD_COLORS[i % len(REWARD_COLORS)], width=1.5, dash="dot")))
+    return traces
 
 
 def training_figure(rows: list[dict], x: str = "step", log_y: bool = False, revision: str = "",
@@ -238,19 +309,28 @@ def training_figure(rows: list[dict], x: str = "step", log_y: bool = False, revi
         return _empty("No metrics yet: the curves appear after the first training step.", height=420)
     rank_rows = rank_memory_rows(train)  # before thinning: they are every few steps, thinned apart
     train = thin(train)
-    panels = _panels(train)
+    kind = run_kind(train)
+    if kind == "pairs":  # a pair's loss is no per-token likelihood: no bits per byte, no perplexity
+        unit, bytes_per_token = "nats", None
+    panels = _panels(train, kind)
     index = {key: i + 1 for i, (key, _) in enumerate(panels)}
-    total = sum(HEIGHTS[k] for k, _ in panels)
+    heights = [LOSS_HEIGHT[kind] if k == "loss" else HEIGHTS[k] for k, _ in panels]
+    total = sum(heights)
     secondary = {"speed", "memory"}
-    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.045,
-                        row_heights=[HEIGHTS[k] / total for k, _ in panels],
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.045 * 7 / max(7, len(panels)),
+                        row_heights=[h / total for h in heights],
                         subplot_titles=[t for _, t in panels],
                         specs=[[{"secondary_y": k in secondary}] for k, _ in panels])
     bpb = unit == "bpb" and bool(bytes_per_token)
+    for key, _ in KIND_PANELS[kind]:
+        for trace in (pair_traces(key, train, evals, x) if kind == "pairs" else grpo_traces(key, train, x)):
+            fig.add_trace(trace, row=index[key], col=1)
+    if "accuracy" in index:
+        fig.update_yaxes(range=[-0.03, 1.03], title_text="share", row=index["accuracy"], col=1)
     for trace in loss_traces(train, evals, x, unit, bytes_per_token):
-        fig.add_trace(trace, row=1, col=1)
-    fig.update_yaxes(title_text="bits per byte" if bpb else "nats per token", type="log" if log_y else "linear",
-                     row=1, col=1)
+        fig.add_trace(trace, row=index["loss"], col=1)
+    loss_unit = "loss" if kind == "pairs" else "bits per byte" if bpb else "nats per token"
+    fig.update_yaxes(title_text=loss_unit, type="log" if log_y else "linear", row=index["loss"], col=1)
     _add_series(fig, train, x, "lr", "learning rate", index["lr"])
     if "grad_norm" in index:
         _add_series(fig, train, x, "grad_norm", "gradient norm", index["grad_norm"])

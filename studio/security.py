@@ -227,7 +227,8 @@ def check_path(ctx: Any, value: Any, kind: str = "path") -> Any:
 
 
 # The run settings (StudioContext.fields keys) that name files or folders, and how each is checked.
-FIELD_KINDS = {"data.source": "data", "tokenizer.path": "path", "train.init_from": "model", "distill.teacher": "model"}
+FIELD_KINDS = {"data.source": "data", "tokenizer.path": "path", "train.init_from": "model", "distill.teacher": "model",
+               "grpo.prompts": "data"}
 
 
 def check_fields(ctx: Any, values: dict[str, Any]) -> dict[str, Any]:

@@ -14,8 +14,18 @@ from slm_core.run import queue as runqueue
 from slm_core.run import runs
 from studio import launch_form, model_picker, shrink_form, watch
 from studio.allow import AllowBox
-from studio.command import page_overrides, recipe_values, runs_dir_arg, shell_command, train_args
+from studio.command import (
+    BASE_MODES,
+    REWARD_CHECKS,
+    REWARD_WEIGHTS,
+    page_overrides,
+    recipe_values,
+    runs_dir_arg,
+    shell_command,
+    train_args,
+)
 from studio.plots import training_figure
+from studio.rollouts import rollouts_html, split_samples
 from studio.run_form import clone_name, fresh_run_name, queue_markdown, recipe_choices, run_settings, save_recipe
 from studio.security import FIELD_KINDS, check_fields, check_path
 from studio.tabs import FORM_TRIGGER, QUIET, message, run_names, set_initial
@@ -34,7 +44,11 @@ TITLE = "Train"
 DEFAULT_RECIPE = "quickstart-cpu"
 REFRESH_S = 1.5
 MODES = [("Pretrain from scratch", "pretrain"), ("Distill from a teacher", "distill"),
-         ("LoRA fine-tune", "lora"), ("Full fine-tune", "finetune")]
+         ("LoRA fine-tune", "lora"), ("Full fine-tune", "finetune"), ("DPO (preference pairs)", "dpo"),
+         ("ORPO (pairs, no reference)", "orpo"), ("GRPO (rewards a program computes)", "grpo")]
+ADAPTER_MODES = ("lora", "dpo", "orpo", "grpo")  # where the LoRA settings apply (the latter three by default)
+DPO_LOSSES = [("sigmoid (DPO)", "sigmoid"), ("ipo", "ipo"), ("hinge", "hinge")]
+BETA_LABELS = {"dpo": "β (how far from the reference; lower: further)", "orpo": "λ (weight of the odds-ratio term)"}
 SCHEDULES = ["cosine", "linear", "constant", "wsd"]  # wsd: warmup, stable, decay (the CPU recipes use it)
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 
@@ -93,6 +107,8 @@ def _controls(ctx, recipes: list[str], recipe0: str) -> dict[str, Any]:
             f["lora.dropout"] = _number(0.05, "LoRA dropout", integer=False, minimum=0, maximum=0.9)
         f["lora.targets"] = gr.Dropdown(list(LORA_TARGETS), value="attention", allow_custom_value=True,
                                         label="LoRA targets", info="attention, mlp, all, or e.g. q_proj,v_proj")
+    c["preference_group"] = _preference_fields(f)
+    c["grpo_group"] = _grpo_fields(f)
     with gr.Accordion("Training settings", open=True):
         with gr.Row():
             f["train.max_steps"] = _number(600, "Steps", minimum=1)
@@ -139,6 +155,49 @@ def _controls(ctx, recipes: list[str], recipe0: str) -> dict[str, Any]:
                                     scale=3, elem_id="train-my-recipe")
         c["save_recipe"] = gr.Button("Save as my recipe", scale=1, elem_id="train-save-recipe")
     return c
+
+
+def _preference_fields(f: dict) -> Any:
+    """DPO/ORPO: β (ORPO's λ), DPO's loss, and whether adapters train on a frozen base (its output the reference)."""
+    with gr.Group(visible=False) as group:
+        with gr.Row():
+            f["preference.beta"] = _number(0.1, BETA_LABELS["dpo"], integer=False, minimum=0.001)
+            f["preference.loss"] = gr.Dropdown(DPO_LOSSES, value="sigmoid", label="DPO loss", min_width=110)
+        f["preference.lora"] = gr.Checkbox(True, label="LoRA adapters (the base with the adapter off is the "
+                                                        "reference: no second copy in memory); off: full training")
+        gr.Markdown("Data: `prompt` / `chosen` / `rejected` rows (JSONL, CSV, Parquet, a Hub set) or "
+                    "`builtin:preferences` in the Data tab.", elem_classes="slm-note")
+    return group
+
+
+def _grpo_fields(f: dict) -> Any:
+    """GRPO: prompts, group size, sampling, the KL pull and the rewards (checkboxes, their settings and weights)."""
+    with gr.Group(visible=False) as group:
+        f["grpo.prompts"] = gr.Textbox("builtin:arithmetic", label="Prompts",
+                                       info="builtin:arithmetic, a JSONL/CSV/Parquet file with prompt + reference "
+                                            "(or question + answer) columns, or a Hub dataset like openai/gsm8k:main")
+        with gr.Row():
+            f["grpo.group_size"] = _number(8, "Group size (completions per prompt)", minimum=2)
+            f["grpo.max_new_tokens"] = _number(32, "Max new tokens", minimum=1)
+            f["grpo.temperature"] = _number(1.0, "Temperature", integer=False, minimum=0.01)
+            f["grpo.kl_beta"] = _number(0.04, "KL β", integer=False, minimum=0)
+        f["grpo.rewards"] = gr.CheckboxGroup(list(REWARD_CHECKS), value=["last_number"], label="Reward functions",
+                                             elem_id="train-grpo-rewards",
+                                             info="summed with the weights below; each is plotted as reward/<name>")
+        with gr.Row():
+            f["grpo.format_regex"] = gr.Textbox("", label="Format regex", placeholder=r"e.g. is \d+\.$", min_width=140)
+            f["grpo.format_schema"] = gr.Textbox("", label="JSON schema", placeholder='{"type": "object"}', min_width=140)
+        with gr.Row():
+            f["grpo.length_target"] = _number(32, "Length: tokens before the penalty", minimum=1)
+            f["grpo.custom_reward"] = gr.Textbox("", label="Custom reward (module:function)",
+                                                 placeholder="my_rewards:score", min_width=160,
+                                                 info="imported in the training process from its working folder")
+        with gr.Row():
+            for name in REWARD_WEIGHTS:
+                f[f"grpo.weight.{name}"] = _number(1.0, f"weight: {name.replace('_', ' ')}", integer=False)
+        f["grpo.lora"] = gr.Checkbox(True, label="LoRA adapters (the start with the adapter off is the KL "
+                                                 "reference); off: full training with a frozen copy")
+    return group
 
 
 def _monitor() -> dict[str, Any]:
@@ -189,10 +248,13 @@ def _wire_recipe(ctx, c: dict) -> None:
         set_initial(component, value)
     if preset is not None and model_preset:
         set_initial(preset, model_preset)
-    groups = [c["base_group"], c["distill_group"], c["lora_group"]]
+    groups = [c["base_group"], c["distill_group"], c["lora_group"], c["preference_group"], c["grpo_group"],
+              ctx.fields["preference.loss"], ctx.fields["preference.beta"]]
     ctx.fields["train.mode"].change(
-        lambda mode: [gr.update(visible=mode in ("lora", "finetune", "distill")),
-                      gr.update(visible=mode == "distill"), gr.update(visible=mode == "lora")],
+        lambda mode: [gr.update(visible=mode in BASE_MODES), gr.update(visible=mode == "distill"),
+                      gr.update(visible=mode in ADAPTER_MODES), gr.update(visible=mode in ("dpo", "orpo")),
+                      gr.update(visible=mode == "grpo"), gr.update(visible=mode == "dpo"),
+                      gr.update(label=BETA_LABELS.get(mode, BETA_LABELS["dpo"]))],
         ctx.fields["train.mode"], groups, **QUIET)
     pickers = [ctx.fields["train.init_from"], ctx.fields["distill.teacher"]]
 
@@ -366,7 +428,7 @@ def refresh(ctx, watched: Optional[str], x_axis: str, log_y: bool, last: Optiona
         progress_html(status, rows, run=name) if state_changed else skip,
         status_markdown(name or "", status) if changed("status", "state") else skip,
         (failure_note(status) or overfitting_note(rows, status)) if state_changed else skip,
-        sample_timeline_html(watch.samples(run_dir) if run_dir else []) if changed("samples") else skip,
+        samples_html(watch.samples(run_dir) if run_dir else []) if changed("samples") else skip,
         (log_tail(watch.log_text(run_dir)) if run_dir else "") if changed("log") else skip,
         gr.update(value=name, choices=run_names(ctx.runs_dir)) if name != watched else skip,
         *[gr.update(interactive=status.get("state") in states) if changed("state") else skip
@@ -375,6 +437,12 @@ def refresh(ctx, watched: Optional[str], x_axis: str, log_y: bool, last: Optiona
         "" if ended else skip,
         sig,
     ]
+
+
+def samples_html(samples: list[dict]) -> str:
+    """The fixed prompts at every evaluation, then (GRPO) the latest sampled completions with their rewards."""
+    evals, rollouts = split_samples(samples)
+    return sample_timeline_html(evals) + rollouts_html(rollouts)
 
 
 def _queue_outputs(ctx, busy: Optional[str]) -> list:
@@ -484,12 +552,14 @@ def saved_recipe_update(previous: Optional[str], saved: str) -> Any:
 
 def _wire_sample_diff(ctx, m: dict) -> None:
     """Two steps' samples side by side, word by word; the pickers list the watched run's evaluation steps."""
+    def evaluation_samples(name: Optional[str]) -> list[dict]:  # not GRPO's sampled completions
+        return split_samples(watch.samples(ctx.runs_dir / check_path(ctx, name, "run")))[0] if name else []
+
     def diff(name: Optional[str], a, b):
-        samples = watch.samples(ctx.runs_dir / check_path(ctx, name, "run")) if name else []
-        return sample_diff_html(samples, a, b)
+        return sample_diff_html(evaluation_samples(name), a, b)
 
     def steps(name: Optional[str]):
-        samples = watch.samples(ctx.runs_dir / check_path(ctx, name, "run")) if name else []
+        samples = evaluation_samples(name)
         found = sample_steps(samples)
         a, b = (found[-1], found[0]) if len(found) > 1 else (None, None)  # first against latest
         return gr.update(choices=found, value=a), gr.update(choices=found, value=b), sample_diff_html(samples, a, b)
