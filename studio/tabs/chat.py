@@ -99,17 +99,24 @@ def build(ctx) -> None:
         log = ChatLog.resume(store, values[-1], history or [])
         yield from streamed(request, log, message_text, history, src, checkpoint, *values)
 
-    def edited(request: gr.Request, data: gr.EditData, history, *values):
-        yield from _branch(request, data.index, history, True, *values)
+    # gr.EventData, not gr.EditData / gr.RetryData: those fail before the handler runs on a call without event data
+    # (a script), where this says what is missing.
+    def edited(request: gr.Request, data: gr.EventData, history, *values):
+        yield from _branch(request, data, history, True, *values)
 
-    def retried(request: gr.Request, data: gr.RetryData, history, *values):
-        yield from _branch(request, data.index, history, False, *values)
+    def retried(request: gr.Request, data: gr.EventData, history, *values):
+        yield from _branch(request, data, history, False, *values)
 
-    def _branch(request, index, history, edit, message_text, src, checkpoint, *values):
+    def _branch(request, data, history, edit, message_text, src, checkpoint, *values):
+        check_path(ctx, src, "model")
+        check_path(ctx, values[-3] or None, "model")  # the draft
+        index = (getattr(data, "_data", None) or {}).get("index")
+        index = index[0] if isinstance(index, (tuple, list)) else index
+        if not isinstance(index, int):
+            raise gr.Error("Edit or regenerate names no message: use the buttons under a message.")
         if not replying.enter(request.session_hash):
             raise gr.Error(BUSY)
         try:
-            index = index[0] if isinstance(index, (tuple, list)) else index
             log, before, message_text = chat_saved.branch_log(store, values[-1], index, history or [], edit)
         except SLMError as error:
             replying.leave(request.session_hash)
