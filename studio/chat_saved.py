@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from slm_core.errors import SLMError
 from slm_core.models.templates import content_text
@@ -169,7 +169,3 @@ def exports(store: ConversationStore, conversation_id: Optional[str]) -> tuple[O
 
 def title_of(conversation: Optional[Conversation]) -> str:
     return conversation.title if conversation else ""
-
-
-def settings_of(conversation: Conversation) -> dict[str, Any]:
-    return dict(conversation.settings or {})

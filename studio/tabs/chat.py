@@ -163,8 +163,13 @@ def build(ctx) -> None:
     ctx.tabs[TITLE].select(lambda current: gr.update(choices=chat_choices(ctx.runs_dir))
                            if current else choices(), source, source, **QUIET)
     ctx.on_load.append(dict(fn=choices, outputs=source))
-    source.change(lambda s: gr.update(choices=draft_choices(ctx.runs_dir, check_path(ctx, s, "model")), value=""),
-                  source, draft, **QUIET)
+    def drafts(picked):
+        try:
+            return gr.update(choices=draft_choices(ctx.runs_dir, check_path(ctx, picked, "model")), value="")
+        except gr.Error:  # a refused folder: the reply says so; no draft to offer meanwhile
+            return gr.update(choices=[("none", "")], value="")
+
+    source.change(drafts, source, draft, **QUIET)
 
 
 def _saved_panel() -> dict:
