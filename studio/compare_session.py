@@ -6,30 +6,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-import yaml
-
 from slm_core.allowlist import AllowList
+from slm_core.config import load_run_config
+from slm_core.errors import SLMError
 from studio.chat_session import ChatSession
 from studio.tabs import has_checkpoint, run_names
 
+TUNED_MODES = ("lora", "dpo", "orpo", "grpo")  # runs made from a base whose "before" is that base
+
 
 def lora_base(run_dir: Path) -> Optional[str]:
-    """The base a LoRA run was trained on (its config.yaml's train.init_from), as a picker value: a run of
-    the same runs folder by its path, anything else (a folder, a Hub id) as written. None: not a LoRA run."""
+    """The model a LoRA, DPO, ORPO or GRPO run started from (its config.yaml's train.init_from), as a picker value:
+    with adapters (config.uses_lora) the base is the run with its adapter off; a full run is compared with the
+    model it was trained from. A run of the same runs folder comes by its path, anything else (a folder, a Hub id)
+    as written. None: not such a run."""
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        config = load_run_config(run_dir / "config.yaml")
+    except SLMError:
         return None
-    train = config.get("train") or {}
-    base = train.get("init_from")
-    if train.get("mode") != "lora" or not base:
+    base = config.train.init_from
+    if not base or not (config.uses_lora or config.train.mode in TUNED_MODES):
         return None
     sibling = run_dir.parent / str(base)
     return str(sibling) if not Path(str(base)).is_absolute() and (sibling / "status.json").exists() else str(base)
 
 
 def lora_runs(runs_dir: Path) -> list[tuple[str, str]]:
-    """(name, path) of the LoRA runs with a checkpoint, newest first: what "base vs base + adapter" offers."""
+    """(name, path) of the LoRA / DPO / ORPO / GRPO runs with a checkpoint, newest first: what "before vs after"
+    offers."""
     root = Path(runs_dir)
     return [(name, str(root / name)) for name in run_names(root)
             if has_checkpoint(root / name) and lora_base(root / name)]

@@ -174,7 +174,61 @@ def _preview(data: dict, n: int = 5) -> dict:
     from slm_core.data.cache import data_summary, preview
 
     cfg = DataConfig(**data)
+    if _holds_pairs(cfg):
+        return _pair_preview(cfg, n)
     return {"summary": data_summary(cfg), "texts": preview(cfg, n=n)}
+
+
+PAIR_PREVIEW_ROWS = 20_000  # pairs counted for the summary ("at least" beyond): a preview, not a pass over a Hub set
+
+
+def _holds_pairs(cfg) -> bool:
+    """Whether a data source is preference pairs (DPO/ORPO): the shipped set, or a local table whose first record
+    (JSONL) or columns have 'chosen' and 'rejected'."""
+    from slm_core.data.preference import BUILTIN
+    from slm_core.data.sources import load_tabular, source_kind
+
+    if cfg.source.strip() == BUILTIN:
+        return True
+    if cfg.source.strip().startswith("builtin"):
+        return False
+    kind, path = source_kind(cfg.source)
+    if kind != "tabular":
+        return False
+    if path.suffix.lower() in (".jsonl", ".ndjson"):  # the first record, without reading the file through datasets
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            first = next((line for line in handle if line.strip()), "")
+        try:
+            record = json.loads(first)
+        except json.JSONDecodeError:
+            return False
+        return isinstance(record, dict) and {"chosen", "rejected"} <= set(record)
+    return {"chosen", "rejected"} <= set(load_tabular(path).column_names)
+
+
+def _pair_preview(cfg, n: int) -> dict:
+    """The Data tab's preview of preference pairs: how many (read and checked as a DPO run reads them) and the first
+    ones as prompt / chosen / rejected."""
+    import dataclasses
+
+    from slm_core.config import RunConfig
+    from slm_core.data.preference import read_rows
+
+    limit = min(cfg.max_documents or PAIR_PREVIEW_ROWS, PAIR_PREVIEW_ROWS)
+    rows = read_rows(RunConfig(data=dataclasses.replace(cfg, max_documents=limit)))
+
+    def prompt_text(row) -> str:
+        return row.prompt if isinstance(row.prompt, str) else "\n".join(
+            f"{m['role']}: {m['content']}" for m in row.prompt)
+
+    texts = [f"prompt:   {prompt_text(r)}\nchosen:   {r.chosen.strip()}\nrejected: {r.rejected.strip()}"
+             for r in rows[:n]]
+    n_chars = sum(len(prompt_text(r)) + len(r.chosen) + len(r.rejected) for r in rows)
+    kind = cfg.source.strip() if cfg.source.strip().startswith("builtin") else "tabular"
+    summary = {"source": cfg.source, "kind": kind, "n_documents": len(rows), "n_chars": n_chars,
+               "columns": None, "is_instruction": False, "is_pairs": True, "template": cfg.template,
+               "complete": len(rows) < limit or limit == cfg.max_documents, "bytes": None}
+    return {"summary": summary, "texts": texts}
 
 
 def _tokenize(config: dict) -> dict:

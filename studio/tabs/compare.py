@@ -1,5 +1,5 @@
 """Compare tab: one prompt, two models, both answers streaming side by side with their speed; "base vs base +
-adapter" fills both pickers from a LoRA run."""
+adapter" fills both pickers from a LoRA (or DPO, ORPO, GRPO) run: before vs after."""
 
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ def build(ctx) -> None:
     system = gr.Textbox("", label="System prompt (both sides)", lines=1, max_lines=4, elem_id="compare-system",
                         placeholder="used by models with a chat template; ignored (and said so) by base models")
     with gr.Row(equal_height=True):
-        lora = gr.Dropdown([], value=None, label="LoRA run", scale=3, elem_id="compare-lora",
-                           info="A: the base it was trained on · B: the base with its adapter")
-        lora_go = gr.Button("Base vs base + adapter", scale=1, elem_id="compare-lora-go")
+        lora = gr.Dropdown([], value=None, label="LoRA, DPO, ORPO or GRPO run", scale=3, elem_id="compare-lora",
+                           info="A: the base it was trained from (with adapters: the adapter off) · B: the run")
+        lora_go = gr.Button("Base vs base + adapter (before vs after)", scale=1, elem_id="compare-lora-go")
     allow = AllowBox(ctx, "compare-allow")
     with gr.Accordion("Sampling (the same for both; a fixed seed makes the comparison fair)", open=True):
         with gr.Row():
@@ -106,8 +106,8 @@ def base_and_adapter(runs_dir, run: Optional[str]):
         path = Path(runs_dir) / path
     base = lora_base(path) if run else None
     if base is None:
-        raise gr.Error("Pick a LoRA run: its base (train.init_from) goes on the left, the run on the right.",
-                       print_exception=False)
+        raise gr.Error("Pick a LoRA run (or a DPO, ORPO or GRPO run): its base (train.init_from) goes on the left, "
+                       "the run on the right.", print_exception=False)
     note = "_loading and generating…_"
     return gr.update(value=base), gr.update(value=str(path)), [], [], note, note
 

@@ -22,7 +22,10 @@ from studio.security import check_fields, check_path
 from studio.tabs import PRIVATE, QUIET, message
 
 TITLE = "Data"
-KINDS = ["Built-in stories", "Built-in instructions", "Local file or folder", "Upload", "Hugging Face Hub"]
+KINDS = ["Built-in stories", "Built-in instructions", "Local file or folder", "Upload", "Hugging Face Hub",
+         "Built-in preference pairs", "Built-in arithmetic"]  # the last two: DPO/ORPO pairs, GRPO's problems
+BUILTINS = {KINDS[0]: "builtin", KINDS[1]: "builtin:instructions", KINDS[5]: "builtin:preferences",
+            KINDS[6]: "builtin:arithmetic"}
 UPLOAD_TYPES = [".txt", ".md", ".jsonl", ".json", ".csv", ".tsv", ".parquet"]
 TOKENIZERS = [("GPT-2 BPE (50,257 tokens)", "gpt2"), ("Train a BPE on this data", "bpe"), ("Characters", "char")]
 TEMPLATES = [("auto (from the records)", ""), ("alpaca", "alpaca"), ("chatml", "chatml")]
@@ -43,6 +46,8 @@ def kind_of(source: str, uploads: Optional[Path] = None) -> Optional[str]:
         return KINDS[0]
     if source == "builtin:instructions":
         return KINDS[1]
+    if source in ("builtin:preferences", "builtin:arithmetic"):
+        return KINDS[5] if source == "builtin:preferences" else KINDS[6]
     if HUB_NAME.match(source) and not Path(source).expanduser().exists():
         return KINDS[4]
     return KINDS[2]
@@ -53,7 +58,8 @@ def build(ctx) -> None:
         with gr.Column(scale=3):
             kind = gr.Radio(KINDS, value=KINDS[0], label="Source", elem_id="data-kind")
             source = gr.Textbox("builtin", label="Source (what the run reads)",
-                                info="'builtin', 'builtin:instructions', a file or folder path, or a Hub name "
+                                info="'builtin', 'builtin:instructions', 'builtin:preferences', "
+                                     "'builtin:arithmetic', a file or folder path, or a Hub name "
                                      "like roneneldan/TinyStories")
             upload = gr.File(label="Upload files", file_count="multiple", file_types=UPLOAD_TYPES, visible=False,
                              elem_id="data-upload")
@@ -95,7 +101,7 @@ def build(ctx) -> None:
 
 def _wire(ctx, kind, source, upload, column, template, max_chars, split, preview_btn, summary, records) -> None:
     def on_kind(choice: str, current: str):
-        value = {KINDS[0]: "builtin", KINDS[1]: "builtin:instructions"}.get(choice)
+        value = BUILTINS.get(choice)
         if value is None and current.startswith("builtin"):
             value = ""
         return gr.update(value=value) if value is not None else gr.update(), gr.update(visible=choice == KINDS[3])
@@ -161,7 +167,7 @@ def preview(helper, source: str, column: str, template: str, max_chars: Any, spl
         return message("error", str(error)), "", gr.update()
     info, texts = answer["summary"], answer["texts"]
     kind = "instruction records" + (f" ({info['template']} template)" if info.get("template") else "") \
-        if info.get("is_instruction") else "documents"
+        if info.get("is_instruction") else "preference pairs" if info.get("is_pairs") else "documents"
     at_least = "" if info.get("complete", True) else "at least "  # counting stops after a while on huge corpora
     text = (f"**{at_least}{info['n_documents']:,} {kind}**, {format_count(info['n_chars'])} characters "
             f"(kind: {info['kind']}).")
