@@ -29,6 +29,7 @@ TAB_MODULES: tuple[str, ...] = (
     "studio.tabs.runs",
     "studio.tabs.chat",
     "studio.tabs.compare",
+    "studio.tabs.serve",
     "studio.tabs.quantize",
     "studio.tabs.evaluate",
     "studio.tabs.export",

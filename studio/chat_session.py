@@ -69,6 +69,7 @@ class ChatSession:
         self.path: Optional[Path] = None
         self.template: Optional[str] = None
         self.lock = threading.Lock()
+        self.choice: Any = None  # slm_core.infer.engine_choice.Choice: the engine and why
 
     def resolve(self, source: str) -> Path:
         """A folder, a run in the runs folder, or a Hub id / GGUF file (slm_core.models.sources: the cached snapshot,
@@ -105,7 +106,8 @@ class ChatSession:
                                "or no draft")
             backend = "native"
         threads = thread_budget(self.runs_dir)
-        kind, where = pick_backend(path, tag, backend)
+        self.choice = choose_engine(path, tag, backend, threads, self.runs_dir)  # measured once (engine_choice)
+        kind, where = self.choice.engine, Path(self.choice.folder)
         key = (str(where), tag, checkpoint_stamp(path, tag), kind, threads if kind == "onnx" else None)
         if draft_path is not None:
             key += (str(draft_path), checkpoint_stamp(draft_path, tag))
@@ -129,7 +131,8 @@ class ChatSession:
         if self.engine is None:
             return "No model loaded."
         threads = getattr(self.engine, "decode_threads", None) or self.engine.threads or "all"
-        engine = f" Engine: **{self.engine.description}**, {threads} thread(s)."
+        engine = f" Engine: **{self.engine.description}**, {threads} thread(s)" + (
+            f" ({self.choice.reason})." if self.choice is not None else ".")
         if loaded is None:  # an onnxruntime-genai folder
             mode = f"chat mode ({self.template} template)" if self.template else "completion mode"
             return f"Loaded `{self.path}`: {mode}." + engine
@@ -157,7 +160,8 @@ class ChatSession:
         with self.lock:
             engine, reloaded = self.ensure(source, tag, backend, draft)
             template = self.template
-        stats.update(reloaded=reloaded, engine=engine.description, engine_note=self.note)
+        stats.update(reloaded=reloaded, engine=engine.description, engine_note=self.note,
+                     engine_choice=self.choice.reason if self.choice is not None else None)
         params = SamplingParams(**settings)
         ids, stop_ids, ignored, dropped = fit_context(engine, template, message, history, system, params, policy)
         if ignored:
@@ -382,28 +386,19 @@ def _load(kind: str, where: Path, tag: str, threads: Optional[int], draft: Optio
 
 
 def pick_backend(path: Path, tag: str, backend: str = "auto") -> tuple[str, Path]:
-    """('onnx' | 'native', folder to load). auto: onnxruntime-genai where the model is a genai folder, or a
-    run whose genai export (export/onnx*) is newer than the checkpoint, and the package is installed; not an
-    fp32 export of a model native torch decodes faster (`_native_outpaces_fp32_genai`)."""
-    from slm_core.infer.onnx import available, is_genai_folder, precision_of
+    """('onnx' | 'native', folder to load): choose_engine's answer."""
+    choice = choose_engine(path, tag, backend)
+    return choice.engine, Path(choice.folder)
 
-    if is_genai_folder(path):
-        return "onnx", path
-    if backend == "native" or (backend == "auto" and not available()):
-        return "native", path
-    stamp = checkpoint_stamp(path, tag) or 0
-    exports = sorted((path / "export").glob("onnx*")) if (path / "export").is_dir() else []
-    fresh = [e for e in exports if is_genai_folder(e) and (e / "genai_config.json").stat().st_mtime_ns >= stamp]
-    if backend == "auto" and fresh and _native_outpaces_fp32_genai(path):
-        fresh = [e for e in fresh if precision_of(e) != "fp32"]
-    if fresh:
-        return "onnx", fresh[0]  # "onnx" (fp32) sorts before "onnx-int4"
-    if backend == "onnx":
-        from slm_core.errors import SLMError
 
-        raise SLMError(f"{path.name} has no onnxruntime-genai export newer than its checkpoint: export it "
-                       "(Export tab, ONNX for onnxruntime-genai) or pick the native engine")
-    return "native", path
+def choose_engine(path: Path, tag: str, backend: str = "auto", threads: Optional[int] = None,
+                  runs_dir: Optional[Path] = None) -> Any:
+    """The engine every path picks the same way (slm_core.infer.engine_choice): a genai folder runs on
+    onnxruntime-genai; auto times native torch against the run's fresh genai exports once per checkpoint, dtype and
+    thread count, and keeps the faster (cached under the runs folder)."""
+    from slm_core.infer.engine_choice import choose
+
+    return choose(path, tag, backend, threads=threads, runs_dir=runs_dir)
 
 
 def thread_budget(runs_dir: Path) -> Optional[int]:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import sys
 
+import torch
+
 from slm_core.cli.flags import add_runs_dir
 from slm_core.infer.engine import pick_dtype
-from slm_core.infer.generate import stream_text
+from slm_core.infer.engine_choice import ENGINES, Choice, choose, native_threads
+from slm_core.infer.generate import encode_prompt, stream_text
+from slm_core.infer.onnx import OnnxEngine
+from slm_core.infer.sampling import SamplingParams
 from slm_core.infer.speculative import check_draft, resolve_draft
 from slm_core.models.load import load_model
 from slm_core.models.quantized import is_quantized
@@ -36,16 +41,29 @@ def add_generate_parser(sub) -> None:
                         help="speculative decoding: a smaller model with the same tokenizer drafts tokens the model "
                              "checks in one pass (same output distribution; same greedy text); auto: a run made from "
                              "this model by `slm shrink`")
+    parser.add_argument("--engine", default="auto", choices=ENGINES,
+                        help="auto: the faster here of native torch and the model's onnxruntime-genai export, timed "
+                             "once and cached (slm_core.infer.engine_choice); native; onnx (its genai export)")
     add_runs_dir(parser)
 
 
 def cmd_generate(args) -> int:
     validate_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     check_device(args.device)
-    loaded = load_model(args.model, tag=args.checkpoint, device=args.device, runs_dir=check_runs_dir(args.runs_dir))
+    runs_dir = check_runs_dir(args.runs_dir)
+    if args.device != "cpu" and args.engine == "auto":
+        choice = Choice("native", args.model, f"--device {args.device}: genai exports here are CPU builds")
+    else:
+        choice = choose(args.model, args.checkpoint, args.engine, args.dtype, None, runs_dir, draft=bool(args.draft))
+    print(f"[{choice.line()}]", file=sys.stderr, flush=True)
+    if choice.engine == "onnx":
+        return _generate_genai(args, choice.folder)
+    loaded = choice.loaded or load_model(args.model, tag=args.checkpoint, device=args.device, runs_dir=runs_dir)
 
     if not is_quantized(loaded.model):
         loaded.model.to(pick_dtype(loaded.model, args.dtype))
+    if args.device == "cpu":
+        torch.set_num_threads(native_threads(loaded.model))  # the threads the choice measured it on
     draft = _load_draft(args, loaded) if args.draft else None
     stats: dict = {}
     templated = loaded.template or getattr(loaded.tokenizer, "chat_template", None)  # a chat reply, not a continuation
@@ -60,6 +78,27 @@ def cmd_generate(args) -> int:
     print(f"\n[{stats.get('tokens', 0)} tokens, {stats.get('tokens_per_sec', 0):.1f} tokens/s"
           + (f", first token {ttft * 1000:.0f} ms" if ttft is not None else "") + _draft_stats(stats) + "]",
           file=sys.stderr)
+    return 0
+
+
+def _generate_genai(args, folder) -> int:
+    """cmd_generate on onnxruntime-genai's own Generator loop (the same prompt ids, stop strings and stats line)."""
+    runtime = OnnxEngine(folder, slots=1)
+    try:
+        templated = runtime.template or runtime.tokenizer.chat_template
+        sys.stdout.write(args.prompt if not templated or args.raw else "")
+        ids = encode_prompt(runtime.tokenizer, runtime.template, args.prompt, not args.raw)
+        params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                                args.repetition_penalty, args.seed, tuple(args.stop))
+        stats: dict = {}
+        for delta in runtime.stream(ids, params, stats):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+    finally:
+        runtime.close()
+    ttft = stats.get("ttft_s")
+    print(f"\n[{stats.get('tokens', 0)} tokens, {stats.get('tokens_per_sec', 0):.1f} tokens/s"
+          + (f", first token {ttft * 1000:.0f} ms" if ttft is not None else "") + "]", file=sys.stderr)
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from slm_core.cli.flags import add_runs_dir
 from slm_core.errors import SLMError
 from slm_core.infer.guard import is_loopback
@@ -28,14 +30,16 @@ def add_serve_parser(sub) -> None:
     parser.add_argument("model", help="run name, checkpoint, quantized, Hugging Face or ONNX (genai) folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request "
+                                                        "(or set SLM_SERVE_API_KEY: unlike a flag, not shown in ps)")
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="a Host name requests may carry besides loopback and --host (a proxy's; repeatable)")
     parser.add_argument("--insecure", action="store_true",
                         help="serve beyond loopback without --api-key (only on a network that is yours alone)")
-    parser.add_argument("--engine", default="native", choices=["native", "onnx", "vllm"],
-                        help="native torch (continuous batching), onnxruntime-genai (a folder from `slm export "
-                             "--format onnx`; chosen by itself for one), or hand over to vLLM")
+    parser.add_argument("--engine", default="auto", choices=["auto", "native", "onnx", "vllm"],
+                        help="auto: the faster here of native torch and the model's onnxruntime-genai export (`slm "
+                             "export --format onnx`), timed once and cached (slm_core.infer.engine_choice); native "
+                             "torch (continuous batching); onnxruntime-genai; or hand over to vLLM")
     parser.add_argument("--name", default=None, help="model id clients ask for (default: the model's name)")
     parser.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     parser.add_argument("--slots", type=int, default=8, help="sequences decoded together at most")
@@ -54,6 +58,8 @@ def add_serve_parser(sub) -> None:
 
 def cmd_serve(args) -> int:
     args.runs_dir = check_runs_dir(args.runs_dir)
+    if args.api_key is None:  # the Studio's Serve tab passes its key this way
+        args.api_key = os.environ.get("SLM_SERVE_API_KEY") or None
     if args.api_key is not None and not args.api_key:
         raise SLMError("--api-key is empty: give a key, or leave the flag out to serve without one")
     if not (is_loopback(args.host) or args.api_key or args.insecure):

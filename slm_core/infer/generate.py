@@ -40,6 +40,18 @@ def generate_tokens(model: torch.nn.Module, prompt_ids: list[int], max_new_token
     yield from decode_one(decoder, list(prompt_ids), params, stop_ids, speculator)
 
 
+def encode_prompt(tokenizer, template: Optional[str], prompt: str, use_template: bool = True) -> list[int]:
+    """The prompt's ids: in the model's own Jinja chat template (a Hub model's, or a run tuned in it: template
+    'model'), else in its named template, else as typed (a base model continues it)."""
+    own = getattr(tokenizer, "chat_template", None) and template in (None, "model")
+    if use_template and own:
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=True)
+    if use_template and template:
+        return tokenizer.encode(format_prompt({"instruction": prompt, "input": ""}, template))
+    return tokenizer.encode(prompt)
+
+
 def stream_text(loaded, prompt: str, max_new_tokens: int = 128, temperature: float = 0.8, top_k: int = 50,
                 top_p: float = 1.0, repetition_penalty: float = 1.0, seed: Optional[int] = None,
                 stats: Optional[dict] = None, use_template: bool = True, stop: Iterable[str] = (),
@@ -48,14 +60,7 @@ def stream_text(loaded, prompt: str, max_new_tokens: int = 128, temperature: flo
     `stop` strings. `stats` (if given) receives tokens, seconds, ttft_s and tokens_per_sec, and with a `draft`
     (speculative decoding) draft_accept_rate, draft_k, draft_tokens and speedup (Speculator.stats)."""
     tokenizer = loaded.tokenizer
-    own = getattr(tokenizer, "chat_template", None) and loaded.template in (None, "model")
-    if use_template and own:  # a Hub model's own Jinja chat template (or a run tuned in it: template 'model')
-        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                   tokenize=True)
-    elif use_template and loaded.template:
-        prompt_ids = tokenizer.encode(format_prompt({"instruction": prompt, "input": ""}, loaded.template))
-    else:
-        prompt_ids = tokenizer.encode(prompt)
+    prompt_ids = encode_prompt(tokenizer, loaded.template, prompt, use_template)
     text = TextStream(tuple(stop))
     start, first, count, spec = time.perf_counter(), None, 0, {}
     tokens = generate_tokens(loaded.model, prompt_ids, max_new_tokens, temperature, top_k, top_p,

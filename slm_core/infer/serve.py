@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from slm_core.errors import SLMError
 from slm_core.infer.api_logprobs import chat_logprobs, completion_logprobs
 from slm_core.infer.api_metrics import Metrics
 from slm_core.infer.api_request import (  # noqa: F401  (sampling_from: re-exported)
@@ -26,8 +25,9 @@ from slm_core.infer.api_request import (  # noqa: F401  (sampling_from: re-expor
     sampling_from,
 )
 from slm_core.infer.engine import Engine, _token_bytes, stream_request
+from slm_core.infer.engine_choice import choose
 from slm_core.infer.guard import LocalGuard, allowed_hosts
-from slm_core.infer.onnx import OnnxEngine, is_genai_folder
+from slm_core.infer.onnx import OnnxEngine
 from slm_core.infer.scoring import score, scored_of, submit_scoring
 from slm_core.infer.speculative import check_draft, resolve_draft
 from slm_core.models.load import load_model
@@ -558,19 +558,19 @@ def serve_decoding_here(served: Served, server) -> int:
     return 0 if server.started else 1
 
 
-def load_served(model: str, engine: str = "native", tag: str = "best", slots: int = 8, dtype: str = "auto",
+def load_served(model: str, engine: str = "auto", tag: str = "best", slots: int = 8, dtype: str = "auto",
                 threads: Optional[int] = None, compile: bool = False, name: Optional[str] = None,
                 runs_dir: Optional[Path] = None, draft: Optional[str] = None) -> Served:
-    """Load MODEL into the chosen engine, with its template and id. `draft`: a model (or 'auto': a shrunk student
-    of MODEL) for speculative decoding of lone requests (slm_core.infer.speculative; native engine only)."""
+    """Load MODEL into the engine slm_core.infer.engine_choice picks (auto: the faster here, measured once; native;
+    onnx), with its template and id; says which and why. `draft`: a model (or 'auto': a shrunk student of MODEL)
+    for speculative decoding of lone requests (slm_core.infer.speculative; native engine only)."""
+    choice = choose(model, tag, engine, dtype, threads, runs_dir, draft=bool(draft))
+    print(choice.line(), flush=True)
+    if choice.engine == "onnx":  # an onnxruntime-genai folder (or the run's export) runs only there
+        runtime = OnnxEngine(choice.folder, threads=threads, slots=slots, inline_alone=False)  # clients overlap
+        return Served(runtime, name or Path(str(model)).name, chat_encoder(runtime.template, runtime.tokenizer))
 
-    if engine == "onnx" or is_genai_folder(model):  # an onnxruntime-genai folder runs only there
-        if draft:
-            raise SLMError("--draft runs on the native engine: leave out --draft, or serve a native model")
-        runtime = OnnxEngine(model, threads=threads, slots=slots, inline_alone=False)  # clients overlap
-        return Served(runtime, name or Path(model).name, chat_encoder(runtime.template, runtime.tokenizer))
-
-    loaded = load_model(model, tag=tag, runs_dir=runs_dir)
+    loaded = choice.loaded or load_model(model, tag=tag, runs_dir=runs_dir)
     drafter = None
     if draft:
         source, line = resolve_draft(draft, model, runs_dir)

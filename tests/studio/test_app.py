@@ -22,9 +22,9 @@ def test_building_the_app_imports_no_torch():
 
 
 def test_tabs_come_in_order_and_each_is_one_module_with_build(tmp_path):
-    assert [m.rsplit(".", 1)[-1] for m in app.TAB_MODULES] == ["model", "data", "train", "runs", "chat", "compare", "quantize", "evaluate", "export"]
+    assert [m.rsplit(".", 1)[-1] for m in app.TAB_MODULES] == ["model", "data", "train", "runs", "chat", "compare", "serve", "quantize", "evaluate", "export"]
     demo = app.build_app(tmp_path)
-    assert list(demo.studio.tabs) == ["Model", "Data", "Train", "Runs", "Chat", "Compare", "Quantize", "Evaluate", "Export"]
+    assert list(demo.studio.tabs) == ["Model", "Data", "Train", "Runs", "Chat", "Compare", "Serve", "Quantize", "Evaluate", "Export"]
     # A new tab is one module: building with a subset (or a superset) of modules just works.
     assert list(app.build_app(tmp_path, tabs=["studio.tabs.runs"]).studio.tabs) == ["Runs"]
     # The run's settings from every tab are there for Start and the command box.

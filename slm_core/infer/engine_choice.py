@@ -1,0 +1,227 @@
+"""One engine choice for `slm generate`, `slm serve`, Chat and Compare: "auto" times native torch against each
+onnxruntime-genai export of the model with a short greedy decode the first time the model is loaded, keeps the
+faster, and caches the answer per model (and checkpoint), dtype and thread count in <runs>/engine_choices.json.
+`--engine native|onnx` overrides it everywhere; every path says which engine it used and why (`Choice.line`).
+
+Measured, not assumed: which runtime wins depends on the CPU and the model's size (a 100M model on 2 cores: native
+ahead on an Intel CPU, genai ahead on an AMD one; studio.chat_session's old rule guessed from bf16 support)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from slm_core.errors import SLMError
+from slm_core.fsio import atomic_write_json, read_state
+from slm_core.infer import onnx
+from slm_core.infer.decoder import Decoder
+from slm_core.infer.engine import ONE_THREAD_MAX_PARAMS, decode_one, pick_dtype
+from slm_core.infer.openmp import CORES, in_fresh_thread
+from slm_core.infer.sampling import SamplingParams
+from slm_core.models.load import load_model
+from slm_core.models.quantized import is_quantized
+
+ENGINES = ("auto", "native", "onnx")
+CACHE_FILE = "engine_choices.json"
+PROBE_TOKENS = 48  # timed greedy steps per engine (after a few untimed ones): ~0.1 s at 4M, ~2 s at 100M on 2 cores
+WARMUP_TOKENS = 4
+PROBE_VERSION = 1  # part of the cache key: a change to the probe measures again
+LABELS = {"native": "native torch", "onnx": "onnxruntime-genai"}
+_LOCK = threading.Lock()  # one measurement at a time in a process (two would slow each other)
+
+
+@dataclass
+class Choice:
+    engine: str  # "native" | "onnx"
+    folder: Any  # what to load: the model as given, or the genai folder
+    reason: str
+    speeds: dict = field(default_factory=dict)  # label → tokens/s, when measured
+    cached: bool = False
+    loaded: Any = None  # the native LoadedModel the measurement loaded (reuse it rather than load twice)
+
+    def line(self) -> str:
+        """'engine: onnxruntime-genai (measured here: …)': what every path prints or shows."""
+        return f"engine: {LABELS[self.engine]} ({self.reason})"
+
+
+def model_folder(model, runs_dir: Optional[Path] = None) -> Optional[Path]:
+    """The folder `model` names (a folder, or a run in the runs folder); None for a Hub id or a GGUF file."""
+    path = Path(str(model)).expanduser()
+    if path.is_dir():
+        return path
+    if runs_dir is not None and len(path.parts) == 1 and (Path(runs_dir) / path).is_dir():
+        return Path(runs_dir) / path
+    return None
+
+
+def checkpoint_identity(folder: Path, tag: str = "best") -> str:
+    """Changes whenever the weights `tag` loads change: the checkpoint's state.json, else the folder's files."""
+    for name in (tag, "latest", "best"):
+        state = folder / "checkpoints" / name / "state.json"
+        if state.exists():
+            stat = state.stat()
+            return f"{name}:{stat.st_mtime_ns}:{stat.st_size}"
+    stamps = [(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.iterdir()) if p.is_file()]
+    return json.dumps(stamps)
+
+
+def genai_exports(folder: Path, tag: str = "best") -> list[Path]:
+    """onnxruntime-genai exports of this checkpoint (<run>/export/onnx*, built after it), fp32 first."""
+    exports = sorted((folder / "export").glob("onnx*")) if (folder / "export").is_dir() else []
+    state = next((folder / "checkpoints" / n / "state.json" for n in (tag, "latest", "best")
+                  if (folder / "checkpoints" / n / "state.json").exists()), None)
+    stamp = state.stat().st_mtime_ns if state is not None else 0
+    return [e for e in exports if onnx.is_genai_folder(e) and (e / onnx.CONFIG).stat().st_mtime_ns >= stamp]
+
+
+def choose(model, tag: str = "best", engine: str = "auto", dtype: str = "auto", threads: Optional[int] = None,
+           runs_dir: Optional[Path] = None, draft: bool = False, measure: bool = True) -> Choice:
+    """Which engine decodes `model` (see the module docstring). `draft`: speculative decoding wanted (native
+    only). `measure` False: a cached answer or native, never a timing (a caller that cannot wait)."""
+    if engine not in ENGINES:
+        raise SLMError(f"engine {engine!r} is unknown: use auto, native or onnx")
+    folder = model_folder(model, runs_dir)
+    if folder is not None and onnx.is_genai_folder(folder):
+        if draft:
+            raise SLMError("a draft model runs on the native engine, and this is an onnxruntime-genai folder: "
+                           "leave out the draft, or pick the run it was exported from")
+        return Choice("onnx", folder, "an onnxruntime-genai folder runs only there")
+    if engine == "native":
+        return Choice("native", model, "asked for")
+    if draft:
+        if engine == "onnx":
+            raise SLMError("a draft model runs on the native engine: pick --engine native (or auto), or no draft")
+        return Choice("native", model, "a draft model decodes on native torch only")
+    exports = genai_exports(folder, tag) if folder is not None else []
+    if engine == "onnx":
+        onnx.require()
+        if not exports:
+            raise SLMError(f"{model} has no onnxruntime-genai export newer than its checkpoint: `slm export {model} "
+                           "--format onnx` makes one, or pick --engine native")
+        return Choice("onnx", exports[0], "asked for")
+    if not onnx.available():
+        return Choice("native", model, "onnxruntime-genai is not installed")
+    if not exports:
+        return Choice("native", model, "no onnxruntime-genai export of this checkpoint yet; `slm export MODEL "
+                                       "--format onnx` makes one, and auto then measures both")
+    runs = Path(runs_dir) if runs_dir is not None else folder.parent
+    key = json.dumps([str(folder.resolve()), tag, checkpoint_identity(folder, tag),
+                      [[str(e.resolve()), (e / onnx.CONFIG).stat().st_mtime_ns] for e in exports], dtype,
+                      threads or f"default/{CORES}", PROBE_VERSION])
+    with _LOCK:
+        known = _read_cache(runs).get(key)
+        if known is not None:
+            return _decided(model, exports, known["speeds"], cached=True, measured_at=known.get("measured_at"))
+        if not measure:
+            return Choice("native", model, "not measured yet: native until the first full load measures both")
+        speeds, loaded = in_fresh_thread(_measure, model, tag, dtype, threads, runs_dir, exports)
+        cache = _read_cache(runs)
+        cache[key] = {"speeds": speeds, "measured_at": time.time(), "model": str(folder), "dtype": dtype,
+                      "threads": threads}
+        _write_cache(runs, cache)
+    choice = _decided(model, exports, speeds)
+    choice.loaded = loaded if choice.engine == "native" else None
+    return choice
+
+
+def _decided(model, exports: list[Path], speeds: dict, cached: bool = False,
+             measured_at: Optional[float] = None) -> Choice:
+    best = max(speeds, key=speeds.get)
+    figures = ", ".join(f"{label} {rate:,.0f}" for label, rate in sorted(speeds.items(), key=lambda kv: -kv[1]))
+    when = f" on {time.strftime('%Y-%m-%d', time.localtime(measured_at))}" if measured_at else ""
+    reason = f"auto: the faster here, measured{when} in tokens/s: {figures}" + ("; cached" if cached else "")
+    if best == "native torch":
+        return Choice("native", model, reason, speeds, cached)
+    folder = next(e for e in exports if _export_label(e) == best)
+    return Choice("onnx", folder, reason, speeds, cached)
+
+
+def _export_label(folder: Path) -> str:
+    return f"onnxruntime-genai {onnx.precision_of(folder)}"
+
+
+def _measure(model, tag: str, dtype: str, threads: Optional[int], runs_dir, exports: list[Path]) -> tuple[dict, Any]:
+    """{label: tokens/s} of native torch and each export on the same prompt, and the native model it loaded."""
+    loaded = load_model(model, tag=tag, runs_dir=runs_dir)
+    prompt = (loaded.tokenizer.encode("Once upon a time") or [0])[:8]
+    speeds = {"native torch": _native_speed(loaded.model, prompt, dtype, threads)}
+    for export in exports:
+        try:
+            speeds[_export_label(export)] = _genai_speed(export, prompt, threads)
+        except Exception as error:  # noqa: BLE001 - an export genai cannot run loses the race, said in its log
+            print(f"engine choice: {export} did not run on onnxruntime-genai ({error})", flush=True)
+    return speeds, loaded
+
+
+def _native_speed(model, prompt: list[int], dtype: str, threads: Optional[int]) -> float:
+    """Greedy batch-1 decode on the native engine's own decoder and thread count (slm_core.infer.engine)."""
+    if not is_quantized(model):
+        model.to(pick_dtype(model, dtype))
+    before = torch.get_num_threads()  # set_num_threads also becomes later threads' default: put it back
+    torch.set_num_threads(native_threads(model, threads))
+    try:
+        return _timed_native(model, prompt, dtype)
+    finally:
+        torch.set_num_threads(before)
+
+
+def native_threads(model, threads: Optional[int] = None) -> int:
+    """Threads native torch decodes on: as slm_core.infer.engine.Engine (one for a small model: a second spins on
+    the core the first needs; every core for a bigger one), unless `threads` says."""
+    weights = sum(t.numel() for t in (*model.parameters(), *model.buffers()))  # a quantized model's are buffers
+    return threads or (1 if weights <= ONE_THREAD_MAX_PARAMS else CORES)
+
+
+def _timed_native(model, prompt: list[int], dtype: str) -> float:
+    steps = WARMUP_TOKENS + PROBE_TOKENS
+    decoder = Decoder(model, slots=1, max_len=len(prompt) + steps + 1, one_row_half=None if dtype == "auto" else False)
+    tokens = decode_one(decoder, prompt, SamplingParams(max_new_tokens=steps, temperature=0), stop_ids=())
+    for _ in range(WARMUP_TOKENS):
+        next(tokens)
+    start = time.perf_counter()
+    count = sum(1 for _ in tokens)
+    return count / (time.perf_counter() - start)
+
+
+def _genai_speed(folder: Path, prompt: list[int], threads: Optional[int]) -> float:
+    """Greedy batch-1 decode on onnxruntime-genai's own Generator loop (no end-of-text stop)."""
+    engine = onnx.OnnxEngine(folder, threads=threads, slots=1)
+    try:
+        og, steps = engine.og, WARMUP_TOKENS + PROBE_TOKENS
+        params = og.GeneratorParams(engine.model)
+        length = len(prompt) + steps
+        params.set_search_options(max_length=length, min_length=length, do_sample=False)
+        generator = og.Generator(engine.model, params)
+        generator.append_tokens(prompt)
+        for _ in range(WARMUP_TOKENS):
+            generator.generate_next_token()
+        start, count = time.perf_counter(), 0
+        while not generator.is_done():
+            generator.generate_next_token()
+            count += 1
+        return count / (time.perf_counter() - start)
+    finally:
+        engine.close()
+
+
+def _read_cache(runs: Path) -> dict:
+    try:
+        cache = read_state(runs / CACHE_FILE)
+    except SLMError:  # damaged: moved aside by read_state; measure again
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_cache(runs: Path, cache: dict) -> None:
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(runs / CACHE_FILE, cache)
+    except OSError as error:  # a read-only runs folder: the choice stands, measured again next time
+        print(f"engine choice: could not cache it in {runs / CACHE_FILE} ({error})", flush=True)
+

@@ -1,0 +1,32 @@
+"""slm_core.infer.engine_choice without a genai export: auto stays native and says why (nothing measured or
+cached), --engine native and onnx are taken as asked, and a draft keeps native. The measured choice, its cache and
+every path reporting it: tests/studio/test_chat_engine.py (it builds the export once)."""
+
+import pytest
+
+from slm_core.errors import SLMError
+from slm_core.infer.engine_choice import CACHE_FILE, choose
+
+
+def test_auto_without_an_export_stays_native_and_says_why(tiny_char_run, tmp_path):
+    choice = choose(tiny_char_run, runs_dir=tmp_path)
+    assert choice.engine == "native" and choice.folder == tiny_char_run and not choice.speeds
+    assert "no onnxruntime-genai export" in choice.line() or "not installed" in choice.line()
+    assert not (tmp_path / CACHE_FILE).exists()  # nothing measured, nothing cached
+    assert choose(tiny_char_run, engine="native", runs_dir=tmp_path).line() == "engine: native torch (asked for)"
+
+
+def test_asked_for_genai_without_an_export_and_a_draft_on_genai_are_refused(tiny_char_run, tmp_path):
+    pytest.importorskip("onnxruntime_genai")
+    with pytest.raises(SLMError, match="no onnxruntime-genai export"):
+        choose(tiny_char_run, engine="onnx", runs_dir=tmp_path)
+    with pytest.raises(SLMError, match="draft"):
+        choose(tiny_char_run, engine="onnx", runs_dir=tmp_path, draft=True)
+    assert choose(tiny_char_run, runs_dir=tmp_path, draft=True).reason == "a draft model decodes on native torch only"
+    with pytest.raises(SLMError, match="unknown"):
+        choose(tiny_char_run, engine="fast")
+
+
+def test_a_genai_folder_runs_on_genai_whatever_is_asked(tmp_path):
+    (tmp_path / "genai_config.json").write_text("{}")
+    assert choose(tmp_path, engine="native").engine == "onnx"
