@@ -437,7 +437,8 @@ def draft_choices(runs_dir: Path, source: Optional[str]) -> list[tuple[str, str]
     target = Path(source) if Path(source).is_dir() else runs_dir / source
     shrunk = find_shrunk_draft(str(source), runs_dir)
     if shrunk is not None:
-        choices.append((f"{shrunk['name']} (shrunk from this model: {shrunk['layers']} layers)", shrunk["path"]))
+        layers = f"{shrunk['layers']} layer{'s' if shrunk['layers'] != 1 else ''}"
+        choices.append((f"{shrunk['name']} (shrunk from this model: {layers})", shrunk["path"]))
     wanted = (node_at(target) or {}).get("tokenizer") if target.is_dir() else None
     if not wanted:
         return choices

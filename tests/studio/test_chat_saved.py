@@ -17,11 +17,19 @@ GREEDY = (0.0, 0, 1.0, 1.0, 10, "1")  # temperature, top-k, top-p, repetition pe
 
 @pytest.fixture(scope="module")
 def runs(copy_of_tiny_run, tmp_path_factory):
-    """A runs folder with the tiny run and a copy of it as a draft (the same tokenizer, by its lineage)."""
+    """A runs folder with the tiny run, a copy of it as a draft (the same tokenizer, by its lineage), and a copy
+    whose config says `slm shrink` made it from the tiny run (what `slm shrink` writes: distill.teacher and
+    distill.shrink_layers)."""
     import shutil
+
+    import yaml
 
     root, name = copy_of_tiny_run(tmp_path_factory.mktemp("chat-saved"))
     shutil.copytree(root / name, root / "tiny-draft")
+    shutil.copytree(root / name, root / "tiny-shrunk")
+    config = yaml.safe_load((root / "tiny-shrunk" / "config.yaml").read_text())
+    config["distill"].update(teacher=str(root / name), shrink_layers=1)
+    (root / "tiny-shrunk" / "config.yaml").write_text(yaml.safe_dump(config))
     return root, name
 
 
@@ -70,6 +78,8 @@ def test_a_picked_draft_gives_the_same_greedy_text_and_reports_its_acceptance(ru
     root, name = runs
     offered = draft_choices(root, name)
     assert offered[0] == ("none", "") and str(root / "tiny-draft") in [v for _, v in offered]
+    assert offered[1][0].startswith("tiny-shrunk (shrunk from this model: 1 layer)")  # the student first
+    assert len(offered) == 3  # not the model itself
     session, store = ChatSession(root), ConversationStore(root)
     alone, alone_stats, _ = _say(session, store, "Once upon a time", name)
     drafted, stats, _ = _say(session, store, "Once upon a time", name, draft=str(root / "tiny-draft"))
