@@ -138,14 +138,15 @@ def test_cli_train_resume_generate_and_one_line_errors(tmp_path):
 
 @pytest.mark.slow
 def test_char_level_shakespeare_learns(shared_data, tmp_path):
-    """nanoGPT's CPU Shakespeare-char shape on the real corpus, 300 steps: validation loss under 2.3 nats/char
-    (uniform over its 65 characters is 4.17; the character unigram entropy is about 3.3)."""
+    """nanoGPT's CPU Shakespeare-char shape on the real corpus, within 300 steps: validation loss under 2.3
+    nats/char (uniform over its 65 characters is 4.17; the character unigram entropy is about 3.3). The run
+    stops at the first evaluation that reaches it."""
     config = load_recipe("shakespeare-char-cpu", [
-        f"data.source={shared_data / 'tinyshakespeare.txt'}", "train.max_steps=300", "train.eval_interval=100",
+        f"data.source={shared_data / 'tinyshakespeare.txt'}", "train.max_steps=300", "train.eval_interval=50", "train.target_val_loss=2.3",
         "train.lr=0.002", "train.warmup_steps=20", "train.eval_batches=10", "train.sample_tokens=40",
         "train.batch_size=32", "train.precision=fp32"])
     result = train(config, tmp_path / "shakespeare", progress=False)
-    assert result["best_val_loss"] < 2.3, result
+    assert result["best_val_loss"] <= 2.3, result
 
 
 def test_target_val_loss_stops_the_run_and_records_why(tmp_path):
