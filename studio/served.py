@@ -141,8 +141,10 @@ class ServeManager:
             if state.get("pid") and _is_server(state["pid"]):
                 found.append(state)
                 continue
-            self._reap(state.get("pid"))
-            error = error_from_log(_read(folder / "log.txt")) if not state.get("stopping") else None
+            code = self._reap(state.get("pid"))
+            log = _read(folder / "log.txt")
+            crashed = code not in (None, 0, -signal.SIGTERM, -signal.SIGINT) or "Traceback" in log or "\nerror:" in log
+            error = error_from_log(log) if crashed and not state.get("stopping") else None
             self._write(state, state="failed" if error else "stopped", error=error, pid=None)
         return sorted(found, key=lambda s: s.get("started_at") or 0, reverse=True)
 
@@ -194,16 +196,18 @@ class ServeManager:
         return current
 
     @staticmethod
-    def _reap(pid, wait: bool = False) -> None:
+    def _reap(pid, wait: bool = False) -> Optional[int]:
+        """The exit code of a server this Studio started once it has ended (reaped: no zombie), else None."""
         process = _PROCS.get(int(pid)) if pid else None
         if process is None:
-            return
+            return None
         try:
             process.wait(10) if wait else process.poll()
         except subprocess.TimeoutExpired:
-            return
+            return None
         if process.returncode is not None:
             _PROCS.pop(int(pid), None)
+        return process.returncode
 
 
 def _is_server(pid) -> bool:

@@ -70,3 +70,18 @@ def _serve_answer_reload_stop(openai, manager, port, model, name, tmp_path):
     assert "Stopped" in status and shown is None and not pid_alive(pid)
     assert fresh.live() == [] and restore(ServeManager(tmp_path))[-1] is None
     assert next(r for r in list_runs(tmp_path) if r["name"] == f"serve-{port}")["state"] == "stopped"
+
+
+def test_a_server_that_ended_unseen_reads_as_stopped_or_failed(tmp_path):
+    import json
+
+    for port, log, state in ((8101, "serving 'm' (native torch) on http://127.0.0.1:8101/v1\n", "stopped"),
+                             (8102, "Traceback (most recent call last):\nOSError: no model here\n", "failed")):
+        folder = tmp_path / f"serve-{port}"
+        folder.mkdir()
+        (folder / "log.txt").write_text(log)
+        (folder / "status.json").write_text(json.dumps({"kind": "serve", "state": "serving", "pid": 2 ** 22 + port,  # above pid_max: no such process
+                                                        "port": port, "host": "127.0.0.1", "started_at": 1}))
+    assert ServeManager(tmp_path).live() == [] and restore(ServeManager(tmp_path))[-1] is None
+    states = {r["name"]: (r["state"], r["error"]) for r in list_runs(tmp_path)}
+    assert states == {"serve-8101": ("stopped", None), "serve-8102": ("failed", "OSError: no model here")}
