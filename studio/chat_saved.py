@@ -61,7 +61,10 @@ class ChatLog:
         if node is not None and not self.conversation.children(self.user_id) and self.parent == node.get("parent"):
             del self.conversation.nodes[self.user_id]
             self.conversation.current, self.user_id = self.parent, None
-            self.store.save(self.conversation)
+            if self.conversation.nodes:
+                self.store.save(self.conversation)
+            else:  # it held only that message: no empty conversation is left in the list
+                self.store.delete(self.conversation.id)
 
     def answer(self, text: str, stats: dict, stopped: bool) -> None:
         kept = {k: stats[k] for k in KEPT_STATS if stats.get(k) is not None}

@@ -74,6 +74,15 @@ def test_conversations_survive_a_restart_and_edits_keep_the_earlier_branch(runs)
     assert markdown.endswith(".md") and jsonl.endswith(".jsonl")
 
 
+def test_a_failed_first_reply_leaves_no_conversation_behind(runs, tmp_path):
+    root, _ = runs
+    store = ConversationStore(tmp_path)
+    log = chat_saved.ChatLog.resume(store, None, [])
+    *_, (chat, box, error, _) = list(reply(ChatSession(root), threading.Event(), "Hi", [], str(tmp_path / "gone"),
+                                           "best", *GREEDY, log=log))
+    assert chat == [] and box == "Hi" and "gone" in error and store.list() == []
+
+
 def test_a_picked_draft_gives_the_same_greedy_text_and_reports_its_acceptance(runs):
     root, name = runs
     offered = draft_choices(root, name)
