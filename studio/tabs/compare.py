@@ -108,8 +108,9 @@ def base_and_adapter(runs_dir, run: Optional[str]):
     if base is None:
         raise gr.Error("Pick a LoRA run (or a DPO, ORPO or GRPO run): its base (train.init_from) goes on the left, "
                        "the run on the right.", print_exception=False)
-    note = "_loading and generating…_"
-    return gr.update(value=base), gr.update(value=str(path)), [], [], note, note
+    # Replaced by the replies' progress once a prompt is sent (now, when the box holds one).
+    before, after = "_before: the model it started from_", "_after: the run (with its adapter, if it has one)_"
+    return gr.update(value=base), gr.update(value=str(path)), [], [], before, after
 
 
 def sampling_settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed) -> dict:
