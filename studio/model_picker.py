@@ -12,6 +12,7 @@ from typing import Any, Iterator, Optional
 from slm_core.errors import SLMError
 from slm_core.models.sources import cached_snapshot, is_hub_id, list_cached_models, weight_stats
 from slm_core.system import format_bytes, format_count, format_mb
+from slm_core.train.chain import PREFIX as START_RECIPE
 from studio.style import mark
 
 TRAINING_LABELS = {"lora": "LoRA", "qlora-int8": "QLoRA, int8 base", "qlora-int4": "QLoRA, int4 base",
@@ -86,6 +87,9 @@ def details(helper, spec: Optional[str], runs_dir: Path, train: Optional[dict] =
     spec = (spec or "").strip()
     if not spec:
         return ""
+    if spec.startswith(START_RECIPE):  # slm_core.train.chain: the run trains that recipe first, then starts from it
+        return (f"{mark('info')} Made first: recipe **{spec[len(START_RECIPE):].strip()}** trains as the run "
+                f"`<this run>-start` (resumed or reused when it exists), then this run starts from it.")
     if is_hub_id(spec) and not (Path(runs_dir) / spec).is_dir():
         repo_id, _, revision = spec.partition("@")
         if cached_snapshot(repo_id, revision or "main") is None:

@@ -70,6 +70,9 @@ def test_each_new_mode_builds_a_command_slm_train_accepts(tiny_run):
     preset, values = page("grpo-arithmetic-cpu")  # the recipe as picked: nothing to override
     assert page_overrides("grpo-arithmetic-cpu", preset, values) == []
     assert values["grpo.rewards"] == ["last_number"] and values["train.init_from"] == "recipe:arithmetic-start-cpu"
+    from studio.model_picker import details  # the Base model box says what that start is, not "no such run"
+
+    assert "Made first: recipe **arithmetic-start-cpu**" in details(None, values["train.init_from"], runs_dir)
     preset, values = page("grpo-arithmetic-cpu", train__init_from=base, grpo__group_size=4.0,
                           grpo__rewards=["last_number", "format_regex", "length", "custom"],
                           grpo__format_regex=r"is \d+\.$", grpo__format_schema='{"type": "object"}',
