@@ -2,7 +2,8 @@
 loop on the same model, in one run: `slm generate`, `slm serve` (one streaming client) and the Chat tab's session
 (studio.chat_session.ChatSession), each on --engine auto as a user runs it, at the quickstart size (tiny-llama,
 ~4M) and ~100M. The first path to load a model makes the choice (a short timed decode of each engine) and caches
-it; the others reuse it. Also `slm generate --engine native`, the path `slm generate` always took before.
+it; the others reuse it. Also `slm generate --engine native` (the path `slm generate` always took before) and
+`--engine onnx` (our genai path against genai's own loop).
 
 Models are random-init Llama shapes (speed does not depend on training) with a BPE tokenizer trained here, saved
 as a Hugging Face folder with its onnxruntime-genai export in <folder>/export/onnx (where auto looks). Each path
@@ -139,11 +140,34 @@ def _chat_child(folder: str, n: int, runs: str) -> None:
 
 
 def genai_row(folder: Path, n: int) -> tuple[float, str]:
-    from benchmarks.bench_chat import genai_own_row
-    from slm_core.models.tokenizer import Tokenizer
+    """The peer in a process of its own, as a user's script would run it: genai's Generator loop with its
+    default settings (its own thread count)."""
+    out = subprocess.run([sys.executable, __file__, "--genai-child", str(folder), str(n)], capture_output=True,
+                         text=True, cwd=ROOT, timeout=900)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return float(out.stdout.strip().splitlines()[-1]), "its own Generator loop, default threads"
 
-    ids = Tokenizer.from_hf(folder / "export" / "onnx").encode(PROMPT)
-    return genai_own_row(folder / "export" / "onnx", ids, n, os.cpu_count())[0], "its own Generator loop"
+
+def _genai_child(folder: str, n: int) -> None:
+    import onnxruntime_genai as og
+
+    genai = Path(folder) / "export" / "onnx"
+    model = og.Model(str(genai))
+    ids = list(og.Tokenizer(model).encode(PROMPT))
+
+    def run(count):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(ids) + count, min_length=len(ids) + count, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(ids)
+        while not generator.is_done():
+            generator.generate_next_token()
+            yield int(generator.get_next_tokens()[0])
+
+    list(run(8))
+    stamps = [time.perf_counter() for _ in run(n)]
+    print((len(stamps) - 1) / (stamps[-1] - stamps[0]))
 
 
 def interleaved(paths: dict, repeat: int) -> dict:
@@ -164,7 +188,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--chat-child", nargs=3, metavar=("FOLDER", "N", "RUNS"))
+    parser.add_argument("--genai-child", nargs=2, metavar=("FOLDER", "N"))
     args = parser.parse_args()
+    if args.genai_child:
+        return _genai_child(args.genai_child[0], int(args.genai_child[1]))
     if args.chat_child:
         return _chat_child(args.chat_child[0], int(args.chat_child[1]), args.chat_child[2])
     print(f"{os.cpu_count()} CPU(s), {args.tokens} tokens, batch 1, greedy, best of {args.repeat}", flush=True)
@@ -179,7 +206,8 @@ def main() -> None:
                      "slm generate (auto)": lambda: generate_row(folder, n, "auto", work),
                      "slm serve (auto, 1 stream)": lambda: serve_row(folder, n, work),
                      "Chat session (auto)": lambda: chat_row(folder, n, work),
-                     "slm generate --engine native": lambda: generate_row(folder, n, "native", work)}
+                     "slm generate --engine native": lambda: generate_row(folder, n, "native", work),
+                     "slm generate --engine onnx": lambda: generate_row(folder, n, "onnx", work)}
             rows = interleaved(paths, args.repeat)
             peer = rows["onnxruntime-genai's own loop (peer)"]
             cache = json.loads((work / "engine_choices.json").read_text())
