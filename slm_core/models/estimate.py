@@ -10,7 +10,6 @@ from typing import Optional
 from slm_core import system
 from slm_core.config import LoRAConfig, ModelConfig
 from slm_core.errors import SLMError
-from slm_core.models.model import Transformer
 from slm_core.system import MB, cpu_has_native_bf16
 
 # Used when model.vocab_size is still None (the tokenizer decides it): a character vocabulary.
@@ -53,7 +52,11 @@ def count_parameters(config: ModelConfig) -> dict:
 
 
 def _count_parameters(config: ModelConfig) -> dict:
+    # torch (the model module) only here, so the estimates' readers (`slm presets`, the Hub browser's fit) start
+    # without it.
     import torch
+
+    from slm_core.models.model import Transformer
 
 
     # Blocks are identical, so two suffice: the count takes milliseconds even for n_layer=100000
