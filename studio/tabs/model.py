@@ -11,6 +11,7 @@ import gradio as gr
 from slm_core.config import list_presets, load_model_preset, preset_description
 from slm_core.errors import SLMError
 from slm_core.system import format_count, format_mb
+from studio import model_browser
 from studio.allow import AllowBox
 from studio.command import MODEL_FIELDS, model_from_fields
 from studio.model_picker import build_panel, picker_choices
@@ -73,6 +74,7 @@ def build(ctx) -> None:
                            info="a Hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct), a cached model, a Hugging Face folder "
                                 "or a run; the Train tab's batch, context and LoRA rank set the training figures")
         panel = build_panel(ctx, real, "model-real")
+        model_browser.build(ctx, real, panel["details"], "model-find")
         # A model folder outside the allowed ones: allow it, or its parent (a folder of models) in one click.
         panel["allow"] = AllowBox(ctx, "model-allow", parent=True, retried=True)
     ctx.on_load.append(dict(fn=lambda: gr.update(choices=picker_choices(ctx.runs_dir)), outputs=real))
