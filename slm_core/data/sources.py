@@ -52,6 +52,9 @@ def source_kind(source: str) -> tuple[str, Any]:
         return "builtin", source
     if source in ("builtin:instructions", "builtin:arithmetic"):
         return source, source
+    if source == "builtin:preferences":
+        raise SLMError("builtin:preferences holds preference pairs, not running text: a train.mode=dpo or orpo run "
+                       "renders and caches them itself; to tokenize text here use 'builtin' or a file")
     if source.startswith("builtin"):
         raise SLMError(f"unknown built-in corpus {source!r}: use 'builtin', 'builtin:instructions' or "
                        "'builtin:arithmetic'")
