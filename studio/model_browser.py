@@ -107,7 +107,7 @@ def build(ctx, picker, picker_details, elem_id: str) -> None:
             gguf = gr.Checkbox(label="GGUF files only", scale=1)
         go = gr.Button("Search", size="sm", elem_id=f"{elem_id}-search")
         found = gr.Markdown("", elem_id=f"{elem_id}-results", elem_classes="slm-estimate")
-        pick = gr.Dropdown([], value=None, label="Model", elem_id=f"{elem_id}-pick",
+        pick = gr.Dropdown([], value=None, label="Hub model", elem_id=f"{elem_id}-pick",
                            info="its files, their sizes and whether they fit here")
         about = gr.Markdown("", elem_id=f"{elem_id}-details", elem_classes="slm-estimate")
         get = gr.Button("Download and use", size="sm", elem_id=f"{elem_id}-download")

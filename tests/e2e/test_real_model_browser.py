@@ -1,7 +1,7 @@
 """Real models in a real browser: the Model tab's picker shows a cached Llama-3.2-1B and what it needs here,
-Download of an uncached Hub id says on the page (offline) what the cache holds, and the Train tab's distill
-mode shows teacher vs student before "shrink this model" starts. The checkpoint is header-only (its real
-shapes, no weights): nothing here loads it."""
+Download of an uncached Hub id says on the page (offline) what the cache holds, the Hub browser offline lists
+the cache instead, and the Train tab's distill mode shows teacher vs student before "shrink this model" starts.
+The checkpoint is header-only (its real shapes, no weights): nothing here loads it."""
 
 import os
 import sys
@@ -46,6 +46,15 @@ def test_pick_a_cached_real_model_see_its_memory_download_offline_and_shrink(tmp
             page.locator("#model-real-download").click()
             expect(details).to_contain_text("HF_HUB_OFFLINE is set", timeout=30_000)
             expect(details).to_contain_text("holds: meta-llama/Llama-3.2-1B")
+
+            # Find a model: offline, the search says so at once and lists the cache instead (issue 27).
+            page.get_by_text("Find a model on the Hugging Face Hub").click()
+            page.locator("#model-find-search").click()
+            found = page.locator("#model-find-results")
+            expect(found).to_contain_text("HF_HUB_OFFLINE is set", timeout=30_000)
+            expect(found).to_contain_text("meta-llama/Llama-3.2-1B")
+            _pick(page, "Hub model", "meta-llama/Llama-3.2-1B (cache)")
+            expect(page.locator("#model-find-details")).to_contain_text("In the Hugging Face cache", timeout=30_000)
 
             _tab(page, "Train")
             page.get_by_label("Distill from a teacher", exact=True).check()
