@@ -23,7 +23,7 @@ from slm_core.system import MB, available_memory_mb
 
 TIMEOUT_S = 5.0  # one request to the Hub; offline it fails at once (refused) or within this (no route)
 SORTS = ("downloads", "likes", "trending_score", "last_modified")
-FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3", "phi3", "gpt2", "smollm")
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3", "phi3", "gpt2")
 # llama.cpp's quantisation names as they appear in GGUF file names (Q4_K_M, IQ2_XXS, Q8_0, F16, BF16...).
 GGUF_QUANT = re.compile(r"(?<![A-Za-z0-9])(I?Q\d(?:_[A-Z0-9]+)*|BF16|FP?16|FP?32)(?![A-Za-z0-9])", re.IGNORECASE)
 OFFLINE_ADVICE = ("pick a model already in the Hugging Face cache (listed below), a local Hugging Face folder, a "
