@@ -113,13 +113,13 @@ class ChatSession:
             key += (str(draft_path), checkpoint_stamp(draft_path, tag))
         if key == self.key and self.engine is not None and not getattr(self.engine, "closed", False):
             if kind == "native":
-                self.engine.threads = threads
+                self.engine.threads = threads or self.choice.threads
                 if self.note:
                     self.note = _BUILDS.note(path, tag, key[2], self.loaded)
             return self.engine, False
         self.engine, self.loaded, self.template = _POOL.get(key, lambda: _load(kind, where, tag, threads, draft_path))
         if kind == "native":
-            self.engine.threads = threads
+            self.engine.threads = threads or self.choice.threads
         self.key, self.path = key, Path(where)
         self.note = None
         if kind == "native" and backend == "auto" and self.auto_build:

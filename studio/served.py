@@ -264,7 +264,7 @@ def engine_line(folder: Path) -> str:
     served = next((line for line in lines if line.startswith("serving '")), "")
     match = re.search(r"\((.*)\) on http", served)
     chose = next((line for line in lines if line.startswith("engine: ")), "")  # engine_choice.Choice.line
-    why = chose.split("(", 1)[1].rstrip(")") if "(" in chose else ""
+    why = chose[chose.index("(") + 1:-1] if chose.endswith(")") else ""  # "engine: LABEL (why)"
     return (match.group(1) if match else "") + (f"; {why}" if why else "")
 
 

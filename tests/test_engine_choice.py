@@ -30,3 +30,12 @@ def test_asked_for_genai_without_an_export_and_a_draft_on_genai_are_refused(tiny
 def test_a_genai_folder_runs_on_genai_whatever_is_asked(tmp_path):
     (tmp_path / "genai_config.json").write_text("{}")
     assert choose(tmp_path, engine="native").engine == "onnx"
+
+
+def test_the_fastest_measured_native_thread_count_is_the_one_native_decodes_on():
+    from slm_core.infer.engine_choice import _decided
+
+    busy = _decided("m", [], {"native torch, 2 threads": 3.0, "native torch, 1 thread": 19.0}, cached=True)
+    assert (busy.engine, busy.threads, busy.cached) == ("native", 1, True)
+    assert "native torch, 1 thread: 19; native torch, 2 threads: 3 (cached)" in busy.reason
+    assert _decided("m", [], {"native torch": 5.0}).threads is None  # one candidate: the engine's own default

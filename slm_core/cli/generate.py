@@ -63,7 +63,7 @@ def cmd_generate(args) -> int:
     if not is_quantized(loaded.model):
         loaded.model.to(pick_dtype(loaded.model, args.dtype))
     if args.device == "cpu":
-        torch.set_num_threads(native_threads(loaded.model))  # the threads the choice measured it on
+        torch.set_num_threads(choice.threads or native_threads(loaded.model))  # as the choice measured it
     draft = _load_draft(args, loaded) if args.draft else None
     stats: dict = {}
     templated = loaded.template or getattr(loaded.tokenizer, "chat_template", None)  # a chat reply, not a continuation

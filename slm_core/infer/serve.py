@@ -578,6 +578,6 @@ def load_served(model: str, engine: str = "auto", tag: str = "best", slots: int 
         check_draft(loaded.tokenizer, drafter.tokenizer, loaded.model.config.vocab_size,
                     drafter.model.config.vocab_size, source)
         print(line, flush=True)
-    runtime = Engine(loaded.model, loaded.tokenizer, slots=slots, dtype=dtype, compile=compile, threads=threads,
-                     draft=drafter.model if drafter else None)
+    runtime = Engine(loaded.model, loaded.tokenizer, slots=slots, dtype=dtype, compile=compile,
+                     threads=threads or choice.threads, draft=drafter.model if drafter else None)
     return Served(runtime, name or Path(str(model)).name, chat_encoder(loaded.template, loaded.tokenizer))

@@ -95,7 +95,7 @@ def test_auto_measures_native_against_a_fresh_genai_export_once_and_every_path_s
     assert "native torch" in stats["engine"] and stats["engine_choice"] == "asked for"
 
     assert main(["generate", name, "--runs-dir", str(runs_dir), "--max-new-tokens", "4", "--temperature", "0"]) == 0
-    assert f"[engine: {LABELS[kind]} (auto: the faster here" in capsys.readouterr().err
+    assert f"[engine: {LABELS[kind]} (auto: the fastest here" in capsys.readouterr().err
     assert main(["generate", name, "--runs-dir", str(runs_dir), "--max-new-tokens", "4", "--engine", "native"]) == 0
     assert "[engine: native torch (asked for)]" in capsys.readouterr().err
     served = load_served(name, runs_dir=runs_dir)
