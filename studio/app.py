@@ -108,9 +108,10 @@ def build_app(runs_dir: Optional[str | Path] = None, tabs: Sequence[str] = TAB_M
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
            auth: Optional[tuple[str, str]] = None, insecure: bool = False, allow_hosts: Sequence[str] = (),
-           login_limiter: Optional[LoginLimiter] = None, **kwargs: Any) -> Any:
+           login_limiter: Optional[LoginLimiter] = None, secret: Optional[str] = None, **kwargs: Any) -> Any:
     """Serve the page behind studio.security's guard (Host/Origin checks, login throttling). Refuses
-    (SLMError) to serve beyond loopback or through --share without `auth`, unless `insecure`."""
+    (SLMError) to serve beyond loopback or through --share without `auth`, unless `insecure`. `secret`: only
+    requests carrying it are served (the desktop window, studio.desktop.secret)."""
     problem = launch_problem(host, share, auth, insecure)
     if problem:
         raise SLMError(problem)
@@ -120,7 +121,7 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bo
     block = not kwargs.pop("prevent_thread_lock", False)
     result = demo.queue(default_concurrency_limit=4).launch(
         server_name=host, server_port=port, share=share, auth=auth, theme=theme(), css=CSS,
-        show_error=True, footer_links=["api", "settings"], _app=guarded_app(hosts, port, login_limiter),
+        show_error=True, footer_links=["api", "settings"], _app=guarded_app(hosts, port, login_limiter, secret),
         prevent_thread_lock=True, **{"state_session_capacity": STATE_SESSIONS, **kwargs})
     if demo.share_url:
         hosts.add((urlsplit(demo.share_url).hostname or "").lower())  # the tunnel forwards its own Host

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from slm_core.allowlist import AllowList
 from slm_core.errors import SLMError
 from slm_core.infer.guard import LocalGuard, is_loopback, plain_response
+from studio.desktop.secret import SecretGate
 
 # ---- launching --------------------------------------------------------------------------------
 
@@ -108,16 +109,21 @@ class StudioGuard(LocalGuard):
         await self.app(scope, receive, watch)
 
 
-def guarded_app(hosts: set[str], port: Optional[int], limiter: Optional[LoginLimiter] = None) -> Any:
+def guarded_app(hosts: set[str], port: Optional[int], limiter: Optional[LoginLimiter] = None,
+                secret: Optional[str] = None) -> Any:
     """A Gradio App (FastAPI) whose whole middleware stack, Gradio's CORS layer included, sits inside
     StudioGuard. Passed to `Blocks.launch(_app=...)`: Gradio adds its routes and middleware to it as it
-    would to the app it makes itself (default_response_class as Gradio sets it)."""
+    would to the app it makes itself (default_response_class as Gradio sets it). `secret`: the desktop app's
+    per-launch key (studio.desktop.secret); without it every request gets 403."""
     from fastapi.responses import ORJSONResponse
     from gradio.routes import App
 
     class GuardedApp(App):
         def build_middleware_stack(self):  # Starlette builds this once, at the first request/lifespan
-            return StudioGuard(super().build_middleware_stack(), hosts, port, limiter)
+            stack = super().build_middleware_stack()
+            if secret:
+                stack = SecretGate(stack, secret)
+            return StudioGuard(stack, hosts, port, limiter)
 
     return GuardedApp(default_response_class=ORJSONResponse)
 

@@ -1,0 +1,3 @@
+from studio.desktop.main import entry_point
+
+entry_point()
