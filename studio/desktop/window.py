@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from typing import Optional
 
+from slm_core.fsio import atomic_write_json
 from studio.desktop import geometry
 from studio.desktop.api import DesktopApi, pywebview_dialog
 from studio.desktop.instance import Instance
@@ -15,6 +17,10 @@ from studio.desktop.notify import Notifier, RunWatcher
 from studio.desktop.secret import first_url, new_secret
 
 MARK_DESKTOP = "document.documentElement.classList.add('slm-desktop')"
+TAB_TITLES = "Array.from(document.querySelectorAll('[role=tab]')).map(t => t.textContent.trim())"
+# SLM_STUDIO_PROBE=<file>: once the page shows its tabs, write them (and the seconds since start) there and
+# close: how tests and benchmarks read the real window's DOM through pywebview's JavaScript bridge.
+PROBE_ENV = "SLM_STUDIO_PROBE"
 
 
 def free_port() -> int:
@@ -23,7 +29,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _probe(window, path: str, started: float) -> None:
+    for _ in range(600):
+        tabs = window.evaluate_js(TAB_TITLES) or []
+        if tabs:
+            atomic_write_json(path, {"tabs": tabs, "ready_s": round(time.monotonic() - started, 2),
+                                     "desktop": window.evaluate_js(
+                                         "document.documentElement.classList.contains('slm-desktop')")})
+            break
+        time.sleep(0.1)
+    window.destroy()
+
+
 def run_window(runs_dir: Optional[str] = None) -> int:
+    started = time.monotonic()
     if getattr(os, "geteuid", lambda: 1)() == 0:  # Chromium's sandbox refuses root (containers)
         os.environ.setdefault("QTWEBENGINE_CHROMIUM_FLAGS", "--no-sandbox")
     import webview
@@ -67,6 +86,8 @@ def run_window(runs_dir: Optional[str] = None) -> int:
         return True
 
     window.events.loaded += lambda: window.evaluate_js(MARK_DESKTOP)
+    if os.environ.get(PROBE_ENV):
+        window.events.loaded += lambda: _probe(window, os.environ[PROBE_ENV], started)
     window.events.closing += on_closing
     try:
         webview.start(gui="qt" if sys.platform.startswith("linux") else None)
