@@ -21,6 +21,8 @@ TAB_TITLES = "Array.from(document.querySelectorAll('[role=tab]')).map(t => t.tex
 # SLM_STUDIO_PROBE=<file>: once the page shows its tabs, write them (and the seconds since start) there and
 # close: how tests and benchmarks read the real window's DOM through pywebview's JavaScript bridge.
 PROBE_ENV = "SLM_STUDIO_PROBE"
+VISIBLE_BROWSE = ("Array.from(document.querySelectorAll('.slm-browse')).filter(b => getComputedStyle(b).display "
+                  "!== 'none').length + '/' + document.querySelectorAll('.slm-browse').length")
 
 
 def free_port() -> int:
@@ -35,7 +37,8 @@ def _probe(window, path: str, started: float) -> None:
         if tabs:
             atomic_write_json(path, {"tabs": tabs, "ready_s": round(time.monotonic() - started, 2),
                                      "desktop": window.evaluate_js(
-                                         "document.documentElement.classList.contains('slm-desktop')")})
+                                         "document.documentElement.classList.contains('slm-desktop')"),
+                                     "browse_buttons": window.evaluate_js(VISIBLE_BROWSE)})
             break
         time.sleep(0.1)
     window.destroy()

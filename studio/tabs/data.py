@@ -17,6 +17,7 @@ from slm_core.config import DataConfig, RunConfig, TokenizerConfig
 from slm_core.errors import SLMError
 from slm_core.system import format_count
 from studio.allow import AllowBox
+from studio.desktop.browse import add_browse
 from studio.plots import length_figure
 from studio.security import check_fields, check_path
 from studio.tabs import PRIVATE, QUIET, message
@@ -61,6 +62,7 @@ def build(ctx) -> None:
                                 info="'builtin', 'builtin:instructions', 'builtin:preferences', "
                                      "'builtin:arithmetic', a file or folder path, or a Hub name "
                                      "like roneneldan/TinyStories")
+            add_browse(ctx, source, "file")  # desktop app only: the system's dialog
             upload = gr.File(label="Upload files", file_count="multiple", file_types=UPLOAD_TYPES, visible=False,
                              elem_id="data-upload")
             with gr.Row():  # two a row: four in one clipped the dropdowns' values ("auto (from the recor")

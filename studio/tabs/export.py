@@ -15,6 +15,7 @@ from slm_core.post.gguf_quant import bits_per_weight
 from slm_core.system import format_bytes
 from studio.allow import AllowBox
 from studio.command import runs_dir_flag
+from studio.desktop.browse import add_browse
 from studio.jobs import JobHelper, progress_to
 from studio.models import model_sources, source_label
 from studio.security import check_path
@@ -38,6 +39,7 @@ def build(ctx) -> None:
     with gr.Row():
         source = gr.Dropdown([], value=None, allow_custom_value=True, label="Model", scale=3, elem_id="export-model",
                              info="a run, or a quantized version of one (exported with its rounded weights)")
+        add_browse(ctx, source, "folder")  # desktop app only: the system's dialog
         tag = gr.Radio(["best", "latest"], value="best", label="Checkpoint (runs)", scale=1)
     with gr.Row():
         fmt = gr.Radio(FORMATS, value="hf", label="Format", scale=3, elem_id="export-format")

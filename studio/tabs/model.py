@@ -14,6 +14,7 @@ from slm_core.system import format_count, format_mb
 from studio import model_browser
 from studio.allow import AllowBox
 from studio.command import MODEL_FIELDS, model_from_fields
+from studio.desktop.browse import add_browse
 from studio.model_picker import build_panel, picker_choices
 from studio.style import mark
 from studio.tabs import FORM_TRIGGER, QUIET
@@ -73,6 +74,7 @@ def build(ctx) -> None:
         real = gr.Dropdown([], value=None, allow_custom_value=True, label="Real model", elem_id="model-real",
                            info="a Hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct), a cached model, a Hugging Face folder "
                                 "or a run; the Train tab's batch, context and LoRA rank set the training figures")
+        add_browse(ctx, real, "folder")  # desktop app only: the system's dialog
         panel = build_panel(ctx, real, "model-real")
         model_browser.build(ctx, real, panel["details"], "model-find")
         # A model folder outside the allowed ones: allow it, or its parent (a folder of models) in one click.
