@@ -55,10 +55,12 @@ def cmd_generate(args) -> int:
         choice = Choice("native", args.model, f"--device {args.device}: genai exports here are CPU builds")
     else:
         choice = choose(args.model, args.checkpoint, args.engine, args.dtype, None, runs_dir, draft=bool(args.draft))
-    print(f"[{choice.line()}]", file=sys.stderr, flush=True)
     if choice.engine == "onnx":
+        print(f"[{choice.line()}]", file=sys.stderr, flush=True)
         return _generate_genai(args, choice.folder)
     loaded = choice.loaded or load_model(args.model, tag=args.checkpoint, device=args.device, runs_dir=runs_dir)
+    # Said once the model loads: a refusal to load stays the one line the user reads.
+    print(f"[{choice.line()}]", file=sys.stderr, flush=True)
 
     if not is_quantized(loaded.model):
         loaded.model.to(pick_dtype(loaded.model, args.dtype))
