@@ -29,4 +29,5 @@ def test_window_shows_the_studio_and_closes_cleanly(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads(probe.read_text())
     assert seen["tabs"][:4] == ["Model", "Data", "Train", "Runs"] and seen["desktop"] is True
+    assert seen["browse_buttons"].split("/")[0] != "0"  # Browse… shows in the window (hidden in a browser)
     assert not (tmp_path / "state" / "slm-studio" / "instance.json").exists()  # the instance let go
