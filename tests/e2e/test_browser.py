@@ -259,7 +259,7 @@ def test_upload_train_queue_reload_load_clone_and_every_tab(studio, tmp_path):
         _tab(page, "Train")
         expect(page.locator("#train-watch input")).to_have_value("first", timeout=30_000)
         expect(page.get_by_label("Steps", exact=True)).to_have_value(str(FIRST_STEPS), timeout=30_000)
-        expect(page.locator("#train-queue")).to_contain_text("second", timeout=10_000)
+        expect(page.locator("#train-queue")).to_contain_text("second", timeout=30_000)
         expect(progress.locator("[data-state='paused']")).to_be_attached(timeout=30_000)
         _shoot(page, shots, "3-train-first")
         page.locator("#train-continue").click()  # enabled once the page sees the run paused
