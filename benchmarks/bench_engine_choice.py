@@ -11,6 +11,14 @@ runs in a process of its own (as a user's shell or the Studio would). tokens/s c
 the time after the first, greedy, no end-of-text stop in the peer; each row is the best of --repeat rounds that run every
 path in turn (the machine is shared). Goal (issue 27): every path >= 1.0x genai's own loop.
 
+Measured 2026-12-05 (2 shared cores, load 2-2.5 from other work; x = against genai's own loop, one run):
+  4M:   peer 1,318; generate auto 1,591 (1.21x, genai); serve auto 1,070 (0.81x, genai: HTTP + text per event);
+        Chat session auto 1,604 (1.22x, genai); generate --engine native 624 (0.47x); --engine onnx 1,142 (0.87x)
+  100M: peer 26.1; generate auto 30.2 (1.16x, native 2 threads); serve auto 31.5 (1.21x); Chat 31.1 (1.19x);
+        generate --engine native 34.5 (1.32x); --engine onnx 28.3 (1.08x)
+  The same paths swing 20-40% between rounds here; an earlier run under heavier load measured native at 2-3
+  tokens/s on 2 threads for the 100M model (19 on one), hence the thread count in the choice.
+
     python benchmarks/bench_engine_choice.py [--tokens 128] [--repeat 3] [--quick]
         --quick: the tiny model only
 """
