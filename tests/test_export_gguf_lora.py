@@ -70,3 +70,27 @@ def test_gguf_lora_needs_a_lora_model(tmp_path):
     with pytest.raises(SLMError, match="needs a LoRA run"):
         export_model(model, None, None, tmp_path / "out", fmt="gguf-lora")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_adapter_gguf_names_its_base_as_llama_cpps_converter_does(tmp_path):
+    """general.base_model.* on the adapter: the base it applies to (convert_lora_to_gguf.py writes them from the
+    adapter's model card), read from the LoRA run's lineage record."""
+    from gguf import GGUFReader
+
+    from slm_core.run import lineage
+
+    run = tmp_path / "runs" / "my-lora"
+    run.mkdir(parents=True)
+    lineage.write_record(run, "lora", [lineage.parent_ref("HuggingFaceTB/SmolLM2-135M", "adapter_of", near=run)])
+    files = export_model(_lora_model("llama", "attention"), None, None, run / "export" / "gl", fmt="gguf-lora",
+                         gguf_type="f32", source=str(run), runs_dir=tmp_path / "runs")
+    fields = GGUFReader(str(next(p for p in files if "-lora-" in p.name))).fields
+
+    def text(key):
+        return bytes(fields[key].parts[fields[key].data[0]]).decode()
+
+    assert text("general.type") == "adapter" and text("adapter.type") == "lora"
+    assert int(fields["general.base_model.count"].parts[-1][0]) == 1
+    assert text("general.base_model.0.organization") == "HuggingFaceTB"
+    assert text("general.base_model.0.repo_url") == "https://huggingface.co/HuggingFaceTB/SmolLM2-135M"
+    assert "SmolLM2" in text("general.base_model.0.name")

@@ -104,7 +104,8 @@ def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path,
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:
         if fmt == "gguf-lora":
-            files = write_lora_bundle(model, tokenizer, tmp, gguf_type, name, template)
+            files = write_lora_bundle(model, tokenizer, tmp, gguf_type, name, template,
+                                      gguf_base_models(export_lineage(source, fmt, out_dir, runs_dir)))
         elif fmt == "onnx":
             files = build_genai_folder(model, tokenizer, tmp, onnx_precision, onnx_device, template)
         else:

@@ -20,6 +20,7 @@ from slm_core.post.export_gguf import (
     write_gguf,
 )
 from slm_core.post.gguf_quant import check_level
+from slm_core.run.lineage_hub import add_gguf_base_models
 
 LORA_GGUF_TYPES = ("f32", "f16")
 
@@ -106,8 +107,10 @@ def adapter_pairs(peft_model) -> tuple[dict, float]:
 
 
 def write_lora_gguf(model_config, pairs: dict, alpha: float, path: str | Path, gguf_type: str = "f32",
-                    name: Optional[str] = None) -> Path:
-    """Write the adapter GGUF; returns its path."""
+                    name: Optional[str] = None, base_models: Optional[list[dict]] = None) -> Path:
+    """Write the adapter GGUF; returns its path. `base_models`: general.base_model.* entries naming the base the
+    adapter applies to (slm_core.run.lineage_hub.gguf_base_models), as llama.cpp's convert_lora_to_gguf.py writes
+    them from the adapter's model card."""
     import gguf
 
 
@@ -119,6 +122,7 @@ def write_lora_gguf(model_config, pairs: dict, alpha: float, path: str | Path, g
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
         writer.add_name(name or f"{model_config.name}-lora")
+        add_gguf_base_models(writer, base_models)
         writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16 if gguf_type == "f16" else gguf.LlamaFileType.ALL_F32))
         for tensor_name, tensor in tensors.items():
             array = tensor.contiguous().numpy()
@@ -127,9 +131,10 @@ def write_lora_gguf(model_config, pairs: dict, alpha: float, path: str | Path, g
 
 
 def write_lora_bundle(model, tokenizer, folder: Path, gguf_type: str, name: str,
-                      template: Optional[str]) -> list[Path]:
+                      template: Optional[str], base_models: Optional[list[dict]] = None) -> list[Path]:
     """The base model's GGUF, the adapter's GGUF and an Ollama Modelfile using both (FROM + ADAPTER).
-    `model` is a LoRA model (peft); it is consumed (the adapter is unloaded to reach the bare base)."""
+    `model` is a LoRA model (peft); it is consumed (the adapter is unloaded to reach the bare base).
+    `base_models`: the adapter's base (general.base_model.* on the adapter GGUF)."""
     model = unwrap(model)
     if not is_peft(model):
         raise SLMError("--format gguf-lora needs a LoRA run (base + adapter); export this model with --format gguf")
@@ -141,7 +146,7 @@ def write_lora_bundle(model, tokenizer, folder: Path, gguf_type: str, name: str,
     base_path = write_gguf(base, tokenizer, folder / f"{safe_name(name)}-base-{gguf_type}.gguf", gguf_type, name)
     lora_type = "f32" if gguf_type == "f32" else "f16"  # small matrices: quantizing them buys nothing
     lora_path = write_lora_gguf(base.config, pairs, alpha, folder / f"{safe_name(name)}-lora-{lora_type}.gguf",
-                                lora_type, f"{name}-lora")
+                                lora_type, f"{name}-lora", base_models)
     modelfile = ollama_modelfile(folder, base_path.name, template)
     modelfile.write_text(modelfile.read_text().replace(f"FROM ./{base_path.name}\n",
                                                        f"FROM ./{base_path.name}\nADAPTER ./{lora_path.name}\n"))
