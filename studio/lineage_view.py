@@ -1,7 +1,8 @@
 """The Runs tab's family tree (slm_core.run.lineage): every artifact a node (its symbol by kind), an edge per
-relation (labelled), coloured by a chosen score; picking a node opens it (a run opens in the tab's run panel),
-compares it with its parent in one click (the score delta of quantizing, of a LoRA) and deletes it after saying
-what depends on it, refusing to orphan a descendant's only base unless that is confirmed. Reads folders only."""
+relation (labelled), coloured by a chosen score; clicking a node (or picking it in the Node list) opens it: a run
+in the tab's run panel, a model in the Chat or Export tab (studio.lineage_open), compared with its parent in one click
+(the score delta of quantizing, of a LoRA), deleted after saying what depends on it, refusing to orphan a
+descendant's only base unless that is confirmed. Reads folders only."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import plotly.graph_objects as go
 from slm_core.errors import SLMError
 from slm_core.run import lineage, lineage_tree
 from slm_core.system import format_bytes
+from studio.lineage_open import chat_target, export_target
 from studio.tabs import PRIVATE, QUIET, message
 
 BY_KIND = "kind"  # the colour choice that colours nodes by kind, not by a score
@@ -25,6 +27,25 @@ COLOURS = {"pretrain": "#4f46e5", "finetune": "#0891b2", "lora": "#db2777", "dis
            "merge": "#ea580c", "quantized": "#16a34a", "export": "#64748b", "report": "#a3a3a3", "hub": "#facc15",
            "missing": "#ef4444"}
 LABELS_UP_TO = 80  # more nodes than this: names on hover only (the figure stays readable)
+# gr.Plot has no click event (Gradio 6: `change` only), so the page listens to plotly's own `plotly_click` and
+# types the clicked node's name (its trace's customdata) into a hidden box whose input event picks it, as the Node
+# list does. Plotly drops listeners when it replots into a new element: a watcher re-attaches after each redraw.
+CLICKS_JS = """() => {
+  const attach = () => {
+    const plot = document.querySelector('#lineage-figure .js-plotly-plot');
+    if (!plot || !plot._ev || plot._slmClicks === plot._ev) return;
+    plot._slmClicks = plot._ev;
+    plot.on('plotly_click', (event) => {
+      const name = event && event.points && event.points.length ? event.points[0].customdata : null;
+      const box = document.querySelector('#lineage-clicked textarea, #lineage-clicked input');
+      if (typeof name !== 'string' || !box) return;  // an edge or a relation label: not a node
+      box.value = name;
+      box.dispatchEvent(new Event('input', {bubbles: true}));
+    });
+  };
+  attach();
+  new MutationObserver(attach).observe(document.body, {childList: true, subtree: true});
+}"""
 
 
 # ---- the figure ------------------------------------------------------------------------------------
@@ -84,6 +105,7 @@ def tree_figure(graph: lineage.Graph, score: Optional[str] = None, selected: Opt
                        "marker": {"size": 26, "symbol": "circle-open", "color": "#111827", "line": {"width": 3}}})
     depth = -min(y for _, y in xy.values())
     layout: dict[str, Any] = {"height": int(min(1400, 240 + 90 * depth)), "uirevision": "lineage",
+                              "hovermode": "closest", "clickmode": "event",  # a click names the node under it
                               "margin": {"l": 10, "r": 10, "t": 30, "b": 10}, "legend": {"orientation": "h"},
                               "xaxis": {"visible": False}, "yaxis": {"visible": False}, "plot_bgcolor": "rgba(0,0,0,0)"}
     if coloured:
@@ -131,12 +153,49 @@ def draw(root: Path, score: Optional[str], selected: Optional[str]) -> list[Any]
 
 
 def pick(root: Path, name: Optional[str]) -> list[Any]:
-    """The picked node's panel, and the run it is (for the tab's run panel) or no change."""
+    """The picked node's panel, the run it is (for the tab's run panel) or no change, and the "Chat with it" and
+    "Export it" buttons, off where the node cannot be opened there (the panel says why)."""
     graph = lineage.scan(root)
     node = node_by_name(graph, name)
     if node is None:
-        return ["Pick a node to open it.", gr.update()]
-    return [node_markdown(graph, node), gr.update(value=node["name"]) if node.get("state") is not None else gr.update()]
+        off = gr.update(interactive=False)
+        return ["Pick a node to open it.", gr.update(), off, off]
+    chat, export = chat_target(node), export_target(node, root)
+    notes = [f"{what} is off: {why}." for what, why in (("Chat with it", chat), ("Export it", export))
+             if isinstance(why, str)]
+    return [node_markdown(graph, node) + "".join(f"\n\n{message('info', n)}" for n in notes),
+            gr.update(value=node["name"]) if node.get("state") is not None else gr.update(),
+            gr.update(interactive=not isinstance(chat, str)), gr.update(interactive=not isinstance(export, str))]
+
+
+def clicked(root: Path, name: Optional[str]) -> list[Any]:
+    """A node clicked in the figure: the Node list picks it (then the same handlers run as for a pick there), and
+    the hidden box is emptied so that clicking the same node again is an input again."""
+    node = node_by_name(lineage.scan(root, sizes=False), name)
+    return [gr.update(value=node["name"]) if node else gr.skip(), ""]
+
+
+def open_in(root: Path, name: Optional[str], tab: str) -> list[Any]:
+    """"Chat with it" / "Export it": the tab selected, its model picker and checkpoint set to the node; or a
+    notice (the node cannot be opened there), the page staying where it is."""
+    node = node_by_name(lineage.scan(root, sizes=False), name)
+    if node is None:
+        return [gr.update(), gr.update(), gr.update(), message("error", "Pick a node first.")]
+    target = chat_target(node) if tab == "chat" else export_target(node, root)
+    if isinstance(target, str):
+        return [gr.update(), gr.update(), gr.update(), message("error", f"{node['name']}: {target}.")]
+    value, tag = target
+    if tab == "chat":
+        from studio.model_picker import chat_choices
+
+        choices = chat_choices(root)
+    else:
+        from studio.models import model_sources
+
+        choices = model_sources(root)
+    if value not in {v for _, v in choices}:
+        choices = [*choices, (node["name"], value)]
+    return [gr.Tabs(selected=tab), gr.update(choices=choices, value=value), gr.update(value=tag), ""]
 
 
 def node_markdown(graph: lineage.Graph, node: dict) -> str:
@@ -149,8 +208,7 @@ def node_markdown(graph: lineage.Graph, node: dict) -> str:
     if node.get("command"):
         lines.append(f"Made by: `{node['command']}`")
     if node.get("path") and node["kind"] not in lineage.EXTERNAL_KINDS:
-        lines.append(f"Folder: `{node['path']}` — chat with it, compare or export it by picking this folder in "
-                     "those tabs")
+        lines.append(f"Folder: `{node['path']}`")
     return "\n\n".join(lines)
 
 
@@ -251,8 +309,11 @@ def build(ctx, opened) -> None:
             score = gr.Dropdown([BY_KIND], value=BY_KIND, label="Colour by", scale=1, elem_id="lineage-score")
             redraw = gr.Button("Refresh tree", scale=0, min_width=140)
         figure = gr.Plot(tree_figure(lineage.Graph(ctx.runs_dir)), show_label=False, elem_id="lineage-figure")
-        panel = gr.Markdown("", elem_id="lineage-panel")
+        hit = gr.Textbox("", visible="hidden", elem_id="lineage-clicked", show_label=False, container=False)
+        panel = gr.Markdown("Click a node (or pick it in the Node list) to open it.", elem_id="lineage-panel")
         with gr.Row():
+            chat = gr.Button("Chat with it", size="sm", interactive=False, elem_id="lineage-chat")
+            export = gr.Button("Export it", size="sm", interactive=False, elem_id="lineage-export")
             compare = gr.Button("Compare with its parent", size="sm", elem_id="lineage-compare")
             delete = gr.Button("Delete this node…", variant="stop", size="sm", elem_id="lineage-delete")
             tidy = gr.Button("What can I delete?", size="sm", elem_id="lineage-cleanup")
@@ -270,10 +331,27 @@ def build(ctx, opened) -> None:
     ctx.tabs["Runs"].select(**drawing, **QUIET)
     ctx.on_load.append(drawing)
     score.input(**drawing, **QUIET)
-    node.input(lambda n: pick(ctx.runs_dir, n), node, [panel, opened], **QUIET).then(**drawing, **QUIET)
+    opening = dict(fn=lambda n: pick(ctx.runs_dir, n), inputs=node, outputs=[panel, opened, chat, export])
+    node.input(**opening, **QUIET).then(**drawing, **QUIET)
+    hit.input(lambda n: clicked(ctx.runs_dir, n), hit, [node, hit], **QUIET).success(**opening, **QUIET).then(
+        **drawing, **QUIET)
+    ctx.on_load.append(dict(fn=None, js=CLICKS_JS))
+    ctx.finalizers.append(lambda c: _wire_open_in(c, node, chat, export, result))
     compare.click(lambda n: compare_with_parent(ctx.runs_dir, n), node, delta, api_name="lineage_compare")
     tidy.click(lambda: cleanup_listing(ctx.runs_dir), None, delta, **PRIVATE)  # `slm lineage --cleanup` for scripts
     delete.click(lambda n: ask_delete(ctx.runs_dir, n), node, [confirm_box, confirm_text, orphan, result], **QUIET)
     cancel.click(lambda: gr.update(visible=False), None, confirm_box, **QUIET)
     confirm.click(lambda n, o: (gr.update(visible=False), confirm_delete(ctx.runs_dir, n, o)), [node, orphan],
                   [confirm_box, result], **PRIVATE).then(**drawing, **QUIET)
+
+
+def _wire_open_in(ctx, node, chat, export, result) -> None:
+    """After every tab exists: "Chat with it" / "Export it" select that tab with the node picked in it (the
+    pickers the Chat and Export tabs share as "chat.model" / "export.model": (model, checkpoint tag))."""
+    for button, tab, title in ((chat, "chat", "Chat"), (export, "export", "Export")):
+        pickers = ctx.shared.get(f"{tab}.model")
+        if pickers is None or title not in ctx.tabs:  # a page built without that tab
+            button.visible = False
+            continue
+        button.click(lambda n, tab=tab: open_in(ctx.runs_dir, n, tab), node,
+                     [ctx.tabs[title].parent, *pickers, result], **QUIET)

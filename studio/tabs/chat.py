@@ -39,6 +39,7 @@ def build(ctx) -> None:
         backend = gr.Radio(ENGINES, value="auto", label="Engine", scale=1, elem_id="chat-engine",
                            info="auto: the fastest that can run the model")
         load = gr.Button("Load", scale=0, min_width=100)
+    ctx.shared["chat.model"] = (source, tag)  # the Runs tab's family tree opens a model here ("Chat with it")
     with gr.Row():
         draft = gr.Dropdown([("none", "")], value="", label="Draft model", scale=3, elem_id="chat-draft",
                             info="speculative decoding: a smaller model with the same tokenizer drafts tokens this "

@@ -41,6 +41,7 @@ def build(ctx) -> None:
                              info="a run, or a quantized version of one (exported with its rounded weights)")
         add_browse(ctx, source, "folder")  # desktop app only: the system's dialog
         tag = gr.Radio(["best", "latest"], value="best", label="Checkpoint (runs)", scale=1)
+    ctx.shared["export.model"] = (source, tag)  # the Runs tab's family tree opens a model here ("Export it")
     with gr.Row():
         fmt = gr.Radio(FORMATS, value="hf", label="Format", scale=3, elem_id="export-format")
         gguf_type = gr.Dropdown(GGUF_TYPES, value="f16", label="GGUF level", visible=False, scale=2,

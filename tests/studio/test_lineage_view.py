@@ -47,10 +47,11 @@ def test_the_tree_draws_nodes_by_kind_and_edges_by_relation(family):
 
 def test_picking_a_node_opens_it_and_compares_it_with_its_parent_in_one_click(family):
     root, name, int8 = family
-    panel, opened = view.pick(root, name)
+    panel, opened, chat, export = view.pick(root, name)
     assert name in panel and opened["value"] == name  # a run: the tab's run panel opens it
+    assert chat["interactive"] and export["interactive"] and "is off" not in panel
     node = f"{name}/quantized/{int8.name}"
-    panel, opened = view.pick(root, node)
+    panel, opened, chat, export = view.pick(root, node)
     assert "quantized_from" in panel and "value" not in opened  # not a run: the run panel stays
     delta = view.compare_with_parent(root, node)
     assert "| ppl | 9 | 9.5 | +0.5 (worse) |" in delta and "ppl_common" in delta
@@ -78,3 +79,48 @@ def test_what_can_i_delete_lists_without_deleting(family):
     (stale / "lineage.json").write_text(json.dumps(dict(meta, created_at=meta["created_at"] - 60)))
     listing = view.cleanup_listing(root)
     assert f"{name}/quantized/int8-older" in listing and "superseded" in listing and stale.is_dir()
+
+
+def test_a_clicked_node_is_picked_and_chat_or_export_opens_it_in_that_tab(family):
+    root, name, int8 = family
+    assert view.clicked(root, name)[0]["value"] == name and view.clicked(root, name)[1] == ""
+    assert "value" not in view.clicked(root, "not-a-node")[0]  # a name never shown: nothing picked
+
+    tabs, model, tag, note = view.open_in(root, name, "chat")
+    assert tabs.selected == "chat" and model["value"] == str(root / name) and tag["value"] == "best" and not note
+    assert (name, str(root / name)) in model["choices"]  # the Chat picker's own entry, shown by its label
+    tabs, model, tag, _ = view.open_in(root, f"{name}/quantized/{int8.name}", "export")
+    assert tabs.selected == "export" and model["value"] == str(int8) and tag["value"] == "best"
+
+    card = f"{name}/evals/report-1"
+    panel, _, chat, export = view.pick(root, card)
+    assert not chat["interactive"] and not export["interactive"] and "Chat with it is off: a report card" in panel
+    tabs, model, _, note = view.open_in(root, card, "chat")
+    assert "selected" not in tabs and "value" not in model and "report card" in note  # the page stays
+
+
+def test_what_chat_and_export_take_for_each_kind_of_node(tmp_path):
+    from studio.lineage_open import chat_target, export_target
+
+    def export_folder(fmt: str, *files: str) -> dict:
+        folder = tmp_path / "run" / "export" / fmt
+        folder.mkdir(parents=True)
+        for file in files:
+            (folder / file).write_bytes(b"")
+        return {"kind": "export", "name": f"run/export/{fmt}", "path": str(folder), "state": None,
+                "details": {"format": fmt}}
+
+    gguf = export_folder("gguf", "tiny-f16.gguf", "Modelfile")
+    assert chat_target(gguf) == (str(tmp_path / "run/export/gguf/tiny-f16.gguf"), "best")  # through transformers
+    assert "already an export" in export_target(gguf, tmp_path)
+    assert "no GGUF adapter" in chat_target(export_folder("gguf-lora", "a-base-f16.gguf", "a-lora-f16.gguf"))
+    assert "KV cache" in chat_target(export_folder("onnx-graph", "model.onnx"))
+    assert chat_target(export_folder("onnx", "genai_config.json"))[0].endswith("onnx")  # onnxruntime-genai
+    hub = {"kind": "hub", "name": "HuggingFaceTB/SmolLM2-135M", "path": None, "state": None}
+    assert chat_target(hub) == ("HuggingFaceTB/SmolLM2-135M", "best") and "slm export" in export_target(hub, tmp_path)
+    gone = {"kind": "missing", "name": "old (gone)", "path": None, "state": None}
+    assert "gone" in chat_target(gone)
+    run = tmp_path / "fresh"
+    run.mkdir()
+    fresh = {"kind": "pretrain", "name": "fresh", "path": str(run), "state": "running"}
+    assert chat_target(fresh) == export_target(fresh, tmp_path) == "the run has no checkpoint yet"
