@@ -28,9 +28,12 @@ COLOURS = {"pretrain": "#4f46e5", "finetune": "#0891b2", "lora": "#db2777", "dis
            "missing": "#ef4444"}
 LABELS_UP_TO = 80  # more nodes than this: names on hover only (the figure stays readable)
 # gr.Plot has no click event (Gradio 6: `change` only), so the page listens to plotly's own `plotly_click` and
-# types the clicked node's name (its trace's customdata) into a hidden box whose input event picks it, as the Node
-# list does. Plotly drops listeners when it replots into a new element: a watcher re-attaches after each redraw.
+# writes the clicked node's name (its trace's customdata) into a hidden box whose change event picks it, as the Node
+# list does; a click count after a newline makes a second click on the same node a change too. (A Textbox's `input`
+# event follows key presses only.) Plotly drops listeners when it replots into a new element: a watcher re-attaches
+# after each redraw.
 CLICKS_JS = """() => {
+  let clicks = 0;
   const attach = () => {
     const plot = document.querySelector('#lineage-figure .js-plotly-plot');
     if (!plot || !plot._ev || plot._slmClicks === plot._ev) return;
@@ -39,7 +42,7 @@ CLICKS_JS = """() => {
       const name = event && event.points && event.points.length ? event.points[0].customdata : null;
       const box = document.querySelector('#lineage-clicked textarea, #lineage-clicked input');
       if (typeof name !== 'string' || !box) return;  // an edge or a relation label: not a node
-      box.value = name;
+      box.value = `${name}\n${++clicks}`;
       box.dispatchEvent(new Event('input', {bubbles: true}));
     });
   };
@@ -168,11 +171,11 @@ def pick(root: Path, name: Optional[str]) -> list[Any]:
             gr.update(interactive=not isinstance(chat, str)), gr.update(interactive=not isinstance(export, str))]
 
 
-def clicked(root: Path, name: Optional[str]) -> list[Any]:
-    """A node clicked in the figure: the Node list picks it (then the same handlers run as for a pick there), and
-    the hidden box is emptied so that clicking the same node again is an input again."""
-    node = node_by_name(lineage.scan(root, sizes=False), name)
-    return [gr.update(value=node["name"]) if node else gr.skip(), ""]
+def clicked(root: Path, text: Optional[str]) -> Any:
+    """A node clicked in the figure ("NAME\\nCOUNT" from CLICKS_JS): the Node list picks it, then the same handlers
+    run as for a pick there."""
+    node = node_by_name(lineage.scan(root, sizes=False), (text or "").split("\n")[0])
+    return gr.update(value=node["name"]) if node else gr.skip()
 
 
 def open_in(root: Path, name: Optional[str], tab: str) -> list[Any]:
@@ -333,7 +336,7 @@ def build(ctx, opened) -> None:
     score.input(**drawing, **QUIET)
     opening = dict(fn=lambda n: pick(ctx.runs_dir, n), inputs=node, outputs=[panel, opened, chat, export])
     node.input(**opening, **QUIET).then(**drawing, **QUIET)
-    hit.input(lambda n: clicked(ctx.runs_dir, n), hit, [node, hit], **QUIET).success(**opening, **QUIET).then(
+    hit.change(lambda n: clicked(ctx.runs_dir, n), hit, node, **QUIET).success(**opening, **QUIET).then(
         **drawing, **QUIET)
     ctx.on_load.append(dict(fn=None, js=CLICKS_JS))
     ctx.finalizers.append(lambda c: _wire_open_in(c, node, chat, export, result))
