@@ -4,6 +4,7 @@ desktop-notifier, or any sink with `send(title, body, run)` (tests record)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -77,8 +78,12 @@ class Notifier:
         threading.Thread(target=self.loop.run_forever, daemon=True, name="slm-studio-notifier").start()
         self.notifier = DesktopNotifier(app_name="SLM Studio", app_icon=None)
 
-    def send(self, title: str, body: str, run: str) -> None:
+    def send(self, title: str, body: str, run: str) -> concurrent.futures.Future:
+        """Shows it without waiting; the future is done once the notification server has taken it."""
         import asyncio
 
         coro = self.notifier.send(title=title, message=body, on_clicked=lambda: self.on_click(run))
-        asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
