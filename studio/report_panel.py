@@ -14,6 +14,7 @@ import gradio as gr
 
 from slm_core.errors import SLMError
 from studio.command import runs_dir_flag
+from studio.desktop.browse import JSONL, add_browse
 from studio.jobs import JobHelper, progress_to
 from studio.models import source_label
 from studio.security import check_judge_url, check_path, page_error
@@ -31,6 +32,7 @@ def build(ctx: Any, models: Any, tag: Any) -> None:
                                    elem_id="report-tasks")
         extra = gr.Textbox("", label="More tasks", scale=2, placeholder="my_task.jsonl, hellaswag",
                            info="JSONL files (question/choices/answer or prompt/reference) or lm-eval task names")
+        add_browse(ctx, extra, "file", JSONL, join=", ")  # desktop app only: adds a task file to the list
         limit = gr.Number(50, precision=0, minimum=0, label="Items per task", scale=1, info="0: all of them")
     with gr.Accordion("LLM judge (optional)", open=False):
         with gr.Row():
@@ -40,6 +42,7 @@ def build(ctx: Any, models: Any, tag: Any) -> None:
             key = gr.Textbox("", label="API key", type="password", info="blank for local servers")
         with gr.Row():
             prompts = gr.Textbox("", label="Prompts (JSONL)", info="blank: held-out built-in instructions")
+            add_browse(ctx, prompts, "file", JSONL)
             judge_limit = gr.Number(10, precision=0, minimum=1, label="Prompts to judge")
             seed = gr.Number(0, precision=0, label="Seed")
     go = gr.Button("Make report cards", variant="primary", elem_id="report-go")

@@ -14,6 +14,7 @@ from studio.desktop import geometry
 from studio.desktop.api import DesktopApi, pywebview_dialog
 from studio.desktop.instance import Instance
 from studio.desktop.notify import Notifier, RunWatcher
+from studio.desktop.run_open import show_run_js
 from studio.desktop.secret import first_url, new_secret
 
 MARK_DESKTOP = "document.documentElement.classList.add('slm-desktop')"
@@ -70,7 +71,7 @@ def run_window(runs_dir: Optional[str] = None) -> int:
 
     def show_run(name: str) -> None:
         to_front()
-        window.evaluate_js("document.querySelector('#tab-runs-button, button[id$=\"runs-button\"]')?.click()")
+        window.evaluate_js(show_run_js(name))  # the Runs tab with that run open (studio.desktop.run_open)
 
     instance = Instance(secret, to_front)
     watcher = RunWatcher(demo.studio.runs_dir, Notifier(show_run).send)

@@ -16,6 +16,7 @@ from studio import chat_saved
 from studio.allow import AllowBox
 from studio.chat_saved import STOPPED, ChatLog
 from studio.chat_session import POLICIES, ChatSession, StopFlags, draft_choices
+from studio.desktop.browse import GGUF, add_browse
 from studio.model_picker import chat_choices  # runs, their artifacts, cached Hub models
 from studio.security import check_path
 from studio.tabs import PRIVATE, QUIET, message
@@ -35,6 +36,8 @@ def build(ctx) -> None:
         source = gr.Dropdown([], value=None, allow_custom_value=True, label="Model", scale=3, elem_id="chat-model",
                              info="a run (with a checkpoint), a checkpoint / quantized / Hugging Face folder, "
                                   "or a Hub id (cached, or downloaded when online)")
+        add_browse(ctx, source, "folder")  # desktop app only: the system's dialogs
+        add_browse(ctx, source, "file", GGUF, label="GGUF…")
         tag = gr.Radio([("best", "best"), ("latest", "latest")], value="best", label="Checkpoint", scale=1)
         backend = gr.Radio(ENGINES, value="auto", label="Engine", scale=1, elem_id="chat-engine",
                            info="auto: the fastest that can run the model")
@@ -44,6 +47,7 @@ def build(ctx) -> None:
         draft = gr.Dropdown([("none", "")], value="", label="Draft model", scale=3, elem_id="chat-draft",
                             info="speculative decoding: a smaller model with the same tokenizer drafts tokens this "
                                  "model checks (same text at temperature 0); a run `slm shrink` made from it is offered")
+        add_browse(ctx, draft, "folder")
         policy = gr.Radio(POLICY_CHOICES, value="drop", label="When the context is full", scale=2,
                           elem_id="chat-policy", info="the system prompt is always kept")
     info = gr.Markdown("Pick a model; it loads on the first message.", elem_id="chat-info")

@@ -12,6 +12,7 @@ from slm_core.errors import SLMError
 from studio.allow import AllowBox
 from studio.chat_session import StopFlags
 from studio.compare_session import PairSession, lora_base, lora_runs
+from studio.desktop.browse import add_browse
 from studio.model_picker import chat_choices  # runs, their artifacts, cached Hub models
 from studio.security import check_path
 from studio.tabs import PRIVATE, QUIET, message
@@ -28,6 +29,7 @@ def build(ctx) -> None:
             with gr.Column():
                 pickers.append(gr.Dropdown([], value=None, allow_custom_value=True, label=f"Model {side}",
                                            elem_id=f"compare-model-{side.lower()}"))
+                add_browse(ctx, pickers[-1], "folder")  # desktop app only: the system's dialog
                 bots.append(gr.Chatbot(label=f"Model {side}", show_label=False, height=400, buttons=["copy"],
                                        elem_id=f"compare-bot-{side.lower()}"))
                 infos.append(gr.Markdown("", elem_id=f"compare-info-{side.lower()}"))

@@ -82,6 +82,7 @@ def build(ctx) -> None:
             tok_size = gr.Number(4096, label="BPE vocabulary size", precision=0, minimum=256, maximum=65536)
             tok_path = gr.Textbox("", label="GPT-2 vocabulary folder (offline copy)", visible=False,
                                   info="holds vocab.bpe + encoder.json; blank downloads them once")
+            tok_browse = add_browse(ctx, tok_path, "folder")
             tokenize_btn = gr.Button("Tokenize now (cached for every run)", variant="primary")
             tokens = gr.Markdown(TOKENS_PENDING, elem_id="data-tokens")
             lengths = gr.Plot(visible=False, elem_id="data-lengths", show_label=False)
@@ -92,6 +93,7 @@ def build(ctx) -> None:
                        "tokenizer.path": tok_path})
     _wire(ctx, kind, source, upload, column, template, max_chars, split, preview_btn, summary, records)
     _wire_tokenizer(ctx, tok_kind, tok_size, tok_path, tokenize_btn, [tokens, lengths])
+    tok_kind.change(lambda k: gr.update(visible=k == "gpt2"), tok_kind, tok_browse, **QUIET)  # with its box
     # What was measured of one source (or with one tokenizer) goes when another is given: a preview and token
     # counts of the last upload must not stand beside a Hub name that failed.
     source.change(lambda: ("", "", *stale_tokens()), None, [summary, records, tokens, lengths], **QUIET)

@@ -13,6 +13,7 @@ from slm_core.errors import SLMError
 from studio import report_panel
 from studio.allow import AllowBox
 from studio.command import runs_dir_flag
+from studio.desktop.browse import add_browse
 from studio.jobs import JobHelper, progress_to
 from studio.models import model_sources, source_label
 from studio.security import check_path
@@ -28,11 +29,13 @@ def build(ctx) -> None:
         models = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True, label="Models", scale=4,
                              elem_id="evaluate-models",
                              info="runs and their quantized / exported versions, or a model folder's path")
+        add_browse(ctx, models, "folder")  # desktop app only: the system's dialog (adds to the list)
         tag = gr.Radio(["best", "latest"], value="best", label="Checkpoint (runs)", scale=1)
     with gr.Row():
         data = gr.Textbox("", label="Data", scale=3, elem_id="evaluate-data",
                           placeholder="blank: each model's own validation data",
                           info="a file or folder (e.g. ../shared/data/tinyshakespeare.txt), or 'builtin'")
+        add_browse(ctx, data, "file")
         split = gr.Radio([("auto", "auto"), ("validation", "val"), ("training", "train"), ("all", "all")],
                          value="auto", label="Split", scale=1,
                          info="auto: the model's own validation split, or all of the data you name")

@@ -14,6 +14,7 @@ from slm_core.run.runs import read_json
 from slm_core.system import format_bytes
 from studio.allow import AllowBox
 from studio.command import runs_dir_flag
+from studio.desktop.browse import add_browse
 from studio.jobs import JobHelper, progress_to
 from studio.models import run_artifacts, source_label
 from studio.security import check_path
@@ -39,6 +40,7 @@ def build(ctx) -> None:
     with gr.Row():
         run = gr.Dropdown([], value=None, allow_custom_value=True, label="Run", scale=3, elem_id="quantize-run",
                           info="a run with a checkpoint (or its folder)")
+        add_browse(ctx, run, "folder")  # desktop app only: the system's dialog
         tag = gr.Radio(["best", "latest"], value="best", label="Checkpoint", scale=1)
     with gr.Row():
         method = gr.Radio(METHOD_CHOICES, value="int8", label="Method", scale=3, elem_id="quantize-method")

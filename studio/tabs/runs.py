@@ -11,6 +11,7 @@ import gradio as gr
 from slm_core.errors import SLMError
 from slm_core.run import runs
 from studio import lineage_view, watch
+from studio.desktop.run_open import add_run_opener
 from studio.plots import loss_figure, overlay_figure
 from studio.security import check_path
 from studio.style import mark
@@ -63,6 +64,7 @@ def build(ctx) -> None:
     board.click(lambda: open_board(ctx), None, board_link, api_name="tensorboard")
     _wire_list(ctx, refresh, table, pickers, [status, plot, samples, config])
     _wire_open(ctx, table, opened, status, plot, samples, config)
+    add_run_opener(ctx, opened, lambda name: open_run(ctx.runs_dir, name), [status, plot, samples, config])  # desktop
     _wire_delete(ctx, opened, delete, confirm_box, confirm_text, confirm, cancel, deleted, table, pickers)
     gr.on([a.change, b.change], lambda x, y: compare(ctx.runs_dir, *check_path(ctx, [x, y], "run")), [a, b], diff,
           **QUIET)

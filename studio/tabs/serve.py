@@ -9,6 +9,7 @@ from typing import Any, Iterator, Optional
 import gradio as gr
 
 from slm_core.errors import SLMError
+from studio.desktop.browse import GGUF, add_browse
 from studio.model_picker import chat_choices  # runs, their artifacts, cached Hub models
 from studio.security import check_path
 from studio.served import DEFAULT_PORT, ENGINES, ServeManager, public_url, snippets
@@ -25,6 +26,8 @@ def build(ctx) -> None:
                 elem_classes="slm-note")
     with gr.Row(equal_height=True):
         model = gr.Dropdown([], value=None, allow_custom_value=True, label="Model", scale=3, elem_id="serve-model")
+        add_browse(ctx, model, "folder")  # desktop app only: the system's dialogs
+        add_browse(ctx, model, "file", GGUF, label="GGUF…")
         port = gr.Number(DEFAULT_PORT, precision=0, label="Port", scale=1, min_width=100, elem_id="serve-port")
         engine = gr.Dropdown(list(ENGINES), value="auto", label="Engine", scale=1, min_width=120,
                              info="auto: the faster here, measured once")

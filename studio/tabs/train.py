@@ -24,10 +24,11 @@ from studio.command import (
     shell_command,
     train_args,
 )
+from studio.desktop.browse import YAML, add_browse
 from studio.plots import training_figure
 from studio.rollouts import rollouts_html, split_samples
 from studio.run_form import clone_name, fresh_run_name, queue_markdown, recipe_choices, run_settings, save_recipe
-from studio.security import FIELD_KINDS, check_fields, check_path
+from studio.security import FIELD_KINDS, check_fields, check_path, check_value, page_error
 from studio.tabs import FORM_TRIGGER, QUIET, message, run_names, set_initial
 from studio.views import (
     failure_note,
@@ -82,7 +83,9 @@ def _number(value, label, info=None, integer=True, **kw):
 
 def _controls(ctx, recipes: list[str], recipe0: str) -> dict[str, Any]:
     c: dict[str, Any] = {}
-    c["recipe"] = gr.Dropdown(recipes, value=recipe0, label="Recipe", info="one click prefills every field")
+    c["recipe"] = gr.Dropdown(recipes, value=recipe0, label="Recipe", info="one click prefills every field",
+                              allow_custom_value=True)  # a recipe file picked with Browse… (desktop)
+    c["recipe_browse"] = add_browse(ctx, c["recipe"], "file", YAML)
     c["about"] = gr.Markdown(preset_description("recipes", recipe0), elem_classes="slm-note")
     f = ctx.fields
     f["train.mode"] = gr.Radio(MODES, value="pretrain", label="Mode")
@@ -90,11 +93,13 @@ def _controls(ctx, recipes: list[str], recipe0: str) -> dict[str, Any]:
         f["train.init_from"] = gr.Dropdown([], value="", allow_custom_value=True, label="Base model",
                                            info="a run (its best checkpoint), a checkpoint / Hugging Face folder, "
                                                 "a cached model or a Hub id")
+        add_browse(ctx, f["train.init_from"], "folder")  # desktop app only: the system's dialog
         panels = [model_picker.build_panel(ctx, f["train.init_from"], "train-base")]  # what it is, memory, Download
     with gr.Group(visible=False) as c["distill_group"]:
         f["distill.teacher"] = gr.Dropdown([], value="", allow_custom_value=True, label="Teacher",
                                            info="a run, a folder, a cached model or a Hub id; its tokenizer must "
                                                 "match the student's")
+        add_browse(ctx, f["distill.teacher"], "folder")
         panels.append(model_picker.build_panel(ctx, f["distill.teacher"], "train-teacher"))
         with gr.Row():
             f["distill.alpha"] = gr.Slider(0, 1, 0.5, step=0.05, label="α (weight of the teacher's soft targets)")
@@ -108,7 +113,7 @@ def _controls(ctx, recipes: list[str], recipe0: str) -> dict[str, Any]:
         f["lora.targets"] = gr.Dropdown(list(LORA_TARGETS), value="attention", allow_custom_value=True,
                                         label="LoRA targets", info="attention, mlp, all, or e.g. q_proj,v_proj")
     c["preference_group"] = _preference_fields(f)
-    c["grpo_group"] = _grpo_fields(f)
+    c["grpo_group"] = _grpo_fields(ctx, f)
     with gr.Accordion("Training settings", open=True):
         with gr.Row():
             f["train.max_steps"] = _number(600, "Steps", minimum=1)
@@ -170,12 +175,13 @@ def _preference_fields(f: dict) -> Any:
     return group
 
 
-def _grpo_fields(f: dict) -> Any:
+def _grpo_fields(ctx, f: dict) -> Any:
     """GRPO: prompts, group size, sampling, the KL pull and the rewards (checkboxes, their settings and weights)."""
     with gr.Group(visible=False) as group:
         f["grpo.prompts"] = gr.Textbox("builtin:arithmetic", label="Prompts",
                                        info="builtin:arithmetic, a JSONL/CSV/Parquet file with prompt + reference "
                                             "(or question + answer) columns, or a Hub dataset like openai/gsm8k:main")
+        add_browse(ctx, f["grpo.prompts"], "file")
         with gr.Row():
             f["grpo.group_size"] = _number(8, "Group size (completions per prompt)", minimum=2)
             f["grpo.max_new_tokens"] = _number(32, "Max new tokens", minimum=1)
@@ -235,13 +241,17 @@ def _wire_recipe(ctx, c: dict) -> None:
     preset = ctx.shared.get("model.preset")
 
     def prefill(recipe: str):
-        model_preset, values = recipe_values(recipe, keys)
+        try:  # a typed or browsed recipe file, or a name that is no recipe: said in the page
+            model_preset, values = recipe_values(check_recipe(ctx, recipe), keys)
+        except SLMError as error:
+            raise gr.Error(str(error), print_exception=False) from None
         # A fresh name too: the previous run's name would make the command (and Start) name a run that exists.
         return [preset_description("recipes", recipe), model_preset or gr.update(), *values,
                 fresh_run_name(ctx.runs_dir, recipe)]
 
     outputs = [c["about"], preset if preset is not None else gr.State(), *fields, c["name"]]
     c["recipe"].input(prefill, c["recipe"], outputs, **QUIET)
+    c["recipe_browse"].chosen.then(prefill, c["recipe"], outputs, **QUIET)  # Browse… writes it: no input event
     # The page opens with the default recipe's values (also what API clients get as defaults).
     model_preset, values = recipe_values(c["recipe"].value, keys)
     for component, value in zip(fields, values):
@@ -268,6 +278,13 @@ def _wire_recipe(ctx, c: dict) -> None:
     ctx.fields["train.mode"].change(refresh_pickers, None, pickers, **QUIET)
 
 
+def check_recipe(ctx, recipe: str) -> str:
+    """A recipe file (not a preset name) is read only where the page may read (SLMError otherwise)."""
+    if str(recipe or "").endswith((".yaml", ".yml")):
+        check_value(ctx.paths, "path", recipe)
+    return recipe
+
+
 # ---- start, the control buttons and the command box -------------------------------------------
 
 def _page_inputs(ctx, c: dict) -> tuple[list, Any]:
@@ -277,7 +294,7 @@ def _page_inputs(ctx, c: dict) -> tuple[list, Any]:
     inputs = [c["recipe"], c["name"], preset, *ctx.fields.values()]
 
     def parse(recipe: str, name: str, model_preset: Optional[str], *values):
-        overrides = page_overrides(recipe, model_preset, dict(zip(keys, values)))
+        overrides = page_overrides(check_recipe(ctx, recipe), model_preset, dict(zip(keys, values)))
         return recipe, (name or "").strip() or None, overrides
 
     return inputs, parse
@@ -300,6 +317,7 @@ def _wire_actions(ctx, c: dict, m: dict) -> None:
 
     def start(*args):
         check_fields(ctx, dict(zip(ctx.fields, args[3:])))  # inputs: recipe, name, model preset, *fields
+        page_error(check_recipe, ctx, args[0])
         try:
             recipe, name, overrides = parse(*args[:len(page)])
             launch, env = launch_form.launch_from(args[len(page):])

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from slm_core.errors import SLMError
 from slm_core.run import runs
 from studio.desktop import geometry
 from studio.desktop.api import DesktopApi
@@ -132,3 +133,106 @@ def test_browse_allows_only_what_was_chosen(tmp_path):
     assert api.browse("file") == str((chosen / "data.txt").resolve())
     assert policy.allows(chosen / "data.txt") and not policy.allows(other / "data.txt")
     assert DesktopApi(policy, lambda kind, types: None).browse("folder") is None
+
+
+# Every path box with a Browse… button: (its elem_id or label) → what its handlers check it as (check_path's kind;
+# "recipe": the Train tab's recipe file), one entry per button.
+BROWSED = {"model-real": ["model"], "Source (what the run reads)": ["data"],
+           "GPT-2 vocabulary folder (offline copy)": ["path"], "Recipe": ["recipe"], "Base model": ["model"],
+           "Teacher": ["model"], "Prompts": ["data"], "chat-model": ["model", "model"], "chat-draft": ["model"],
+           "compare-model-a": ["model"], "compare-model-b": ["model"], "serve-model": ["model", "model"],
+           "quantize-run": ["model"], "evaluate-models": ["model"], "evaluate-data": ["data"],
+           "More tasks": ["path"], "Prompts (JSONL)": ["path"], "export-model": ["model"]}
+
+
+@pytest.fixture(scope="module")
+def studio_page(tmp_path_factory):
+    from studio.app import build_app
+
+    return build_app(tmp_path_factory.mktemp("page") / "runs")
+
+
+def _handlers(demo, component, event: str) -> list:
+    return [fn for fn in demo.fns.values() if any(t[0] == component._id and t[1] == event for t in fn.targets)]
+
+
+def _browse_buttons(demo) -> dict:
+    """{box key: [(button, its click's BlockFunction)]} for every Browse… button on the page."""
+    import gradio as gr
+
+    found: dict = {}
+    for block in demo.blocks.values():
+        if isinstance(block, gr.Button) and "slm-browse" in (block.elem_classes or []):
+            click = _handlers(demo, block, "click")[0]
+            box = click.inputs[0]
+            assert click.fn is None and click.outputs == [box]  # page-side only: the window's dialog fills the box
+            found.setdefault(box.elem_id or box.label, []).append((block, click))
+    return found
+
+
+def test_every_path_box_has_browse_and_takes_only_what_was_chosen(studio_page, tmp_path):
+    import gradio as gr
+
+    from studio.security import check_path
+    from studio.tabs.train import check_recipe
+
+    ctx, buttons = studio_page.studio, _browse_buttons(studio_page)
+    assert {key: len(found) for key, found in buttons.items()} == {key: len(kinds) for key, kinds in BROWSED.items()}
+    assert buttons["chat-model"][1][0].value == "GGUF…" and '"file", ["GGUF model (*.gguf)"]' in buttons["chat-model"][1][1].js
+    assert "[...current, chosen]" in buttons["evaluate-models"][0][1].js  # a multiselect: added to the list
+    assert buttons["GPT-2 vocabulary folder (offline copy)"][0][0].visible is False  # shown with its box
+    recipe = (Path(__file__).resolve().parents[2] / "presets" / "recipes" / "quickstart-cpu.yaml").read_text()
+    for n, (key, kinds) in enumerate(BROWSED.items()):
+        for m, kind in enumerate(kinds):
+            chosen, never = tmp_path / f"picked{n}-{m}", tmp_path / f"never{n}-{m}"
+            for folder in (chosen, never):
+                folder.mkdir()
+                (folder / "recipe.yaml").write_text(recipe)
+            target = str(chosen / "recipe.yaml") if kind in ("recipe", "data", "path") else str(chosen)
+            value = DesktopApi(ctx.paths, lambda kind, types: target).browse("file")
+            refused = str(never / "recipe.yaml") if kind in ("recipe", "data", "path") else str(never)
+            if kind == "recipe":
+                assert check_recipe(ctx, value) == value
+                with pytest.raises(SLMError):
+                    check_recipe(ctx, refused)
+                continue
+            assert check_path(ctx, value, kind) == value, key
+            with pytest.raises(gr.Error):
+                check_path(ctx, refused, kind)
+
+
+def test_a_browsed_recipe_file_prefills_the_form_and_a_never_chosen_one_is_refused(studio_page, tmp_path):
+    import gradio as gr
+
+    ctx = studio_page.studio
+    browse = _browse_buttons(studio_page)["Recipe"][0][1]
+    prefill = next(fn for fn in studio_page.fns.values() if fn.trigger_after == browse._id)  # Browse's .then
+    for folder in ("picked", "never"):
+        (tmp_path / folder).mkdir()
+        text = (Path(__file__).resolve().parents[2] / "presets" / "recipes" / "quickstart-cpu.yaml").read_text()
+        (tmp_path / folder / "stories.yaml").write_text(text.replace("max_steps:", "max_steps: 7 #"))
+    chosen = DesktopApi(ctx.paths, lambda kind, types: str(tmp_path / "picked" / "stories.yaml")).browse("file")
+    values = prefill.fn(chosen)
+    steps = list(ctx.fields).index("train.max_steps")
+    assert values[2 + steps] == 7  # about, model preset, then the fields
+    with pytest.raises(gr.Error, match="allow"):
+        prefill.fn(str(tmp_path / "never" / "stories.yaml"))
+
+
+def test_a_notification_click_opens_that_run_in_the_runs_tab(studio_page):
+    import gradio as gr
+
+    from studio.desktop.run_open import BOX_ID, show_run_js
+
+    ctx = studio_page.studio
+    run = ctx.runs_dir / "stories-3"
+    run.mkdir(parents=True)
+    runs.write_status(run, state="finished", step=12)
+    box = next(b for b in studio_page.blocks.values() if getattr(b, "elem_id", None) == BOX_ID)
+    shown = _handlers(studio_page, box, "change")[0]
+    tabs, opened, status, *_ = shown.fn("stories-3\n1733400000000")
+    assert tabs.selected == "runs" and opened["value"] == "stories-3" and "stories-3" in status
+    assert shown.outputs[1].elem_id == "runs-open"
+    assert shown.fn("gone\n2") == [gr.skip()] * len(shown.outputs)  # a run deleted since: nothing moves
+    js = show_run_js('a "quoted" run')
+    assert BOX_ID in js and '"a \\"quoted\\" run"' in js  # the name as a JS string literal

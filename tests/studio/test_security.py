@@ -364,7 +364,7 @@ def test_bad_inputs_to_studio_endpoints_are_errors_in_the_page(studio, world, ca
                                  ("tokenizer.path", str(outside), "outside the folders"),
                                  ("train.init_from", "../outside/run", "outside the folders"),
                                  ("distill.teacher", str(outside / "run"), "outside the folders"),
-                                 ("recipe", str(outside / "secret.yaml"), "is not in the list of choices"),
+                                 ("recipe", str(outside / "secret.yaml"), "outside the folders"),
                                  ("name", "../escape", "is invalid")]:
         inputs = studio.demo.fns[start].inputs
         data = [block.value for block in inputs]
