@@ -106,7 +106,8 @@ class ChatSession:
                                "or no draft")
             backend = "native"
         threads = thread_budget(self.runs_dir)
-        self.choice = choose_engine(path, tag, backend, threads, self.runs_dir)  # measured once (engine_choice)
+        # measured once (engine_choice); 'auto' in the Chat tab also has a run's genai export built in the background
+        self.choice = choose_engine(path, tag, backend, threads, self.runs_dir, build=self.auto_build)
         kind, where = self.choice.engine, Path(self.choice.folder)
         key = (str(where), tag, checkpoint_stamp(path, tag), kind, threads if kind == "onnx" else None)
         if draft_path is not None:
@@ -114,16 +115,13 @@ class ChatSession:
         if key == self.key and self.engine is not None and not getattr(self.engine, "closed", False):
             if kind == "native":
                 self.engine.threads = threads or self.choice.threads
-                if self.note:
-                    self.note = _BUILDS.note(path, tag, key[2], self.loaded)
+            self.note = build_note(self.choice)
             return self.engine, False
         self.engine, self.loaded, self.template = _POOL.get(key, lambda: _load(kind, where, tag, threads, draft_path))
         if kind == "native":
             self.engine.threads = threads or self.choice.threads
         self.key, self.path = key, Path(where)
-        self.note = None
-        if kind == "native" and backend == "auto" and self.auto_build:
-            self.note = _BUILDS.note(path, tag, key[2], self.loaded)
+        self.note = build_note(self.choice)
         return self.engine, True
 
     def describe(self) -> str:
@@ -276,86 +274,16 @@ class _EnginePool:
 _POOL = _EnginePool()
 
 
-class _GenaiBuilds:
-    """'auto' on a run without a genai export: build one in the background, once per run and checkpoint
-    (onnxruntime-genai's builder takes ~30 s on 2 cores), while replies come from native torch. The export
-    lands in <run>/export/onnx (slm_core.post.export writes it atomically), where `pick_backend` finds it for
-    the next message. A failed build is said once and not retried for that checkpoint."""
-
-    def __init__(self):
-        self.state: dict[tuple, str] = {}  # (run, tag, stamp) → building | done | failed: … | told
-        self.lock = threading.Lock()
-
-    def note(self, path: Path, tag: str, stamp, loaded: Any) -> Optional[str]:
-        """Start the build if this run wants one; the line to show under the reply, if any."""
-        key = (str(path), tag, stamp)
-        with self.lock:
-            state = self.state.get(key)
-            if state is None:
-                if not _wants_genai(path, loaded):
-                    return None
-                state = self.state[key] = "building"
-                threading.Thread(target=self._build, args=(key, path, tag), name="genai-build", daemon=True).start()
-            if state == "building":
-                return ("building an onnxruntime-genai export of this model in the background (once); "
-                        "replies come from native torch until it is ready")
-            if state.startswith("failed"):
-                self.state[key] = "told"
-                return f"onnxruntime-genai export {state}; staying on native torch"
-            return None
-
-    def _build(self, key: tuple, path: Path, tag: str) -> None:
-        try:
-            from slm_core.models.load import load_model
-            from slm_core.post.export import export_model
-
-            loaded = load_model(path, tag=tag)  # its own copy: the chat engine keeps decoding meanwhile
-            export_model(loaded.model, loaded.tokenizer, loaded.config, path / "export" / "onnx", "onnx",
-                         source=str(path), overwrite=True)
-            result = "done"
-        except Exception as error:  # the builder's own message (SLMError) or anything else: chat stays native
-            result = f"failed: {str(error).splitlines()[0][:300] if str(error) else type(error).__name__}"
-        with self.lock:
-            self.state[key] = result
-
-    def wait(self, timeout: float = 600) -> None:
-        """Until no build is running (tests, shutdown)."""
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and "building" in self.state.values():
-            time.sleep(0.1)
-
-
-_BUILDS = _GenaiBuilds()
-
-
-def _wants_genai(path: Path, loaded: Any) -> bool:
-    """A run (not a quantized or foreign folder: exports live under the run) of a family the builder knows,
-    with onnxruntime-genai installed."""
-    from slm_core.infer.onnx import available, can_build
-
-    return (loaded is not None and (path / "checkpoints").is_dir() and available()
-            and can_build(loaded.config.model) and not _native_outpaces_fp32_genai(path))
-
-
-def _native_outpaces_fp32_genai(path: Path) -> bool:
-    """Whether native torch should decode this model rather than an fp32 genai export: on a CPU without native
-    bf16, a model big enough that the native decoder reads its one-row steps from a half-precision copy
-    (slm_core.infer.decoder). Measured on an Intel CPU (100M model, 2 cores: 97 against 71 tokens/s for genai's fp32);
-    on a slower AMD one genai was ahead (30-37 against 26-31), so which is faster depends on the CPU."""
-    import torch
-
-    from slm_core.errors import SLMError
-    from slm_core.models.decoding import one_row_half_default
-    from slm_core.models.estimate import count_parameters
-    from slm_core.models.memory import chat_dtype, model_config
-
-    try:
-        params = count_parameters(model_config(path)[0])["total"]
-    except (SLMError, OSError, ValueError):
-        return False
-    return chat_dtype("cpu") == "fp32" and one_row_half_default(params, torch.float32, "cpu")
+def build_note(choice: Any) -> Optional[str]:
+    """The line under a reply while the Chat tab's background genai export is built, or once it failed (the
+    rule, the build and its state: slm_core.infer.engine_choice and slm_core.infer.genai_build)."""
+    export = getattr(choice, "export", "")
+    if export == "building":
+        return ("building an onnxruntime-genai export of this model in the background (once); replies come from "
+                "native torch until it is ready, then auto times both and keeps the faster")
+    if export.startswith("failed"):
+        return f"the background onnxruntime-genai export {export}; staying on native torch"
+    return None
 
 
 def _load(kind: str, where: Path, tag: str, threads: Optional[int], draft: Optional[Path] = None) -> tuple:
@@ -392,13 +320,14 @@ def pick_backend(path: Path, tag: str, backend: str = "auto") -> tuple[str, Path
 
 
 def choose_engine(path: Path, tag: str, backend: str = "auto", threads: Optional[int] = None,
-                  runs_dir: Optional[Path] = None) -> Any:
+                  runs_dir: Optional[Path] = None, build: bool = False) -> Any:
     """The engine every path picks the same way (slm_core.infer.engine_choice): a genai folder runs on
     onnxruntime-genai; auto times native torch against the run's fresh genai exports once per checkpoint, dtype and
-    thread count, and keeps the faster (cached under the runs folder)."""
+    thread count, and keeps the faster (cached under the runs folder). `build`: a run without an export gets one
+    built in the background (slm_core.infer.genai_build), timed once it exists."""
     from slm_core.infer.engine_choice import choose
 
-    return choose(path, tag, backend, threads=threads, runs_dir=runs_dir)
+    return choose(path, tag, backend, threads=threads, runs_dir=runs_dir, build=build)
 
 
 def thread_budget(runs_dir: Path) -> Optional[int]:

@@ -8,7 +8,7 @@ import torch
 
 from slm_core.cli.flags import add_runs_dir
 from slm_core.infer.engine import pick_dtype
-from slm_core.infer.engine_choice import ENGINES, Choice, choose, native_threads
+from slm_core.infer.engine_choice import ENGINES, Choice, choose, native_threads, start_build
 from slm_core.infer.generate import encode_prompt, stream_text
 from slm_core.infer.onnx import OnnxEngine
 from slm_core.infer.sampling import SamplingParams
@@ -80,6 +80,11 @@ def cmd_generate(args) -> int:
     print(f"\n[{stats.get('tokens', 0)} tokens, {stats.get('tokens_per_sec', 0):.1f} tokens/s"
           + (f", first token {ttft * 1000:.0f} ms" if ttft is not None else "") + _draft_stats(stats) + "]",
           file=sys.stderr)
+    # auto on a run with no genai export: built now, after the reply (a build beside the decode would slow it), in a
+    # process that outlives this one; the next run times both engines and keeps the faster.
+    line = start_build(choice)
+    if line:
+        print(f"[{line}]", file=sys.stderr, flush=True)
     return 0
 
 

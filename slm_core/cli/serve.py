@@ -70,7 +70,7 @@ def cmd_serve(args) -> int:
     if args.engine == "vllm":
         return _hand_to_vllm(args)
     served = load_served(args.model, args.engine, args.checkpoint, args.slots, args.dtype, args.threads,
-                         args.compile, args.name, args.runs_dir, draft=args.draft)
+                         args.compile, args.name, args.runs_dir, draft=args.draft, build=True)
     served.api_key = args.api_key
     served.stream_interval_s = args.stream_interval_ms / 1000
     return run_server(served, args.host, args.port, args.allow_host)

@@ -35,7 +35,8 @@ class Metrics:
             self.prompt_tokens += prompt
             self.completion_tokens += completion
 
-    def render(self) -> str:
+    def render(self, engine: str = "") -> str:
+        """The exposition text; `engine`: the engine decoding now, as an info series' label."""
         with self._lock:
             requests = sorted(self.requests.items())
             prompt, completion, in_flight = self.prompt_tokens, self.completion_tokens, self.in_flight
@@ -49,4 +50,8 @@ class Metrics:
                   f"{PREFIX}_completion_tokens_total {completion}",
                   f"# HELP {PREFIX}_requests_in_flight HTTP requests being answered now (streams until they end).",
                   f"# TYPE {PREFIX}_requests_in_flight gauge", f"{PREFIX}_requests_in_flight {in_flight}"]
+        if engine:
+            label = engine.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+            lines += [f"# HELP {PREFIX}_engine_info The engine decoding requests now (engine choice: auto, native, onnx).",
+                      f"# TYPE {PREFIX}_engine_info gauge", f'{PREFIX}_engine_info{{engine="{label}"}} 1']
         return "\n".join(lines) + "\n"

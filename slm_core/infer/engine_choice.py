@@ -3,6 +3,11 @@ onnxruntime-genai export of the model with a short greedy decode the first time 
 faster, and caches the answer per model (and checkpoint), dtype and thread count in <runs>/engine_choices.json.
 `--engine native|onnx` overrides it everywhere; every path says which engine it used and why (`Choice.line`).
 
+A run with no export yet, where onnxruntime-genai is installed and its builder knows the model: auto decodes on
+native torch (timing its thread counts where there are several) and, where the caller asks (`build`), has the export
+built in the background (slm_core.infer.genai_build); once it exists, the next choice times both and keeps the
+faster. `slm serve` then switches engines in place, Chat at its next message, `slm generate` at its next run.
+
 Measured, not assumed: which runtime wins depends on the CPU and the model's size (a 100M model on 2 cores: native
 ahead on an Intel CPU, genai ahead on an AMD one; studio.chat_session's old rule guessed from bf16 support)."""
 
@@ -20,12 +25,14 @@ import torch
 
 from slm_core.errors import SLMError
 from slm_core.fsio import atomic_write_json, read_state
-from slm_core.infer import onnx
+from slm_core.infer import genai_build, onnx
 from slm_core.infer.decoder import Decoder
 from slm_core.infer.engine import ONE_THREAD_MAX_PARAMS, decode_one, pick_dtype
 from slm_core.infer.openmp import CORES, in_fresh_thread
 from slm_core.infer.sampling import SamplingParams
+from slm_core.models.estimate import count_parameters
 from slm_core.models.load import load_model
+from slm_core.models.memory import model_config
 from slm_core.models.quantized import is_quantized
 
 ENGINES = ("auto", "native", "onnx")
@@ -47,6 +54,8 @@ class Choice:
     cached: bool = False
     threads: Optional[int] = None  # native: the thread count that measured fastest (None: the engine's default)
     loaded: Any = None  # the native LoadedModel the measurement loaded (reuse it rather than load twice)
+    export: str = ""  # a run without a genai export: "buildable" | "building" | "failed: …" ("" otherwise)
+    build: Optional[tuple] = None  # (run folder, tag, checkpoint) of that export: start_build's arguments
 
     def line(self) -> str:
         """'engine: onnxruntime-genai (measured here: …)': what every path prints or shows."""
@@ -84,9 +93,11 @@ def genai_exports(folder: Path, tag: str = "best") -> list[Path]:
 
 
 def choose(model, tag: str = "best", engine: str = "auto", dtype: str = "auto", threads: Optional[int] = None,
-           runs_dir: Optional[Path] = None, draft: bool = False, measure: bool = True) -> Choice:
+           runs_dir: Optional[Path] = None, draft: bool = False, measure: bool = True, build: bool = False) -> Choice:
     """Which engine decodes `model` (see the module docstring). `draft`: speculative decoding wanted (native
-    only). `measure` False: a cached answer or native, never a timing (a caller that cannot wait)."""
+    only). `measure` False: a cached answer or native, never a timing (a caller that cannot wait). `build`: a run
+    without a genai export gets one built in the background (off for library callers and tests: no surprise
+    processes; `slm serve` and Chat turn it on, `slm generate` starts it after its reply: start_build)."""
     if engine not in ENGINES:
         raise SLMError(f"engine {engine!r} is unknown: use auto, native or onnx")
     folder = model_folder(model, runs_dir)
@@ -111,8 +122,14 @@ def choose(model, tag: str = "best", engine: str = "auto", dtype: str = "auto", 
     if not onnx.available():
         return Choice("native", model, "onnxruntime-genai is not installed")
     if not exports:
-        return Choice("native", model, "no onnxruntime-genai export of this checkpoint yet; `slm export MODEL "
-                                       "--format onnx` makes one, and auto then measures both")
+        return _without_export(model, folder, tag, dtype, threads, runs_dir, measure, build)
+    return _measured(model, folder, tag, dtype, threads, runs_dir, exports, measure)
+
+
+def _measured(model, folder: Path, tag: str, dtype: str, threads: Optional[int], runs_dir,
+              exports: list[Path], measure: bool) -> Optional[Choice]:
+    """The fastest of native torch and `exports`, timed once and cached; None when `measure` is False and
+    nothing is cached."""
     runs = Path(runs_dir) if runs_dir is not None else folder.parent
     key = json.dumps([str(folder.resolve()), tag, checkpoint_identity(folder, tag),
                       [[str(e.resolve()), (e / onnx.CONFIG).stat().st_mtime_ns] for e in exports], dtype,
@@ -122,6 +139,8 @@ def choose(model, tag: str = "best", engine: str = "auto", dtype: str = "auto", 
         if known is not None:
             return _decided(model, exports, known["speeds"], cached=True, measured_at=known.get("measured_at"))
         if not measure:
+            if not exports:
+                return None
             return Choice("native", model, "not measured yet: native until the first full load measures both")
         speeds, loaded = _measure(model, tag, dtype, threads, runs_dir, exports)
         cache = _read_cache(runs)
@@ -131,6 +150,69 @@ def choose(model, tag: str = "best", engine: str = "auto", dtype: str = "auto", 
     choice = _decided(model, exports, speeds)
     choice.loaded = loaded if choice.engine == "native" else None
     return choice
+
+
+def _without_export(model, folder: Optional[Path], tag: str, dtype: str, threads: Optional[int], runs_dir,
+                    measure: bool, build: bool) -> Choice:
+    """Native torch, the reason, and the export's state: built in the background (`build`), being built, failed,
+    or not buildable (a Hub model, a GGUF file, a family genai's builder lacks). Native's thread counts are timed
+    where a model is big enough for several."""
+    export, target = "", None
+    why = "`slm export MODEL --format onnx` makes one, and auto then measures both"
+    if folder is not None and (folder / "checkpoints").is_dir() and tag in genai_build.TAGS and _buildable(folder):
+        if not genai_build.enabled():
+            why += f" ({genai_build.ENV}=0: none is built in the background)"
+        else:
+            target = (folder, tag, checkpoint_identity(folder, tag))
+            state = genai_build.status(folder, target[2])
+            if build and state in ("none", "done"):
+                state = genai_build.start(*target)
+            log = genai_build.log_path(folder)
+            if state == "building":
+                export, why = state, f"building one in the background (log: {log}); auto measures both once it is ready"
+            elif state.startswith("failed"):
+                export, why = state, f"its background build {state} (log: {log})"
+            else:
+                export = "buildable"
+    reason = f"no onnxruntime-genai export of this checkpoint yet: {why}"
+    choice = _measured(model, folder, tag, dtype, threads, runs_dir, [], measure) \
+        if folder is not None and threads is None and _several_thread_counts(folder) else None
+    if choice is not None:  # native's thread counts timed
+        choice.reason = f"{reason}; {choice.reason}"
+    else:
+        choice = Choice("native", model, reason)
+    choice.export, choice.build = export, target
+    return choice
+
+
+def _buildable(folder: Path) -> bool:
+    """Whether genai's builder has a graph for this run's model (read from its config: nothing loaded)."""
+    try:
+        return onnx.can_build(model_config(folder)[0])
+    except (SLMError, OSError, ValueError):
+        return False
+
+
+def _several_thread_counts(folder: Path) -> bool:
+    """Whether native torch would be timed on more than one thread count (a model past ONE_THREAD_MAX_PARAMS)."""
+    if CORES < 2:
+        return False
+    try:
+        return count_parameters(model_config(folder)[0])["total"] > ONE_THREAD_MAX_PARAMS
+    except (SLMError, OSError, ValueError):
+        return False
+
+
+def start_build(choice: Choice) -> Optional[str]:
+    """Start the background export `choice` found buildable (`slm generate`, after its reply); the line to say."""
+    if choice.build is None or choice.export != "buildable":
+        return None
+    choice.export = genai_build.start(*choice.build)
+    log = genai_build.log_path(choice.build[0])
+    if choice.export == "building":
+        return (f"building an onnxruntime-genai export of this model in the background for next time (log: {log}); "
+                "auto then times it against native torch and keeps the faster")
+    return f"no onnxruntime-genai export was built in the background ({choice.export}; log: {log})"
 
 
 def _decided(model, exports: list[Path], speeds: dict, cached: bool = False,

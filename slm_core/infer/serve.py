@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from slm_core.infer import genai_build
 from slm_core.infer.api_logprobs import chat_logprobs, completion_logprobs
 from slm_core.infer.api_metrics import Metrics
 from slm_core.infer.api_request import (  # noqa: F401  (sampling_from: re-exported)
@@ -25,7 +26,7 @@ from slm_core.infer.api_request import (  # noqa: F401  (sampling_from: re-expor
     sampling_from,
 )
 from slm_core.infer.engine import Engine, _token_bytes, stream_request
-from slm_core.infer.engine_choice import choose
+from slm_core.infer.engine_choice import Choice, choose
 from slm_core.infer.guard import LocalGuard, allowed_hosts
 from slm_core.infer.onnx import OnnxEngine
 from slm_core.infer.scoring import score, scored_of, submit_scoring
@@ -42,6 +43,8 @@ GRACEFUL_SHUTDOWN_S = 3
 STREAM_INTERVAL_S = 0.02
 CHOICE_THREADS = 32  # choices of one request read at once (their engine requests decode together)
 OPEN_PATHS = ("/health", "/metrics")  # answered without the API key, as vLLM does: probes carry no key
+BUILD_WAIT_S = 3600  # a background genai export not done by then: the server stays on native torch
+RETIRE_S = 600  # a replaced engine ends once its requests have, or after this long (cancelling what is left)
 
 
 @dataclass
@@ -54,6 +57,8 @@ class Served:
     created: int = 0
     stream_interval_s: float = STREAM_INTERVAL_S
     metrics: Metrics = field(default_factory=Metrics)
+    choice: str = ""  # the engine and why (engine_choice's line), as /health and /metrics report it
+    switched: threading.Event = field(default_factory=threading.Event)  # set once a background build was settled
 
 
 def chat_encoder(template: Optional[str], tokenizer: Any) -> Callable[[list], list[int]]:
@@ -438,13 +443,14 @@ def create_app(served: Served):
 
     @app.get("/health")
     async def health():  # the model is loaded before the server starts: up means ready, until shutdown
-        if getattr(served.engine, "closed", False):
+        if getattr(served.engine, "closed", False) and not served.switched.is_set():
             return JSONResponse({"status": "stopping"}, status_code=503)
-        return {"status": "ok", "model": served.model_id}
+        return {"status": "ok", "model": served.model_id, "engine": served.engine.description,
+                "engine_choice": served.choice}
 
     @app.get("/metrics")
     async def prometheus():
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.render(served.engine.description), media_type="text/plain; version=0.0.4")
 
     # vLLM's tokenizer endpoints: lm-evaluation-harness's local-completions finds them and tokenizes through them
     @app.get("/tokenizer_info")
@@ -533,15 +539,18 @@ def serve_decoding_here(served: Served, server) -> int:
 
     engine = served.engine
     http = threading.Thread(target=server.run, name="slm-http", daemon=True)
+    stopping = threading.Event()
 
     def flag_stop(*_) -> None:
         # Flags only: a handler runs between two bytecodes of this thread, maybe while it holds the request
         # queue's lock, which `engine.close()` takes (that deadlocked a SIGTERM). The loop sees `closed`.
         server.should_exit = True
         engine.closed = True
+        stopping.set()
 
     def watch() -> None:
         http.join()
+        stopping.set()
         engine.close()
 
     previous = {sig: signal.signal(sig, flag_stop) for sig in (signal.SIGINT, signal.SIGTERM)}  # as uvicorn.run does
@@ -549,26 +558,35 @@ def serve_decoding_here(served: Served, server) -> int:
     threading.Thread(target=watch, name="slm-http-watch", daemon=True).start()
     try:
         engine.run_here()
+        # Returned without a stop: the engine was retired for the genai export auto measured faster
+        # (_switch_when_built), which decodes on threads of its own. Serve on until Ctrl-C or SIGTERM.
+        while served.engine is not engine and not stopping.wait(0.5):
+            pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.should_exit = True
         engine.close()
+        if served.engine is not engine:
+            served.engine.close()
         http.join(timeout=GRACEFUL_SHUTDOWN_S + 5)
     return 0 if server.started else 1
 
 
 def load_served(model: str, engine: str = "auto", tag: str = "best", slots: int = 8, dtype: str = "auto",
                 threads: Optional[int] = None, compile: bool = False, name: Optional[str] = None,
-                runs_dir: Optional[Path] = None, draft: Optional[str] = None) -> Served:
+                runs_dir: Optional[Path] = None, draft: Optional[str] = None, build: bool = False) -> Served:
     """Load MODEL into the engine slm_core.infer.engine_choice picks (auto: the faster here, measured once; native;
     onnx), with its template and id; says which and why. `draft`: a model (or 'auto': a shrunk student of MODEL)
-    for speculative decoding of lone requests (slm_core.infer.speculative; native engine only)."""
-    choice = choose(model, tag, engine, dtype, threads, runs_dir, draft=bool(draft))
+    for speculative decoding of lone requests (slm_core.infer.speculative; native engine only). `build` (`slm
+    serve`): a run with no genai export gets one built in the background, and the server switches to it where auto
+    then measures it faster (_switch_when_built)."""
+    choice = choose(model, tag, engine, dtype, threads, runs_dir, draft=bool(draft), build=build)
     print(choice.line(), flush=True)
     if choice.engine == "onnx":  # an onnxruntime-genai folder (or the run's export) runs only there
-        runtime = OnnxEngine(choice.folder, threads=threads, slots=slots, inline_alone=False)  # clients overlap
-        return Served(runtime, name or Path(str(model)).name, chat_encoder(runtime.template, runtime.tokenizer))
+        runtime = _genai_runtime(choice.folder, threads, slots)
+        return Served(runtime, name or Path(str(model)).name, chat_encoder(runtime.template, runtime.tokenizer),
+                      choice=choice.line())
 
     loaded = choice.loaded or load_model(model, tag=tag, runs_dir=runs_dir)
     drafter = None
@@ -580,4 +598,52 @@ def load_served(model: str, engine: str = "auto", tag: str = "best", slots: int 
         print(line, flush=True)
     runtime = Engine(loaded.model, loaded.tokenizer, slots=slots, dtype=dtype, compile=compile,
                      threads=threads or choice.threads, draft=drafter.model if drafter else None)
-    return Served(runtime, name or Path(str(model)).name, chat_encoder(loaded.template, loaded.tokenizer))
+    served = Served(runtime, name or Path(str(model)).name, chat_encoder(loaded.template, loaded.tokenizer),
+                    choice=choice.line())
+    if choice.export == "building" and engine == "auto" and not draft:
+        threading.Thread(target=_switch_when_built, args=(served, choice, model, tag, dtype, threads, runs_dir, slots),
+                         name="slm-genai-build", daemon=True).start()
+    else:
+        served.switched.set()
+    return served
+
+
+def _genai_runtime(folder: Path, threads: Optional[int], slots: int) -> OnnxEngine:
+    return OnnxEngine(folder, threads=threads, slots=slots, inline_alone=False)  # a server's clients overlap
+
+
+def _switch_when_built(served: Served, choice: Choice, model, tag: str, dtype: str, threads: Optional[int],
+                       runs_dir: Optional[Path], slots: int) -> None:
+    """Once the background genai export is built: time both engines (engine_choice, cached like any first load) and,
+    where genai wins, answer new requests from it; the native engine ends when its requests have. Logged, and shown
+    by /health and /metrics."""
+    folder, _, checkpoint = choice.build
+    try:
+        state = genai_build.wait(folder, checkpoint, timeout=BUILD_WAIT_S)
+        if state != "done":
+            served.choice = f"engine: native torch (the background onnxruntime-genai export {state})"
+            return print(served.choice, flush=True)
+        now = choose(model, tag, "auto", dtype, threads, runs_dir)
+        old = served.engine
+        if now.engine == "native":
+            old.threads = threads or now.threads
+            served.choice = now.line()
+            return print(served.choice + " (the server stays on it)", flush=True)
+        served.engine = _genai_runtime(now.folder, threads, slots)
+        served.choice = now.line()
+        print(served.choice + " (switched from native torch: new requests decode there)", flush=True)
+    except Exception as error:  # noqa: BLE001 - whatever failed, the native engine keeps serving
+        served.choice = f"engine: native torch (switching after the background export failed: {error})"
+        return print(served.choice, flush=True)
+    finally:
+        served.switched.set()
+    _retire(old)
+
+
+def _retire(engine) -> None:
+    """Close `engine` once its requests have ended (one that read it just before the switch is let in first)."""
+    time.sleep(1.0)
+    deadline = time.monotonic() + RETIRE_S
+    while (engine.active or not engine.waiting.empty()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    engine.close()

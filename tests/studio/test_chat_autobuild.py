@@ -1,29 +1,95 @@
-"""'auto' in Chat on a run with no onnxruntime-genai export: the first reply comes from native torch with a
-note that an export is being built in the background; once built (cached under the run's export/), the
-next reply comes from onnxruntime-genai, with the same greedy text."""
+"""Engine choice 'auto' on a run with no onnxruntime-genai export (slm_core.infer.engine_choice and genai_build):
+`slm serve` and the Chat tab decode on native torch and say an export is being built in the background (one build,
+a process of its own); once it exists auto times both engines once (cached), the server switches where genai won
+and /health and /metrics say which engine answers, Chat's next reply comes from the winner with the same greedy
+text, and `slm generate` reads the cached choice (`--engine native` still overrides). `slm generate` on a run with
+no export starts the build after its reply, for next time."""
+
+import json
+import os
+import signal
 
 import pytest
 
-from studio import chat_session
+from slm_core.cli import main
+from slm_core.infer import genai_build
+from slm_core.infer.engine_choice import CACHE_FILE, LABELS, checkpoint_identity, genai_exports
+from slm_core.infer.serve import create_app, load_served
 from studio.chat_session import ChatSession
 
 GREEDY = dict(max_new_tokens=12, temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=None)
+PROMPT = "Once upon a time"
 
 
-@pytest.mark.slow  # the builder runs once (~30 s on 2 loaded cores)
+@pytest.mark.slow  # the builder runs once (~15 s on 2 cores)
 @pytest.mark.timeout(400)
-def test_auto_builds_the_genai_export_once_and_switches_to_it(copy_of_tiny_run, tmp_path):
+def test_auto_builds_the_export_in_the_background_times_it_once_and_every_path_says_which_engine(
+        copy_of_tiny_run, tmp_path, monkeypatch, capsys):
     pytest.importorskip("onnxruntime_genai")
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv(genai_build.ENV, "1")  # tests/conftest.py turns background builds off for the suite
     runs_dir, name = copy_of_tiny_run(tmp_path)
-    session = ChatSession(runs_dir, auto_build=True)
-    first: dict = {}
-    native = "".join(session.stream("Once upon a time", [], name, "best", GREEDY, first))
-    assert "native torch" in first["engine"] and "building an onnxruntime-genai export" in first["engine_note"]
-    chat_session._BUILDS.wait()
-    assert (runs_dir / name / "export" / "onnx" / "genai_config.json").exists()
-    second: dict = {}
-    genai = "".join(session.stream("Once upon a time", [], name, "best", GREEDY, second))
-    assert "onnxruntime-genai" in second["engine"] and not second["engine_note"]
-    assert genai == native
-    # A plain ChatSession (tests, Compare) never starts a build behind the user's back.
-    assert ChatSession(runs_dir).auto_build is False
+    path = runs_dir / name
+    served = load_served(name, runs_dir=runs_dir, build=True)  # as `slm serve` loads it
+    try:
+        assert "native torch" in served.engine.description
+        assert "building one in the background" in capsys.readouterr().out and "building" in served.choice
+        session = ChatSession(runs_dir, auto_build=True)
+        first: dict = {}
+        native = "".join(session.stream(PROMPT, [], name, "best", GREEDY, first))
+        assert "native torch" in first["engine"] and "building an onnxruntime-genai export" in first["engine_note"]
+
+        assert genai_build.wait(path, checkpoint_identity(path, "best")) == "done"  # one build, for both
+        assert genai_exports(path)
+        assert served.switched.wait(120)  # the server timed both engines
+        (entry,) = json.loads((runs_dir / CACHE_FILE).read_text()).values()
+        assert set(entry["speeds"]) == {"native torch", "onnxruntime-genai fp32"}
+        winner = LABELS["onnx" if entry["speeds"]["onnxruntime-genai fp32"] > entry["speeds"]["native torch"]
+                        else "native"]
+        assert winner in served.engine.description and "auto: the fastest here, measured" in served.choice
+        client = TestClient(create_app(served))
+        health = client.get("/health").json()
+        assert winner in health["engine"] and "measured" in health["engine_choice"]
+        assert f'slm_engine_info{{engine="{served.engine.description}"}} 1' in client.get("/metrics").text
+        reply = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 12, "temperature": 0})
+        assert reply.json()["choices"][0]["text"] == native
+
+        second: dict = {}
+        assert "".join(session.stream(PROMPT, [], name, "best", GREEDY, second)) == native
+        assert winner in second["engine"] and "(cached)" in second["engine_choice"] and not second["engine_note"]
+    finally:
+        served.engine.close()
+
+    capsys.readouterr()
+    assert main(["generate", name, "--runs-dir", str(runs_dir), "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    said = capsys.readouterr().err
+    assert f"[engine: {winner} (auto: the fastest here" in said and "(cached)" in said and "building" not in said
+    assert main(["generate", name, "--runs-dir", str(runs_dir), "--max-new-tokens", "4", "--engine", "native"]) == 0
+    assert "[engine: native torch (asked for)]" in capsys.readouterr().err
+
+
+def test_slm_generate_starts_the_build_after_its_reply_for_next_time(copy_of_tiny_run, tmp_path, monkeypatch,
+                                                                      capsys):
+    pytest.importorskip("onnxruntime_genai")
+    monkeypatch.setenv(genai_build.ENV, "1")
+    runs_dir, name = copy_of_tiny_run(tmp_path)
+    path = runs_dir / name
+    assert main(["generate", name, "--runs-dir", str(runs_dir), "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    said = capsys.readouterr().err
+    assert "[engine: native torch (no onnxruntime-genai export of this checkpoint yet" in said
+    assert "building an onnxruntime-genai export of this model in the background for next time" in said
+    build = genai_build._CHILDREN[str(path)]
+    try:
+        assert genai_build.status(path, checkpoint_identity(path, "best")) == "building"
+        assert main(["generate", name, "--runs-dir", str(runs_dir), "--max-new-tokens", "2"]) == 0
+        again = capsys.readouterr().err  # the next run sees the build under way, and starts no second one
+        assert "building one in the background" in again and "for next time" not in again
+    finally:
+        os.killpg(build.pid, signal.SIGTERM)  # its own session: the wrapper and the export under it
+        build.wait(30)
+    assert genai_build.status(path, checkpoint_identity(path, "best")).startswith("failed")
+    # Off: no build, and the reason says how to make one
+    monkeypatch.setenv(genai_build.ENV, "0")
+    assert main(["generate", name, "--runs-dir", str(runs_dir), "--max-new-tokens", "2"]) == 0
+    assert f"{genai_build.ENV}=0" in capsys.readouterr().err
