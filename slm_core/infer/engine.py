@@ -418,8 +418,10 @@ def stream_request(request, tokenizer, params: SamplingParams, stats: Optional[d
             if held and (text.stopped or time.perf_counter() - sent_at >= interval_s):
                 yield held
                 held, sent_at = "", time.perf_counter()
-                if interval_s > 0 and decodes_ahead:
-                    time.sleep(interval_s)  # a slower model loses nothing: its next token is still on the way
+                if interval_s > 0 and decodes_ahead:  # a slower model loses nothing: its next token is on the way
+                    # The request's end wakes it at once: a 128-token reply at 4M lasts ~5 intervals, and a sleep
+                    # past its last token delayed the last event by up to 20 ms (bench_engine_choice.py's serve row)
+                    getattr(request, "wait_ended", time.sleep)(interval_s)
             if text.stopped:
                 request.finish_reason = "stop"
                 break

@@ -91,11 +91,8 @@ class GenaiBatcher(RequestLoop):
                         self.batch_opened = None  # drained: the next request opens a new batch
                 self._begin(self.waiting.get())  # idle: sleep until a request arrives
                 time.sleep(max(0.0, (self.batch_opened or 0) + GATHER_S - time.perf_counter()))  # gather
-            while True:
-                try:
-                    self._begin(self.waiting.get_nowait())
-                except queue.Empty:
-                    break
+            while not self.waiting.empty():  # no raised queue.Empty per step: only this thread takes from it
+                self._begin(self.waiting.get_nowait())
             for handle, request in list(self.live.items()):
                 if request.cancelled and request.finish_reason is None:
                     request.finish_reason = "cancelled"

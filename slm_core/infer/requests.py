@@ -25,12 +25,30 @@ class RequestHandle:
         self.cancelled = True
 
 
+class _Events(queue.Queue):
+    """A request's token queue that also says when its end (None or an exception) has been put."""
+
+    def __init__(self):
+        super().__init__()
+        self.ended = threading.Event()
+
+    def _put(self, item) -> None:
+        super()._put(item)
+        if item is None or isinstance(item, BaseException):
+            self.ended.set()
+
+
 class QueuedRequest(RequestHandle):
     """A request decoded by a loop thread: token ids on `events`, then None (or the exception that ended it)."""
 
     def __init__(self):
         super().__init__()
-        self.events: queue.Queue = queue.Queue()
+        self.events: queue.Queue = _Events()
+
+    def wait_ended(self, timeout: float) -> None:
+        """Sleep up to `timeout`, waking at once when the request ends: a reader pacing its updates (an HTTP
+        stream) sends the last tokens when they exist, not up to an interval later."""
+        self.events.ended.wait(timeout)
 
     def __iter__(self) -> Iterator[int]:
         for tokens in self.chunks():
