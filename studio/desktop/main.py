@@ -7,7 +7,7 @@ import argparse
 import importlib.util
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from studio.desktop.display import display_problem
 
@@ -23,7 +23,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, on_loaded: Optional[Callable[[Any, Any], None]] = None) -> int:
+    """`on_loaded(window, demo)`: see studio.desktop.window.run_window (a test or benchmark driving the window)."""
     args = parse_args(argv)
     if args.install_desktop_entry:
         from studio.desktop.entry import install
@@ -45,7 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from studio.desktop.window import run_window
 
-    return run_window(args.runs_dir)
+    return run_window(args.runs_dir, on_loaded)
 
 
 def entry_point() -> None:

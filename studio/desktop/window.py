@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import time
-from typing import Optional
+from typing import Any, Callable, Optional
 
-from slm_core.fsio import atomic_write_json
 from studio.desktop import geometry
 from studio.desktop.api import DesktopApi, pywebview_dialog
 from studio.desktop.instance import Instance
@@ -18,12 +16,6 @@ from studio.desktop.run_open import show_run_js
 from studio.desktop.secret import first_url, new_secret
 
 MARK_DESKTOP = "document.documentElement.classList.add('slm-desktop')"
-TAB_TITLES = "Array.from(document.querySelectorAll('[role=tab]')).map(t => t.textContent.trim())"
-# SLM_STUDIO_PROBE=<file>: once the page shows its tabs, write them (and the seconds since start) there and
-# close: how tests and benchmarks read the real window's DOM through pywebview's JavaScript bridge.
-PROBE_ENV = "SLM_STUDIO_PROBE"
-VISIBLE_BROWSE = ("Array.from(document.querySelectorAll('.slm-browse')).filter(b => getComputedStyle(b).display "
-                  "!== 'none').length + '/' + document.querySelectorAll('.slm-browse').length")
 
 
 def free_port() -> int:
@@ -32,21 +24,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _probe(window, path: str, started: float) -> None:
-    for _ in range(600):
-        tabs = window.evaluate_js(TAB_TITLES) or []
-        if tabs:
-            atomic_write_json(path, {"tabs": tabs, "ready_s": round(time.monotonic() - started, 2),
-                                     "desktop": window.evaluate_js(
-                                         "document.documentElement.classList.contains('slm-desktop')"),
-                                     "browse_buttons": window.evaluate_js(VISIBLE_BROWSE)})
-            break
-        time.sleep(0.1)
-    window.destroy()
+def keep_or_stop_active_run(runner: Any, confirm: Callable[[str, str], bool]) -> Optional[str]:
+    """The window closes while a run trains: `confirm(title, text)` asks whether to keep it training in the
+    background (it is a process of its own) or stop it (it saves a checkpoint first). Returns the run asked
+    about, None when none trains (nothing is asked)."""
+    active = runner.active()
+    if active and not confirm("A run is training", f"Run {active} is training. Keep it training in the "
+                                                   "background? (Cancel stops it; it saves a checkpoint first.)"):
+        runner.request(active, "stop")
+    return active
 
 
-def run_window(runs_dir: Optional[str] = None) -> int:
-    started = time.monotonic()
+def run_window(runs_dir: Optional[str] = None, on_loaded: Optional[Callable[[Any, Any], None]] = None) -> int:
+    """Open the window and serve the Studio in it until the window closes. `on_loaded(window, demo)` runs (in
+    a thread of its own) once the page has loaded: how a driver program reads or works the real window."""
     if getattr(os, "geteuid", lambda: 1)() == 0:  # Chromium's sandbox refuses root (containers)
         os.environ.setdefault("QTWEBENGINE_CHROMIUM_FLAGS", "--no-sandbox")
     import webview
@@ -79,19 +70,12 @@ def run_window(runs_dir: Optional[str] = None) -> int:
 
     def on_closing() -> bool:
         geometry.save({"width": window.width, "height": window.height, "x": window.x, "y": window.y})
-        active = demo.studio.runner.active()
-        if not active:
-            return True
-        keep = window.create_confirmation_dialog(
-            "A run is training", f"Run {active} is training. Keep it training in the background? "
-                                 "(Cancel stops it; it saves a checkpoint first.)")
-        if not keep:
-            demo.studio.runner.request(active, "stop")
+        keep_or_stop_active_run(demo.studio.runner, window.create_confirmation_dialog)
         return True
 
     window.events.loaded += lambda: window.evaluate_js(MARK_DESKTOP)
-    if os.environ.get(PROBE_ENV):
-        window.events.loaded += lambda: _probe(window, os.environ[PROBE_ENV], started)
+    if on_loaded is not None:
+        window.events.loaded += lambda: on_loaded(window, demo)
     window.events.closing += on_closing
     try:
         webview.start(gui="qt" if sys.platform.startswith("linux") else None)
