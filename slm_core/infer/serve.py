@@ -58,7 +58,7 @@ class Served:
     stream_interval_s: float = STREAM_INTERVAL_S
     metrics: Metrics = field(default_factory=Metrics)
     choice: str = ""  # the engine and why (engine_choice's line), as /health and /metrics report it
-    switched: threading.Event = field(default_factory=threading.Event)  # set once a background build was settled
+    switched: threading.Event = field(default_factory=threading.Event)  # set once no engine switch is pending
 
 
 def chat_encoder(template: Optional[str], tokenizer: Any) -> Callable[[list], list[int]]:
@@ -443,7 +443,7 @@ def create_app(served: Served):
 
     @app.get("/health")
     async def health():  # the model is loaded before the server starts: up means ready, until shutdown
-        if getattr(served.engine, "closed", False) and not served.switched.is_set():
+        if getattr(served.engine, "closed", False):
             return JSONResponse({"status": "stopping"}, status_code=503)
         return {"status": "ok", "model": served.model_id, "engine": served.engine.description,
                 "engine_choice": served.choice}
@@ -539,18 +539,15 @@ def serve_decoding_here(served: Served, server) -> int:
 
     engine = served.engine
     http = threading.Thread(target=server.run, name="slm-http", daemon=True)
-    stopping = threading.Event()
 
     def flag_stop(*_) -> None:
         # Flags only: a handler runs between two bytecodes of this thread, maybe while it holds the request
         # queue's lock, which `engine.close()` takes (that deadlocked a SIGTERM). The loop sees `closed`.
         server.should_exit = True
         engine.closed = True
-        stopping.set()
 
     def watch() -> None:
         http.join()
-        stopping.set()
         engine.close()
 
     previous = {sig: signal.signal(sig, flag_stop) for sig in (signal.SIGINT, signal.SIGTERM)}  # as uvicorn.run does
@@ -560,8 +557,8 @@ def serve_decoding_here(served: Served, server) -> int:
         engine.run_here()
         # Returned without a stop: the engine was retired for the genai export auto measured faster
         # (_switch_when_built), which decodes on threads of its own. Serve on until Ctrl-C or SIGTERM.
-        while served.engine is not engine and not stopping.wait(0.5):
-            pass
+        while served.engine is not engine and not server.should_exit and http.is_alive():
+            time.sleep(0.2)  # polled: flag_stop only sets flags
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
