@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from slm_core.allowlist import AllowList
+from slm_core.errors import SLMError
 from studio.helper import IDLE_S, Helper
 from studio.models import artifact_target, folder_files
 
@@ -132,21 +133,27 @@ def evaluate(sources: list[str], tag: str = "best", data: Optional[str] = None, 
 
 # ---- export -------------------------------------------------------------------------------------
 
-def export(source: str, tag: str = "best", fmt: str = "hf", gguf_type: str = "f16") -> dict:
-    """Write `source` as `fmt` into <run>/export/<label>/ (replacing an earlier one of the same label)."""
+def export(source: str, tag: str = "best", fmt: str = "hf", gguf_type: str = "f16",
+           destination: Optional[str] = None, name: str = "model") -> dict:
+    """Write `source` as `fmt` into <run>/export/<label>/ (replacing an earlier one of the same label), or into a
+    new folder <destination>/<name>-<label> (a folder the person chose: nothing in it is replaced)."""
     from slm_core.models.load import load_model
     from slm_core.post.export import export_model
 
+    label = fmt + (f"-{gguf_type}" if fmt.startswith("gguf") else "")
+    chosen = Path(destination).expanduser() / f"{name}-{label}" if destination else None
+    if chosen is not None and chosen.exists():  # said before the model loads
+        raise SLMError(f"{chosen} already exists: delete it, or choose another destination folder")
     stages = _Stages(["loading", "writing"])
     started = time.perf_counter()
     loaded = load_model(source, tag=tag)
-    label = fmt + (f"-{gguf_type}" if fmt.startswith("gguf") else "")
-    out = artifact_target(loaded.path, "export", label)
+    out = chosen or artifact_target(loaded.path, "export", label)
     stages.start("writing")
     paths = export_model(loaded.model, loaded.tokenizer, loaded.config, out, fmt, gguf_type, source=str(source),
-                         overwrite=True)
+                         overwrite=not destination)
     stages.close()
-    return {"dir": str(out), "format": fmt, "gguf_type": gguf_type if fmt.startswith("gguf") else None,
+    return {"dir": str(out), "chosen_dir": bool(destination), "format": fmt,
+            "gguf_type": gguf_type if fmt.startswith("gguf") else None,
             "files": [(str(p), p.stat().st_size) for p in paths], "template": loaded.template,
             "seconds": time.perf_counter() - started, "quality": _gguf_quality(loaded, paths, fmt, gguf_type)}
 

@@ -47,19 +47,25 @@ def build(ctx) -> None:
         gguf_type = gr.Dropdown(GGUF_TYPES, value="f16", label="GGUF level", visible=False, scale=2,
                                 info="after export: each level's size, and perplexity on the run's validation "
                                      "data against f16")
+    with gr.Row():
+        destination = gr.Textbox("", label="Destination folder (optional)", scale=3, elem_id="export-destination",
+                                 placeholder="blank: beside the model (<run>/export/<format>)",
+                                 info="the export goes into a new folder in it, named after the model and format")
+        add_browse(ctx, destination, "folder")  # desktop app only: the system's dialog
     go = gr.Button("Export", variant="primary", elem_id="export-go")
     allow = AllowBox(ctx, "export-allow")
     status = gr.Markdown("", elem_id="export-message")
     files = gr.Dataframe(headers=FILE_COLUMNS, value=[], interactive=False, wrap=True, elem_id="export-files")
     usage = gr.Markdown("", elem_id="export-usage")
 
-    def work(picked, checkpoint, kind, quant, progress=gr.Progress()):
+    def work(picked, checkpoint, kind, quant, folder="", progress=gr.Progress()):
+        check_path(ctx, (folder or "").strip() or None, "path")
         return export_run(helper, ctx.runs_dir, check_path(ctx, picked, "model"), checkpoint, kind, quant,
-                          on_progress=progress_to(progress))
+                          on_progress=progress_to(progress), destination=(folder or "").strip() or None)
 
-    done = go.click(work, [source, tag, fmt, gguf_type], [status, files, usage], api_name="export",
+    done = go.click(work, [source, tag, fmt, gguf_type, destination], [status, files, usage], api_name="export",
                     concurrency_limit=1, concurrency_id="export")
-    allow.after(done, [("model", source)])
+    allow.after(done, [("model", source), ("path", destination)])
     fmt.change(lambda f: gr.update(visible=f.startswith("gguf")), fmt, gguf_type, **QUIET)
 
     def choices(current: Optional[str] = None):
@@ -72,13 +78,16 @@ def build(ctx) -> None:
 
 
 def export_run(helper: JobHelper, runs_dir: Path, source: Optional[str], tag: str, fmt: str, gguf_type: str,
-               on_progress: Optional[Callable[[dict], None]] = None) -> list[Any]:
-    """(message, files table, how to use them) after exporting `source` in the helper."""
+               on_progress: Optional[Callable[[dict], None]] = None, destination: Optional[str] = None) -> list[Any]:
+    """(message, files table, how to use them) after exporting `source` in the helper; into a new folder in
+    `destination` when given, else beside the model."""
     if not source:
         return [message("error", "Pick a model first (train a run in the Train tab)."), [], ""]
     if fmt not in {value for _, value in FORMATS}:
         return [message("error", "Pick a format: Hugging Face, GGUF or ONNX."), [], ""]
     args = {"source": str(source), "tag": tag, "fmt": fmt, "gguf_type": gguf_type or "f16"}
+    if destination:
+        args.update(destination=str(destination), name=source_label(runs_dir, source).replace("/", "-"))
     try:
         result = helper.call("export", args, on_progress=on_progress)
     except (SLMError, RuntimeError) as error:
@@ -131,7 +140,8 @@ def usage_markdown(runs_dir: Path, source: str, tag: str, result: dict) -> str:
         command += ["--gguf-type", result["gguf_type"]]
     if tag != "best":
         command += ["--checkpoint", tag]
-    if not (Path(source) / "status.json").exists():  # `slm export` puts an artifact's export beside it
+    # A chosen destination; or an artifact's export, which `slm export` would put beside it
+    if result.get("chosen_dir") or not (Path(source) / "status.json").exists():
         command += ["--out", str(out)]
     lines.append("From a shell: `" + " ".join(shlex.quote(p) for p in command) + " --overwrite`")
     return "\n".join(lines)

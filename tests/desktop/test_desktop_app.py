@@ -142,7 +142,8 @@ BROWSED = {"model-real": ["model"], "Source (what the run reads)": ["data"],
            "Teacher": ["model"], "Prompts": ["data"], "chat-model": ["model", "model"], "chat-draft": ["model"],
            "compare-model-a": ["model"], "compare-model-b": ["model"], "serve-model": ["model", "model"],
            "quantize-run": ["model"], "evaluate-models": ["model"], "evaluate-data": ["data"],
-           "More tasks": ["path"], "Prompts (JSONL)": ["path"], "export-model": ["model"]}
+           "More tasks": ["path"], "Prompts (JSONL)": ["path"], "export-model": ["model"],
+           "export-destination": ["path"]}
 
 
 @pytest.fixture(scope="module")

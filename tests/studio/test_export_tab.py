@@ -95,3 +95,18 @@ def test_a_lora_run_exports_as_base_and_adapter_ggufs_that_llama_cpp_is_told_to_
     assert any(t.name.endswith(".lora_a") for t in adapter.tensors)
     assert f"llama-cli -m {out / base_file} --lora {out / adapter_file}" in usage
     assert "--format gguf-lora" in usage and "--gguf-type f32" in usage
+
+
+def test_a_chosen_destination_gets_a_new_folder_and_nothing_in_it_is_replaced(run, helper, tmp_path):
+    runs_dir, name = run
+    chosen = tmp_path / "my models"
+    chosen.mkdir()
+    (chosen / "keep.txt").write_text("mine")
+    text, rows, usage = tab.export_run(helper, runs_dir, str(runs_dir / name), "best", "hf", "f16",
+                                       destination=str(chosen))
+    out = chosen / f"{name}-hf"
+    assert text.startswith(mark("ok")) and str(out) in text, text
+    assert (chosen / "keep.txt").read_text() == "mine" and any(row[2].startswith(str(out)) for row in rows)
+    assert f"--out '{out}'" in usage  # the same export from a shell
+    again = tab.export_run(helper, runs_dir, str(runs_dir / name), "best", "hf", "f16", destination=str(chosen))
+    assert again[0].startswith(mark("error")) and "already exists" in again[0]
