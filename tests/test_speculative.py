@@ -14,7 +14,7 @@ from slm_core.infer.decoder import Decoder
 from slm_core.infer.engine import Engine, decode_one
 from slm_core.infer.generate import generate_tokens
 from slm_core.infer.sampling import SamplingParams
-from slm_core.infer.speculative import Speculator, check_draft, find_shrunk_draft
+from slm_core.infer.speculative import MAX_K, PROBE_EVERY, Speculator, check_draft, find_shrunk_draft
 from slm_core.models.load import load_model
 from slm_core.models.tokenizer import build_char
 
@@ -60,6 +60,33 @@ def test_greedy_equals_the_target_alone(target, draft, penalty):
     spec = stats["speculator"].stats()
     assert 0 < spec["draft_accept_rate"] < 1  # both paths of a round ran
     assert spec["draft_tokens"] > 0
+
+
+def test_k_climbs_fast_when_drafts_are_kept_and_drafting_stops_when_they_are_not(draft):
+    """k from the measured acceptance and costs: a cheap draft (a tenth of a pass per token) whose tokens are all kept
+    reaches MAX_K within two rounds, and a shorter k once it keeps about 4 of 5; a draft as costly as a pass whose
+    tokens are rejected drafts nothing, as plain decoding would."""
+    spec = Speculator(draft, 64, one_row_half=False)
+    for _ in range(2):
+        spec._adapt(spec.k, spec.k, draft_s=0.001 * spec.k, verify_s=0.01)
+    assert spec.k == MAX_K
+    for _ in range(5):  # 4 kept of 8, then a rejection: a shorter round pays better
+        spec._adapt(4, 8, draft_s=0.008, verify_s=0.01)
+    assert 1 < spec.k < MAX_K
+    for _ in range(4):  # the cheap rounds' costs fade out as these come in
+        spec._adapt(0, max(spec.k, 1), draft_s=0.01 * max(spec.k, 1), verify_s=0.01)
+    assert spec.k == 0
+
+
+def test_a_useless_draft_falls_back_to_plain_steps_with_the_same_text(target):
+    """A draft as costly as the target that never agrees with it: after a round, rounds are plain target steps (k 0)
+    with a one-token probe every PROBE_EVERY rounds, and the text is still the target's own."""
+    ids, n = target.tokenizer.encode(PROMPT), 40
+    useless = _noisy(target.model, 20.0)
+    stats: dict = {}
+    assert _greedy(target.model, ids, n, useless, stats) == _greedy(target.model, ids, n)
+    spec = stats["speculator"]
+    assert spec.rounds < n // 2 and spec.drafted < n // 2 and spec.rounds >= (n - 10) // PROBE_EVERY
 
 
 def test_engine_drafts_for_a_lone_request_and_batches_several(target, draft):

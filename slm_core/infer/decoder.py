@@ -276,6 +276,7 @@ class Decoder:
         self.norm = _norm_fn(core.norm, self.dtype)
         self.head = _Proj([core.lm_head], None, small, one_row)  # the widest one-row multiply of a small model
         self.half_kind = self.head.half_kind  # the one-row copy's precision: "fp16", "bf16" or None (no copy)
+        self.projs = [p for layer in self.layers for p in (layer.qkv, layer.o, layer.up, layer.down)] + [self.head]
         embed = core.embed_tokens
         self.embed_w = embed.weight.detach() if type(embed) is torch.nn.Embedding else None
         self.pos_w = core.embed_positions.weight.detach() if cfg.position == "learned" else None
@@ -319,14 +320,13 @@ class Decoder:
         if T == 1:  # the one-row step's own kernels and weight copy: the same numbers as plain decoding
             return self._step_one(slot, tokens[0], start)
         if self.half_kind is not None:  # plain decoding reads the half copy: so does its verification
-            projs = [p for layer in self.layers for p in (layer.qkv, layer.o, layer.up, layer.down)] + [self.head]
-            kept = [p.half_rows for p in projs]
-            for p in projs:
+            kept = [p.half_rows for p in self.projs]
+            for p in self.projs:
                 p.half_rows = max(p.half_rows, T)
             try:
                 return self._extend(slot, tokens, start)
             finally:
-                for p, rows in zip(projs, kept):
+                for p, rows in zip(self.projs, kept):
                     p.half_rows = rows
         return self._extend(slot, tokens, start)
 

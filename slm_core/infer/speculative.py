@@ -28,8 +28,13 @@ from slm_core.infer.sampling import SamplingParams, penalize
 from slm_core.run.drafts import find_shrunk_draft
 from slm_core.run.runs import runs_dir
 
-MIN_K, MAX_K, START_K = 1, 8, 4  # drafted tokens per round: adapted between MIN_K and MAX_K
+MIN_K, MAX_K, START_K = 1, 8, 4  # drafted tokens per round: adapted between MIN_K and MAX_K (0: see PROBE_EVERY)
 BASELINE_STEPS = 2  # one-row target steps timed once, for the speed-up estimate (the faster counts: the first warms up)
+# k is chosen from what the last rounds measured, each round's weight decaying by this factor: a story's boilerplate
+# and its names differ in how predictable they are, so the estimates follow the text within a few rounds.
+DECAY = 0.7
+PRIOR_ACCEPT, PRIOR_WEIGHT = 0.6, 2.0  # the acceptance assumed before any round, worth this many draft tokens
+PROBE_EVERY = 8  # a draft not worth its cost drafts nothing (plain target steps), retried with k=1 this often
 
 
 def check_draft(target_tokenizer, draft_tokenizer, target_vocab: int, draft_vocab: int, name: str) -> None:
@@ -94,6 +99,12 @@ class Speculator:
         self.cached: list[int] = []  # the tokens in the draft's cache, positions 0..
         self.drafted = self.accepted = self.rounds = 0
         self.baseline_s: Optional[float] = None  # the target's one-row step, for the speed-up estimate
+        # decayed sums behind the choice of k: draft tokens kept of those tried (a rejection ends a round's trials),
+        # seconds per draft token and per verification pass
+        self._kept, self._tried = PRIOR_ACCEPT * PRIOR_WEIGHT, PRIOR_WEIGHT
+        self._draft_s = self._draft_n = self._verify_s = self._verify_n = 0.0
+        self._plain_rounds = 0  # rounds since drafting was switched off (k == 0)
+        self._catch_up_s = 0.0  # the last round's draft prefill of more than a round's tokens
 
     def measure_baseline(self, target: Decoder, slot: int, position: int, token: int) -> None:
         """Time the target's plain one-row step, once, at `position`, a position the next round writes first."""
@@ -123,8 +134,15 @@ class Speculator:
 
         The target's cache holds tokens[:fed]; `pending` is its logits (V,) after tokens[-1] when fed == len(tokens)
         (right after a prefill), else None. `seen` (V,) bool: the repetition penalty's tokens, or None."""
-        k = max(0, min(self.k, want - 1, target.max_len - len(tokens)))  # every fed position stays in the cache
+        k = self.k
+        if k == 0:  # drafting switched off: a plain step, and now and then a one-token probe
+            self._plain_rounds += 1
+            k = MIN_K if self._plain_rounds % PROBE_EVERY == 0 else 0
+        k = max(0, min(k, want - 1, target.max_len - len(tokens)))  # every fed position stays in the cache
+        clock = time.perf_counter()
         drafts, q = self._draft(tokens, k, seen, params, generator)
+        drafted_at = time.perf_counter()
+        clock += self._catch_up_s  # a long catch-up (a new prompt) is no cost of drafting from here on
         feed = tokens[fed:] + drafts
         rows = target.extend(slot, feed, fed) if feed else None  # (len(feed), V)
         if pending is not None:
@@ -136,32 +154,54 @@ class Speculator:
             self.rounds += 1
             self.drafted += len(drafts)
             self.accepted += len(kept) - 1
-            self._adapt(len(kept) - 1, len(drafts))
+            self._adapt(len(kept) - 1, len(drafts), drafted_at - clock, time.perf_counter() - drafted_at)
         return kept
 
-    def _adapt(self, accepted: int, drafted: int) -> None:
-        """Grow k after a fully kept round, shrink it when the first half was already rejected."""
-        if accepted == drafted and drafted == self.k:
-            self.k = min(MAX_K, self.k + 1)
-        elif accepted < drafted // 2 or accepted == 0:
-            self.k = max(MIN_K, self.k - 1)
+    def _adapt(self, accepted: int, drafted: int, draft_s: float, verify_s: float) -> None:
+        """Pick the next k from this and the last rounds: with a the chance that a draft token is kept and c the cost
+        of drafting one token in verification passes, a round of k drafts yields (1 - a^(k+1)) / (1 - a) tokens for
+        k·c + 1 passes (a pass over k+1 rows costs about one row's: reading the weights dominates). The k with the
+        most tokens per pass wins, so k climbs to MAX_K within a round or two of high acceptance; where no k beats
+        plain decoding (a < c, about), drafting stops and is retried every PROBE_EVERY rounds."""
+        self._kept = DECAY * self._kept + accepted
+        self._tried = DECAY * self._tried + accepted + (accepted < drafted)  # trials of the geometric run
+        self._draft_s, self._draft_n = DECAY * self._draft_s + draft_s, DECAY * self._draft_n + drafted
+        self._verify_s, self._verify_n = DECAY * self._verify_s + verify_s, DECAY * self._verify_n + 1
+        a = min(self._kept / self._tried, 0.99)
+        c = (self._draft_s / self._draft_n) / (self._verify_s / self._verify_n)
+        best, best_gain = 0, 1.0  # k = 0: plain decoding, one token a pass
+        for k in range(MIN_K, MAX_K + 1):
+            gain = (1 - a ** (k + 1)) / (1 - a) / (k * c + 1)
+            if gain > best_gain:
+                best, best_gain = k, gain
+        if best == 0 and self.k != 0:
+            self._plain_rounds = 0
+        self.k = best
 
     def _draft(self, tokens: list[int], k: int, seen, params, generator) -> tuple[list[int], list]:
-        """k draft tokens after `tokens`, and the distribution each was drawn from (processed as the target's)."""
+        """k draft tokens after `tokens`, and the distribution each was drawn from (processed as the target's; none
+        at temperature 0, where only the draft's argmax matters)."""
+        self._catch_up_s = 0.0
         if k == 0:
             return [], []
         n = min(len(self.cached), len(tokens) - 1)  # the last token is always fed: its logits are needed
         if self.cached[:n] != tokens[:n]:  # a rejected draft, a slid window or another conversation: keep the common part
             n = next(i for i, (a, b) in enumerate(zip(self.cached, tokens)) if a != b)
+        clock = time.perf_counter()
         logits = self.decoder.extend(0, tokens[n:], n)[-1]
+        self._catch_up_s = time.perf_counter() - clock if len(tokens) - n > 2 else 0.0
         self.cached = tokens[:]
+        greedy = params.temperature <= 0 and seen is None  # no processing: the raw argmax, no copies
         history = seen.clone() if seen is not None else None
         drafts, dists = [], []
         for i in range(k):
-            dist = _processed(logits, history, params)
-            token = _draw(dist, params, generator)
+            if greedy:
+                token = int(logits.argmax())
+            else:
+                dist = _processed(logits, history, params)
+                token = _draw(dist, params, generator)
+                dists.append(dist)
             drafts.append(token)
-            dists.append(dist)
             if history is not None:
                 history[token] = True
             if i < k - 1:
@@ -172,6 +212,10 @@ class Speculator:
     def _verify(self, p_logits: torch.Tensor, drafts: list[int], q: list, seen, params: SamplingParams,
                 generator: torch.Generator) -> list[int]:
         """p_logits (len(drafts)+1, V): the accepted drafts, then the target's own token (a correction or a bonus)."""
+        if params.temperature <= 0 and seen is None:  # every row's argmax at once, one conversion to Python
+            best = p_logits.argmax(-1).tolist()
+            n = next((i for i, (b, d) in enumerate(zip(best, drafts)) if b != d), len(drafts))
+            return drafts[:n] + [best[n]]
         history = seen.clone() if seen is not None else None
         kept: list[int] = []
         for i, token in enumerate(drafts):
