@@ -15,7 +15,8 @@ from slm_core.cli import main
 from slm_core.infer import genai_build
 from slm_core.infer.engine_choice import CACHE_FILE, LABELS, checkpoint_identity, genai_exports
 from slm_core.infer.serve import create_app, load_served
-from studio.chat_session import ChatSession
+from studio.chat_session import ChatSession, pick_backend
+from studio.compare_session import PairSession
 
 GREEDY = dict(max_new_tokens=12, temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=None)
 PROMPT = "Once upon a time"
@@ -55,9 +56,17 @@ def test_auto_builds_the_export_in_the_background_times_it_once_and_every_path_s
         reply = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 12, "temperature": 0})
         assert reply.json()["choices"][0]["text"] == native
 
+        written = (runs_dir / CACHE_FILE).stat().st_mtime_ns
         second: dict = {}
         assert "".join(session.stream(PROMPT, [], name, "best", GREEDY, second)) == native
         assert winner in second["engine"] and "(cached)" in second["engine_choice"] and not second["engine_note"]
+        assert "measured" in session.describe()
+        compare = PairSession(runs_dir)
+        compare.load((name, name))
+        assert compare.sides[0].engine is session.engine and compare.sides[1].choice.cached  # the same choice
+        forced = ChatSession(runs_dir, backend="native")
+        assert "".join(forced.stream(PROMPT, [], name, "best", GREEDY, second)) == native
+        assert "native torch" in second["engine"] and second["engine_choice"] == "asked for"
     finally:
         served.engine.close()
 
@@ -67,6 +76,8 @@ def test_auto_builds_the_export_in_the_background_times_it_once_and_every_path_s
     assert f"[engine: {winner} (auto: the fastest here" in said and "(cached)" in said and "building" not in said
     assert main(["generate", name, "--runs-dir", str(runs_dir), "--max-new-tokens", "4", "--engine", "native"]) == 0
     assert "[engine: native torch (asked for)]" in capsys.readouterr().err
+    assert (runs_dir / CACHE_FILE).stat().st_mtime_ns == written  # measured once for every path
+    assert pick_backend(path, "best", "onnx")[0] == "onnx"  # and there when asked for
 
 
 def test_slm_generate_starts_the_build_after_its_reply_for_next_time(copy_of_tiny_run, tmp_path, monkeypatch,
