@@ -1,9 +1,9 @@
 """Drives the real `slm-studio` window from outside the product: `python tests/desktop/window_driver.py OUT
-[--start-run JSON] [--screenshot PNG] [--show-runs] [--hide-until-raised] [--ask-first] [--answer keep|stop]
--- ARGS` runs studio.desktop.main.main(ARGS) (what the console script runs) with an `on_loaded` hook that does
-those steps in that order: reads the page through pywebview's JavaScript bridge, works the Qt window in Qt's own
-thread, writes what it saw to OUT/*.json for the test, and finally closes the window the way its close button
-does (QWidget.close(): the closing event, the question while a run trains).
+[--start-run JSON] [--screenshot PNG [--settle]] [--show-runs] [--hide-until-raised] [--hold-until FILE]
+[--ask-first] [--answer keep|stop] -- ARGS` runs studio.desktop.main.main(ARGS) (what the console script runs) with an
+`on_loaded` hook that does those steps in that order: reads the page through pywebview's JavaScript bridge,
+works the Qt window in Qt's own thread, writes what it saw to OUT/*.json for the test, and finally closes the
+window the way its close button does (QWidget.close(): the closing event, the question while a run trains).
 
 Each close question (a real QMessageBox, modal) is answered by clicking its real button: a Qt timer in the
 GUI thread looks for one while it runs its own event loop. Files, written atomically:
@@ -37,6 +37,7 @@ TAB_TITLES = "Array.from(document.querySelectorAll('[role=tab]')).map(t => t.tex
 IS_DESKTOP = "document.documentElement.classList.contains('slm-desktop')"
 VISIBLE_BROWSE = ("Array.from(document.querySelectorAll('.slm-browse')).filter(b => getComputedStyle(b).display "
                   "!== 'none').length + '/' + document.querySelectorAll('.slm-browse').length")
+LOADING = "document.body.innerText.includes('Loading...')"  # Gradio's placeholder while a load event runs
 OPEN_RUNS = "document.querySelector('#tab-runs-button, button[id$=\"runs-button\"]')?.click()"
 # The Runs table's rows, cell by cell (the Dataframe draws its body as grid rows of grid cells), once it has any.
 RUNS_ROWS = ("Array.from(document.querySelectorAll('#runs-table [role=row]')).map(r => "
@@ -135,6 +136,11 @@ def drive(window, demo, args, out: Path, started: float) -> None:
         page = {"tabs": tabs, "ready_s": round(time.monotonic() - started, 2), "desktop": window.evaluate_js(IS_DESKTOP),
                 "browse_buttons": window.evaluate_js(VISIBLE_BROWSE), "port": demo.server_port, "pid": os.getpid()}
         if args.screenshot:
+            if args.settle:  # the page as its load events leave it (what a person sees), if that comes soon
+                try:
+                    wait_for(lambda: not window.evaluate_js(LOADING), 20, "the page to settle")
+                except TimeoutError:
+                    pass
             page["screenshot"] = gui(lambda: screenshot(window.native, Path(args.screenshot)))
         atomic_write_json(out / "page.json", page)
         if args.show_runs:
@@ -151,6 +157,8 @@ def drive(window, demo, args, out: Path, started: float) -> None:
             wait_for(lambda: status.exists() and json.loads(status.read_text()).get("step", 0) > 0, 180,
                      "the run to train")
             atomic_write_json(out / "run.json", {"name": name, **json.loads(status.read_text())})
+        if args.hold_until:
+            wait_for(lambda: Path(args.hold_until).exists(), 600, f"{args.hold_until} to appear")
         if args.ask_first:
             # The close question as the closing window asks it (the real dialog, answered by the timer), before
             # the close: after "stop" the run ends, and the window then closes with no run (nothing to ask).
@@ -171,8 +179,10 @@ def parse(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--start-run", default=None, help='{"recipe": ..., "overrides": [...], "name": ...}')
     parser.add_argument("--show-runs", action="store_true")
     parser.add_argument("--answer", choices=("keep", "stop"), default="keep", help="to the close question")
+    parser.add_argument("--hold-until", default=None, help="keep the window open until this file exists")
     parser.add_argument("--ask-first", action="store_true", help="ask the close question before closing")
-    parser.add_argument("--screenshot", default=None)
+    parser.add_argument("--screenshot", default=None, help="a PNG of the window once the tabs show")
+    parser.add_argument("--settle", action="store_true", help="... and the page's load events have drawn it")
     return parser.parse_args(argv), app_args
 
 
