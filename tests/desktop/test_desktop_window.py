@@ -31,12 +31,14 @@ pytestmark = [
 ]
 
 DRIVER = Path(__file__).with_name("window_driver.py")
-# The tiniest run that keeps training while windows open and close: one layer, characters, no evaluation.
+# The tiniest run that keeps training while windows open and close (one layer, characters, no evaluation on
+# the way): the test stops it. Its steps take milliseconds, so a few hundred would end before the second
+# launch; 20,000 keep it training through both, and end it on its own should a killed test leave it behind.
 TRAINING = {"recipe": "quickstart-cpu", "name": "background", "overrides": [
     "tokenizer.kind=char", "data.max_chars=200000", "model.context_length=64", "model.vocab_size=null",
     "model.n_layer=1", "train.batch_size=8", "train.precision=fp32", "train.eval_batches=2",
-    "train.sample_tokens=4", "train.warmup_steps=2", "train.max_steps=1000000", "train.eval_interval=1000000",
-    "train.ckpt_interval=1000000"]}
+    "train.sample_tokens=4", "train.warmup_steps=2", "train.max_steps=20000", "train.eval_interval=20000",
+    "train.ckpt_interval=20000"]}
 
 
 def wait_for(check, timeout_s: float, what: str):
@@ -164,7 +166,7 @@ def test_the_window_from_first_launch_to_closing_while_a_run_trains(desktop, tmp
     assert again.exit_code(180) == 0, again.tail()
     [question] = json.loads((again.out / "dialog.json").read_text())  # one question: none at the close
     assert run["name"] in question["text"] and question["clicked"] == "Cancel"
-    assert not alive(worker)
+    wait_for(lambda: not alive(worker), 60, "the stopped run's process to exit")
     status = runs.read_status(run_dir)
     assert status["state"] == "stopped"
     assert runs.read_json(run_dir / "checkpoints" / "latest" / "state.json")["step"] == status["step"] > step
