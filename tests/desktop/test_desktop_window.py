@@ -73,7 +73,7 @@ def desktop(tmp_path_factory):
                XDG_CONFIG_HOME=str(home / "config"), XDG_DATA_HOME=str(home / "data"),
                XDG_CACHE_HOME=str(home / "cache"), OMP_NUM_THREADS="1")  # the run leaves a core to the window
     env.pop("WAYLAND_DISPLAY", None)
-    yield {"env": env, "runs": home / "runs", "state": home / "state" / "slm-studio", "home": home}
+    yield {"env": env, "runs": home / "runs", "state": home / "state" / "slm-studio"}
     xvfb.terminate()
     xvfb.wait(10)
 
@@ -114,17 +114,27 @@ class Launch:
 
 
 @pytest.fixture
-def worker_cleanup(desktop):
-    """Whatever happens, no training worker outlives the module."""
-    yield
+def launch(desktop):
+    """launch(out, *driver_args) -> Launch; whatever happens, no app and no training worker outlives the test."""
+    launched: list[Launch] = []
+
+    def start(out: Path, *driver_args: str) -> Launch:
+        launched.append(Launch(desktop, out, *driver_args))
+        return launched[-1]
+
+    yield start
+    for app in launched:
+        if app.proc.poll() is None:
+            app.proc.kill()
+            app.proc.wait(30)
     for status in desktop["runs"].glob("*/status.json"):
         pid = json.loads(status.read_text()).get("pid")
         if pid and alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)  # the worker leads its own session (studio.runner)
 
 
-def test_the_window_from_first_launch_to_closing_while_a_run_trains(desktop, tmp_path, worker_cleanup):
-    first = Launch(desktop, tmp_path / "first", "--start-run", json.dumps(TRAINING), "--screenshot",
+def test_the_window_from_first_launch_to_closing_while_a_run_trains(desktop, launch, tmp_path):
+    first = launch(tmp_path / "first", "--start-run", json.dumps(TRAINING), "--screenshot",
                    str(tmp_path / "window.png"), "--hide-until-raised", "--answer", "keep")
     page = first.read("page.json")
     assert page["tabs"][:4] == ["Model", "Data", "Train", "Runs"] and page["desktop"] is True
@@ -161,7 +171,7 @@ def test_the_window_from_first_launch_to_closing_while_a_run_trains(desktop, tmp
 
     # The next launch re-attaches: the Runs tab shows it training. Asked again, "stop" clicked: it stops with a
     # checkpoint; then the window closes with no run, asks nothing, and the process ends.
-    again = Launch(desktop, tmp_path / "again", "--show-runs", "--ask-first", "--answer", "stop")
+    again = launch(tmp_path / "again", "--show-runs", "--ask-first", "--answer", "stop")
     assert [row[:2] for row in again.read("runs.json")["rows"]] == [[run["name"], "running"]]
     assert again.exit_code(180) == 0, again.tail()
     [question] = json.loads((again.out / "dialog.json").read_text())  # one question: none at the close
