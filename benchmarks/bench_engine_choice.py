@@ -11,13 +11,26 @@ runs in a process of its own (as a user's shell or the Studio would). tokens/s c
 the time after the first, greedy, no end-of-text stop in the peer; each row is the best of --repeat rounds that run every
 path in turn (the machine is shared). Goal (issue 27): every path >= 1.0x genai's own loop.
 
-Measured 2026-12-05 (2 shared cores, load 2-2.5 from other work; x = against genai's own loop, one run):
-  4M:   peer 1,318; generate auto 1,591 (1.21x, genai); serve auto 1,070 (0.81x, genai: HTTP + text per event);
-        Chat session auto 1,604 (1.22x, genai); generate --engine native 624 (0.47x); --engine onnx 1,142 (0.87x)
-  100M: peer 26.1; generate auto 30.2 (1.16x, native 2 threads); serve auto 31.5 (1.21x); Chat 31.1 (1.19x);
-        generate --engine native 34.5 (1.32x); --engine onnx 28.3 (1.08x)
-  The same paths swing 20-40% between rounds here; an earlier run under heavier load measured native at 2-3
-  tokens/s on 2 threads for the 100M model (19 on one), hence the thread count in the choice.
+The peer and serve's row are each warmed with one whole answer first (before: 8 tokens, which left the peer's first
+long run cold: it measured ~1,250 tokens/s at 4M where a warm one makes ~1,770, and flattered every row against it;
+generate and Chat rows are one-shot processes, cold as a user meets them).
+
+Measured 2026-12-05 late afternoon (2 cores shared with other work; x = against genai's own loop, best of 3, two runs):
+  quiet run (load 0.5 over the 4M rows, 1-4 over the 100M rows):
+  4M:   peer 1,773; generate auto 1,636 (0.92x, genai); serve auto 1,574 (0.89x, genai); Chat session auto 1,438
+        (0.81x, genai); generate --engine native 590 (0.33x); --engine onnx 1,432 (0.81x)
+  100M: peer 36.2; auto measured in a quiet moment (native 2 threads 49, 1 thread 31, genai 30) and chose 2 threads,
+        then the load came back: generate auto 6.0 (0.17x), serve 3.5 (0.10x), Chat 3.3 (0.09x), --engine native
+        7.4 (0.20x), --engine onnx 27.3 (0.75x): two threads on two busy cores, the cached choice outlived its load
+  loaded run (load 6.5-8 throughout):
+  4M:   peer 1,502; generate auto 909 (0.61x); serve 1,368 (0.91x); Chat 1,010 (0.67x); --engine native 394 (0.26x);
+        --engine onnx 1,359 (0.90x)
+  100M: peer 26.5; auto chose native 1 thread (28 against genai 22, 2 threads 2): generate 24.3 (0.92x), serve 21.4
+        (0.81x), Chat 16.4 (0.62x); --engine native (2 threads) 1.7 (0.06x); --engine onnx 19.5 (0.74x)
+  At 4M a 128-token answer lasts ~0.1 s, and the same row swings 0.6-1.3x between runs under load. Quiet, serve's
+  remaining gap is genai's batching engine (og.Engine, which serve uses so that clients overlapping in time decode
+  together) against its Generator loop: about 8% in one process; the HTTP layer costs little since a paced stream
+  sends its last tokens when the request ends (it slept out up to one 20 ms interval before, ~10% of a 4M answer).
 
     python benchmarks/bench_engine_choice.py [--tokens 128] [--repeat 3] [--quick]
         --quick: the tiny model only
@@ -95,7 +108,7 @@ def serve_row(folder: Path, n: int, runs: Path) -> tuple[float, str]:
                 if server.poll() is not None:
                     raise RuntimeError(log.read_text()[-2000:]) from None
                 time.sleep(0.2)
-        _stream(base, 8)
+        _stream(base, n)  # warmed as the peer is: a server answers many requests, the first pays one-time costs
         rate, count = _stream(base, n)
     finally:
         server.terminate()
@@ -173,9 +186,14 @@ def _genai_child(folder: str, n: int) -> None:
             generator.generate_next_token()
             yield int(generator.get_next_tokens()[0])
 
-    list(run(8))
+    list(run(n))  # warmed with a whole answer, as serve's row is
     stamps = [time.perf_counter() for _ in run(n)]
     print((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+
+
+def _load() -> str:
+    """The machine's load (as `uptime` says it): the rows are only comparable within one run."""
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def interleaved(paths: dict, repeat: int) -> dict:
@@ -202,7 +220,8 @@ def main() -> None:
         return _genai_child(args.genai_child[0], int(args.genai_child[1]))
     if args.chat_child:
         return _chat_child(args.chat_child[0], int(args.chat_child[1]), args.chat_child[2])
-    print(f"{os.cpu_count()} CPU(s), {args.tokens} tokens, batch 1, greedy, best of {args.repeat}", flush=True)
+    print(f"{os.cpu_count()} CPU(s), {args.tokens} tokens, batch 1, greedy, best of {args.repeat}; {_load()}",
+          flush=True)
     for size in ("quickstart", "~100M")[: 1 if args.quick else 2]:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
@@ -217,6 +236,7 @@ def main() -> None:
                      "slm generate --engine native": lambda: generate_row(folder, n, "native", work),
                      "slm generate --engine onnx": lambda: generate_row(folder, n, "onnx", work)}
             rows = interleaved(paths, args.repeat)
+            print(f"  measured; {_load()}", flush=True)
             peer = rows["onnxruntime-genai's own loop (peer)"]
             cache = json.loads((work / "engine_choices.json").read_text())
             for entry in cache.values():
