@@ -43,9 +43,14 @@ not as what a real 50M model gets.
 
 Target (>= 1.5x greedy, same text) met on this pair: 2.63x, and 1.72x with penalty 1.3, token for token the
 teacher's. transformers' assisted generation (its own k heuristic, same weights exported as HF folders): 2.08x
-and 2.69x greedy with the same text, 0.74x at 0.7. Load fell while its last row ran (3.5 -> <1): its 49 tok/s
-teacher-alone against our 11-13 may be that, or our bf16 one-row step being slow at this size; not checked
-(next: the same run with --dtype fp32, idle).
+and 2.69x greedy with the same text, 0.74x at 0.7. Load fell while its last row ran (3.5 -> <1), hence its 49 tok/s alone:
+measured idle right after, the teacher alone greedy gives ours bf16 48.6, ours fp32 94.8, transformers bf16 39.6
+and fp32 43.6 tok/s (so on this AMX CPU an fp32 model decodes 2x faster than bf16 here, yet --dtype auto picks
+bf16). The same bench idle (load 1.7), `--dtype fp32 --no-peer`, exact fp32 (no half copy):
+
+    ours              0.0          38.8           81.0     2.09x     89%     4.7  yes
+    ours              0.7          42.3          131.1     3.10x     78%     7.2
+    ours        0.0 rp1.3          57.5          181.0     3.15x     97%     6.7  yes
 
 The alone rows swing with load (7.1-13.4 tok/s for the same model): the speed-ups compare alternated runs, the
 absolute speeds do not compare across rows. Not measured: a Llama-3.2-1B-shaped teacher. No trained 1B weights
