@@ -18,6 +18,7 @@ from pathlib import Path
 
 from slm_core.errors import SLMError
 from slm_core.fsio import atomic_write_json, read_state
+from slm_core.system import pid_alive
 
 STATE_FILE = "onnx-build.json"
 LOG_FILE = "onnx-build.log"
@@ -44,7 +45,9 @@ def status(folder: Path, checkpoint: str) -> str:
     if said != "building":
         return said
     child = _CHILDREN.get(str(folder))
-    alive = child.poll() is None if child is not None and child.pid == state.get("pid") else _alive(state.get("pid"))
+    pid = state.get("pid")
+    alive = child.poll() is None if child is not None and child.pid == pid else \
+        isinstance(pid, int) and pid > 0 and pid_alive(pid)
     if alive:
         return "building"
     return status_after_exit(folder, checkpoint)
@@ -120,18 +123,6 @@ def _write(folder: Path, state: dict) -> None:
         atomic_write_json(Path(folder) / "export" / STATE_FILE, state)
     except OSError:  # a read-only run folder: the build itself fails and says so in its log
         pass
-
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 if __name__ == "__main__":

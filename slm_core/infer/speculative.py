@@ -104,7 +104,6 @@ class Speculator:
         self._kept, self._tried = PRIOR_ACCEPT * PRIOR_WEIGHT, PRIOR_WEIGHT
         self._draft_s = self._draft_n = self._verify_s = self._verify_n = 0.0
         self._plain_rounds = 0  # rounds since drafting was switched off (k == 0)
-        self._catch_up_s = 0.0  # the last round's draft prefill of more than a round's tokens
 
     def measure_baseline(self, target: Decoder, slot: int, position: int, token: int) -> None:
         """Time the target's plain one-row step, once, at `position`, a position the next round writes first."""
@@ -140,9 +139,9 @@ class Speculator:
             k = MIN_K if self._plain_rounds % PROBE_EVERY == 0 else 0
         k = max(0, min(k, want - 1, target.max_len - len(tokens)))  # every fed position stays in the cache
         clock = time.perf_counter()
-        drafts, q = self._draft(tokens, k, seen, params, generator)
+        drafts, q, catch_up_s = self._draft(tokens, k, seen, params, generator)
         drafted_at = time.perf_counter()
-        clock += self._catch_up_s  # a long catch-up (a new prompt) is no cost of drafting from here on
+        clock += catch_up_s  # a long catch-up (a new prompt) is no cost of drafting from here on
         feed = tokens[fed:] + drafts
         rows = target.extend(slot, feed, fed) if feed else None  # (len(feed), V)
         if pending is not None:
@@ -178,18 +177,18 @@ class Speculator:
             self._plain_rounds = 0
         self.k = best
 
-    def _draft(self, tokens: list[int], k: int, seen, params, generator) -> tuple[list[int], list]:
-        """k draft tokens after `tokens`, and the distribution each was drawn from (processed as the target's; none
-        at temperature 0, where only the draft's argmax matters)."""
-        self._catch_up_s = 0.0
+    def _draft(self, tokens: list[int], k: int, seen, params, generator) -> tuple[list[int], list, float]:
+        """k draft tokens after `tokens`, the distribution each was drawn from (processed as the target's; none
+        at temperature 0, where only the draft's argmax matters), and the seconds a catch-up of more than a
+        round's tokens (a new prompt) took."""
         if k == 0:
-            return [], []
+            return [], [], 0.0
         n = min(len(self.cached), len(tokens) - 1)  # the last token is always fed: its logits are needed
         if self.cached[:n] != tokens[:n]:  # a rejected draft, a slid window or another conversation: keep the common part
             n = next(i for i, (a, b) in enumerate(zip(self.cached, tokens)) if a != b)
         clock = time.perf_counter()
         logits = self.decoder.extend(0, tokens[n:], n)[-1]
-        self._catch_up_s = time.perf_counter() - clock if len(tokens) - n > 2 else 0.0
+        catch_up_s = time.perf_counter() - clock if len(tokens) - n > 2 else 0.0
         self.cached = tokens[:]
         greedy = params.temperature <= 0 and seen is None  # no processing: the raw argmax, no copies
         history = seen.clone() if seen is not None else None
@@ -207,7 +206,7 @@ class Speculator:
             if i < k - 1:
                 logits = self.decoder.extend(0, [token], len(self.cached))[-1]
                 self.cached.append(token)
-        return drafts, dists
+        return drafts, dists, catch_up_s
 
     def _verify(self, p_logits: torch.Tensor, drafts: list[int], q: list, seen, params: SamplingParams,
                 generator: torch.Generator) -> list[int]:
