@@ -59,9 +59,10 @@ def build(ctx) -> None:
     usage = gr.Markdown("", elem_id="export-usage")
 
     def work(picked, checkpoint, kind, quant, folder="", progress=gr.Progress()):
-        check_path(ctx, (folder or "").strip() or None, "path")
+        chosen = (folder or "").strip() or None
+        check_path(ctx, chosen, "path")
         return export_run(helper, ctx.runs_dir, check_path(ctx, picked, "model"), checkpoint, kind, quant,
-                          on_progress=progress_to(progress), destination=(folder or "").strip() or None)
+                          on_progress=progress_to(progress), destination=chosen)
 
     done = go.click(work, [source, tag, fmt, gguf_type, destination], [status, files, usage], api_name="export",
                     concurrency_limit=1, concurrency_id="export")
