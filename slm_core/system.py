@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -142,6 +143,29 @@ def gpu_info() -> list[dict]:
     except nvml.NVMLError:  # a GPU that vanished or a driver hiccup: report what we have
         pass
     return devices
+
+
+_LAST_CPU_SAMPLE: Optional[tuple] = None  # (monotonic s, machine busy CPU-s, this process's CPU-s)
+
+
+def cores_used_by_others(window_s: float = 0.25) -> float:
+    """Cores' worth of CPU other processes used lately: since the previous call when that was 0.2-60 s ago (a
+    server or chat between requests), else over `window_s` now. This process's own use is left out, so a
+    server busy decoding does not count itself as load."""
+    global _LAST_CPU_SAMPLE
+
+    def sample() -> tuple:
+        times, own = psutil.cpu_times(), this_process().cpu_times()
+        return time.monotonic(), times.user + times.nice + times.system + getattr(times, "steal", 0.0), \
+            own.user + own.system + own.children_user + own.children_system
+
+    previous = _LAST_CPU_SAMPLE
+    if previous is None or not 0.2 <= time.monotonic() - previous[0] <= 60:
+        previous = sample()
+        time.sleep(window_s)
+    now = _LAST_CPU_SAMPLE = sample()
+    elapsed = now[0] - previous[0]
+    return max(0.0, ((now[1] - previous[1]) - (now[2] - previous[2])) / elapsed) if elapsed > 0 else 0.0
 
 
 def cpu_has_native_bf16() -> bool:

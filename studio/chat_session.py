@@ -109,6 +109,8 @@ class ChatSession:
         # measured once (engine_choice); 'auto' in the Chat tab also has a run's genai export built in the background
         self.choice = choose_engine(path, tag, backend, threads, self.runs_dir, build=self.auto_build)
         kind, where = self.choice.engine, Path(self.choice.folder)
+        if kind == "onnx":  # genai's thread count is fixed when its session is made: a new count is a new engine
+            threads = threads or self.choice.threads
         key = (str(where), tag, checkpoint_stamp(path, tag), kind, threads if kind == "onnx" else None)
         if draft_path is not None:
             key += (str(draft_path), checkpoint_stamp(draft_path, tag))

@@ -12,6 +12,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # No background onnxruntime-genai export (engine choice "auto"): a build is a process on a CI core for 10-30 s;
 # tests/studio/test_chat_autobuild.py turns it on.
 os.environ.setdefault("SLM_BACKGROUND_EXPORT", "0")
+# The engine choice is cached per machine load (quiet or busy); a suite on two loaded cores would flip between them
+# from test to test. tests/test_engine_choice.py checks the two loads apart.
+os.environ.setdefault("SLM_ENGINE_LOAD", "quiet")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two workers on two cores: one OpenMP thread each (and in their children), before torch is imported.
     # Two threads each would spin against each other (a 300-step training test ran 4-5x slower).

@@ -2,10 +2,15 @@
 cached), --engine native and onnx are taken as asked, and a draft keeps native. The measured choice, its cache and
 every path reporting it: tests/studio/test_chat_engine.py (it builds the export once)."""
 
+import subprocess
+import sys
+import time
+
 import pytest
 
 from slm_core.errors import SLMError
-from slm_core.infer.engine_choice import CACHE_FILE, choose
+from slm_core.infer.engine_choice import CACHE_FILE, LOAD_ENV, choose, load_class
+from slm_core.system import cores_used_by_others
 
 
 def test_auto_without_an_export_stays_native_and_says_why(tiny_char_run, tmp_path):
@@ -39,3 +44,17 @@ def test_the_fastest_measured_native_thread_count_is_the_one_native_decodes_on()
     assert (busy.engine, busy.threads, busy.cached) == ("native", 1, True)
     assert "native torch, 1 thread: 19; native torch, 2 threads: 3 (cached)" in busy.reason
     assert _decided("m", [], {"native torch": 5.0}).threads is None  # one candidate: the engine's own default
+
+
+def test_the_load_a_choice_is_made_for_counts_other_processes_and_can_be_pinned(monkeypatch):
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # another program holding a core
+    try:
+        cores_used_by_others()  # the window starts here
+        time.sleep(1.0)
+        assert cores_used_by_others() > 0.2  # its share of one core, however loaded the machine is
+    finally:
+        busy.kill()
+        busy.wait()
+    for pinned in ("quiet", "busy"):
+        monkeypatch.setenv(LOAD_ENV, pinned)
+        assert load_class() == pinned

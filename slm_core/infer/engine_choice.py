@@ -3,6 +3,12 @@ onnxruntime-genai export of the model with a short greedy decode the first time 
 faster, and caches the answer per model (and checkpoint), dtype and thread count in <runs>/engine_choices.json.
 `--engine native|onnx` overrides it everywhere; every path says which engine it used and why (`Choice.line`).
 
+Which engine and thread count win also depends on what else the machine runs (two threads decode a 100M model
+fastest on two idle cores, and at a tenth of one thread's speed while a training run holds them), so the cache keeps
+one answer per load: "quiet", or "busy" while other processes use about half the cores or more
+(slm_core.system.cores_used_by_others). A path that asks again after the load changed gets the answer measured
+under the new load (measuring it the first time); `slm serve` asks again as the load changes (serve.py).
+
 A run with no export yet, where onnxruntime-genai is installed and its builder knows the model: auto decodes on
 native torch (timing its thread counts where there are several) and, where the caller asks (`build`), has the export
 built in the background (slm_core.infer.genai_build); once it exists, the next choice times both and keeps the
@@ -14,6 +20,7 @@ ahead on an Intel CPU, genai ahead on an AMD one; studio.chat_session's old rule
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -34,14 +41,16 @@ from slm_core.models.estimate import count_parameters
 from slm_core.models.load import load_model
 from slm_core.models.memory import model_config
 from slm_core.models.quantized import is_quantized
+from slm_core.system import cores_used_by_others
 
 ENGINES = ("auto", "native", "onnx")
 CACHE_FILE = "engine_choices.json"
 PROBE_TOKENS = 48  # timed greedy steps per engine (after a few untimed ones): ~0.1 s at 4M, ~2 s at 100M on 2 cores
 WARMUP_TOKENS = 4
 ROUNDS = 2
-PROBE_VERSION = 4  # part of the cache key: a change to the probe measures again
+PROBE_VERSION = 5  # part of the cache key: a change to the probe measures again
 LABELS = {"native": "native torch", "onnx": "onnxruntime-genai"}
+BUSY_SHARE = 0.4  # of the cores, used by other processes: a machine this loaded is "busy"
 _LOCK = threading.Lock()  # one measurement at a time in a process (two would slow each other)
 
 
@@ -52,7 +61,8 @@ class Choice:
     reason: str
     speeds: dict = field(default_factory=dict)  # label → tokens/s, when measured
     cached: bool = False
-    threads: Optional[int] = None  # native: the thread count that measured fastest (None: the engine's default)
+    threads: Optional[int] = None  # the thread count that measured fastest (None: the engine's default)
+    load: str = ""  # "quiet" | "busy": the machine's load this choice was measured (or looked up) for
     loaded: Any = None  # the native LoadedModel the measurement loaded (reuse it rather than load twice)
     export: str = ""  # a run without a genai export: "buildable" | "building" | "failed: …" ("" otherwise)
     build: Optional[tuple] = None  # (run folder, tag, checkpoint) of that export: start_build's arguments
@@ -60,6 +70,17 @@ class Choice:
     def line(self) -> str:
         """'engine: onnxruntime-genai (measured here: …)': what every path prints or shows."""
         return f"engine: {LABELS[self.engine]} ({self.reason})"
+
+
+LOAD_ENV = "SLM_ENGINE_LOAD"  # "quiet" | "busy": pin the load the choice is made for (reproducible benchmarks, tests)
+
+
+def load_class() -> str:
+    """"busy" while other processes use BUSY_SHARE of the cores or more, else "quiet" (a part of the cache key)."""
+    pinned = os.environ.get(LOAD_ENV, "")
+    if pinned in ("quiet", "busy"):
+        return pinned
+    return "busy" if cores_used_by_others() >= BUSY_SHARE * CORES else "quiet"
 
 
 def model_folder(model, runs_dir: Optional[Path] = None) -> Optional[Path]:
@@ -131,13 +152,15 @@ def _measured(model, folder: Path, tag: str, dtype: str, threads: Optional[int],
     """The fastest of native torch and `exports`, timed once and cached; None when `measure` is False and
     nothing is cached."""
     runs = Path(runs_dir) if runs_dir is not None else folder.parent
+    load = load_class()
     key = json.dumps([str(folder.resolve()), tag, checkpoint_identity(folder, tag),
                       [[str(e.resolve()), (e / onnx.CONFIG).stat().st_mtime_ns] for e in exports], dtype,
-                      threads or f"default/{CORES}", PROBE_VERSION])
+                      threads or f"default/{CORES}", load, PROBE_VERSION])
     with _LOCK:
         known = _read_cache(runs).get(key)
         if known is not None:
-            return _decided(model, exports, known["speeds"], cached=True, measured_at=known.get("measured_at"))
+            return _decided(model, exports, known["speeds"], cached=True, measured_at=known.get("measured_at"),
+                            load=load)
         if not measure:
             if not exports:
                 return None
@@ -145,9 +168,9 @@ def _measured(model, folder: Path, tag: str, dtype: str, threads: Optional[int],
         speeds, loaded = _measure(model, tag, dtype, threads, runs_dir, exports)
         cache = _read_cache(runs)
         cache[key] = {"speeds": speeds, "measured_at": time.time(), "model": str(folder), "dtype": dtype,
-                      "threads": threads}
+                      "threads": threads, "load": load}
         _write_cache(runs, cache)
-    choice = _decided(model, exports, speeds)
+    choice = _decided(model, exports, speeds, load=load)
     choice.loaded = loaded if choice.engine == "native" else None
     return choice
 
@@ -216,20 +239,27 @@ def start_build(choice: Choice) -> Optional[str]:
 
 
 def _decided(model, exports: list[Path], speeds: dict, cached: bool = False,
-             measured_at: Optional[float] = None) -> Choice:
+             measured_at: Optional[float] = None, load: str = "") -> Choice:
     best = max(speeds, key=speeds.get)
     threads = re.search(r", (\d+) threads?$", best)
+    count = int(threads.group(1)) if threads else None
     figures = "; ".join(f"{label}: {rate:,.0f}" for label, rate in sorted(speeds.items(), key=lambda kv: -kv[1]))
     when = f" on {time.strftime('%Y-%m-%d', time.localtime(measured_at))}" if measured_at else ""
-    reason = f"auto: the fastest here, measured{when} in tokens/s: {figures}" + (" (cached)" if cached else "")
+    machine = f" on a {load} machine" if load else ""
+    reason = f"auto: the fastest here, measured{when}{machine} in tokens/s: {figures}" + (" (cached)" if cached else "")
     if best.startswith("native torch"):
-        return Choice("native", model, reason, speeds, cached, int(threads.group(1)) if threads else None)
-    folder = next(e for e in exports if _export_label(e) == best)
-    return Choice("onnx", folder, reason, speeds, cached)
+        return Choice("native", model, reason, speeds, cached, count, load)
+    runtime = best[: threads.start()] if threads else best
+    folder = next(e for e in exports if _export_label(e) == runtime)
+    return Choice("onnx", folder, reason, speeds, cached, count, load)
 
 
 def _export_label(folder: Path) -> str:
     return f"onnxruntime-genai {onnx.precision_of(folder)}"
+
+
+def _with_threads(label: str, count: int, counts: list) -> str:
+    return label if len(counts) == 1 else f"{label}, {count} thread{'s' if count > 1 else ''}"
 
 
 def _measure(model, tag: str, dtype: str, threads: Optional[int], runs_dir, exports: list[Path]) -> tuple[dict, Any]:
@@ -242,18 +272,26 @@ def _measure(model, tag: str, dtype: str, threads: Optional[int], runs_dir, expo
     # A model big enough for every core also tries one: two threads spinning on two busy cores (a training run,
     # another program) decoded a 100M model at 2-3 tokens/s where one thread made 19.
     counts = [threads] if threads else sorted({native_threads(loaded.model), 1})
+    # genai on one thread and on its default (every core): a small model's steps are too short for two threads to
+    # pay for their synchronisation, and a busy machine's cores are taken (benchmarks/bench_engine_choice.py)
+    genai_counts = [threads] if threads else sorted({CORES, 1})
     speeds: dict = {}
+    failed: set = set()
     for _ in range(ROUNDS):  # in turn, the best of each: a load that comes and goes spreads over both
         for count in counts:
-            label = "native torch" if len(counts) == 1 else f"native torch, {count} thread{'s' if count > 1 else ''}"
+            label = _with_threads("native torch", count, counts)
             native = in_fresh_thread(_native_speed, loaded.model, prompt, dtype, count)
             speeds[label] = max(speeds.get(label, 0.0), native)
-        for export in exports:
-            label = _export_label(export)
-            try:
-                speeds[label] = max(speeds.get(label, 0.0), in_fresh_thread(_genai_speed, export, prompt, threads))
-            except Exception as error:  # noqa: BLE001 - an export genai cannot run loses the race, said in its log
-                print(f"engine choice: {export} did not run on onnxruntime-genai ({error})", flush=True)
+        for export in (e for e in exports if e not in failed):
+            for count in genai_counts:
+                label = _with_threads(_export_label(export), count, genai_counts)
+                try:
+                    rate = in_fresh_thread(_genai_speed, export, prompt, count)
+                except Exception as error:  # noqa: BLE001 - an export genai cannot run loses the race, said in its log
+                    print(f"engine choice: {export} did not run on onnxruntime-genai ({error})", flush=True)
+                    failed.add(export)
+                    break
+                speeds[label] = max(speeds.get(label, 0.0), rate)
     return speeds, loaded
 
 

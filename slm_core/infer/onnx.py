@@ -113,6 +113,7 @@ class OnnxEngine:
         self.threads = threads
         self.inline_alone = inline_alone
         self.alone = 0  # requests on their own Generator not yet finished
+        self.closed = False
         self._lock = threading.Lock()
 
         # genai's own continuous-batching engine where this version has one (0.18+); else a Generator each
@@ -124,6 +125,7 @@ class OnnxEngine:
         return f"onnxruntime-genai ({precision_of(self.folder)}{', batched' if self.batcher else ''})"
 
     def close(self) -> None:
+        self.closed = True
         if self.batcher is not None:
             self.batcher.close()
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from slm_core.infer import genai_build
+from slm_core.infer import genai_build, onnx
 from slm_core.infer.api_logprobs import chat_logprobs, completion_logprobs
 from slm_core.infer.api_metrics import Metrics
 from slm_core.infer.api_request import (  # noqa: F401  (sampling_from: re-exported)
@@ -26,7 +26,7 @@ from slm_core.infer.api_request import (  # noqa: F401  (sampling_from: re-expor
     sampling_from,
 )
 from slm_core.infer.engine import Engine, _token_bytes, stream_request
-from slm_core.infer.engine_choice import Choice, choose
+from slm_core.infer.engine_choice import Choice, choose, load_class
 from slm_core.infer.guard import LocalGuard, allowed_hosts
 from slm_core.infer.onnx import OnnxEngine
 from slm_core.infer.scoring import score, scored_of, submit_scoring
@@ -44,6 +44,7 @@ STREAM_INTERVAL_S = 0.02
 CHOICE_THREADS = 32  # choices of one request read at once (their engine requests decode together)
 OPEN_PATHS = ("/health", "/metrics")  # answered without the API key, as vLLM does: probes carry no key
 BUILD_WAIT_S = 3600  # a background genai export not done by then: the server stays on native torch
+LOAD_CHECK_S = 30  # how often a server on --engine auto looks at the machine's load (engine_choice.load_class)
 RETIRE_S = 600  # a replaced engine ends once its requests have, or after this long (cancelling what is left)
 
 
@@ -59,6 +60,7 @@ class Served:
     metrics: Metrics = field(default_factory=Metrics)
     choice: str = ""  # the engine and why (engine_choice's line), as /health and /metrics report it
     switched: threading.Event = field(default_factory=threading.Event)  # set once no engine switch is pending
+    load: str = ""  # the machine's load the engine was chosen for ("quiet" | "busy"; "" when not auto)
 
 
 def chat_encoder(template: Optional[str], tokenizer: Any) -> Callable[[list], list[int]]:
@@ -581,9 +583,12 @@ def load_served(model: str, engine: str = "auto", tag: str = "best", slots: int 
     choice = choose(model, tag, engine, dtype, threads, runs_dir, draft=bool(draft), build=build)
     print(choice.line(), flush=True)
     if choice.engine == "onnx":  # an onnxruntime-genai folder (or the run's export) runs only there
-        runtime = _genai_runtime(choice.folder, threads, slots)
-        return Served(runtime, name or Path(str(model)).name, chat_encoder(runtime.template, runtime.tokenizer),
-                      choice=choice.line())
+        runtime = _genai_runtime(choice.folder, threads or choice.threads, slots)
+        served = Served(runtime, name or Path(str(model)).name, chat_encoder(runtime.template, runtime.tokenizer),
+                        choice=choice.line(), load=choice.load)
+        served.switched.set()
+        _follow_load(served, model, engine, tag, dtype, threads, runs_dir, slots)
+        return served
 
     loaded = choice.loaded or load_model(model, tag=tag, runs_dir=runs_dir)
     drafter = None
@@ -596,13 +601,60 @@ def load_served(model: str, engine: str = "auto", tag: str = "best", slots: int 
     runtime = Engine(loaded.model, loaded.tokenizer, slots=slots, dtype=dtype, compile=compile,
                      threads=threads or choice.threads, draft=drafter.model if drafter else None)
     served = Served(runtime, name or Path(str(model)).name, chat_encoder(loaded.template, loaded.tokenizer),
-                    choice=choice.line())
+                    choice=choice.line(), load=choice.load)
     if choice.export == "building" and engine == "auto" and not draft:
         threading.Thread(target=_switch_when_built, args=(served, choice, model, tag, dtype, threads, runs_dir, slots),
                          name="slm-genai-build", daemon=True).start()
     else:
         served.switched.set()
+    if not draft:
+        _follow_load(served, model, engine, tag, dtype, threads, runs_dir, slots)
     return served
+
+
+def _follow_load(served: Served, model, engine: str, tag: str, dtype: str, threads: Optional[int],
+                 runs_dir: Optional[Path], slots: int) -> None:
+    """On --engine auto, a thread that asks engine_choice again whenever the machine's load changes class (quiet ↔
+    busy): a choice measured on idle cores (two native threads) decoded at a tenth of one thread's speed once a
+    training run took them. It adopts the new answer's thread count, or moves to genai where that now wins; a
+    server on genai stays there (native torch decodes on the thread that loaded it: serve_decoding_here)."""
+    if engine != "auto" or onnx.is_genai_folder(Path(str(model))):
+        return
+
+    def follow() -> None:
+        served.switched.wait()  # a background export's switch first
+        served.load = served.load or load_class()
+        while not served.engine.closed:  # the server stopped
+            time.sleep(LOAD_CHECK_S)
+            load = load_class()
+            if load == served.load or served.engine.closed:
+                continue
+            try:
+                now = choose(model, tag, "auto", dtype, threads, runs_dir)
+                _adopt(served, now, threads, slots)
+            except Exception as error:  # noqa: BLE001 - the engine in use keeps serving
+                print(f"engine choice: kept {served.engine.description} ({error})", flush=True)
+            served.load = load
+
+    threading.Thread(target=follow, name="slm-load-follow", daemon=True).start()
+
+
+def _adopt(served: Served, now: Choice, threads: Optional[int], slots: int) -> None:
+    """Serve from `now` where that can be done in place (see _follow_load)."""
+    old = served.engine
+    if isinstance(old, Engine):
+        if now.engine == "native":
+            old.threads = threads or now.threads
+        else:
+            served.engine = _genai_runtime(now.folder, threads or now.threads, slots)
+            threading.Thread(target=_retire, args=(old,), name="slm-retire", daemon=True).start()
+    elif now.engine == "native":
+        return print(f"engine choice: {now.line()}; the server stays on onnxruntime-genai", flush=True)
+    elif Path(now.folder) != old.folder or (threads or now.threads) != old.threads:
+        served.engine = _genai_runtime(now.folder, threads or now.threads, slots)
+        threading.Thread(target=_retire, args=(old,), name="slm-retire", daemon=True).start()
+    served.choice = now.line()
+    print(served.choice + f" (the machine turned {now.load})", flush=True)
 
 
 def _genai_runtime(folder: Path, threads: Optional[int], slots: int) -> OnnxEngine:
@@ -621,7 +673,7 @@ def _switch_when_built(served: Served, choice: Choice, model, tag: str, dtype: s
             served.choice = f"engine: native torch (the background onnxruntime-genai export {state})"
             return print(served.choice, flush=True)
         now = choose(model, tag, "auto", dtype, threads, runs_dir)
-        old = served.engine
+        old, served.load = served.engine, now.load
         if now.engine == "native":
             old.threads = threads or now.threads
             served.choice = now.line()
@@ -641,6 +693,13 @@ def _retire(engine) -> None:
     """Close `engine` once its requests have ended (one that read it just before the switch is let in first)."""
     time.sleep(1.0)
     deadline = time.monotonic() + RETIRE_S
-    while (engine.active or not engine.waiting.empty()) and time.monotonic() < deadline:
+    while _in_use(engine) and time.monotonic() < deadline:
         time.sleep(0.1)
     engine.close()
+
+
+def _in_use(engine) -> bool:
+    if isinstance(engine, OnnxEngine):
+        batcher = engine.batcher
+        return engine.alone > 0 or (batcher is not None and (bool(batcher.live) or not batcher.waiting.empty()))
+    return bool(engine.active) or not engine.waiting.empty()
