@@ -18,6 +18,11 @@ from slm_core.models.quantized import is_quantized
 from slm_core.run.runs import check_runs_dir
 from slm_core.validate import check_device, validate_sampling
 
+# genai's text reaches the terminal at most this often, each write carrying every token decoded meanwhile: a write
+# and flush per token is a share of a small model's step (benchmarks/bench_engine_choice.py), and 50 a second reads
+# as a smooth stream.
+PRINT_INTERVAL_S = 0.02
+
 
 def add_generate_parser(sub) -> None:
     parser = sub.add_parser("generate", help="generate text from a run, checkpoint or exported model")
@@ -99,7 +104,7 @@ def _generate_genai(args, folder, threads=None) -> int:
         params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                                 args.repetition_penalty, args.seed, tuple(args.stop))
         stats: dict = {}
-        for delta in runtime.stream(ids, params, stats):
+        for delta in runtime.stream(ids, params, stats, interval_s=PRINT_INTERVAL_S):
             sys.stdout.write(delta)
             sys.stdout.flush()
     finally:

@@ -413,9 +413,9 @@ def stream_request(request, tokenizer, params: SamplingParams, stats: Optional[d
         for tokens in batches:
             count += len(tokens)
             held += text.feed(b"".join(pieces(t) for t in tokens))
-            if stats is not None:
-                fill_stats(stats, request, count)
             if held and (text.stopped or time.perf_counter() - sent_at >= interval_s):
+                if stats is not None:  # read by whoever receives the text: filled when it is sent
+                    fill_stats(stats, request, count)
                 yield held
                 held, sent_at = "", time.perf_counter()
                 if interval_s > 0 and decodes_ahead:  # a slower model loses nothing: its next token is on the way

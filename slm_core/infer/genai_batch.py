@@ -1,11 +1,13 @@
 """Concurrent onnxruntime-genai requests decoded together by genai's `og.Engine` on one loop thread;
-`can_join` sends a request that cannot join a batch to a Generator of its own."""
+`can_join` sends a request that cannot join a batch to a Generator of its own. A batch that gathers only one
+request decodes on a Generator on the loop thread instead: genai's engine is slower than its Generator for a lone
+request (benchmarks/bench_engine_choice.py, the serve row)."""
 
 from __future__ import annotations
 
 import queue
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from slm_core.errors import SLMError
 from slm_core.infer.requests import QueuedRequest, RequestLoop
@@ -33,9 +35,10 @@ class BatchedRequest(QueuedRequest):
 class GenaiBatcher(RequestLoop):
     thread_name = "slm-genai"
 
-    def __init__(self, og, model, max_len: int):
+    def __init__(self, og, model, max_len: int, solo: Optional[Callable] = None):
+        """`solo(prompt_ids, params)`: a Generator with the prompt appended, for a batch of one (None: batch it)."""
         super().__init__()
-        self.og, self.model, self.max_len = og, model, max_len
+        self.og, self.model, self.max_len, self.solo = og, model, max_len, solo
         self.engine = self.buffer = None  # made on the loop thread: genai refuses calls from any other
         self.live: dict = {}  # og.Request → BatchedRequest
         self.batch_opened: Optional[float] = None  # when the forming batch got its first request
@@ -89,8 +92,12 @@ class GenaiBatcher(RequestLoop):
                 with self._lock:
                     if self.waiting.empty():
                         self.batch_opened = None  # drained: the next request opens a new batch
-                self._begin(self.waiting.get())  # idle: sleep until a request arrives
+                first = self.waiting.get()  # idle: sleep until a request arrives
                 time.sleep(max(0.0, (self.batch_opened or 0) + GATHER_S - time.perf_counter()))  # gather
+                if first is not None and self.waiting.empty() and self.solo is not None:
+                    self._decode_alone(first)  # a batch of one
+                    continue
+                self._begin(first)
             while not self.waiting.empty():  # no raised queue.Empty per step: only this thread takes from it
                 self._begin(self.waiting.get_nowait())
             for handle, request in list(self.live.items()):
@@ -139,7 +146,8 @@ class GenaiBatcher(RequestLoop):
             if not p.greedy:  # (a seeded sampler never gets here: can_join sends it to its own Generator)
                 turn.set_top_k(p.top_k)  # 0 is off in both
                 turn.set_top_p(p.top_p)
-            turn.set_repetition_penalty(p.repetition_penalty)
+            if p.repetition_penalty != 1.0:  # set at all, genai applies it at every step
+                turn.set_repetition_penalty(p.repetition_penalty)
             request.turn = handle.begin_turn(np.asarray(request.prompt_ids, dtype=np.int32), turn)
         except Exception as error:  # e.g. a prompt genai refuses: this request fails alone
             if handle is not None:
@@ -149,6 +157,37 @@ class GenaiBatcher(RequestLoop):
             return
         request.handle = handle
         self.live[handle] = request
+
+    def _decode_alone(self, request: BatchedRequest) -> None:
+        """`request` to its end on a Generator of its own, on this thread (requests arriving meanwhile cannot join
+        it and run on Generators of their own, as late arrivals to a running batch do)."""
+        reason = "cancelled" if request.cancelled else "length"
+        try:
+            wanted = not request.cancelled and request.params.max_new_tokens > 0
+            generator = self.solo(request.prompt_ids, request.params) if wanted else None
+            if generator is not None:
+                stops, limit, events = request.stop_ids, request.params.max_new_tokens, request.events
+                is_done, step, next_tokens = generator.is_done, generator.generate_next_token, generator.get_next_tokens
+                while not request.cancelled and not self.closed:
+                    if is_done():
+                        reason = "length"
+                        break
+                    step()
+                    token = int(next_tokens()[0])
+                    if token in stops:
+                        reason = "stop"
+                        break
+                    if not request.generated:
+                        request.first_token_at = time.perf_counter()
+                    request.generated += 1
+                    events.put(token)
+                    if request.generated >= limit:
+                        reason = "length"
+                        break
+        except Exception as error:  # genai refused the prompt or failed a step: this request fails alone
+            request.events.put(SLMError(f"onnxruntime-genai failed this request ({error})"))
+        request.finish_reason = request.finish_reason or reason
+        request.events.put(None)
 
     def _dispatch(self, event) -> None:
         handle = event.request
