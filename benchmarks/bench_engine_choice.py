@@ -160,17 +160,19 @@ def _chat_child(folder: str, n: int, runs: str) -> None:
     session.engine.close()
 
 
-def genai_row(folder: Path, n: int) -> tuple[float, str]:
+def genai_row(folder: Path, n: int, warm: bool = True) -> tuple[float, str]:
     """The peer in a process of its own, as a user's script would run it: genai's Generator loop with its
-    default settings (its own thread count)."""
-    out = subprocess.run([sys.executable, __file__, "--genai-child", str(folder), str(n)], capture_output=True,
-                         text=True, cwd=ROOT, timeout=900)
+    default settings (its own thread count); `warm` False: its first answer, as a one-shot script (or `slm
+    generate`) meets it."""
+    out = subprocess.run([sys.executable, __file__, "--genai-child", str(folder), str(n)] + ([] if warm else ["cold"]),
+                         capture_output=True, text=True, cwd=ROOT, timeout=900)
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
-    return float(out.stdout.strip().splitlines()[-1]), "its own Generator loop, default threads"
+    return float(out.stdout.strip().splitlines()[-1]), "its own Generator loop, default threads" + (
+        "" if warm else ", first answer of a fresh process")
 
 
-def _genai_child(folder: str, n: int) -> None:
+def _genai_child(folder: str, n: int, warm: bool = True) -> None:
     import onnxruntime_genai as og
 
     genai = Path(folder) / "export" / "onnx"
@@ -186,7 +188,8 @@ def _genai_child(folder: str, n: int) -> None:
             generator.generate_next_token()
             yield int(generator.get_next_tokens()[0])
 
-    list(run(n))  # warmed with a whole answer, as serve's row is
+    if warm:
+        list(run(n))  # warmed with a whole answer, as serve's row is
     stamps = [time.perf_counter() for _ in run(n)]
     print((len(stamps) - 1) / (stamps[-1] - stamps[0]))
 
@@ -214,10 +217,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--chat-child", nargs=3, metavar=("FOLDER", "N", "RUNS"))
-    parser.add_argument("--genai-child", nargs=2, metavar=("FOLDER", "N"))
+    parser.add_argument("--genai-child", nargs="+", metavar="FOLDER N [cold]")
     args = parser.parse_args()
     if args.genai_child:
-        return _genai_child(args.genai_child[0], int(args.genai_child[1]))
+        return _genai_child(args.genai_child[0], int(args.genai_child[1]), args.genai_child[2:] != ["cold"])
     if args.chat_child:
         return _chat_child(args.chat_child[0], int(args.chat_child[1]), args.chat_child[2])
     print(f"{os.cpu_count()} CPU(s), {args.tokens} tokens, batch 1, greedy, best of {args.repeat}; {_load()}",
@@ -230,6 +233,7 @@ def main() -> None:
             print(f"\n{size}: built HF + genai folders in {time.perf_counter() - started:.0f} s", flush=True)
             n = args.tokens
             paths = {"onnxruntime-genai's own loop (peer)": lambda: genai_row(folder, n),
+                     "genai's own loop, one-shot (peer)": lambda: genai_row(folder, n, warm=False),
                      "slm generate (auto)": lambda: generate_row(folder, n, "auto", work),
                      "slm serve (auto, 1 stream)": lambda: serve_row(folder, n, work),
                      "Chat session (auto)": lambda: chat_row(folder, n, work),
@@ -238,12 +242,14 @@ def main() -> None:
             rows = interleaved(paths, args.repeat)
             print(f"  measured; {_load()}", flush=True)
             peer = rows["onnxruntime-genai's own loop (peer)"]
+            one_shot = rows["genai's own loop, one-shot (peer)"]
             cache = json.loads((work / "engine_choices.json").read_text())
             for entry in cache.values():
                 print("  measured once: " + ", ".join(f"{k} {v:,.0f}" for k, v in entry["speeds"].items())
                       + " tokens/s")
             for label, (rate, note) in rows.items():
-                print(f"  {label:<36} {rate:8.1f} tokens/s  {rate / peer[0]:5.2f}x peer   {note}", flush=True)
+                cold = f"  {rate / one_shot[0]:5.2f}x one-shot peer" if label.startswith("slm generate") else ""
+                print(f"  {label:<36} {rate:8.1f} tokens/s  {rate / peer[0]:5.2f}x peer{cold}   {note}", flush=True)
 
 
 if __name__ == "__main__":

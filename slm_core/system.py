@@ -145,27 +145,31 @@ def gpu_info() -> list[dict]:
     return devices
 
 
-_LAST_CPU_SAMPLE: Optional[tuple] = None  # (monotonic s, machine busy CPU-s, this process's CPU-s)
+_LAST_CPU_SAMPLE: Optional[tuple] = None  # (monotonic s, machine busy CPU-s, this process's CPU-s, cores then)
 
 
 def cores_used_by_others(window_s: float = 0.25) -> float:
-    """Cores' worth of CPU other processes used lately: since the previous call when that was 0.2-60 s ago (a
-    server or chat between requests), else over `window_s` now. This process's own use is left out, so a
-    server busy decoding does not count itself as load."""
+    """Cores' worth of CPU other processes used lately: since the previous call (a server or chat between
+    requests), or over `window_s` now on the first call; a call within 0.2 s of the last repeats its answer. This
+    process's own use is left out, so a server busy decoding does not count itself as load."""
     global _LAST_CPU_SAMPLE
 
-    def sample() -> tuple:
+    def sample(cores: float = 0.0) -> tuple:
         times, own = psutil.cpu_times(), this_process().cpu_times()
-        return time.monotonic(), times.user + times.nice + times.system + getattr(times, "steal", 0.0), \
-            own.user + own.system + own.children_user + own.children_system
+        busy = times.user + times.nice + times.system + getattr(times, "steal", 0.0)
+        return time.monotonic(), busy, own.user + own.system + own.children_user + own.children_system, cores
 
     previous = _LAST_CPU_SAMPLE
-    if previous is None or not 0.2 <= time.monotonic() - previous[0] <= 60:
+    if previous is not None and time.monotonic() - previous[0] < 0.2:
+        return previous[3]
+    if previous is None:
         previous = sample()
         time.sleep(window_s)
-    now = _LAST_CPU_SAMPLE = sample()
+    now = sample()
     elapsed = now[0] - previous[0]
-    return max(0.0, ((now[1] - previous[1]) - (now[2] - previous[2])) / elapsed) if elapsed > 0 else 0.0
+    cores = max(0.0, ((now[1] - previous[1]) - (now[2] - previous[2])) / elapsed) if elapsed > 0 else 0.0
+    _LAST_CPU_SAMPLE = (*now[:3], cores)
+    return cores
 
 
 def cpu_has_native_bf16() -> bool:
