@@ -148,7 +148,7 @@ def gpu_info() -> list[dict]:
 _LAST_CPU_SAMPLE: Optional[tuple] = None  # (monotonic s, machine busy CPU-s, this process's CPU-s, cores then)
 
 
-def cores_used_by_others(window_s: float = 0.25) -> float:
+def cores_used_by_others(window_s: float = 0.1) -> float:
     """Cores' worth of CPU other processes used lately: since the previous call (a server or chat between
     requests), or over `window_s` now on the first call; a call within 0.2 s of the last repeats its answer. This
     process's own use is left out, so a server busy decoding does not count itself as load."""
