@@ -63,6 +63,7 @@ class ChatSession:
         self.backend = backend
         self.auto_build = auto_build  # 'auto' builds a run's genai export in the background (the Chat tab)
         self.note: Optional[str] = None  # said under the reply: a background build under way or failed
+        self.failures_said: set = set()  # (model, failure) said once already: not under every reply again
         self.loaded: Any = None  # the native LoadedModel (None for an onnxruntime-genai folder)
         self.engine: Any = None
         self.key: Optional[tuple] = None
@@ -117,14 +118,24 @@ class ChatSession:
         if key == self.key and self.engine is not None and not getattr(self.engine, "closed", False):
             if kind == "native":
                 self.engine.threads = threads or self.choice.threads
-            self.note = build_note(self.choice)
+            self.note = self._build_note(path)
             return self.engine, False
         self.engine, self.loaded, self.template = _POOL.get(key, lambda: _load(kind, where, tag, threads, draft_path))
         if kind == "native":
             self.engine.threads = threads or self.choice.threads
         self.key, self.path = key, Path(where)
-        self.note = build_note(self.choice)
+        self.note = self._build_note(path)
         return self.engine, True
+
+    def _build_note(self, path: Path) -> Optional[str]:
+        """build_note, with a failed build said under one reply, not under every one after it."""
+        note = build_note(self.choice)
+        export = getattr(self.choice, "export", "")
+        if note is not None and export.startswith("failed"):
+            if (str(path), export) in self.failures_said:
+                return None
+            self.failures_said.add((str(path), export))
+        return note
 
     def describe(self) -> str:
         loaded = self.loaded

@@ -121,3 +121,18 @@ def test_slm_generate_starts_the_build_after_its_reply_for_next_time(copy_of_tin
     monkeypatch.setenv(genai_build.ENV, "0")
     assert main(["generate", name, "--runs-dir", str(runs_dir), "--max-new-tokens", "2"]) == 0
     assert f"{genai_build.ENV}=0" in capsys.readouterr().err
+
+
+def test_a_failed_background_build_is_said_under_one_reply_not_every_one(copy_of_tiny_run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime_genai")
+    monkeypatch.setenv(genai_build.ENV, "1")
+    runs_dir, name = copy_of_tiny_run(tmp_path)
+    path = runs_dir / name
+    genai_build._write(path, {"checkpoint": checkpoint_identity(path, "best"), "state": "failed: the builder crashed"})
+    session = ChatSession(runs_dir, auto_build=True)
+    notes = []
+    for _ in range(2):
+        stats: dict = {}
+        "".join(session.stream(PROMPT, [], name, "best", GREEDY, stats))
+        notes.append(stats["engine_note"])
+    assert "failed: the builder crashed" in notes[0] and notes[1] is None
