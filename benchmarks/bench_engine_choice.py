@@ -11,26 +11,30 @@ runs in a process of its own (as a user's shell or the Studio would). tokens/s c
 the time after the first, greedy, no end-of-text stop in the peer; each row is the best of --repeat rounds that run every
 path in turn (the machine is shared). Goal (issue 27): every path >= 1.0x genai's own loop.
 
-The peer and serve's row are each warmed with one whole answer first (before: 8 tokens, which left the peer's first
-long run cold: it measured ~1,250 tokens/s at 4M where a warm one makes ~1,770, and flattered every row against it;
-generate and Chat rows are one-shot processes, cold as a user meets them).
+The peer is onnxruntime-genai's own Generator loop at its fastest setting: its defaults, or its session's intra-op
+thread count set in its config (1 or every core). Here its default decodes on about one thread (the default-threads
+row tracks the 1-thread row), and two threads set in its config are 1.4-1.9x faster, so the peer is the 2-thread
+row. The peer, serve and Chat are each warmed with one whole answer (a server and a chat answer many); `slm
+generate` is one answer a process, cold as a user meets it, and is also set beside the peer's first answer in a
+fresh process (the one-shot rows).
 
-Measured 2026-12-05 late afternoon (2 cores shared with other work; x = against genai's own loop, best of 3, two runs):
-  quiet run (load 0.5 over the 4M rows, 1-4 over the 100M rows):
-  4M:   peer 1,773; generate auto 1,636 (0.92x, genai); serve auto 1,574 (0.89x, genai); Chat session auto 1,438
-        (0.81x, genai); generate --engine native 590 (0.33x); --engine onnx 1,432 (0.81x)
-  100M: peer 36.2; auto measured in a quiet moment (native 2 threads 49, 1 thread 31, genai 30) and chose 2 threads,
-        then the load came back: generate auto 6.0 (0.17x), serve 3.5 (0.10x), Chat 3.3 (0.09x), --engine native
-        7.4 (0.20x), --engine onnx 27.3 (0.75x): two threads on two busy cores, the cached choice outlived its load
-  loaded run (load 6.5-8 throughout):
-  4M:   peer 1,502; generate auto 909 (0.61x); serve 1,368 (0.91x); Chat 1,010 (0.67x); --engine native 394 (0.26x);
-        --engine onnx 1,359 (0.90x)
-  100M: peer 26.5; auto chose native 1 thread (28 against genai 22, 2 threads 2): generate 24.3 (0.92x), serve 21.4
-        (0.81x), Chat 16.4 (0.62x); --engine native (2 threads) 1.7 (0.06x); --engine onnx 19.5 (0.74x)
-  At 4M a 128-token answer lasts ~0.1 s, and the same row swings 0.6-1.3x between runs under load. Quiet, serve's
-  remaining gap is genai's batching engine (og.Engine, which serve uses so that clients overlapping in time decode
-  together) against its Generator loop: about 8% in one process; the HTTP layer costs little since a paced stream
-  sends its last tokens when the request ends (it slept out up to one 20 ms interval before, ~10% of a 4M answer).
+Measured 2026-12-05 evening (2 idle cores, load average 0.5-2, nobody else working; x = against the peer):
+  run 1 (best of 3; Chat warmed with 8 tokens):
+  4M:   peer 2,069 (default threads 1,526; one-shot 1,570); generate auto 1,953 (0.94x; 1.24x one-shot);
+        serve auto 2,564 (1.24x); Chat 1,979 (0.96x); --engine native 552 (0.27x); --engine onnx 1,394 (0.67x)
+  100M: peer 67.6 (default 37.7; one-shot 65.3); generate 71.9 (1.06x; 1.10x one-shot); serve 66.4 (0.98x);
+        Chat 66.0 (0.98x); --engine native 51.7 (0.77x); --engine onnx 35.6 (0.53x)
+  run 2 (best of 5, Chat warmed with a whole answer; 100M rows with the lazy text of stream_request):
+  4M:   peer 2,768; generate 2,402 (0.87x; 1.19x one-shot); serve 2,969 (1.07x); Chat 2,651 (0.96x)
+  100M: peer 72.6; generate 77.4 (1.07x; 1.23x one-shot); serve 67.0 (0.92x); Chat 64.4 (0.89x)
+  runs 3-5 (best of 5, the final code, auto rows only):
+  4M:   peer 2,261; generate 2,210 (0.98x; 1.35x one-shot); serve 2,400 (1.06x); Chat 2,325 (1.03x)
+  100M: peer 68.7; generate 68.3 (0.99x; 1.05x one-shot); serve 64.9 (0.94x); Chat 69.5 (1.01x);
+        again, serve alone: peer 65.5, serve 63.9 (0.98x)
+  Auto chose genai on two threads at both sizes (measured: 4M genai 2 threads 1,968-2,492, 1 thread 1,394-1,920,
+  native 513-664; 100M genai 2 threads 69-75, 1 thread 34-38, native 2 threads 32-49, 1 thread 25-34). The same row
+  moves 5-10% between runs: every auto path is at the peer's speed within that spread, and 1.25-2.0x genai's loop
+  with its default settings; the 100M serve row stayed 2-8% under it in all four runs.
 
     python benchmarks/bench_engine_choice.py [--tokens 128] [--repeat 3] [--quick]
         --quick: the tiny model only
@@ -151,32 +155,38 @@ def _chat_child(folder: str, n: int, runs: str) -> None:
     from studio.chat_session import ChatSession
 
     session = ChatSession(Path(runs))
-    settings = dict(max_new_tokens=8, temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=0)
-    list(session.stream(PROMPT, [], folder, "best", settings, {}))  # loads (and, first, chooses)
+    settings = dict(max_new_tokens=n, temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=0)
+    # loads (and, first, chooses); a whole first reply warms it as the peer is warmed: a chat's replies follow
+    # one another in one process
+    list(session.stream(PROMPT, [], folder, "best", settings, {}))
     stats: dict = {}
-    list(session.stream(PROMPT, [], folder, "best", dict(settings, max_new_tokens=n), stats))
+    list(session.stream(PROMPT, [], folder, "best", settings, stats))
     print(json.dumps({"tps": stats["tokens_per_sec"], "engine": f"{stats['engine']}: {stats['engine_choice']} "
                       f"[{stats['tokens']} tokens]"}))
     session.engine.close()
 
 
-def genai_row(folder: Path, n: int, warm: bool = True) -> tuple[float, str]:
-    """The peer in a process of its own, as a user's script would run it: genai's Generator loop with its
-    default settings (its own thread count); `warm` False: its first answer, as a one-shot script (or `slm
-    generate`) meets it."""
-    out = subprocess.run([sys.executable, __file__, "--genai-child", str(folder), str(n)] + ([] if warm else ["cold"]),
+def genai_row(folder: Path, n: int, warm: bool = True, threads: int = 0) -> tuple[float, str]:
+    """The peer in a process of its own, as a user's script would run it: genai's Generator loop, with its default
+    settings or (`threads`) its session's intra-op thread count set in its config, the knob genai documents;
+    `warm` False: its first answer, as a one-shot script (or `slm generate`) meets it."""
+    extra = ([] if warm else ["--cold"]) + (["--peer-threads", str(threads)] if threads else [])
+    out = subprocess.run([sys.executable, __file__, "--genai-child", str(folder), str(n)] + extra,
                          capture_output=True, text=True, cwd=ROOT, timeout=900)
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
-    return float(out.stdout.strip().splitlines()[-1]), "its own Generator loop, default threads" + (
+    setting = f"{threads} intra-op thread{'s' if threads > 1 else ''}" if threads else "default threads"
+    return float(out.stdout.strip().splitlines()[-1]), f"its own Generator loop, {setting}" + (
         "" if warm else ", first answer of a fresh process")
 
 
-def _genai_child(folder: str, n: int, warm: bool = True) -> None:
+def _genai_child(folder: str, n: int, warm: bool = True, threads: int = 0) -> None:
     import onnxruntime_genai as og
 
-    genai = Path(folder) / "export" / "onnx"
-    model = og.Model(str(genai))
+    config = og.Config(str(Path(folder) / "export" / "onnx"))
+    if threads:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    model = og.Model(config)
     ids = list(og.Tokenizer(model).encode(PROMPT))
 
     def run(count):
@@ -216,16 +226,21 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--size", choices=["quickstart", "~100M"], help="one size only")
+    parser.add_argument("--only", default="", help="comma-separated parts of row labels to run (the peers always run)")
     parser.add_argument("--chat-child", nargs=3, metavar=("FOLDER", "N", "RUNS"))
-    parser.add_argument("--genai-child", nargs="+", metavar="FOLDER N [cold]")
+    parser.add_argument("--genai-child", nargs=2, metavar=("FOLDER", "N"))
+    parser.add_argument("--cold", action="store_true")
+    parser.add_argument("--peer-threads", type=int, default=0)
     args = parser.parse_args()
     if args.genai_child:
-        return _genai_child(args.genai_child[0], int(args.genai_child[1]), args.genai_child[2:] != ["cold"])
+        return _genai_child(args.genai_child[0], int(args.genai_child[1]), not args.cold, args.peer_threads)
     if args.chat_child:
         return _chat_child(args.chat_child[0], int(args.chat_child[1]), args.chat_child[2])
     print(f"{os.cpu_count()} CPU(s), {args.tokens} tokens, batch 1, greedy, best of {args.repeat}; {_load()}",
           flush=True)
-    for size in ("quickstart", "~100M")[: 1 if args.quick else 2]:
+    sizes = [args.size] if args.size else ["quickstart", "~100M"][: 1 if args.quick else 2]
+    for size in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             started = time.perf_counter()
@@ -233,23 +248,34 @@ def main() -> None:
             print(f"\n{size}: built HF + genai folders in {time.perf_counter() - started:.0f} s", flush=True)
             n = args.tokens
             paths = {"onnxruntime-genai's own loop (peer)": lambda: genai_row(folder, n),
-                     "genai's own loop, one-shot (peer)": lambda: genai_row(folder, n, warm=False),
+                     "genai's own loop, 1 thread": lambda: genai_row(folder, n, threads=1),
+                     f"genai's own loop, {os.cpu_count()} threads": lambda: genai_row(folder, n,
+                                                                                  threads=os.cpu_count()),
+                     "genai's own loop, one-shot": lambda: genai_row(folder, n, warm=False),
+                     f"genai's own loop, {os.cpu_count()} threads, one-shot":
+                         lambda: genai_row(folder, n, warm=False, threads=os.cpu_count()),
                      "slm generate (auto)": lambda: generate_row(folder, n, "auto", work),
                      "slm serve (auto, 1 stream)": lambda: serve_row(folder, n, work),
                      "Chat session (auto)": lambda: chat_row(folder, n, work),
                      "slm generate --engine native": lambda: generate_row(folder, n, "native", work),
                      "slm generate --engine onnx": lambda: generate_row(folder, n, "onnx", work)}
+            wanted = [part for part in args.only.split(",") if part]
+            paths = {label: run for label, run in paths.items()
+                     if not wanted or "own loop" in label or any(part in label for part in wanted)}
             rows = interleaved(paths, args.repeat)
             print(f"  measured; {_load()}", flush=True)
-            peer = rows["onnxruntime-genai's own loop (peer)"]
-            one_shot = rows["genai's own loop, one-shot (peer)"]
+            # the peer: genai's own loop at its fastest setting (its default, or a thread count set in its config);
+            # for slm generate (one answer a process) also its fastest first answer
+            peer = max(v for k, v in rows.items() if k.startswith(("onnxruntime-genai's", "genai's"))
+                       and "one-shot" not in k)
+            one_shot = max(v for k, v in rows.items() if "one-shot" in k)
             cache = json.loads((work / "engine_choices.json").read_text())
             for entry in cache.values():
                 print("  measured once: " + ", ".join(f"{k} {v:,.0f}" for k, v in entry["speeds"].items())
                       + " tokens/s")
             for label, (rate, note) in rows.items():
                 cold = f"  {rate / one_shot[0]:5.2f}x one-shot peer" if label.startswith("slm generate") else ""
-                print(f"  {label:<36} {rate:8.1f} tokens/s  {rate / peer[0]:5.2f}x peer{cold}   {note}", flush=True)
+                print(f"  {label:<44} {rate:8.1f} tokens/s  {rate / peer[0]:5.2f}x peer{cold}   {note}", flush=True)
 
 
 if __name__ == "__main__":

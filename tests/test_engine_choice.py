@@ -58,3 +58,23 @@ def test_the_load_a_choice_is_made_for_counts_other_processes_and_can_be_pinned(
     for pinned in ("quiet", "busy"):
         monkeypatch.setenv(LOAD_ENV, pinned)
         assert load_class() == pinned
+
+
+def test_an_export_of_an_older_checkpoint_is_stale_however_late_it_finished(tiny_char_run, tmp_path):
+    import json
+    import shutil
+
+    from slm_core.infer.engine_choice import checkpoint_written, genai_exports
+
+    run = tmp_path / "char"
+    shutil.copytree(tiny_char_run, run)
+    export = run / "export" / "onnx"
+    export.mkdir(parents=True)
+    (export / "genai_config.json").write_text("{}")  # written after the checkpoint: fresh by its age alone
+    assert genai_exports(run) == [export]
+    written = checkpoint_written(run)
+    # a build that loaded the weights before training wrote this checkpoint, and finished after
+    (export / "export.json").write_text(json.dumps({"format": "onnx", "checkpoint_written": written - 1}))
+    assert genai_exports(run) == []
+    (export / "export.json").write_text(json.dumps({"format": "onnx", "checkpoint_written": written}))
+    assert genai_exports(run) == [export]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slm_core.cli.flags import add_runs_dir
+from slm_core.infer.engine_choice import checkpoint_written, model_folder
 from slm_core.models.load import load_model
 from slm_core.models.quantized import artifact_dir
 from slm_core.post.export import FORMATS, export_model
@@ -30,12 +31,16 @@ def add_export_parser(sub) -> None:
 
 def cmd_export(args) -> int:
     runs_dir = check_runs_dir(args.runs_dir)
+    folder = model_folder(args.model, runs_dir)
+    # taken before the load: a checkpoint written meanwhile makes this export look older, never newer, than it is
+    written = checkpoint_written(folder, args.checkpoint) if folder is not None else None
     loaded = load_model(args.model, tag=args.checkpoint, runs_dir=runs_dir)
     label = args.fmt + (f"-{args.gguf_type}" if args.fmt.startswith("gguf") else "")
     label += f"-{args.onnx_precision}" if args.fmt == "onnx" and args.onnx_precision != "fp32" else ""
     out = Path(args.out) if args.out else artifact_dir(loaded.path, "export", label)
     for path in export_model(loaded.model, loaded.tokenizer, loaded.config, out, args.fmt, args.gguf_type,
                              source=str(args.model), overwrite=args.overwrite,
-                             onnx_precision=args.onnx_precision, onnx_device=args.onnx_device, runs_dir=runs_dir):
+                             onnx_precision=args.onnx_precision, onnx_device=args.onnx_device, runs_dir=runs_dir,
+                             checkpoint_written=written or None):
         print(path)
     return 0

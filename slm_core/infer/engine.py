@@ -409,11 +409,18 @@ def stream_request(request, tokenizer, params: SamplingParams, stats: Optional[d
     decodes_ahead = hasattr(request, "chunks")
     batches = request.chunks() if decodes_ahead else ([t] for t in request)
     held, sent_at = "", float("-inf")
+    # Without stop strings, tokens become text only when text is due: no per-token decoding between a lone
+    # Generator's steps (with them, every token is checked at once, so the request ends at the stop string).
+    unread: list[int] = []
     try:
         for tokens in batches:
             count += len(tokens)
-            held += text.feed(b"".join(pieces(t) for t in tokens))
-            if held and (text.stopped or time.perf_counter() - sent_at >= interval_s):
+            unread += tokens
+            due = time.perf_counter() - sent_at >= interval_s
+            if due or text.checks_stops:
+                held += text.feed(b"".join(pieces(t) for t in unread))
+                unread.clear()
+            if held and (text.stopped or due):
                 if stats is not None:  # read by whoever receives the text: filled when it is sent
                     fill_stats(stats, request, count)
                 yield held
@@ -425,6 +432,7 @@ def stream_request(request, tokenizer, params: SamplingParams, stats: Optional[d
             if text.stopped:
                 request.finish_reason = "stop"
                 break
+        held += text.feed(b"".join(pieces(t) for t in unread))
         held += text.finish()
         if held:
             yield held

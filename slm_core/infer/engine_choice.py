@@ -41,6 +41,7 @@ from slm_core.models.estimate import count_parameters
 from slm_core.models.load import load_model
 from slm_core.models.memory import model_config
 from slm_core.models.quantized import is_quantized
+from slm_core.run.runs import read_json
 from slm_core.system import cores_used_by_others
 
 ENGINES = ("auto", "native", "onnx")
@@ -104,13 +105,26 @@ def checkpoint_identity(folder: Path, tag: str = "best") -> str:
     return json.dumps(stamps)
 
 
-def genai_exports(folder: Path, tag: str = "best") -> list[Path]:
-    """onnxruntime-genai exports of this checkpoint (<run>/export/onnx*, built after it), fp32 first."""
-    exports = sorted((folder / "export").glob("onnx*")) if (folder / "export").is_dir() else []
+def checkpoint_written(folder: Path, tag: str = "best") -> int:
+    """When the checkpoint `tag` resolves to was written (its state.json's mtime in ns; 0 without one)."""
     state = next((folder / "checkpoints" / n / "state.json" for n in (tag, "latest", "best")
                   if (folder / "checkpoints" / n / "state.json").exists()), None)
-    stamp = state.stat().st_mtime_ns if state is not None else 0
-    return [e for e in exports if onnx.is_genai_folder(e) and (e / onnx.CONFIG).stat().st_mtime_ns >= stamp]
+    return state.stat().st_mtime_ns if state is not None else 0
+
+
+def genai_exports(folder: Path, tag: str = "best") -> list[Path]:
+    """onnxruntime-genai exports of this checkpoint (<run>/export/onnx*, of weights written no earlier), fp32
+    first. An export says which checkpoint it loaded (export.json's checkpoint_written, taken before the load): one
+    that finished after a newer checkpoint appeared still holds the older weights. Without that, its own age."""
+    exports = sorted((folder / "export").glob("onnx*")) if (folder / "export").is_dir() else []
+    stamp = checkpoint_written(folder, tag)
+
+    def weights_written(export: Path) -> int:
+        info = read_json(export / "export.json", default=None)
+        recorded = info.get("checkpoint_written") if isinstance(info, dict) else None
+        return recorded if isinstance(recorded, int) else (export / onnx.CONFIG).stat().st_mtime_ns
+
+    return [e for e in exports if onnx.is_genai_folder(e) and weights_written(e) >= stamp]
 
 
 def choose(model, tag: str = "best", engine: str = "auto", dtype: str = "auto", threads: Optional[int] = None,

@@ -86,6 +86,7 @@ class TextStream:
         # instead of becoming U+FFFD; an unfinished character is held inside the decoder until complete.
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         self._stop = tuple(s for s in stop if s)
+        self.checks_stops = bool(self._stop)
         self._held = ""
         self.stopped = False
         self.text = ""  # everything emitted so far

@@ -79,8 +79,8 @@ def _template_and_name(config, model) -> tuple[Optional[str], str]:
 
 def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path, fmt: str = "hf",
                  gguf_type: str = "f16", source: Optional[str] = None, overwrite: bool = False,
-                 onnx_precision: str = "fp32", onnx_device: str = "cpu", runs_dir: Optional[Path] = None
-                 ) -> list[Path]:
+                 onnx_precision: str = "fp32", onnx_device: str = "cpu", runs_dir: Optional[Path] = None,
+                 checkpoint_written: Optional[int] = None) -> list[Path]:
     """Write `model` as `fmt` ('hf' | 'gguf' | 'onnx') into out_dir; returns the written file paths.
 
     hf: config.json, model.safetensors, generation_config.json, tokenizer files (transformers loads it).
@@ -90,7 +90,8 @@ def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path,
     tokenizer; onnx_precision fp32 | int8 | int4 | fp16 on onnx_device cpu | cuda), built by its own model
     builder (slm_core.infer.onnx). onnx-graph: a plain model.onnx (input_ids → logits, no cache) plus the
     tokenizer as HF tokenizer.json. Every format also
-    gets export.json (format, type, source, time). `config`: RunConfig, ModelConfig or None."""
+    gets export.json (format, type, source, time, and `checkpoint_written`: when the source checkpoint it loaded was
+    written, for slm_core.infer.engine_choice.genai_exports). `config`: RunConfig, ModelConfig or None."""
     if fmt not in FORMATS:
         raise SLMError(f"export format {fmt!r} is unknown: use one of {', '.join(FORMATS)}")
     if fmt != "gguf-lora":  # gguf-lora keeps base and adapter apart
@@ -117,7 +118,8 @@ def export_model(model: torch.nn.Module, tokenizer, config, out_dir: str | Path,
         info = {"format": fmt, "gguf_type": gguf_type if fmt.startswith("gguf") else None, "name": name,
                 "onnx_precision": onnx_precision if fmt == "onnx" else None,
                 "source": None if source is None else str(source), "template": template,
-                "files": [p.relative_to(tmp).as_posix() for p in files], "created_at": time.time()}
+                "files": [p.relative_to(tmp).as_posix() for p in files], "created_at": time.time(),
+                "checkpoint_written": checkpoint_written}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
         record_derived(tmp, source, "exported_from", near=out_dir, runs_dir=runs_dir,
                        tokenizer=tokenizer and tokenizer.fingerprint(), details={"format": fmt, "gguf_type": info["gguf_type"]})
