@@ -38,6 +38,7 @@ Measured 2026-12-05 evening (2 idle cores, load average 0.5-2, nobody else worki
 
     python benchmarks/bench_engine_choice.py [--tokens 128] [--repeat 3] [--quick]
         --quick: the tiny model only
+        --size quickstart|~100M: one size; --only serve,Chat,...: only the rows whose labels contain these (and the peers)
 """
 
 from __future__ import annotations
