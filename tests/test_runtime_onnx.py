@@ -126,6 +126,9 @@ def test_requests_overlapping_one_in_flight_are_decoded_in_one_batch_each_with_i
     assert isinstance(lone, BatchedRequest)
     assert runtime.tokenizer.decode_bytes(list(lone)).decode() == alone[2]
     assert served.batcher.capacity == 8 and served.batcher.peak == 0 and lone.finish_reason == "length"
+    long = served.submit(prompts[3], SamplingParams(served.context_length - len(prompts[3]), temperature=0))
+    long.cancel()  # its reader left at once (while the batch gathered, or a few tokens in)
+    assert len(list(long)) < long.params.max_new_tokens and long.finish_reason == "cancelled"
     served.close()
     # a seeded sampled request cannot join genai's static batch: it runs on its own Generator, reproducibly
     seeded = SamplingParams(12, temperature=0.9, seed=4)

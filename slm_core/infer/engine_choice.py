@@ -5,7 +5,7 @@ faster, and caches the answer per model (and checkpoint), dtype and thread count
 
 Which engine and thread count win also depends on what else the machine runs (two threads decode a 100M model
 fastest on two idle cores, and at a tenth of one thread's speed while a training run holds them), so the cache keeps
-one answer per load: "quiet", or "busy" while other processes use about half the cores or more
+one answer per load: "quiet", or "busy" while other processes use 40% of the cores or more
 (slm_core.system.cores_used_by_others). A path that asks again after the load changed gets the answer measured
 under the new load (measuring it the first time); `slm serve` asks again as the load changes (serve.py).
 

@@ -184,6 +184,8 @@ class GenaiBatcher(RequestLoop):
                     if request.generated >= limit:
                         reason = "length"
                         break
+                else:  # cancelled by its reader, or the server is closing
+                    reason = "cancelled"
         except Exception as error:  # genai refused the prompt or failed a step: this request fails alone
             request.events.put(SLMError(f"onnxruntime-genai failed this request ({error})"))
         request.finish_reason = request.finish_reason or reason
