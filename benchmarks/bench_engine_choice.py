@@ -30,11 +30,13 @@ Measured 2026-12-05 evening (2 idle cores, load average 0.5-2, nobody else worki
   runs 3-5 (best of 5, the final code, auto rows only):
   4M:   peer 2,261; generate 2,210 (0.98x; 1.35x one-shot); serve 2,400 (1.06x); Chat 2,325 (1.03x)
   100M: peer 68.7; generate 68.3 (0.99x; 1.05x one-shot); serve 64.9 (0.94x); Chat 69.5 (1.01x);
-        again, serve alone: peer 65.5, serve 63.9 (0.98x)
+        again, serve alone: peer 65.5, serve 63.9 (0.98x); and once more with its event interval varied: peer
+        62.4, serve 64.0 (1.03x; 1 ms events 0.96x, 100 ms 0.99x)
   Auto chose genai on two threads at both sizes (measured: 4M genai 2 threads 1,968-2,492, 1 thread 1,394-1,920,
   native 513-664; 100M genai 2 threads 69-75, 1 thread 34-38, native 2 threads 32-49, 1 thread 25-34). The same row
   moves 5-10% between runs: every auto path is at the peer's speed within that spread, and 1.25-2.0x genai's loop
-  with its default settings; the 100M serve row stayed 2-8% under it in all four runs.
+  with its default settings; the 100M serve row measured 0.92-1.03x over five runs (the same path measured in one
+process without HTTP: 1.02x).
 
     python benchmarks/bench_engine_choice.py [--tokens 128] [--repeat 3] [--quick]
         --quick: the tiny model only
