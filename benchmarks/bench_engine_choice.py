@@ -36,7 +36,7 @@ Measured 2026-12-05 evening (2 idle cores, load average 0.5-2, nobody else worki
   native 513-664; 100M genai 2 threads 69-75, 1 thread 34-38, native 2 threads 32-49, 1 thread 25-34). The same row
   moves 5-10% between runs: every auto path is at the peer's speed within that spread, and 1.25-2.0x genai's loop
   with its default settings; the 100M serve row measured 0.92-1.03x over five runs (the same path measured in one
-process without HTTP: 1.02x).
+  process without HTTP: 1.02x).
 
     python benchmarks/bench_engine_choice.py [--tokens 128] [--repeat 3] [--quick]
         --quick: the tiny model only
