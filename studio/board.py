@@ -7,6 +7,7 @@ import atexit
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -91,6 +92,9 @@ class Board:
 def main(argv: list[str]) -> int:
     """The watchdog: run COMMAND until it exits or the process STUDIO_PID is gone (then stop it)."""
     parent, command = int(argv[0]), argv[argv.index("--") + 1:]
+    terminated: list = []  # the handler only flags: stopping inside it could wait on a lock this thread holds
+    # Before the command starts: a SIGTERM that came between the two killed the watchdog and left its command running
+    signal.signal(signal.SIGTERM, lambda *a: terminated.append(True))
     child = subprocess.Popen(command)
 
     def stop(*_):
@@ -100,10 +104,6 @@ def main(argv: list[str]) -> int:
         except subprocess.TimeoutExpired:
             child.kill()
 
-    import signal
-
-    terminated: list = []  # the handler only flags: stopping inside it could wait on a lock this thread holds
-    signal.signal(signal.SIGTERM, lambda *a: terminated.append(True))
     while child.poll() is None:
         if terminated or not pid_alive(parent):
             stop()
