@@ -11,7 +11,7 @@ does not report its own, so its row shows only the speed-up. Greedy rows say whe
 teacher's alone token for token. Sampled rows use fixed seeds; their texts differ by design (same distribution).
 
 Measured 2026-12-05, third round, on a trained teacher (2 idle cores, load average 1.6-1.8, nobody else working;
-112 new tokens, best of 3 alternated pairs; the pair made with the project's CLI under /work/spec-runs):
+112 new tokens, best of 3 alternated pairs; the pair made with the project's CLI in a runs folder RUNS):
 
     slm train --preset quickstart-cpu --name teacher52m-t2 --set model.n_layer=10 --set model.n_head=10 \
         --set model.n_kv_head=10 --set model.d_model=640 --set model.d_ff=1792 --set model.context_length=128 \
