@@ -246,6 +246,10 @@ class Engine(RequestLoop):
             self._exit_when_idle = False
         self._loop()
 
+    def in_use(self) -> bool:
+        """Whether requests are decoding or waiting (a replaced engine is closed once it is not)."""
+        return bool(self.active) or not self.waiting.empty()
+
     def close(self) -> None:
         """Stop the loop; requests in flight or waiting end (finish_reason 'cancelled'). Waits for a loop thread
         of its own to end (within a step): one still inside torch when the interpreter exits can abort it."""

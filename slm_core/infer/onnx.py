@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -124,6 +123,11 @@ class OnnxEngine:
     def description(self) -> str:
         return f"onnxruntime-genai ({precision_of(self.folder)}{', batched' if self.batcher else ''})"
 
+    def in_use(self) -> bool:
+        """Whether requests are decoding (on Generators of their own or in the batcher) or waiting."""
+        batcher = self.batcher
+        return self.alone > 0 or (batcher is not None and (bool(batcher.live) or not batcher.waiting.empty()))
+
     def close(self) -> None:
         self.closed = True
         if self.batcher is not None:
@@ -203,29 +207,8 @@ class GenaiRequest(RequestHandle):
         if self.params.max_new_tokens <= 0:
             self.finish_reason = "length"
             return
-        generator = engine.generator(self.prompt_ids, self.params)
-        # The loop genai's own examples run, with as little Python around each step as it can have: at 4M
-        # parameters a step is ~0.5 ms, and every attribute looked up here is a share of it.
         stops = frozenset(engine.eos) | {engine.tokenizer.eot_id} | self.stop_ids
-        limit = self.params.max_new_tokens
-        is_done, step, next_tokens = generator.is_done, generator.generate_next_token, generator.get_next_tokens
-        while not self.cancelled:
-            if is_done():
-                self.finish_reason = self.finish_reason or "length"
-                return
-            step()
-            token = int(next_tokens()[0])
-            if token in stops:
-                self.finish_reason = "stop"
-                return
-            if not self.generated:
-                self.first_token_at = time.perf_counter()
-            self.generated += 1
-            yield token
-            if self.generated >= limit:
-                self.finish_reason = "length"
-                return
-        self.finish_reason = "cancelled"
+        yield from genai_batch.generator_tokens(engine.generator(self.prompt_ids, self.params), self, stops)
 
 
 class _GenaiTokenizer:

@@ -641,17 +641,13 @@ def _follow_load(served: Served, model, engine: str, tag: str, dtype: str, threa
 
 def _adopt(served: Served, now: Choice, threads: Optional[int], slots: int) -> None:
     """Serve from `now` where that can be done in place (see _follow_load)."""
-    old = served.engine
-    if isinstance(old, Engine):
-        if now.engine == "native":
-            old.threads = threads or now.threads
-        else:
-            served.engine = _genai_runtime(now.folder, threads or now.threads, slots)
-            threading.Thread(target=_retire, args=(old,), name="slm-retire", daemon=True).start()
+    old, count = served.engine, threads or now.threads
+    if isinstance(old, Engine) and now.engine == "native":
+        old.threads = count
     elif now.engine == "native":
         return print(f"engine choice: {now.line()}; the server stays on onnxruntime-genai", flush=True)
-    elif Path(now.folder) != old.folder or (threads or now.threads) != old.threads:
-        served.engine = _genai_runtime(now.folder, threads or now.threads, slots)
+    elif isinstance(old, Engine) or Path(now.folder) != old.folder or count != old.threads:
+        served.engine = _genai_runtime(now.folder, count, slots)
         threading.Thread(target=_retire, args=(old,), name="slm-retire", daemon=True).start()
     served.choice = now.line()
     print(served.choice + f" (the machine turned {now.load})", flush=True)
@@ -693,13 +689,6 @@ def _retire(engine) -> None:
     """Close `engine` once its requests have ended (one that read it just before the switch is let in first)."""
     time.sleep(1.0)
     deadline = time.monotonic() + RETIRE_S
-    while _in_use(engine) and time.monotonic() < deadline:
+    while engine.in_use() and time.monotonic() < deadline:
         time.sleep(0.1)
     engine.close()
-
-
-def _in_use(engine) -> bool:
-    if isinstance(engine, OnnxEngine):
-        batcher = engine.batcher
-        return engine.alone > 0 or (batcher is not None and (bool(batcher.live) or not batcher.waiting.empty()))
-    return bool(engine.active) or not engine.waiting.empty()
